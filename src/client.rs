@@ -1,0 +1,194 @@
+//! The control client behind `execlibctl`: finds the daemon's socket, sends
+//! one request and renders the reply for people (or passes the JSON through).
+
+use crate::control::protocol::Request;
+use crate::paths::Environment;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit code: the daemon answered with an error.
+pub const EXIT_DAEMON_ERROR: u8 = 1;
+/// Exit code: no daemon could be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    #[error("no daemon reachable on {path}: {source}")]
+    Unreachable {
+        /// The socket tried.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No instance socket exists under the runtime base.
+    #[error("no running instance found (no */control.sock under {base}); use --instance or --socket")]
+    NoInstance {
+        /// Where it looked.
+        base: PathBuf,
+    },
+    /// Several instance sockets exist.
+    #[error("several instances found, choose one with --instance: {}", names.join(", "))]
+    SeveralInstances {
+        /// The instance names found.
+        names: Vec<String>,
+    },
+    /// The daemon's reply was not understood.
+    #[error("bad reply from {path}: {reason}")]
+    BadReply {
+        /// The socket.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// The socket to use: `--socket`, else `--instance`'s, else the only instance found.
+pub fn resolve_socket(socket: Option<PathBuf>, instance: Option<&str>, env: &Environment) -> Result<PathBuf, ClientError> {
+    if let Some(socket) = socket {
+        return Ok(socket);
+    }
+    if let Some(name) = instance {
+        return Ok(env.instance_socket(name));
+    }
+    let base = env.runtime_base();
+    let mut found: Vec<String> = std::fs::read_dir(&base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("control.sock").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Err(ClientError::NoInstance { base }),
+        1 => Ok(base.join(&found[0]).join("control.sock")),
+        _ => Err(ClientError::SeveralInstances { names: found }),
+    }
+}
+
+/// Sends one request and returns the daemon's reply.
+pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
+    let unreachable = |source| ClientError::Unreachable {
+        path: socket.to_owned(),
+        source,
+    };
+    let bad = |reason: String| ClientError::BadReply {
+        path: socket.to_owned(),
+        reason,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
+    let mut line = serde_json::to_string(request).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).map_err(|e| bad(e.to_string()))?;
+    if reply.is_empty() {
+        return Err(bad("the daemon closed the connection without answering".into()));
+    }
+    serde_json::from_str(&reply).map_err(|e| bad(format!("{e}: {reply:?}")))
+}
+
+/// How long the client waits for a reply (a `stop` may wait out a job's grace).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs one `execlibctl` command: prints the reply (or the error) and returns the exit code.
+pub fn main(socket: Option<PathBuf>, instance: Option<String>, json: bool, req: &Request) -> u8 {
+    let env = Environment::from_process();
+    let reply = resolve_socket(socket, instance.as_deref(), &env).and_then(|path| request(&path, req, REPLY_TIMEOUT));
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(e) => {
+            eprintln!("execlibctl: {e}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let ok = reply["ok"] == Value::Bool(true);
+    if json {
+        println!("{reply}");
+    } else if ok {
+        println!("{}", render(req, &reply));
+    } else {
+        let error = &reply["error"];
+        eprintln!(
+            "execlibctl: {}: {}",
+            error["code"].as_str().unwrap_or("error"),
+            error["message"].as_str().unwrap_or("the daemon reported an error")
+        );
+    }
+    if ok { 0 } else { EXIT_DAEMON_ERROR }
+}
+
+/// Renders a successful reply for people.
+pub fn render(request: &Request, reply: &Value) -> String {
+    match request {
+        Request::Listeners => render_listeners(reply),
+        Request::Start { listener } | Request::Stop { listener } => {
+            let verb = if matches!(request, Request::Start { .. }) { "started" } else { "stopped" };
+            if reply["changed"] == Value::Bool(true) {
+                format!("{verb} {listener}")
+            } else {
+                format!("{listener} was already {}", if verb == "started" { "running" } else { "stopped" })
+            }
+        }
+        Request::Status => render_status(reply),
+        Request::Reload => "reloaded".to_owned(),
+        Request::Shutdown => "shutting down".to_owned(),
+    }
+}
+
+fn render_listeners(reply: &Value) -> String {
+    let mut rows = vec![["NAME", "STATE", "WATCHES", "EVENTS", "JOBS", "FAILED", "RUNNING", "PATHS"].map(String::from)];
+    let mut errors = Vec::new();
+    for l in reply["listeners"].as_array().into_iter().flatten() {
+        let text = |k: &str| match &l[k] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let paths: Vec<&str> = l["paths"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        rows.push([
+            text("name"),
+            text("state"),
+            text("watches"),
+            text("events"),
+            text("jobs_started"),
+            text("jobs_failed"),
+            text("jobs_running"),
+            paths.join(" "),
+        ]);
+        if let Some(e) = l["error"].as_str() {
+            errors.push(format!("{}: {e}", text("name")));
+        }
+    }
+    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect();
+    out.extend(errors);
+    out.join("\n")
+}
+
+fn render_status(reply: &Value) -> String {
+    let uptime = reply["uptime_ms"].as_u64().unwrap_or(0) / 1000;
+    format!(
+        "instance {} (pid {}, version {})\nuptime {}h{:02}m{:02}s\nlisteners {}/{} running\nserver {}",
+        reply["instance"].as_str().unwrap_or("?"),
+        reply["pid"],
+        reply["version"].as_str().unwrap_or("?"),
+        uptime / 3600,
+        uptime / 60 % 60,
+        uptime % 60,
+        reply["listeners"]["running"],
+        reply["listeners"]["total"],
+        if reply["server"].is_null() { "none".to_owned() } else { reply["server"].to_string() },
+    )
+}

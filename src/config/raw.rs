@@ -1,0 +1,96 @@
+//! The config file's shape exactly as written in TOML: serde structs that
+//! reject unknown keys and keep spans where validation needs a position.
+
+use crate::events::EventKind;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub control: RawControl,
+    pub server: Option<Spanned<RawServer>>,
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub shutdown_grace_ms: Option<u64>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `[control]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub socket: Option<PathBuf>,
+    pub mode: Option<Spanned<String>>,
+    pub group: Option<String>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub root: Option<PathBuf>,
+    #[serde(rename = "static")]
+    pub static_files: Option<bool>,
+    pub livereload: Option<bool>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub autostart: Option<bool>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<Spanned<String>>,
+    pub path: PathBuf,
+    pub glob: Option<Spanned<OneOrMany>>,
+    pub ignore: Option<Spanned<Vec<String>>>,
+    pub events: Option<Vec<EventKind>>,
+    pub debounce_ms: Option<u64>,
+    pub delay_ms: Option<u64>,
+    pub run: Option<Spanned<Vec<String>>>,
+    pub shell: Option<Spanned<String>>,
+    pub workdir: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The strings, one or many.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}

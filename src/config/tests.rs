@@ -1,0 +1,168 @@
+//! Unit tests of config parsing and validation.
+
+use super::*;
+use crate::events::EventKind;
+use std::path::Path;
+use std::time::Duration;
+
+fn env() -> Environment {
+    Environment {
+        xdg_runtime_dir: Some("/run/user/1000".into()),
+        home: Some("/home/u".into()),
+        ..Environment::default()
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/execlib/site.toml"), text, "site", &env())
+}
+
+fn error_at(text: &str) -> (usize, usize, String) {
+    match parse(text).unwrap_err() {
+        ConfigError::Invalid {
+            line,
+            column,
+            message,
+            ..
+        } => (line, column, message),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+name = "docs"
+  [[listener.route]]
+  path = "src"
+  shell = "true"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(c.control.socket, Path::new("/run/user/1000/execlib/site/control.sock"));
+    assert_eq!(c.control.mode, 0o660);
+    assert!(c.server.is_none());
+    let l = &c.listeners[0];
+    assert!(l.autostart);
+    let r = &l.routes[0];
+    assert_eq!(r.name, "0");
+    assert_eq!(r.path, Path::new("/etc/execlib/src"));
+    assert_eq!(r.workdir, r.path);
+    assert_eq!(r.debounce, Duration::from_millis(200));
+    assert_eq!(r.delay, Duration::from_millis(30));
+    assert_eq!(r.events.to_string(), "create,modify,delete,move");
+    assert!(r.matcher.matches(Path::new("a/b.md")));
+    assert!(!r.matcher.matches(Path::new("a/.b.md")));
+}
+
+#[test]
+fn full_contract_example_parses() {
+    let c = parse(
+        r#"
+[daemon]
+shutdown_grace_ms = 500
+state_dir = "state"
+[control]
+socket = "/tmp/x.sock"
+mode = "0600"
+group = "execlib"
+[server]
+listen = "127.0.0.1:9000"
+root = "public"
+static = true
+livereload = false
+[[listener]]
+name = "docs"
+autostart = false
+  [[listener.route]]
+  name = "pages"
+  path = "src"
+  glob = ["**/*.md", "*.txt"]
+  ignore = ["**/draft-*"]
+  events = ["create", "attrib"]
+  debounce_ms = 0
+  delay_ms = 5
+  run = ["make", "-C", "..", "html"]
+  workdir = "."
+  env = { LANG = "C.UTF-8" }
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.daemon.state_dir, Path::new("/etc/execlib/state"));
+    assert_eq!(c.control.mode, 0o600);
+    let s = c.server.unwrap();
+    assert_eq!(s.root, Path::new("/etc/execlib/public"));
+    assert!(!s.livereload);
+    let r = &c.listeners[0].routes[0];
+    assert!(r.events.contains(EventKind::Attrib));
+    assert!(!r.events.contains(EventKind::Modify));
+    assert_eq!(r.workdir, Path::new("/etc/execlib"));
+    assert!(r.matcher.matches(Path::new("draft.md")));
+    assert!(!r.matcher.matches(Path::new("x/draft-1.md")));
+    assert_eq!(r.command, Command::Run(vec!["make".into(), "-C".into(), "..".into(), "html".into()]));
+}
+
+#[test]
+fn unknown_key_reports_line_and_column() {
+    let (line, column, message) = error_at("[daemon]\nshutdown_grace_ms = 1\n  colour = 3\n");
+    assert_eq!((line, column), (3, 3), "{message}");
+    assert!(message.contains("unknown field `colour`"), "{message}");
+}
+
+#[test]
+fn unknown_route_key_and_bad_event_kind_are_located() {
+    let (line, _, message) = error_at(&MINIMAL.replace("shell = \"true\"", "shell = \"true\"\n  gloob = \"*\""));
+    assert_eq!(line, 7);
+    assert!(message.contains("gloob"), "{message}");
+    let (line, _, message) = error_at(&MINIMAL.replace("shell = \"true\"", "shell = \"true\"\n  events = [\"write\"]"));
+    assert_eq!(line, 7);
+    assert!(message.contains("unknown variant `write`"), "{message}");
+}
+
+#[test]
+fn route_needs_exactly_one_command() {
+    let (line, column, message) = error_at(&MINIMAL.replace("shell = \"true\"", "run = [\"a\"]\n  shell = \"b\""));
+    assert_eq!((line, column), (6, 9));
+    assert!(message.contains("exactly one"), "{message}");
+    let (line, _, message) = error_at(&MINIMAL.replace("  shell = \"true\"\n", ""));
+    assert_eq!(line, 4);
+    assert!(message.contains("needs `run`"), "{message}");
+}
+
+#[test]
+fn invalid_values_are_located() {
+    let (line, column, message) = error_at(&MINIMAL.replace("path = \"src\"", "path = \"src\"\n  glob = \"a/[b\""));
+    assert_eq!((line, column), (6, 10));
+    assert!(message.contains("a/[b"), "{message}");
+    let (line, column, message) = error_at("[control]\nmode = \"999\"\n");
+    assert_eq!((line, column), (2, 8));
+    assert!(message.contains("octal"), "{message}");
+    let (line, _, message) = error_at("[server]\nroot = \"p\"\nlisten = \"nowhere\"\n");
+    assert_eq!(line, 3);
+    assert!(message.contains("nowhere"), "{message}");
+}
+
+#[test]
+fn listener_names_are_checked() {
+    let (line, column, message) = error_at(&MINIMAL.replace("\"docs\"", "\"my docs\""));
+    assert_eq!((line, column), (3, 8));
+    assert!(message.contains("letters, digits"), "{message}");
+    let twice = format!("{MINIMAL}{MINIMAL}");
+    let (line, _, message) = error_at(&twice);
+    assert_eq!(line, 8);
+    assert!(message.contains("duplicate listener name \"docs\""), "{message}");
+}
+
+#[test]
+fn toml_syntax_error_is_located() {
+    let (line, _, _) = error_at("[daemon]\nshutdown_grace_ms = \n");
+    assert_eq!(line, 2);
+}
+
+#[test]
+fn error_display_is_file_line_column() {
+    let err = parse("nonsense = 1\n").unwrap_err().to_string();
+    assert!(err.starts_with("/etc/execlib/site.toml:1:1: "), "{err}");
+}

@@ -1,0 +1,76 @@
+//! One handler per control request, reached from one exhaustive `match`.
+
+use super::protocol::{ErrorCode, ListenerCounts, Request, Response, StatusInfo};
+use crate::daemon::DaemonState;
+use crate::listener::{ListenerError, State};
+
+/// Answers one request. `Shutdown` only answers; the connection triggers the
+/// shutdown once the reply is written.
+pub async fn handle(state: &DaemonState, request: Request) -> Response {
+    match request {
+        Request::Listeners => Response::Listeners(state.listeners.infos()),
+        Request::Start { listener } => start(state, &listener).await,
+        Request::Stop { listener } => stop(state, &listener).await,
+        Request::Status => status(state),
+        Request::Reload => Response::error(
+            ErrorCode::Unsupported,
+            "reload is not supported yet: restart the daemon to apply a new config",
+        ),
+        Request::Shutdown => Response::Done,
+    }
+}
+
+async fn start(state: &DaemonState, name: &str) -> Response {
+    if state.is_shutting_down() {
+        return shutting_down();
+    }
+    let result = state.listeners.start(name).await;
+    state.publish_status();
+    match result {
+        Ok(changed) => Response::Changed(changed),
+        Err(e) => listener_error(e),
+    }
+}
+
+async fn stop(state: &DaemonState, name: &str) -> Response {
+    if state.is_shutting_down() {
+        return shutting_down();
+    }
+    let result = state.listeners.stop(name).await;
+    state.publish_status();
+    match result {
+        Ok(changed) => Response::Changed(changed),
+        Err(e) => listener_error(e),
+    }
+}
+
+fn status(state: &DaemonState) -> Response {
+    let infos = state.listeners.infos();
+    let running = infos
+        .iter()
+        .filter(|l| matches!(l.state, State::Running | State::Degraded))
+        .count();
+    Response::Status(StatusInfo {
+        instance: state.config.instance.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_ms: state.started.elapsed().as_millis() as u64,
+        listeners: ListenerCounts {
+            running,
+            total: infos.len(),
+        },
+        server: None,
+    })
+}
+
+fn shutting_down() -> Response {
+    Response::error(ErrorCode::ShuttingDown, "the daemon is shutting down")
+}
+
+fn listener_error(e: ListenerError) -> Response {
+    let code = match e {
+        ListenerError::Unknown(_) => ErrorCode::UnknownListener,
+        ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
+    };
+    Response::error(code, e.to_string())
+}

@@ -1,0 +1,115 @@
+//! The control socket: accepts clients and serves each connection on its own
+//! task, so a slow, silent or abusive client never blocks another.
+
+pub mod handler;
+pub mod protocol;
+pub mod socket;
+
+use crate::daemon::DaemonState;
+use protocol::{ErrorCode, Frame, Request, Response, read_frame};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// The running accept loop.
+pub struct ControlServer {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Starts accepting on `listener`.
+    pub fn spawn(listener: tokio::net::UnixListener, state: Arc<DaemonState>) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, state, stop.clone()));
+        ControlServer { stop, task }
+    }
+
+    /// Stops accepting and closes every connection.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(listener: tokio::net::UnixListener, state: Arc<DaemonState>, stop: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, state.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+async fn connection(stream: UnixStream, state: Arc<DaemonState>) {
+    let idle = state.config.control.idle_timeout;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, read_frame(&mut reader, &mut line)).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let message = format!("no request within {} ms; closing", idle.as_millis());
+                let _ = send(&mut writer, &Response::error(ErrorCode::Timeout, message), idle).await;
+                return;
+            }
+        };
+        match frame {
+            Frame::Eof => return,
+            Frame::TooLarge => {
+                let message = format!("request line longer than {} bytes; closing", protocol::MAX_LINE);
+                let _ = send(&mut writer, &Response::error(ErrorCode::TooLarge, message), idle).await;
+                return;
+            }
+            Frame::Line if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Frame::Line => {}
+        }
+        let (response, shutdown) = match protocol::parse_request(&line) {
+            Ok(request) => {
+                let shutdown = request == Request::Shutdown;
+                (handler::handle(&state, request).await, shutdown)
+            }
+            Err(error) => {
+                debug!(code = ?error.code, "bad control request: {}", error.message);
+                (Response::Error(error), false)
+            }
+        };
+        let sent = send(&mut writer, &response, idle).await;
+        if shutdown {
+            state.request_shutdown("the control socket");
+        }
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes a reply, giving up after `limit` (a client that does not read).
+async fn send(writer: &mut OwnedWriteHalf, response: &Response, limit: Duration) -> std::io::Result<()> {
+    let write = async {
+        writer.write_all(response.to_line().as_bytes()).await?;
+        writer.flush().await
+    };
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}

@@ -1,0 +1,140 @@
+//! The daemon: owns the control socket, the listeners and their lifecycles.
+//!
+//! [`run`] binds the control socket, starts the autostart listeners, reports
+//! readiness, then waits for a shutdown (the caller's future or the `shutdown`
+//! command) and stops everything in order: listeners and their jobs first, then
+//! the HTTP server, then the control socket.
+
+use crate::config::Config;
+use crate::control::ControlServer;
+use crate::control::socket::{self, SocketError};
+use crate::listener::{Listeners, State};
+use crate::notify;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The control socket could not be bound.
+    #[error("control socket: {0}")]
+    Socket(#[from] SocketError),
+}
+
+/// What the control handlers see of the daemon.
+pub struct DaemonState {
+    /// The config it runs.
+    pub config: Config,
+    /// Its listeners.
+    pub listeners: Listeners,
+    /// When it started.
+    pub started: Instant,
+    shutdown: CancellationToken,
+}
+
+impl DaemonState {
+    /// Whether a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Begins the ordered shutdown (idempotent).
+    pub fn request_shutdown(&self, by: &str) {
+        if !self.shutdown.is_cancelled() {
+            info!("shutdown requested by {by}");
+            self.shutdown.cancel();
+        }
+    }
+
+    /// One line for systemd's status: listeners running and watches.
+    pub fn status_line(&self) -> String {
+        let infos = self.listeners.infos();
+        let running = infos
+            .iter()
+            .filter(|l| matches!(l.state, State::Running | State::Degraded))
+            .count();
+        let watches: u64 = infos.iter().map(|l| l.watches).sum();
+        format!("{running}/{} listeners running, {watches} watches", infos.len())
+    }
+
+    /// Sends the status line to systemd.
+    pub fn publish_status(&self) {
+        notify::status(&self.status_line());
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let (listener, socket_file) = socket::bind(&config.control)?;
+    info!(socket = %socket_file.path().display(), "control socket listening");
+    let state = Arc::new(DaemonState {
+        listeners: Listeners::new(&config),
+        config,
+        started,
+        shutdown: CancellationToken::new(),
+    });
+    let control = ControlServer::spawn(listener, state.clone());
+    state.listeners.start_autostart().await;
+    let status = state.status_line();
+    notify::ready(&status);
+    info!(instance = %state.config.instance, "ready: {status}");
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = notify::spawn_watchdog(watchdog_stop.clone());
+
+    tokio::select! {
+        _ = shutdown => state.request_shutdown("a signal"),
+        _ = state.shutdown.cancelled() => {}
+    }
+    notify::stopping();
+    info!("stopping listeners");
+    state.listeners.stop_all().await;
+    info!("listeners stopped");
+    info!("no HTTP server to stop");
+    control.shutdown().await;
+    drop(socket_file);
+    info!("control socket closed and removed");
+    watchdog_stop.cancel();
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.await;
+    }
+    info!("shutdown complete");
+    Ok(())
+}
+
+/// The daemon binary's body: a runtime, the signal handlers, [`run`], an exit code.
+pub fn main(config: Config) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let signal = termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        run(config, signal).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, before the returned future is first polled.
+pub fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use futures::StreamExt;
+    let mut signals = signal_hook_tokio::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    Ok(async move {
+        if let Some(signal) = signals.next().await {
+            info!(signal, "received termination signal");
+        }
+    })
+}

@@ -1,0 +1,259 @@
+//! Running one job: a command in its own process group with its environment,
+//! its output logged line by line, and termination of the whole group
+//! (SIGTERM, a grace period, SIGKILL) when its listener stops.
+
+use crate::config::Command;
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Variables systemd gives the daemon that must not leak to jobs.
+const SYSTEMD_VARIABLES: [&str; 6] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+/// A line of job output longer than this is cut, with a marker.
+pub const MAX_LINE: usize = 8 * 1024;
+/// After the job's main process exits, how long its output may still be drained
+/// (a background child may hold the pipe open).
+const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
+
+/// Everything needed to start a job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// What to run.
+    pub command: Command,
+    /// The working directory.
+    pub workdir: PathBuf,
+    /// Variables added to the daemon's environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The main process exited with this code.
+    Exited(i32),
+    /// The main process was killed by this signal.
+    Signaled(i32),
+    /// The job could not be started.
+    NotStarted(String),
+}
+
+impl Outcome {
+    /// Whether the job succeeded (exit code 0).
+    pub fn success(&self) -> bool {
+        *self == Outcome::Exited(0)
+    }
+
+    fn from_status(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Outcome::Exited(code),
+            (None, Some(sig)) => Outcome::Signaled(sig),
+            (None, None) => Outcome::NotStarted("no exit status".into()),
+        }
+    }
+}
+
+/// Runs the job to its end. When `cancel` fires, its process group gets SIGTERM,
+/// then SIGKILL after `grace`. Logs into the current span (which should carry the
+/// listener, route and file), recording `job_pid` on it.
+pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) -> Outcome {
+    let started = Instant::now();
+    let mut cmd = match &spec.command {
+        Command::Run(argv) => {
+            let mut c = tokio::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+        Command::Shell(script) => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c").arg(script);
+            c
+        }
+    };
+    cmd.current_dir(&spec.workdir)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for inherited in SYSTEMD_VARIABLES {
+        cmd.env_remove(inherited);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let reason = format!("cannot start {}: {e}", describe(&spec.command));
+            error!(exit_code = "not_started", "job failed: {reason}");
+            return Outcome::NotStarted(reason);
+        }
+    };
+    let pid = child.id().expect("a just-spawned child has a pid");
+    tracing::Span::current().record("job_pid", pid);
+    info!(job_pid = pid, "job started");
+    let output = drain(child.stdout.take(), child.stderr.take());
+    tokio::pin!(output);
+    let wait = async {
+        tokio::select! {
+            status = child.wait() => status,
+            _ = cancel.cancelled() => terminate(&mut child, pid, grace).await,
+        }
+    };
+    tokio::pin!(wait);
+    let mut output_done = false;
+    let status = loop {
+        tokio::select! {
+            status = &mut wait => break status,
+            _ = &mut output, if !output_done => output_done = true,
+        }
+    };
+    if !output_done {
+        let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
+    }
+    let outcome = match status {
+        Ok(status) => Outcome::from_status(status),
+        Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),
+    };
+    log_end(&outcome, started.elapsed());
+    outcome
+}
+
+fn log_end(outcome: &Outcome, elapsed: Duration) {
+    let duration_ms = elapsed.as_millis() as u64;
+    match outcome {
+        Outcome::Exited(0) => info!(exit_code = 0, duration_ms, "job finished"),
+        Outcome::Exited(code) => warn!(exit_code = code, duration_ms, "job failed with exit code {code}"),
+        Outcome::Signaled(sig) => warn!(signal = sig, duration_ms, "job killed by signal {sig}"),
+        Outcome::NotStarted(reason) => error!(duration_ms, "job failed: {reason}"),
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace`; then SIGKILL again to sweep
+/// any process of the group still alive.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: u32,
+    grace: Duration,
+) -> std::io::Result<ExitStatus> {
+    info!(job_pid = pid, "sending SIGTERM to the job's process group");
+    kill_group(pid, libc::SIGTERM);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            warn!(job_pid = pid, grace_ms = grace.as_millis() as u64, "job outlived its grace: SIGKILL");
+            kill_group(pid, libc::SIGKILL);
+            child.wait().await
+        }
+    };
+    kill_group(pid, libc::SIGKILL);
+    status
+}
+
+fn kill_group(pgid: u32, signal: i32) {
+    // SAFETY: killpg only sends a signal; the group is the job's own (process_group(0)).
+    unsafe {
+        libc::killpg(pgid as libc::pid_t, signal);
+    }
+}
+
+fn describe(command: &Command) -> String {
+    match command {
+        Command::Run(argv) => format!("{:?}", argv[0]),
+        Command::Shell(_) => "/bin/sh".to_owned(),
+    }
+}
+
+async fn drain(
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+) {
+    tokio::join!(log_lines(stdout, "stdout"), log_lines(stderr, "stderr"));
+}
+
+/// Logs each line of `reader`, cutting lines over [`MAX_LINE`]; never holds more than one line.
+async fn log_lines(reader: Option<impl AsyncRead + Unpin>, stream: &'static str) {
+    let Some(reader) = reader else { return };
+    let mut reader = BufReader::new(reader);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        match read_capped_line(&mut reader, &mut line).await {
+            Ok(None) => return,
+            Ok(Some(cut)) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let marker = if cut { " [line cut at 8 KiB]" } else { "" };
+                info!(stream, "{text}{marker}");
+            }
+            Err(e) => {
+                warn!(stream, "reading job output: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one line into `line` (cleared first), keeping at most [`MAX_LINE`] bytes and
+/// discarding the rest of a longer line. `Ok(None)` at end of input; `Ok(Some(cut))` otherwise.
+pub(crate) async fn read_capped_line(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut cut = false;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok((!line.is_empty() || cut).then_some(cut));
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        cut |= chunk.len() > room;
+        let used = chunk.len();
+        reader.consume(used);
+        if done {
+            return Ok(Some(cut));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_the_rest_skipped() {
+        let mut input = vec![b'x'; MAX_LINE * 3];
+        input.extend_from_slice(b"\nshort\nlast");
+        let mut reader = BufReader::with_capacity(1024, &input[..]);
+        let mut line = Vec::new();
+        assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), Some(true));
+        assert_eq!(line.len(), MAX_LINE);
+        assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), Some(false));
+        assert_eq!(line, b"short\n");
+        assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), Some(false));
+        assert_eq!(line, b"last");
+        assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_missing_programs_are_reported() {
+        let spec = |command| JobSpec {
+            command,
+            workdir: "/".into(),
+            env: BTreeMap::new(),
+        };
+        let never = CancellationToken::new();
+        let grace = Duration::from_secs(1);
+        let out = run(&spec(Command::Shell("exit 3".into())), grace, &never).await;
+        assert_eq!(out, Outcome::Exited(3));
+        let out = run(&spec(Command::Run(vec!["/nonexistent/prog".into()])), grace, &never).await;
+        assert!(matches!(out, Outcome::NotStarted(ref r) if r.contains("/nonexistent/prog")), "{out:?}");
+    }
+}

@@ -1,0 +1,22 @@
+//! execlib: a file-triggered job service for Linux.
+//!
+//! Data flow: an inotify event ([`watch`]) reaches its [`listener`], which
+//! matches it against its routes ([`route`]) and hands matches to the
+//! [`scheduler`], which starts [`job`]s. Beside it the [`control`] socket
+//! drives the listeners, and [`daemon`] owns every lifecycle.
+
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod events;
+pub mod job;
+pub mod listener;
+pub mod logging;
+pub mod notify;
+pub mod paths;
+pub mod route;
+pub mod scheduler;
+pub mod watch;
+
+pub use daemon::run;

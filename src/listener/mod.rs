@@ -1,0 +1,270 @@
+//! Listeners: named groups of routes, each with its own inotify instance.
+//!
+//! [`Listeners`] is the registry the daemon and the control socket drive
+//! (start, stop, snapshot); [`task`] is what a running listener does.
+
+mod task;
+
+use crate::config::{Config, ListenerConfig};
+use crate::watch::{DirFilter, Tree, WatchError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span};
+
+/// A listener's state as the control socket reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Watching and running jobs.
+    Running,
+    /// Not started, or stopped on request.
+    Stopped,
+    /// Running, but some routes cannot watch.
+    Degraded,
+    /// Could not start or broke; `error` says why.
+    Failed,
+}
+
+/// One listener as the control socket reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: State,
+    /// The directories its routes watch.
+    pub paths: Vec<PathBuf>,
+    /// How many routes it has.
+    pub routes: usize,
+    /// How many directories it watches.
+    pub watches: u64,
+    /// File events received since the daemon started.
+    pub events: u64,
+    /// Jobs started since the daemon started.
+    pub jobs_started: u64,
+    /// Jobs that failed.
+    pub jobs_failed: u64,
+    /// Jobs running now.
+    pub jobs_running: u64,
+    /// Why it is not running, when it is not by choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a start or stop request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// No listener has that name.
+    #[error("no listener named {0:?}")]
+    Unknown(String),
+    /// The listener could not start.
+    #[error("listener {name:?} failed to start: {source}")]
+    StartFailed {
+        /// The listener.
+        name: String,
+        /// Why.
+        source: WatchError,
+    },
+}
+
+/// Counters and state shared between a listener's slot and its running task.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    watches: AtomicU64,
+    events: AtomicU64,
+    jobs_started: AtomicU64,
+    jobs_failed: AtomicU64,
+    jobs_running: AtomicU64,
+    status: Mutex<Option<(State, Option<String>)>>,
+}
+
+impl Shared {
+    fn set(&self, state: State, error: Option<String>) {
+        *self.status.lock().expect("status lock") = Some((state, error));
+    }
+
+    fn get(&self) -> (State, Option<String>) {
+        self.status.lock().expect("status lock").clone().unwrap_or((State::Stopped, None))
+    }
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Slot {
+    config: Arc<ListenerConfig>,
+    shared: Arc<Shared>,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+/// What every job of the daemon shares.
+#[derive(Debug, Clone)]
+pub(crate) struct JobContext {
+    pub instance: String,
+    pub grace: Duration,
+}
+
+/// The daemon's listeners.
+pub struct Listeners {
+    slots: Vec<Slot>,
+    ctx: JobContext,
+}
+
+impl Listeners {
+    /// The listeners of `config`, all stopped.
+    pub fn new(config: &Config) -> Self {
+        Listeners {
+            slots: config
+                .listeners
+                .iter()
+                .map(|l| Slot {
+                    config: Arc::new(l.clone()),
+                    shared: Arc::default(),
+                    running: tokio::sync::Mutex::new(None),
+                })
+                .collect(),
+            ctx: JobContext {
+                instance: config.instance.clone(),
+                grace: config.daemon.shutdown_grace,
+            },
+        }
+    }
+
+    fn slot(&self, name: &str) -> Result<&Slot, ListenerError> {
+        self.slots
+            .iter()
+            .find(|s| s.config.name == name)
+            .ok_or_else(|| ListenerError::Unknown(name.to_owned()))
+    }
+
+    /// Starts every listener with `autostart`; failures are logged and leave it `failed`.
+    /// Returns once each has its watches in place.
+    pub async fn start_autostart(&self) {
+        let starts = self.slots.iter().filter(|s| s.config.autostart).map(|s| s.start(&self.ctx));
+        for result in futures::future::join_all(starts).await {
+            if let Err(e) = result {
+                error!("{e}");
+            }
+        }
+    }
+
+    /// Starts a listener; `Ok(false)` when it was already running.
+    pub async fn start(&self, name: &str) -> Result<bool, ListenerError> {
+        self.slot(name)?.start(&self.ctx).await
+    }
+
+    /// Stops a listener and its jobs; `Ok(false)` when it was not running.
+    pub async fn stop(&self, name: &str) -> Result<bool, ListenerError> {
+        Ok(self.slot(name)?.stop().await)
+    }
+
+    /// Stops every listener at once: watches closed, then jobs terminated within the grace.
+    pub async fn stop_all(&self) {
+        futures::future::join_all(self.slots.iter().map(Slot::stop)).await;
+    }
+
+    /// A snapshot of every listener.
+    pub fn infos(&self) -> Vec<ListenerInfo> {
+        self.slots.iter().map(Slot::info).collect()
+    }
+}
+
+impl Slot {
+    async fn start(&self, ctx: &JobContext) -> Result<bool, ListenerError> {
+        let mut running = self.running.lock().await;
+        if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
+            return Ok(false);
+        }
+        let name = self.config.name.clone();
+        let roots = roots(&self.config);
+        let filter = dir_filter(&self.config);
+        let tree = tokio::task::spawn_blocking(move || Tree::new(&roots, filter))
+            .await
+            .expect("watch setup does not panic")
+            .and_then(Tree::into_watcher);
+        let watcher = match tree {
+            Ok(watcher) => watcher,
+            Err(source) => {
+                self.shared.set(State::Failed, Some(source.to_string()));
+                return Err(ListenerError::StartFailed { name, source });
+            }
+        };
+        let watches = watcher.watch_count();
+        self.shared.watches.store(watches as u64, Ordering::Relaxed);
+        self.shared.set(State::Running, None);
+        info!(listener = %name, watches, "listener started");
+        let cancel = CancellationToken::new();
+        let task = task::spawn(watcher, self.config.clone(), ctx.clone(), self.shared.clone(), cancel.clone())
+            .instrument(info_span!("listener", listener = %name));
+        *running = Some(Running {
+            cancel,
+            task: tokio::spawn(task),
+        });
+        Ok(true)
+    }
+
+    async fn stop(&self) -> bool {
+        let mut running = self.running.lock().await;
+        let Some(r) = running.take() else { return false };
+        let name = &self.config.name;
+        info!(listener = %name, "stopping listener");
+        r.cancel.cancel();
+        if let Err(e) = r.task.await {
+            error!(listener = %name, "listener task ended abnormally: {e}");
+        }
+        let (state, _) = self.shared.get();
+        if state != State::Failed {
+            self.shared.set(State::Stopped, None);
+        }
+        self.shared.watches.store(0, Ordering::Relaxed);
+        info!(listener = %name, "listener stopped");
+        true
+    }
+
+    fn info(&self) -> ListenerInfo {
+        let (state, error) = self.shared.get();
+        let s = &self.shared;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ListenerInfo {
+            name: self.config.name.clone(),
+            state,
+            paths: roots(&self.config),
+            routes: self.config.routes.len(),
+            watches: get(&s.watches),
+            events: get(&s.events),
+            jobs_started: get(&s.jobs_started),
+            jobs_failed: get(&s.jobs_failed),
+            jobs_running: get(&s.jobs_running),
+            error,
+        }
+    }
+}
+
+/// The distinct directories the routes watch, in route order.
+fn roots(config: &ListenerConfig) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for r in &config.routes {
+        if !roots.contains(&r.path) {
+            roots.push(r.path.clone());
+        }
+    }
+    roots
+}
+
+/// A directory is watched when some route covering it does not ignore it
+/// (so hidden directories are not watched under the default ignores).
+fn dir_filter(config: &ListenerConfig) -> DirFilter {
+    let routes = config.routes.clone();
+    Arc::new(move |dir: &Path| {
+        routes.iter().any(|r| match dir.strip_prefix(&r.path) {
+            Ok(rel) => rel.as_os_str().is_empty() || !r.matcher.ignores_dir(rel),
+            Err(_) => r.path.starts_with(dir),
+        })
+    })
+}

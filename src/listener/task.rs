@@ -1,0 +1,140 @@
+//! A running listener: reads its watcher, matches each file event against its
+//! routes, feeds the matches to its scheduler and launches the jobs it decides.
+//! On stop it closes inotify first, then terminates its running jobs.
+
+use super::{JobContext, Shared, State};
+use crate::config::{ListenerConfig, RouteConfig};
+use crate::job::{self, JobSpec};
+use crate::scheduler::{self, Start, Submission, Timing};
+use crate::watch::{FileEvent, WatchError, Watcher};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span};
+
+/// Runs the listener until `cancel` fires or its watcher fails.
+pub(super) async fn spawn(
+    mut watcher: Watcher,
+    config: Arc<ListenerConfig>,
+    ctx: JobContext,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let jobs_cancel = CancellationToken::new();
+    let launcher = Launcher {
+        config: config.clone(),
+        ctx,
+        shared: shared.clone(),
+        cancel: jobs_cancel.clone(),
+    };
+    let scheduler = tokio::spawn(scheduler::drive(rx, move |start| launcher.launch(start)).in_current_span());
+    let result = tokio::select! {
+        _ = cancel.cancelled() => Ok(()),
+        result = watch(&mut watcher, &config.routes, &shared, &tx) => result,
+    };
+    drop(watcher);
+    drop(tx);
+    info!("inotify closed: no new events");
+    if let Err(e) = result {
+        error!("listener failed: {e}");
+        shared.set(State::Failed, Some(e.to_string()));
+    }
+    let running = shared.jobs_running.load(Ordering::Relaxed);
+    if running > 0 {
+        info!(jobs = running, "terminating running jobs");
+    }
+    jobs_cancel.cancel();
+    if let Err(e) = scheduler.await {
+        error!("scheduler ended abnormally: {e}");
+    }
+}
+
+async fn watch(
+    watcher: &mut Watcher,
+    routes: &[RouteConfig],
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Submission>,
+) -> Result<(), WatchError> {
+    loop {
+        let events = watcher.next().await?;
+        shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
+        for event in events {
+            shared.events.fetch_add(1, Ordering::Relaxed);
+            for (index, route) in routes.iter().enumerate() {
+                if let Some(sub) = route_match(index, route, &event) {
+                    let _ = tx.send(sub);
+                }
+            }
+        }
+    }
+}
+
+/// The submission for `route` if the event is under its path, matches its globs
+/// and is of a kind it wants.
+fn route_match(index: usize, route: &RouteConfig, event: &FileEvent) -> Option<Submission> {
+    let rel = event.path.strip_prefix(&route.path).ok()?;
+    let wanted = !rel.as_os_str().is_empty() && route.events.contains(event.kind) && route.matcher.matches(rel);
+    wanted.then(|| Submission {
+        key: (index, event.path.clone()),
+        kind: event.kind,
+        timing: Timing {
+            debounce: route.debounce,
+            delay: route.delay,
+        },
+    })
+}
+
+struct Launcher {
+    config: Arc<ListenerConfig>,
+    ctx: JobContext,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+}
+
+impl Launcher {
+    fn launch(&self, start: Start) -> impl Future<Output = ()> + Send + use<> {
+        let route = &self.config.routes[start.key.0];
+        let path = start.key.1;
+        let name = path.strip_prefix(&route.path).unwrap_or(&path);
+        let mut env = route.env.clone();
+        for (key, value) in [
+            ("EXECLIB_INSTANCE", self.ctx.instance.as_str()),
+            ("EXECLIB_LISTENER", &self.config.name),
+            ("EXECLIB_ROUTE", &route.name),
+            ("EXECLIB_ENDPOINT", &route.path.to_string_lossy()),
+            ("EXECLIB_PATH", &path.to_string_lossy()),
+            ("EXECLIB_NAME", &name.to_string_lossy()),
+            ("EXECLIB_EVENT", &start.kinds.to_string()),
+        ] {
+            env.insert(key.to_owned(), value.to_owned());
+        }
+        let spec = JobSpec {
+            command: route.command.clone(),
+            workdir: route.workdir.clone(),
+            env,
+        };
+        let span = info_span!(
+            "job",
+            route = %route.name,
+            event_path = %path.display(),
+            event = %start.kinds,
+            job_pid = tracing::field::Empty,
+        );
+        let shared = self.shared.clone();
+        let cancel = self.cancel.clone();
+        let grace = self.ctx.grace;
+        async move {
+            shared.jobs_started.fetch_add(1, Ordering::Relaxed);
+            shared.jobs_running.fetch_add(1, Ordering::Relaxed);
+            let outcome = job::run(&spec, grace, &cancel).await;
+            shared.jobs_running.fetch_sub(1, Ordering::Relaxed);
+            if !outcome.success() {
+                shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        .instrument(span)
+    }
+}

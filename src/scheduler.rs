@@ -1,0 +1,201 @@
+//! Per-file scheduling of a listener's jobs.
+//!
+//! Rules, for each (route, file) key:
+//! - changes coalesce: the job starts at `max(first change + debounce, last change + delay)`,
+//!   so a burst within `debounce` gives one run, and `delay` is always waited after the last change;
+//! - never two runs of one key at once: changes during a run are kept and give exactly one
+//!   more run after it, so the last change is never lost;
+//! - every change is covered by a run that starts after it.
+//!
+//! [`Scheduler`] is the pure state machine; [`drive`] runs it against a channel of
+//! submissions and a launcher, tracking the started jobs in a `JoinSet`.
+
+use crate::events::{EventKind, EventSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// What is scheduled: a route (by index in its listener) and a file.
+pub type Key = (usize, PathBuf);
+
+/// A route's timing rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Window, from a key's first pending change, in which changes coalesce.
+    pub debounce: Duration,
+    /// Quiet time after the last change before a run starts.
+    pub delay: Duration,
+}
+
+/// A matched change handed to the scheduler.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The route and file.
+    pub key: Key,
+    /// What happened.
+    pub kind: EventKind,
+    /// The route's timing.
+    pub timing: Timing,
+}
+
+/// A run the scheduler decided to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    /// The route and file.
+    pub key: Key,
+    /// Every kind of change seen since the key's previous run started.
+    pub kinds: EventSet,
+}
+
+#[derive(Debug)]
+struct Pending {
+    first: Instant,
+    last: Instant,
+    kinds: EventSet,
+    timing: Timing,
+}
+
+impl Pending {
+    fn due_at(&self) -> Instant {
+        (self.first + self.timing.debounce).max(self.last + self.timing.delay)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    running: bool,
+    pending: Option<Pending>,
+}
+
+/// The pure scheduling state of one listener.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    entries: HashMap<Key, Entry>,
+    /// Wake-up times; an entry may be stale (earlier than the key's real due time, or
+    /// for a key that is running) and is re-checked when it comes up.
+    timers: BinaryHeap<Reverse<(Instant, Key)>>,
+}
+
+impl Scheduler {
+    /// Records a change at `now`.
+    pub fn submit(&mut self, sub: Submission, now: Instant) {
+        let entry = self.entries.entry(sub.key.clone()).or_default();
+        match &mut entry.pending {
+            Some(p) => {
+                p.last = now;
+                p.kinds.insert(sub.kind);
+                p.timing = sub.timing;
+            }
+            None => {
+                let mut kinds = EventSet::EMPTY;
+                kinds.insert(sub.kind);
+                let p = Pending {
+                    first: now,
+                    last: now,
+                    kinds,
+                    timing: sub.timing,
+                };
+                if !entry.running {
+                    self.timers.push(Reverse((p.due_at(), sub.key)));
+                }
+                entry.pending = Some(p);
+            }
+        }
+    }
+
+    /// The earliest time something may become due.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Takes every run due at `now`, marking its key running.
+    pub fn take_due(&mut self, now: Instant) -> Vec<Start> {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, key)) = self.timers.pop().expect("peeked");
+            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            if entry.running {
+                continue; // finished() re-arms it
+            }
+            let Some(p) = &entry.pending else { continue };
+            let real = p.due_at();
+            if real > now {
+                self.timers.push(Reverse((real, key)));
+                continue;
+            }
+            let p = entry.pending.take().expect("checked");
+            entry.running = true;
+            due.push(Start { key, kinds: p.kinds });
+        }
+        due
+    }
+
+    /// Records that the run of `key` ended; changes seen meanwhile are scheduled.
+    pub fn finished(&mut self, key: &Key) {
+        let Some(entry) = self.entries.get_mut(key) else { return };
+        entry.running = false;
+        match &entry.pending {
+            Some(p) => self.timers.push(Reverse((p.due_at(), key.clone()))),
+            None => {
+                self.entries.remove(key);
+            }
+        }
+    }
+
+    /// How many keys have changes waiting (not yet started).
+    pub fn queued(&self) -> usize {
+        self.entries.values().filter(|e| e.pending.is_some()).count()
+    }
+}
+
+/// Runs the scheduler until `submissions` closes and every started job has ended.
+///
+/// `launch` turns a [`Start`] into the job's future; each runs as a task of a
+/// `JoinSet` owned here, so none outlives this function. Pending changes that
+/// were not started when the channel closes are dropped (the listener is stopping).
+pub async fn drive<F, Fut>(mut submissions: mpsc::UnboundedReceiver<Submission>, mut launch: F)
+where
+    F: FnMut(Start) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut sched = Scheduler::default();
+    let mut jobs = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, Key> = HashMap::new();
+    let mut open = true;
+    while open || !jobs.is_empty() {
+        let wakeup = sched.next_wakeup().filter(|_| open);
+        tokio::select! {
+            sub = submissions.recv(), if open => match sub {
+                Some(sub) => sched.submit(sub, Instant::now()),
+                None => open = false,
+            },
+            Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => e.id(),
+                };
+                if let Some(key) = running.remove(&id) {
+                    sched.finished(&key);
+                }
+            }
+            _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
+                for start in sched.take_due(Instant::now()) {
+                    let key = start.key.clone();
+                    let handle = jobs.spawn(launch(start));
+                    running.insert(handle.id(), key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Scheduler rules on paused tokio time: the pure state machine and the driver
+//! with a fake launcher whose "jobs" sleep for a set time.
+
+use super::*;
+use std::sync::{Arc, Mutex};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn timing(debounce: u64, delay: u64) -> Timing {
+    Timing {
+        debounce: MS * debounce as u32,
+        delay: MS * delay as u32,
+    }
+}
+
+fn sub(file: &str, kind: EventKind, t: Timing) -> Submission {
+    Submission {
+        key: (0, PathBuf::from(file)),
+        kind,
+        timing: t,
+    }
+}
+
+/// A recorded run: when it started and ended (ms since the test began) and its kinds.
+#[derive(Debug, Clone)]
+struct Run {
+    file: PathBuf,
+    start: u64,
+    end: u64,
+    kinds: String,
+}
+
+/// Drives a scheduler whose jobs take `job_ms`; returns the sender and the run log.
+fn harness(job_ms: u64) -> (mpsc::UnboundedSender<Submission>, Arc<Mutex<Vec<Run>>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let runs = log.clone();
+    let task = tokio::spawn(drive(rx, move |start: Start| {
+        let runs = runs.clone();
+        async move {
+            let begin = t0.elapsed().as_millis() as u64;
+            tokio::time::sleep(MS * job_ms as u32).await;
+            runs.lock().unwrap().push(Run {
+                file: start.key.1,
+                start: begin,
+                end: t0.elapsed().as_millis() as u64,
+                kinds: start.kinds.to_string(),
+            });
+        }
+    }));
+    (tx, log, task)
+}
+
+async fn at(t0: Instant, ms: u64) {
+    tokio::time::sleep_until(t0 + MS * ms as u32).await;
+}
+
+async fn finish(tx: mpsc::UnboundedSender<Submission>, task: tokio::task::JoinHandle<()>, until: Instant) {
+    tokio::time::sleep_until(until).await;
+    drop(tx);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn burst_within_debounce_gives_one_run_after_the_window() {
+    let (tx, log, task) = harness(10);
+    let t0 = Instant::now();
+    let t = timing(200, 30);
+    for ms in [0, 50, 100, 150] {
+        at(t0, ms).await;
+        tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    }
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].start, 200);
+    assert_eq!(runs[0].kinds, "modify");
+}
+
+#[tokio::test(start_paused = true)]
+async fn delay_is_waited_after_the_last_change() {
+    let (tx, log, task) = harness(10);
+    let t0 = Instant::now();
+    let t = timing(100, 80);
+    for ms in [0, 90] {
+        at(t0, ms).await;
+        tx.send(sub("a", EventKind::Create, t)).unwrap();
+    }
+    at(t0, 95).await;
+    tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].start, 175, "last change at 95 + delay 80");
+    assert_eq!(runs[0].kinds, "create,modify");
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_during_a_run_give_exactly_one_more_run_after_it() {
+    let (tx, log, task) = harness(300);
+    let t0 = Instant::now();
+    let t = timing(50, 10);
+    tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    for ms in [100, 150, 200, 250] {
+        at(t0, ms).await;
+        tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    }
+    finish(tx, task, t0 + MS * 2000).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!((runs[0].start, runs[0].end), (50, 350));
+    assert_eq!(runs[1].start, 350, "pending since 100, due at 260; starts when the first ends");
+    assert!(runs[1].start >= runs[0].end, "never two runs of one file at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn event_arriving_exactly_as_a_run_finishes_is_not_lost() {
+    let (tx, log, task) = harness(100);
+    let t0 = Instant::now();
+    let t = timing(0, 0);
+    tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    at(t0, 100).await; // the run ends at this very instant
+    tx.send(sub("a", EventKind::Delete, t)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[1].start, 100);
+    assert_eq!(runs[1].kinds, "delete");
+}
+
+#[tokio::test(start_paused = true)]
+async fn different_files_run_concurrently_and_independently() {
+    let (tx, log, task) = harness(100);
+    let t0 = Instant::now();
+    let t = timing(20, 0);
+    tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    tx.send(sub("b", EventKind::Modify, t)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let mut runs = log.lock().unwrap().clone();
+    runs.sort_by(|x, y| x.file.cmp(&y.file));
+    assert_eq!(runs.iter().map(|r| r.start).collect::<Vec<_>>(), [20, 20]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_the_channel_waits_for_running_jobs_and_drops_pending() {
+    let (tx, log, task) = harness(500);
+    let t0 = Instant::now();
+    tx.send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
+    at(t0, 10).await;
+    tx.send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(t0.elapsed(), MS * 500, "the driver returned when the running job ended");
+    assert_eq!(log.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn pure_state_machine_tracks_queue_and_stale_timers() {
+    let mut s = Scheduler::default();
+    let t0 = Instant::now();
+    let t = timing(100, 10);
+    s.submit(sub("a", EventKind::Modify, t), t0);
+    assert_eq!(s.next_wakeup(), Some(t0 + MS * 100));
+    s.submit(sub("a", EventKind::Modify, t), t0 + MS * 95);
+    assert!(s.take_due(t0 + MS * 100).is_empty(), "extended by delay to 105");
+    assert_eq!(s.queued(), 1);
+    let due = s.take_due(t0 + MS * 105);
+    assert_eq!(due.len(), 1);
+    assert_eq!(s.queued(), 0);
+    s.submit(sub("a", EventKind::Create, t), t0 + MS * 106);
+    assert!(s.take_due(t0 + MS * 1000).is_empty(), "running: no second run");
+    s.finished(&due[0].key);
+    let again = s.take_due(t0 + MS * 1000);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].kinds.to_string(), "create");
+    s.finished(&again[0].key);
+    assert_eq!(s.next_wakeup(), None);
+}
