@@ -48,7 +48,11 @@ pub enum ClientError {
 }
 
 /// The socket to use: `--socket`, else `--instance`'s, else the only instance found.
-pub fn resolve_socket(socket: Option<PathBuf>, instance: Option<&str>, env: &Environment) -> Result<PathBuf, ClientError> {
+pub fn resolve_socket(
+    socket: Option<PathBuf>,
+    instance: Option<&str>,
+    env: &Environment,
+) -> Result<PathBuf, ClientError> {
     if let Some(socket) = socket {
         return Ok(socket);
     }
@@ -87,7 +91,9 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Va
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(unreachable)?;
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).map_err(|e| bad(e.to_string()))?;
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|e| bad(e.to_string()))?;
     if reply.is_empty() {
         return Err(bad("the daemon closed the connection without answering".into()));
     }
@@ -100,7 +106,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs one `execlibctl` command: prints the reply (or the error) and returns the exit code.
 pub fn main(socket: Option<PathBuf>, instance: Option<String>, json: bool, req: &Request) -> u8 {
     let env = Environment::from_process();
-    let reply = resolve_socket(socket, instance.as_deref(), &env).and_then(|path| request(&path, req, REPLY_TIMEOUT));
+    let reply =
+        resolve_socket(socket, instance.as_deref(), &env).and_then(|path| request(&path, req, REPLY_TIMEOUT));
     let reply = match reply {
         Ok(reply) => reply,
         Err(e) => {
@@ -118,7 +125,9 @@ pub fn main(socket: Option<PathBuf>, instance: Option<String>, json: bool, req: 
         eprintln!(
             "execlibctl: {}: {}",
             error["code"].as_str().unwrap_or("error"),
-            error["message"].as_str().unwrap_or("the daemon reported an error")
+            error["message"]
+                .as_str()
+                .unwrap_or("the daemon reported an error")
         );
     }
     if ok { 0 } else { EXIT_DAEMON_ERROR }
@@ -129,11 +138,18 @@ pub fn render(request: &Request, reply: &Value) -> String {
     match request {
         Request::Listeners => render_listeners(reply),
         Request::Start { listener } | Request::Stop { listener } => {
-            let verb = if matches!(request, Request::Start { .. }) { "started" } else { "stopped" };
+            let verb = if matches!(request, Request::Start { .. }) {
+                "started"
+            } else {
+                "stopped"
+            };
             if reply["changed"] == Value::Bool(true) {
                 format!("{verb} {listener}")
             } else {
-                format!("{listener} was already {}", if verb == "started" { "running" } else { "stopped" })
+                format!(
+                    "{listener} was already {}",
+                    if verb == "started" { "running" } else { "stopped" }
+                )
             }
         }
         Request::Status => render_status(reply),
@@ -143,14 +159,24 @@ pub fn render(request: &Request, reply: &Value) -> String {
 }
 
 fn render_listeners(reply: &Value) -> String {
-    let mut rows = vec![["NAME", "STATE", "WATCHES", "EVENTS", "JOBS", "FAILED", "RUNNING", "PATHS"].map(String::from)];
+    let mut rows = vec![
+        [
+            "NAME", "STATE", "WATCHES", "EVENTS", "JOBS", "FAILED", "RUNNING", "PATHS",
+        ]
+        .map(String::from),
+    ];
     let mut errors = Vec::new();
     for l in reply["listeners"].as_array().into_iter().flatten() {
         let text = |k: &str| match &l[k] {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let paths: Vec<&str> = l["paths"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let paths: Vec<&str> = l["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         rows.push([
             text("name"),
             text("state"),
@@ -165,7 +191,9 @@ fn render_listeners(reply: &Value) -> String {
             errors.push(format!("{}: {e}", text("name")));
         }
     }
-    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -189,6 +217,50 @@ fn render_status(reply: &Value) -> String {
         uptime % 60,
         reply["listeners"]["running"],
         reply["listeners"]["total"],
-        if reply["server"].is_null() { "none".to_owned() } else { reply["server"].to_string() },
+        if reply["server"].is_null() {
+            "none".to_owned()
+        } else {
+            reply["server"].to_string()
+        },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_only_instance_or_says_what_it_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Environment {
+            xdg_runtime_dir: Some(dir.path().to_owned()),
+            ..Environment::default()
+        };
+        let err = resolve_socket(None, None, &env).unwrap_err();
+        assert!(err.to_string().contains("no running instance"), "{err}");
+        let site = dir.path().join("execlib/site");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("control.sock"), "").unwrap();
+        std::fs::create_dir_all(dir.path().join("execlib/empty")).unwrap();
+        assert_eq!(
+            resolve_socket(None, None, &env).unwrap(),
+            site.join("control.sock")
+        );
+        let other = dir.path().join("execlib/other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("control.sock"), "").unwrap();
+        let err = resolve_socket(None, None, &env).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "several instances found, choose one with --instance: other, site"
+        );
+        assert_eq!(
+            resolve_socket(None, Some("x"), &env).unwrap(),
+            dir.path().join("execlib/x/control.sock")
+        );
+        assert_eq!(
+            resolve_socket(Some("/s".into()), Some("x"), &env).unwrap(),
+            Path::new("/s")
+        );
+    }
 }

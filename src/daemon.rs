@@ -131,7 +131,8 @@ pub fn main(config: Config) -> std::process::ExitCode {
 /// called, before the returned future is first polled.
 pub fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
     use futures::StreamExt;
-    let mut signals = signal_hook_tokio::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let mut signals =
+        signal_hook_tokio::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
     Ok(async move {
         if let Some(signal) = signals.next().await {
             info!(signal, "received termination signal");

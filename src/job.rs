@@ -13,7 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Variables systemd gives the daemon that must not leak to jobs.
-const SYSTEMD_VARIABLES: [&str; 6] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+const SYSTEMD_VARIABLES: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 /// A line of job output longer than this is cut, with a marker.
 pub const MAX_LINE: usize = 8 * 1024;
 /// After the job's main process exits, how long its output may still be drained
@@ -143,7 +150,11 @@ async fn terminate(
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
-            warn!(job_pid = pid, grace_ms = grace.as_millis() as u64, "job outlived its grace: SIGKILL");
+            warn!(
+                job_pid = pid,
+                grace_ms = grace.as_millis() as u64,
+                "job outlived its grace: SIGKILL"
+            );
             kill_group(pid, libc::SIGKILL);
             child.wait().await
         }
@@ -166,10 +177,7 @@ fn describe(command: &Command) -> String {
     }
 }
 
-async fn drain(
-    stdout: Option<tokio::process::ChildStdout>,
-    stderr: Option<tokio::process::ChildStderr>,
-) {
+async fn drain(stdout: Option<tokio::process::ChildStdout>, stderr: Option<tokio::process::ChildStderr>) {
     tokio::join!(log_lines(stdout, "stdout"), log_lines(stderr, "stderr"));
 }
 
@@ -233,11 +241,20 @@ mod tests {
         input.extend_from_slice(b"\nshort\nlast");
         let mut reader = BufReader::with_capacity(1024, &input[..]);
         let mut line = Vec::new();
-        assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), Some(true));
+        assert_eq!(
+            read_capped_line(&mut reader, &mut line).await.unwrap(),
+            Some(true)
+        );
         assert_eq!(line.len(), MAX_LINE);
-        assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), Some(false));
+        assert_eq!(
+            read_capped_line(&mut reader, &mut line).await.unwrap(),
+            Some(false)
+        );
         assert_eq!(line, b"short\n");
-        assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), Some(false));
+        assert_eq!(
+            read_capped_line(&mut reader, &mut line).await.unwrap(),
+            Some(false)
+        );
         assert_eq!(line, b"last");
         assert_eq!(read_capped_line(&mut reader, &mut line).await.unwrap(), None);
     }
@@ -253,7 +270,15 @@ mod tests {
         let grace = Duration::from_secs(1);
         let out = run(&spec(Command::Shell("exit 3".into())), grace, &never).await;
         assert_eq!(out, Outcome::Exited(3));
-        let out = run(&spec(Command::Run(vec!["/nonexistent/prog".into()])), grace, &never).await;
-        assert!(matches!(out, Outcome::NotStarted(ref r) if r.contains("/nonexistent/prog")), "{out:?}");
+        let out = run(
+            &spec(Command::Run(vec!["/nonexistent/prog".into()])),
+            grace,
+            &never,
+        )
+        .await;
+        assert!(
+            matches!(out, Outcome::NotStarted(ref r) if r.contains("/nonexistent/prog")),
+            "{out:?}"
+        );
     }
 }

@@ -19,22 +19,36 @@ pub enum LogFormat {
 /// Whether stderr is connected to the journal: `JOURNAL_STREAM` ("dev:ino")
 /// matches stderr's device and inode.
 pub fn stderr_is_journal() -> bool {
-    let Some(value) = std::env::var_os("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else { return false };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 /// Installs the global subscriber. The level comes from `RUST_LOG` (default `info`).
 /// Falls back to text when the journal cannot be reached.
 pub fn init(format: Option<LogFormat>) {
-    let format = format.unwrap_or(if stderr_is_journal() { LogFormat::Journald } else { LogFormat::Text });
+    let format = format.unwrap_or(if stderr_is_journal() {
+        LogFormat::Journald
+    } else {
+        LogFormat::Text
+    });
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if format == LogFormat::Journald {
         match tracing_journald::layer() {
             Ok(layer) => {
-                let layer = layer.with_field_prefix(None).with_syslog_identifier("execlibd".into());
-                tracing_subscriber::registry().with(layer.with_filter(filter())).init();
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("execlibd".into());
+                tracing_subscriber::registry()
+                    .with(layer.with_filter(filter()))
+                    .init();
                 return;
             }
             Err(e) => eprintln!("execlibd: journald unavailable ({e}); logging to stderr"),
@@ -44,5 +58,7 @@ pub fn init(format: Option<LogFormat>) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    tracing_subscriber::registry().with(text.with_filter(filter())).init();
+    tracing_subscriber::registry()
+        .with(text.with_filter(filter()))
+        .init();
 }

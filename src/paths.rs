@@ -31,10 +31,7 @@ impl Environment {
         // systemd may pass several colon-separated directories; the first is ours.
         let dir = |name: &str| {
             std::env::var_os(name)
-                .and_then(|v| {
-                    v.to_str()
-                        .map(|s| s.split(':').next().unwrap_or("").to_owned())
-                })
+                .and_then(|v| v.to_str().map(|s| s.split(':').next().unwrap_or("").to_owned()))
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
         };
@@ -123,7 +120,10 @@ mod tests {
             Path::new("/run/user/1000/execlib/site/control.sock")
         );
         env.is_root = true;
-        assert_eq!(env.daemon_socket("site"), Path::new("/run/execlib/site/control.sock"));
+        assert_eq!(
+            env.daemon_socket("site"),
+            Path::new("/run/execlib/site/control.sock")
+        );
         env.runtime_directory = Some("/run/x".into());
         assert_eq!(env.daemon_socket("site"), Path::new("/run/x/control.sock"));
     }
@@ -132,7 +132,10 @@ mod tests {
     fn config_and_state_defaults() {
         let mut env = user();
         assert_eq!(env.config_path("site"), Path::new("/etc/execlib/site.toml"));
-        assert_eq!(env.state_dir("site"), Path::new("/home/u/.local/state/execlib/site"));
+        assert_eq!(
+            env.state_dir("site"),
+            Path::new("/home/u/.local/state/execlib/site")
+        );
         env.configuration_directory = Some("/etc/other".into());
         env.is_root = true;
         assert_eq!(env.config_path("site"), Path::new("/etc/other/site.toml"));

@@ -121,7 +121,9 @@ impl Scheduler {
                 break;
             }
             let Reverse((_, key)) = self.timers.pop().expect("peeked");
-            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
             if entry.running {
                 continue; // finished() re-arms it
             }
@@ -140,7 +142,9 @@ impl Scheduler {
 
     /// Records that the run of `key` ended; changes seen meanwhile are scheduled.
     pub fn finished(&mut self, key: &Key) {
-        let Some(entry) = self.entries.get_mut(key) else { return };
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
         entry.running = false;
         match &entry.pending {
             Some(p) => self.timers.push(Reverse((p.due_at(), key.clone()))),

@@ -180,7 +180,8 @@ impl Watcher {
             }
         };
         let mut out = Vec::new();
-        self.dirs.translate(event.wd, event.mask, event.name.as_deref(), &mut out)?;
+        self.dirs
+            .translate(event.wd, event.mask, event.name.as_deref(), &mut out)?;
         Ok(out)
     }
 
@@ -258,9 +259,13 @@ impl Dirs {
                     continue;
                 }
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
-                let Ok(file_type) = entry.file_type() else { continue };
+                let Ok(file_type) = entry.file_type() else {
+                    continue;
+                };
                 let path = entry.path();
                 if file_type.is_dir() {
                     if (self.filter)(&path) {

@@ -48,5 +48,10 @@ fn main() -> ExitCode {
         Command::Reload => Request::Reload,
         Command::Shutdown => Request::Shutdown,
     };
-    ExitCode::from(execlib::client::main(cli.socket, cli.instance, cli.json, &request))
+    ExitCode::from(execlib::client::main(
+        cli.socket,
+        cli.instance,
+        cli.json,
+        &request,
+    ))
 }

@@ -5,9 +5,7 @@
 pub mod raw;
 mod resolve;
 
-pub use resolve::{
-    Command, Config, ControlConfig, DaemonConfig, ListenerConfig, RouteConfig, ServerConfig,
-};
+pub use resolve::{Command, Config, ControlConfig, DaemonConfig, ListenerConfig, RouteConfig, ServerConfig};
 
 use crate::paths::Environment;
 use std::path::{Path, PathBuf};
@@ -71,12 +69,7 @@ impl Config {
     }
 
     /// Validates config `text` as if read from `path`.
-    pub fn parse(
-        path: &Path,
-        text: &str,
-        instance: &str,
-        env: &Environment,
-    ) -> Result<Config, ConfigError> {
+    pub fn parse(path: &Path, text: &str, instance: &str, env: &Environment) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             ConfigError::at(path, text, offset, e.message().trim().to_owned())

@@ -211,7 +211,10 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
             Err(_) => {
                 return ctx.err(
                     l.span().start,
-                    format!("listen {:?} is not an address like \"127.0.0.1:8778\"", l.get_ref()),
+                    format!(
+                        "listen {:?} is not an address like \"127.0.0.1:8778\"",
+                        l.get_ref()
+                    ),
                 );
             }
         },
@@ -245,7 +248,10 @@ fn listener(ctx: &Ctx, raw: RawListener, at: usize) -> Result<ListenerConfig, Co
         let span = r.span();
         let route = route(ctx, r.into_inner(), i, span.start)?;
         if !route_names.insert(route.name.clone()) {
-            return ctx.err(span.start, format!("duplicate route name {:?} in listener {name:?}", route.name));
+            return ctx.err(
+                span.start,
+                format!("duplicate route name {:?} in listener {name:?}", route.name),
+            );
         }
         routes.push(route);
     }
@@ -264,7 +270,10 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
         (Some(run), None) => Command::Run(run.into_inner()),
         (None, Some(shell)) => Command::Shell(shell.into_inner()),
         (Some(run), Some(_)) => {
-            return ctx.err(run.span().start, "a route has exactly one of `run` and `shell`, not both");
+            return ctx.err(
+                run.span().start,
+                "a route has exactly one of `run` and `shell`, not both",
+            );
         }
         (None, None) => return ctx.err(at, "a route needs `run` (an argv) or `shell` (a string)"),
     };
@@ -286,7 +295,9 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
     }
     let matcher = Matcher::new(&include, &ignore).expect("globs were checked one by one");
     let events = match raw.events {
-        Some(kinds) if kinds.is_empty() => return ctx.err(at, "`events` is empty: the route would never run"),
+        Some(kinds) if kinds.is_empty() => {
+            return ctx.err(at, "`events` is empty: the route would never run");
+        }
         Some(kinds) => kinds.into_iter().collect(),
         None => EventSet::default_route(),
     };

@@ -41,7 +41,10 @@ name = "docs"
 fn minimal_config_gets_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(10));
-    assert_eq!(c.control.socket, Path::new("/run/user/1000/execlib/site/control.sock"));
+    assert_eq!(
+        c.control.socket,
+        Path::new("/run/user/1000/execlib/site/control.sock")
+    );
     assert_eq!(c.control.mode, 0o660);
     assert!(c.server.is_none());
     let l = &c.listeners[0];
@@ -101,7 +104,10 @@ autostart = false
     assert_eq!(r.workdir, Path::new("/etc/execlib"));
     assert!(r.matcher.matches(Path::new("draft.md")));
     assert!(!r.matcher.matches(Path::new("x/draft-1.md")));
-    assert_eq!(r.command, Command::Run(vec!["make".into(), "-C".into(), "..".into(), "html".into()]));
+    assert_eq!(
+        r.command,
+        Command::Run(vec!["make".into(), "-C".into(), "..".into(), "html".into()])
+    );
 }
 
 #[test]
@@ -113,17 +119,20 @@ fn unknown_key_reports_line_and_column() {
 
 #[test]
 fn unknown_route_key_and_bad_event_kind_are_located() {
-    let (line, _, message) = error_at(&MINIMAL.replace("shell = \"true\"", "shell = \"true\"\n  gloob = \"*\""));
+    let (line, _, message) =
+        error_at(&MINIMAL.replace("shell = \"true\"", "shell = \"true\"\n  gloob = \"*\""));
     assert_eq!(line, 7);
     assert!(message.contains("gloob"), "{message}");
-    let (line, _, message) = error_at(&MINIMAL.replace("shell = \"true\"", "shell = \"true\"\n  events = [\"write\"]"));
+    let (line, _, message) =
+        error_at(&MINIMAL.replace("shell = \"true\"", "shell = \"true\"\n  events = [\"write\"]"));
     assert_eq!(line, 7);
     assert!(message.contains("unknown variant `write`"), "{message}");
 }
 
 #[test]
 fn route_needs_exactly_one_command() {
-    let (line, column, message) = error_at(&MINIMAL.replace("shell = \"true\"", "run = [\"a\"]\n  shell = \"b\""));
+    let (line, column, message) =
+        error_at(&MINIMAL.replace("shell = \"true\"", "run = [\"a\"]\n  shell = \"b\""));
     assert_eq!((line, column), (6, 9));
     assert!(message.contains("exactly one"), "{message}");
     let (line, _, message) = error_at(&MINIMAL.replace("  shell = \"true\"\n", ""));
@@ -133,7 +142,8 @@ fn route_needs_exactly_one_command() {
 
 #[test]
 fn invalid_values_are_located() {
-    let (line, column, message) = error_at(&MINIMAL.replace("path = \"src\"", "path = \"src\"\n  glob = \"a/[b\""));
+    let (line, column, message) =
+        error_at(&MINIMAL.replace("path = \"src\"", "path = \"src\"\n  glob = \"a/[b\""));
     assert_eq!((line, column), (6, 10));
     assert!(message.contains("a/[b"), "{message}");
     let (line, column, message) = error_at("[control]\nmode = \"999\"\n");

@@ -175,7 +175,10 @@ pub enum Frame {
 
 /// Reads one newline-terminated line into `buf` (cleared first), reading at most
 /// `MAX_LINE + 1` bytes. A final line without a newline counts as a line.
-pub async fn read_frame(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>) -> std::io::Result<Frame> {
+pub async fn read_frame(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Frame> {
     buf.clear();
     let n = reader.take(MAX_LINE as u64 + 1).read_until(b'\n', buf).await?;
     if n == 0 {
@@ -185,7 +188,11 @@ pub async fn read_frame(reader: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<
         buf.pop();
         return Ok(Frame::Line);
     }
-    Ok(if buf.len() > MAX_LINE { Frame::TooLarge } else { Frame::Line })
+    Ok(if buf.len() > MAX_LINE {
+        Frame::TooLarge
+    } else {
+        Frame::Line
+    })
 }
 
 #[cfg(test)]
@@ -207,7 +214,10 @@ mod tests {
         );
         assert_eq!(code(r#"{"cmd":"fly"}"#), ErrorCode::UnknownCommand);
         assert_eq!(code(r#"{"cmd":"start"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"cmd":"status","x":1}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"cmd":"start","listener":"a","x":1}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(code("[1]"), ErrorCode::BadRequest);
         assert_eq!(code("{nope"), ErrorCode::BadRequest);
         let missing = parse_request(br#"{"cmd":"stop"}"#).unwrap_err().message;
@@ -219,7 +229,10 @@ mod tests {
         let v: Value = serde_json::from_str(&Response::Changed(false).to_line()).unwrap();
         assert_eq!(v, json!({"ok": true, "changed": false}));
         let v: Value = serde_json::from_str(&Response::error(ErrorCode::TooLarge, "big").to_line()).unwrap();
-        assert_eq!(v, json!({"ok": false, "error": {"code": "too_large", "message": "big"}}));
+        assert_eq!(
+            v,
+            json!({"ok": false, "error": {"code": "too_large", "message": "big"}})
+        );
     }
 
     #[tokio::test]

@@ -83,7 +83,9 @@ pub fn bind(config: &ControlConfig) -> Result<(tokio::net::UnixListener, SocketF
     unsafe { libc::umask(old) };
     let listener = bound.map_err(|e| io_err("bind", e))?;
     let file = SocketFile {
-        ino: std::fs::symlink_metadata(path).map_err(|e| io_err("inspect", e))?.ino(),
+        ino: std::fs::symlink_metadata(path)
+            .map_err(|e| io_err("inspect", e))?
+            .ino(),
         path: path.clone(),
     };
     if let Some(group) = &config.group {
@@ -92,7 +94,9 @@ pub fn bind(config: &ControlConfig) -> Result<(tokio::net::UnixListener, SocketF
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
         .map_err(|e| io_err("set the mode of", e))?;
-    listener.set_nonblocking(true).map_err(|e| io_err("configure", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("configure", e))?;
     let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| io_err("register", e))?;
     Ok((listener, file))
 }
@@ -111,10 +115,14 @@ fn clear_stale(path: &Path) -> Result<(), SocketError> {
         }
     };
     if !meta.file_type().is_socket() {
-        return Err(SocketError::NotASocket { path: path.to_owned() });
+        return Err(SocketError::NotASocket {
+            path: path.to_owned(),
+        });
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(SocketError::InUse { path: path.to_owned() });
+        return Err(SocketError::InUse {
+            path: path.to_owned(),
+        });
     }
     tracing::info!(socket = %path.display(), "replacing a stale control socket");
     std::fs::remove_file(path).map_err(|source| SocketError::Io {
@@ -130,6 +138,14 @@ fn group_id(name: &str) -> Option<u32> {
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::group = std::ptr::null_mut();
     // SAFETY: every pointer refers to live, correctly sized storage owned here.
-    let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut group, buf.as_mut_ptr(), buf.len(), &mut result) };
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
     (rc == 0 && !result.is_null()).then_some(group.gr_gid)
 }

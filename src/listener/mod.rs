@@ -88,7 +88,11 @@ impl Shared {
     }
 
     fn get(&self) -> (State, Option<String>) {
-        self.status.lock().expect("status lock").clone().unwrap_or((State::Stopped, None))
+        self.status
+            .lock()
+            .expect("status lock")
+            .clone()
+            .unwrap_or((State::Stopped, None))
     }
 }
 
@@ -146,7 +150,11 @@ impl Listeners {
     /// Starts every listener with `autostart`; failures are logged and leave it `failed`.
     /// Returns once each has its watches in place.
     pub async fn start_autostart(&self) {
-        let starts = self.slots.iter().filter(|s| s.config.autostart).map(|s| s.start(&self.ctx));
+        let starts = self
+            .slots
+            .iter()
+            .filter(|s| s.config.autostart)
+            .map(|s| s.start(&self.ctx));
         for result in futures::future::join_all(starts).await {
             if let Err(e) = result {
                 error!("{e}");
@@ -200,8 +208,14 @@ impl Slot {
         self.shared.set(State::Running, None);
         info!(listener = %name, watches, "listener started");
         let cancel = CancellationToken::new();
-        let task = task::spawn(watcher, self.config.clone(), ctx.clone(), self.shared.clone(), cancel.clone())
-            .instrument(info_span!("listener", listener = %name));
+        let task = task::spawn(
+            watcher,
+            self.config.clone(),
+            ctx.clone(),
+            self.shared.clone(),
+            cancel.clone(),
+        )
+        .instrument(info_span!("listener", listener = %name));
         *running = Some(Running {
             cancel,
             task: tokio::spawn(task),
@@ -211,7 +225,9 @@ impl Slot {
 
     async fn stop(&self) -> bool {
         let mut running = self.running.lock().await;
-        let Some(r) = running.take() else { return false };
+        let Some(r) = running.take() else {
+            return false;
+        };
         let name = &self.config.name;
         info!(listener = %name, "stopping listener");
         r.cancel.cancel();

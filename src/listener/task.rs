@@ -60,7 +60,9 @@ async fn watch(
 ) -> Result<(), WatchError> {
     loop {
         let events = watcher.next().await?;
-        shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
+        shared
+            .watches
+            .store(watcher.watch_count() as u64, Ordering::Relaxed);
         for event in events {
             shared.events.fetch_add(1, Ordering::Relaxed);
             for (index, route) in routes.iter().enumerate() {
@@ -76,7 +78,8 @@ async fn watch(
 /// and is of a kind it wants.
 fn route_match(index: usize, route: &RouteConfig, event: &FileEvent) -> Option<Submission> {
     let rel = event.path.strip_prefix(&route.path).ok()?;
-    let wanted = !rel.as_os_str().is_empty() && route.events.contains(event.kind) && route.matcher.matches(rel);
+    let wanted =
+        !rel.as_os_str().is_empty() && route.events.contains(event.kind) && route.matcher.matches(rel);
     wanted.then(|| Submission {
         key: (index, event.path.clone()),
         kind: event.kind,

@@ -31,7 +31,13 @@ struct Run {
 }
 
 /// Drives a scheduler whose jobs take `job_ms`; returns the sender and the run log.
-fn harness(job_ms: u64) -> (mpsc::UnboundedSender<Submission>, Arc<Mutex<Vec<Run>>>, tokio::task::JoinHandle<()>) {
+fn harness(
+    job_ms: u64,
+) -> (
+    mpsc::UnboundedSender<Submission>,
+    Arc<Mutex<Vec<Run>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let log = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
@@ -110,7 +116,10 @@ async fn changes_during_a_run_give_exactly_one_more_run_after_it() {
     let runs = log.lock().unwrap().clone();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!((runs[0].start, runs[0].end), (50, 350));
-    assert_eq!(runs[1].start, 350, "pending since 100, due at 260; starts when the first ends");
+    assert_eq!(
+        runs[1].start, 350,
+        "pending since 100, due at 260; starts when the first ends"
+    );
     assert!(runs[1].start >= runs[0].end, "never two runs of one file at once");
 }
 
@@ -151,7 +160,11 @@ async fn closing_the_channel_waits_for_running_jobs_and_drops_pending() {
     tx.send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
     drop(tx);
     task.await.unwrap();
-    assert_eq!(t0.elapsed(), MS * 500, "the driver returned when the running job ended");
+    assert_eq!(
+        t0.elapsed(),
+        MS * 500,
+        "the driver returned when the running job ended"
+    );
     assert_eq!(log.lock().unwrap().len(), 1);
 }
 

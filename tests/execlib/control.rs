@@ -1,0 +1,121 @@
+//! `execlibctl` and the control commands: listeners, start, stop, status, exit codes.
+
+use crate::support::*;
+
+#[test]
+fn stop_stops_reacting_and_start_resumes() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("touch ../out/$EXECLIB_NAME", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+
+    let out = daemon.ctl(&["stop", "docs"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped docs");
+    assert_eq!(
+        daemon.request(r#"{"cmd":"stop","listener":"docs"}"#)["changed"],
+        false
+    );
+    assert_eq!(daemon.listener("docs")["state"], "stopped");
+    assert_eq!(daemon.listener("docs")["watches"], 0);
+    sandbox.write("src/while-stopped", "x");
+
+    assert_eq!(
+        daemon.request(r#"{"cmd":"start","listener":"docs"}"#)["changed"],
+        true
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&daemon.ctl(&["start", "docs"]).stdout).trim(),
+        "docs was already running"
+    );
+    sandbox.write("src/after-start", "x");
+    sandbox.wait_out("after-start");
+    assert!(
+        sandbox.read("out/while-stopped").is_none(),
+        "no job ran for a change made while stopped"
+    );
+    assert_eq!(daemon.listener("docs")["state"], "running");
+}
+
+#[test]
+fn listeners_reports_state_and_counters() {
+    let sandbox = Sandbox::new();
+    let body = format!(
+        "{}\n[[listener]]\nname = \"idle\"\nautostart = false\n  [[listener.route]]\n  path = \"src\"\n  shell = \"true\"\n",
+        one_route("touch ../out/done", "")
+    );
+    let config = sandbox.config(&body);
+    let daemon = Daemon::start(&sandbox, &config);
+    std::fs::create_dir(sandbox.path("src/sub")).unwrap();
+    sandbox.write("src/sub/x", "1");
+    sandbox.wait_out("done");
+    let docs = eventually("counters", || {
+        let l = daemon.listener("docs");
+        (l["jobs_started"] == 1 && l["jobs_running"] == 0).then_some(l)
+    });
+    assert_eq!(docs["state"], "running");
+    assert_eq!(docs["watches"], 2, "src and the new src/sub");
+    assert_eq!(docs["routes"], 1);
+    assert_eq!(docs["paths"][0], sandbox.path("src").to_str().unwrap());
+    assert!(docs["events"].as_u64().unwrap() >= 1);
+    assert_eq!(docs["jobs_failed"], 0);
+    assert_eq!(daemon.listener("idle")["state"], "stopped");
+
+    let table = String::from_utf8_lossy(&daemon.ctl(&["listeners"]).stdout).into_owned();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("docs") && l.contains("running")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("idle") && l.contains("stopped")),
+        "{table}"
+    );
+
+    let status = daemon.request(r#"{"cmd":"status"}"#);
+    assert_eq!(status["instance"], "site");
+    assert_eq!(status["pid"], daemon.pid());
+    assert_eq!(status["listeners"]["running"], 1);
+    assert_eq!(status["listeners"]["total"], 2);
+    assert!(status["server"].is_null());
+}
+
+#[test]
+fn listener_that_cannot_watch_is_failed_with_its_reason_and_others_run() {
+    let sandbox = Sandbox::new();
+    let body = format!(
+        "{}\n[[listener]]\nname = \"ghost\"\n  [[listener.route]]\n  path = \"missing\"\n  shell = \"true\"\n",
+        one_route("touch ../out/ok", "")
+    );
+    let config = sandbox.config(&body);
+    let daemon = Daemon::start(&sandbox, &config);
+    let ghost = daemon.listener("ghost");
+    assert_eq!(ghost["state"], "failed");
+    assert!(ghost["error"].as_str().unwrap().contains("missing"), "{ghost}");
+    let reply = daemon.request(r#"{"cmd":"start","listener":"ghost"}"#);
+    assert_eq!(reply["error"]["code"], "start_failed", "{reply}");
+    sandbox.write("src/x", "1");
+    sandbox.wait_out("ok");
+}
+
+#[test]
+fn ctl_exit_codes_and_json() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let out = daemon.ctl(&["--json", "status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["ok"], true);
+    let out = daemon.ctl(&["stop", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_listener"));
+    assert_eq!(daemon.ctl(&["frobnicate"]).status.code(), Some(2));
+    let missing = sandbox.path("nobody.sock");
+    let out = ctl(&["--socket", missing.to_str().unwrap()], &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(missing.to_str().unwrap()));
+}

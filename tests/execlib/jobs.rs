@@ -1,0 +1,98 @@
+//! Jobs: what a file change runs, with which environment, and how often.
+
+use crate::support::*;
+
+#[test]
+fn change_runs_the_job_with_the_documented_environment() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route(
+        "env | grep ^EXECLIB_ | sort > ../out/env",
+        "env = { EXTRA = \"1\" }",
+    ));
+    std::fs::create_dir(sandbox.path("src/sub")).unwrap();
+    let _daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/sub/page.md", "x");
+    let env = sandbox.wait_out("env");
+    let src = sandbox.path("src");
+    let expected = [
+        "EXECLIB_ENDPOINT=".to_owned() + src.to_str().unwrap(),
+        "EXECLIB_EVENT=create,modify".to_owned(),
+        "EXECLIB_INSTANCE=site".to_owned(),
+        "EXECLIB_LISTENER=docs".to_owned(),
+        "EXECLIB_NAME=sub/page.md".to_owned(),
+        "EXECLIB_PATH=".to_owned() + src.join("sub/page.md").to_str().unwrap(),
+        "EXECLIB_ROUTE=pages".to_owned(),
+    ];
+    assert_eq!(env.lines().collect::<Vec<_>>(), expected, "{env}");
+}
+
+#[test]
+fn file_names_reach_jobs_only_through_the_environment() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route(r#"printf '%s' "$EXECLIB_NAME" > ../out/name"#, ""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    let hostile = "$(touch pwned); `touch pwned2` 'q\" x.md";
+    sandbox.write(&format!("src/{hostile}"), "x");
+    assert_eq!(sandbox.wait_out("name"), hostile);
+    assert!(!sandbox.path("src/pwned").exists() && !sandbox.path("pwned").exists());
+}
+
+#[test]
+fn run_is_an_argv_without_shell() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.path("out/argv");
+    let body = format!(
+        "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"src\"\n  debounce_ms = 0\n  run = [\"/bin/cp\", \"src/a.txt\", \"{}\"]\n  workdir = \".\"\n",
+        out.display()
+    );
+    let config = sandbox.config(&body);
+    let _daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.txt", "copied");
+    eventually("the copy", || {
+        (sandbox.read("out/argv").as_deref() == Some("copied")).then_some(())
+    });
+}
+
+#[test]
+fn burst_of_changes_gives_one_run_and_the_last_content_is_seen() {
+    let sandbox = Sandbox::new();
+    let job = "echo run >> ../out/runs; cat a.txt > ../out/last";
+    let config = sandbox.config(&one_route(job, "debounce_ms = 300").replace("  debounce_ms = 50\n", ""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    for i in 0..20 {
+        sandbox.write("src/a.txt", &i.to_string());
+    }
+    eventually("the last content", || {
+        (sandbox.read("out/last").as_deref() == Some("19")).then_some(())
+    });
+    // Let a second run, if any were wrongly scheduled, finish: the route's window is 300 ms.
+    sandbox.write("src/b.txt", "sentinel");
+    eventually("the sentinel run", || {
+        (sandbox.read("out/runs")?.lines().count() >= 2).then_some(())
+    });
+    assert_eq!(
+        sandbox.read("out/runs").unwrap().lines().count(),
+        2,
+        "one run for a.txt, one for b.txt"
+    );
+}
+
+#[test]
+fn job_that_cannot_start_is_a_failed_job_and_the_listener_goes_on() {
+    let sandbox = Sandbox::new();
+    let body = "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  name = \"broken\"\n  path = \"src\"\n  glob = \"*.bad\"\n  debounce_ms = 0\n  run = [\"/nonexistent/tool\"]\n  [[listener.route]]\n  name = \"good\"\n  path = \"src\"\n  glob = \"*.ok\"\n  debounce_ms = 0\n  shell = \"touch ../out/ok\"\n";
+    let config = sandbox.config(body);
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.bad", "x");
+    eventually("the failure to be counted", || {
+        (daemon.listener("docs")["jobs_failed"] == 1).then_some(())
+    });
+    assert!(
+        daemon.log().contains("cannot start \"/nonexistent/tool\""),
+        "{}",
+        daemon.log()
+    );
+    sandbox.write("src/b.ok", "x");
+    sandbox.wait_out("ok");
+    assert_eq!(daemon.listener("docs")["state"], "running");
+}

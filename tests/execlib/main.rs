@@ -1,0 +1,11 @@
+//! Integration tests: the real `execlibd` and `execlibctl` binaries on temporary
+//! directories, driven over real sockets and real files.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod config_errors;
+mod control;
+mod jobs;
+mod lifecycle;
+mod protocol_errors;

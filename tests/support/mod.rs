@@ -1,0 +1,268 @@
+//! Shared test fixtures: a sandbox directory, the real `execlibd` started on it
+//! with a `NOTIFY_SOCKET` the test owns, raw control-socket clients, and
+//! deadline-and-poll helpers.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any "eventually" waits before failing the test.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it returns `Some`, failing with `what` after [`DEADLINE`].
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A temporary directory with a watched `src/` and an `out/` for job results.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("execlib-test").tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("control.sock")
+    }
+
+    /// Writes `site.toml`: a `[control]` socket in the sandbox followed by `body`.
+    pub fn config(&self, body: &str) -> PathBuf {
+        let path = self.path("site.toml");
+        let text = format!("[control]\nsocket = \"control.sock\"\nidle_timeout_ms = 1000\n\n{body}");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(rel)).ok()
+    }
+
+    /// Waits until `out/<rel>` exists and returns its content.
+    pub fn wait_out(&self, rel: &str) -> String {
+        eventually(&format!("out/{rel}"), || self.read(&format!("out/{rel}")))
+    }
+}
+
+/// A datagram socket standing in for systemd's notify socket.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    socket: UnixDatagram,
+    pub messages: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn new(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        NotifySocket {
+            path,
+            socket,
+            messages: Vec::new(),
+        }
+    }
+
+    /// Waits for a datagram containing the line `line`; returns that datagram.
+    pub fn wait_for(&mut self, line: &str) -> String {
+        let end = Instant::now() + DEADLINE;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Some(m) = self.messages.iter().find(|m| m.lines().any(|l| l == line)) {
+                return m.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no {line} from the daemon; got {:?}",
+                self.messages
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.messages
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
+
+/// The real daemon, started on a sandbox config; killed on drop if still running.
+pub struct Daemon {
+    pub child: Child,
+    pub notify: NotifySocket,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `execlibd --config <config>` and waits for `READY=1`.
+    pub fn start(sandbox: &Sandbox, config: &Path) -> Self {
+        let mut daemon = Self::spawn(sandbox, config);
+        daemon.notify.wait_for("READY=1");
+        daemon
+    }
+
+    /// Starts the daemon without waiting for anything.
+    pub fn spawn(sandbox: &Sandbox, config: &Path) -> Self {
+        let notify = NotifySocket::new(sandbox.dir.path());
+        let log = sandbox.path("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_execlibd"))
+            .arg("--config")
+            .arg(config)
+            .arg("--log-format=text")
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            notify,
+            socket: sandbox.socket(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for the daemon to exit; returns its status and how long that took.
+    pub fn wait_exit(&mut self) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        let status = eventually("the daemon to exit", || self.child.try_wait().unwrap());
+        (status, start.elapsed())
+    }
+
+    /// Runs `execlibctl --socket <socket> args...`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl(&["--socket", self.socket.to_str().unwrap()], args)
+    }
+
+    /// Sends one raw request line and returns the reply.
+    pub fn request(&self, json: &str) -> Value {
+        let mut client = Client::connect(&self.socket);
+        client.send_line(json.as_bytes());
+        client.reply().expect("a reply")
+    }
+
+    /// `listeners` entry for `name`.
+    pub fn listener(&self, name: &str) -> Value {
+        let reply = self.request(r#"{"cmd":"listeners"}"#);
+        reply["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no listener {name} in {reply}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Runs `execlibctl` with `global` options then `args`.
+pub fn ctl(global: &[&str], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_execlibctl"))
+        .args(global)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A raw control-socket connection.
+pub struct Client {
+    pub reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn send_line(&mut self, bytes: &[u8]) {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).unwrap();
+        stream.write_all(b"\n").unwrap();
+    }
+
+    /// The next reply, or `None` when the daemon closed the connection.
+    pub fn reply(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))),
+        }
+    }
+}
+
+/// Whether process `pid` still exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A listener `docs` watching `src` with one route running `shell`.
+pub fn one_route(shell: &str, extra: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  name = \"pages\"\n  path = \"src\"\n  debounce_ms = 50\n  delay_ms = 10\n  {extra}\n  shell = '''{shell}'''\n"
+    )
+}
