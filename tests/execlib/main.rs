@@ -7,5 +7,6 @@ mod support;
 mod config_errors;
 mod control;
 mod jobs;
+mod journal;
 mod lifecycle;
 mod protocol_errors;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod journal;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -130,12 +132,26 @@ impl Daemon {
 
     /// Starts the daemon without waiting for anything.
     pub fn spawn(sandbox: &Sandbox, config: &Path) -> Self {
+        Self::spawn_with(sandbox, config, &[], "text")
+    }
+
+    /// Starts the daemon behind a `wrapper` command prefix, logging in `format`.
+    pub fn spawn_with(sandbox: &Sandbox, config: &Path, wrapper: &[String], format: &str) -> Self {
         let notify = NotifySocket::new(sandbox.dir.path());
         let log = sandbox.path("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_execlibd"))
+        let daemon = env!("CARGO_BIN_EXE_execlibd");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(daemon);
+                c
+            }
+            None => Command::new(daemon),
+        };
+        let child = command
             .arg("--config")
             .arg(config)
-            .arg("--log-format=text")
+            .arg(format!("--log-format={format}"))
             .env("NOTIFY_SOCKET", &notify.path)
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
