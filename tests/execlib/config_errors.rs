@@ -55,3 +55,10 @@ fn relative_paths_resolve_against_the_config_directory() {
     sandbox.write("src/x", "1");
     sandbox.wait_out("resolved");
 }
+
+#[test]
+fn bundled_example_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/site/site.toml");
+    let out = check(std::path::Path::new(example));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
