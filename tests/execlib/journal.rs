@@ -12,7 +12,7 @@ fn job_entries_carry_unprefixed_fields() {
         return;
     }
     let sandbox = Sandbox::new();
-    let mut journal = FakeJournal::new(sandbox.dir.path());
+    let journal = FakeJournal::new(sandbox.dir.path());
     let config = sandbox.config(&one_route("echo hello from $EXECLIB_NAME", ""));
     let mut daemon = Daemon::spawn_with(&sandbox, &config, &journal.wrapper(), "journald");
     daemon.notify.wait_for("READY=1");
@@ -40,4 +40,44 @@ fn job_entries_carry_unprefixed_fields() {
     );
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit().0.code(), Some(0));
+}
+
+#[test]
+fn journal_is_chosen_when_stderr_is_the_journal_stream() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to mount a fake journal in a private mount namespace");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let journal = FakeJournal::new(sandbox.dir.path());
+    let config = sandbox.config(&one_route("true", ""));
+    // The fixture sends stderr to daemon.log: claim that file is the journal stream.
+    std::fs::write(sandbox.path("daemon.log"), "").unwrap();
+    let mut daemon = Daemon::spawn_env(&sandbox, &config, &journal.wrapper(), None, &[]);
+    daemon.notify.wait_for("READY=1");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit();
+    assert!(
+        daemon.log().contains("control socket listening"),
+        "text on stderr without JOURNAL_STREAM"
+    );
+    assert!(journal.entries().is_empty());
+
+    let meta = std::fs::metadata(sandbox.path("daemon.log")).unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut daemon = Daemon::spawn_env(
+        &sandbox,
+        &config,
+        &journal.wrapper(),
+        None,
+        &[("JOURNAL_STREAM", stream)],
+    );
+    daemon.notify.wait_for("READY=1");
+    journal.wait_for("from auto-detection", |e| {
+        e.get("MESSAGE").map(String::as_str) == Some("control socket listening")
+    });
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit();
 }

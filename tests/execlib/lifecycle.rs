@@ -19,6 +19,41 @@ fn ready_is_sent_once_watches_are_in_place() {
 }
 
 #[test]
+fn watchdog_is_pinged_at_half_the_period_systemd_asks_for() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let env = [("WATCHDOG_USEC", "200000".to_owned())];
+    let mut daemon = Daemon::spawn_env(&sandbox, &config, &[], Some("text"), &env);
+    daemon.notify.wait_for("READY=1");
+    let start = std::time::Instant::now();
+    let pings = eventually("three watchdog pings", || {
+        daemon.notify.poll();
+        let n = daemon.notify.count("WATCHDOG=1");
+        (n >= 3).then_some(n)
+    });
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(150),
+        "pings every ~100 ms, not faster: {pings} in {took:?}"
+    );
+    assert!(took < Duration::from_secs(2), "{pings} in {took:?}");
+}
+
+#[test]
+fn no_watchdog_pings_when_not_asked() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    daemon.ctl(&["shutdown"]);
+    daemon.notify.wait_for("STOPPING=1");
+    assert!(
+        !daemon.notify.messages.iter().any(|m| m.contains("WATCHDOG")),
+        "{:?}",
+        daemon.notify.messages
+    );
+}
+
+#[test]
 fn shutdown_command_is_answered_then_stops_in_order() {
     let sandbox = Sandbox::new();
     let config = sandbox.config(&one_route("true", ""));
@@ -158,6 +193,26 @@ fn stale_socket_is_replaced_but_other_files_are_not() {
         daemon.log()
     );
     assert_eq!(sandbox.read("control.sock").as_deref(), Some("precious"));
+}
+
+#[test]
+fn socket_gets_the_configured_group_as_root() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can give the socket to another group");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[control]\n", "[control]\ngroup = \"nogroup\"\n"),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&sandbox, &config);
+    assert_eq!(std::fs::metadata(sandbox.socket()).unwrap().gid(), 65534);
 }
 
 #[test]

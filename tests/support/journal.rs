@@ -5,15 +5,25 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One journal entry: field name to value (the last value wins).
 pub type Entry = HashMap<String, String>;
 
+/// Receives on a thread of its own, as journald always drains its socket
+/// (a full datagram queue would block the daemon's logging).
 pub struct FakeJournal {
     pub dir: PathBuf,
-    socket: UnixDatagram,
-    pub entries: Vec<Entry>,
+    entries: Arc<Mutex<Vec<Entry>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for FakeJournal {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl FakeJournal {
@@ -22,11 +32,23 @@ impl FakeJournal {
         std::fs::create_dir_all(&dir).unwrap();
         let socket = UnixDatagram::bind(dir.join("socket")).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        FakeJournal {
-            dir,
-            socket,
-            entries: Vec::new(),
-        }
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sink, done) = (entries.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    sink.lock().unwrap().push(parse(&buf[..n]));
+                }
+            }
+        });
+        FakeJournal { dir, entries, stop }
+    }
+
+    /// Every entry received so far.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries.lock().unwrap().clone()
     }
 
     /// The command prefix that runs a program with this journal as the system journal.
@@ -51,21 +73,18 @@ impl FakeJournal {
     }
 
     /// Waits for an entry matching `pred`.
-    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Entry) -> bool) -> Entry {
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Entry) -> bool) -> Entry {
         let end = Instant::now() + super::DEADLINE;
-        let mut buf = vec![0u8; 256 * 1024];
         loop {
-            if let Some(e) = self.entries.iter().find(|e| pred(e)) {
+            if let Some(e) = self.entries.lock().unwrap().iter().find(|e| pred(e)) {
                 return e.clone();
             }
             assert!(
                 Instant::now() < end,
                 "no journal entry {what}; got {:#?}",
-                self.entries
+                self.entries()
             );
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.entries.push(parse(&buf[..n]));
-            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

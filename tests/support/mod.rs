@@ -93,6 +93,23 @@ impl NotifySocket {
         }
     }
 
+    /// Receives what arrives within 50 ms (at most one datagram).
+    pub fn poll(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        if let Ok(n) = self.socket.recv(&mut buf) {
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+
+    /// How many datagrams so far contain the line `line`.
+    pub fn count(&self, line: &str) -> usize {
+        self.messages
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
+    }
+
     /// Waits for a datagram containing the line `line`; returns that datagram.
     pub fn wait_for(&mut self, line: &str) -> String {
         let end = Instant::now() + DEADLINE;
@@ -137,6 +154,17 @@ impl Daemon {
 
     /// Starts the daemon behind a `wrapper` command prefix, logging in `format`.
     pub fn spawn_with(sandbox: &Sandbox, config: &Path, wrapper: &[String], format: &str) -> Self {
+        Self::spawn_env(sandbox, config, wrapper, Some(format), &[])
+    }
+
+    /// Starts the daemon behind `wrapper`, with `--log-format` when given and extra `env`.
+    pub fn spawn_env(
+        sandbox: &Sandbox,
+        config: &Path,
+        wrapper: &[String],
+        format: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Self {
         let notify = NotifySocket::new(sandbox.dir.path());
         let log = sandbox.path("daemon.log");
         let daemon = env!("CARGO_BIN_EXE_execlibd");
@@ -148,13 +176,16 @@ impl Daemon {
             }
             None => Command::new(daemon),
         };
+        if let Some(format) = format {
+            command.arg(format!("--log-format={format}"));
+        }
         let child = command
             .arg("--config")
             .arg(config)
-            .arg(format!("--log-format={format}"))
             .env("NOTIFY_SOCKET", &notify.path)
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
