@@ -93,7 +93,11 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let reason = format!("cannot start {}: {e}", describe(&spec.command));
+            let reason = if spec.workdir.is_dir() {
+                format!("cannot start {}: {e}", describe(&spec.command))
+            } else {
+                format!("working directory {} does not exist", spec.workdir.display())
+            };
             error!(exit_code = "not_started", "job failed: {reason}");
             return Outcome::NotStarted(reason);
         }

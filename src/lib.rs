@@ -17,6 +17,7 @@ pub mod notify;
 pub mod paths;
 pub mod route;
 pub mod scheduler;
+pub mod snapshot;
 pub mod watch;
 
 pub use daemon::run;

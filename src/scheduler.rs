@@ -5,14 +5,17 @@
 //!   so a burst within `debounce` gives one run, and `delay` is always waited after the last change;
 //! - never two runs of one key at once: changes during a run are kept and give exactly one
 //!   more run after it, so the last change is never lost;
-//! - every change is covered by a run that starts after it.
+//! - every change is covered by a run that starts after it;
+//! - a file that did not exist before its window and is gone at its end (an editor's or
+//!   `sed -i`'s temporary: created, then deleted or renamed away) runs nothing;
+//! - at most `max_jobs` runs at once; due runs wait in arrival order.
 //!
 //! [`Scheduler`] is the pure state machine; [`drive`] runs it against a channel of
 //! submissions and a launcher, tracking the started jobs in a `JoinSet`.
 
 use crate::events::{EventKind, EventSet};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,12 +60,19 @@ struct Pending {
     first: Instant,
     last: Instant,
     kinds: EventSet,
+    first_kind: EventKind,
+    last_kind: EventKind,
     timing: Timing,
 }
 
 impl Pending {
     fn due_at(&self) -> Instant {
         (self.first + self.timing.debounce).max(self.last + self.timing.delay)
+    }
+
+    /// Created and gone again within the window: nothing to do.
+    fn is_transient(&self) -> bool {
+        self.first_kind == EventKind::Create && self.last_kind == EventKind::Delete
     }
 }
 
@@ -89,6 +99,7 @@ impl Scheduler {
             Some(p) => {
                 p.last = now;
                 p.kinds.insert(sub.kind);
+                p.last_kind = sub.kind;
                 p.timing = sub.timing;
             }
             None => {
@@ -98,6 +109,8 @@ impl Scheduler {
                     first: now,
                     last: now,
                     kinds,
+                    first_kind: sub.kind,
+                    last_kind: sub.kind,
                     timing: sub.timing,
                 };
                 if !entry.running {
@@ -134,6 +147,10 @@ impl Scheduler {
                 continue;
             }
             let p = entry.pending.take().expect("checked");
+            if p.is_transient() {
+                self.entries.remove(&key);
+                continue;
+            }
             entry.running = true;
             due.push(Start { key, kinds: p.kinds });
         }
@@ -163,18 +180,30 @@ impl Scheduler {
 /// Runs the scheduler until `submissions` closes and every started job has ended.
 ///
 /// `launch` turns a [`Start`] into the job's future; each runs as a task of a
-/// `JoinSet` owned here, so none outlives this function. Pending changes that
-/// were not started when the channel closes are dropped (the listener is stopping).
-pub async fn drive<F, Fut>(mut submissions: mpsc::UnboundedReceiver<Submission>, mut launch: F)
-where
+/// `JoinSet` owned here, so none outlives this function. At most `max_jobs` run at
+/// once; due runs beyond that wait in arrival order. Runs not started when the
+/// channel closes are dropped (the listener is stopping).
+pub async fn drive<F, Fut>(
+    mut submissions: mpsc::UnboundedReceiver<Submission>,
+    max_jobs: usize,
+    mut launch: F,
+) where
     F: FnMut(Start) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let max_jobs = max_jobs.max(1);
     let mut sched = Scheduler::default();
+    let mut ready: VecDeque<Start> = VecDeque::new();
     let mut jobs = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, Key> = HashMap::new();
     let mut open = true;
     while open || !jobs.is_empty() {
+        while open && jobs.len() < max_jobs {
+            let Some(start) = ready.pop_front() else { break };
+            let key = start.key.clone();
+            let handle = jobs.spawn(launch(start));
+            running.insert(handle.id(), key);
+        }
         let wakeup = sched.next_wakeup().filter(|_| open);
         tokio::select! {
             sub = submissions.recv(), if open => match sub {
@@ -191,11 +220,7 @@ where
                 }
             }
             _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
-                for start in sched.take_due(Instant::now()) {
-                    let key = start.key.clone();
-                    let handle = jobs.spawn(launch(start));
-                    running.insert(handle.id(), key);
-                }
+                ready.extend(sched.take_due(Instant::now()));
             }
         }
     }

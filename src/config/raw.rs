@@ -55,6 +55,8 @@ pub struct RawServer {
 pub struct RawListener {
     pub name: Spanned<String>,
     pub autostart: Option<bool>,
+    pub catch_up: Option<bool>,
+    pub max_jobs: Option<Spanned<usize>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
 }

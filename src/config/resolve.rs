@@ -72,6 +72,10 @@ pub struct ListenerConfig {
     pub name: String,
     /// Whether it starts with the daemon.
     pub autostart: bool,
+    /// Whether its snapshot is persisted so changes made while stopped are processed.
+    pub catch_up: bool,
+    /// At most this many of its jobs run at once.
+    pub max_jobs: usize,
     /// Its routes, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -255,9 +259,16 @@ fn listener(ctx: &Ctx, raw: RawListener, at: usize) -> Result<ListenerConfig, Co
         }
         routes.push(route);
     }
+    let max_jobs = match raw.max_jobs {
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(m) if *m.get_ref() == 0 => return ctx.err(m.span().start, "`max_jobs` must be at least 1"),
+        Some(m) => m.into_inner(),
+    };
     Ok(ListenerConfig {
         name: name.clone(),
         autostart: raw.autostart.unwrap_or(true),
+        catch_up: raw.catch_up.unwrap_or(false),
+        max_jobs,
         routes,
     })
 }

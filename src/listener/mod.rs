@@ -6,14 +6,15 @@
 mod task;
 
 use crate::config::{Config, ListenerConfig};
-use crate::watch::{DirFilter, Tree, WatchError};
+use crate::snapshot;
+use crate::watch::{DirFilter, FileEvent, Setup, WatchError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 /// A listener's state as the control socket reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +95,16 @@ impl Shared {
             .clone()
             .unwrap_or((State::Stopped, None))
     }
+
+    /// Running, or degraded with the reasons when some roots are missing.
+    fn set_health(&self, missing: Vec<String>) {
+        let health = if missing.is_empty() {
+            (State::Running, None)
+        } else {
+            (State::Degraded, Some(missing.join("; ")))
+        };
+        *self.status.lock().expect("status lock") = Some(health);
+    }
 }
 
 struct Running {
@@ -112,6 +123,7 @@ struct Slot {
 pub(crate) struct JobContext {
     pub instance: String,
     pub grace: Duration,
+    pub state_dir: PathBuf,
 }
 
 /// The daemon's listeners.
@@ -136,6 +148,7 @@ impl Listeners {
             ctx: JobContext {
                 instance: config.instance.clone(),
                 grace: config.daemon.shutdown_grace,
+                state_dir: config.daemon.state_dir.clone(),
             },
         }
     }
@@ -192,12 +205,21 @@ impl Slot {
         let name = self.config.name.clone();
         let roots = roots(&self.config);
         let filter = dir_filter(&self.config);
-        let tree = tokio::task::spawn_blocking(move || Tree::new(&roots, filter))
-            .await
-            .expect("watch setup does not panic")
-            .and_then(Tree::into_watcher);
-        let watcher = match tree {
-            Ok(watcher) => watcher,
+        let catch_up = self.config.catch_up.then(|| snapshot_path(ctx, &name));
+        let saved = catch_up.clone();
+        let span = info_span!("listener", listener = %name);
+        let setup = tokio::task::spawn_blocking(move || {
+            let _entered = span.entered();
+            let setup = Setup::new(&roots, filter)?;
+            let missed = saved
+                .map(|path| catch_up_events(&path, setup.snapshot()))
+                .unwrap_or_default();
+            Ok::<_, WatchError>((setup, missed))
+        })
+        .await
+        .expect("watch setup does not panic");
+        let (watcher, missed) = match setup.and_then(|(s, missed)| Ok((s.into_watcher()?, missed))) {
+            Ok(ready) => ready,
             Err(source) => {
                 self.shared.set(State::Failed, Some(source.to_string()));
                 return Err(ListenerError::StartFailed { name, source });
@@ -205,17 +227,21 @@ impl Slot {
         };
         let watches = watcher.watch_count();
         self.shared.watches.store(watches as u64, Ordering::Relaxed);
-        self.shared.set(State::Running, None);
+        self.shared.set_health(watcher.missing_roots());
         info!(listener = %name, watches, "listener started");
+        for reason in watcher.missing_roots() {
+            warn!(listener = %name, "{reason}; waiting for it");
+        }
         let cancel = CancellationToken::new();
-        let task = task::spawn(
-            watcher,
-            self.config.clone(),
-            ctx.clone(),
-            self.shared.clone(),
-            cancel.clone(),
-        )
-        .instrument(info_span!("listener", listener = %name));
+        let run = task::Run {
+            config: self.config.clone(),
+            ctx: ctx.clone(),
+            shared: self.shared.clone(),
+            snapshot_path: catch_up,
+        };
+        let task = run
+            .spawn(watcher, missed, cancel.clone())
+            .instrument(info_span!("listener", listener = %name));
         *running = Some(Running {
             cancel,
             task: tokio::spawn(task),
@@ -260,6 +286,42 @@ impl Slot {
             error,
         }
     }
+}
+
+/// Where a listener's snapshot is persisted.
+fn snapshot_path(ctx: &JobContext, listener: &str) -> PathBuf {
+    ctx.state_dir.join(format!("{listener}.snapshot"))
+}
+
+/// The changes between the saved snapshot and the tree as it is now, to be
+/// processed before live events; then the current tree is saved as the new baseline.
+/// A missing or corrupt snapshot is a warning and a fresh start.
+fn catch_up_events(path: &Path, current: &snapshot::Snapshot) -> Vec<FileEvent> {
+    let missed = match snapshot::load(path) {
+        Ok(saved) => {
+            let changes = snapshot::diff(&saved, current);
+            info!(
+                changes = changes.len(),
+                "catching up on changes made while stopped"
+            );
+            changes
+                .into_iter()
+                .map(|(path, kind)| FileEvent { path, kind })
+                .collect()
+        }
+        Err(snapshot::SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            info!(path = %path.display(), "no saved snapshot: starting fresh");
+            Vec::new()
+        }
+        Err(e) => {
+            warn!("cannot use the saved snapshot, starting fresh: {e}");
+            Vec::new()
+        }
+    };
+    if let Err(e) = snapshot::save(path, &snapshot::encode(current)) {
+        warn!("cannot save the snapshot: {e}");
+    }
+    missed
 }
 
 /// The distinct directories the routes watch, in route order.

@@ -6,70 +6,103 @@ use super::{JobContext, Shared, State};
 use crate::config::{ListenerConfig, RouteConfig};
 use crate::job::{self, JobSpec};
 use crate::scheduler::{self, Start, Submission, Timing};
-use crate::watch::{FileEvent, WatchError, Watcher};
+use crate::snapshot;
+use crate::watch::{FileEvent, Watcher};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-/// Runs the listener until `cancel` fires or its watcher fails.
-pub(super) async fn spawn(
-    mut watcher: Watcher,
-    config: Arc<ListenerConfig>,
-    ctx: JobContext,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let jobs_cancel = CancellationToken::new();
-    let launcher = Launcher {
-        config: config.clone(),
-        ctx,
-        shared: shared.clone(),
-        cancel: jobs_cancel.clone(),
-    };
-    let scheduler = tokio::spawn(scheduler::drive(rx, move |start| launcher.launch(start)).in_current_span());
-    let result = tokio::select! {
-        _ = cancel.cancelled() => Ok(()),
-        result = watch(&mut watcher, &config.routes, &shared, &tx) => result,
-    };
-    drop(watcher);
-    drop(tx);
-    info!("inotify closed: no new events");
-    if let Err(e) = result {
-        error!("listener failed: {e}");
-        shared.set(State::Failed, Some(e.to_string()));
-    }
-    let running = shared.jobs_running.load(Ordering::Relaxed);
-    if running > 0 {
-        info!(jobs = running, "terminating running jobs");
-    }
-    jobs_cancel.cancel();
-    if let Err(e) = scheduler.await {
-        error!("scheduler ended abnormally: {e}");
-    }
+/// How often a `catch_up` listener saves its snapshot while running.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// What a running listener needs besides its watcher.
+pub(super) struct Run {
+    pub config: Arc<ListenerConfig>,
+    pub ctx: JobContext,
+    pub shared: Arc<Shared>,
+    /// Where to persist the snapshot, for `catch_up` listeners.
+    pub snapshot_path: Option<PathBuf>,
 }
 
-async fn watch(
-    watcher: &mut Watcher,
-    routes: &[RouteConfig],
-    shared: &Shared,
-    tx: &mpsc::UnboundedSender<Submission>,
-) -> Result<(), WatchError> {
-    loop {
-        let events = watcher.next().await?;
-        shared
-            .watches
-            .store(watcher.watch_count() as u64, Ordering::Relaxed);
+impl Run {
+    /// Runs the listener until `cancel` fires or its watcher fails. `missed` (catch-up
+    /// changes) are submitted before any live event.
+    pub(super) async fn spawn(self, mut watcher: Watcher, missed: Vec<FileEvent>, cancel: CancellationToken) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let jobs_cancel = CancellationToken::new();
+        let launcher = Launcher {
+            config: self.config.clone(),
+            ctx: self.ctx.clone(),
+            shared: self.shared.clone(),
+            cancel: jobs_cancel.clone(),
+        };
+        let max_jobs = self.config.max_jobs;
+        let scheduler = tokio::spawn(
+            scheduler::drive(rx, max_jobs, move |start| launcher.launch(start)).in_current_span(),
+        );
+        self.dispatch(missed, &tx);
+        let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
+        let result = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break Ok(()),
+                _ = save.tick(), if self.snapshot_path.is_some() => self.save(&watcher).await,
+                events = watcher.next() => match events {
+                    Ok(events) => {
+                        self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
+                        self.shared.set_health(watcher.missing_roots());
+                        self.dispatch(events, &tx);
+                    }
+                    Err(e) => break Err(e),
+                },
+            }
+        };
+        self.save(&watcher).await;
+        drop(watcher);
+        drop(tx);
+        info!("inotify closed: no new events");
+        if let Err(e) = result {
+            error!("listener failed: {e}");
+            self.shared.set(State::Failed, Some(e.to_string()));
+        }
+        let running = self.shared.jobs_running.load(Ordering::Relaxed);
+        if running > 0 {
+            info!(jobs = running, "terminating running jobs");
+        }
+        jobs_cancel.cancel();
+        if let Err(e) = scheduler.await {
+            error!("scheduler ended abnormally: {e}");
+        }
+    }
+
+    /// Matches each event against the routes and submits the matches.
+    fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::UnboundedSender<Submission>) {
         for event in events {
-            shared.events.fetch_add(1, Ordering::Relaxed);
-            for (index, route) in routes.iter().enumerate() {
+            self.shared.events.fetch_add(1, Ordering::Relaxed);
+            for (index, route) in self.config.routes.iter().enumerate() {
                 if let Some(sub) = route_match(index, route, &event) {
                     let _ = tx.send(sub);
                 }
             }
+        }
+    }
+
+    /// Persists the snapshot (catch-up listeners only).
+    async fn save(&self, watcher: &Watcher) {
+        let Some(path) = self.snapshot_path.clone() else {
+            return;
+        };
+        let data = snapshot::encode(watcher.snapshot());
+        let saved = tokio::task::spawn_blocking(move || snapshot::save(&path, &data)).await;
+        match saved {
+            Ok(Ok(())) => debug!("snapshot saved"),
+            Ok(Err(e)) => warn!("cannot save the snapshot: {e}"),
+            Err(e) => warn!("snapshot save task failed: {e}"),
         }
     }
 }

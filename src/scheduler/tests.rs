@@ -30,19 +30,24 @@ struct Run {
     kinds: String,
 }
 
-/// Drives a scheduler whose jobs take `job_ms`; returns the sender and the run log.
-fn harness(
-    job_ms: u64,
-) -> (
+type Harness = (
     mpsc::UnboundedSender<Submission>,
     Arc<Mutex<Vec<Run>>>,
     tokio::task::JoinHandle<()>,
-) {
+);
+
+/// Drives a scheduler whose jobs take `job_ms`; returns the sender and the run log.
+fn harness(job_ms: u64) -> Harness {
+    harness_limited(job_ms, 1000)
+}
+
+/// [`harness`] with at most `max_jobs` at once.
+fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
     let (tx, rx) = mpsc::unbounded_channel();
     let log = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let runs = log.clone();
-    let task = tokio::spawn(drive(rx, move |start: Start| {
+    let task = tokio::spawn(drive(rx, max_jobs, move |start: Start| {
         let runs = runs.clone();
         async move {
             let begin = t0.elapsed().as_millis() as u64;
@@ -189,4 +194,57 @@ fn pure_state_machine_tracks_queue_and_stale_timers() {
     assert_eq!(again[0].kinds.to_string(), "create");
     s.finished(&again[0].key);
     assert_eq!(s.next_wakeup(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_jobs_limits_concurrency_and_keeps_arrival_order() {
+    let (tx, log, task) = harness_limited(100, 2);
+    let t0 = Instant::now();
+    for (i, file) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        at(t0, i as u64).await;
+        tx.send(sub(file, EventKind::Modify, timing(0, 0))).unwrap();
+    }
+    finish(tx, task, t0 + MS * 2000).await;
+    let runs = log.lock().unwrap().clone();
+    let order: Vec<_> = runs.iter().map(|r| r.file.to_str().unwrap().to_owned()).collect();
+    assert_eq!(order, ["a", "b", "c", "d", "e"]);
+    for r in &runs {
+        let at_once = runs
+            .iter()
+            .filter(|o| o.start <= r.start && r.start < o.end)
+            .count();
+        assert!(at_once <= 2, "more than two running when {r:?} started: {runs:?}");
+    }
+    assert_eq!(runs[2].start, 100, "c waits for a slot");
+}
+
+#[tokio::test(start_paused = true)]
+async fn file_created_and_gone_within_its_window_runs_nothing() {
+    let (tx, log, task) = harness(10);
+    let t0 = Instant::now();
+    let t = timing(100, 10);
+    // sed -i's temporary: created, written, renamed away.
+    for kind in [EventKind::Create, EventKind::Modify, EventKind::Delete] {
+        tx.send(sub("sedXyZ123", kind, t)).unwrap();
+    }
+    // A file deleted and re-created (vim's save) does run.
+    for kind in [EventKind::Delete, EventKind::Create, EventKind::Modify] {
+        tx.send(sub("page.md", kind, t)).unwrap();
+    }
+    // A new file that is deleted after its run starts also runs (for its create).
+    tx.send(sub("brief", EventKind::Create, t)).unwrap();
+    at(t0, 105).await;
+    tx.send(sub("brief", EventKind::Delete, t)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let mut runs: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r.file.display(), r.kinds))
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        ["brief create", "brief delete", "page.md create,modify,delete"]
+    );
 }

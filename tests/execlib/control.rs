@@ -84,24 +84,6 @@ fn listeners_reports_state_and_counters() {
 }
 
 #[test]
-fn listener_that_cannot_watch_is_failed_with_its_reason_and_others_run() {
-    let sandbox = Sandbox::new();
-    let body = format!(
-        "{}\n[[listener]]\nname = \"ghost\"\n  [[listener.route]]\n  path = \"missing\"\n  shell = \"true\"\n",
-        one_route("touch ../out/ok", "")
-    );
-    let config = sandbox.config(&body);
-    let daemon = Daemon::start(&sandbox, &config);
-    let ghost = daemon.listener("ghost");
-    assert_eq!(ghost["state"], "failed");
-    assert!(ghost["error"].as_str().unwrap().contains("missing"), "{ghost}");
-    let reply = daemon.request(r#"{"cmd":"start","listener":"ghost"}"#);
-    assert_eq!(reply["error"]["code"], "start_failed", "{reply}");
-    sandbox.write("src/x", "1");
-    sandbox.wait_out("ok");
-}
-
-#[test]
 fn ctl_exit_codes_and_json() {
     let sandbox = Sandbox::new();
     let config = sandbox.config(&one_route("true", ""));

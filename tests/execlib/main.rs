@@ -10,3 +10,4 @@ mod jobs;
 mod journal;
 mod lifecycle;
 mod protocol_errors;
+mod watching;

@@ -17,8 +17,17 @@ use std::time::{Duration, Instant};
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Polls `check` until it returns `Some`, failing with `what` after [`DEADLINE`].
-pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + DEADLINE;
+pub fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    eventually_within(DEADLINE, what, check)
+}
+
+/// [`eventually`] for work that takes long by design (thousands of jobs): two minutes.
+pub fn eventually_long<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    eventually_within(Duration::from_secs(120), what, check)
+}
+
+fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
             return value;
@@ -312,4 +321,53 @@ pub fn one_route(shell: &str, extra: &str) -> String {
     format!(
         "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  name = \"pages\"\n  path = \"src\"\n  debounce_ms = 50\n  delay_ms = 10\n  {extra}\n  shell = '''{shell}'''\n"
     )
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Sets `/proc/sys/fs/inotify/<name>` for the life of the guard, restoring it on drop.
+pub struct Sysctl {
+    path: PathBuf,
+    old: String,
+}
+
+impl Sysctl {
+    pub fn set(name: &str, value: u64) -> Self {
+        let path = Path::new("/proc/sys/fs/inotify").join(name);
+        let old = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, value.to_string()).unwrap();
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        std::fs::write(&self.path, self.old.trim()).unwrap();
+    }
+}
+
+/// The lines of `out/log`, which the [`log_route`] job appends to.
+pub fn log_lines(sandbox: &Sandbox) -> Vec<String> {
+    sandbox
+        .read("out/log")
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `out/log` holds `line`.
+pub fn wait_log(sandbox: &Sandbox, line: &str) {
+    eventually(&format!("{line:?} in out/log"), || {
+        log_lines(sandbox).iter().any(|l| l == line).then_some(())
+    });
+}
+
+/// A listener `docs` on `src` whose job appends "NAME EVENTS" to `out/log`.
+pub fn log_route(extra: &str) -> String {
+    one_route(r#"echo "$EXECLIB_NAME $EXECLIB_EVENT" >> ../out/log"#, extra)
 }

@@ -1,0 +1,258 @@
+//! Snapshots of watched trees: per file its inode, size and mtime. The watcher
+//! keeps one in memory to tell exactly what changed after an inotify queue
+//! overflow or a missed interval; listeners with `catch_up` persist it
+//! (temporary file, fsync, rename) to catch up on changes made while stopped.
+
+use crate::events::EventKind;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What identifies a version of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileState {
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl FileState {
+    /// The state recorded in `meta`.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        FileState {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
+/// Files by absolute path. Ordered so a directory's files form one contiguous range.
+pub type Snapshot = BTreeMap<PathBuf, FileState>;
+
+/// The files of `snapshot` at or under `dir`.
+pub fn under<'a>(
+    snapshot: &'a Snapshot,
+    dir: &'a Path,
+) -> impl Iterator<Item = (&'a PathBuf, &'a FileState)> {
+    snapshot
+        .range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+        .take_while(move |(p, _)| p.starts_with(dir))
+}
+
+/// Removes and returns the files at or under `dir`.
+pub fn take_under(snapshot: &mut Snapshot, dir: &Path) -> Vec<PathBuf> {
+    let paths: Vec<PathBuf> = under(snapshot, dir).map(|(p, _)| p.clone()).collect();
+    for p in &paths {
+        snapshot.remove(p);
+    }
+    paths
+}
+
+/// The changes from `old` to `new`: created, modified (inode, size or mtime differ) and
+/// deleted files, in path order within each kind.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<(PathBuf, EventKind)> {
+    let mut changes = Vec::new();
+    for (path, state) in new {
+        match old.get(path) {
+            None => changes.push((path.clone(), EventKind::Create)),
+            Some(before) if before != state => changes.push((path.clone(), EventKind::Modify)),
+            Some(_) => {}
+        }
+    }
+    for path in old.keys().filter(|p| !new.contains_key(*p)) {
+        changes.push((path.clone(), EventKind::Delete));
+    }
+    changes
+}
+
+const MAGIC: &[u8; 12] = b"EXECLIBSNAP1";
+
+/// Why a saved snapshot could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading or writing failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The snapshot file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The file is not a valid snapshot.
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// Encodes a snapshot: magic, entries (path length, path bytes, inode, size, mtime), checksum.
+pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::with_capacity(snapshot.len() * 96 + 32);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(snapshot.len() as u64).to_le_bytes());
+    for (path, state) in snapshot {
+        let bytes = path.as_os_str().as_bytes();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&state.ino.to_le_bytes());
+        out.extend_from_slice(&state.size.to_le_bytes());
+        out.extend_from_slice(&state.mtime_ns.to_le_bytes());
+    }
+    let sum = checksum(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Decodes [`encode`]'s output; `None` for anything malformed.
+pub fn decode(data: &[u8]) -> Option<Snapshot> {
+    let (body, sum) = data.split_at_checked(data.len().checked_sub(8)?)?;
+    if checksum(body) != u64::from_le_bytes(sum.try_into().ok()?) {
+        return None;
+    }
+    let mut rest = body.strip_prefix(MAGIC.as_slice())?;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    let count = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let mut snapshot = Snapshot::new();
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let path = PathBuf::from(std::ffi::OsString::from_vec(take(len)?.to_vec()));
+        let ino = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
+        snapshot.insert(path, FileState { ino, size, mtime_ns });
+    }
+    take(0).filter(|_| rest.is_empty())?;
+    Some(snapshot)
+}
+
+/// FNV-1a, 64 bits: enough to catch torn or damaged files.
+fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.
+pub fn save(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
+    let io_err = |action, source| SnapshotError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| io_err("creating the directory of", e))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io_err("creating", e))?;
+    file.write_all(data).map_err(|e| io_err("writing", e))?;
+    file.sync_all().map_err(|e| io_err("syncing", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err("renaming into", e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads a saved snapshot.
+pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
+    let data = std::fs::read(path).map_err(|source| SnapshotError::Io {
+        action: "reading",
+        path: path.to_owned(),
+        source,
+    })?;
+    decode(&data).ok_or_else(|| SnapshotError::Corrupt {
+        path: path.to_owned(),
+        reason: "bad magic, length or checksum",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ino: u64, size: u64) -> FileState {
+        FileState {
+            ino,
+            size,
+            mtime_ns: 7,
+        }
+    }
+
+    fn snap(entries: &[(&str, FileState)]) -> Snapshot {
+        entries.iter().map(|(p, s)| (PathBuf::from(p), *s)).collect()
+    }
+
+    #[test]
+    fn diff_reports_exactly_what_changed() {
+        let old = snap(&[("/a", state(1, 1)), ("/b", state(2, 1)), ("/c", state(3, 1))]);
+        let new = snap(&[("/a", state(1, 1)), ("/b", state(2, 5)), ("/d", state(4, 1))]);
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes,
+            vec![
+                (PathBuf::from("/b"), EventKind::Modify),
+                (PathBuf::from("/d"), EventKind::Create),
+                (PathBuf::from("/c"), EventKind::Delete),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn under_is_the_contiguous_subtree_only() {
+        let s = snap(&[
+            ("/t/a", state(1, 1)),
+            ("/t/a/x", state(2, 1)),
+            ("/t/a.txt", state(3, 1)),
+            ("/t/ab/y", state(4, 1)),
+        ]);
+        let got: Vec<_> = under(&s, Path::new("/t/a"))
+            .map(|(p, _)| p.to_str().unwrap())
+            .collect();
+        assert_eq!(got, ["/t/a", "/t/a/x"]);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_detects_damage() {
+        let mut s = snap(&[("/a b", state(1, 2))]);
+        s.insert(
+            PathBuf::from(std::ffi::OsString::from_vec(b"/\xff\xfe".to_vec())),
+            state(3, 4),
+        );
+        let data = encode(&s);
+        assert_eq!(decode(&data), Some(s));
+        for cut in [0, 5, data.len() - 1] {
+            assert_eq!(decode(&data[..cut]), None, "truncated at {cut}");
+        }
+        let mut flipped = data.clone();
+        flipped[20] ^= 1;
+        assert_eq!(decode(&flipped), None);
+    }
+
+    #[test]
+    fn save_replaces_atomically_and_load_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/docs.snapshot");
+        let s = snap(&[("/x", state(9, 9))]);
+        save(&path, &encode(&s)).unwrap();
+        save(&path, &encode(&s)).unwrap();
+        assert_eq!(load(&path).unwrap(), s);
+        assert!(!path.with_extension("tmp").exists());
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(matches!(load(&path), Err(SnapshotError::Corrupt { .. })));
+    }
+}

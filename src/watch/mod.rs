@@ -1,0 +1,471 @@
+//! The watcher: one inotify instance watching directory trees recursively,
+//! turning raw inotify events into [`FileEvent`]s for the listener without
+//! losing a change:
+//!
+//! - a new directory is watched, then scanned: files already in it are reported as created;
+//! - directory renames are paired by cookie: a rename inside the tree reports the old
+//!   names deleted and the new ones moved; a directory moved in reports its files created;
+//!   one moved out (no pair within [`MOVE_BOUND`]) reports its files deleted;
+//! - on queue overflow the tree is rescanned and compared with the in-memory
+//!   [`Snapshot`]: exactly the files created, changed or deleted are reported, and
+//!   repeated overflows back off;
+//! - a root that is missing or goes away makes the watcher report it missing; it is
+//!   polled and, when it is back, scanned and its files reported as created.
+//!
+//! Symlinks are never followed.
+
+mod tree;
+
+use crate::events::EventKind;
+use crate::snapshot::Snapshot;
+use futures::StreamExt;
+use inotify::{EventMask, EventOwned, EventStream, Inotify};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use tree::Tree;
+
+/// Decides whether a directory (absolute path) should be watched.
+pub type DirFilter = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
+
+/// How long a directory's `IN_MOVED_FROM` waits for its `IN_MOVED_TO` before it
+/// counts as moved out of the tree.
+pub const MOVE_BOUND: Duration = Duration::from_millis(50);
+/// How often missing roots are looked for.
+pub const ROOT_POLL: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A change to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEvent {
+    /// The file's absolute path.
+    pub path: PathBuf,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Why watching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The per-user limit of inotify instances is reached.
+    #[error(
+        "too many inotify instances: fs.inotify.max_user_instances is {limit}; raise it with \
+         `sysctl fs.inotify.max_user_instances=<more>` (persist it in /etc/sysctl.d/)"
+    )]
+    TooManyInstances {
+        /// The current value of the sysctl.
+        limit: String,
+    },
+    /// The per-user limit of inotify watches is reached.
+    #[error(
+        "cannot watch {path}: out of inotify watches: fs.inotify.max_user_watches is {limit}; \
+         raise it with `sysctl fs.inotify.max_user_watches=<more>` (persist it in /etc/sysctl.d/)"
+    )]
+    TooManyWatches {
+        /// The directory that could not be watched.
+        path: PathBuf,
+        /// The current value of the sysctl.
+        limit: String,
+    },
+    /// A route's directory cannot be watched.
+    #[error("cannot watch {path}: {source}")]
+    Root {
+        /// The route's directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Any other inotify failure.
+    #[error("inotify: {action}: {source}")]
+    Inotify {
+        /// What was being done.
+        action: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+fn sysctl(name: &str) -> String {
+    std::fs::read_to_string(Path::new("/proc/sys/fs/inotify").join(name))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+#[derive(Debug)]
+struct Root {
+    path: PathBuf,
+    /// Why it is not watched, when it is not.
+    missing: Option<String>,
+}
+
+struct PendingMove {
+    cookie: u32,
+    path: PathBuf,
+    at: Instant,
+}
+
+/// Overflow handling: when the next rescan is due, and the back-off between rescans.
+#[derive(Default)]
+struct Overflow {
+    due: Option<Instant>,
+    last_rescan: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The instance, its tree and its roots, before events are read.
+pub struct Setup {
+    inotify: Inotify,
+    tree: Tree,
+    roots: Vec<Root>,
+}
+
+impl Setup {
+    /// Creates the instance and watches every root recursively, recording every
+    /// file. A root that is missing is recorded as such, not an error. Blocking:
+    /// call it off the async threads.
+    pub fn new(roots: &[PathBuf], filter: DirFilter) -> Result<Setup, WatchError> {
+        let inotify = Inotify::init().map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE) => WatchError::TooManyInstances {
+                limit: sysctl("max_user_instances"),
+            },
+            _ => WatchError::Inotify {
+                action: "creating an instance",
+                source: e,
+            },
+        })?;
+        let mut tree = Tree::new(inotify.watches(), filter);
+        let mut state = Vec::new();
+        for root in roots {
+            let missing = match tree.add(root, true, None) {
+                Ok(()) => None,
+                Err(WatchError::Root { source, .. }) => {
+                    Some(format!("route path {} {}", root.display(), describe(&source)))
+                }
+                Err(e) => return Err(e),
+            };
+            state.push(Root {
+                path: root.clone(),
+                missing,
+            });
+        }
+        Ok(Setup {
+            inotify,
+            tree,
+            roots: state,
+        })
+    }
+
+    /// The files found.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.tree.files
+    }
+
+    /// Starts delivering events (needs a tokio runtime).
+    pub fn into_watcher(self) -> Result<Watcher, WatchError> {
+        let stream = self
+            .inotify
+            .into_event_stream(vec![0u8; 64 * 1024])
+            .map_err(|source| WatchError::Inotify {
+                action: "registering with the runtime",
+                source,
+            })?;
+        Ok(Watcher {
+            stream,
+            tree: self.tree,
+            roots: self.roots,
+            moves: Vec::new(),
+            overflow: Overflow::default(),
+            next_poll: Instant::now() + ROOT_POLL,
+        })
+    }
+}
+
+fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "does not exist".to_owned(),
+        Some(libc::ENOTDIR) => "is not a directory".to_owned(),
+        _ => format!("cannot be watched: {e}"),
+    }
+}
+
+/// A running watcher; dropping it closes the inotify instance.
+pub struct Watcher {
+    stream: EventStream<Vec<u8>>,
+    tree: Tree,
+    roots: Vec<Root>,
+    moves: Vec<PendingMove>,
+    overflow: Overflow,
+    next_poll: Instant,
+}
+
+impl Watcher {
+    /// Waits for the next inotify event or timer and returns the file events it means (maybe none).
+    pub async fn next(&mut self) -> Result<Vec<FileEvent>, WatchError> {
+        let wakeup = self.next_wakeup();
+        let event = tokio::select! {
+            event = self.stream.next() => Some(event),
+            _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => None,
+        };
+        let mut out = Vec::new();
+        match event {
+            Some(Some(Ok(event))) => self.handle(event, &mut out)?,
+            Some(Some(Err(source))) => {
+                return Err(WatchError::Inotify {
+                    action: "reading events",
+                    source,
+                });
+            }
+            Some(None) => {
+                return Err(WatchError::Inotify {
+                    action: "reading events",
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+            None => {}
+        }
+        self.run_timers(Instant::now(), &mut out)?;
+        Ok(out)
+    }
+
+    /// How many directories are watched.
+    pub fn watch_count(&self) -> usize {
+        self.tree.watch_count()
+    }
+
+    /// Why some roots are not watched (empty when all are).
+    pub fn missing_roots(&self) -> Vec<String> {
+        self.roots.iter().filter_map(|r| r.missing.clone()).collect()
+    }
+
+    /// Every file under the watched directories.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.tree.files
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let moves = self.moves.iter().map(|m| m.at + MOVE_BOUND);
+        let poll = self
+            .roots
+            .iter()
+            .any(|r| r.missing.is_some())
+            .then_some(self.next_poll);
+        moves.chain(self.overflow.due).chain(poll).min()
+    }
+
+    fn handle(&mut self, event: EventOwned, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        let mask = event.mask;
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            self.overflowed(Instant::now());
+            return Ok(());
+        }
+        let Some(dir) = self.tree.dir_of(&event.wd).cloned() else {
+            return Ok(());
+        };
+        let Some(name) = event.name else {
+            return self.self_event(mask, &event.wd, &dir);
+        };
+        let path = dir.join(name);
+        if self
+            .moves
+            .iter()
+            .any(|m| path.starts_with(&m.path) && path != m.path)
+        {
+            return Ok(()); // inside a directory being moved: its old name is stale
+        }
+        if mask.contains(EventMask::ISDIR) {
+            return self.dir_event(mask, event.cookie, path, out);
+        }
+        let kind = if mask.contains(EventMask::CREATE) {
+            EventKind::Create
+        } else if mask.contains(EventMask::MODIFY) {
+            EventKind::Modify
+        } else if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+            EventKind::Delete
+        } else if mask.contains(EventMask::MOVED_TO) {
+            EventKind::Move
+        } else if mask.contains(EventMask::ATTRIB) {
+            EventKind::Attrib
+        } else {
+            return Ok(());
+        };
+        if kind == EventKind::Delete {
+            self.tree.files.remove(&path);
+        } else {
+            self.tree.refresh(&path);
+        }
+        out.push(FileEvent { path, kind });
+        Ok(())
+    }
+
+    /// An event about a watched directory itself.
+    fn self_event(
+        &mut self,
+        mask: EventMask,
+        wd: &inotify::WatchDescriptor,
+        dir: &Path,
+    ) -> Result<(), WatchError> {
+        let root = self
+            .roots
+            .iter()
+            .position(|r| r.path == dir && r.missing.is_none());
+        let gone = EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::UNMOUNT | EventMask::IGNORED;
+        match root {
+            Some(i) if mask.intersects(gone) => {
+                let how = if mask.contains(EventMask::UNMOUNT) {
+                    "was unmounted"
+                } else if mask.contains(EventMask::MOVE_SELF) {
+                    "was moved away"
+                } else {
+                    "was deleted"
+                };
+                let path = self.roots[i].path.clone();
+                warn!(path = %path.display(), "route path {how}; waiting for it to come back");
+                self.tree.drop_dir(&path);
+                self.roots[i].missing = Some(format!("route path {} {how}", path.display()));
+                self.next_poll = Instant::now() + ROOT_POLL;
+            }
+            _ if mask.contains(EventMask::IGNORED) => self.tree.forget(wd),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn dir_event(
+        &mut self,
+        mask: EventMask,
+        cookie: u32,
+        path: PathBuf,
+        out: &mut Vec<FileEvent>,
+    ) -> Result<(), WatchError> {
+        if mask.contains(EventMask::MOVED_FROM) {
+            self.moves.push(PendingMove {
+                cookie,
+                path,
+                at: Instant::now(),
+            });
+        } else if mask.contains(EventMask::MOVED_TO) {
+            match self.moves.iter().position(|m| m.cookie == cookie) {
+                Some(i) => {
+                    let from = self.moves.remove(i).path;
+                    self.rename_dir(&from, &path, out)?;
+                }
+                None if self.tree.wants(&path) => {
+                    self.tree.add(&path, false, Some((EventKind::Create, out)))?
+                }
+                None => {}
+            }
+        } else if mask.contains(EventMask::CREATE) {
+            if self.tree.wants(&path) {
+                self.tree.add(&path, false, Some((EventKind::Create, out)))?;
+            }
+        } else if mask.contains(EventMask::DELETE) {
+            for path in crate::snapshot::take_under(&mut self.tree.files, &path) {
+                out.push(FileEvent {
+                    path,
+                    kind: EventKind::Delete,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory renamed inside the tree: old names deleted, new names moved; its
+    /// watches are kept (re-adding returns the same descriptors) under the new path.
+    fn rename_dir(&mut self, from: &Path, to: &Path, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        for path in crate::snapshot::take_under(&mut self.tree.files, from) {
+            out.push(FileEvent {
+                path,
+                kind: EventKind::Delete,
+            });
+        }
+        if self.tree.wants(to) {
+            self.tree.add(to, false, Some((EventKind::Move, out)))?;
+        }
+        self.tree.drop_dir(from);
+        Ok(())
+    }
+
+    fn overflowed(&mut self, now: Instant) {
+        let o = &mut self.overflow;
+        let recent = o
+            .last_rescan
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        o.backoff = if recent {
+            (o.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
+        } else {
+            Duration::ZERO
+        };
+        if o.due.is_none() {
+            o.due = Some(now + o.backoff);
+            warn!(
+                backoff_ms = o.backoff.as_millis() as u64,
+                "inotify queue overflowed: events were dropped; rescanning"
+            );
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        while let Some(i) = self.moves.iter().position(|m| now >= m.at + MOVE_BOUND) {
+            let gone = self.moves.remove(i).path;
+            for path in self.tree.drop_dir(&gone) {
+                out.push(FileEvent {
+                    path,
+                    kind: EventKind::Delete,
+                });
+            }
+        }
+        if self.overflow.due.is_some_and(|due| now >= due) {
+            self.rescan(now, out)?;
+        }
+        if now >= self.next_poll {
+            self.next_poll = now + ROOT_POLL;
+            self.poll_roots(out)?;
+        }
+        Ok(())
+    }
+
+    fn rescan(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        self.overflow.due = None;
+        self.overflow.last_rescan = Some(now);
+        self.moves.clear();
+        let before = out.len();
+        for root in self.roots.iter().filter(|r| r.missing.is_none()) {
+            out.extend(self.tree.rescan(&root.path)?);
+        }
+        let found = &out[before..];
+        let count = |k| found.iter().filter(|e| e.kind == k).count();
+        warn!(
+            created = count(EventKind::Create),
+            modified = count(EventKind::Modify),
+            deleted = count(EventKind::Delete),
+            "inotify queue overflowed: rescan found {} changed files",
+            found.len()
+        );
+        Ok(())
+    }
+
+    fn poll_roots(&mut self, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        for i in 0..self.roots.len() {
+            if self.roots[i].missing.is_none() {
+                continue;
+            }
+            let path = self.roots[i].path.clone();
+            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            if !self.tree.is_watched(&path) {
+                match self.tree.add(&path, true, Some((EventKind::Create, out))) {
+                    Ok(()) => {}
+                    Err(WatchError::Root { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            info!(path = %path.display(), "route path is back; watching it again");
+            self.roots[i].missing = None;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,419 @@
+//! The watcher never loses a change: new directories, renames, editors' saves,
+//! queue overflow, roots that go away, inotify limits and catch-up across restarts.
+
+use crate::support::*;
+use std::collections::BTreeSet;
+use std::process::Command;
+
+fn sh(script: &str, dir: &std::path::Path) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+}
+
+/// Writes a sentinel file and waits for its run: every run caused by earlier changes
+/// has started by then (runs start in due order), and finished once `max_jobs = 1`
+/// or, with more, shortly after.
+fn settle(sandbox: &Sandbox, name: &str) {
+    sandbox.write(&format!("src/{name}"), "sentinel");
+    wait_log(sandbox, &format!("{name} create,modify"));
+}
+
+/// Adds `key` to the first `[[listener]]` of `body`.
+fn listener_key(body: &str, key: &str) -> String {
+    body.replacen("name = \"docs\"\n", &format!("name = \"docs\"\n{key}\n"), 1)
+}
+
+/// The logged lines, sorted: runs of different files may append in any order.
+fn sorted_log(sandbox: &Sandbox) -> Vec<String> {
+    let mut lines = log_lines(sandbox);
+    lines.sort();
+    lines
+}
+
+#[test]
+fn mkdir_p_then_immediate_writes_are_all_seen() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    sh(
+        "mkdir -p a/b/c/d && echo 1 > a/b/c/d/f && echo 2 > a/b/g && echo 3 > a/h",
+        &sandbox.path("src"),
+    );
+    for name in ["a/b/c/d/f", "a/b/g", "a/h"] {
+        eventually(name, || {
+            log_lines(&sandbox)
+                .iter()
+                .any(|l| l.starts_with(&format!("{name} create")))
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn cp_r_of_a_deep_tree_runs_every_file() {
+    let sandbox = Sandbox::new();
+    let tree = sandbox.path("tree");
+    let mut dir = tree.clone();
+    let mut expected = BTreeSet::new();
+    let mut rel = String::from("copy");
+    for depth in 0..100 {
+        dir = dir.join(format!("d{depth}"));
+        rel = format!("{rel}/d{depth}");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..10 {
+            std::fs::write(dir.join(format!("f{i}")), "x").unwrap();
+            expected.insert(format!("{rel}/f{i}"));
+        }
+    }
+    let config = sandbox.config(&listener_key(
+        &one_route(r#"echo "$EXECLIB_NAME" >> ../out/log"#, ""),
+        "max_jobs = 4",
+    ));
+    let _daemon = Daemon::start(&sandbox, &config);
+    sh("cp -r ../tree copy", &sandbox.path("src"));
+    let seen = eventually("every copied file's job", || {
+        let seen: BTreeSet<String> = log_lines(&sandbox).into_iter().collect();
+        (seen.len() >= expected.len()).then_some(seen)
+    });
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn directory_renamed_inside_the_tree_keeps_watching_under_its_new_name() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/a/f", "1");
+    sandbox.write("src/a/sub/g", "1");
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    std::fs::rename(sandbox.path("src/a"), sandbox.path("src/b")).unwrap();
+    for line in ["a/f delete", "a/sub/g delete", "b/f move", "b/sub/g move"] {
+        wait_log(&sandbox, line);
+    }
+    sandbox.write("src/b/sub/g", "2");
+    wait_log(&sandbox, "b/sub/g modify");
+    settle(&sandbox, "z");
+    let lines = log_lines(&sandbox);
+    assert_eq!(
+        lines.len(),
+        6,
+        "nothing else, and nothing under the old name: {lines:?}"
+    );
+}
+
+#[test]
+fn directory_moved_in_is_reported_created_and_moved_out_deleted() {
+    let sandbox = Sandbox::new();
+    sandbox.write("outside/x/f", "1");
+    sandbox.write("outside/x/deep/g", "1");
+    let config = sandbox.config(&log_route(""));
+    let daemon = Daemon::start(&sandbox, &config);
+    std::fs::rename(sandbox.path("outside/x"), sandbox.path("src/x")).unwrap();
+    wait_log(&sandbox, "x/f create");
+    wait_log(&sandbox, "x/deep/g create");
+    std::fs::rename(sandbox.path("src/x"), sandbox.path("outside/y")).unwrap();
+    wait_log(&sandbox, "x/f delete");
+    wait_log(&sandbox, "x/deep/g delete");
+    eventually("the moved-out watches to be dropped", || {
+        (daemon.listener("docs")["watches"] == 1).then_some(())
+    });
+    sandbox.write("outside/y/deep/g", "outside now");
+    settle(&sandbox, "z");
+    assert_eq!(log_lines(&sandbox).len(), 5, "{:?}", log_lines(&sandbox));
+}
+
+#[test]
+fn sed_in_place_runs_the_target_once_and_nothing_for_its_temporary() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/page.md", "hello\n");
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    sh("sed -i s/hello/bye/ page.md", &sandbox.path("src"));
+    wait_log(&sandbox, "page.md move");
+    settle(&sandbox, "z");
+    assert_eq!(sorted_log(&sandbox), ["page.md move", "z create,modify"]);
+}
+
+#[test]
+fn vim_like_save_runs_the_target_once() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/page.md", "v1");
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    // vim: probe the directory with 4913, keep a backup by rename, write anew, drop the backup,
+    // with a swap file (.page.md.swp) written throughout.
+    sh(
+        "echo > .page.md.swp; touch 4913 && rm 4913; mv page.md page.md~; echo v2 > page.md; \
+         echo >> .page.md.swp; rm page.md~; rm .page.md.swp",
+        &sandbox.path("src"),
+    );
+    settle(&sandbox, "z");
+    assert_eq!(
+        log_lines(&sandbox),
+        ["page.md create,modify,delete", "z create,modify"]
+    );
+}
+
+#[test]
+fn rsync_like_temporary_then_rename_runs_the_target_once() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/page.md", "v1");
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    sh(
+        "echo v2 > .page.md.Xy12Ab && mv .page.md.Xy12Ab page.md",
+        &sandbox.path("src"),
+    );
+    settle(&sandbox, "z");
+    assert_eq!(sorted_log(&sandbox), ["page.md move", "z create,modify"]);
+}
+
+#[test]
+fn root_missing_at_start_or_deleted_degrades_and_resumes_when_back() {
+    let sandbox = Sandbox::new();
+    let body = format!(
+        "{}\n  [[listener.route]]\n  name = \"late\"\n  path = \"late\"\n  workdir = \"out\"\n  debounce_ms = 0\n  shell = 'echo \"late/$EXECLIB_NAME $EXECLIB_EVENT\" >> log'\n",
+        log_route("")
+    );
+    let config = sandbox.config(&body);
+    let daemon = Daemon::start(&sandbox, &config);
+    let docs = daemon.listener("docs");
+    assert_eq!(docs["state"], "degraded", "{docs}");
+    assert!(
+        docs["error"].as_str().unwrap().contains("late does not exist"),
+        "{docs}"
+    );
+    sandbox.write("src/a", "1");
+    wait_log(&sandbox, "a create,modify");
+
+    sandbox.write("late/already-there", "1");
+    wait_log(&sandbox, "late/already-there create");
+    eventually("running again", || {
+        (daemon.listener("docs")["state"] == "running").then_some(())
+    });
+
+    std::fs::remove_dir_all(sandbox.path("late")).unwrap();
+    wait_log(&sandbox, "late/already-there delete");
+    let docs = eventually("degraded", || {
+        let l = daemon.listener("docs");
+        (l["state"] == "degraded").then_some(l)
+    });
+    assert!(docs["error"].as_str().unwrap().contains("was deleted"), "{docs}");
+    sandbox.write("src/b", "1");
+    wait_log(&sandbox, "b create,modify");
+    sandbox.write("late/new", "1");
+    wait_log(&sandbox, "late/new create");
+    eventually("running again", || {
+        (daemon.listener("docs")["state"] == "running").then_some(())
+    });
+}
+
+#[test]
+fn hidden_directories_are_not_watched_and_symlinks_not_followed() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/.git/objects/a/b", "1");
+    sandbox.write("src/visible/x", "1");
+    sandbox.write("elsewhere/y", "1");
+    std::os::unix::fs::symlink(sandbox.path("elsewhere"), sandbox.path("src/link")).unwrap();
+    let config = sandbox.config(&log_route(""));
+    let daemon = Daemon::start(&sandbox, &config);
+    assert_eq!(daemon.listener("docs")["watches"], 2, "src and src/visible only");
+    sandbox.write("elsewhere/y", "2");
+    settle(&sandbox, "z");
+    assert_eq!(log_lines(&sandbox), ["z create,modify"]);
+}
+
+fn catch_up_config(sandbox: &Sandbox) -> std::path::PathBuf {
+    let body = format!(
+        "[daemon]\nstate_dir = \"state\"\n{}",
+        listener_key(&log_route(""), "catch_up = true")
+    );
+    sandbox.config(&body)
+}
+
+fn changes_while_down(sandbox: &Sandbox) {
+    sandbox.write("src/modified", "v2 longer");
+    sandbox.write("src/created", "new");
+    std::fs::remove_file(sandbox.path("src/deleted")).unwrap();
+}
+
+fn assert_caught_up(sandbox: &Sandbox) {
+    for line in ["modified modify", "created create", "deleted delete"] {
+        wait_log(sandbox, line);
+    }
+    settle(sandbox, "z");
+    assert_eq!(
+        log_lines(sandbox).len(),
+        4,
+        "only the changes, not `same`: {:?}",
+        log_lines(sandbox)
+    );
+}
+
+fn catch_up_tree(sandbox: &Sandbox) {
+    for name in ["modified", "deleted", "same"] {
+        sandbox.write(&format!("src/{name}"), "v1");
+    }
+}
+
+#[test]
+fn catch_up_after_a_clean_stop() {
+    let sandbox = Sandbox::new();
+    catch_up_tree(&sandbox);
+    let config = catch_up_config(&sandbox);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    daemon.ctl(&["shutdown"]);
+    daemon.wait_exit();
+    assert!(sandbox.path("state/docs.snapshot").exists());
+    changes_while_down(&sandbox);
+    let _daemon = Daemon::start(&sandbox, &config);
+    assert_caught_up(&sandbox);
+}
+
+#[test]
+fn catch_up_after_sigkill() {
+    let sandbox = Sandbox::new();
+    catch_up_tree(&sandbox);
+    let config = catch_up_config(&sandbox);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit();
+    changes_while_down(&sandbox);
+    let _daemon = Daemon::start(&sandbox, &config);
+    assert_caught_up(&sandbox);
+}
+
+#[test]
+fn corrupt_snapshot_is_a_warning_and_a_fresh_start() {
+    let sandbox = Sandbox::new();
+    let config = catch_up_config(&sandbox);
+    sandbox.write("state/docs.snapshot", "not a snapshot");
+    let daemon = Daemon::start(&sandbox, &config);
+    assert_eq!(daemon.listener("docs")["state"], "running");
+    assert!(
+        daemon.log().contains("cannot use the saved snapshot"),
+        "{}",
+        daemon.log()
+    );
+    settle(&sandbox, "z");
+}
+
+#[test]
+fn sysctl_queue_overflow_rescans_and_every_file_runs() {
+    if !is_root() {
+        eprintln!("skipped: needs root to lower fs.inotify.max_queued_events");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&listener_key(
+        &one_route(r#"echo "$EXECLIB_NAME" >> ../out/log"#, ""),
+        "max_jobs = 8",
+    ));
+    let daemon = {
+        let _small_queue = Sysctl::set("max_queued_events", 64);
+        Daemon::start(&sandbox, &config)
+    };
+    let mut expected = BTreeSet::new();
+    for i in 0..20_000 {
+        let name = format!("f{i:05}");
+        std::fs::write(sandbox.path("src").join(&name), "x").unwrap();
+        expected.insert(name);
+    }
+    let seen = eventually_long("all 20,000 jobs", || {
+        let seen: BTreeSet<String> = log_lines(&sandbox).into_iter().collect();
+        (seen.len() >= expected.len()).then_some(seen)
+    });
+    assert_eq!(seen, expected);
+    let log = daemon.log();
+    assert!(log.contains("inotify queue overflowed: rescan found"), "{log}");
+    assert!(
+        !log.contains("rescan found 0 changed files"),
+        "a rescan reports only what changed"
+    );
+}
+
+#[test]
+fn sysctl_out_of_watches_names_the_sysctl_and_others_run_on() {
+    if !is_root() {
+        eprintln!("skipped: needs root to lower fs.inotify.max_user_watches");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    for i in 0..50 {
+        std::fs::create_dir_all(sandbox.path(&format!("big/d{i}"))).unwrap();
+    }
+    let body = format!(
+        "{}\n[[listener]]\nname = \"big\"\nautostart = false\n  [[listener.route]]\n  path = \"big\"\n  shell = \"true\"\n",
+        log_route("")
+    );
+    let config = sandbox.config(&body);
+    let daemon = Daemon::start(&sandbox, &config);
+    let reply = {
+        let _limit = Sysctl::set("max_user_watches", inotify_usage().watches + 10);
+        daemon.request(r#"{"cmd":"start","listener":"big"}"#)
+    };
+    assert_eq!(reply["error"]["code"], "start_failed", "{reply}");
+    let big = daemon.listener("big");
+    assert_eq!(big["state"], "failed");
+    let error = big["error"].as_str().unwrap();
+    assert!(
+        error.contains("fs.inotify.max_user_watches is") && error.contains("sysctl"),
+        "{error}"
+    );
+    settle(&sandbox, "z");
+}
+
+#[test]
+fn sysctl_out_of_instances_names_the_sysctl_and_others_run_on() {
+    if !is_root() {
+        eprintln!("skipped: needs root to lower fs.inotify.max_user_instances");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    std::fs::create_dir(sandbox.path("other")).unwrap();
+    let body = format!(
+        "{}\n[[listener]]\nname = \"more\"\nautostart = false\n  [[listener.route]]\n  path = \"other\"\n  shell = \"true\"\n",
+        log_route("")
+    );
+    let config = sandbox.config(&body);
+    let daemon = Daemon::start(&sandbox, &config);
+    let reply = {
+        let _limit = Sysctl::set("max_user_instances", inotify_usage().instances);
+        daemon.request(r#"{"cmd":"start","listener":"more"}"#)
+    };
+    assert_eq!(reply["error"]["code"], "start_failed", "{reply}");
+    let error = daemon.listener("more")["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("fs.inotify.max_user_instances is"), "{error}");
+    settle(&sandbox, "z");
+}
+
+struct Usage {
+    instances: u64,
+    watches: u64,
+}
+
+/// Inotify instances and watches open now by processes of this user (root).
+fn inotify_usage() -> Usage {
+    let mut usage = Usage {
+        instances: 0,
+        watches: 0,
+    };
+    for proc in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_str() == Some("anon_inode:inotify")) {
+                usage.instances += 1;
+                let info = proc.path().join("fdinfo").join(fd.file_name());
+                let info = std::fs::read_to_string(info).unwrap_or_default();
+                usage.watches += info.lines().filter(|l| l.starts_with("inotify wd:")).count() as u64;
+            }
+        }
+    }
+    usage
+}
