@@ -105,8 +105,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+/// Raises the soft limit of open files to the hard limit: every watch-heavy listener,
+/// job pipe and client costs descriptors, and systemd's default soft limit is 1024.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            crate::job::restore_fd_limit_in_jobs(limit.rlim_cur);
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// The daemon binary's body: a runtime, the signal handlers, [`run`], an exit code.
 pub fn main(config: Config) -> std::process::ExitCode {
+    raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -4,6 +4,7 @@
 
 use crate::config::Command;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -27,6 +28,15 @@ pub const MAX_LINE: usize = 8 * 1024;
 /// (a background child may hold the pipe open).
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 
+/// The soft open-files limit jobs get: the one the daemon started with, before it
+/// raised its own (as systemd advises, so programs that loop over every descriptor stay fast).
+static JOB_FD_LIMIT: std::sync::OnceLock<libc::rlim_t> = std::sync::OnceLock::new();
+
+/// Makes jobs start with `soft` as their soft open-files limit.
+pub fn restore_fd_limit_in_jobs(soft: libc::rlim_t) {
+    let _ = JOB_FD_LIMIT.set(soft);
+}
+
 /// Everything needed to start a job.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -34,8 +44,8 @@ pub struct JobSpec {
     pub command: Command,
     /// The working directory.
     pub workdir: PathBuf,
-    /// Variables added to the daemon's environment.
-    pub env: BTreeMap<String, String>,
+    /// Variables added to the daemon's environment (values may be any bytes, like file names).
+    pub env: BTreeMap<String, OsString>,
 }
 
 /// How a job ended.
@@ -86,7 +96,24 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0);
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(&soft) = JOB_FD_LIMIT.get() {
+        // SAFETY: between fork and exec only async-signal-safe calls (getrlimit, setrlimit) run.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                }
+                Ok(())
+            });
+        }
+    }
     for inherited in SYSTEMD_VARIABLES {
         cmd.env_remove(inherited);
     }
@@ -121,9 +148,12 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
             _ = &mut output, if !output_done => output_done = true,
         }
     };
+    // The job is its main process: whatever it left running in its group is a stray.
+    kill_group(pid, libc::SIGTERM);
     if !output_done {
         let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
     }
+    kill_group(pid, libc::SIGKILL);
     let outcome = match status {
         Ok(status) => Outcome::from_status(status),
         Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),

@@ -70,6 +70,7 @@ fn shutting_down() -> Response {
 fn listener_error(e: ListenerError) -> Response {
     let code = match e {
         ListenerError::Unknown(_) => ErrorCode::UnknownListener,
+        ListenerError::Closing => ErrorCode::ShuttingDown,
         ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
     };
     Response::error(code, e.to_string())

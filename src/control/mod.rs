@@ -37,12 +37,18 @@ impl ControlServer {
     }
 }
 
+/// At most this many clients are served at once; more get a `busy` error.
+pub const MAX_CONNECTIONS: usize = 64;
+
 async fn accept_loop(listener: tokio::net::UnixListener, state: Arc<DaemonState>, stop: CancellationToken) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
+                    connections.spawn(refuse(stream, state.config.control.idle_timeout));
+                }
                 Ok((stream, _)) => {
                     connections.spawn(connection(stream, state.clone()));
                 }
@@ -58,13 +64,22 @@ async fn accept_loop(listener: tokio::net::UnixListener, state: Arc<DaemonState>
     connections.shutdown().await;
 }
 
+/// Tells a client over the connection limit so, then closes.
+async fn refuse(stream: UnixStream, limit: Duration) {
+    let (_, mut writer) = stream.into_split();
+    let message = format!("too many clients (at most {MAX_CONNECTIONS} at once); try again");
+    let _ = send(&mut writer, &Response::error(ErrorCode::Busy, message), limit).await;
+}
+
 async fn connection(stream: UnixStream, state: Arc<DaemonState>) {
     let idle = state.config.control.idle_timeout;
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
+    // Only a request moves the deadline: blank lines do not keep a connection alive.
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        let frame = match tokio::time::timeout(idle, read_frame(&mut reader, &mut line)).await {
+        let frame = match tokio::time::timeout_at(deadline, read_frame(&mut reader, &mut line)).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(_)) => return,
             Err(_) => {
@@ -81,7 +96,7 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>) {
                 return;
             }
             Frame::Line if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Frame::Line => {}
+            Frame::Line => deadline = tokio::time::Instant::now() + idle,
         }
         let (response, shutdown) = match protocol::parse_request(&line) {
             Ok(request) => {

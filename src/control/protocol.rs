@@ -57,6 +57,8 @@ pub enum ErrorCode {
     StartFailed,
     /// The client sent no complete request in time.
     Timeout,
+    /// Too many clients are connected.
+    Busy,
 }
 
 /// An error reply's body.

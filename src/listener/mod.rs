@@ -37,8 +37,8 @@ pub struct ListenerInfo {
     pub name: String,
     /// Its state.
     pub state: State,
-    /// The directories its routes watch.
-    pub paths: Vec<PathBuf>,
+    /// The directories its routes watch (lossily as UTF-8).
+    pub paths: Vec<String>,
     /// How many routes it has.
     pub routes: usize,
     /// How many directories it watches.
@@ -59,6 +59,9 @@ pub struct ListenerInfo {
 /// Why a start or stop request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
+    /// The daemon is stopping its listeners.
+    #[error("the daemon is shutting down")]
+    Closing,
     /// No listener has that name.
     #[error("no listener named {0:?}")]
     Unknown(String),
@@ -130,6 +133,8 @@ pub(crate) struct JobContext {
 pub struct Listeners {
     slots: Vec<Slot>,
     ctx: JobContext,
+    /// Set by [`Listeners::stop_all`]: no listener may start after it.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Listeners {
@@ -150,6 +155,7 @@ impl Listeners {
                 grace: config.daemon.shutdown_grace,
                 state_dir: config.daemon.state_dir.clone(),
             },
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -167,7 +173,7 @@ impl Listeners {
             .slots
             .iter()
             .filter(|s| s.config.autostart)
-            .map(|s| s.start(&self.ctx));
+            .map(|s| s.start(&self.ctx, &self.closing));
         for result in futures::future::join_all(starts).await {
             if let Err(e) = result {
                 error!("{e}");
@@ -177,7 +183,7 @@ impl Listeners {
 
     /// Starts a listener; `Ok(false)` when it was already running.
     pub async fn start(&self, name: &str) -> Result<bool, ListenerError> {
-        self.slot(name)?.start(&self.ctx).await
+        self.slot(name)?.start(&self.ctx, &self.closing).await
     }
 
     /// Stops a listener and its jobs; `Ok(false)` when it was not running.
@@ -186,7 +192,9 @@ impl Listeners {
     }
 
     /// Stops every listener at once: watches closed, then jobs terminated within the grace.
+    /// No listener starts after this begins.
     pub async fn stop_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         futures::future::join_all(self.slots.iter().map(Slot::stop)).await;
     }
 
@@ -197,8 +205,15 @@ impl Listeners {
 }
 
 impl Slot {
-    async fn start(&self, ctx: &JobContext) -> Result<bool, ListenerError> {
+    async fn start(
+        &self,
+        ctx: &JobContext,
+        closing: &std::sync::atomic::AtomicBool,
+    ) -> Result<bool, ListenerError> {
         let mut running = self.running.lock().await;
+        if closing.load(Ordering::SeqCst) {
+            return Err(ListenerError::Closing);
+        }
         if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return Ok(false);
         }
@@ -276,7 +291,10 @@ impl Slot {
         ListenerInfo {
             name: self.config.name.clone(),
             state,
-            paths: roots(&self.config),
+            paths: roots(&self.config)
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
             routes: self.config.routes.len(),
             watches: get(&s.watches),
             events: get(&s.events),

@@ -8,6 +8,8 @@ use crate::job::{self, JobSpec};
 use crate::scheduler::{self, Start, Submission, Timing};
 use crate::snapshot;
 use crate::watch::{FileEvent, Watcher};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ impl Run {
     pub(super) async fn spawn(self, mut watcher: Watcher, missed: Vec<FileEvent>, cancel: CancellationToken) {
         let (tx, rx) = mpsc::unbounded_channel();
         let jobs_cancel = CancellationToken::new();
+        // Cancels the jobs even if this task is aborted or unwinds.
+        let _jobs_guard = jobs_cancel.clone().drop_guard();
         let launcher = Launcher {
             config: self.config.clone(),
             ctx: self.ctx.clone(),
@@ -135,15 +139,17 @@ impl Launcher {
         let route = &self.config.routes[start.key.0];
         let path = start.key.1;
         let name = path.strip_prefix(&route.path).unwrap_or(&path);
-        let mut env = route.env.clone();
+        let mut env: BTreeMap<String, OsString> =
+            route.env.iter().map(|(k, v)| (k.clone(), v.into())).collect();
+        let kinds = start.kinds.to_string();
         for (key, value) in [
-            ("EXECLIB_INSTANCE", self.ctx.instance.as_str()),
-            ("EXECLIB_LISTENER", &self.config.name),
-            ("EXECLIB_ROUTE", &route.name),
-            ("EXECLIB_ENDPOINT", &route.path.to_string_lossy()),
-            ("EXECLIB_PATH", &path.to_string_lossy()),
-            ("EXECLIB_NAME", &name.to_string_lossy()),
-            ("EXECLIB_EVENT", &start.kinds.to_string()),
+            ("EXECLIB_INSTANCE", self.ctx.instance.as_ref()),
+            ("EXECLIB_LISTENER", self.config.name.as_ref()),
+            ("EXECLIB_ROUTE", route.name.as_ref()),
+            ("EXECLIB_ENDPOINT", route.path.as_os_str()),
+            ("EXECLIB_PATH", path.as_os_str()),
+            ("EXECLIB_NAME", name.as_os_str()),
+            ("EXECLIB_EVENT", kinds.as_ref()),
         ] {
             env.insert(key.to_owned(), value.to_owned());
         }

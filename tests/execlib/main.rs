@@ -10,4 +10,5 @@ mod jobs;
 mod journal;
 mod lifecycle;
 mod protocol_errors;
+mod regression;
 mod watching;

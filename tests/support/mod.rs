@@ -287,10 +287,11 @@ impl Client {
         }
     }
 
+    /// Sends `bytes` and a newline. Write errors are ignored: the daemon may
+    /// rightly close the connection mid-way (a line over the size limit).
     pub fn send_line(&mut self, bytes: &[u8]) {
         let stream = self.reader.get_mut();
-        stream.write_all(bytes).unwrap();
-        stream.write_all(b"\n").unwrap();
+        let _ = stream.write_all(bytes).and_then(|()| stream.write_all(b"\n"));
     }
 
     /// The next reply, or `None` when the daemon closed the connection.

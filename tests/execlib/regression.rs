@@ -1,0 +1,93 @@
+//! Regression tests, each named for the bug it pins.
+
+use crate::support::*;
+use std::os::unix::ffi::OsStrExt;
+
+#[test]
+fn background_child_of_a_finished_job_is_terminated() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("sleep 300 & echo $! > ../out/bg", ""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let pid: i32 = sandbox.wait_out("bg").trim().parse().unwrap();
+    eventually("the job's stray child to be gone", || (!alive(pid)).then_some(()));
+}
+
+#[test]
+fn non_utf8_file_names_reach_jobs_byte_for_byte() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route(r#"printf '%s' "$EXECLIB_NAME" > ../out/name"#, ""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.md");
+    std::fs::write(sandbox.path("src").join(name), "x").unwrap();
+    let got = eventually("the job's output", || {
+        std::fs::read(sandbox.path("out/name")).ok()
+    });
+    assert_eq!(got, b"caf\xe9.md");
+}
+
+#[test]
+fn listeners_reply_survives_a_non_utf8_path() {
+    let sandbox = Sandbox::new();
+    // A config in a directory whose name is not UTF-8: its route path is not either.
+    let base = sandbox.dir.path().join(std::ffi::OsStr::from_bytes(b"site-\xff"));
+    std::fs::create_dir_all(base.join("src")).unwrap();
+    let socket = sandbox.socket();
+    let body = format!("[control]\nsocket = {socket:?}\n\n{}", one_route("true", ""));
+    std::fs::write(base.join("site.toml"), body).unwrap();
+    let daemon = Daemon::start(&sandbox, &base.join("site.toml"));
+    let reply = daemon.request(r#"{"cmd":"listeners"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        reply["listeners"][0]["paths"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("site-\u{fffd}/src"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn blank_lines_do_not_keep_an_idle_connection_open() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let mut client = Client::connect(&daemon.socket);
+    let start = std::time::Instant::now();
+    // Idle timeout is 1 s in tests; keep sending blank lines for longer.
+    let reply = loop {
+        client.send_line(b"");
+        client
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        if let Some(reply) = client.reply() {
+            break reply;
+        }
+        assert!(start.elapsed() < DEADLINE, "never timed out");
+    };
+    assert_eq!(reply["error"]["code"], "timeout");
+    assert!(start.elapsed() < std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn too_many_clients_get_busy_and_the_daemon_keeps_serving() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("idle_timeout_ms = 1000", "idle_timeout_ms = 30000");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let silent: Vec<Client> = (0..64).map(|_| Client::connect(&daemon.socket)).collect();
+    let mut extra = Client::connect(&daemon.socket);
+    assert_eq!(extra.reply().unwrap()["error"]["code"], "busy");
+    drop(silent);
+    let reply = eventually("a slot to free up", || {
+        let mut client = Client::connect(&daemon.socket);
+        client.send_line(br#"{"cmd":"status"}"#);
+        client.reply().filter(|r| r["ok"] == true)
+    });
+    assert_eq!(reply["instance"], "site");
+}
