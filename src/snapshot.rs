@@ -22,6 +22,21 @@ pub struct FileState {
 }
 
 impl FileState {
+    /// A file whose size and mtime are not known yet: equal to no real state, so a
+    /// diff against it reports the file as changed (never as unchanged).
+    pub fn unknown(ino: u64) -> Self {
+        FileState {
+            ino,
+            size: 0,
+            mtime_ns: i128::MIN,
+        }
+    }
+
+    /// Whether size and mtime are known.
+    pub fn is_known(&self) -> bool {
+        self.mtime_ns != i128::MIN
+    }
+
     /// The state recorded in `meta`.
     pub fn of(meta: &std::fs::Metadata) -> Self {
         FileState {
@@ -32,27 +47,8 @@ impl FileState {
     }
 }
 
-/// Files by absolute path. Ordered so a directory's files form one contiguous range.
+/// Files by absolute path: the flat form used for persistence and catch-up.
 pub type Snapshot = BTreeMap<PathBuf, FileState>;
-
-/// The files of `snapshot` at or under `dir`.
-pub fn under<'a>(
-    snapshot: &'a Snapshot,
-    dir: &'a Path,
-) -> impl Iterator<Item = (&'a PathBuf, &'a FileState)> {
-    snapshot
-        .range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
-        .take_while(move |(p, _)| p.starts_with(dir))
-}
-
-/// Removes and returns the files at or under `dir`.
-pub fn take_under(snapshot: &mut Snapshot, dir: &Path) -> Vec<PathBuf> {
-    let paths: Vec<PathBuf> = under(snapshot, dir).map(|(p, _)| p.clone()).collect();
-    for p in &paths {
-        snapshot.remove(p);
-    }
-    paths
-}
 
 /// The changes from `old` to `new`: created, modified (inode, size or mtime differ) and
 /// deleted files, in path order within each kind.
@@ -210,20 +206,6 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).is_empty());
-    }
-
-    #[test]
-    fn under_is_the_contiguous_subtree_only() {
-        let s = snap(&[
-            ("/t/a", state(1, 1)),
-            ("/t/a/x", state(2, 1)),
-            ("/t/a.txt", state(3, 1)),
-            ("/t/ab/y", state(4, 1)),
-        ]);
-        let got: Vec<_> = under(&s, Path::new("/t/a"))
-            .map(|(p, _)| p.to_str().unwrap())
-            .collect();
-        assert_eq!(got, ["/t/a", "/t/a/x"]);
     }
 
     #[test]

@@ -225,9 +225,9 @@ impl Slot {
         let span = info_span!("listener", listener = %name);
         let setup = tokio::task::spawn_blocking(move || {
             let _entered = span.entered();
-            let setup = Setup::new(&roots, filter)?;
+            let setup = Setup::new(&roots, filter, saved.is_some())?;
             let missed = saved
-                .map(|path| catch_up_events(&path, setup.snapshot()))
+                .map(|path| catch_up_events(&path, &setup.snapshot()))
                 .unwrap_or_default();
             Ok::<_, WatchError>((setup, missed))
         })

@@ -101,7 +101,7 @@ impl Run {
         let Some(path) = self.snapshot_path.clone() else {
             return;
         };
-        let data = snapshot::encode(watcher.snapshot());
+        let data = snapshot::encode(&watcher.snapshot());
         let saved = tokio::task::spawn_blocking(move || snapshot::save(&path, &data)).await;
         match saved {
             Ok(Ok(())) => debug!("snapshot saved"),

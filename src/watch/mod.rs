@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use tree::Tree;
+use tree::{Stat, Tree};
 
 /// Decides whether a directory (absolute path) should be watched.
 pub type DirFilter = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
@@ -126,7 +126,11 @@ impl Setup {
     /// Creates the instance and watches every root recursively, recording every
     /// file. A root that is missing is recorded as such, not an error. Blocking:
     /// call it off the async threads.
-    pub fn new(roots: &[PathBuf], filter: DirFilter) -> Result<Setup, WatchError> {
+    /// With `full_stat` every file is stat'ed now (needed to compare with a saved
+    /// snapshot); otherwise only names are read now and sizes and mtimes are filled
+    /// in by a background pass once the watcher runs, so start-up costs little more
+    /// than the walk itself.
+    pub fn new(roots: &[PathBuf], filter: DirFilter, full_stat: bool) -> Result<Setup, WatchError> {
         let inotify = Inotify::init().map_err(|e| match e.raw_os_error() {
             Some(libc::EMFILE) => WatchError::TooManyInstances {
                 limit: sysctl("max_user_instances"),
@@ -139,7 +143,8 @@ impl Setup {
         let mut tree = Tree::new(inotify.watches(), filter);
         let mut state = Vec::new();
         for root in roots {
-            let missing = match tree.add(root, true, None) {
+            let stat = if full_stat { Stat::Full } else { Stat::Deferred };
+            let missing = match tree.add(root, true, stat, None) {
                 Ok(()) => None,
                 Err(WatchError::Root { source, .. }) => {
                     Some(format!("route path {} {}", root.display(), describe(&source)))
@@ -158,9 +163,9 @@ impl Setup {
         })
     }
 
-    /// The files found.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.tree.files
+    /// The files found, by path.
+    pub fn snapshot(&self) -> Snapshot {
+        self.tree.snapshot()
     }
 
     /// Starts delivering events (needs a tokio runtime).
@@ -172,6 +177,11 @@ impl Setup {
                 action: "registering with the runtime",
                 source,
             })?;
+        let unknown = self.tree.unknown_dirs();
+        // Bounded (one pass over the tree) and read-only; awaited in `next`, and the
+        // runtime waits for it at exit if the watcher is dropped first.
+        let completion =
+            (!unknown.is_empty()).then(|| tokio::task::spawn_blocking(move || tree::stat_dirs(unknown)));
         Ok(Watcher {
             stream,
             tree: self.tree,
@@ -179,6 +189,7 @@ impl Setup {
             moves: Vec::new(),
             overflow: Overflow::default(),
             next_poll: Instant::now() + ROOT_POLL,
+            completion,
         })
     }
 }
@@ -199,6 +210,22 @@ pub struct Watcher {
     moves: Vec<PendingMove>,
     overflow: Overflow,
     next_poll: Instant,
+    /// The background pass filling in sizes and mtimes after a fast start.
+    completion: Option<tokio::task::JoinHandle<Vec<(PathBuf, tree::Files)>>>,
+}
+
+/// Waits for the background stat pass, if one runs.
+async fn completed(
+    handle: &mut Option<tokio::task::JoinHandle<Vec<(PathBuf, tree::Files)>>>,
+) -> Vec<(PathBuf, tree::Files)> {
+    match handle {
+        Some(h) => {
+            let found = h.await.unwrap_or_default();
+            *handle = None;
+            found
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl Watcher {
@@ -207,6 +234,10 @@ impl Watcher {
         let wakeup = self.next_wakeup();
         let event = tokio::select! {
             event = self.stream.next() => Some(event),
+            found = completed(&mut self.completion) => {
+                self.tree.complete(found);
+                return Ok(Vec::new());
+            }
             _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => None,
         };
         let mut out = Vec::new();
@@ -240,9 +271,9 @@ impl Watcher {
         self.roots.iter().filter_map(|r| r.missing.clone()).collect()
     }
 
-    /// Every file under the watched directories.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.tree.files
+    /// Every file under the watched directories, by path.
+    pub fn snapshot(&self) -> Snapshot {
+        self.tree.snapshot()
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
@@ -292,7 +323,7 @@ impl Watcher {
             return Ok(());
         };
         if kind == EventKind::Delete {
-            self.tree.files.remove(&path);
+            self.tree.remove_file(&path);
         } else {
             self.tree.refresh(&path);
         }
@@ -353,16 +384,18 @@ impl Watcher {
                     self.rename_dir(&from, &path, out)?;
                 }
                 None if self.tree.wants(&path) => {
-                    self.tree.add(&path, false, Some((EventKind::Create, out)))?
+                    self.tree
+                        .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?
                 }
                 None => {}
             }
         } else if mask.contains(EventMask::CREATE) {
             if self.tree.wants(&path) {
-                self.tree.add(&path, false, Some((EventKind::Create, out)))?;
+                self.tree
+                    .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?;
             }
         } else if mask.contains(EventMask::DELETE) {
-            for path in crate::snapshot::take_under(&mut self.tree.files, &path) {
+            for path in self.tree.drop_dir(&path) {
                 out.push(FileEvent {
                     path,
                     kind: EventKind::Delete,
@@ -375,16 +408,13 @@ impl Watcher {
     /// A directory renamed inside the tree: old names deleted, new names moved; its
     /// watches are kept (re-adding returns the same descriptors) under the new path.
     fn rename_dir(&mut self, from: &Path, to: &Path, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
-        for path in crate::snapshot::take_under(&mut self.tree.files, from) {
-            out.push(FileEvent {
-                path,
-                kind: EventKind::Delete,
-            });
-        }
-        if self.tree.wants(to) {
-            self.tree.add(to, false, Some((EventKind::Move, out)))?;
-        }
-        self.tree.drop_dir(from);
+        let mut moved = Vec::new();
+        let gone = self.tree.rename(from, to, &mut moved)?;
+        out.extend(gone.into_iter().map(|path| FileEvent {
+            path,
+            kind: EventKind::Delete,
+        }));
+        out.extend(moved);
         Ok(())
     }
 
@@ -457,7 +487,10 @@ impl Watcher {
                 continue;
             }
             if !self.tree.is_watched(&path) {
-                match self.tree.add(&path, true, Some((EventKind::Create, out))) {
+                match self
+                    .tree
+                    .add(&path, true, Stat::Full, Some((EventKind::Create, out)))
+                {
                     Ok(()) => {}
                     Err(WatchError::Root { .. }) => continue,
                     Err(e) => return Err(e),

@@ -1,12 +1,15 @@
-//! The watched tree: which directory each watch descriptor stands for, and the
-//! snapshot of every file under the watched directories. Watches are always
-//! added before a directory is read, so nothing created meanwhile is missed.
+//! The watched tree: each watched directory with its watch descriptor and the
+//! state of the files in it (the snapshot, kept per directory so a file costs a
+//! name, not a full path). Watches are always added before a directory is read,
+//! so nothing created meanwhile is missed.
 
 use super::{DirFilter, FileEvent, WatchError, sysctl};
 use crate::events::EventKind;
-use crate::snapshot::{self, FileState, Snapshot};
+use crate::snapshot::{FileState, Snapshot};
 use inotify::{WatchDescriptor, WatchMask, Watches};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use tracing::debug;
 
@@ -22,14 +25,38 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DONT_FOLLOW)
     .union(WatchMask::EXCL_UNLINK);
 
+/// The files of one directory, by name.
+pub(super) type Files = HashMap<OsString, FileState>;
+
+struct Dir {
+    wd: WatchDescriptor,
+    files: Files,
+}
+
+/// Whether files found while walking are stat'ed (size and mtime) or only named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stat {
+    /// `stat` each file.
+    Full,
+    /// Record the name and inode only; size and mtime are filled in later.
+    Deferred,
+}
+
 /// Watch maps and file snapshot of one inotify instance.
 pub(super) struct Tree {
     watches: Watches,
     by_wd: HashMap<WatchDescriptor, PathBuf>,
-    by_path: BTreeMap<PathBuf, WatchDescriptor>,
-    /// Every file under the watched directories.
-    pub files: Snapshot,
+    dirs: BTreeMap<PathBuf, Dir>,
     filter: DirFilter,
+}
+
+/// The directories at or under `dir` in a map ordered by path.
+fn subtree<'a, V>(
+    map: &'a BTreeMap<PathBuf, V>,
+    dir: &'a Path,
+) -> impl Iterator<Item = (&'a PathBuf, &'a V)> {
+    map.range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+        .take_while(move |(p, _)| p.starts_with(dir))
 }
 
 impl Tree {
@@ -37,8 +64,7 @@ impl Tree {
         Tree {
             watches,
             by_wd: HashMap::new(),
-            by_path: BTreeMap::new(),
-            files: Snapshot::new(),
+            dirs: BTreeMap::new(),
             filter,
         }
     }
@@ -52,7 +78,7 @@ impl Tree {
     }
 
     pub fn is_watched(&self, dir: &Path) -> bool {
-        self.by_path.contains_key(dir)
+        self.dirs.contains_key(dir)
     }
 
     pub fn wants(&self, dir: &Path) -> bool {
@@ -62,20 +88,31 @@ impl Tree {
     /// Forgets a descriptor the kernel dropped (`IN_IGNORED`).
     pub fn forget(&mut self, wd: &WatchDescriptor) {
         if let Some(path) = self.by_wd.remove(wd)
-            && self.by_path.get(&path) == Some(wd)
+            && self.dirs.get(&path).is_some_and(|d| d.wd == *wd)
         {
-            self.by_path.remove(&path);
+            self.dirs.remove(&path);
         }
     }
 
-    /// Records the current state of a file; returns whether it exists.
-    pub fn refresh(&mut self, path: &Path) -> bool {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.is_dir() => {
-                self.files.insert(path.to_owned(), FileState::of(&meta));
-                true
-            }
-            _ => false,
+    fn files_of(&mut self, path: &Path) -> Option<(&mut Files, OsString)> {
+        let (parent, name) = (path.parent()?, path.file_name()?);
+        Some((&mut self.dirs.get_mut(parent)?.files, name.to_owned()))
+    }
+
+    /// Records the current state of a file.
+    pub fn refresh(&mut self, path: &Path) {
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && !meta.is_dir()
+            && let Some((files, name)) = self.files_of(path)
+        {
+            files.insert(name, FileState::of(&meta));
+        }
+    }
+
+    /// Forgets a file.
+    pub fn remove_file(&mut self, path: &Path) {
+        if let Some((files, name)) = self.files_of(path) {
+            files.remove(&name);
         }
     }
 
@@ -86,128 +123,289 @@ impl Tree {
         &mut self,
         top: &Path,
         strict: bool,
+        stat: Stat,
         mut report: Option<(EventKind, &mut Vec<FileEvent>)>,
     ) -> Result<(), WatchError> {
-        let mut found = Vec::new();
-        self.walk(top, strict, &mut |path, state| found.push((path, state)))?;
-        for (path, state) in found {
+        let mut stack = vec![top.to_owned()];
+        while let Some(dir) = stack.pop() {
+            let Some(wd) = self.watch(&dir, strict && dir == top)? else {
+                continue;
+            };
+            let files = self.read(&dir, stat, &mut stack);
             if let Some((kind, out)) = report.as_mut() {
-                out.push(FileEvent {
-                    path: path.clone(),
+                out.extend(files.keys().map(|name| FileEvent {
+                    path: dir.join(name),
                     kind: *kind,
-                });
+                }));
             }
-            self.files.insert(path, state);
+            self.dirs.insert(dir, Dir { wd, files });
         }
         Ok(())
     }
 
-    /// Stops watching `dir` and everything under it; removes its files from the
-    /// snapshot and returns their paths.
+    /// Stops watching `dir` and everything under it and returns the paths of the files they held.
     pub fn drop_dir(&mut self, dir: &Path) -> Vec<PathBuf> {
-        let dirs: Vec<(PathBuf, WatchDescriptor)> = self
-            .by_path
-            .range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
-            .take_while(|(p, _)| p.starts_with(dir))
-            .map(|(p, wd)| (p.clone(), wd.clone()))
-            .collect();
-        for (path, wd) in dirs {
-            self.by_path.remove(&path);
-            self.by_wd.remove(&wd);
-            let _ = self.watches.remove(wd);
+        let (wds, files) = self.detach(dir);
+        self.release(wds, dir);
+        files
+    }
+
+    /// Removes the watches among `wds` that still stand for a path under `dir`
+    /// (a descriptor re-added under another path, after a rename, is kept).
+    fn release(&mut self, wds: Vec<WatchDescriptor>, dir: &Path) {
+        for wd in wds {
+            if self.by_wd.get(&wd).is_some_and(|p| p.starts_with(dir)) {
+                self.by_wd.remove(&wd);
+                let _ = self.watches.remove(wd);
+            }
         }
-        snapshot::take_under(&mut self.files, dir)
+    }
+
+    /// A directory renamed inside the tree: returns the old file paths; its watches are
+    /// kept (re-adding the new path returns the same descriptors) and its files reported
+    /// under the new path as `Move` into `out`.
+    pub fn rename(
+        &mut self,
+        from: &Path,
+        to: &Path,
+        out: &mut Vec<FileEvent>,
+    ) -> Result<Vec<PathBuf>, WatchError> {
+        let (wds, old_files) = self.detach(from);
+        if self.wants(to) {
+            self.add(to, false, Stat::Full, Some((EventKind::Move, out)))?;
+        }
+        self.release(wds, from);
+        Ok(old_files)
+    }
+
+    /// Removes `dir` and the directories under it from the tree (not their watches);
+    /// returns their descriptors and the paths of their files.
+    fn detach(&mut self, dir: &Path) -> (Vec<WatchDescriptor>, Vec<PathBuf>) {
+        let paths: Vec<PathBuf> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
+        let mut wds = Vec::with_capacity(paths.len());
+        let mut files = Vec::new();
+        for path in paths {
+            let d = self.dirs.remove(&path).expect("listed");
+            files.extend(d.files.into_keys().map(|name| path.join(name)));
+            wds.push(d.wd);
+        }
+        (wds, files)
     }
 
     /// Re-reads `dir` from disk: watches directories that appeared, drops the ones
     /// that vanished, and returns the file changes against the snapshot.
     pub fn rescan(&mut self, dir: &Path) -> Result<Vec<FileEvent>, WatchError> {
-        let mut fresh = Snapshot::new();
-        let mut seen_dirs = HashSet::new();
-        seen_dirs.insert(dir.to_owned());
-        self.walk(dir, false, &mut |path, state| {
-            fresh.insert(path, state);
-        })?;
-        let stale: Vec<PathBuf> = self
-            .by_path
-            .range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded))
-            .take_while(|(p, _)| p.starts_with(dir))
-            .filter(|(p, _)| !p.exists())
-            .map(|(p, _)| p.clone())
-            .collect();
-        for gone in stale {
-            self.drop_dir(&gone);
-        }
-        let old: Snapshot = snapshot::under(&self.files, dir)
-            .map(|(p, s)| (p.clone(), *s))
-            .collect();
-        let changes = snapshot::diff(&old, &fresh);
-        for (path, kind) in &changes {
-            match kind {
-                EventKind::Delete => self.files.remove(path),
-                _ => self.files.insert(path.clone(), fresh[path]),
-            };
-        }
-        Ok(changes
-            .into_iter()
-            .map(|(path, kind)| FileEvent { path, kind })
-            .collect())
-    }
-
-    fn watch(&mut self, dir: &Path) -> std::io::Result<()> {
-        let wd = self.watches.add(dir, MASK)?;
-        // Re-adding a watched directory (after a rename) returns its descriptor: the new path wins.
-        if let Some(old) = self.by_wd.insert(wd.clone(), dir.to_owned())
-            && old != dir
-            && self.by_path.get(&old) == Some(&wd)
-        {
-            self.by_path.remove(&old);
-        }
-        self.by_path.insert(dir.to_owned(), wd);
-        Ok(())
-    }
-
-    /// Depth-first: watch a directory, then read it; files go to `visit`.
-    fn walk(
-        &mut self,
-        top: &Path,
-        strict: bool,
-        visit: &mut dyn FnMut(PathBuf, FileState),
-    ) -> Result<(), WatchError> {
-        let mut stack = vec![top.to_owned()];
-        while let Some(dir) = stack.pop() {
-            if let Err(e) = self.watch(&dir) {
-                match e.raw_os_error() {
-                    Some(libc::ENOSPC) => {
-                        return Err(WatchError::TooManyWatches {
-                            path: dir,
-                            limit: sysctl("max_user_watches"),
-                        });
-                    }
-                    _ if strict && dir == top => return Err(WatchError::Root { path: dir, source: e }),
-                    _ => {
-                        debug!(path = %dir.display(), "not watched: {e}");
-                        continue;
-                    }
-                }
-            }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+        let mut changes = Vec::new();
+        let mut visited = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            let Some(wd) = self.watch(&d, false)? else {
                 continue;
             };
-            for entry in entries.flatten() {
-                let Ok(file_type) = entry.file_type() else {
-                    continue;
-                };
-                let path = entry.path();
-                if file_type.is_dir() {
-                    if (self.filter)(&path) {
-                        stack.push(path);
-                    }
-                } else if let Ok(meta) = entry.metadata() {
-                    visit(path, FileState::of(&meta));
+            let fresh = self.read(&d, Stat::Full, &mut stack);
+            let old = self.dirs.remove(&d).map(|o| o.files).unwrap_or_default();
+            for (name, state) in &fresh {
+                match old.get(name) {
+                    None => changes.push(FileEvent {
+                        path: d.join(name),
+                        kind: EventKind::Create,
+                    }),
+                    Some(before) if before != state => changes.push(FileEvent {
+                        path: d.join(name),
+                        kind: EventKind::Modify,
+                    }),
+                    Some(_) => {}
+                }
+            }
+            for name in old.keys().filter(|n| !fresh.contains_key(*n)) {
+                changes.push(FileEvent {
+                    path: d.join(name),
+                    kind: EventKind::Delete,
+                });
+            }
+            visited.push((d, Dir { wd, files: fresh }));
+        }
+        // Whatever is still recorded under `dir` was not found on disk: gone.
+        for path in self.drop_dir(dir) {
+            changes.push(FileEvent {
+                path,
+                kind: EventKind::Delete,
+            });
+        }
+        for (path, d) in visited {
+            self.by_wd.insert(d.wd.clone(), path.clone());
+            self.dirs.insert(path, d);
+        }
+        Ok(changes)
+    }
+
+    /// The whole snapshot as one map by absolute path.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut flat = Snapshot::new();
+        for (dir, d) in &self.dirs {
+            flat.extend(d.files.iter().map(|(name, state)| (dir.join(name), *state)));
+        }
+        flat
+    }
+
+    /// The directories holding files whose size and mtime are not known yet.
+    pub fn unknown_dirs(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .filter(|(_, d)| d.files.values().any(|s| !s.is_known()))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Fills in states found by [`stat_dirs`], for files still unknown with the same inode
+    /// (a file an event refreshed or replaced meanwhile keeps its newer state).
+    pub fn complete(&mut self, found: Vec<(PathBuf, Files)>) {
+        for (dir, states) in found {
+            let Some(d) = self.dirs.get_mut(&dir) else {
+                continue;
+            };
+            for (name, state) in states {
+                if let Some(current) = d.files.get_mut(&name)
+                    && !current.is_known()
+                    && current.ino == state.ino
+                {
+                    *current = state;
                 }
             }
         }
-        Ok(())
+    }
+
+    /// Adds (or re-adds) the watch of `dir`. `Ok(None)` when it vanished or cannot be
+    /// watched and `strict` is off.
+    fn watch(&mut self, dir: &Path, strict: bool) -> Result<Option<WatchDescriptor>, WatchError> {
+        match self.watches.add(dir, MASK) {
+            Ok(wd) => {
+                // Re-adding a directory known under an old name (a rename) returns its
+                // descriptor: the new path wins; the old entry is reported and dropped by the caller.
+                self.by_wd.insert(wd.clone(), dir.to_owned());
+                Ok(Some(wd))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Err(WatchError::TooManyWatches {
+                path: dir.to_owned(),
+                limit: sysctl("max_user_watches"),
+            }),
+            Err(e) if strict => Err(WatchError::Root {
+                path: dir.to_owned(),
+                source: e,
+            }),
+            Err(e) => {
+                debug!(path = %dir.display(), "not watched: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads one directory: wanted subdirectories go on `stack`, files are returned.
+    fn read(&self, dir: &Path, stat: Stat, stack: &mut Vec<PathBuf>) -> Files {
+        let mut files = Files::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return files;
+        };
+        for entry in entries.flatten() {
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            if file_type.is_dir() {
+                let path = entry.path();
+                if (self.filter)(&path) {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let state = match stat {
+                Stat::Deferred => FileState::unknown(entry.ino()),
+                Stat::Full => match entry.metadata() {
+                    Ok(meta) => FileState::of(&meta),
+                    Err(_) => continue,
+                },
+            };
+            files.insert(entry.file_name(), state);
+        }
+        files
+    }
+}
+
+/// Stats the files of `dirs` (blocking): the deferred half of a fast start.
+pub(super) fn stat_dirs(dirs: Vec<PathBuf>) -> Vec<(PathBuf, Files)> {
+    dirs.into_iter()
+        .map(|dir| {
+            let mut files = Files::new();
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if let Ok(meta) = entry.metadata()
+                    && !meta.is_dir()
+                {
+                    files.insert(entry.file_name(), FileState::of(&meta));
+                }
+            }
+            (dir, files)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn tree() -> Tree {
+        let inotify = inotify::Inotify::init().unwrap();
+        Tree::new(inotify.watches(), Arc::new(|_: &Path| true))
+    }
+
+    #[test]
+    fn deferred_stat_fills_in_unknown_files_but_keeps_newer_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "1").unwrap();
+        std::fs::write(&b, "1").unwrap();
+        let mut t = tree();
+        t.add(dir.path(), true, Stat::Deferred, None).unwrap();
+        assert!(t.snapshot().values().all(|s| !s.is_known()));
+        let found = stat_dirs(t.unknown_dirs());
+        // An event refreshed b after the pass read it: its newer state must win.
+        std::fs::write(&b, "longer").unwrap();
+        t.refresh(&b);
+        t.complete(found);
+        let snap = t.snapshot();
+        assert_eq!(snap[&a].size, 1);
+        assert_eq!(snap[&b].size, 6);
+        assert!(t.unknown_dirs().is_empty());
+    }
+
+    #[test]
+    fn rescan_reports_exactly_the_differences() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["same", "changed", "gone"] {
+            std::fs::write(dir.path().join(name), "1").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut t = tree();
+        t.add(dir.path(), true, Stat::Full, None).unwrap();
+        std::fs::write(dir.path().join("changed"), "22").unwrap();
+        std::fs::remove_file(dir.path().join("gone")).unwrap();
+        std::fs::write(dir.path().join("sub/new"), "1").unwrap();
+        let mut got: Vec<String> = t
+            .rescan(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e.path.strip_prefix(dir.path()).unwrap().display(),
+                    e.kind
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, ["changed modify", "gone delete", "sub/new create"]);
+        assert!(
+            t.rescan(dir.path()).unwrap().is_empty(),
+            "a second rescan finds nothing"
+        );
     }
 }
