@@ -178,10 +178,20 @@ impl Setup {
                 source,
             })?;
         let unknown = self.tree.unknown_dirs();
-        // Bounded (one pass over the tree) and read-only; awaited in `next`, and the
-        // runtime waits for it at exit if the watcher is dropped first.
-        let completion =
-            (!unknown.is_empty()).then(|| tokio::task::spawn_blocking(move || tree::stat_dirs(unknown)));
+        // One bounded, read-only pass over the tree, streamed in chunks so the extra
+        // memory is one chunk; it stops early if the watcher is dropped (channel closed).
+        let completion = (!unknown.is_empty()).then(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::task::spawn_blocking(move || {
+                for chunk in unknown.chunks(COMPLETION_CHUNK) {
+                    let found = chunk.iter().cloned().map(tree::stat_dir).collect();
+                    if tx.blocking_send(found).is_err() {
+                        return;
+                    }
+                }
+            });
+            rx
+        });
         Ok(Watcher {
             stream,
             tree: self.tree,
@@ -210,21 +220,26 @@ pub struct Watcher {
     moves: Vec<PendingMove>,
     overflow: Overflow,
     next_poll: Instant,
-    /// The background pass filling in sizes and mtimes after a fast start.
-    completion: Option<tokio::task::JoinHandle<Vec<(PathBuf, tree::Files)>>>,
+    /// Chunks of the background pass filling in sizes and mtimes after a fast start.
+    completion: Option<Completion>,
 }
 
-/// Waits for the background stat pass, if one runs.
-async fn completed(
-    handle: &mut Option<tokio::task::JoinHandle<Vec<(PathBuf, tree::Files)>>>,
-) -> Vec<(PathBuf, tree::Files)> {
-    match handle {
-        Some(h) => {
-            let found = h.await.unwrap_or_default();
-            *handle = None;
-            found
+type Completion = tokio::sync::mpsc::Receiver<Vec<(PathBuf, tree::Files)>>;
+
+/// Directories per chunk of the background stat pass.
+const COMPLETION_CHUNK: usize = 256;
+
+/// The next chunk of the background stat pass (empty once it is over).
+async fn completed(completion: &mut Option<Completion>) -> Vec<(PathBuf, tree::Files)> {
+    let Some(rx) = completion else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Some(chunk) => chunk,
+        None => {
+            *completion = None;
+            Vec::new()
         }
-        None => std::future::pending().await,
     }
 }
 

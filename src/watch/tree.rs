@@ -330,21 +330,17 @@ impl Tree {
     }
 }
 
-/// Stats the files of `dirs` (blocking): the deferred half of a fast start.
-pub(super) fn stat_dirs(dirs: Vec<PathBuf>) -> Vec<(PathBuf, Files)> {
-    dirs.into_iter()
-        .map(|dir| {
-            let mut files = Files::new();
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if let Ok(meta) = entry.metadata()
-                    && !meta.is_dir()
-                {
-                    files.insert(entry.file_name(), FileState::of(&meta));
-                }
-            }
-            (dir, files)
-        })
-        .collect()
+/// Stats the files of one directory (blocking): the deferred half of a fast start.
+pub(super) fn stat_dir(dir: PathBuf) -> (PathBuf, Files) {
+    let mut files = Files::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if let Ok(meta) = entry.metadata()
+            && !meta.is_dir()
+        {
+            files.insert(entry.file_name(), FileState::of(&meta));
+        }
+    }
+    (dir, files)
 }
 
 #[cfg(test)]
@@ -366,7 +362,7 @@ mod tests {
         let mut t = tree();
         t.add(dir.path(), true, Stat::Deferred, None).unwrap();
         assert!(t.snapshot().values().all(|s| !s.is_known()));
-        let found = stat_dirs(t.unknown_dirs());
+        let found: Vec<_> = t.unknown_dirs().into_iter().map(stat_dir).collect();
         // An event refreshed b after the pass read it: its newer state must win.
         std::fs::write(&b, "longer").unwrap();
         t.refresh(&b);
