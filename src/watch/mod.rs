@@ -115,6 +115,27 @@ struct Overflow {
     backoff: Duration,
 }
 
+impl Overflow {
+    /// Schedules a rescan after an overflow at `now`; returns its delay, or `None` when
+    /// one is already due. An overflow within a second of the last rescan doubles the
+    /// back-off (100 ms up to 10 s); after a quiet second it rescans at once again.
+    fn schedule(&mut self, now: Instant) -> Option<Duration> {
+        if self.due.is_some() {
+            return None;
+        }
+        let recent = self
+            .last_rescan
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
+        self.backoff = if recent {
+            (self.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
+        } else {
+            Duration::ZERO
+        };
+        self.due = Some(now + self.backoff);
+        Some(self.backoff)
+    }
+}
+
 /// The instance, its tree and its roots, before events are read.
 pub struct Setup {
     inotify: Inotify,
@@ -434,19 +455,9 @@ impl Watcher {
     }
 
     fn overflowed(&mut self, now: Instant) {
-        let o = &mut self.overflow;
-        let recent = o
-            .last_rescan
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
-        o.backoff = if recent {
-            (o.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
-        } else {
-            Duration::ZERO
-        };
-        if o.due.is_none() {
-            o.due = Some(now + o.backoff);
+        if let Some(delay) = self.overflow.schedule(now) {
             warn!(
-                backoff_ms = o.backoff.as_millis() as u64,
+                backoff_ms = delay.as_millis() as u64,
                 "inotify queue overflowed: events were dropped; rescanning"
             );
         }
@@ -515,5 +526,30 @@ impl Watcher {
             self.roots[i].missing = None;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_overflows_back_off_and_a_quiet_second_resets() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut o = Overflow::default();
+        let mut delays = Vec::new();
+        let mut now = t0;
+        for _ in 0..9 {
+            let delay = o.schedule(now).expect("a rescan is scheduled");
+            assert_eq!(o.schedule(now), None, "one rescan at a time");
+            delays.push(delay.as_millis());
+            now += delay; // the rescan runs...
+            o.due = None;
+            o.last_rescan = Some(now);
+            now += ms(10); // ...and the queue overflows again right away
+        }
+        assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 3200, 6400, 10000]);
+        assert_eq!(o.schedule(now + Duration::from_secs(2)), Some(Duration::ZERO));
     }
 }

@@ -106,6 +106,21 @@ fn directory_renamed_inside_the_tree_keeps_watching_under_its_new_name() {
 }
 
 #[test]
+fn file_renamed_inside_the_tree_is_a_delete_and_a_move() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/old.md", "1");
+    std::fs::create_dir(sandbox.path("src/sub")).unwrap();
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    std::fs::rename(sandbox.path("src/old.md"), sandbox.path("src/sub/new.md")).unwrap();
+    settle(&sandbox, "z");
+    assert_eq!(
+        sorted_log(&sandbox),
+        ["old.md delete", "sub/new.md move", "z create,modify"]
+    );
+}
+
+#[test]
 fn directory_moved_in_is_reported_created_and_moved_out_deleted() {
     let sandbox = Sandbox::new();
     sandbox.write("outside/x/f", "1");
