@@ -15,7 +15,7 @@
 
 use crate::events::{EventKind, EventSet};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +44,16 @@ pub struct Submission {
     pub kind: EventKind,
     /// The route's timing.
     pub timing: Timing,
+}
+
+/// What the scheduler's channel carries. One FIFO channel for both, so a question
+/// is answered only after every submission sent before it has been taken in.
+#[derive(Debug)]
+pub enum Input {
+    /// A matched change.
+    Submit(Submission),
+    /// Asks for the files with work not yet done (see [`Scheduler::unsettled`]).
+    Unsettled(tokio::sync::oneshot::Sender<HashSet<PathBuf>>),
 }
 
 /// A run the scheduler decided to start.
@@ -171,23 +181,26 @@ impl Scheduler {
         }
     }
 
+    /// The files with changes whose runs have not finished: pending, waiting for a
+    /// slot, or running. Their changes are not processed yet.
+    pub fn unsettled(&self) -> HashSet<PathBuf> {
+        self.entries.keys().map(|(_, path)| path.clone()).collect()
+    }
+
     /// How many keys have changes waiting (not yet started).
     pub fn queued(&self) -> usize {
         self.entries.values().filter(|e| e.pending.is_some()).count()
     }
 }
 
-/// Runs the scheduler until `submissions` closes and every started job has ended.
+/// Runs the scheduler until `inputs` closes and every started job has ended.
 ///
 /// `launch` turns a [`Start`] into the job's future; each runs as a task of a
 /// `JoinSet` owned here, so none outlives this function. At most `max_jobs` run at
 /// once; due runs beyond that wait in arrival order. Runs not started when the
 /// channel closes are dropped (the listener is stopping).
-pub async fn drive<F, Fut>(
-    mut submissions: mpsc::UnboundedReceiver<Submission>,
-    max_jobs: usize,
-    mut launch: F,
-) where
+pub async fn drive<F, Fut>(mut inputs: mpsc::UnboundedReceiver<Input>, max_jobs: usize, mut launch: F)
+where
     F: FnMut(Start) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -206,8 +219,11 @@ pub async fn drive<F, Fut>(
         }
         let wakeup = sched.next_wakeup().filter(|_| open);
         tokio::select! {
-            sub = submissions.recv(), if open => match sub {
-                Some(sub) => sched.submit(sub, Instant::now()),
+            input = inputs.recv(), if open => match input {
+                Some(Input::Submit(sub)) => sched.submit(sub, Instant::now()),
+                Some(Input::Unsettled(reply)) => {
+                    let _ = reply.send(sched.unsettled());
+                }
                 None => open = false,
             },
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {

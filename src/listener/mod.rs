@@ -220,20 +220,24 @@ impl Slot {
         let name = self.config.name.clone();
         let roots = roots(&self.config);
         let filter = dir_filter(&self.config);
-        let catch_up = self.config.catch_up.then(|| snapshot_path(ctx, &name));
-        let saved = catch_up.clone();
+        let saved = self.config.catch_up.then(|| snapshot_path(ctx, &name));
         let span = info_span!("listener", listener = %name);
         let setup = tokio::task::spawn_blocking(move || {
             let _entered = span.entered();
             let setup = Setup::new(&roots, filter, saved.is_some())?;
-            let missed = saved
-                .map(|path| catch_up_events(&path, &setup.snapshot()))
-                .unwrap_or_default();
-            Ok::<_, WatchError>((setup, missed))
+            let (missed, catch_up) = match saved {
+                Some(path) => {
+                    let (missed, baseline) = catch_up_events(&path, setup.snapshot());
+                    (missed, Some((path, baseline)))
+                }
+                None => (Vec::new(), None),
+            };
+            Ok::<_, WatchError>((setup, missed, catch_up))
         })
         .await
         .expect("watch setup does not panic");
-        let (watcher, missed) = match setup.and_then(|(s, missed)| Ok((s.into_watcher()?, missed))) {
+        let ready = setup.and_then(|(s, missed, catch_up)| Ok((s.into_watcher()?, missed, catch_up)));
+        let (watcher, missed, catch_up) = match ready {
             Ok(ready) => ready,
             Err(source) => {
                 self.shared.set(State::Failed, Some(source.to_string()));
@@ -252,7 +256,7 @@ impl Slot {
             config: self.config.clone(),
             ctx: ctx.clone(),
             shared: self.shared.clone(),
-            snapshot_path: catch_up,
+            catch_up,
         };
         let task = run
             .spawn(watcher, missed, cancel.clone())
@@ -312,34 +316,42 @@ fn snapshot_path(ctx: &JobContext, listener: &str) -> PathBuf {
 }
 
 /// The changes between the saved snapshot and the tree as it is now, to be
-/// processed before live events; then the current tree is saved as the new baseline.
-/// A missing or corrupt snapshot is a warning and a fresh start.
-fn catch_up_events(path: &Path, current: &snapshot::Snapshot) -> Vec<FileEvent> {
-    let missed = match snapshot::load(path) {
+/// processed before live events, and the baseline to persist from: the saved
+/// snapshot, or (missing or corrupt: a fresh start, with a warning if corrupt) the
+/// tree as it is, saved at once.
+fn catch_up_events(path: &Path, current: snapshot::Snapshot) -> (Vec<FileEvent>, snapshot::Snapshot) {
+    match snapshot::load(path) {
         Ok(saved) => {
-            let changes = snapshot::diff(&saved, current);
+            let changes = snapshot::diff(&saved, &current);
             info!(
                 changes = changes.len(),
                 "catching up on changes made while stopped"
             );
-            changes
+            let events = changes
                 .into_iter()
                 .map(|(path, kind)| FileEvent { path, kind })
-                .collect()
+                .collect();
+            (events, saved)
         }
         Err(snapshot::SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             info!(path = %path.display(), "no saved snapshot: starting fresh");
-            Vec::new()
+            (Vec::new(), fresh_baseline(path, current))
         }
         Err(e) => {
             warn!("cannot use the saved snapshot, starting fresh: {e}");
-            Vec::new()
+            (Vec::new(), fresh_baseline(path, current))
         }
-    };
-    if let Err(e) = snapshot::save(path, &snapshot::encode(current)) {
+    }
+}
+
+/// Saves the tree as it is, before the daemon reports ready: a crash right after a
+/// fresh start still finds a baseline. (A saved snapshot needs no save at start: it is
+/// already the baseline that unprocessed changes are measured from.)
+fn fresh_baseline(path: &Path, current: snapshot::Snapshot) -> snapshot::Snapshot {
+    if let Err(e) = snapshot::save(path, &snapshot::encode(&current)) {
         warn!("cannot save the snapshot: {e}");
     }
-    missed
+    current
 }
 
 /// The distinct directories the routes watch, in route order.

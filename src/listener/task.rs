@@ -5,8 +5,8 @@
 use super::{JobContext, Shared, State};
 use crate::config::{ListenerConfig, RouteConfig};
 use crate::job::{self, JobSpec};
-use crate::scheduler::{self, Start, Submission, Timing};
-use crate::snapshot;
+use crate::scheduler::{self, Input, Start, Submission, Timing};
+use crate::snapshot::{self, Snapshot};
 use crate::watch::{FileEvent, Watcher};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -28,14 +28,20 @@ pub(super) struct Run {
     pub config: Arc<ListenerConfig>,
     pub ctx: JobContext,
     pub shared: Arc<Shared>,
-    /// Where to persist the snapshot, for `catch_up` listeners.
-    pub snapshot_path: Option<PathBuf>,
+    /// For `catch_up` listeners: where the snapshot is persisted, and what was last
+    /// persisted (the baseline that changes not yet processed are kept at).
+    pub catch_up: Option<(PathBuf, Snapshot)>,
 }
 
 impl Run {
     /// Runs the listener until `cancel` fires or its watcher fails. `missed` (catch-up
     /// changes) are submitted before any live event.
-    pub(super) async fn spawn(self, mut watcher: Watcher, missed: Vec<FileEvent>, cancel: CancellationToken) {
+    pub(super) async fn spawn(
+        mut self,
+        mut watcher: Watcher,
+        missed: Vec<FileEvent>,
+        cancel: CancellationToken,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let jobs_cancel = CancellationToken::new();
         // Cancels the jobs even if this task is aborted or unwinds.
@@ -55,7 +61,7 @@ impl Run {
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
-                _ = save.tick(), if self.snapshot_path.is_some() => self.save(&watcher).await,
+                _ = save.tick(), if self.catch_up.is_some() => self.save(&watcher, &tx).await,
                 events = watcher.next() => match events {
                     Ok(events) => {
                         self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
@@ -66,7 +72,7 @@ impl Run {
                 },
             }
         };
-        self.save(&watcher).await;
+        self.save(&watcher, &tx).await;
         drop(watcher);
         drop(tx);
         info!("inotify closed: no new events");
@@ -85,25 +91,40 @@ impl Run {
     }
 
     /// Matches each event against the routes and submits the matches.
-    fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::UnboundedSender<Submission>) {
+    fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::UnboundedSender<Input>) {
         for event in events {
             self.shared.events.fetch_add(1, Ordering::Relaxed);
             for (index, route) in self.config.routes.iter().enumerate() {
                 if let Some(sub) = route_match(index, route, &event) {
-                    let _ = tx.send(sub);
+                    let _ = tx.send(Input::Submit(sub));
                 }
             }
         }
     }
 
-    /// Persists the snapshot (catch-up listeners only).
-    async fn save(&self, watcher: &Watcher) {
-        let Some(path) = self.snapshot_path.clone() else {
+    /// Persists the snapshot (catch-up listeners only). Files whose changes are not
+    /// processed yet (pending, queued or running) keep their last persisted state, so
+    /// after a crash or a stop they are found changed again and run.
+    async fn save(&mut self, watcher: &Watcher, tx: &mpsc::UnboundedSender<Input>) {
+        let Some((path, persisted)) = &mut self.catch_up else {
             return;
         };
-        let data = snapshot::encode(&watcher.snapshot());
-        let saved = tokio::task::spawn_blocking(move || snapshot::save(&path, &data)).await;
-        match saved {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unsettled = match tx.send(Input::Unsettled(reply)) {
+            Ok(()) => answer.await.unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
+        let mut baseline = watcher.snapshot();
+        for file in unsettled {
+            match persisted.get(&file) {
+                Some(state) => baseline.insert(file, *state),
+                None => baseline.remove(&file),
+            };
+        }
+        let data = snapshot::encode(&baseline);
+        *persisted = baseline;
+        let path = path.clone();
+        match tokio::task::spawn_blocking(move || snapshot::save(&path, &data)).await {
             Ok(Ok(())) => debug!("snapshot saved"),
             Ok(Err(e)) => warn!("cannot save the snapshot: {e}"),
             Err(e) => warn!("snapshot save task failed: {e}"),

@@ -13,12 +13,16 @@ fn timing(debounce: u64, delay: u64) -> Timing {
     }
 }
 
-fn sub(file: &str, kind: EventKind, t: Timing) -> Submission {
+fn submission(file: &str, kind: EventKind, t: Timing) -> Submission {
     Submission {
         key: (0, PathBuf::from(file)),
         kind,
         timing: t,
     }
+}
+
+fn sub(file: &str, kind: EventKind, t: Timing) -> Input {
+    Input::Submit(submission(file, kind, t))
 }
 
 /// A recorded run: when it started and ended (ms since the test began) and its kinds.
@@ -31,7 +35,7 @@ struct Run {
 }
 
 type Harness = (
-    mpsc::UnboundedSender<Submission>,
+    mpsc::UnboundedSender<Input>,
     Arc<Mutex<Vec<Run>>>,
     tokio::task::JoinHandle<()>,
 );
@@ -67,7 +71,7 @@ async fn at(t0: Instant, ms: u64) {
     tokio::time::sleep_until(t0 + MS * ms as u32).await;
 }
 
-async fn finish(tx: mpsc::UnboundedSender<Submission>, task: tokio::task::JoinHandle<()>, until: Instant) {
+async fn finish(tx: mpsc::UnboundedSender<Input>, task: tokio::task::JoinHandle<()>, until: Instant) {
     tokio::time::sleep_until(until).await;
     drop(tx);
     task.await.unwrap();
@@ -178,15 +182,15 @@ fn pure_state_machine_tracks_queue_and_stale_timers() {
     let mut s = Scheduler::default();
     let t0 = Instant::now();
     let t = timing(100, 10);
-    s.submit(sub("a", EventKind::Modify, t), t0);
+    s.submit(submission("a", EventKind::Modify, t), t0);
     assert_eq!(s.next_wakeup(), Some(t0 + MS * 100));
-    s.submit(sub("a", EventKind::Modify, t), t0 + MS * 95);
+    s.submit(submission("a", EventKind::Modify, t), t0 + MS * 95);
     assert!(s.take_due(t0 + MS * 100).is_empty(), "extended by delay to 105");
     assert_eq!(s.queued(), 1);
     let due = s.take_due(t0 + MS * 105);
     assert_eq!(due.len(), 1);
     assert_eq!(s.queued(), 0);
-    s.submit(sub("a", EventKind::Create, t), t0 + MS * 106);
+    s.submit(submission("a", EventKind::Create, t), t0 + MS * 106);
     assert!(s.take_due(t0 + MS * 1000).is_empty(), "running: no second run");
     s.finished(&due[0].key);
     let again = s.take_due(t0 + MS * 1000);
@@ -247,4 +251,29 @@ async fn file_created_and_gone_within_its_window_runs_nothing() {
         runs,
         ["brief create", "brief delete", "page.md create,modify,delete"]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsettled_lists_files_until_their_runs_finish() {
+    let (tx, _log, task) = harness_limited(100, 1);
+    let t0 = Instant::now();
+    let ask = |tx: &mpsc::UnboundedSender<Input>| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tx.send(Input::Unsettled(reply)).unwrap();
+        answer
+    };
+    tx.send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
+    tx.send(sub("b", EventKind::Modify, timing(50, 0))).unwrap();
+    let names = |set: HashSet<PathBuf>| {
+        let mut v: Vec<_> = set.into_iter().map(|p| p.display().to_string()).collect();
+        v.sort();
+        v
+    };
+    // Asked right after submitting: the channel is FIFO, so both are counted.
+    assert_eq!(names(ask(&tx).await.unwrap()), ["a", "b"]);
+    at(t0, 150).await; // a ran 0..100; b waits for the only slot, runs 100..200
+    assert_eq!(names(ask(&tx).await.unwrap()), ["b"]);
+    at(t0, 250).await;
+    assert!(ask(&tx).await.unwrap().is_empty());
+    finish(tx, task, t0 + MS * 300).await;
 }

@@ -302,6 +302,51 @@ fn catch_up_after_sigkill() {
     assert_caught_up(&sandbox);
 }
 
+/// A catch-up listener whose job logs "NAME EVENTS" as it starts, then takes a while.
+fn slow_catch_up_config(sandbox: &Sandbox) -> std::path::PathBuf {
+    let route = one_route(
+        r#"echo "$EXECLIB_NAME $EXECLIB_EVENT" >> ../out/log; exec sleep 3"#,
+        "",
+    );
+    let body = format!(
+        "[daemon]\nstate_dir = \"state\"\n{}",
+        listener_key(&route, "catch_up = true")
+    );
+    sandbox.config(&body)
+}
+
+#[test]
+fn catch_up_reruns_a_change_whose_job_was_cut_short_by_sigkill() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/a", "v1");
+    let config = slow_catch_up_config(&sandbox);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    daemon.ctl(&["shutdown"]);
+    daemon.wait_exit();
+    sandbox.write("src/a", "v2, longer");
+    let mut daemon = Daemon::start(&sandbox, &config);
+    wait_log(&sandbox, "a modify"); // the catch-up run has started...
+    daemon.signal(libc::SIGKILL); // ...and the daemon dies before it ends
+    daemon.wait_exit();
+    let _daemon = Daemon::start(&sandbox, &config);
+    eventually("the change to run again", || {
+        (log_lines(&sandbox).len() == 2).then_some(())
+    });
+    assert_eq!(log_lines(&sandbox), ["a modify", "a modify"]);
+}
+
+#[test]
+fn catch_up_reruns_a_change_whose_job_was_cut_short_by_stop() {
+    let sandbox = Sandbox::new();
+    let config = slow_catch_up_config(&sandbox);
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "1");
+    wait_log(&sandbox, "a create,modify");
+    assert!(daemon.ctl(&["stop", "docs"]).status.success());
+    assert!(daemon.ctl(&["start", "docs"]).status.success());
+    wait_log(&sandbox, "a create");
+}
+
 #[test]
 fn corrupt_snapshot_is_a_warning_and_a_fresh_start() {
     let sandbox = Sandbox::new();
