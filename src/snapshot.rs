@@ -10,7 +10,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// What identifies a version of a file.
+/// What identifies a version of a file. The change time is included because it
+/// cannot be set back: a write that keeps size and mtime (`rsync -t`, `cp -p`) still
+/// changes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileState {
     /// Inode number.
@@ -19,6 +21,8 @@ pub struct FileState {
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
 }
 
 impl FileState {
@@ -29,6 +33,7 @@ impl FileState {
             ino,
             size: 0,
             mtime_ns: i128::MIN,
+            ctime_ns: i128::MIN,
         }
     }
 
@@ -43,6 +48,7 @@ impl FileState {
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
         }
     }
 }
@@ -50,7 +56,7 @@ impl FileState {
 /// Files by absolute path: the flat form used for persistence and catch-up.
 pub type Snapshot = BTreeMap<PathBuf, FileState>;
 
-/// The changes from `old` to `new`: created, modified (inode, size or mtime differ) and
+/// The changes from `old` to `new`: created, modified (inode, size, mtime or ctime differ) and
 /// deleted files, in path order within each kind.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<(PathBuf, EventKind)> {
     let mut changes = Vec::new();
@@ -67,7 +73,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<(PathBuf, EventKind)> {
     changes
 }
 
-const MAGIC: &[u8; 12] = b"EXECLIBSNAP1";
+const MAGIC: &[u8; 12] = b"EXECLIBSNAP2";
 
 /// Why a saved snapshot could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +98,7 @@ pub enum SnapshotError {
     },
 }
 
-/// Encodes a snapshot: magic, entries (path length, path bytes, inode, size, mtime), checksum.
+/// Encodes a snapshot: magic, entries (path length, path bytes, inode, size, mtime, ctime), checksum.
 pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
     let mut out = Vec::with_capacity(snapshot.len() * 96 + 32);
     out.extend_from_slice(MAGIC);
@@ -104,6 +110,7 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
         out.extend_from_slice(&state.ino.to_le_bytes());
         out.extend_from_slice(&state.size.to_le_bytes());
         out.extend_from_slice(&state.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&state.ctime_ns.to_le_bytes());
     }
     let sum = checksum(&out);
     out.extend_from_slice(&sum.to_le_bytes());
@@ -130,7 +137,16 @@ pub fn decode(data: &[u8]) -> Option<Snapshot> {
         let ino = u64::from_le_bytes(take(8)?.try_into().ok()?);
         let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
         let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
-        snapshot.insert(path, FileState { ino, size, mtime_ns });
+        let ctime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
+        snapshot.insert(
+            path,
+            FileState {
+                ino,
+                size,
+                mtime_ns,
+                ctime_ns,
+            },
+        );
     }
     take(0).filter(|_| rest.is_empty())?;
     Some(snapshot)
@@ -185,6 +201,7 @@ mod tests {
             ino,
             size,
             mtime_ns: 7,
+            ctime_ns: 8,
         }
     }
 

@@ -99,6 +99,8 @@ struct Root {
     path: PathBuf,
     /// Why it is not watched, when it is not.
     missing: Option<String>,
+    /// The files it held when it went away, to compare with when it is back.
+    lost: Snapshot,
 }
 
 struct PendingMove {
@@ -141,6 +143,9 @@ pub struct Setup {
     inotify: Inotify,
     tree: Tree,
     roots: Vec<Root>,
+    /// Files changed from this time on (ns since the epoch) are not filled in by the
+    /// background stat pass: a second before the walk began, for coarse timestamps.
+    changed_before: i128,
 }
 
 impl Setup {
@@ -161,6 +166,10 @@ impl Setup {
                 source: e,
             },
         })?;
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let changed_before = since_epoch.as_nanos() as i128 - 1_000_000_000;
         let mut tree = Tree::new(inotify.watches(), filter);
         let mut state = Vec::new();
         for root in roots {
@@ -175,12 +184,14 @@ impl Setup {
             state.push(Root {
                 path: root.clone(),
                 missing,
+                lost: Snapshot::new(),
             });
         }
         Ok(Setup {
             inotify,
             tree,
             roots: state,
+            changed_before,
         })
     }
 
@@ -221,6 +232,7 @@ impl Setup {
             overflow: Overflow::default(),
             next_poll: Instant::now() + ROOT_POLL,
             completion,
+            changed_before: self.changed_before,
         })
     }
 }
@@ -243,6 +255,8 @@ pub struct Watcher {
     next_poll: Instant,
     /// Chunks of the background pass filling in sizes and mtimes after a fast start.
     completion: Option<Completion>,
+    /// See [`Setup`]: the background pass leaves files changed since then unknown.
+    changed_before: i128,
 }
 
 type Completion = tokio::sync::mpsc::Receiver<Vec<(PathBuf, tree::Files)>>;
@@ -271,7 +285,7 @@ impl Watcher {
         let event = tokio::select! {
             event = self.stream.next() => Some(event),
             found = completed(&mut self.completion) => {
-                self.tree.complete(found);
+                self.tree.complete(found, self.changed_before);
                 return Ok(Vec::new());
             }
             _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => None,
@@ -390,7 +404,7 @@ impl Watcher {
                 };
                 let path = self.roots[i].path.clone();
                 warn!(path = %path.display(), "route path {how}; waiting for it to come back");
-                self.tree.drop_dir(&path);
+                self.roots[i].lost = self.tree.drop_dir(&path);
                 self.roots[i].missing = Some(format!("route path {} {how}", path.display()));
                 self.next_poll = Instant::now() + ROOT_POLL;
             }
@@ -413,32 +427,40 @@ impl Watcher {
                 path,
                 at: Instant::now(),
             });
-        } else if mask.contains(EventMask::MOVED_TO) {
-            match self.moves.iter().position(|m| m.cookie == cookie) {
-                Some(i) => {
-                    let from = self.moves.remove(i).path;
-                    self.rename_dir(&from, &path, out)?;
-                }
-                None if self.tree.wants(&path) => {
-                    self.tree
-                        .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?
-                }
-                None => {}
-            }
-        } else if mask.contains(EventMask::CREATE) {
+            return Ok(());
+        }
+        if mask.contains(EventMask::MOVED_TO)
+            && let Some(i) = self.moves.iter().position(|m| m.cookie == cookie)
+        {
+            let from = self.moves.remove(i).path;
+            return self.rename_dir(&from, &path, out);
+        }
+        if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+            self.settle_moves_under(&path, out);
             if self.tree.wants(&path) {
                 self.tree
                     .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?;
             }
         } else if mask.contains(EventMask::DELETE) {
-            for path in self.tree.drop_dir(&path) {
-                out.push(FileEvent {
-                    path,
-                    kind: EventKind::Delete,
-                });
-            }
+            out.extend(self.tree.drop_dir(&path).into_keys().map(|path| FileEvent {
+                path,
+                kind: EventKind::Delete,
+            }));
         }
         Ok(())
+    }
+
+    /// A directory appears at `path` while one that stood there (or under it) was moved
+    /// away and its pair is still awaited: that one has left the tree; settle it now,
+    /// before the new directory takes its place.
+    fn settle_moves_under(&mut self, path: &Path, out: &mut Vec<FileEvent>) {
+        while let Some(i) = self.moves.iter().position(|m| m.path.starts_with(path)) {
+            let gone = self.moves.remove(i).path;
+            out.extend(self.tree.drop_dir(&gone).into_keys().map(|path| FileEvent {
+                path,
+                kind: EventKind::Delete,
+            }));
+        }
     }
 
     /// A directory renamed inside the tree: old names deleted, new names moved; its
@@ -446,7 +468,7 @@ impl Watcher {
     fn rename_dir(&mut self, from: &Path, to: &Path, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
         let mut moved = Vec::new();
         let gone = self.tree.rename(from, to, &mut moved)?;
-        out.extend(gone.into_iter().map(|path| FileEvent {
+        out.extend(gone.into_keys().map(|path| FileEvent {
             path,
             kind: EventKind::Delete,
         }));
@@ -466,7 +488,7 @@ impl Watcher {
     fn run_timers(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
         while let Some(i) = self.moves.iter().position(|m| now >= m.at + MOVE_BOUND) {
             let gone = self.moves.remove(i).path;
-            for path in self.tree.drop_dir(&gone) {
+            for path in self.tree.drop_dir(&gone).into_keys() {
                 out.push(FileEvent {
                     path,
                     kind: EventKind::Delete,
@@ -513,16 +535,19 @@ impl Watcher {
                 continue;
             }
             if !self.tree.is_watched(&path) {
-                match self
-                    .tree
-                    .add(&path, true, Stat::Full, Some((EventKind::Create, out)))
-                {
+                match self.tree.add(&path, true, Stat::Full, None) {
                     Ok(()) => {}
                     Err(WatchError::Root { .. }) => continue,
                     Err(e) => return Err(e),
                 }
+                // Exactly what differs from when it went away: an unmount and remount
+                // of the same files reports nothing.
+                let now = self.tree.subtree_snapshot(&path);
+                let changes = crate::snapshot::diff(&self.roots[i].lost, &now);
+                out.extend(changes.into_iter().map(|(path, kind)| FileEvent { path, kind }));
             }
             info!(path = %path.display(), "route path is back; watching it again");
+            self.roots[i].lost.clear();
             self.roots[i].missing = None;
         }
         Ok(())

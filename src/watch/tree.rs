@@ -143,18 +143,18 @@ impl Tree {
         Ok(())
     }
 
-    /// Stops watching `dir` and everything under it and returns the paths of the files they held.
-    pub fn drop_dir(&mut self, dir: &Path) -> Vec<PathBuf> {
+    /// Stops watching `dir` and everything under it and returns the files they held.
+    pub fn drop_dir(&mut self, dir: &Path) -> Snapshot {
         let (wds, files) = self.detach(dir);
-        self.release(wds, dir);
+        self.release(wds);
         files
     }
 
-    /// Removes the watches among `wds` that still stand for a path under `dir`
+    /// Removes the watches that still stand for the directory they were detached as
     /// (a descriptor re-added under another path, after a rename, is kept).
-    fn release(&mut self, wds: Vec<WatchDescriptor>, dir: &Path) {
-        for wd in wds {
-            if self.by_wd.get(&wd).is_some_and(|p| p.starts_with(dir)) {
+    fn release(&mut self, wds: Vec<(PathBuf, WatchDescriptor)>) {
+        for (path, wd) in wds {
+            if self.by_wd.get(&wd) == Some(&path) {
                 self.by_wd.remove(&wd);
                 let _ = self.watches.remove(wd);
             }
@@ -169,27 +169,36 @@ impl Tree {
         from: &Path,
         to: &Path,
         out: &mut Vec<FileEvent>,
-    ) -> Result<Vec<PathBuf>, WatchError> {
+    ) -> Result<Snapshot, WatchError> {
         let (wds, old_files) = self.detach(from);
         if self.wants(to) {
             self.add(to, false, Stat::Full, Some((EventKind::Move, out)))?;
         }
-        self.release(wds, from);
+        self.release(wds);
         Ok(old_files)
     }
 
     /// Removes `dir` and the directories under it from the tree (not their watches);
-    /// returns their descriptors and the paths of their files.
-    fn detach(&mut self, dir: &Path) -> (Vec<WatchDescriptor>, Vec<PathBuf>) {
+    /// returns each one's path and descriptor, and their files.
+    fn detach(&mut self, dir: &Path) -> (Vec<(PathBuf, WatchDescriptor)>, Snapshot) {
         let paths: Vec<PathBuf> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
         let mut wds = Vec::with_capacity(paths.len());
-        let mut files = Vec::new();
+        let mut files = Snapshot::new();
         for path in paths {
             let d = self.dirs.remove(&path).expect("listed");
-            files.extend(d.files.into_keys().map(|name| path.join(name)));
-            wds.push(d.wd);
+            files.extend(d.files.into_iter().map(|(name, state)| (path.join(name), state)));
+            wds.push((path, d.wd));
         }
         (wds, files)
+    }
+
+    /// The files at or under `dir`, by path.
+    pub fn subtree_snapshot(&self, dir: &Path) -> Snapshot {
+        let mut flat = Snapshot::new();
+        for (path, d) in subtree(&self.dirs, dir) {
+            flat.extend(d.files.iter().map(|(name, state)| (path.join(name), *state)));
+        }
+        flat
     }
 
     /// Re-reads `dir` from disk: watches directories that appeared, drops the ones
@@ -225,8 +234,9 @@ impl Tree {
             }
             visited.push((d, Dir { wd, files: fresh }));
         }
-        // Whatever is still recorded under `dir` was not found on disk: gone.
-        for path in self.drop_dir(dir) {
+        // Whatever is still recorded under `dir` was not found on disk: gone. (A directory
+        // renamed meanwhile keeps its re-added watch: `release` matches exact paths.)
+        for path in self.drop_dir(dir).into_keys() {
             changes.push(FileEvent {
                 path,
                 kind: EventKind::Delete,
@@ -257,9 +267,11 @@ impl Tree {
             .collect()
     }
 
-    /// Fills in states found by [`stat_dirs`], for files still unknown with the same inode
-    /// (a file an event refreshed or replaced meanwhile keeps its newer state).
-    pub fn complete(&mut self, found: Vec<(PathBuf, Files)>) {
+    /// Fills in states found by [`stat_dir`], for files still unknown with the same inode
+    /// (a file an event refreshed or replaced meanwhile keeps its newer state). A file
+    /// changed at or after `changed_before` (ns since the epoch, by ctime) stays unknown:
+    /// its event may yet be lost to an overflow, and an unknown state never hides it.
+    pub fn complete(&mut self, found: Vec<(PathBuf, Files)>, changed_before: i128) {
         for (dir, states) in found {
             let Some(d) = self.dirs.get_mut(&dir) else {
                 continue;
@@ -268,6 +280,7 @@ impl Tree {
                 if let Some(current) = d.files.get_mut(&name)
                     && !current.is_known()
                     && current.ino == state.ino
+                    && state.ctime_ns < changed_before
                 {
                     *current = state;
                 }
@@ -366,11 +379,24 @@ mod tests {
         // An event refreshed b after the pass read it: its newer state must win.
         std::fs::write(&b, "longer").unwrap();
         t.refresh(&b);
-        t.complete(found);
+        t.complete(found, i128::MAX);
         let snap = t.snapshot();
         assert_eq!(snap[&a].size, 1);
         assert_eq!(snap[&b].size, 6);
         assert!(t.unknown_dirs().is_empty());
+    }
+
+    #[test]
+    fn deferred_stat_leaves_files_changed_since_setup_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("recent"), "1").unwrap();
+        let mut t = tree();
+        t.add(dir.path(), true, Stat::Deferred, None).unwrap();
+        let found: Vec<_> = t.unknown_dirs().into_iter().map(stat_dir).collect();
+        // The file's ctime is after the cutoff: its event may have been lost, so no state
+        // is filled in that could make a later rescan think it unchanged.
+        t.complete(found, 0);
+        assert!(!t.snapshot()[&dir.path().join("recent")].is_known());
     }
 
     #[test]

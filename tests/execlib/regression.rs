@@ -91,3 +91,74 @@ fn too_many_clients_get_busy_and_the_daemon_keeps_serving() {
     });
     assert_eq!(reply["instance"], "site");
 }
+
+#[test]
+fn directory_moved_out_and_recreated_at_once_is_watched() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/a/old", "1");
+    std::fs::create_dir(sandbox.path("outside")).unwrap();
+    let config = sandbox.config(&log_route(""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let src = sandbox.path("src");
+    let script = "mv a ../outside/ && mkdir a && echo x > a/f";
+    assert!(
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&src)
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_log(&sandbox, "a/old delete");
+    // `create` from the scan, plus `modify` if the write landed after the new watch.
+    eventually("a run for a/f", || {
+        log_lines(&sandbox)
+            .iter()
+            .any(|l| l.starts_with("a/f create"))
+            .then_some(())
+    });
+    sandbox.write("src/a/g", "later");
+    wait_log(&sandbox, "a/g create,modify");
+    assert_eq!(daemon.listener("docs")["watches"], 2, "src and the new src/a");
+}
+
+#[test]
+fn root_replaced_reports_exactly_what_differs() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/kept", "same");
+    sandbox.write("src/gone", "1");
+    let config = sandbox.config(&log_route(""));
+    let daemon = Daemon::start(&sandbox, &config);
+    std::fs::rename(sandbox.path("src"), sandbox.path("src.old")).unwrap();
+    eventually("degraded", || {
+        (daemon.listener("docs")["state"] == "degraded").then_some(())
+    });
+    std::fs::create_dir(sandbox.path("src")).unwrap();
+    std::fs::write(sandbox.path("src/kept"), "same").unwrap();
+    std::fs::write(sandbox.path("src/new"), "1").unwrap();
+    wait_log(&sandbox, "gone delete");
+    wait_log(&sandbox, "new create");
+    wait_log(&sandbox, "kept modify"); // a new file (new inode) under the old name
+}
+
+#[test]
+fn catch_up_keeps_a_change_still_waiting_out_its_delay_at_shutdown() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/f", "v1");
+    let route = log_route("").replace("delay_ms = 10", "delay_ms = 3000");
+    let body = format!(
+        "[daemon]\nstate_dir = \"state\"\n{}",
+        route.replacen("name = \"docs\"\n", "name = \"docs\"\ncatch_up = true\n", 1)
+    );
+    let config = sandbox.config(&body);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/f", "v2, longer");
+    eventually("the change to be seen", || {
+        (daemon.listener("docs")["events"].as_u64() > Some(0)).then_some(())
+    });
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit();
+    assert!(log_lines(&sandbox).is_empty(), "its run had not started");
+    let _daemon = Daemon::start(&sandbox, &config);
+    wait_log(&sandbox, "f modify");
+}

@@ -378,11 +378,14 @@ fn sysctl_queue_overflow_rescans_and_every_file_runs() {
         Daemon::start(&sandbox, &config)
     };
     let mut expected = BTreeSet::new();
+    // Frozen for the burst, the daemon reads nothing: the 64-event queue surely overflows.
+    daemon.signal(libc::SIGSTOP);
     for i in 0..20_000 {
         let name = format!("f{i:05}");
         std::fs::write(sandbox.path("src").join(&name), "x").unwrap();
         expected.insert(name);
     }
+    daemon.signal(libc::SIGCONT);
     let seen = eventually_long("all 20,000 jobs", || {
         let seen: BTreeSet<String> = log_lines(&sandbox).into_iter().collect();
         (seen.len() >= expected.len()).then_some(seen)
@@ -394,6 +397,33 @@ fn sysctl_queue_overflow_rescans_and_every_file_runs() {
         !log.contains("rescan found 0 changed files"),
         "a rescan reports only what changed"
     );
+}
+
+#[test]
+fn sysctl_directory_renamed_during_an_overflow_stays_watched() {
+    if !is_root() {
+        eprintln!("skipped: needs root to lower fs.inotify.max_queued_events");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    std::fs::create_dir(sandbox.path("src/a")).unwrap();
+    let config = sandbox.config(&log_route(""));
+    let daemon = {
+        let _small_queue = Sysctl::set("max_queued_events", 16);
+        Daemon::start(&sandbox, &config)
+    };
+    // Frozen, the daemon reads nothing: the 16-event queue surely overflows.
+    daemon.signal(libc::SIGSTOP);
+    for i in 0..300 {
+        std::fs::write(sandbox.path(&format!("src/f{i}")), "x").unwrap();
+    }
+    std::fs::rename(sandbox.path("src/a"), sandbox.path("src/b")).unwrap();
+    daemon.signal(libc::SIGCONT);
+    eventually("the rescan", || {
+        daemon.log().contains("rescan found").then_some(())
+    });
+    sandbox.write("src/b/late", "1");
+    wait_log(&sandbox, "b/late create,modify");
 }
 
 #[test]
