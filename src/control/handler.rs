@@ -9,8 +9,8 @@ use crate::listener::{ListenerError, State};
 pub async fn handle(state: &DaemonState, request: Request) -> Response {
     match request {
         Request::Listeners => Response::Listeners(state.listeners.infos()),
-        Request::Start { listener } => start(state, &listener).await,
-        Request::Stop { listener } => stop(state, &listener).await,
+        Request::Start { listener } => start_or_stop(state, state.listeners.start(&listener)).await,
+        Request::Stop { listener } => start_or_stop(state, state.listeners.stop(&listener)).await,
         Request::Status => status(state),
         Request::Reload => Response::error(
             ErrorCode::Unsupported,
@@ -20,23 +20,15 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
     }
 }
 
-async fn start(state: &DaemonState, name: &str) -> Response {
+/// Answers `start` or `stop` once the listener has changed state (or failed to).
+async fn start_or_stop(
+    state: &DaemonState,
+    change: impl Future<Output = Result<bool, ListenerError>>,
+) -> Response {
     if state.is_shutting_down() {
         return shutting_down();
     }
-    let result = state.listeners.start(name).await;
-    state.publish_status();
-    match result {
-        Ok(changed) => Response::Changed(changed),
-        Err(e) => listener_error(e),
-    }
-}
-
-async fn stop(state: &DaemonState, name: &str) -> Response {
-    if state.is_shutting_down() {
-        return shutting_down();
-    }
-    let result = state.listeners.stop(name).await;
+    let result = change.await;
     state.publish_status();
     match result {
         Ok(changed) => Response::Changed(changed),

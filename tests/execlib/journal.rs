@@ -6,9 +6,7 @@ use crate::support::*;
 
 #[test]
 fn job_entries_carry_unprefixed_fields() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to mount a fake journal in a private mount namespace");
+    if skip_unless_root("mount a fake journal in a private mount namespace") {
         return;
     }
     let sandbox = Sandbox::new();
@@ -45,9 +43,7 @@ fn job_entries_carry_unprefixed_fields() {
 #[test]
 fn journal_is_chosen_when_stderr_is_the_journal_stream() {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to mount a fake journal in a private mount namespace");
+    if skip_unless_root("mount a fake journal in a private mount namespace") {
         return;
     }
     let sandbox = Sandbox::new();

@@ -198,9 +198,7 @@ fn stale_socket_is_replaced_but_other_files_are_not() {
 #[test]
 fn socket_gets_the_configured_group_as_root() {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: only root can give the socket to another group");
+    if skip_unless_root("give the socket to another group") {
         return;
     }
     let sandbox = Sandbox::new();

@@ -364,8 +364,7 @@ fn corrupt_snapshot_is_a_warning_and_a_fresh_start() {
 
 #[test]
 fn sysctl_queue_overflow_rescans_and_every_file_runs() {
-    if !is_root() {
-        eprintln!("skipped: needs root to lower fs.inotify.max_queued_events");
+    if skip_unless_root("lower fs.inotify.max_queued_events") {
         return;
     }
     let sandbox = Sandbox::new();
@@ -401,8 +400,7 @@ fn sysctl_queue_overflow_rescans_and_every_file_runs() {
 
 #[test]
 fn sysctl_directory_renamed_during_an_overflow_stays_watched() {
-    if !is_root() {
-        eprintln!("skipped: needs root to lower fs.inotify.max_queued_events");
+    if skip_unless_root("lower fs.inotify.max_queued_events") {
         return;
     }
     let sandbox = Sandbox::new();
@@ -428,8 +426,7 @@ fn sysctl_directory_renamed_during_an_overflow_stays_watched() {
 
 #[test]
 fn sysctl_out_of_watches_names_the_sysctl_and_others_run_on() {
-    if !is_root() {
-        eprintln!("skipped: needs root to lower fs.inotify.max_user_watches");
+    if skip_unless_root("lower fs.inotify.max_user_watches") {
         return;
     }
     let sandbox = Sandbox::new();
@@ -459,8 +456,7 @@ fn sysctl_out_of_watches_names_the_sysctl_and_others_run_on() {
 
 #[test]
 fn sysctl_out_of_instances_names_the_sysctl_and_others_run_on() {
-    if !is_root() {
-        eprintln!("skipped: needs root to lower fs.inotify.max_user_instances");
+    if skip_unless_root("lower fs.inotify.max_user_instances") {
         return;
     }
     let sandbox = Sandbox::new();

@@ -330,6 +330,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// For tests that need root: true when not root, after printing why the test skips.
+pub fn skip_unless_root(needs: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped: needs root to {needs}");
+    true
+}
+
 /// Sets `/proc/sys/fs/inotify/<name>` for the life of the guard, restoring it on drop.
 pub struct Sysctl {
     path: PathBuf,
