@@ -22,6 +22,9 @@ pub enum DaemonError {
     /// The control socket could not be bound.
     #[error("control socket: {0}")]
     Socket(#[from] SocketError),
+    /// The HTTP server could not start.
+    #[error("HTTP server: {0}")]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// What the control handlers see of the daemon.
@@ -30,6 +33,8 @@ pub struct DaemonState {
     pub config: Config,
     /// Its listeners.
     pub listeners: Listeners,
+    /// The HTTP front end, when `[server]` is configured.
+    pub server: Option<crate::http::HttpServer>,
     /// When it started.
     pub started: Instant,
     shutdown: CancellationToken,
@@ -71,8 +76,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let started = Instant::now();
     let (listener, socket_file) = socket::bind(&config.control)?;
     info!(socket = %socket_file.path().display(), "control socket listening");
+    let server = match &config.server {
+        Some(server) => Some(crate::http::HttpServer::start(server, config.daemon.shutdown_grace).await?),
+        None => None,
+    };
     let state = Arc::new(DaemonState {
         listeners: Listeners::new(&config),
+        server,
         config,
         started,
         shutdown: CancellationToken::new(),
@@ -93,7 +103,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!("stopping listeners");
     state.listeners.stop_all().await;
     info!("listeners stopped");
-    info!("no HTTP server to stop");
+    match &state.server {
+        Some(server) => {
+            info!("stopping HTTP server");
+            server.shutdown(state.config.daemon.shutdown_grace).await;
+        }
+        None => info!("no HTTP server to stop"),
+    }
     control.shutdown().await;
     drop(socket_file);
     info!("control socket closed and removed");

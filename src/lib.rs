@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod http;
 pub mod job;
 pub mod listener;
 pub mod logging;

@@ -47,6 +47,10 @@ pub struct RawServer {
     #[serde(rename = "static")]
     pub static_files: Option<bool>,
     pub livereload: Option<bool>,
+    pub hidden: Option<bool>,
+    pub inject: Option<bool>,
+    pub delay_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// One `[[listener]]`.

@@ -63,6 +63,14 @@ pub struct ServerConfig {
     pub static_files: bool,
     /// Whether the LiveReload endpoint is on.
     pub livereload: bool,
+    /// Whether hidden files and folders (a component starting with `.`) are served.
+    pub hidden: bool,
+    /// Whether `<script src="/livereload.js">` is inserted into served HTML.
+    pub inject: bool,
+    /// Quiet time after the last change under `root` before browsers are told.
+    pub delay: Duration,
+    /// A connection that sends no complete request head for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// One `[[listener]]`, resolved.
@@ -231,6 +239,10 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
         root: ctx.abs(&root),
         static_files: raw.static_files.unwrap_or(true),
         livereload: raw.livereload.unwrap_or(true),
+        hidden: raw.hidden.unwrap_or(false),
+        inject: raw.inject.unwrap_or(false),
+        delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
+        idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(30_000)),
     })
 }
 

@@ -51,7 +51,7 @@ fn status(state: &DaemonState) -> Response {
             running,
             total: infos.len(),
         },
-        server: None,
+        server: state.server.as_ref().map(|s| s.info()),
     })
 }
 

@@ -1,0 +1,265 @@
+//! Serving static files: GET and HEAD, `Content-Type` (with `charset=utf-8` for
+//! text), `Last-Modified` and a strong `ETag` answered with 304, single byte ranges
+//! (206, 416), `Cache-Control: no-cache`, and optional LiveReload script injection
+//! into HTML. Files are streamed, never read whole, except HTML being injected.
+
+use super::path::{self, Resolved};
+use super::{Body, full, status};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// The tag inserted into served HTML when `inject` is on.
+pub const SCRIPT_TAG: &str = r#"<script src="/livereload.js"></script>"#;
+
+/// What the file server needs to know about the site.
+#[derive(Debug)]
+pub struct Site {
+    /// The root, canonical.
+    pub root: PathBuf,
+    /// Whether hidden files are served.
+    pub hidden: bool,
+    /// Whether HTML gets the LiveReload script.
+    pub inject: bool,
+}
+
+/// Answers one request for a file.
+pub async fn serve(
+    site: &Site,
+    method: &Method,
+    raw_path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let file = match path::resolve(&site.root, raw_path, site.hidden) {
+        Resolved::File(file) => file,
+        Resolved::Redirect(to) => {
+            let location = match query {
+                Some(q) => format!("{to}?{q}"),
+                None => to,
+            };
+            let mut r = status(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+        Resolved::NotFound => return status(StatusCode::NOT_FOUND),
+        Resolved::BadRequest => return status(StatusCode::BAD_REQUEST),
+    };
+    match respond(site, method, &file, headers).await {
+        Ok(response) => response,
+        Err(_) => status(StatusCode::NOT_FOUND), // vanished or unreadable meanwhile
+    }
+}
+
+async fn respond(
+    site: &Site,
+    method: &Method,
+    file: &Path,
+    headers: &HeaderMap,
+) -> std::io::Result<Response<Body>> {
+    let mut f = tokio::fs::File::open(file).await?;
+    let meta = f.metadata().await?;
+    let mime = mime_guess::from_path(file).first_or_octet_stream();
+    let html = mime.essence_str() == "text/html";
+    let injected = if site.inject && html {
+        let mut text = Vec::with_capacity(meta.len() as usize + SCRIPT_TAG.len());
+        f.read_to_end(&mut text).await?;
+        Some(inject(text))
+    } else {
+        None
+    };
+    let len = injected.as_ref().map_or(meta.len(), |b| b.len() as u64);
+    let etag = format!(
+        "\"{:x}-{:x}-{:x}{}\"",
+        meta.ino(),
+        meta.len(),
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        if injected.is_some() { "-lr" } else { "" }
+    );
+    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut head = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::LAST_MODIFIED, httpdate::fmt_http_date(modified))
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::ACCEPT_RANGES, "bytes");
+    if not_modified(headers, &etag, modified) {
+        return Ok(head
+            .status(StatusCode::NOT_MODIFIED)
+            .body(full(Vec::new()))
+            .expect("valid response"));
+    }
+    head = head.header(header::CONTENT_TYPE, content_type(&mime));
+    let (code, start, count) = match byte_range(headers, len) {
+        Range::Full => (StatusCode::OK, 0, len),
+        Range::Part(start, end) => {
+            head = head.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        Range::Unsatisfiable => {
+            let r = head
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"));
+            return Ok(r.body(full(Vec::new())).expect("valid response"));
+        }
+    };
+    let head = head.status(code).header(header::CONTENT_LENGTH, count);
+    let body = if method == Method::HEAD {
+        full(Vec::new())
+    } else if let Some(bytes) = injected {
+        full(bytes[start as usize..(start + count) as usize].to_vec())
+    } else {
+        f.seek(std::io::SeekFrom::Start(start)).await?;
+        let stream = ReaderStream::with_capacity(f.take(count), 64 * 1024);
+        let frames = futures::StreamExt::map(stream, |chunk| chunk.map(Frame::data).map_err(Into::into));
+        StreamBody::new(frames).boxed_unsync()
+    };
+    Ok(head.body(body).expect("valid response"))
+}
+
+fn content_type(mime: &mime_guess::Mime) -> String {
+    let textual = mime.type_() == "text"
+        || matches!(
+            mime.essence_str(),
+            "application/javascript" | "application/json" | "application/xml" | "image/svg+xml"
+        );
+    if textual {
+        format!("{}; charset=utf-8", mime.essence_str())
+    } else {
+        mime.essence_str().to_owned()
+    }
+}
+
+/// `If-None-Match` (strong or weak match, or `*`), else `If-Modified-Since` (to the second).
+fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        return inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag);
+    }
+    let Some(since) = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    secs(modified) <= secs(since)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Range {
+    Full,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// A single `bytes=` range; several ranges or an unparsable header get the whole file.
+fn byte_range(headers: &HeaderMap, len: u64) -> Range {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+    else {
+        return Range::Full;
+    };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Range::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.parse::<u64>(), last.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a <= b => Some((a, b.min(len.saturating_sub(1)))),
+        (Ok(a), Err(_)) if last.is_empty() => Some((a, len.saturating_sub(1))),
+        (Err(_), Ok(n)) if first.is_empty() => {
+            if n == 0 {
+                return Range::Unsatisfiable;
+            }
+            Some((len.saturating_sub(n), len.saturating_sub(1)))
+        }
+        _ => None,
+    };
+    match parsed {
+        None => Range::Full,
+        Some((a, _)) if a >= len => Range::Unsatisfiable,
+        Some((a, b)) => Range::Part(a, b),
+    }
+}
+
+/// Inserts the script tag before the last `</body>`, else before `</head>`, else at the end.
+pub fn inject(mut html: Vec<u8>) -> Vec<u8> {
+    let lower = html.to_ascii_lowercase();
+    let find_last = |needle: &[u8]| lower.windows(needle.len()).rposition(|w| w == needle);
+    let at = find_last(b"</body>")
+        .or_else(|| find_last(b"</head>"))
+        .unwrap_or(html.len());
+    html.splice(at..at, SCRIPT_TAG.bytes());
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(value: &str, len: u64) -> Range {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(value).unwrap());
+        byte_range(&h, len)
+    }
+
+    #[test]
+    fn single_ranges_parse_and_bad_ones_fall_back_or_fail() {
+        assert_eq!(range("bytes=0-4", 10), Range::Part(0, 4));
+        assert_eq!(range("bytes=5-", 10), Range::Part(5, 9));
+        assert_eq!(range("bytes=-3", 10), Range::Part(7, 9));
+        assert_eq!(range("bytes=8-100", 10), Range::Part(8, 9));
+        assert_eq!(range("bytes=10-", 10), Range::Unsatisfiable);
+        assert_eq!(range("bytes=-0", 10), Range::Unsatisfiable);
+        assert_eq!(range("bytes=0-1,3-4", 10), Range::Full);
+        assert_eq!(range("bytes=4-2", 10), Range::Full);
+        assert_eq!(range("items=0-1", 10), Range::Full);
+    }
+
+    #[test]
+    fn script_goes_before_body_then_head_then_end() {
+        let tag = SCRIPT_TAG;
+        assert_eq!(
+            inject(b"<p></BODY></html>".to_vec()),
+            format!("<p>{tag}</BODY></html>").into_bytes()
+        );
+        assert_eq!(
+            inject(b"<head></head><p>".to_vec()),
+            format!("<head>{tag}</head><p>").into_bytes()
+        );
+        assert_eq!(inject(b"<p>".to_vec()), format!("<p>{tag}").into_bytes());
+    }
+
+    #[test]
+    fn text_types_get_a_charset() {
+        let ct = |p: &str| content_type(&mime_guess::from_path(p).first_or_octet_stream());
+        assert_eq!(ct("a.html"), "text/html; charset=utf-8");
+        assert_eq!(ct("a.css"), "text/css; charset=utf-8");
+        assert_eq!(ct("a.js"), "text/javascript; charset=utf-8");
+        assert_eq!(ct("a.png"), "image/png");
+    }
+}

@@ -1,0 +1,321 @@
+//! The HTTP front end: static files for the site and LiveReload, on warp and hyper.
+//!
+//! Connections are served by our own accept loop (HTTP/1.1 with upgrades) rather
+//! than warp's `serve`, which cannot time out a silent connection: each connection
+//! gets a header-read timeout and a cap on the request head. `/livereload` is a warp
+//! WebSocket filter, `/livereload.js` the embedded client, anything else a file.
+//! A watcher on the root tells LiveReload clients what changed.
+
+pub mod files;
+pub mod livereload;
+pub mod path;
+
+use crate::config::ServerConfig;
+use crate::route::{DEFAULT_IGNORES, Matcher};
+use crate::watch::{DirFilter, Setup};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use livereload::LiveReload;
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use tracing::{debug, info, warn};
+
+/// A boxed error, as response bodies carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A request head (request line and headers) longer than this is refused (431).
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Why the HTTP server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The socket passed by systemd (`LISTEN_FDS`) is unusable.
+    #[error("cannot use the socket passed by systemd: {0}")]
+    Inherited(std::io::Error),
+}
+
+/// A body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty response with `code`.
+pub fn status(code: StatusCode) -> Response<Body> {
+    let mut r = Response::new(full(Vec::new()));
+    *r.status_mut() = code;
+    r
+}
+
+struct Ctx {
+    site: files::Site,
+    static_files: bool,
+    livereload: Option<Arc<LiveReload>>,
+    idle: Duration,
+}
+
+/// The running HTTP server.
+pub struct HttpServer {
+    addr: SocketAddr,
+    inherited: bool,
+    livereload: Option<Arc<LiveReload>>,
+    stop: CancellationToken,
+    tasks: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+impl HttpServer {
+    /// Binds (or takes the socket systemd passed) and starts serving. Connections get
+    /// at most `grace` to finish at shutdown.
+    pub async fn start(config: &ServerConfig, grace: Duration) -> Result<HttpServer, HttpError> {
+        let (listener, inherited) = listener(config)?;
+        let addr = listener.local_addr().map_err(HttpError::Inherited)?;
+        let root = config.root.canonicalize().unwrap_or_else(|e| {
+            warn!(root = %config.root.display(), "site root not found ({e}); serving 404 until it exists");
+            config.root.clone()
+        });
+        let livereload = config
+            .livereload
+            .then(|| Arc::new(LiveReload::new(config.idle_timeout)));
+        let ctx = Arc::new(Ctx {
+            site: files::Site {
+                root: root.clone(),
+                hidden: config.hidden,
+                inject: config.inject && config.livereload,
+            },
+            static_files: config.static_files,
+            livereload: livereload.clone(),
+            idle: config.idle_timeout,
+        });
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(listener, ctx, stop.clone(), grace));
+        if let Some(lr) = &livereload {
+            tasks.spawn(pump(root, config.hidden, lr.clone(), config.delay, stop.clone()));
+        }
+        info!(listen = %addr, inherited, "HTTP server listening");
+        Ok(HttpServer {
+            addr,
+            inherited,
+            livereload,
+            stop,
+            tasks: tokio::sync::Mutex::new(tasks),
+        })
+    }
+
+    /// What `status` reports about the server.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.addr.to_string(),
+            "socket_activated": self.inherited,
+            "livereload": self.livereload.is_some(),
+            "livereload_clients": self.livereload.as_ref().map_or(0, |lr| lr.client_count()),
+        })
+    }
+
+    /// Closes LiveReload clients (1001, going away), stops accepting, and lets open
+    /// requests finish for at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        if let Some(lr) = &self.livereload {
+            let clients = lr.client_count();
+            lr.close_all(grace).await;
+            info!(clients, "LiveReload clients closed");
+        }
+        self.stop.cancel();
+        let mut tasks = self.tasks.lock().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The socket systemd passed (`LISTEN_FDS`), else a fresh one bound to `listen`.
+fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), HttpError> {
+    use std::os::fd::FromRawFd;
+    if let Some(fd) = sd_notify::listen_fds().ok().and_then(|mut fds| fds.next()) {
+        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID checked) for us to own.
+        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        std.set_nonblocking(true).map_err(HttpError::Inherited)?;
+        return Ok((
+            tokio::net::TcpListener::from_std(std).map_err(HttpError::Inherited)?,
+            true,
+        ));
+    }
+    let bind = |source| HttpError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let std = std::net::TcpListener::bind(config.listen).map_err(bind)?;
+    std.set_nonblocking(true).map_err(bind)?;
+    Ok((tokio::net::TcpListener::from_std(std).map_err(bind)?, false))
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, ctx.clone(), stop.clone()));
+                }
+                Err(e) => {
+                    warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let open = connections.len();
+    let drained =
+        tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(
+            connections = connections.len(),
+            "HTTP connections still open after the grace; closing them"
+        );
+        connections.shutdown().await;
+    }
+    info!(connections = open, "HTTP server stopped");
+}
+
+async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: CancellationToken) {
+    let idle = ctx.idle;
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .max_buf_size(MAX_HEAD);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!("HTTP connection ended: {e}");
+            }
+            return;
+        }
+        _ = stop.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if let Some(lr) = &ctx.livereload {
+        if path == "/livereload" {
+            let mut service = warp::service(LiveReload::filter(lr.clone()));
+            let response = service.call(req).await.unwrap_or_else(|never| match never {});
+            return response.map(|body| body.map_err(BoxError::from).boxed_unsync());
+        }
+        if path == "/livereload.js" {
+            let mut r = Response::new(full(livereload::CLIENT_JS));
+            let headers = r.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            return r;
+        }
+    }
+    if !ctx.static_files {
+        return status(StatusCode::NOT_FOUND);
+    }
+    files::serve(&ctx.site, req.method(), &path, req.uri().query(), req.headers()).await
+}
+
+/// Watches the root and tells LiveReload clients which files changed, once `delay`
+/// has passed since the last change (at most ten times `delay` after the first).
+async fn pump(root: PathBuf, hidden: bool, lr: Arc<LiveReload>, delay: Duration, stop: CancellationToken) {
+    let ignores: Vec<String> = DEFAULT_IGNORES
+        .iter()
+        .filter(|g| !(hidden && g.contains("/.")))
+        .map(|g| g.to_string())
+        .collect();
+    let matcher = Matcher::new(&["**".to_owned()], &ignores).expect("default globs compile");
+    let dir_matcher = matcher.clone();
+    let dir_root = root.clone();
+    let filter: DirFilter = Arc::new(move |dir: &Path| {
+        dir.strip_prefix(&dir_root)
+            .is_ok_and(|rel| rel.as_os_str().is_empty() || !dir_matcher.ignores_dir(rel))
+    });
+    let roots = [root.clone()];
+    let setup = tokio::task::spawn_blocking(move || Setup::new(&roots, filter, false)).await;
+    let mut watcher = match setup
+        .expect("watch setup does not panic")
+        .and_then(Setup::into_watcher)
+    {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("LiveReload cannot watch the site root: {e}");
+            return;
+        }
+    };
+    let mut pending = BTreeSet::new();
+    let mut first: Option<Instant> = None;
+    let mut due: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            events = watcher.next() => match events {
+                Ok(events) => {
+                    for e in events.into_iter().filter(|e| !matches!(e.kind, crate::events::EventKind::Delete)) {
+                        let Ok(rel) = e.path.strip_prefix(&root) else { continue };
+                        if matcher.matches(rel) {
+                            pending.insert(format!("/{}", rel.to_string_lossy()));
+                        }
+                    }
+                    if !pending.is_empty() {
+                        let now = Instant::now();
+                        let start = *first.get_or_insert(now);
+                        due = Some((now + delay).min(start + delay * 10));
+                    }
+                }
+                Err(e) => {
+                    warn!("LiveReload watcher failed: {e}");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let changed: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+                debug!(files = changed.len(), "telling LiveReload clients");
+                lr.changed(&changed);
+                (first, due) = (None, None);
+            }
+        }
+    }
+}
