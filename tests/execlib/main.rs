@@ -6,9 +6,11 @@ mod support;
 
 mod config_errors;
 mod control;
+mod http;
 mod jobs;
 mod journal;
 mod lifecycle;
+mod livereload;
 mod protocol_errors;
 mod regression;
 mod watching;

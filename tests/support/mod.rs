@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod journal;
+pub mod web;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,275 @@
+//! The HTTP front end over real sockets: files, headers, conditional and range
+//! requests, the traversal list, limits, and its place in the daemon's lifecycle.
+
+use crate::support::web::*;
+use crate::support::*;
+
+fn site() -> (Sandbox, Daemon, String) {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "idle_timeout_ms = 1000", &one_route("true", ""));
+    sandbox.write("public/index.html", "<html><body>home</body></html>");
+    sandbox.write("public/style.css", "body { color: red }");
+    sandbox.write("public/docs/index.html", "docs");
+    sandbox.write("public/empty/.keep", "");
+    sandbox.write("public/.env", "SECRET");
+    sandbox.write("public/.git/config", "SECRET");
+    sandbox.write("secret.txt", "SECRET");
+    std::os::unix::fs::symlink(sandbox.path("secret.txt"), sandbox.path("public/escape.txt")).unwrap();
+    std::os::unix::fs::symlink(sandbox.dir.path(), sandbox.path("public/up")).unwrap();
+    std::os::unix::fs::symlink(sandbox.path("public/style.css"), sandbox.path("public/alias.css")).unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    (sandbox, daemon, addr)
+}
+
+#[test]
+fn files_are_served_with_type_validators_and_no_cache() {
+    let (_sandbox, _daemon, addr) = site();
+    let r = get(&addr, "/style.css", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "body { color: red }");
+    assert_eq!(r.header("content-type"), Some("text/css; charset=utf-8"));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert_eq!(r.header("content-length"), Some("19"));
+    let etag = r.header("etag").unwrap();
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "a strong ETag: {etag}"
+    );
+    assert!(r.header("last-modified").unwrap().ends_with("GMT"));
+    assert_eq!(
+        get(&addr, "/alias.css", &[]).text(),
+        "body { color: red }",
+        "a symlink inside the root"
+    );
+
+    let head = request(&addr, "HEAD /style.css HTTP/1.1");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("19"));
+    assert!(head.body.is_empty());
+    assert_eq!(
+        request(&addr, "POST /style.css HTTP/1.1\r\nContent-Length: 0").status,
+        405
+    );
+}
+
+#[test]
+fn directories_redirect_serve_their_index_and_are_never_listed() {
+    let (_sandbox, _daemon, addr) = site();
+    assert_eq!(get(&addr, "/", &[]).text(), "<html><body>home</body></html>");
+    let r = get(&addr, "/docs?x=1", &[]);
+    assert_eq!((r.status, r.header("location")), (301, Some("/docs/?x=1")));
+    assert_eq!(get(&addr, "/docs/", &[]).text(), "docs");
+    assert_eq!(
+        get(&addr, "/empty/", &[]).status,
+        404,
+        "no index.html: no listing"
+    );
+    assert_eq!(get(&addr, "/missing.html", &[]).status, 404);
+}
+
+#[test]
+fn conditional_requests_get_304_until_the_file_changes() {
+    let (sandbox, _daemon, addr) = site();
+    let first = get(&addr, "/style.css", &[]);
+    let etag = first.header("etag").unwrap().to_owned();
+    let modified = first.header("last-modified").unwrap().to_owned();
+    let r = get(&addr, "/style.css", &[&format!("If-None-Match: {etag}")]);
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        get(
+            &addr,
+            "/style.css",
+            &[&format!("If-None-Match: W/{etag}, \"other\"")]
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        get(&addr, "/style.css", &[&format!("If-Modified-Since: {modified}")]).status,
+        304
+    );
+    assert_eq!(
+        get(
+            &addr,
+            "/style.css",
+            &["If-Modified-Since: Mon, 01 Jan 2001 00:00:00 GMT"]
+        )
+        .status,
+        200
+    );
+    sandbox.write("public/style.css", "body { color: blue }");
+    let r = get(&addr, "/style.css", &[&format!("If-None-Match: {etag}")]);
+    assert_eq!(r.status, 200);
+    assert_ne!(r.header("etag"), Some(etag.as_str()));
+}
+
+#[test]
+fn single_ranges_get_206_and_unsatisfiable_ones_416() {
+    let (_sandbox, _daemon, addr) = site();
+    let r = get(&addr, "/style.css", &["Range: bytes=0-3"]);
+    assert_eq!((r.status, r.text().as_str()), (206, "body"));
+    assert_eq!(r.header("content-range"), Some("bytes 0-3/19"));
+    assert_eq!(get(&addr, "/style.css", &["Range: bytes=-3"]).text(), "d }");
+    assert_eq!(get(&addr, "/style.css", &["Range: bytes=15-"]).text(), "ed }");
+    let r = get(&addr, "/style.css", &["Range: bytes=100-"]);
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */19"));
+}
+
+#[test]
+fn no_request_reaches_outside_the_root_or_hidden_files() {
+    let (_sandbox, _daemon, addr) = site();
+    let attacks = [
+        "/../secret.txt",
+        "/docs/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E/secret.txt",
+        "/%2e./secret.txt",
+        "/.%2E/secret.txt",
+        "/..%2fsecret.txt",
+        "/..%2Fsecret.txt",
+        "/docs/..%2f..%2fsecret.txt",
+        "/..\\secret.txt",
+        "/..%5csecret.txt",
+        "/..%5Csecret.txt",
+        "/%252e%252e/secret.txt",
+        "/%252e%252e%252fsecret.txt",
+        "/%25%32%65%25%32%65/secret.txt",
+        "/%c0%ae%c0%ae/secret.txt",
+        "/%uff0e%uff0e/secret.txt",
+        "/docs/%00/../../secret.txt",
+        "/escape.txt",
+        "/up/secret.txt",
+        "/up/public/.env",
+        "/.env",
+        "/%2eenv",
+        "/.git/config",
+        "/.git/",
+        "//secret.txt",
+        "/./../secret.txt",
+    ];
+    for attack in attacks {
+        let r = get(&addr, attack, &[]);
+        assert!(
+            matches!(r.status, 400 | 404),
+            "{attack}: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(!r.text().contains("SECRET"), "{attack} leaked");
+    }
+}
+
+#[test]
+fn hidden_files_are_served_when_allowed() {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "hidden = true", &one_route("true", ""));
+    sandbox.write("public/.well-known/security.txt", "contact");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    assert_eq!(get(&addr, "/.well-known/security.txt", &[]).text(), "contact");
+    assert_eq!(
+        get(&addr, "/%2e%2e/site.toml", &[]).status,
+        400,
+        "still no traversal"
+    );
+}
+
+#[test]
+fn oversized_heads_are_refused_and_idle_connections_closed() {
+    let (_sandbox, _daemon, addr) = site();
+    let big = format!("GET / HTTP/1.1\r\nX-Filler: {}", "x".repeat(20 * 1024));
+    assert_eq!(request(&addr, &big).status, 431);
+
+    let start = std::time::Instant::now();
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Meanwhile others are served.
+    assert_eq!(get(&addr, "/style.css", &[]).status, 200);
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut silent, &mut buf).unwrap_or(0);
+    let took = start.elapsed();
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "closed"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn injected_html_has_consistent_length_and_its_own_etag() {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
+    sandbox.write("public/index.html", "<html><head></head><body>home</body></html>");
+    sandbox.write("public/plain.txt", "</body>");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let r = get(&addr, "/", &[]);
+    let expected = "<html><head></head><body>home<script src=\"/livereload.js\"></script></body></html>";
+    assert_eq!(r.text(), expected);
+    assert_eq!(
+        r.header("content-length"),
+        Some(expected.len().to_string().as_str())
+    );
+    assert!(
+        r.header("etag").unwrap().ends_with("-lr\""),
+        "{:?}",
+        r.header("etag")
+    );
+    assert_eq!(
+        get(&addr, "/plain.txt", &[]).text(),
+        "</body>",
+        "only HTML is injected"
+    );
+    let js = get(&addr, "/livereload.js", &[]);
+    assert_eq!(js.status, 200);
+    assert!(js.text().contains("official-7"));
+}
+
+#[test]
+fn bind_failure_is_a_clear_error_and_a_failed_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "", &one_route("true", "")).to_owned();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", &addr.to_string());
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::spawn(&sandbox, &config);
+    let (status, _) = daemon.wait_exit();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        daemon.log().contains(&format!("cannot listen on {addr}")),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.notify.messages.iter().any(|m| m.contains("READY=1")));
+    assert!(
+        !sandbox.socket().exists(),
+        "the control socket is removed on a failed start"
+    );
+}
+
+#[test]
+fn shutdown_stops_listeners_before_the_server() {
+    let (_sandbox, mut daemon, addr) = site();
+    assert_eq!(get(&addr, "/", &[]).status, 200);
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit().0.code(), Some(0));
+    let log = daemon.log();
+    let at = |s: &str| log.find(s).unwrap_or_else(|| panic!("no {s:?} in {log}"));
+    assert!(at("listeners stopped") < at("stopping HTTP server"));
+    assert!(at("stopping HTTP server") < at("HTTP server stopped"));
+    assert!(at("HTTP server stopped") < at("control socket closed"));
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "the port is released"
+    );
+}

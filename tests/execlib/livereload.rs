@@ -1,0 +1,136 @@
+//! LiveReload over a real WebSocket client: the handshake, what each change sends
+//! to whom, misbehaving clients, and the close at shutdown.
+
+use crate::support::web::*;
+use crate::support::*;
+
+fn site() -> (Sandbox, Daemon, String) {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "idle_timeout_ms = 1000", &one_route("true", ""));
+    for page in ["index.html", "a.html", "b.html", "style.css"] {
+        sandbox.write(&format!("public/{page}"), "v1");
+    }
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    (sandbox, daemon, addr)
+}
+
+fn clients(daemon: &Daemon) -> u64 {
+    daemon.request(r#"{"cmd":"status"}"#)["server"]["livereload_clients"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn handshake_answers_hello_with_protocol_7() {
+    let (_sandbox, daemon, addr) = site();
+    let mut client = LrClient::connect(&addr);
+    client.send(r#"{"command":"hello","protocols":["http://livereload.com/protocols/official-7"]}"#);
+    let hello = client.recv().unwrap();
+    assert_eq!(
+        hello,
+        serde_json::json!({"command":"hello","protocols":["http://livereload.com/protocols/official-7"],"serverName":"execlib"})
+    );
+    eventually("the client to be counted", || {
+        (clients(&daemon) == 1).then_some(())
+    });
+}
+
+/// Repeats `change` until `client` hears a reload (its `info` may still be in flight
+/// when the first change lands); returns the path reloaded.
+fn until_reload(client: &mut LrClient, mut change: impl FnMut()) -> String {
+    client.set_timeout(std::time::Duration::from_millis(200));
+    let path = eventually("a reload", || {
+        change();
+        client.recv().map(|m| m["path"].as_str().unwrap().to_owned())
+    });
+    client.set_timeout(DEADLINE);
+    path
+}
+
+#[test]
+fn a_page_change_reloads_only_the_clients_showing_it() {
+    let (sandbox, _daemon, addr) = site();
+    let mut on_a = LrClient::on_page(&addr, "/a");
+    let mut on_b = LrClient::on_page(&addr, "/b.html");
+    let mut on_home = LrClient::on_page(&addr, "/");
+    // Modified in place: the client on /a (that is /a.html) hears it.
+    let reloaded = until_reload(&mut on_a, || sandbox.write("public/a.html", "v2"));
+    assert_eq!(reloaded, "/a.html");
+    // Renamed over, as generators write: the client on / (that is /index.html) hears it.
+    let reloaded = until_reload(&mut on_home, || {
+        sandbox.write("public/tmp-index", "v2");
+        std::fs::rename(
+            sandbox.path("public/tmp-index"),
+            sandbox.path("public/index.html"),
+        )
+        .unwrap();
+    });
+    assert_eq!(reloaded, "/index.html");
+    // Created: nobody shows /new.html, so nobody hears it. A stylesheet goes to everyone:
+    // the first thing b hears is the stylesheet, neither a.html, index.html nor new.html.
+    sandbox.write("public/new.html", "x");
+    sandbox.write("public/style.css", "v2");
+    let message = on_b.recv().unwrap();
+    assert_eq!(
+        message,
+        serde_json::json!({"command":"reload","path":"/style.css","liveCSS":true,"liveImg":true})
+    );
+    let heard = std::iter::from_fn(|| on_a.recv().map(|m| m["path"].as_str().unwrap().to_owned()));
+    assert!(
+        heard.take_while(|p| p != "/style.css").all(|p| p == "/a.html"),
+        "a hears only a.html and the stylesheet"
+    );
+}
+
+#[test]
+fn a_created_page_reloads_its_client() {
+    let (sandbox, _daemon, addr) = site();
+    let mut on_new = LrClient::on_page(&addr, "/fresh.html");
+    let reloaded = until_reload(&mut on_new, || {
+        // Created anew each time, never modified in place.
+        let _ = std::fs::remove_file(sandbox.path("public/fresh.html"));
+        sandbox.write("public/fresh.html", "x");
+    });
+    assert_eq!(reloaded, "/fresh.html");
+}
+
+#[test]
+fn garbage_and_silent_clients_are_closed_without_affecting_others() {
+    let (sandbox, daemon, addr) = site();
+    let mut good = LrClient::on_page(&addr, "/a.html");
+    let mut garbage = LrClient::on_page(&addr, "/b.html");
+    garbage.send("this is not json");
+    assert_eq!(garbage.close_code(), Some(1003));
+    let mut no_hello = LrClient::connect(&addr);
+    no_hello.send(r#"{"command":"info","url":"http://x/a.html"}"#);
+    assert_eq!(no_hello.close_code(), Some(1002));
+    let mut silent = LrClient::connect(&addr);
+    assert_eq!(
+        silent.close_code(),
+        Some(1002),
+        "closed after the 1 s hello timeout"
+    );
+    sandbox.write("public/a.html", "v2");
+    assert_eq!(good.recv().unwrap()["path"], "/a.html");
+    eventually("only the good client left", || {
+        (clients(&daemon) == 1).then_some(())
+    });
+}
+
+#[test]
+fn shutdown_closes_clients_with_going_away() {
+    let (_sandbox, mut daemon, addr) = site();
+    let mut client = LrClient::on_page(&addr, "/");
+    eventually("the client to be counted", || {
+        (clients(&daemon) == 1).then_some(())
+    });
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(client.close_code(), Some(1001));
+    assert_eq!(daemon.wait_exit().0.code(), Some(0));
+    assert!(
+        daemon.log().contains("LiveReload clients closed clients=1"),
+        "{}",
+        daemon.log()
+    );
+}

@@ -1,0 +1,144 @@
+//! HTTP and WebSocket helpers: raw requests over TCP (so attack paths reach the
+//! server exactly as written) and a LiveReload client on tungstenite.
+
+use super::{DEADLINE, Daemon, Sandbox};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A site config: `[server]` on a free port serving `public/`, then `listeners`.
+pub fn site_config(sandbox: &Sandbox, server_extra: &str, listeners: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(sandbox.path("public")).unwrap();
+    sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"public\"\ndelay_ms = 20\n{server_extra}\n{listeners}"
+    ))
+}
+
+/// The address the daemon's HTTP server listens on, from `status`.
+pub fn http_addr(daemon: &Daemon) -> String {
+    let status = daemon.request(r#"{"cmd":"status"}"#);
+    status["server"]["listen"]
+        .as_str()
+        .expect("a server address")
+        .to_owned()
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `head` (a request line and headers, without the final blank line) with
+/// `Connection: close` and reads the whole response.
+pub fn request(addr: &str, head: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    parse(&raw)
+}
+
+/// `GET path` with extra header lines.
+pub fn get(addr: &str, path: &str, headers: &[&str]) -> Reply {
+    let mut head = format!("GET {path} HTTP/1.1");
+    for h in headers {
+        head.push_str("\r\n");
+        head.push_str(h);
+    }
+    request(addr, &head)
+}
+
+fn parse(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// A LiveReload client.
+pub struct LrClient {
+    pub ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
+}
+
+impl LrClient {
+    /// Connects to `/livereload` without saying anything.
+    pub fn connect(addr: &str) -> Self {
+        let (ws, _) = tungstenite::connect(format!("ws://{addr}/livereload")).unwrap();
+        let client = LrClient { ws };
+        client.set_timeout(DEADLINE);
+        client
+    }
+
+    /// Connects, says hello, checks the server's hello, and names `page` with `info`.
+    pub fn on_page(addr: &str, page: &str) -> Self {
+        let mut client = Self::connect(addr);
+        client.send(r#"{"command":"hello","protocols":["http://livereload.com/protocols/official-7"]}"#);
+        let hello = client.recv().expect("the server's hello");
+        assert_eq!(hello["command"], "hello", "{hello}");
+        let info =
+            serde_json::json!({"command": "info", "plugins": {}, "url": format!("http://{addr}{page}")});
+        client.send(&info.to_string());
+        client
+    }
+
+    pub fn set_timeout(&self, timeout: Duration) {
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = self.ws.get_ref() {
+            s.set_read_timeout(Some(timeout)).unwrap();
+        }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.ws.send(tungstenite::Message::text(text)).unwrap();
+    }
+
+    /// The next JSON message; `None` when the connection closed or nothing came in time.
+    pub fn recv(&mut self) -> Option<serde_json::Value> {
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+                Ok(tungstenite::Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Close(frame)) => return frame.map(|f| f.code.into()),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
