@@ -152,7 +152,13 @@ impl HttpServer {
 fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), HttpError> {
     use std::os::fd::FromRawFd;
     if let Some(fd) = sd_notify::listen_fds().ok().and_then(|mut fds| fds.next()) {
-        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID checked) for us to own.
+        if !is_listening_tcp(fd) {
+            return Err(HttpError::Inherited(std::io::Error::other(format!(
+                "descriptor {fd} from LISTEN_FDS is not a listening TCP socket"
+            ))));
+        }
+        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID checked) for us
+        // to own, and it was checked to be a listening TCP socket.
         let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
         std.set_nonblocking(true).map_err(HttpError::Inherited)?;
         return Ok((
@@ -167,6 +173,22 @@ fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), Ht
     let std = std::net::TcpListener::bind(config.listen).map_err(bind)?;
     std.set_nonblocking(true).map_err(bind)?;
     Ok((tokio::net::TcpListener::from_std(std).map_err(bind)?, false))
+}
+
+/// Whether `fd` is an open, listening stream socket of the IPv4 or IPv6 family.
+fn is_listening_tcp(fd: i32) -> bool {
+    let int_opt = |level, name| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`; a bad fd just fails.
+        let rc =
+            unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+        (rc == 0).then_some(value)
+    };
+    let family = int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN);
+    int_opt(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
+        && matches!(family, Some(libc::AF_INET | libc::AF_INET6))
 }
 
 async fn accept_loop(

@@ -273,3 +273,55 @@ fn shutdown_stops_listeners_before_the_server() {
         "the port is released"
     );
 }
+
+#[test]
+fn serves_on_the_socket_systemd_passes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = passed.local_addr().unwrap().to_string();
+    let sandbox = Sandbox::new();
+    sandbox.write("public/index.html", "activated");
+    // `listen` names another port: the passed socket must win.
+    let config = site_config(&sandbox, "", &one_route("true", "")).to_owned();
+    let notify = NotifySocket::new(sandbox.dir.path());
+    let fd = passed.as_raw_fd();
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_execlibd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--log-format=text")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stderr(std::fs::File::create(sandbox.path("daemon.log")).unwrap());
+    // SAFETY: between fork and exec only dup2, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) >= 0
+            } else {
+                libc::dup2(fd, 3) >= 0
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let child = command.spawn().unwrap();
+    let mut daemon = Daemon {
+        child,
+        notify,
+        socket: sandbox.socket(),
+        log: sandbox.path("daemon.log"),
+    };
+    daemon.notify.wait_for("READY=1");
+    drop(passed); // only the daemon holds it now
+    assert_eq!(http_addr(&daemon), addr);
+    assert_eq!(get(&addr, "/", &[]).text(), "activated");
+    let status = daemon.request(r#"{"cmd":"status"}"#);
+    assert_eq!(status["server"]["socket_activated"], true, "{status}");
+}
