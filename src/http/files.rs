@@ -5,6 +5,7 @@
 
 use super::path::{self, Resolved};
 use super::{Body, full, status};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -28,9 +29,27 @@ pub struct Site {
     pub inject: bool,
 }
 
+/// Files up to this size are read in one go; larger ones are streamed.
+const READ_WHOLE: u64 = 256 * 1024;
+
+/// A file found and opened, ready to answer from.
+struct Prepared {
+    file: std::fs::File,
+    meta: std::fs::Metadata,
+    mime: mime_guess::Mime,
+    /// The whole body, for small files and injected HTML.
+    bytes: Option<Vec<u8>>,
+    injected: bool,
+}
+
+enum Lookup {
+    Found(Prepared),
+    Answer(Response<Body>),
+}
+
 /// Answers one request for a file.
 pub async fn serve(
-    site: &Site,
+    site: &std::sync::Arc<Site>,
     method: &Method,
     raw_path: &str,
     query: Option<&str>,
@@ -42,6 +61,17 @@ pub async fn serve(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    // Resolving, opening, stat and (for small files) reading: one trip to the blocking pool.
+    let (site2, raw, query) = (site.clone(), raw_path.to_owned(), query.map(str::to_owned));
+    let lookup = tokio::task::spawn_blocking(move || lookup(&site2, &raw, query.as_deref())).await;
+    match lookup {
+        Ok(Lookup::Found(prepared)) => respond(prepared, method, headers).await,
+        Ok(Lookup::Answer(response)) => response,
+        Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
+
+fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {
     let file = match path::resolve(&site.root, raw_path, site.hidden) {
         Resolved::File(file) => file,
         Resolved::Redirect(to) => {
@@ -53,41 +83,54 @@ pub async fn serve(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            return r;
+            return Lookup::Answer(r);
         }
-        Resolved::NotFound => return status(StatusCode::NOT_FOUND),
-        Resolved::BadRequest => return status(StatusCode::BAD_REQUEST),
+        Resolved::NotFound => return Lookup::Answer(status(StatusCode::NOT_FOUND)),
+        Resolved::BadRequest => return Lookup::Answer(status(StatusCode::BAD_REQUEST)),
     };
-    match respond(site, method, &file, headers).await {
-        Ok(response) => response,
-        Err(_) => status(StatusCode::NOT_FOUND), // vanished or unreadable meanwhile
+    match prepare(site, &file) {
+        Ok(prepared) => Lookup::Found(prepared),
+        Err(_) => Lookup::Answer(status(StatusCode::NOT_FOUND)), // vanished or unreadable meanwhile
     }
 }
 
-async fn respond(
-    site: &Site,
-    method: &Method,
-    file: &Path,
-    headers: &HeaderMap,
-) -> std::io::Result<Response<Body>> {
-    let mut f = tokio::fs::File::open(file).await?;
-    let meta = f.metadata().await?;
-    let mime = mime_guess::from_path(file).first_or_octet_stream();
-    let html = mime.essence_str() == "text/html";
-    let injected = if site.inject && html {
-        let mut text = Vec::with_capacity(meta.len() as usize + SCRIPT_TAG.len());
-        f.read_to_end(&mut text).await?;
-        Some(inject(text))
+fn prepare(site: &Site, path: &Path) -> std::io::Result<Prepared> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let injected = site.inject && mime.essence_str() == "text/html";
+    let bytes = if injected || meta.len() <= READ_WHOLE {
+        let mut bytes = Vec::with_capacity(meta.len() as usize + if injected { SCRIPT_TAG.len() } else { 0 });
+        file.read_to_end(&mut bytes)?;
+        Some(if injected { inject(bytes) } else { bytes })
     } else {
         None
     };
-    let len = injected.as_ref().map_or(meta.len(), |b| b.len() as u64);
+    Ok(Prepared {
+        file,
+        meta,
+        mime,
+        bytes,
+        injected,
+    })
+}
+
+async fn respond(prepared: Prepared, method: &Method, headers: &HeaderMap) -> Response<Body> {
+    let Prepared {
+        file,
+        meta,
+        mime,
+        bytes,
+        injected,
+    } = prepared;
+    let len = bytes.as_ref().map_or(meta.len(), |b| b.len() as u64);
     let etag = format!(
         "\"{:x}-{:x}-{:x}{}\"",
         meta.ino(),
         meta.len(),
         meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        if injected.is_some() { "-lr" } else { "" }
+        if injected { "-lr" } else { "" }
     );
     let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let mut head = Response::builder()
@@ -96,10 +139,10 @@ async fn respond(
         .header(header::CACHE_CONTROL, "no-cache")
         .header(header::ACCEPT_RANGES, "bytes");
     if not_modified(headers, &etag, modified) {
-        return Ok(head
+        return head
             .status(StatusCode::NOT_MODIFIED)
             .body(full(Vec::new()))
-            .expect("valid response"));
+            .expect("valid response");
     }
     head = head.header(header::CONTENT_TYPE, content_type(&mime));
     let (code, start, count) = match byte_range(headers, len) {
@@ -112,21 +155,30 @@ async fn respond(
             let r = head
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{len}"));
-            return Ok(r.body(full(Vec::new())).expect("valid response"));
+            return r.body(full(Vec::new())).expect("valid response");
         }
     };
     let head = head.status(code).header(header::CONTENT_LENGTH, count);
     let body = if method == Method::HEAD {
         full(Vec::new())
-    } else if let Some(bytes) = injected {
-        full(bytes[start as usize..(start + count) as usize].to_vec())
+    } else if let Some(mut bytes) = bytes {
+        bytes.truncate((start + count) as usize);
+        full(Bytes::from(bytes).slice(start as usize..))
     } else {
-        f.seek(std::io::SeekFrom::Start(start)).await?;
-        let stream = ReaderStream::with_capacity(f.take(count), 64 * 1024);
-        let frames = futures::StreamExt::map(stream, |chunk| chunk.map(Frame::data).map_err(Into::into));
-        StreamBody::new(frames).boxed_unsync()
+        stream(file, start, count).await
     };
-    Ok(head.body(body).expect("valid response"))
+    head.body(body).expect("valid response")
+}
+
+/// A large file's body, from `start`, `count` bytes, read in 64 KiB chunks.
+async fn stream(file: std::fs::File, start: u64, count: u64) -> Body {
+    let mut file = tokio::fs::File::from_std(file);
+    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return full(Vec::new());
+    }
+    let chunks = ReaderStream::with_capacity(file.take(count), 64 * 1024);
+    let frames = futures::StreamExt::map(chunks, |chunk| chunk.map(Frame::data).map_err(Into::into));
+    StreamBody::new(frames).boxed_unsync()
 }
 
 fn content_type(mime: &mime_guess::Mime) -> String {

@@ -70,7 +70,7 @@ pub fn status(code: StatusCode) -> Response<Body> {
 }
 
 struct Ctx {
-    site: files::Site,
+    site: Arc<files::Site>,
     static_files: bool,
     livereload: Option<Arc<LiveReload>>,
     idle: Duration,
@@ -99,11 +99,11 @@ impl HttpServer {
             .livereload
             .then(|| Arc::new(LiveReload::new(config.idle_timeout)));
         let ctx = Arc::new(Ctx {
-            site: files::Site {
+            site: Arc::new(files::Site {
                 root: root.clone(),
                 hidden: config.hidden,
                 inject: config.inject && config.livereload,
-            },
+            }),
             static_files: config.static_files,
             livereload: livereload.clone(),
             idle: config.idle_timeout,
@@ -203,6 +203,9 @@ async fn accept_loop(
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // Head and body go out as separate writes: without this, Nagle's algorithm
+                    // meets the client's delayed ACK and each response waits ~40 ms.
+                    let _ = stream.set_nodelay(true);
                     connections.spawn(connection(stream, ctx.clone(), stop.clone()));
                 }
                 Err(e) => {
