@@ -50,9 +50,25 @@ pub fn request(addr: &str, head: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     write!(stream, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    // Until the body's Content-Length is in (some servers keep the connection open), or EOF.
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    parse(&raw)
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let reply = parse(&raw);
+            let want = reply
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok());
+            if want.is_some_and(|n| raw.len() >= split + 4 + n) {
+                return reply;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return parse(&raw),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading the response: {e}"),
+        }
+    }
 }
 
 /// `GET path` with extra header lines.
