@@ -148,10 +148,14 @@ pub fn main(config: Config) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let grace = config.daemon.shutdown_grace;
     let result = runtime.block_on(async {
         let signal = termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         run(config, signal).await.map_err(|e| e.to_string())
     });
+    // Every task was stopped in order; a blocking call still stuck (a hung filesystem)
+    // must not keep the process from exiting.
+    runtime.shutdown_timeout(grace);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

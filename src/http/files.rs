@@ -3,7 +3,7 @@
 //! (206, 416), `Cache-Control: no-cache`, and optional LiveReload script injection
 //! into HTML. Files are streamed, never read whole, except HTML being injected.
 
-use super::path::{self, Resolved};
+use super::path::{self, Opened};
 use super::{Body, full, status};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
@@ -72,9 +72,9 @@ pub async fn serve(
 }
 
 fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {
-    let file = match path::resolve(&site.root, raw_path, site.hidden) {
-        Resolved::File(file) => file,
-        Resolved::Redirect(to) => {
+    let (file, real) = match path::open(&site.root, raw_path, site.hidden) {
+        Opened::File(file, real) => (file, real),
+        Opened::Redirect(to) => {
             let location = match query {
                 Some(q) => format!("{to}?{q}"),
                 None => to,
@@ -85,18 +85,17 @@ fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {
             }
             return Lookup::Answer(r);
         }
-        Resolved::NotFound => return Lookup::Answer(status(StatusCode::NOT_FOUND)),
-        Resolved::BadRequest => return Lookup::Answer(status(StatusCode::BAD_REQUEST)),
+        Opened::NotFound => return Lookup::Answer(status(StatusCode::NOT_FOUND)),
+        Opened::BadRequest => return Lookup::Answer(status(StatusCode::BAD_REQUEST)),
     };
-    match prepare(site, &file) {
+    match prepare(site, file, &real) {
         Ok(prepared) => Lookup::Found(prepared),
-        Err(_) => Lookup::Answer(status(StatusCode::NOT_FOUND)), // vanished or unreadable meanwhile
+        Err(_) => Lookup::Answer(status(StatusCode::NOT_FOUND)), // unreadable
     }
 }
 
-fn prepare(site: &Site, path: &Path) -> std::io::Result<Prepared> {
+fn prepare(site: &Site, mut file: std::fs::File, path: &Path) -> std::io::Result<Prepared> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let injected = site.inject && mime.essence_str() == "text/html";
@@ -145,7 +144,12 @@ async fn respond(prepared: Prepared, method: &Method, headers: &HeaderMap) -> Re
             .expect("valid response");
     }
     head = head.header(header::CONTENT_TYPE, content_type(&mime));
-    let (code, start, count) = match byte_range(headers, len) {
+    let range = if if_range_holds(headers, &etag, modified) {
+        byte_range(headers, len)
+    } else {
+        Range::Full
+    };
+    let (code, start, count) = match range {
         Range::Full => (StatusCode::OK, 0, len),
         Range::Part(start, end) => {
             head = head.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
@@ -214,6 +218,23 @@ fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
             .map_or(0, |d| d.as_secs())
     };
     secs(modified) <= secs(since)
+}
+
+/// `If-Range` (RFC 9110 13.1.5): the range applies only if the validator is this
+/// file's strong ETag, or exactly its `Last-Modified` date; without the header it applies.
+fn if_range_holds(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    let Some(value) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let value = value.trim();
+    if value.starts_with('"') {
+        return value == etag;
+    }
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    httpdate::parse_http_date(value).is_ok_and(|date| secs(date) == secs(modified))
 }
 
 #[derive(Debug, PartialEq, Eq)]

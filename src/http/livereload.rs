@@ -23,8 +23,11 @@ pub const CLIENT_JS: &str = include_str!("livereload.js");
 
 struct Client {
     page: Option<String>,
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::Sender<String>,
 }
+
+/// Messages queued for one client; a client this far behind (not reading) is dropped.
+const CLIENT_QUEUE: usize = 256;
 
 /// The connected browsers.
 pub struct LiveReload {
@@ -72,7 +75,8 @@ impl LiveReload {
             let message =
                 json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
             for client in clients.values().filter(|c| wants(c.page.as_deref(), path)) {
-                let _ = client.tx.send(message.clone());
+                // Full: the client does not read; it misses this reload rather than grow memory.
+                let _ = client.tx.try_send(message.clone());
             }
         }
     }
@@ -106,7 +110,7 @@ impl LiveReload {
         if sink.send(Message::text(reply.to_string())).await.is_err() {
             return;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.clients
             .lock()
@@ -119,7 +123,12 @@ impl LiveReload {
                     break;
                 }
                 Some(text) = rx.recv() => {
-                    if sink.send(Message::text(text)).await.is_err() {
+                    // A client that does not read must not hold the shutdown up.
+                    let sent = tokio::select! {
+                        sent = sink.send(Message::text(text)) => sent.is_ok(),
+                        _ = self.closing.cancelled() => false,
+                    };
+                    if !sent {
                         break;
                     }
                 }

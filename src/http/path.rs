@@ -2,6 +2,11 @@
 //! could reach outside it: `..` in any spelling (percent-encoded, mixed case,
 //! backslashes, double-encoded), symlinks resolving outside the root, and hidden
 //! files and folders unless allowed.
+//!
+//! [`open`] opens the file with `openat2(RESOLVE_BENEATH)` relative to the root, so
+//! the kernel itself refuses any resolution that leaves it, atomically (no window
+//! between a check and the open); [`resolve`] is the portable fallback, by
+//! canonical paths, for kernels without `openat2`.
 
 use percent_encoding::percent_decode_str;
 use std::path::{Path, PathBuf};
@@ -41,7 +46,7 @@ pub fn resolve(root: &Path, raw: &str, hidden: bool) -> Resolved {
     };
     if real.is_dir() {
         if !decoded.ends_with('/') {
-            return Resolved::Redirect(format!("{raw}/"));
+            return Resolved::Redirect(redirect_to(raw));
         }
         return match inside(root, &real.join("index.html"), hidden) {
             Some(index) if index.is_file() => Resolved::File(index),
@@ -53,6 +58,149 @@ pub fn resolve(root: &Path, raw: &str, hidden: bool) -> Resolved {
     } else {
         Resolved::NotFound
     }
+}
+
+/// What a request path opened to.
+#[derive(Debug)]
+pub enum Opened {
+    /// A regular file under the root, opened for reading, with its real path.
+    File(std::fs::File, PathBuf),
+    /// A directory requested without its trailing slash: redirect here.
+    Redirect(String),
+    /// Nothing servable.
+    NotFound,
+    /// A path no honest client sends.
+    BadRequest,
+}
+
+/// Opens what `raw` names under `root` (canonical), as [`resolve`] would resolve it.
+pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
+    let Some(decoded) = decode(raw) else {
+        return Opened::BadRequest;
+    };
+    let mut rel = PathBuf::from(".");
+    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+        if segment == "." || segment == ".." {
+            return Opened::BadRequest;
+        }
+        if segment.starts_with('.') && !hidden {
+            return Opened::NotFound;
+        }
+        rel.push(segment);
+    }
+    // The root is opened afresh each time: a site generator may have replaced it.
+    let Ok(dir) = std::fs::File::open(root) else {
+        return Opened::NotFound;
+    };
+    let file = match beneath(&dir, &rel) {
+        Beneath::Opened(file) => file,
+        Beneath::Refused => return Opened::NotFound,
+        Beneath::Unsupported => return from_resolved(resolve(root, raw, hidden)),
+    };
+    let Some((file, real)) = visible(root, file, hidden) else {
+        return Opened::NotFound;
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_dir() => {
+            if !decoded.ends_with('/') {
+                return Opened::Redirect(redirect_to(raw));
+            }
+            let _ = real;
+            match beneath(&dir, &rel.join("index.html")) {
+                Beneath::Opened(index) => match visible(root, index, hidden) {
+                    Some((index, real)) if index.metadata().is_ok_and(|m| m.is_file()) => {
+                        Opened::File(index, real)
+                    }
+                    _ => Opened::NotFound,
+                },
+                _ => Opened::NotFound,
+            }
+        }
+        Ok(meta) if meta.is_file() => Opened::File(file, real),
+        _ => Opened::NotFound,
+    }
+}
+
+fn from_resolved(resolved: Resolved) -> Opened {
+    match resolved {
+        Resolved::File(path) => match open_nonblocking(&path) {
+            Ok(file) => Opened::File(file, path),
+            Err(_) => Opened::NotFound,
+        },
+        Resolved::Redirect(to) => Opened::Redirect(to),
+        Resolved::NotFound => Opened::NotFound,
+        Resolved::BadRequest => Opened::BadRequest,
+    }
+}
+
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+enum Beneath {
+    Opened(std::fs::File),
+    Refused,
+    /// Decide by canonical paths instead.
+    Unsupported,
+}
+
+/// `openat2(dir, rel, O_RDONLY, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: symlinks are
+/// followed only while they stay under `dir`.
+fn beneath(dir: &std::fs::File, rel: &Path) -> Beneath {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_rel) = std::ffi::CString::new(rel.as_os_str().as_bytes()) else {
+        return Beneath::Refused;
+    };
+    // SAFETY: open_how is plain data; zeroed is a valid value, then the fields are set.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    // O_NONBLOCK: opening a named pipe must not wait for a writer (it is then refused
+    // as not a regular file); it changes nothing for regular files.
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: the pointers refer to live values of the sizes passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c_rel.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        return Beneath::Opened(unsafe { std::fs::File::from_raw_fd(fd as i32) });
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        // No openat2; or EXDEV: an escape, or any absolute symlink (refused even when it
+        // points inside the root): the canonical-path check tells which.
+        Some(libc::ENOSYS | libc::EXDEV) => Beneath::Unsupported,
+        _ => Beneath::Refused,
+    }
+}
+
+/// The file and its real path, unless (without `hidden`) a component of its real path
+/// below the root is hidden: a symlink may point at a hidden file.
+fn visible(root: &Path, file: std::fs::File, hidden: bool) -> Option<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    let rel = real.strip_prefix(root).ok()?;
+    let ok = hidden
+        || !rel
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+    ok.then_some((file, real))
+}
+
+/// The slash form of a directory path, with one leading slash: `//host` in a
+/// `Location` would send the browser to another site.
+fn redirect_to(raw: &str) -> String {
+    format!("/{}/", raw.trim_start_matches('/'))
 }
 
 /// Percent-decodes once; `None` for anything that is not a plain UTF-8 path.
@@ -108,6 +256,44 @@ mod tests {
         (dir, root)
     }
 
+    /// `open`'s answer in `resolve`'s terms, to check both against the same cases.
+    fn opened(root: &Path, raw: &str, hidden: bool) -> Resolved {
+        match open(root, raw, hidden) {
+            Opened::File(_, path) => Resolved::File(path),
+            Opened::Redirect(to) => Resolved::Redirect(to),
+            Opened::NotFound => Resolved::NotFound,
+            Opened::BadRequest => Resolved::BadRequest,
+        }
+    }
+
+    #[test]
+    fn open_agrees_with_resolve() {
+        let (_dir, root) = site();
+        for raw in [
+            "/",
+            "/docs/",
+            "/docs",
+            "/docs/a%20b.html",
+            "/alias.html",
+            "/missing",
+            "/escape.txt",
+            "/.env",
+            "/env.txt",
+            "/docs/.hidden/x",
+            "/../outside.txt",
+            "/%2e%2e/outside.txt",
+            "/..%2foutside.txt",
+        ] {
+            for hidden in [false, true] {
+                assert_eq!(
+                    opened(&root, raw, hidden),
+                    resolve(&root, raw, hidden),
+                    "{raw} hidden={hidden}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn files_directories_and_redirects() {
         let (_dir, root) = site();
@@ -132,6 +318,20 @@ mod tests {
             Resolved::File(root.join("index.html"))
         );
         assert_eq!(resolve(&root, "/missing", false), Resolved::NotFound);
+        assert_eq!(
+            resolve(&root, "//docs", false),
+            Resolved::Redirect("/docs/".into()),
+            "never //host"
+        );
+    }
+
+    #[test]
+    fn a_named_pipe_is_not_served_and_does_not_block() {
+        let (_dir, root) = site();
+        let fifo = std::ffi::CString::new(root.join("pipe").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo only creates a file at the given path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(matches!(open(&root, "/pipe", false), Opened::NotFound));
     }
 
     #[test]

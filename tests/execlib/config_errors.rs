@@ -49,7 +49,7 @@ fn daemon_refuses_to_start_on_an_invalid_config() {
 #[test]
 fn relative_paths_resolve_against_the_config_directory() {
     let sandbox = Sandbox::new();
-    let config = sandbox.config(&one_route("touch ../out/resolved", ""));
+    let config = sandbox.config(&one_route("echo x > ../out/resolved", ""));
     // Started from another working directory: `src` still means the sandbox's.
     let _daemon = Daemon::start(&sandbox, &config);
     sandbox.write("src/x", "1");

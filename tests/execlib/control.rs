@@ -5,7 +5,7 @@ use crate::support::*;
 #[test]
 fn stop_stops_reacting_and_start_resumes() {
     let sandbox = Sandbox::new();
-    let config = sandbox.config(&one_route("touch ../out/$EXECLIB_NAME", ""));
+    let config = sandbox.config(&one_route("echo x > ../out/$EXECLIB_NAME", ""));
     let daemon = Daemon::start(&sandbox, &config);
 
     let out = daemon.ctl(&["stop", "docs"]);
@@ -41,7 +41,7 @@ fn listeners_reports_state_and_counters() {
     let sandbox = Sandbox::new();
     let body = format!(
         "{}\n[[listener]]\nname = \"idle\"\nautostart = false\n  [[listener.route]]\n  path = \"src\"\n  shell = \"true\"\n",
-        one_route("touch ../out/done", "")
+        one_route("echo x > ../out/done", "")
     );
     let config = sandbox.config(&body);
     let daemon = Daemon::start(&sandbox, &config);

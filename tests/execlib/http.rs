@@ -59,6 +59,12 @@ fn directories_redirect_serve_their_index_and_are_never_listed() {
     assert_eq!(get(&addr, "/", &[]).text(), "<html><body>home</body></html>");
     let r = get(&addr, "/docs?x=1", &[]);
     assert_eq!((r.status, r.header("location")), (301, Some("/docs/?x=1")));
+    let r = get(&addr, "//docs", &[]);
+    assert_eq!(
+        r.header("location"),
+        Some("/docs/"),
+        "never a protocol-relative //host redirect"
+    );
     assert_eq!(get(&addr, "/docs/", &[]).text(), "docs");
     assert_eq!(
         get(&addr, "/empty/", &[]).status,
@@ -117,6 +123,20 @@ fn single_ranges_get_206_and_unsatisfiable_ones_416() {
     let r = get(&addr, "/style.css", &["Range: bytes=100-"]);
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range"), Some("bytes */19"));
+    // If-Range: the range only while the file is the one the client has.
+    let etag = get(&addr, "/style.css", &[]).header("etag").unwrap().to_owned();
+    let r = get(
+        &addr,
+        "/style.css",
+        &["Range: bytes=0-3", &format!("If-Range: {etag}")],
+    );
+    assert_eq!(r.status, 206);
+    let r = get(&addr, "/style.css", &["Range: bytes=0-3", "If-Range: \"stale\""]);
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, 19),
+        "a changed file is sent whole"
+    );
 }
 
 #[test]
@@ -182,7 +202,9 @@ fn hidden_files_are_served_when_allowed() {
 fn oversized_heads_are_refused_and_idle_connections_closed() {
     let (_sandbox, _daemon, addr) = site();
     let big = format!("GET / HTTP/1.1\r\nX-Filler: {}", "x".repeat(20 * 1024));
-    assert_eq!(request(&addr, &big).status, 431);
+    // 431; or, when the server closes while the client is still sending, a reset.
+    let refused = request(&addr, &big).status;
+    assert!(matches!(refused, 431 | 0), "{refused}");
 
     let start = std::time::Instant::now();
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();

@@ -80,7 +80,7 @@ fn burst_of_changes_gives_one_run_and_the_last_content_is_seen() {
 #[test]
 fn job_that_cannot_start_is_a_failed_job_and_the_listener_goes_on() {
     let sandbox = Sandbox::new();
-    let body = "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  name = \"broken\"\n  path = \"src\"\n  glob = \"*.bad\"\n  debounce_ms = 0\n  run = [\"/nonexistent/tool\"]\n  [[listener.route]]\n  name = \"good\"\n  path = \"src\"\n  glob = \"*.ok\"\n  debounce_ms = 0\n  shell = \"touch ../out/ok\"\n";
+    let body = "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  name = \"broken\"\n  path = \"src\"\n  glob = \"*.bad\"\n  debounce_ms = 0\n  run = [\"/nonexistent/tool\"]\n  [[listener.route]]\n  name = \"good\"\n  path = \"src\"\n  glob = \"*.ok\"\n  debounce_ms = 0\n  shell = \"echo x > ../out/ok\"\n";
     let config = sandbox.config(body);
     let daemon = Daemon::start(&sandbox, &config);
     sandbox.write("src/a.bad", "x");

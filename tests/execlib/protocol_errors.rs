@@ -70,7 +70,7 @@ fn many_requests_on_one_connection() {
 #[test]
 fn requests_during_shutdown_are_refused_clearly() {
     let sandbox = Sandbox::new();
-    let job = "trap '' TERM; touch ../out/started; while :; do sleep 0.05; done";
+    let job = "trap '' TERM; echo up > ../out/started; while :; do sleep 0.05; done";
     let config = sandbox.config(&format!(
         "[daemon]\nshutdown_grace_ms = 1500\n{}",
         one_route(job, "")

@@ -15,9 +15,8 @@ fn sh(script: &str, dir: &std::path::Path) {
     assert!(status.success(), "{script}");
 }
 
-/// Writes a sentinel file and waits for its run: every run caused by earlier changes
-/// has started by then (runs start in due order), and finished once `max_jobs = 1`
-/// or, with more, shortly after.
+/// Writes a sentinel file and waits for its run: with [`log_route`]'s `max_jobs = 1`,
+/// every run caused by an earlier change has finished by then.
 fn settle(sandbox: &Sandbox, name: &str) {
     sandbox.write(&format!("src/{name}"), "sentinel");
     wait_log(sandbox, &format!("{name} create,modify"));

@@ -77,9 +77,11 @@ impl Sandbox {
         std::fs::read_to_string(self.path(rel)).ok()
     }
 
-    /// Waits until `out/<rel>` exists and returns its content.
+    /// Waits until `out/<rel>` has content (a job writes it in one go) and returns it.
     pub fn wait_out(&self, rel: &str) -> String {
-        eventually(&format!("out/{rel}"), || self.read(&format!("out/{rel}")))
+        eventually(&format!("out/{rel}"), || {
+            self.read(&format!("out/{rel}")).filter(|c| !c.is_empty())
+        })
     }
 }
 
@@ -378,7 +380,13 @@ pub fn wait_log(sandbox: &Sandbox, line: &str) {
     });
 }
 
-/// A listener `docs` on `src` whose job appends "NAME EVENTS" to `out/log`.
+/// A listener `docs` on `src` whose job appends "NAME EVENTS" to `out/log`. With
+/// `max_jobs = 1` runs start and finish in due order, so once a later change's line
+/// is logged, every earlier change's line is too.
 pub fn log_route(extra: &str) -> String {
-    one_route(r#"echo "$EXECLIB_NAME $EXECLIB_EVENT" >> ../out/log"#, extra)
+    one_route(r#"echo "$EXECLIB_NAME $EXECLIB_EVENT" >> ../out/log"#, extra).replacen(
+        "name = \"docs\"\n",
+        "name = \"docs\"\nmax_jobs = 1\n",
+        1,
+    )
 }

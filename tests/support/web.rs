@@ -23,7 +23,7 @@ pub fn http_addr(daemon: &Daemon) -> String {
         .to_owned()
 }
 
-/// A parsed HTTP response.
+/// A parsed HTTP response (status 0: the connection was reset before any response).
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
@@ -49,7 +49,8 @@ impl Reply {
 pub fn request(addr: &str, head: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    // A write may fail when the server refuses before reading everything (a head too large).
+    let _ = write!(stream, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     // Until the body's Content-Length is in (some servers keep the connection open), or EOF.
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
@@ -66,6 +67,14 @@ pub fn request(addr: &str, head: &str) -> Reply {
         match stream.read(&mut buf) {
             Ok(0) => return parse(&raw),
             Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // Reset before any response: the server refused the connection outright.
+            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Reply {
+                    status: 0,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                };
+            }
             Err(e) => panic!("reading the response: {e}"),
         }
     }
