@@ -27,19 +27,11 @@ pub enum Resolved {
 /// Resolves `raw` (the request path, still percent-encoded) under `root`, which must
 /// be canonical. With `hidden`, components starting with `.` are allowed.
 pub fn resolve(root: &Path, raw: &str, hidden: bool) -> Resolved {
-    let Some(decoded) = decode(raw) else {
-        return Resolved::BadRequest;
+    let (decoded, rel) = match checked(raw, hidden) {
+        Ok(ok) => ok,
+        Err(refusal) => return refusal,
     };
-    let mut candidate = root.to_path_buf();
-    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        if segment == "." || segment == ".." {
-            return Resolved::BadRequest;
-        }
-        if segment.starts_with('.') && !hidden {
-            return Resolved::NotFound;
-        }
-        candidate.push(segment);
-    }
+    let candidate = root.join(rel);
     // Symlinks are resolved, and the result must still lie under the root and not be hidden.
     let Some(real) = inside(root, &candidate, hidden) else {
         return Resolved::NotFound;
@@ -75,19 +67,10 @@ pub enum Opened {
 
 /// Opens what `raw` names under `root` (canonical), as [`resolve`] would resolve it.
 pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
-    let Some(decoded) = decode(raw) else {
-        return Opened::BadRequest;
+    let (decoded, rel) = match checked(raw, hidden) {
+        Ok(ok) => ok,
+        Err(refusal) => return from_resolved(refusal),
     };
-    let mut rel = PathBuf::from(".");
-    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
-        if segment == "." || segment == ".." {
-            return Opened::BadRequest;
-        }
-        if segment.starts_with('.') && !hidden {
-            return Opened::NotFound;
-        }
-        rel.push(segment);
-    }
     // The root is opened afresh each time: a site generator may have replaced it.
     let Ok(dir) = std::fs::File::open(root) else {
         return Opened::NotFound;
@@ -195,6 +178,23 @@ fn visible(root: &Path, file: std::fs::File, hidden: bool) -> Option<(std::fs::F
             .components()
             .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
     ok.then_some((file, real))
+}
+
+/// The decoded path and its segments as a relative path (`.` for the root), or why
+/// it is refused: `.`/`..` segments are bad requests, hidden ones not found (unless `hidden`).
+fn checked(raw: &str, hidden: bool) -> Result<(String, PathBuf), Resolved> {
+    let decoded = decode(raw).ok_or(Resolved::BadRequest)?;
+    let mut rel = PathBuf::from(".");
+    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+        if segment == "." || segment == ".." {
+            return Err(Resolved::BadRequest);
+        }
+        if segment.starts_with('.') && !hidden {
+            return Err(Resolved::NotFound);
+        }
+        rel.push(segment);
+    }
+    Ok((decoded, rel))
 }
 
 /// The slash form of a directory path, with one leading slash: `//host` in a
