@@ -46,6 +46,10 @@ pub struct JobSpec {
     pub workdir: PathBuf,
     /// Variables added to the daemon's environment (values may be any bytes, like file names).
     pub env: BTreeMap<String, OsString>,
+    /// How long it may run; then its group gets SIGTERM, and SIGKILL after `kill_grace`.
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when the job times out.
+    pub kill_grace: Duration,
 }
 
 /// How a job ended.
@@ -57,6 +61,8 @@ pub enum Outcome {
     Signaled(i32),
     /// The job could not be started.
     NotStarted(String),
+    /// The job ran past its timeout and was killed.
+    TimedOut,
 }
 
 impl Outcome {
@@ -134,17 +140,24 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     info!(job_pid = pid, "job started");
     let output = drain(child.stdout.take(), child.stderr.take());
     tokio::pin!(output);
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
+    // The main process's status, and whether it was killed for its timeout.
     let wait = async {
         tokio::select! {
-            status = child.wait() => status,
-            _ = cancel.cancelled() => terminate(&mut child, pid, grace).await,
+            status = child.wait() => (status, false),
+            _ = cancel.cancelled() => (terminate(&mut child, pid, grace).await, false),
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                warn!(job_pid = pid, timeout_ms, "job timed out");
+                (terminate(&mut child, pid, spec.kill_grace).await, true)
+            }
         }
     };
     tokio::pin!(wait);
     let mut output_done = false;
-    let status = loop {
+    let (status, timed_out) = loop {
         tokio::select! {
-            status = &mut wait => break status,
+            done = &mut wait => break done,
             _ = &mut output, if !output_done => output_done = true,
         }
     };
@@ -155,6 +168,7 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     }
     kill_group(pid, libc::SIGKILL);
     let outcome = match status {
+        _ if timed_out => Outcome::TimedOut,
         Ok(status) => Outcome::from_status(status),
         Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),
     };
@@ -169,6 +183,10 @@ fn log_end(outcome: &Outcome, elapsed: Duration) {
         Outcome::Exited(code) => warn!(exit_code = code, duration_ms, "job failed with exit code {code}"),
         Outcome::Signaled(sig) => warn!(signal = sig, duration_ms, "job killed by signal {sig}"),
         Outcome::NotStarted(reason) => error!(duration_ms, "job failed: {reason}"),
+        Outcome::TimedOut => warn!(
+            exit_code = "timeout",
+            duration_ms, "job failed: killed after its timeout"
+        ),
     }
 }
 
@@ -299,6 +317,8 @@ mod tests {
             command,
             workdir: "/".into(),
             env: BTreeMap::new(),
+            timeout: None,
+            kill_grace: Duration::from_secs(1),
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);

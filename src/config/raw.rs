@@ -76,6 +76,8 @@ pub struct RawRoute {
     pub events: Option<Vec<EventKind>>,
     pub debounce_ms: Option<u64>,
     pub delay_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub kill_grace_ms: Option<u64>,
     pub run: Option<Spanned<Vec<String>>>,
     pub shell: Option<Spanned<String>>,
     pub workdir: Option<PathBuf>,

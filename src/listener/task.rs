@@ -178,6 +178,8 @@ impl Launcher {
             command: route.command.clone(),
             workdir: route.workdir.clone(),
             env,
+            timeout: route.timeout,
+            kill_grace: route.kill_grace,
         };
         let span = info_span!(
             "job",

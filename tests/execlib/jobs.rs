@@ -96,3 +96,23 @@ fn job_that_cannot_start_is_a_failed_job_and_the_listener_goes_on() {
     sandbox.wait_out("ok");
     assert_eq!(daemon.listener("docs")["state"], "running");
 }
+
+#[test]
+fn job_past_its_timeout_is_killed_with_its_grandchildren() {
+    let sandbox = Sandbox::new();
+    let job = "sleep 300 & echo $! > ../out/grandchild; echo $$ > ../out/main; trap '' TERM; while :; do sleep 0.05; done";
+    let config = sandbox.config(&one_route(job, "timeout_ms = 300\n  kill_grace_ms = 200"));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let main: i32 = sandbox.wait_out("main").trim().parse().unwrap();
+    let grandchild: i32 = sandbox.wait_out("grandchild").trim().parse().unwrap();
+    eventually("the timeout to count as a failure", || {
+        (daemon.listener("docs")["jobs_failed"] == 1).then_some(())
+    });
+    assert!(!alive(main) && !alive(grandchild), "no process left behind");
+    let log = daemon.log();
+    assert!(
+        log.contains("job timed out") && log.contains("exit_code=\"timeout\""),
+        "{log}"
+    );
+}
