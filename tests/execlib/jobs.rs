@@ -116,3 +116,35 @@ fn job_past_its_timeout_is_killed_with_its_grandchildren() {
         "{log}"
     );
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_job_writing_100_mb_leaves_the_daemon_memory_flat() {
+    let sandbox = Sandbox::new();
+    // 100 MB: 7,000 lines of 10,000 bytes (each cut to 8 KiB in the log), then one
+    // 30 MB line: a reader that kept whole lines (or the whole output) would grow past the bound.
+    let job = "yes \"$(head -c 9999 /dev/zero | tr '\\0' x)\" | head -c 70000000; head -c 30000000 /dev/zero | tr '\\0' y; echo; echo done > ../out/done";
+    let config = sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 1000\n{}",
+        one_route(job, "")
+    ));
+    let daemon = Daemon::start(&sandbox, &config);
+    let before = rss_kib(daemon.pid());
+    sandbox.write("src/a", "x");
+    eventually_long("the job to finish", || {
+        (daemon.listener("docs")["jobs_started"] == 1 && daemon.listener("docs")["jobs_running"] == 0)
+            .then_some(())
+    });
+    let after = rss_kib(daemon.pid());
+    assert!(
+        after < before + 20 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert!(daemon.log().contains("[line cut at 8 KiB]"));
+}
