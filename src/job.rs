@@ -85,44 +85,7 @@ impl Outcome {
 /// listener, route and file), recording `job_pid` on it.
 pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) -> Outcome {
     let started = Instant::now();
-    let mut cmd = match &spec.command {
-        Command::Run(argv) => {
-            let mut c = tokio::process::Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-        Command::Shell(script) => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(script);
-            c
-        }
-    };
-    cmd.current_dir(&spec.workdir)
-        .envs(&spec.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(&soft) = JOB_FD_LIMIT.get() {
-        // SAFETY: between fork and exec only async-signal-safe calls (getrlimit, setrlimit) run.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut limit = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-                    limit.rlim_cur = soft.min(limit.rlim_max);
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-                }
-                Ok(())
-            });
-        }
-    }
-    for inherited in SYSTEMD_VARIABLES {
-        cmd.env_remove(inherited);
-    }
+    let mut cmd = command(spec);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -174,6 +137,51 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     };
     log_end(&outcome, started.elapsed());
     outcome
+}
+
+/// The process to start: its own process group, stdin from /dev/null, output piped,
+/// the daemon's environment without systemd's variables plus the job's, and the
+/// open-files limit the daemon started with.
+fn command(spec: &JobSpec) -> tokio::process::Command {
+    let mut cmd = match &spec.command {
+        Command::Run(argv) => {
+            let mut c = tokio::process::Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+        Command::Shell(script) => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c").arg(script);
+            c
+        }
+    };
+    cmd.current_dir(&spec.workdir)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for inherited in SYSTEMD_VARIABLES {
+        cmd.env_remove(inherited);
+    }
+    if let Some(&soft) = JOB_FD_LIMIT.get() {
+        // SAFETY: between fork and exec only async-signal-safe calls (getrlimit, setrlimit) run.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
 }
 
 fn log_end(outcome: &Outcome, elapsed: Duration) {
