@@ -154,6 +154,10 @@ pub fn render(request: &Request, reply: &Value) -> String {
         }
         Request::Status => render_status(reply),
         Request::Reload => "reloaded".to_owned(),
+        Request::Trigger { .. } => match reply["matched"].as_u64().unwrap_or(0) {
+            1 => "1 route matched".to_owned(),
+            n => format!("{n} routes matched"),
+        },
         Request::Shutdown => "shutting down".to_owned(),
     }
 }

@@ -34,6 +34,8 @@ enum Command {
     Status,
     /// Re-read the configuration.
     Reload,
+    /// Run the routes that match PATH as if it had been modified.
+    Trigger { listener: String, path: String },
     /// Stop the daemon.
     Shutdown,
 }
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Stop { listener } => Request::Stop { listener },
         Command::Status => Request::Status,
         Command::Reload => Request::Reload,
+        Command::Trigger { listener, path } => Request::Trigger { listener, path },
         Command::Shutdown => Request::Shutdown,
     };
     ExitCode::from(execlib::client::main(

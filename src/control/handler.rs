@@ -17,6 +17,7 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
             "reload is not supported yet: restart the daemon to apply a new config",
         ),
         Request::Shutdown => Response::Done,
+        Request::Trigger { listener, path } => trigger(state, &listener, &path).await,
     }
 }
 
@@ -32,6 +33,17 @@ async fn start_or_stop(
     state.publish_status();
     match result {
         Ok(changed) => Response::Changed(changed),
+        Err(e) => listener_error(e),
+    }
+}
+
+async fn trigger(state: &DaemonState, listener: &str, path: &str) -> Response {
+    if state.is_shutting_down() {
+        return shutting_down();
+    }
+    let config_dir = state.config.path.parent().unwrap_or(std::path::Path::new("/"));
+    match state.listeners.trigger(listener, path, config_dir).await {
+        Ok(matched) => Response::Triggered(matched),
         Err(e) => listener_error(e),
     }
 }
@@ -63,6 +75,8 @@ fn listener_error(e: ListenerError) -> Response {
     let code = match e {
         ListenerError::Unknown(_) => ErrorCode::UnknownListener,
         ListenerError::Closing => ErrorCode::ShuttingDown,
+        ListenerError::NotRunning(_) => ErrorCode::NotRunning,
+        ListenerError::BadPath(_) => ErrorCode::BadRequest,
         ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
     };
     Response::error(code, e.to_string())

@@ -30,12 +30,27 @@ pub enum Request {
     Status,
     /// Re-read the config.
     Reload,
+    /// Submit a synthetic `modify` event for a file.
+    Trigger {
+        /// The listener.
+        listener: String,
+        /// The file: absolute, or relative to a route's path or the config directory.
+        path: String,
+    },
     /// Stop the daemon (answered first).
     Shutdown,
 }
 
 /// Every `cmd` the daemon knows.
-pub const COMMANDS: [&str; 6] = ["listeners", "start", "stop", "status", "reload", "shutdown"];
+pub const COMMANDS: [&str; 7] = [
+    "listeners",
+    "start",
+    "stop",
+    "status",
+    "reload",
+    "shutdown",
+    "trigger",
+];
 
 /// An error's machine-readable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +74,8 @@ pub enum ErrorCode {
     Timeout,
     /// Too many clients are connected.
     Busy,
+    /// The listener is not running.
+    NotRunning,
 }
 
 /// An error reply's body.
@@ -115,6 +132,8 @@ pub enum Response {
     Changed(bool),
     /// `status`.
     Status(StatusInfo),
+    /// `trigger`: how many routes matched.
+    Triggered(usize),
     /// Success with nothing to say.
     Done,
     /// Failure.
@@ -133,6 +152,7 @@ impl Response {
             Response::Listeners(l) => json!({ "listeners": l }),
             Response::Changed(changed) => json!({ "changed": changed }),
             Response::Status(s) => serde_json::to_value(s).expect("status serializes"),
+            Response::Triggered(matched) => json!({ "matched": matched }),
             Response::Done => json!({}),
             Response::Error(e) => json!({ "error": e }),
         };

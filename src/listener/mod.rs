@@ -62,6 +62,12 @@ pub enum ListenerError {
     /// The daemon is stopping its listeners.
     #[error("the daemon is shutting down")]
     Closing,
+    /// The listener is not running.
+    #[error("listener {0:?} is not running")]
+    NotRunning(String),
+    /// A path that may not be used (`..`).
+    #[error("path {0:?} may not contain `..`")]
+    BadPath(String),
     /// No listener has that name.
     #[error("no listener named {0:?}")]
     Unknown(String),
@@ -113,6 +119,9 @@ impl Shared {
 struct Running {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// Into the listener's scheduler, for synthetic events (`trigger`). Weak: it does not
+    /// keep the channel open, so the scheduler ends with the listener however it ends.
+    submit: tokio::sync::mpsc::WeakUnboundedSender<crate::scheduler::Input>,
 }
 
 struct Slot {
@@ -191,6 +200,40 @@ impl Listeners {
         Ok(self.slot(name)?.stop().await)
     }
 
+    /// Submits a synthetic `modify` of `path` to listener `name`'s routes; returns how
+    /// many routes matched. `path` is absolute, or relative to a route's path or to the
+    /// config file's directory.
+    pub async fn trigger(&self, name: &str, path: &str, config_dir: &Path) -> Result<usize, ListenerError> {
+        let slot = self.slot(name)?;
+        let running = slot.running.lock().await;
+        let Some(submit) = running.as_ref().and_then(|r| r.submit.upgrade()) else {
+            return Err(ListenerError::NotRunning(name.to_owned()));
+        };
+        let path = Path::new(path);
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(ListenerError::BadPath(path.display().to_string()));
+        }
+        let mut matched = 0;
+        for (index, route) in slot.config.routes.iter().enumerate() {
+            let candidates = [route.path.join(path), config_dir.join(path)];
+            let Some(file) = candidates.into_iter().find(|c| c.starts_with(&route.path)) else {
+                continue;
+            };
+            let event = FileEvent {
+                path: file,
+                kind: crate::events::EventKind::Modify,
+            };
+            if let Some(sub) = task::route_match(index, route, &event) {
+                let _ = submit.send(crate::scheduler::Input::Submit(sub));
+                matched += 1;
+            }
+        }
+        Ok(matched)
+    }
+
     /// Stops every listener at once: watches closed, then jobs terminated within the grace.
     /// No listener starts after this begins.
     pub async fn stop_all(&self) {
@@ -258,12 +301,15 @@ impl Slot {
             shared: self.shared.clone(),
             catch_up,
         };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let submit = tx.downgrade();
         let task = run
-            .spawn(watcher, missed, cancel.clone())
+            .spawn(watcher, missed, (tx, rx), cancel.clone())
             .instrument(info_span!("listener", listener = %name));
         *running = Some(Running {
             cancel,
             task: tokio::spawn(task),
+            submit,
         });
         Ok(true)
     }

@@ -36,13 +36,15 @@ pub(super) struct Run {
 impl Run {
     /// Runs the listener until `cancel` fires or its watcher fails. `missed` (catch-up
     /// changes) are submitted before any live event.
+    /// `tx`/`rx` are the scheduler's channel; the slot keeps another sender (for
+    /// `trigger`) and drops it before waiting for this task to end.
     pub(super) async fn spawn(
         mut self,
         mut watcher: Watcher,
         missed: Vec<FileEvent>,
+        (tx, rx): (mpsc::UnboundedSender<Input>, mpsc::UnboundedReceiver<Input>),
         cancel: CancellationToken,
     ) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let jobs_cancel = CancellationToken::new();
         // Cancels the jobs even if this task is aborted or unwinds.
         let _jobs_guard = jobs_cancel.clone().drop_guard();
@@ -134,7 +136,7 @@ impl Run {
 
 /// The submission for `route` if the event is under its path, matches its globs
 /// and is of a kind it wants.
-fn route_match(index: usize, route: &RouteConfig, event: &FileEvent) -> Option<Submission> {
+pub(super) fn route_match(index: usize, route: &RouteConfig, event: &FileEvent) -> Option<Submission> {
     let rel = event.path.strip_prefix(&route.path).ok()?;
     let wanted =
         !rel.as_os_str().is_empty() && route.events.contains(event.kind) && route.matcher.matches(rel);

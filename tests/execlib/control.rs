@@ -101,3 +101,50 @@ fn ctl_exit_codes_and_json() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains(missing.to_str().unwrap()));
 }
+
+#[test]
+fn trigger_runs_the_matching_routes() {
+    let sandbox = Sandbox::new();
+    let body = r#"[[listener]]
+name = "docs"
+  [[listener.route]]
+  name = "pages"
+  path = "src"
+  glob = "**/*.md"
+  debounce_ms = 0
+  shell = 'echo "pages $EXECLIB_NAME $EXECLIB_EVENT" >> ../out/log'
+  [[listener.route]]
+  name = "text"
+  path = "src"
+  glob = "**/*.txt"
+  debounce_ms = 0
+  shell = 'echo "text $EXECLIB_NAME" >> ../out/log'
+"#;
+    let config = sandbox.config(body);
+    sandbox.write("src/sub/a.md", "x");
+    let daemon = Daemon::start(&sandbox, &config);
+    let reply = daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"sub/a.md"}"#);
+    assert_eq!(reply["matched"], 1, "{reply}");
+    wait_log(&sandbox, "pages sub/a.md modify");
+    // Relative to the config's directory, and absolute, work too.
+    let out = daemon.ctl(&["trigger", "docs", "src/sub/a.md"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 route matched");
+    let absolute = sandbox.path("src/b.txt");
+    let reply = daemon.request(&format!(
+        r#"{{"cmd":"trigger","listener":"docs","path":{:?}}}"#,
+        absolute.to_str().unwrap()
+    ));
+    assert_eq!(reply["matched"], 1);
+    wait_log(&sandbox, "text b.txt");
+    assert_eq!(
+        daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"c.png"}"#)["matched"],
+        0
+    );
+    let reply = daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"../site.toml"}"#);
+    assert_eq!(reply["error"]["code"], "bad_request");
+    daemon.ctl(&["stop", "docs"]);
+    let reply = daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"sub/a.md"}"#);
+    assert_eq!(reply["error"]["code"], "not_running", "{reply}");
+    let reply = daemon.request(r#"{"cmd":"trigger","listener":"nope","path":"a.md"}"#);
+    assert_eq!(reply["error"]["code"], "unknown_listener");
+}
