@@ -154,6 +154,7 @@ pub fn render(request: &Request, reply: &Value) -> String {
         }
         Request::Status => render_status(reply),
         Request::Reload => "reloaded".to_owned(),
+        Request::Jobs => render_jobs(reply),
         Request::Trigger { .. } => match reply["matched"].as_u64().unwrap_or(0) {
             1 => "1 route matched".to_owned(),
             n => format!("{n} routes matched"),
@@ -195,18 +196,41 @@ fn render_listeners(reply: &Value) -> String {
             errors.push(format!("{}: {e}", text("name")));
         }
     }
-    let widths: Vec<usize> = (0..8)
+    let mut out = vec![table(&rows)];
+    out.extend(errors);
+    out.join("\n")
+}
+
+fn render_jobs(reply: &Value) -> String {
+    let jobs = reply["jobs"].as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        return "no jobs".to_owned();
+    }
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![["LISTENER", "ROUTE", "STATE", "PID", "RUNNING_MS", "FILE"].map(String::from)];
+    for j in &jobs {
+        rows.push(["listener", "route", "state", "pid", "running_ms", "file"].map(|k| text(&j[k])));
+    }
+    table(&rows)
+}
+
+/// Rows as left-aligned columns, two spaces apart.
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    let mut out: Vec<String> = rows
+    let lines: Vec<String> = rows
         .iter()
         .map(|r| {
             let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             cells.join("  ").trim_end().to_owned()
         })
         .collect();
-    out.extend(errors);
-    out.join("\n")
+    lines.join("\n")
 }
 
 fn render_status(reply: &Value) -> String {

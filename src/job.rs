@@ -50,6 +50,8 @@ pub struct JobSpec {
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL when the job times out.
     pub kill_grace: Duration,
+    /// Where the job's pid is published once it has started (0 until then).
+    pub pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// How a job ended.
@@ -66,6 +68,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Why the job failed, in a few words; `None` on success.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Outcome::Exited(0) => None,
+            Outcome::Exited(code) => Some(format!("exit code {code}")),
+            Outcome::Signaled(sig) => Some(format!("killed by signal {sig}")),
+            Outcome::NotStarted(reason) => Some(reason.clone()),
+            Outcome::TimedOut => Some("timed out".to_owned()),
+        }
+    }
+
     /// Whether the job succeeded (exit code 0).
     pub fn success(&self) -> bool {
         *self == Outcome::Exited(0)
@@ -99,6 +112,7 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
+    spec.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
     tracing::Span::current().record("job_pid", pid);
     info!(job_pid = pid, "job started");
     let output = drain(child.stdout.take(), child.stderr.take());
@@ -327,6 +341,7 @@ mod tests {
             env: BTreeMap::new(),
             timeout: None,
             kill_grace: Duration::from_secs(1),
+            pid: Default::default(),
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);

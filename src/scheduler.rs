@@ -54,6 +54,18 @@ pub enum Input {
     Submit(Submission),
     /// Asks for the files with work not yet done (see [`Scheduler::unsettled`]).
     Unsettled(tokio::sync::oneshot::Sender<HashSet<PathBuf>>),
+    /// Asks for the runs not started yet.
+    Queued(tokio::sync::oneshot::Sender<Vec<Queued>>),
+}
+
+/// A run not started yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    /// The route and file.
+    pub key: Key,
+    /// `pending` (waiting out debounce or delay, or for the file's current run to end)
+    /// or `waiting` (due, waiting for a free slot under `max_jobs`).
+    pub state: &'static str,
 }
 
 /// A run the scheduler decided to start.
@@ -191,6 +203,14 @@ impl Scheduler {
     pub fn queued(&self) -> usize {
         self.entries.values().filter(|e| e.pending.is_some()).count()
     }
+
+    /// The keys with changes waiting for their due time.
+    pub fn pending(&self) -> impl Iterator<Item = &Key> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.pending.is_some())
+            .map(|(k, _)| k)
+    }
 }
 
 /// Runs the scheduler until `inputs` closes and every started job has ended.
@@ -198,9 +218,14 @@ impl Scheduler {
 /// `launch` turns a [`Start`] into the job's future; each runs as a task of a
 /// `JoinSet` owned here, so none outlives this function. At most `max_jobs` run at
 /// once; due runs beyond that wait in arrival order. Runs not started when the
-/// channel closes are dropped (the listener is stopping).
-pub async fn drive<F, Fut>(mut inputs: mpsc::UnboundedReceiver<Input>, max_jobs: usize, mut launch: F)
-where
+/// channel closes are dropped (the listener is stopping). `queued` is kept at the
+/// number of files whose changes wait for a run.
+pub async fn drive<F, Fut>(
+    mut inputs: mpsc::UnboundedReceiver<Input>,
+    max_jobs: usize,
+    queued: &std::sync::atomic::AtomicU64,
+    mut launch: F,
+) where
     F: FnMut(Start) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -224,6 +249,11 @@ where
                 Some(Input::Unsettled(reply)) => {
                     let _ = reply.send(sched.unsettled());
                 }
+                Some(Input::Queued(reply)) => {
+                    let pending = sched.pending().map(|key| Queued { key: key.clone(), state: "pending" });
+                    let waiting = ready.iter().map(|s| Queued { key: s.key.clone(), state: "waiting" });
+                    let _ = reply.send(pending.chain(waiting).collect());
+                }
                 None => open = false,
             },
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
@@ -239,6 +269,10 @@ where
                 ready.extend(sched.take_due(Instant::now()));
             }
         }
+        queued.store(
+            (sched.queued() + ready.len()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

@@ -34,6 +34,8 @@ enum Command {
     Status,
     /// Re-read the configuration.
     Reload,
+    /// List the jobs running and queued.
+    Jobs,
     /// Run the routes that match PATH as if it had been modified.
     Trigger { listener: String, path: String },
     /// Stop the daemon.
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Status => Request::Status,
         Command::Reload => Request::Reload,
         Command::Trigger { listener, path } => Request::Trigger { listener, path },
+        Command::Jobs => Request::Jobs,
         Command::Shutdown => Request::Shutdown,
     };
     ExitCode::from(execlib::client::main(

@@ -18,6 +18,7 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
         ),
         Request::Shutdown => Response::Done,
         Request::Trigger { listener, path } => trigger(state, &listener, &path).await,
+        Request::Jobs => Response::Jobs(state.listeners.jobs().await),
     }
 }
 

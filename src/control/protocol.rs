@@ -30,6 +30,8 @@ pub enum Request {
     Status,
     /// Re-read the config.
     Reload,
+    /// List the jobs not finished: running and queued.
+    Jobs,
     /// Submit a synthetic `modify` event for a file.
     Trigger {
         /// The listener.
@@ -42,13 +44,14 @@ pub enum Request {
 }
 
 /// Every `cmd` the daemon knows.
-pub const COMMANDS: [&str; 7] = [
+pub const COMMANDS: [&str; 8] = [
     "listeners",
     "start",
     "stop",
     "status",
     "reload",
     "shutdown",
+    "jobs",
     "trigger",
 ];
 
@@ -134,6 +137,8 @@ pub enum Response {
     Status(StatusInfo),
     /// `trigger`: how many routes matched.
     Triggered(usize),
+    /// `jobs`.
+    Jobs(Vec<crate::listener::JobView>),
     /// Success with nothing to say.
     Done,
     /// Failure.
@@ -153,6 +158,7 @@ impl Response {
             Response::Changed(changed) => json!({ "changed": changed }),
             Response::Status(s) => serde_json::to_value(s).expect("status serializes"),
             Response::Triggered(matched) => json!({ "matched": matched }),
+            Response::Jobs(jobs) => json!({ "jobs": jobs }),
             Response::Done => json!({}),
             Response::Error(e) => json!({ "error": e }),
         };

@@ -51,9 +51,55 @@ pub struct ListenerInfo {
     pub jobs_failed: u64,
     /// Jobs running now.
     pub jobs_running: u64,
+    /// Files whose changes wait for a run.
+    #[serde(default)]
+    pub jobs_queued: u64,
+    /// The most recent failed job.
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
     /// Why it is not running, when it is not by choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A failed job, as `listeners` reports the last one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The route.
+    pub route: String,
+    /// The file (absolute, lossily as UTF-8).
+    pub file: String,
+    /// Why it failed ("exit code 2", "timed out", ...).
+    pub reason: String,
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A job that has not finished, as `jobs` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The listener.
+    pub listener: String,
+    /// The route.
+    pub route: String,
+    /// The file (absolute, lossily as UTF-8).
+    pub file: String,
+    /// `running`, `waiting` (due, for a free slot) or `pending` (debounce, delay, or
+    /// the file's current run).
+    pub state: String,
+    /// The job's pid, once running.
+    pub pid: Option<u32>,
+    /// How long it has been running.
+    pub running_ms: Option<u64>,
+}
+
+/// A job being run, in the listener's registry.
+#[derive(Debug)]
+pub(crate) struct RunningJob {
+    pub route: String,
+    pub file: PathBuf,
+    pub pid: Arc<std::sync::atomic::AtomicU32>,
+    pub started: std::time::Instant,
 }
 
 /// Why a start or stop request failed.
@@ -89,7 +135,11 @@ pub(crate) struct Shared {
     jobs_started: AtomicU64,
     jobs_failed: AtomicU64,
     jobs_running: AtomicU64,
+    jobs_queued: AtomicU64,
     status: Mutex<Option<(State, Option<String>)>>,
+    last_failure: Mutex<Option<Failure>>,
+    running: Mutex<std::collections::BTreeMap<u64, RunningJob>>,
+    next_job: AtomicU64,
 }
 
 impl Shared {
@@ -234,6 +284,15 @@ impl Listeners {
         Ok(matched)
     }
 
+    /// Every job not finished: running ones with pid and time, then queued ones.
+    pub async fn jobs(&self) -> Vec<JobView> {
+        let mut all = Vec::new();
+        for slot in &self.slots {
+            all.extend(slot.jobs().await);
+        }
+        all
+    }
+
     /// Stops every listener at once: watches closed, then jobs terminated within the grace.
     /// No listener starts after this begins.
     pub async fn stop_all(&self) {
@@ -334,6 +393,46 @@ impl Slot {
         true
     }
 
+    async fn jobs(&self) -> Vec<JobView> {
+        let name = &self.config.name;
+        let lossy = |p: &Path| p.to_string_lossy().into_owned();
+        let mut views: Vec<JobView> = {
+            let running = self.shared.running.lock().expect("jobs lock");
+            running
+                .values()
+                .map(|j| JobView {
+                    listener: name.clone(),
+                    route: j.route.clone(),
+                    file: lossy(&j.file),
+                    state: "running".into(),
+                    pid: Some(j.pid.load(Ordering::Relaxed)).filter(|&p| p != 0),
+                    running_ms: Some(j.started.elapsed().as_millis() as u64),
+                })
+                .collect()
+        };
+        let submit = self
+            .running
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|r| r.submit.upgrade());
+        let Some(submit) = submit else { return views };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if submit.send(crate::scheduler::Input::Queued(reply)).is_ok()
+            && let Ok(queued) = answer.await
+        {
+            views.extend(queued.into_iter().map(|q| JobView {
+                listener: name.clone(),
+                route: self.config.routes[q.key.0].name.clone(),
+                file: lossy(&q.key.1),
+                state: q.state.into(),
+                pid: None,
+                running_ms: None,
+            }));
+        }
+        views
+    }
+
     fn info(&self) -> ListenerInfo {
         let (state, error) = self.shared.get();
         let s = &self.shared;
@@ -351,6 +450,8 @@ impl Slot {
             jobs_started: get(&s.jobs_started),
             jobs_failed: get(&s.jobs_failed),
             jobs_running: get(&s.jobs_running),
+            jobs_queued: get(&s.jobs_queued),
+            last_failure: s.last_failure.lock().expect("failure lock").clone(),
             error,
         }
     }

@@ -2,7 +2,7 @@
 //! routes, feeds the matches to its scheduler and launches the jobs it decides.
 //! On stop it closes inotify first, then terminates its running jobs.
 
-use super::{JobContext, Shared, State};
+use super::{Failure, JobContext, RunningJob, Shared, State};
 use crate::config::{ListenerConfig, RouteConfig};
 use crate::job::{self, JobSpec};
 use crate::scheduler::{self, Input, Start, Submission, Timing};
@@ -55,8 +55,13 @@ impl Run {
             cancel: jobs_cancel.clone(),
         };
         let max_jobs = self.config.max_jobs;
+        let queued_stats = self.shared.clone();
         let scheduler = tokio::spawn(
-            scheduler::drive(rx, max_jobs, move |start| launcher.launch(start)).in_current_span(),
+            async move {
+                let queued = &queued_stats.jobs_queued;
+                scheduler::drive(rx, max_jobs, queued, move |start| launcher.launch(start)).await
+            }
+            .in_current_span(),
         );
         self.dispatch(missed, &tx);
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
@@ -182,6 +187,7 @@ impl Launcher {
             env,
             timeout: route.timeout,
             kill_grace: route.kill_grace,
+            pid: Default::default(),
         };
         let span = info_span!(
             "job",
@@ -193,13 +199,32 @@ impl Launcher {
         let shared = self.shared.clone();
         let cancel = self.cancel.clone();
         let grace = self.ctx.grace;
+        let route_name = route.name.clone();
         async move {
+            let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
+            let entry = RunningJob {
+                route: route_name.clone(),
+                file: path.clone(),
+                pid: spec.pid.clone(),
+                started: std::time::Instant::now(),
+            };
+            shared.running.lock().expect("jobs lock").insert(id, entry);
             shared.jobs_started.fetch_add(1, Ordering::Relaxed);
             shared.jobs_running.fetch_add(1, Ordering::Relaxed);
             let outcome = job::run(&spec, grace, &cancel).await;
             shared.jobs_running.fetch_sub(1, Ordering::Relaxed);
-            if !outcome.success() {
+            shared.running.lock().expect("jobs lock").remove(&id);
+            if let Some(reason) = outcome.failure() {
                 shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                *shared.last_failure.lock().expect("failure lock") = Some(Failure {
+                    route: route_name,
+                    file: path.to_string_lossy().into_owned(),
+                    reason,
+                    at_ms,
+                });
             }
         }
         .instrument(span)

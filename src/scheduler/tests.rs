@@ -51,19 +51,23 @@ fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
     let log = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let runs = log.clone();
-    let task = tokio::spawn(drive(rx, max_jobs, move |start: Start| {
-        let runs = runs.clone();
-        async move {
-            let begin = t0.elapsed().as_millis() as u64;
-            tokio::time::sleep(MS * job_ms as u32).await;
-            runs.lock().unwrap().push(Run {
-                file: start.key.1,
-                start: begin,
-                end: t0.elapsed().as_millis() as u64,
-                kinds: start.kinds.to_string(),
-            });
-        }
-    }));
+    let task = tokio::spawn(async move {
+        let queued = std::sync::atomic::AtomicU64::new(0);
+        drive(rx, max_jobs, &queued, move |start: Start| {
+            let runs = runs.clone();
+            async move {
+                let begin = t0.elapsed().as_millis() as u64;
+                tokio::time::sleep(MS * job_ms as u32).await;
+                runs.lock().unwrap().push(Run {
+                    file: start.key.1,
+                    start: begin,
+                    end: t0.elapsed().as_millis() as u64,
+                    kinds: start.kinds.to_string(),
+                });
+            }
+        })
+        .await
+    });
     (tx, log, task)
 }
 

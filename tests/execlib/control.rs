@@ -148,3 +148,75 @@ name = "docs"
     let reply = daemon.request(r#"{"cmd":"trigger","listener":"nope","path":"a.md"}"#);
     assert_eq!(reply["error"]["code"], "unknown_listener");
 }
+
+#[test]
+fn jobs_lists_running_and_queued_and_listeners_the_last_failure() {
+    let sandbox = Sandbox::new();
+    let body = r#"[daemon]
+shutdown_grace_ms = 500
+[[listener]]
+name = "docs"
+max_jobs = 1
+  [[listener.route]]
+  name = "slow"
+  path = "src"
+  debounce_ms = 0
+  delay_ms = 0
+  shell = 'echo $$ > ../out/pid-$EXECLIB_NAME; exec sleep 5'
+[[listener]]
+name = "broken"
+  [[listener.route]]
+  name = "fails"
+  path = "other"
+  debounce_ms = 0
+  shell = 'exit 3'
+"#;
+    std::fs::create_dir(sandbox.path("other")).unwrap();
+    let config = sandbox.config(body);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    // Each file arrives by rename: one event, so each is queued exactly once.
+    for name in ["a", "b", "c"] {
+        sandbox.write(&format!("staging/{name}"), "x");
+        std::fs::rename(
+            sandbox.path(&format!("staging/{name}")),
+            sandbox.path(&format!("src/{name}")),
+        )
+        .unwrap();
+    }
+    let jobs = eventually("one running and two waiting", || {
+        let jobs = daemon.request(r#"{"cmd":"jobs"}"#)["jobs"].as_array().cloned()?;
+        let states: Vec<&str> = jobs.iter().map(|j| j["state"].as_str().unwrap()).collect();
+        (states == ["running", "waiting", "waiting"] && jobs[0]["pid"].is_u64()).then_some(jobs)
+    });
+    let running = &jobs[0];
+    assert_eq!(
+        (running["listener"].as_str(), running["route"].as_str()),
+        (Some("docs"), Some("slow"))
+    );
+    let file = running["file"].as_str().unwrap();
+    let name = file.rsplit('/').next().unwrap();
+    assert_eq!(
+        sandbox.wait_out(&format!("pid-{name}")).trim(),
+        running["pid"].to_string()
+    );
+    assert!(running["running_ms"].is_u64());
+    assert_eq!(daemon.listener("docs")["jobs_queued"], 2);
+    let table = String::from_utf8_lossy(&daemon.ctl(&["jobs"]).stdout).into_owned();
+    assert!(
+        table.starts_with("LISTENER") && table.contains("running") && table.contains("waiting"),
+        "{table}"
+    );
+
+    sandbox.write("other/x", "x");
+    let failure = eventually("the failure", || {
+        let f = daemon.listener("broken")["last_failure"].clone();
+        (!f.is_null()).then_some(f)
+    });
+    assert_eq!(failure["route"], "fails");
+    assert_eq!(failure["file"], sandbox.path("other/x").to_str().unwrap());
+    assert_eq!(failure["reason"], "exit code 3");
+    assert!(failure["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(daemon.listener("docs")["last_failure"].is_null());
+    daemon.ctl(&["shutdown"]);
+    daemon.wait_exit();
+}
