@@ -52,6 +52,8 @@ pub struct JobSpec {
     pub kill_grace: Duration,
     /// Where the job's pid is published once it has started (0 until then).
     pub pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// What the job reads on stdin (a batch's paths); `/dev/null` when `None`.
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// How a job ended.
@@ -115,7 +117,9 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     spec.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
     tracing::Span::current().record("job_pid", pid);
     info!(job_pid = pid, "job started");
-    let output = drain(child.stdout.take(), child.stderr.take());
+    let feed = feed(child.stdin.take(), spec.stdin.as_deref());
+    let drained = drain(child.stdout.take(), child.stderr.take());
+    let output = async { tokio::join!(feed, drained) };
     tokio::pin!(output);
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
@@ -169,9 +173,14 @@ fn command(spec: &JobSpec) -> tokio::process::Command {
             c
         }
     };
+    let stdin = if spec.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     cmd.current_dir(&spec.workdir)
         .envs(&spec.env)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -248,6 +257,14 @@ fn describe(command: &Command) -> String {
     match command {
         Command::Run(argv) => format!("{:?}", argv[0]),
         Command::Shell(_) => "/bin/sh".to_owned(),
+    }
+}
+
+/// Writes `data` to the job's stdin, then closes it (a job that stops reading is fine).
+async fn feed(stdin: Option<tokio::process::ChildStdin>, data: Option<&[u8]>) {
+    use tokio::io::AsyncWriteExt;
+    if let (Some(mut stdin), Some(data)) = (stdin, data) {
+        let _ = stdin.write_all(data).await;
     }
 }
 
@@ -342,6 +359,7 @@ mod tests {
             timeout: None,
             kill_grace: Duration::from_secs(1),
             pid: Default::default(),
+            stdin: None,
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);

@@ -8,6 +8,8 @@
 //! - every change is covered by a run that starts after it;
 //! - a file that did not exist before its window and is gone at its end (an editor's or
 //!   `sed -i`'s temporary: created, then deleted or renamed away) runs nothing;
+//! - a batch route has one key for all its files: one run for every file changed in
+//!   its window (and during its previous run);
 //! - at most `max_jobs` runs at once; due runs wait in arrival order.
 //!
 //! [`Scheduler`] is the pure state machine; [`drive`] runs it against a channel of
@@ -38,8 +40,11 @@ pub struct Timing {
 /// A matched change handed to the scheduler.
 #[derive(Debug, Clone)]
 pub struct Submission {
-    /// The route and file.
+    /// The route and file; for a batch route, the route and an empty path (one key
+    /// for all its files).
     pub key: Key,
+    /// The file that changed.
+    pub file: PathBuf,
     /// What happened.
     pub kind: EventKind,
     /// The route's timing.
@@ -71,10 +76,12 @@ pub struct Queued {
 /// A run the scheduler decided to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Start {
-    /// The route and file.
+    /// The route and file (for a batch route: an empty path).
     pub key: Key,
     /// Every kind of change seen since the key's previous run started.
     pub kinds: EventSet,
+    /// The files the run is for, in path order (one, unless the route is a batch).
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -82,8 +89,8 @@ struct Pending {
     first: Instant,
     last: Instant,
     kinds: EventSet,
-    first_kind: EventKind,
-    last_kind: EventKind,
+    /// Each file's first and last kind of change in the window.
+    files: std::collections::BTreeMap<PathBuf, (EventKind, EventKind)>,
     timing: Timing,
 }
 
@@ -92,9 +99,16 @@ impl Pending {
         (self.first + self.timing.debounce).max(self.last + self.timing.delay)
     }
 
-    /// Created and gone again within the window: nothing to do.
-    fn is_transient(&self) -> bool {
-        self.first_kind == EventKind::Create && self.last_kind == EventKind::Delete
+    /// The files to run for: not those created and gone again within the window.
+    fn into_files(self) -> Vec<PathBuf> {
+        let transient = |(first, last): &(EventKind, EventKind)| {
+            *first == EventKind::Create && *last == EventKind::Delete
+        };
+        self.files
+            .into_iter()
+            .filter(|(_, kinds)| !transient(kinds))
+            .map(|(f, _)| f)
+            .collect()
     }
 }
 
@@ -121,7 +135,7 @@ impl Scheduler {
             Some(p) => {
                 p.last = now;
                 p.kinds.insert(sub.kind);
-                p.last_kind = sub.kind;
+                p.files.entry(sub.file).or_insert((sub.kind, sub.kind)).1 = sub.kind;
                 p.timing = sub.timing;
             }
             None => {
@@ -131,8 +145,7 @@ impl Scheduler {
                     first: now,
                     last: now,
                     kinds,
-                    first_kind: sub.kind,
-                    last_kind: sub.kind,
+                    files: [(sub.file, (sub.kind, sub.kind))].into(),
                     timing: sub.timing,
                 };
                 if !entry.running {
@@ -169,12 +182,14 @@ impl Scheduler {
                 continue;
             }
             let p = entry.pending.take().expect("checked");
-            if p.is_transient() {
+            let kinds = p.kinds;
+            let files = p.into_files();
+            if files.is_empty() {
                 self.entries.remove(&key);
                 continue;
             }
             entry.running = true;
-            due.push(Start { key, kinds: p.kinds });
+            due.push(Start { key, kinds, files });
         }
         due
     }

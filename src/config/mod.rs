@@ -5,6 +5,7 @@
 pub mod raw;
 mod resolve;
 
+pub use raw::Mode;
 pub use resolve::{Command, Config, ControlConfig, DaemonConfig, ListenerConfig, RouteConfig, ServerConfig};
 
 use crate::paths::Environment;

@@ -77,12 +77,24 @@ pub struct RawRoute {
     pub debounce_ms: Option<u64>,
     pub delay_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub mode: Option<Mode>,
     pub kill_grace_ms: Option<u64>,
     pub run: Option<Spanned<Vec<String>>>,
     pub shell: Option<Spanned<String>>,
     pub workdir: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// `each` (one job per file) or `batch` (one job for all files of a window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One job per file.
+    #[default]
+    Each,
+    /// One job for every file changed in the window, paths on stdin.
+    Batch,
 }
 
 /// A string or a list of strings.

@@ -103,6 +103,8 @@ pub struct RouteConfig {
     pub debounce: Duration,
     /// Quiet time after a file's last change before its job starts.
     pub delay: Duration,
+    /// One job per file, or one per batch of files.
+    pub mode: super::raw::Mode,
     /// How long a job may run before it is killed (none: no limit).
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL for a job past its timeout.
@@ -342,6 +344,7 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
         events,
         debounce: Duration::from_millis(raw.debounce_ms.unwrap_or(200)),
         delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
+        mode: raw.mode.unwrap_or_default(),
         timeout: raw.timeout_ms.map(Duration::from_millis),
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         command,

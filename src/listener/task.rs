@@ -3,7 +3,7 @@
 //! On stop it closes inotify first, then terminates its running jobs.
 
 use super::{Failure, JobContext, RunningJob, Shared, State};
-use crate::config::{ListenerConfig, RouteConfig};
+use crate::config::{ListenerConfig, Mode, RouteConfig};
 use crate::job::{self, JobSpec};
 use crate::scheduler::{self, Input, Start, Submission, Timing};
 use crate::snapshot::{self, Snapshot};
@@ -145,14 +145,39 @@ pub(super) fn route_match(index: usize, route: &RouteConfig, event: &FileEvent) 
     let rel = event.path.strip_prefix(&route.path).ok()?;
     let wanted =
         !rel.as_os_str().is_empty() && route.events.contains(event.kind) && route.matcher.matches(rel);
+    let key_path = match route.mode {
+        Mode::Each => event.path.clone(),
+        Mode::Batch => PathBuf::new(), // one key for the whole route
+    };
     wanted.then(|| Submission {
-        key: (index, event.path.clone()),
+        key: (index, key_path),
+        file: event.path.clone(),
         kind: event.kind,
         timing: Timing {
             debounce: route.debounce,
             delay: route.delay,
         },
     })
+}
+
+/// Above this, `EXECLIB_PATHS` is left out (stdin always has every path).
+const PATHS_ENV_LIMIT: usize = 64 * 1024;
+
+/// `EXECLIB_COUNT`, and `EXECLIB_PATHS` (newline-separated) or `EXECLIB_PATHS_TRUNCATED=1`.
+fn batch_env(env: &mut BTreeMap<String, OsString>, files: &[PathBuf]) {
+    env.insert("EXECLIB_COUNT".into(), files.len().to_string().into());
+    let mut paths = OsString::new();
+    for (i, file) in files.iter().enumerate() {
+        if i > 0 {
+            paths.push("\n");
+        }
+        paths.push(file.as_os_str());
+    }
+    if paths.len() <= PATHS_ENV_LIMIT {
+        env.insert("EXECLIB_PATHS".into(), paths);
+    } else {
+        env.insert("EXECLIB_PATHS_TRUNCATED".into(), "1".into());
+    }
 }
 
 struct Launcher {
@@ -165,8 +190,6 @@ struct Launcher {
 impl Launcher {
     fn launch(&self, start: Start) -> impl Future<Output = ()> + Send + use<> {
         let route = &self.config.routes[start.key.0];
-        let path = start.key.1;
-        let name = path.strip_prefix(&route.path).unwrap_or(&path);
         let mut env: BTreeMap<String, OsString> =
             route.env.iter().map(|(k, v)| (k.clone(), v.into())).collect();
         let kinds = start.kinds.to_string();
@@ -175,12 +198,32 @@ impl Launcher {
             ("EXECLIB_LISTENER", self.config.name.as_ref()),
             ("EXECLIB_ROUTE", route.name.as_ref()),
             ("EXECLIB_ENDPOINT", route.path.as_os_str()),
-            ("EXECLIB_PATH", path.as_os_str()),
-            ("EXECLIB_NAME", name.as_os_str()),
             ("EXECLIB_EVENT", kinds.as_ref()),
         ] {
             env.insert(key.to_owned(), value.to_owned());
         }
+        let (path, stdin) = match route.mode {
+            Mode::Each => {
+                let path = start.files.into_iter().next().unwrap_or(start.key.1);
+                let name = path
+                    .strip_prefix(&route.path)
+                    .unwrap_or(&path)
+                    .as_os_str()
+                    .to_owned();
+                env.insert("EXECLIB_PATH".into(), path.as_os_str().to_owned());
+                env.insert("EXECLIB_NAME".into(), name);
+                (path, None)
+            }
+            Mode::Batch => {
+                batch_env(&mut env, &start.files);
+                let mut lines = Vec::new();
+                for file in &start.files {
+                    lines.extend_from_slice(file.as_os_str().as_encoded_bytes());
+                    lines.push(b'\n');
+                }
+                (route.path.clone(), Some(lines))
+            }
+        };
         let spec = JobSpec {
             command: route.command.clone(),
             workdir: route.workdir.clone(),
@@ -188,6 +231,7 @@ impl Launcher {
             timeout: route.timeout,
             kill_grace: route.kill_grace,
             pid: Default::default(),
+            stdin,
         };
         let span = info_span!(
             "job",

@@ -16,6 +16,7 @@ fn timing(debounce: u64, delay: u64) -> Timing {
 fn submission(file: &str, kind: EventKind, t: Timing) -> Submission {
     Submission {
         key: (0, PathBuf::from(file)),
+        file: PathBuf::from(file),
         kind,
         timing: t,
     }
@@ -29,6 +30,7 @@ fn sub(file: &str, kind: EventKind, t: Timing) -> Input {
 #[derive(Debug, Clone)]
 struct Run {
     file: PathBuf,
+    files: Vec<PathBuf>,
     start: u64,
     end: u64,
     kinds: String,
@@ -60,6 +62,7 @@ fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
                 tokio::time::sleep(MS * job_ms as u32).await;
                 runs.lock().unwrap().push(Run {
                     file: start.key.1,
+                    files: start.files,
                     start: begin,
                     end: t0.elapsed().as_millis() as u64,
                     kinds: start.kinds.to_string(),
@@ -280,4 +283,42 @@ async fn unsettled_lists_files_until_their_runs_finish() {
     at(t0, 250).await;
     assert!(ask(&tx).await.unwrap().is_empty());
     finish(tx, task, t0 + MS * 300).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_runs_once_for_every_file_and_once_more_for_changes_during_it() {
+    let (tx, log, task) = harness(100);
+    let t0 = Instant::now();
+    let batch = |file: &str, kind| {
+        Input::Submit(Submission {
+            key: (0, PathBuf::new()),
+            file: PathBuf::from(file),
+            kind,
+            timing: timing(50, 0),
+        })
+    };
+    for i in 0..300 {
+        tx.send(batch(&format!("f{i:03}"), EventKind::Modify)).unwrap();
+    }
+    // A temporary created and gone within the window is left out of the batch.
+    tx.send(batch("sedTmp", EventKind::Create)).unwrap();
+    tx.send(batch("sedTmp", EventKind::Delete)).unwrap();
+    at(t0, 60).await; // the batch runs 50..150
+    tx.send(batch("late", EventKind::Create)).unwrap();
+    tx.send(batch("f000", EventKind::Modify)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(
+        runs.len(),
+        2,
+        "{:?}",
+        runs.iter().map(|r| r.files.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(runs[0].files.len(), 300);
+    assert!(!runs[0].files.contains(&PathBuf::from("sedTmp")));
+    assert_eq!(
+        runs[1].start, 150,
+        "changes during the run: exactly one more run, right after"
+    );
+    assert_eq!(runs[1].files, [PathBuf::from("f000"), PathBuf::from("late")]);
 }

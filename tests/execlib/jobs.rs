@@ -148,3 +148,34 @@ fn a_job_writing_100_mb_leaves_the_daemon_memory_flat() {
     );
     assert!(daemon.log().contains("[line cut at 8 KiB]"));
 }
+
+#[test]
+fn three_hundred_files_changed_at_once_give_one_batch_run() {
+    let sandbox = Sandbox::new();
+    let job = r#"wc -l > ../out/stdin-count; echo "$EXECLIB_COUNT" > ../out/count; printf '%s' "$EXECLIB_PATHS" | wc -l > ../out/env-lines; echo run >> ../out/runs"#;
+    let config =
+        sandbox.config(&one_route(job, "mode = \"batch\"").replace("debounce_ms = 50", "debounce_ms = 300"));
+    let _daemon = Daemon::start(&sandbox, &config);
+    for i in 0..300 {
+        sandbox.write(&format!("staging/f{i:03}.md"), "x");
+    }
+    // As a `git pull` lands them: renamed into place.
+    std::fs::rename(sandbox.path("staging"), sandbox.path("src/pulled")).unwrap();
+    assert_eq!(sandbox.wait_out("count").trim(), "300");
+    assert_eq!(sandbox.wait_out("stdin-count").trim(), "300");
+    assert_eq!(
+        sandbox.wait_out("env-lines").trim(),
+        "299",
+        "newline-separated, no trailing newline"
+    );
+    settle_runs(&sandbox);
+}
+
+/// Writes a file the batch route also sees, and checks it ran as one more batch.
+fn settle_runs(sandbox: &Sandbox) {
+    sandbox.write("src/later.md", "x");
+    eventually("the second batch", || {
+        (sandbox.read("out/runs")?.lines().count() == 2).then_some(())
+    });
+    assert_eq!(sandbox.read("out/count").unwrap().trim(), "1");
+}
