@@ -88,7 +88,6 @@ pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
             if !decoded.ends_with('/') {
                 return Opened::Redirect(redirect_to(raw));
             }
-            let _ = real;
             match beneath(&dir, &rel.join("index.html")) {
                 Beneath::Opened(index) => match visible(root, index, hidden) {
                     Some((index, real)) if index.metadata().is_ok_and(|m| m.is_file()) => {
