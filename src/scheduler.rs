@@ -49,6 +49,17 @@ pub struct Submission {
     pub kind: EventKind,
     /// The route's timing.
     pub timing: Timing,
+    /// The route's stage and failure policy.
+    pub order: Order,
+}
+
+/// Where a route stands among a listener's routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Order {
+    /// Runs for a file wait for every earlier-stage run for that file.
+    pub stage: u32,
+    /// When a run fails, the later stages do not run for its files (this occurrence).
+    pub cancel_on_failure: bool,
 }
 
 /// What the scheduler's channel carries. One FIFO channel for both, so a question
@@ -112,10 +123,22 @@ impl Pending {
     }
 }
 
+/// The files an entry has work for: its run's and its pending ones.
+fn files_of(e: &Entry) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = e.run.as_ref().map(|(f, _)| f.clone()).unwrap_or_default();
+    if let Some(p) = &e.pending {
+        files.extend(p.files.keys().cloned());
+    }
+    files
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     running: bool,
     pending: Option<Pending>,
+    order: Order,
+    /// While running: the files of the run, and when it started.
+    run: Option<(Vec<PathBuf>, Instant)>,
 }
 
 /// The pure scheduling state of one listener.
@@ -125,12 +148,29 @@ pub struct Scheduler {
     /// Wake-up times; an entry may be stale (earlier than the key's real due time, or
     /// for a key that is running) and is re-checked when it comes up.
     timers: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Due keys held back by an earlier stage; re-checked whenever a run finishes.
+    held: Vec<Key>,
+    /// Whether any route has a stage other than 0 (else nothing is ever held back).
+    staged: bool,
+}
+
+/// Later-stage work dropped after a failure, for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cancelled {
+    /// The route (index) whose pending run was dropped.
+    pub route: usize,
+    /// Its stage.
+    pub stage: u32,
+    /// The files it would have run for.
+    pub files: Vec<PathBuf>,
 }
 
 impl Scheduler {
     /// Records a change at `now`.
     pub fn submit(&mut self, sub: Submission, now: Instant) {
+        self.staged |= sub.order.stage != 0;
         let entry = self.entries.entry(sub.key.clone()).or_default();
+        entry.order = sub.order;
         match &mut entry.pending {
             Some(p) => {
                 p.last = now;
@@ -181,31 +221,102 @@ impl Scheduler {
                 self.timers.push(Reverse((real, key)));
                 continue;
             }
+            let stage = entry.order.stage;
+            if self.staged && self.earlier_stage_busy(stage, &key) {
+                self.held.push(key);
+                continue;
+            }
+            let entry = self.entries.get_mut(&key).expect("looked up above");
             let p = entry.pending.take().expect("checked");
             let kinds = p.kinds;
             let files = p.into_files();
             if files.is_empty() {
                 self.entries.remove(&key);
+                self.release_held(now); // it may have been holding a later stage back
                 continue;
             }
             entry.running = true;
+            entry.run = Some((files.clone(), now));
             due.push(Start { key, kinds, files });
         }
         due
     }
 
+    /// Whether an earlier stage has work pending or running for any file of `key`.
+    fn earlier_stage_busy(&self, stage: u32, key: &Key) -> bool {
+        let mine = self.entries.get(key).map(files_of).unwrap_or_default();
+        self.entries.values().any(|e| {
+            e.order.stage < stage
+                && (e.running || e.pending.is_some())
+                && files_of(e).iter().any(|f| mine.contains(f))
+        })
+    }
+
     /// Records that the run of `key` ended; changes seen meanwhile are scheduled.
     pub fn finished(&mut self, key: &Key) {
+        self.finished_with(key, true);
+    }
+
+    /// Records that the run of `key` ended, `ok` or not. A failed run of a route with
+    /// `cancel_on_failure` drops the later-stage pending runs of its files that were part
+    /// of the same occurrence (no change since the failed run started); they are returned.
+    pub fn finished_with(&mut self, key: &Key, ok: bool) -> Vec<Cancelled> {
         let Some(entry) = self.entries.get_mut(key) else {
-            return;
+            return Vec::new();
         };
         entry.running = false;
+        let (order, run) = (entry.order, entry.run.take());
         match &entry.pending {
             Some(p) => self.timers.push(Reverse((p.due_at(), key.clone()))),
             None => {
                 self.entries.remove(key);
             }
         }
+        let mut cancelled = Vec::new();
+        if let (false, true, Some((files, started))) = (ok, order.cancel_on_failure, run) {
+            cancelled = self.cancel_later(order.stage, &files, started);
+        }
+        self.release_held(Instant::now());
+        cancelled
+    }
+
+    /// Runs held back by an earlier stage are checked again (from `now`).
+    fn release_held(&mut self, now: Instant) {
+        for held in std::mem::take(&mut self.held) {
+            self.timers.push(Reverse((now, held)));
+        }
+    }
+
+    fn cancel_later(&mut self, stage: u32, files: &[PathBuf], started: Instant) -> Vec<Cancelled> {
+        let mut cancelled = Vec::new();
+        let keys: Vec<Key> = self.entries.keys().cloned().collect();
+        for key in keys {
+            let entry = self.entries.get_mut(&key).expect("listed");
+            let Some(p) = &mut entry.pending else { continue };
+            if entry.order.stage <= stage || p.last > started {
+                continue; // not later, or changed again since: a new occurrence
+            }
+            let dropped: Vec<PathBuf> = files
+                .iter()
+                .filter(|f| p.files.remove(*f).is_some())
+                .cloned()
+                .collect();
+            if dropped.is_empty() {
+                continue;
+            }
+            cancelled.push(Cancelled {
+                route: key.0,
+                stage: entry.order.stage,
+                files: dropped,
+            });
+            if p.files.is_empty() {
+                entry.pending = None;
+                if !entry.running {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+        cancelled
     }
 
     /// The files with changes whose runs have not finished: pending, waiting for a
@@ -230,7 +341,8 @@ impl Scheduler {
 
 /// Runs the scheduler until `inputs` closes and every started job has ended.
 ///
-/// `launch` turns a [`Start`] into the job's future; each runs as a task of a
+/// `launch` turns a [`Start`] into the job's future, which yields whether the job
+/// succeeded; each runs as a task of a
 /// `JoinSet` owned here, so none outlives this function. At most `max_jobs` run at
 /// once; due runs beyond that wait in arrival order. Runs not started when the
 /// channel closes are dropped (the listener is stopping). `queued` is kept at the
@@ -242,7 +354,7 @@ pub async fn drive<F, Fut>(
     mut launch: F,
 ) where
     F: FnMut(Start) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
 {
     let max_jobs = max_jobs.max(1);
     let mut sched = Scheduler::default();
@@ -272,12 +384,20 @@ pub async fn drive<F, Fut>(
                 None => open = false,
             },
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
-                let id = match &done {
-                    Ok((id, ())) => *id,
-                    Err(e) => e.id(),
+                let (id, ok) = match &done {
+                    Ok((id, ok)) => (*id, *ok),
+                    Err(e) => (e.id(), false),
                 };
                 if let Some(key) = running.remove(&id) {
-                    sched.finished(&key);
+                    for c in sched.finished_with(&key, ok) {
+                        tracing::warn!(
+                            failed_route = key.0,
+                            skipped_route = c.route,
+                            stage = c.stage,
+                            files = c.files.len(),
+                            "a run failed with on_failure = cancel: later stage skipped for its files"
+                        );
+                    }
                 }
             }
             _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {

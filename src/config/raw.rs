@@ -78,6 +78,8 @@ pub struct RawRoute {
     pub delay_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub mode: Option<Mode>,
+    pub stage: Option<u32>,
+    pub on_failure: Option<OnFailure>,
     pub kill_grace_ms: Option<u64>,
     pub run: Option<Spanned<Vec<String>>>,
     pub shell: Option<Spanned<String>>,
@@ -95,6 +97,17 @@ pub enum Mode {
     Each,
     /// One job for every file changed in the window, paths on stdin.
     Batch,
+}
+
+/// What a failed job means for the later stages of its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// The later stages run anyway.
+    #[default]
+    Continue,
+    /// The later stages do not run for this occurrence.
+    Cancel,
 }
 
 /// A string or a list of strings.

@@ -105,6 +105,8 @@ pub struct RouteConfig {
     pub delay: Duration,
     /// One job per file, or one per batch of files.
     pub mode: super::raw::Mode,
+    /// Stage among the listener's routes, and what a failure does to later stages.
+    pub order: crate::scheduler::Order,
     /// How long a job may run before it is killed (none: no limit).
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL for a job past its timeout.
@@ -345,6 +347,10 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
         debounce: Duration::from_millis(raw.debounce_ms.unwrap_or(200)),
         delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
         mode: raw.mode.unwrap_or_default(),
+        order: crate::scheduler::Order {
+            stage: raw.stage.unwrap_or(0),
+            cancel_on_failure: raw.on_failure.unwrap_or_default() == super::raw::OnFailure::Cancel,
+        },
         timeout: raw.timeout_ms.map(Duration::from_millis),
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         command,

@@ -98,11 +98,15 @@ impl Run {
     }
 
     /// Matches each event against the routes and submits the matches.
+    /// Earlier stages first, so a later stage never becomes due before the earlier
+    /// stage's submission for the same change has arrived.
     fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::UnboundedSender<Input>) {
+        let mut order: Vec<usize> = (0..self.config.routes.len()).collect();
+        order.sort_by_key(|&i| self.config.routes[i].order.stage);
         for event in events {
             self.shared.events.fetch_add(1, Ordering::Relaxed);
-            for (index, route) in self.config.routes.iter().enumerate() {
-                if let Some(sub) = route_match(index, route, &event) {
+            for &index in &order {
+                if let Some(sub) = route_match(index, &self.config.routes[index], &event) {
                     let _ = tx.send(Input::Submit(sub));
                 }
             }
@@ -157,6 +161,7 @@ pub(super) fn route_match(index: usize, route: &RouteConfig, event: &FileEvent) 
             debounce: route.debounce,
             delay: route.delay,
         },
+        order: route.order,
     })
 }
 
@@ -188,7 +193,7 @@ struct Launcher {
 }
 
 impl Launcher {
-    fn launch(&self, start: Start) -> impl Future<Output = ()> + Send + use<> {
+    fn launch(&self, start: Start) -> impl Future<Output = bool> + Send + use<> {
         let route = &self.config.routes[start.key.0];
         let mut env: BTreeMap<String, OsString> =
             route.env.iter().map(|(k, v)| (k.clone(), v.into())).collect();
@@ -258,7 +263,9 @@ impl Launcher {
             let outcome = job::run(&spec, grace, &cancel).await;
             shared.jobs_running.fetch_sub(1, Ordering::Relaxed);
             shared.running.lock().expect("jobs lock").remove(&id);
-            if let Some(reason) = outcome.failure() {
+            let failure = outcome.failure();
+            let ok = failure.is_none();
+            if let Some(reason) = failure {
                 shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
                 let at_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -270,6 +277,7 @@ impl Launcher {
                     at_ms,
                 });
             }
+            ok
         }
         .instrument(span)
     }

@@ -19,6 +19,7 @@ fn submission(file: &str, kind: EventKind, t: Timing) -> Submission {
         file: PathBuf::from(file),
         kind,
         timing: t,
+        order: Order::default(),
     }
 }
 
@@ -67,6 +68,7 @@ fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
                     end: t0.elapsed().as_millis() as u64,
                     kinds: start.kinds.to_string(),
                 });
+                true
             }
         })
         .await
@@ -295,6 +297,7 @@ async fn a_batch_runs_once_for_every_file_and_once_more_for_changes_during_it() 
             file: PathBuf::from(file),
             kind,
             timing: timing(50, 0),
+            order: Order::default(),
         })
     };
     for i in 0..300 {
@@ -321,4 +324,147 @@ async fn a_batch_runs_once_for_every_file_and_once_more_for_changes_during_it() 
         "changes during the run: exactly one more run, right after"
     );
     assert_eq!(runs[1].files, [PathBuf::from("f000"), PathBuf::from("late")]);
+}
+
+/// A run of a staged harness: route, file and start time.
+type StagedRun = (usize, String, u64);
+
+/// Drives a scheduler whose jobs take 100 ms and fail when `fails(route, start_ms)`.
+fn staged_harness(
+    fails: fn(usize, u64) -> bool,
+) -> (
+    mpsc::UnboundedSender<Input>,
+    Arc<Mutex<Vec<StagedRun>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let t0 = Instant::now();
+    let runs = log.clone();
+    let task = tokio::spawn(async move {
+        let queued = std::sync::atomic::AtomicU64::new(0);
+        drive(rx, 100, &queued, move |start: Start| {
+            let runs = runs.clone();
+            async move {
+                let begin = t0.elapsed().as_millis() as u64;
+                let files: Vec<_> = start.files.iter().map(|f| f.display().to_string()).collect();
+                runs.lock().unwrap().push((start.key.0, files.join(","), begin));
+                tokio::time::sleep(MS * 100).await;
+                !fails(start.key.0, begin)
+            }
+        })
+        .await
+    });
+    (tx, log, task)
+}
+
+fn staged(route: usize, stage: u32, file: &str, batch: bool, cancel: bool) -> Input {
+    Input::Submit(Submission {
+        key: (
+            route,
+            if batch {
+                PathBuf::new()
+            } else {
+                PathBuf::from(file)
+            },
+        ),
+        file: PathBuf::from(file),
+        kind: EventKind::Modify,
+        timing: timing(0, 0),
+        order: Order {
+            stage,
+            cancel_on_failure: cancel,
+        },
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_stage_waits_for_the_earlier_stage_of_the_same_file_only() {
+    let (tx, log, task) = staged_harness(|_, _| false);
+    let t0 = Instant::now();
+    // Earlier stages are submitted first, as the listener does.
+    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    tx.send(staged(1, 1, "b", false, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let mut runs = log.lock().unwrap().clone();
+    runs.sort();
+    assert_eq!(
+        runs,
+        [(0, "a".into(), 0), (1, "a".into(), 100), (1, "b".into(), 0)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_stage_waits_for_earlier_runs_of_any_of_its_files() {
+    let (tx, log, task) = staged_harness(|_, _| false);
+    let t0 = Instant::now();
+    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    tx.send(staged(1, 1, "a", true, false)).unwrap();
+    at(t0, 50).await;
+    tx.send(staged(0, 0, "b", false, false)).unwrap();
+    tx.send(staged(1, 1, "b", true, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    let batch: Vec<_> = runs.iter().filter(|r| r.0 == 1).cloned().collect();
+    assert_eq!(
+        batch,
+        [(1, "a,b".into(), 150)],
+        "after b's stage-0 run ends at 150"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_skips_the_later_stage_for_this_occurrence_only() {
+    // Route 0 fails on its first run only.
+    let (tx, log, task) = staged_harness(|route, start| route == 0 && start < 200);
+    let t0 = Instant::now();
+    tx.send(staged(0, 0, "a", false, true)).unwrap();
+    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    at(t0, 300).await; // the next change runs both stages again
+    tx.send(staged(0, 0, "a", false, true)).unwrap();
+    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(
+        runs,
+        [(0, "a".into(), 0), (0, "a".into(), 300), (1, "a".into(), 400)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_stage_held_by_a_dropped_temporary_still_runs() {
+    let (tx, log, task) = staged_harness(|_, _| false);
+    let t0 = Instant::now();
+    let temp = |route: usize, stage: u32, batch: bool, kind| {
+        Input::Submit(Submission {
+            key: (
+                route,
+                if batch {
+                    PathBuf::new()
+                } else {
+                    PathBuf::from("tmp")
+                },
+            ),
+            file: PathBuf::from("tmp"),
+            kind,
+            timing: timing(50, 0),
+            order: Order {
+                stage,
+                cancel_on_failure: false,
+            },
+        })
+    };
+    // The batch (stage 1, no debounce) is held by the file's stage-0 entry, which is
+    // dropped unrun at 50 (created and deleted): the batch must not wait forever.
+    tx.send(temp(0, 0, false, EventKind::Create)).unwrap();
+    tx.send(temp(0, 0, false, EventKind::Delete)).unwrap();
+    tx.send(staged(1, 1, "tmp", true, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(
+        runs,
+        [(1, "tmp".into(), 50)],
+        "released when the temporary was dropped at 50"
+    );
 }

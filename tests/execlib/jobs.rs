@@ -179,3 +179,67 @@ fn settle_runs(sandbox: &Sandbox) {
     });
     assert_eq!(sandbox.read("out/count").unwrap().trim(), "1");
 }
+
+#[test]
+fn an_each_stage_then_a_batch_stage_run_in_order() {
+    let sandbox = Sandbox::new();
+    let body = r#"[[listener]]
+name = "docs"
+  [[listener.route]]
+  name = "convert"
+  path = "src"
+  debounce_ms = 100
+  shell = 'sleep 0.2; echo "convert $EXECLIB_NAME" >> ../out/log'
+  [[listener.route]]
+  name = "index"
+  path = "src"
+  stage = 1
+  mode = "batch"
+  debounce_ms = 0
+  shell = 'echo "index $EXECLIB_COUNT" >> ../out/log'
+"#;
+    let config = sandbox.config(body);
+    let _daemon = Daemon::start(&sandbox, &config);
+    for name in ["a.md", "b.md", "c.md"] {
+        sandbox.write(&format!("staging/{name}"), "x");
+    }
+    std::fs::rename(sandbox.path("staging"), sandbox.path("src/new")).unwrap();
+    wait_log(&sandbox, "index 3");
+    let lines = log_lines(&sandbox);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(
+        lines[3], "index 3",
+        "the index runs after every conversion: {lines:?}"
+    );
+}
+
+#[test]
+fn cancel_skips_the_later_stage_of_a_failed_file() {
+    let sandbox = Sandbox::new();
+    let body = r#"[[listener]]
+name = "docs"
+  [[listener.route]]
+  name = "convert"
+  path = "src"
+  on_failure = "cancel"
+  debounce_ms = 50
+  shell = 'case "$EXECLIB_NAME" in bad*) exit 1;; esac; echo "convert $EXECLIB_NAME" >> ../out/log'
+  [[listener.route]]
+  name = "publish"
+  path = "src"
+  stage = 1
+  debounce_ms = 50
+  shell = 'echo "publish $EXECLIB_NAME" >> ../out/log'
+"#;
+    let config = sandbox.config(body);
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/bad.md", "x");
+    sandbox.write("src/good.md", "x");
+    wait_log(&sandbox, "publish good.md");
+    eventually("the skip to be logged", || {
+        daemon.log().contains("later stage skipped").then_some(())
+    });
+    let mut lines = log_lines(&sandbox);
+    lines.sort();
+    assert_eq!(lines, ["convert good.md", "publish good.md"]);
+}
