@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::control::socket::{self, SocketError};
-use crate::listener::{Listeners, State};
+use crate::listener::Listeners;
 use crate::notify;
 use std::future::Future;
 use std::sync::Arc;
@@ -56,13 +56,11 @@ impl DaemonState {
 
     /// One line for systemd's status: listeners running and watches.
     pub fn status_line(&self) -> String {
-        let infos = self.listeners.infos();
-        let running = infos
-            .iter()
-            .filter(|l| matches!(l.state, State::Running | State::Degraded))
-            .count();
-        let watches: u64 = infos.iter().map(|l| l.watches).sum();
-        format!("{running}/{} listeners running, {watches} watches", infos.len())
+        let s = self.listeners.summary();
+        format!(
+            "{}/{} listeners running, {} watches",
+            s.running, s.total, s.watches
+        )
     }
 
     /// Sends the status line to systemd.

@@ -83,16 +83,6 @@ impl EventSet {
     pub fn contains(self, kind: EventKind) -> bool {
         self.0 & kind.bit() != 0
     }
-
-    /// The union of two sets.
-    pub fn union(self, other: EventSet) -> EventSet {
-        EventSet(self.0 | other.0)
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
 }
 
 impl FromIterator<EventKind> for EventSet {

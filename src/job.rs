@@ -81,11 +81,6 @@ impl Outcome {
         }
     }
 
-    /// Whether the job succeeded (exit code 0).
-    pub fn success(&self) -> bool {
-        *self == Outcome::Exited(0)
-    }
-
     fn from_status(status: ExitStatus) -> Self {
         match (status.code(), status.signal()) {
             (Some(code), _) => Outcome::Exited(code),

@@ -57,11 +57,6 @@ impl Matcher {
     pub fn ignores_dir(&self, rel: &Path) -> bool {
         self.ignore.is_match(rel) || self.ignore.is_match(rel.join("x"))
     }
-
-    /// The include globs as written.
-    pub fn include_globs(&self) -> &[String] {
-        &self.sources.0
-    }
 }
 
 fn compile(globs: &[String]) -> Result<GlobSet, GlobError> {

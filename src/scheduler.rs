@@ -253,10 +253,6 @@ impl Scheduler {
     }
 
     /// Records that the run of `key` ended; changes seen meanwhile are scheduled.
-    pub fn finished(&mut self, key: &Key) {
-        self.finished_with(key, true);
-    }
-
     /// Records that the run of `key` ended, `ok` or not. A failed run of a route with
     /// `cancel_on_failure` drops the later-stage pending runs of its files that were part
     /// of the same occurrence (no change since the failed run started); they are returned.
@@ -345,14 +341,9 @@ impl Scheduler {
 /// succeeded; each runs as a task of a
 /// `JoinSet` owned here, so none outlives this function. At most `max_jobs` run at
 /// once; due runs beyond that wait in arrival order. Runs not started when the
-/// channel closes are dropped (the listener is stopping). `queued` is kept at the
-/// number of files whose changes wait for a run.
-pub async fn drive<F, Fut>(
-    mut inputs: mpsc::UnboundedReceiver<Input>,
-    max_jobs: usize,
-    queued: &std::sync::atomic::AtomicU64,
-    mut launch: F,
-) where
+/// channel closes are dropped (the listener is stopping).
+pub async fn drive<F, Fut>(mut inputs: mpsc::UnboundedReceiver<Input>, max_jobs: usize, mut launch: F)
+where
     F: FnMut(Start) -> Fut,
     Fut: Future<Output = bool> + Send + 'static,
 {
@@ -404,10 +395,6 @@ pub async fn drive<F, Fut>(
                 ready.extend(sched.take_due(Instant::now()));
             }
         }
-        queued.store(
-            (sched.queued() + ready.len()) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
     }
 }
 

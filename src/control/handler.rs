@@ -2,13 +2,13 @@
 
 use super::protocol::{ErrorCode, ListenerCounts, Request, Response, StatusInfo};
 use crate::daemon::DaemonState;
-use crate::listener::{ListenerError, State};
+use crate::listener::ListenerError;
 
 /// Answers one request. `Shutdown` only answers; the connection triggers the
 /// shutdown once the reply is written.
 pub async fn handle(state: &DaemonState, request: Request) -> Response {
     match request {
-        Request::Listeners => Response::Listeners(state.listeners.infos()),
+        Request::Listeners => Response::Listeners(state.listeners.infos().await),
         Request::Start { listener } => start_or_stop(state, state.listeners.start(&listener)).await,
         Request::Stop { listener } => start_or_stop(state, state.listeners.stop(&listener)).await,
         Request::Status => status(state),
@@ -50,19 +50,15 @@ async fn trigger(state: &DaemonState, listener: &str, path: &str) -> Response {
 }
 
 fn status(state: &DaemonState) -> Response {
-    let infos = state.listeners.infos();
-    let running = infos
-        .iter()
-        .filter(|l| matches!(l.state, State::Running | State::Degraded))
-        .count();
+    let summary = state.listeners.summary();
     Response::Status(StatusInfo {
         instance: state.config.instance.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
         uptime_ms: state.started.elapsed().as_millis() as u64,
         listeners: ListenerCounts {
-            running,
-            total: infos.len(),
+            running: summary.running,
+            total: summary.total,
         },
         server: state.server.as_ref().map(|s| s.info()),
     })

@@ -62,6 +62,17 @@ pub struct ListenerInfo {
     pub error: Option<String>,
 }
 
+/// Counts for the status line and `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Listeners running or degraded.
+    pub running: usize,
+    /// All listeners.
+    pub total: usize,
+    /// Directories watched.
+    pub watches: u64,
+}
+
 /// A failed job, as `listeners` reports the last one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
@@ -135,7 +146,6 @@ pub(crate) struct Shared {
     jobs_started: AtomicU64,
     jobs_failed: AtomicU64,
     jobs_running: AtomicU64,
-    jobs_queued: AtomicU64,
     status: Mutex<Option<(State, Option<String>)>>,
     last_failure: Mutex<Option<Failure>>,
     running: Mutex<std::collections::BTreeMap<u64, RunningJob>>,
@@ -301,8 +311,26 @@ impl Listeners {
     }
 
     /// A snapshot of every listener.
-    pub fn infos(&self) -> Vec<ListenerInfo> {
-        self.slots.iter().map(Slot::info).collect()
+    pub async fn infos(&self) -> Vec<ListenerInfo> {
+        let mut infos = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            infos.push(slot.info().await);
+        }
+        infos
+    }
+
+    /// Listeners up (running or degraded), listeners in all, and directories watched.
+    pub fn summary(&self) -> Summary {
+        let up = |s: &&Slot| matches!(s.shared.get().0, State::Running | State::Degraded);
+        Summary {
+            running: self.slots.iter().filter(up).count(),
+            total: self.slots.len(),
+            watches: self
+                .slots
+                .iter()
+                .map(|s| s.shared.watches.load(Ordering::Relaxed))
+                .sum(),
+        }
     }
 }
 
@@ -359,6 +387,7 @@ impl Slot {
             ctx: ctx.clone(),
             shared: self.shared.clone(),
             catch_up,
+            stage_order: stage_order(&self.config),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let submit = tx.downgrade();
@@ -410,30 +439,35 @@ impl Slot {
                 })
                 .collect()
         };
-        let submit = self
-            .running
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|r| r.submit.upgrade());
-        let Some(submit) = submit else { return views };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if submit.send(crate::scheduler::Input::Queued(reply)).is_ok()
-            && let Ok(queued) = answer.await
-        {
-            views.extend(queued.into_iter().map(|q| JobView {
-                listener: name.clone(),
-                route: self.config.routes[q.key.0].name.clone(),
-                file: lossy(&q.key.1),
-                state: q.state.into(),
-                pid: None,
-                running_ms: None,
-            }));
-        }
+        views.extend(self.queued().await.into_iter().map(|q| JobView {
+            listener: name.clone(),
+            route: self.config.routes[q.key.0].name.clone(),
+            file: lossy(&q.key.1),
+            state: q.state.into(),
+            pid: None,
+            running_ms: None,
+        }));
         views
     }
 
-    fn info(&self) -> ListenerInfo {
+    /// The runs its scheduler has not started (none when it is not running, starting or stopping).
+    async fn queued(&self) -> Vec<crate::scheduler::Queued> {
+        // Not waiting for the lock: a start or stop holds it (up to the grace), and a
+        // listener being started or stopped has no queue worth reporting.
+        let submit = self
+            .running
+            .try_lock()
+            .ok()
+            .and_then(|r| r.as_ref().and_then(|r| r.submit.upgrade()));
+        let Some(submit) = submit else { return Vec::new() };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if submit.send(crate::scheduler::Input::Queued(reply)).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    async fn info(&self) -> ListenerInfo {
         let (state, error) = self.shared.get();
         let s = &self.shared;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -450,7 +484,7 @@ impl Slot {
             jobs_started: get(&s.jobs_started),
             jobs_failed: get(&s.jobs_failed),
             jobs_running: get(&s.jobs_running),
-            jobs_queued: get(&s.jobs_queued),
+            jobs_queued: self.queued().await.len() as u64,
             last_failure: s.last_failure.lock().expect("failure lock").clone(),
             error,
         }
@@ -499,6 +533,13 @@ fn fresh_baseline(path: &Path, current: snapshot::Snapshot) -> snapshot::Snapsho
         warn!("cannot save the snapshot: {e}");
     }
     current
+}
+
+/// Route indexes sorted by stage (stable: config order within a stage).
+fn stage_order(config: &ListenerConfig) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..config.routes.len()).collect();
+    order.sort_by_key(|&i| config.routes[i].order.stage);
+    order
 }
 
 /// The distinct directories the routes watch, in route order.

@@ -31,6 +31,8 @@ pub(super) struct Run {
     /// For `catch_up` listeners: where the snapshot is persisted, and what was last
     /// persisted (the baseline that changes not yet processed are kept at).
     pub catch_up: Option<(PathBuf, Snapshot)>,
+    /// Route indexes, earlier stages first.
+    pub stage_order: Vec<usize>,
 }
 
 impl Run {
@@ -55,13 +57,8 @@ impl Run {
             cancel: jobs_cancel.clone(),
         };
         let max_jobs = self.config.max_jobs;
-        let queued_stats = self.shared.clone();
         let scheduler = tokio::spawn(
-            async move {
-                let queued = &queued_stats.jobs_queued;
-                scheduler::drive(rx, max_jobs, queued, move |start| launcher.launch(start)).await
-            }
-            .in_current_span(),
+            scheduler::drive(rx, max_jobs, move |start| launcher.launch(start)).in_current_span(),
         );
         self.dispatch(missed, &tx);
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
@@ -101,11 +98,9 @@ impl Run {
     /// Earlier stages first, so a later stage never becomes due before the earlier
     /// stage's submission for the same change has arrived.
     fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::UnboundedSender<Input>) {
-        let mut order: Vec<usize> = (0..self.config.routes.len()).collect();
-        order.sort_by_key(|&i| self.config.routes[i].order.stage);
         for event in events {
             self.shared.events.fetch_add(1, Ordering::Relaxed);
-            for &index in &order {
+            for &index in &self.stage_order {
                 if let Some(sub) = route_match(index, &self.config.routes[index], &event) {
                     let _ = tx.send(Input::Submit(sub));
                 }

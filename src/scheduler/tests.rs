@@ -55,8 +55,7 @@ fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
     let t0 = Instant::now();
     let runs = log.clone();
     let task = tokio::spawn(async move {
-        let queued = std::sync::atomic::AtomicU64::new(0);
-        drive(rx, max_jobs, &queued, move |start: Start| {
+        drive(rx, max_jobs, move |start: Start| {
             let runs = runs.clone();
             async move {
                 let begin = t0.elapsed().as_millis() as u64;
@@ -201,11 +200,11 @@ fn pure_state_machine_tracks_queue_and_stale_timers() {
     assert_eq!(s.queued(), 0);
     s.submit(submission("a", EventKind::Create, t), t0 + MS * 106);
     assert!(s.take_due(t0 + MS * 1000).is_empty(), "running: no second run");
-    s.finished(&due[0].key);
+    s.finished_with(&due[0].key, true);
     let again = s.take_due(t0 + MS * 1000);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].kinds.to_string(), "create");
-    s.finished(&again[0].key);
+    s.finished_with(&again[0].key, true);
     assert_eq!(s.next_wakeup(), None);
 }
 
@@ -342,8 +341,7 @@ fn staged_harness(
     let t0 = Instant::now();
     let runs = log.clone();
     let task = tokio::spawn(async move {
-        let queued = std::sync::atomic::AtomicU64::new(0);
-        drive(rx, 100, &queued, move |start: Start| {
+        drive(rx, 100, move |start: Start| {
             let runs = runs.clone();
             async move {
                 let begin = t0.elapsed().as_millis() as u64;
