@@ -13,16 +13,21 @@
 //! - at most `max_jobs` runs at once; due runs wait in arrival order.
 //!
 //! [`Scheduler`] is the pure state machine; [`drive`] runs it against a channel of
-//! submissions and a launcher, tracking the started jobs in a `JoinSet`.
+//! submissions and a launcher, tracking the started jobs in a `JoinSet`. [`frames`]
+//! tracks when the work a change caused is over, for `[[listener.post]]`.
+
+mod drive;
+pub mod frames;
+
+pub use drive::{Work, drive};
+use frames::Frames;
+pub use frames::{FrameEnd, FrameStatus};
 
 use crate::events::{EventKind, EventSet};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::future::Future;
-use std::path::PathBuf;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// What is scheduled: a route (by index in its listener) and a file.
@@ -110,16 +115,15 @@ impl Pending {
         (self.first + self.timing.debounce).max(self.last + self.timing.delay)
     }
 
-    /// The files to run for: not those created and gone again within the window.
-    fn into_files(self) -> Vec<PathBuf> {
+    /// The files to run for, in path order, and apart those created and gone again
+    /// within the window (nothing to run for).
+    fn into_files(self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let transient = |(first, last): &(EventKind, EventKind)| {
             *first == EventKind::Create && *last == EventKind::Delete
         };
-        self.files
-            .into_iter()
-            .filter(|(_, kinds)| !transient(kinds))
-            .map(|(f, _)| f)
-            .collect()
+        let (gone, run): (Vec<_>, Vec<_>) = self.files.into_iter().partition(|(_, k)| transient(k));
+        let names = |v: Vec<(PathBuf, _)>| v.into_iter().map(|(f, _)| f).collect();
+        (names(run), names(gone))
     }
 }
 
@@ -137,8 +141,14 @@ struct Entry {
     running: bool,
     pending: Option<Pending>,
     order: Order,
-    /// While running: the files of the run, and when it started.
+    /// While running: the files of the run (in path order), and when it started.
     run: Option<(Vec<PathBuf>, Instant)>,
+}
+
+/// Whether `run` (an entry's running run) is for `file`.
+fn runs_for(run: &Option<(Vec<PathBuf>, Instant)>, file: &Path) -> bool {
+    run.as_ref()
+        .is_some_and(|(files, _)| files.binary_search_by(|f| f.as_path().cmp(file)).is_ok())
 }
 
 /// The pure scheduling state of one listener.
@@ -152,6 +162,8 @@ pub struct Scheduler {
     held: Vec<Key>,
     /// Whether any route has a stage other than 0 (else nothing is ever held back).
     staged: bool,
+    /// Open frames, when the listener has post commands.
+    frames: Option<Frames>,
 }
 
 /// Later-stage work dropped after a failure, for the log.
@@ -166,11 +178,28 @@ pub struct Cancelled {
 }
 
 impl Scheduler {
+    /// A scheduler that also tracks frames (see [`frames`]).
+    pub fn with_frames() -> Self {
+        Scheduler {
+            frames: Some(Frames::default()),
+            ..Scheduler::default()
+        }
+    }
+
     /// Records a change at `now`.
     pub fn submit(&mut self, sub: Submission, now: Instant) {
         self.staged |= sub.order.stage != 0;
         let entry = self.entries.entry(sub.key.clone()).or_default();
         entry.order = sub.order;
+        if let Some(frames) = &mut self.frames {
+            let known = entry
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.files.contains_key(&sub.file));
+            if !known && !runs_for(&entry.run, &sub.file) {
+                frames.hold(&sub.file);
+            }
+        }
         match &mut entry.pending {
             Some(p) => {
                 p.last = now;
@@ -229,7 +258,11 @@ impl Scheduler {
             let entry = self.entries.get_mut(&key).expect("looked up above");
             let p = entry.pending.take().expect("checked");
             let kinds = p.kinds;
-            let files = p.into_files();
+            let (files, gone) = p.into_files();
+            if let Some(frames) = &mut self.frames {
+                gone.iter().for_each(|f| frames.release(f));
+                files.iter().for_each(|f| frames.ran(f));
+            }
             if files.is_empty() {
                 self.entries.remove(&key);
                 self.release_held(now); // it may have been holding a later stage back
@@ -252,16 +285,25 @@ impl Scheduler {
         })
     }
 
-    /// Records that the run of `key` ended; changes seen meanwhile are scheduled.
-    /// Records that the run of `key` ended, `ok` or not. A failed run of a route with
-    /// `cancel_on_failure` drops the later-stage pending runs of its files that were part
-    /// of the same occurrence (no change since the failed run started); they are returned.
-    pub fn finished_with(&mut self, key: &Key, ok: bool) -> Vec<Cancelled> {
+    /// Records that the run of `key` ended (`Ok`, `Failed`, or `Cancelled` when the
+    /// listener is stopping); changes seen meanwhile are scheduled. A failed run of a
+    /// route with `cancel_on_failure` drops the later-stage pending runs of its files
+    /// that were part of the same occurrence (no change since the failed run started);
+    /// they are returned.
+    pub fn finished_with(&mut self, key: &Key, outcome: FrameStatus) -> Vec<Cancelled> {
         let Some(entry) = self.entries.get_mut(key) else {
             return Vec::new();
         };
         entry.running = false;
         let (order, run) = (entry.order, entry.run.take());
+        if let (Some(frames), Some((files, _))) = (&mut self.frames, &run) {
+            for file in files {
+                frames.mark(file, outcome);
+                if !entry.pending.as_ref().is_some_and(|p| p.files.contains_key(file)) {
+                    frames.release(file);
+                }
+            }
+        }
         match &entry.pending {
             Some(p) => self.timers.push(Reverse((p.due_at(), key.clone()))),
             None => {
@@ -269,7 +311,8 @@ impl Scheduler {
             }
         }
         let mut cancelled = Vec::new();
-        if let (false, true, Some((files, started))) = (ok, order.cancel_on_failure, run) {
+        let failed = outcome == FrameStatus::Failed;
+        if let (true, true, Some((files, started))) = (failed, order.cancel_on_failure, run) {
             cancelled = self.cancel_later(order.stage, &files, started);
         }
         self.release_held(Instant::now());
@@ -300,6 +343,12 @@ impl Scheduler {
             if dropped.is_empty() {
                 continue;
             }
+            if let Some(frames) = &mut self.frames {
+                dropped
+                    .iter()
+                    .filter(|f| !runs_for(&entry.run, f))
+                    .for_each(|f| frames.release(f));
+            }
             cancelled.push(Cancelled {
                 route: key.0,
                 stage: entry.order.stage,
@@ -313,6 +362,29 @@ impl Scheduler {
             }
         }
         cancelled
+    }
+
+    /// The listener is stopping: every run not started is dropped, and its files'
+    /// frames are `cancelled`. Running runs are left to finish (see [`Self::finished_with`]).
+    pub fn stop(&mut self) {
+        for entry in self.entries.values_mut() {
+            let Some(p) = entry.pending.take() else { continue };
+            let Some(frames) = &mut self.frames else { continue };
+            for file in p.files.keys() {
+                frames.mark(file, FrameStatus::Cancelled);
+                if !runs_for(&entry.run, file) {
+                    frames.release(file);
+                }
+            }
+        }
+        self.entries.retain(|_, e| e.running);
+        self.timers.clear();
+        self.held.clear();
+    }
+
+    /// The frames that ended since the last call (none without frame tracking).
+    pub fn take_frame_ends(&mut self) -> Vec<FrameEnd> {
+        self.frames.as_mut().map(Frames::take_ended).unwrap_or_default()
     }
 
     /// The files with changes whose runs have not finished: pending, waiting for a
@@ -332,69 +404,6 @@ impl Scheduler {
             .iter()
             .filter(|(_, e)| e.pending.is_some())
             .map(|(k, _)| k)
-    }
-}
-
-/// Runs the scheduler until `inputs` closes and every started job has ended.
-///
-/// `launch` turns a [`Start`] into the job's future, which yields whether the job
-/// succeeded; each runs as a task of a
-/// `JoinSet` owned here, so none outlives this function. At most `max_jobs` run at
-/// once; due runs beyond that wait in arrival order. Runs not started when the
-/// channel closes are dropped (the listener is stopping).
-pub async fn drive<F, Fut>(mut inputs: mpsc::UnboundedReceiver<Input>, max_jobs: usize, mut launch: F)
-where
-    F: FnMut(Start) -> Fut,
-    Fut: Future<Output = bool> + Send + 'static,
-{
-    let max_jobs = max_jobs.max(1);
-    let mut sched = Scheduler::default();
-    let mut ready: VecDeque<Start> = VecDeque::new();
-    let mut jobs = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, Key> = HashMap::new();
-    let mut open = true;
-    while open || !jobs.is_empty() {
-        while open && jobs.len() < max_jobs {
-            let Some(start) = ready.pop_front() else { break };
-            let key = start.key.clone();
-            let handle = jobs.spawn(launch(start));
-            running.insert(handle.id(), key);
-        }
-        let wakeup = sched.next_wakeup().filter(|_| open);
-        tokio::select! {
-            input = inputs.recv(), if open => match input {
-                Some(Input::Submit(sub)) => sched.submit(sub, Instant::now()),
-                Some(Input::Unsettled(reply)) => {
-                    let _ = reply.send(sched.unsettled());
-                }
-                Some(Input::Queued(reply)) => {
-                    let pending = sched.pending().map(|key| Queued { key: key.clone(), state: "pending" });
-                    let waiting = ready.iter().map(|s| Queued { key: s.key.clone(), state: "waiting" });
-                    let _ = reply.send(pending.chain(waiting).collect());
-                }
-                None => open = false,
-            },
-            Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
-                let (id, ok) = match &done {
-                    Ok((id, ok)) => (*id, *ok),
-                    Err(e) => (e.id(), false),
-                };
-                if let Some(key) = running.remove(&id) {
-                    for c in sched.finished_with(&key, ok) {
-                        tracing::warn!(
-                            failed_route = key.0,
-                            skipped_route = c.route,
-                            stage = c.stage,
-                            files = c.files.len(),
-                            "a run failed with on_failure = cancel: later stage skipped for its files"
-                        );
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
-                ready.extend(sched.take_due(Instant::now()));
-            }
-        }
     }
 }
 

@@ -6,7 +6,9 @@ pub mod raw;
 mod resolve;
 
 pub use raw::Mode;
-pub use resolve::{Command, Config, ControlConfig, DaemonConfig, ListenerConfig, RouteConfig, ServerConfig};
+pub use resolve::{
+    Command, Config, ControlConfig, DaemonConfig, ListenerConfig, PostConfig, RouteConfig, ServerConfig,
+};
 
 use crate::paths::Environment;
 use std::path::{Path, PathBuf};

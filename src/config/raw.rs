@@ -63,6 +63,22 @@ pub struct RawListener {
     pub max_jobs: Option<Spanned<usize>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub post: Vec<Spanned<RawPost>>,
+}
+
+/// One `[[listener.post]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPost {
+    pub name: Option<Spanned<String>>,
+    pub run: Option<Spanned<Vec<String>>>,
+    pub shell: Option<Spanned<String>>,
+    pub workdir: Option<PathBuf>,
+    pub timeout_ms: Option<u64>,
+    pub kill_grace_ms: Option<u64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// One `[[listener.route]]`.

@@ -3,7 +3,7 @@
 //! compiling globs, with a file:line:column error for anything invalid.
 
 use super::ConfigError;
-use super::raw::{RawConfig, RawControl, RawListener, RawRoute, RawServer};
+use super::raw::{RawConfig, RawControl, RawListener, RawPost, RawRoute, RawServer};
 use crate::events::EventSet;
 use crate::paths::Environment;
 use crate::route::{DEFAULT_IGNORES, Matcher};
@@ -86,6 +86,25 @@ pub struct ListenerConfig {
     pub max_jobs: usize,
     /// Its routes, in file order.
     pub routes: Vec<RouteConfig>,
+    /// Its `[[listener.post]]` commands, run in file order after each frame.
+    pub posts: Vec<PostConfig>,
+}
+
+/// One `[[listener.post]]`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostConfig {
+    /// Name, or `post` and its index in the listener.
+    pub name: String,
+    /// What to run.
+    pub command: Command,
+    /// Its working directory (absolute; default: the config file's directory).
+    pub workdir: PathBuf,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// How long it may run before it is killed (none: no limit).
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL past its timeout.
+    pub kill_grace: Duration,
 }
 
 /// One `[[listener.route]]`, resolved.
@@ -279,6 +298,11 @@ fn listener(ctx: &Ctx, raw: RawListener, at: usize) -> Result<ListenerConfig, Co
         }
         routes.push(route);
     }
+    let mut posts = Vec::new();
+    for (i, p) in raw.post.into_iter().enumerate() {
+        let span = p.span();
+        posts.push(post(ctx, p.into_inner(), i, span.start)?);
+    }
     let max_jobs = match raw.max_jobs {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Some(m) if *m.get_ref() == 0 => return ctx.err(m.span().start, "`max_jobs` must be at least 1"),
@@ -290,24 +314,54 @@ fn listener(ctx: &Ctx, raw: RawListener, at: usize) -> Result<ListenerConfig, Co
         catch_up: raw.catch_up.unwrap_or(false),
         max_jobs,
         routes,
+        posts,
+    })
+}
+
+/// The command of a route or post (`what`): exactly one of `run` and `shell`.
+fn command(
+    ctx: &Ctx,
+    run: Option<Spanned<Vec<String>>>,
+    shell: Option<Spanned<String>>,
+    what: &str,
+    at: usize,
+) -> Result<Command, ConfigError> {
+    match (run, shell) {
+        (Some(run), None) if run.get_ref().is_empty() || run.get_ref()[0].is_empty() => {
+            ctx.err(run.span().start, "`run` needs at least a program")
+        }
+        (Some(run), None) => Ok(Command::Run(run.into_inner())),
+        (None, Some(shell)) => Ok(Command::Shell(shell.into_inner())),
+        (Some(run), Some(_)) => ctx.err(
+            run.span().start,
+            format!("a {what} has exactly one of `run` and `shell`, not both"),
+        ),
+        (None, None) => ctx.err(
+            at,
+            format!("a {what} needs `run` (an argv) or `shell` (a string)"),
+        ),
+    }
+}
+
+fn post(ctx: &Ctx, raw: RawPost, index: usize, at: usize) -> Result<PostConfig, ConfigError> {
+    let command = command(ctx, raw.run, raw.shell, "post", at)?;
+    let name = match raw.name {
+        Some(n) if n.get_ref().is_empty() => return ctx.err(n.span().start, "post name is empty"),
+        Some(n) => n.into_inner(),
+        None => format!("post{index}"),
+    };
+    Ok(PostConfig {
+        name,
+        command,
+        workdir: raw.workdir.map_or_else(|| ctx.base.clone(), |w| ctx.abs(&w)),
+        env: raw.env,
+        timeout: raw.timeout_ms.map(Duration::from_millis),
+        kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
     })
 }
 
 fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfig, ConfigError> {
-    let command = match (raw.run, raw.shell) {
-        (Some(run), None) if run.get_ref().is_empty() || run.get_ref()[0].is_empty() => {
-            return ctx.err(run.span().start, "`run` needs at least a program");
-        }
-        (Some(run), None) => Command::Run(run.into_inner()),
-        (None, Some(shell)) => Command::Shell(shell.into_inner()),
-        (Some(run), Some(_)) => {
-            return ctx.err(
-                run.span().start,
-                "a route has exactly one of `run` and `shell`, not both",
-            );
-        }
-        (None, None) => return ctx.err(at, "a route needs `run` (an argv) or `shell` (a string)"),
-    };
+    let command = command(ctx, raw.run, raw.shell, "route", at)?;
     let (include, include_at) = match raw.glob {
         Some(g) => {
             let offset = g.span().start;

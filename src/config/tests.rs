@@ -176,3 +176,19 @@ fn error_display_is_file_line_column() {
     let err = parse("nonsense = 1\n").unwrap_err().to_string();
     assert!(err.starts_with("/etc/execlib/site.toml:1:1: "), "{err}");
 }
+
+#[test]
+fn posts_resolve_against_the_config_directory_and_need_a_command() {
+    let c = parse(&format!(
+        "{MINIMAL}  [[listener.post]]\n  run = [\"notify\", \"done\"]\n  env = {{ A = \"1\" }}\n"
+    ))
+    .unwrap();
+    let post = &c.listeners[0].posts[0];
+    assert_eq!(post.name, "post0");
+    assert_eq!(post.workdir, Path::new("/etc/execlib"));
+    assert_eq!(post.command, Command::Run(vec!["notify".into(), "done".into()]));
+    assert_eq!(post.env["A"], "1");
+    let (line, _, message) = error_at(&format!("{MINIMAL}  [[listener.post]]\n  workdir = \"x\"\n"));
+    assert_eq!(line, 7);
+    assert!(message.contains("a post needs `run`"), "{message}");
+}

@@ -3,9 +3,9 @@
 //! On stop it closes inotify first, then terminates its running jobs.
 
 use super::{Failure, JobContext, RunningJob, Shared, State};
-use crate::config::{ListenerConfig, Mode, RouteConfig};
+use crate::config::{ListenerConfig, Mode, PostConfig, RouteConfig};
 use crate::job::{self, JobSpec};
-use crate::scheduler::{self, Input, Start, Submission, Timing};
+use crate::scheduler::{self, FrameEnd, Input, Start, Submission, Timing, Work};
 use crate::snapshot::{self, Snapshot};
 use crate::watch::{FileEvent, Watcher};
 use std::collections::BTreeMap;
@@ -48,17 +48,22 @@ impl Run {
         cancel: CancellationToken,
     ) {
         let jobs_cancel = CancellationToken::new();
-        // Cancels the jobs even if this task is aborted or unwinds.
+        // Posts of frames cancelled by the stop still run; they are killed only if
+        // this task is aborted or unwinds (as are the jobs).
+        let posts_cancel = CancellationToken::new();
         let _jobs_guard = jobs_cancel.clone().drop_guard();
+        let _posts_guard = posts_cancel.clone().drop_guard();
         let launcher = Launcher {
             config: self.config.clone(),
             ctx: self.ctx.clone(),
             shared: self.shared.clone(),
             cancel: jobs_cancel.clone(),
+            posts_cancel,
         };
         let max_jobs = self.config.max_jobs;
+        let posts = !self.config.posts.is_empty();
         let scheduler = tokio::spawn(
-            scheduler::drive(rx, max_jobs, move |start| launcher.launch(start)).in_current_span(),
+            scheduler::drive(rx, max_jobs, posts, move |work| launcher.launch(work)).in_current_span(),
         );
         self.dispatch(missed, &tx);
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
@@ -185,23 +190,98 @@ struct Launcher {
     ctx: JobContext,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    posts_cancel: CancellationToken,
 }
 
+/// A launched job's future: yields whether it succeeded.
+type JobFuture = std::pin::Pin<Box<dyn Future<Output = bool> + Send>>;
+
 impl Launcher {
-    fn launch(&self, start: Start) -> impl Future<Output = bool> + Send + use<> {
-        let route = &self.config.routes[start.key.0];
-        let mut env: BTreeMap<String, OsString> =
-            route.env.iter().map(|(k, v)| (k.clone(), v.into())).collect();
-        let kinds = start.kinds.to_string();
-        for (key, value) in [
-            ("EXECLIB_INSTANCE", self.ctx.instance.as_ref()),
-            ("EXECLIB_LISTENER", self.config.name.as_ref()),
-            ("EXECLIB_ROUTE", route.name.as_ref()),
-            ("EXECLIB_ENDPOINT", route.path.as_os_str()),
-            ("EXECLIB_EVENT", kinds.as_ref()),
-        ] {
-            env.insert(key.to_owned(), value.to_owned());
+    fn launch(&self, work: Work) -> JobFuture {
+        match work {
+            Work::Run(start) => Box::pin(self.run(start)),
+            Work::Post(frame) => Box::pin(self.post(frame)),
         }
+    }
+
+    /// The variables every job of the listener gets.
+    fn base_env(&self, env: &BTreeMap<String, String>, route: &str) -> BTreeMap<String, OsString> {
+        let mut out: BTreeMap<String, OsString> = env.iter().map(|(k, v)| (k.clone(), v.into())).collect();
+        for (key, value) in [
+            ("EXECLIB_INSTANCE", self.ctx.instance.as_str()),
+            ("EXECLIB_LISTENER", self.config.name.as_str()),
+            ("EXECLIB_ROUTE", route),
+        ] {
+            out.insert(key.to_owned(), value.into());
+        }
+        out
+    }
+
+    /// The post commands for ended frames, one after the other. At stop (the frames
+    /// were cancelled) a post without its own timeout gets the shutdown grace.
+    fn post(&self, frame: FrameEnd) -> impl Future<Output = bool> + Send + use<> {
+        let stopping = self.cancel.is_cancelled();
+        let jobs: Vec<_> = self
+            .config
+            .posts
+            .iter()
+            .map(|post| {
+                let mut spec = self.post_spec(post, &frame);
+                if stopping && spec.timeout.is_none() {
+                    spec.timeout = Some(self.ctx.grace);
+                }
+                let file = frame.files.first().cloned().unwrap_or_default();
+                let span = info_span!(
+                    "post",
+                    route = %post.name,
+                    frame_status = frame.status.as_str(),
+                    files = frame.files.len(),
+                    job_pid = tracing::field::Empty,
+                );
+                let cancel = self.posts_cancel.clone();
+                tracked(
+                    self.shared.clone(),
+                    post.name.clone(),
+                    file,
+                    spec,
+                    self.ctx.grace,
+                    cancel,
+                )
+                .instrument(span)
+            })
+            .collect();
+        async move {
+            let mut ok = true;
+            for job in jobs {
+                ok &= job.await;
+            }
+            ok
+        }
+    }
+
+    fn post_spec(&self, post: &PostConfig, frame: &FrameEnd) -> JobSpec {
+        let mut env = self.base_env(&post.env, &post.name);
+        env.insert("EXECLIB_FRAME_STATUS".into(), frame.status.as_str().into());
+        if let [file] = frame.files.as_slice() {
+            env.insert("EXECLIB_PATH".into(), file.as_os_str().to_owned());
+        }
+        batch_env(&mut env, &frame.files);
+        JobSpec {
+            command: post.command.clone(),
+            workdir: post.workdir.clone(),
+            env,
+            timeout: post.timeout,
+            kill_grace: post.kill_grace,
+            pid: Default::default(),
+            stdin: Some(path_lines(&frame.files)),
+        }
+    }
+
+    fn run(&self, start: Start) -> impl Future<Output = bool> + Send + use<> {
+        let route = &self.config.routes[start.key.0];
+        let mut env = self.base_env(&route.env, &route.name);
+        env.insert("EXECLIB_ENDPOINT".into(), route.path.as_os_str().to_owned());
+        env.insert("EXECLIB_EVENT".into(), start.kinds.to_string().into());
         let (path, stdin) = match route.mode {
             Mode::Each => {
                 let path = start.files.into_iter().next().unwrap_or(start.key.1);
@@ -216,12 +296,7 @@ impl Launcher {
             }
             Mode::Batch => {
                 batch_env(&mut env, &start.files);
-                let mut lines = Vec::new();
-                for file in &start.files {
-                    lines.extend_from_slice(file.as_os_str().as_encoded_bytes());
-                    lines.push(b'\n');
-                }
-                (route.path.clone(), Some(lines))
+                (route.path.clone(), Some(path_lines(&start.files)))
             }
         };
         let spec = JobSpec {
@@ -240,40 +315,56 @@ impl Launcher {
             event = %start.kinds,
             job_pid = tracing::field::Empty,
         );
-        let shared = self.shared.clone();
-        let cancel = self.cancel.clone();
-        let grace = self.ctx.grace;
-        let route_name = route.name.clone();
-        async move {
-            let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
-            let entry = RunningJob {
-                route: route_name.clone(),
-                file: path.clone(),
-                pid: spec.pid.clone(),
-                started: std::time::Instant::now(),
-            };
-            shared.running.lock().expect("jobs lock").insert(id, entry);
-            shared.jobs_started.fetch_add(1, Ordering::Relaxed);
-            shared.jobs_running.fetch_add(1, Ordering::Relaxed);
-            let outcome = job::run(&spec, grace, &cancel).await;
-            shared.jobs_running.fetch_sub(1, Ordering::Relaxed);
-            shared.running.lock().expect("jobs lock").remove(&id);
-            let failure = outcome.failure();
-            let ok = failure.is_none();
-            if let Some(reason) = failure {
-                shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
-                let at_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                *shared.last_failure.lock().expect("failure lock") = Some(Failure {
-                    route: route_name,
-                    file: path.to_string_lossy().into_owned(),
-                    reason,
-                    at_ms,
-                });
-            }
-            ok
-        }
-        .instrument(span)
+        let (shared, grace) = (self.shared.clone(), self.ctx.grace);
+        tracked(shared, route.name.clone(), path, spec, grace, self.cancel.clone()).instrument(span)
     }
+}
+
+/// Runs a job, listed in `jobs` while it runs and counted; a failure is recorded as
+/// the listener's last failure. Yields whether it succeeded.
+async fn tracked(
+    shared: Arc<Shared>,
+    route: String,
+    path: PathBuf,
+    spec: JobSpec,
+    grace: Duration,
+    cancel: CancellationToken,
+) -> bool {
+    let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
+    let entry = RunningJob {
+        route: route.clone(),
+        file: path.clone(),
+        pid: spec.pid.clone(),
+        started: std::time::Instant::now(),
+    };
+    shared.running.lock().expect("jobs lock").insert(id, entry);
+    shared.jobs_started.fetch_add(1, Ordering::Relaxed);
+    shared.jobs_running.fetch_add(1, Ordering::Relaxed);
+    let outcome = job::run(&spec, grace, &cancel).await;
+    shared.jobs_running.fetch_sub(1, Ordering::Relaxed);
+    shared.running.lock().expect("jobs lock").remove(&id);
+    let Some(reason) = outcome.failure() else {
+        return true;
+    };
+    shared.jobs_failed.fetch_add(1, Ordering::Relaxed);
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    *shared.last_failure.lock().expect("failure lock") = Some(Failure {
+        route,
+        file: path.to_string_lossy().into_owned(),
+        reason,
+        at_ms,
+    });
+    false
+}
+
+/// The paths, one per line, for a job's stdin.
+fn path_lines(files: &[PathBuf]) -> Vec<u8> {
+    let mut lines = Vec::new();
+    for file in files {
+        lines.extend_from_slice(file.as_os_str().as_encoded_bytes());
+        lines.push(b'\n');
+    }
+    lines
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -55,7 +56,10 @@ fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
     let t0 = Instant::now();
     let runs = log.clone();
     let task = tokio::spawn(async move {
-        drive(rx, max_jobs, move |start: Start| {
+        drive(rx, max_jobs, false, move |work: Work| {
+            let Work::Run(start) = work else {
+                unreachable!("no posts")
+            };
             let runs = runs.clone();
             async move {
                 let begin = t0.elapsed().as_millis() as u64;
@@ -200,11 +204,11 @@ fn pure_state_machine_tracks_queue_and_stale_timers() {
     assert_eq!(s.queued(), 0);
     s.submit(submission("a", EventKind::Create, t), t0 + MS * 106);
     assert!(s.take_due(t0 + MS * 1000).is_empty(), "running: no second run");
-    s.finished_with(&due[0].key, true);
+    s.finished_with(&due[0].key, FrameStatus::Ok);
     let again = s.take_due(t0 + MS * 1000);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].kinds.to_string(), "create");
-    s.finished_with(&again[0].key, true);
+    s.finished_with(&again[0].key, FrameStatus::Ok);
     assert_eq!(s.next_wakeup(), None);
 }
 
@@ -328,6 +332,17 @@ async fn a_batch_runs_once_for_every_file_and_once_more_for_changes_during_it() 
 /// A run of a staged harness: route, file and start time.
 type StagedRun = (usize, String, u64);
 
+/// A recorded post: the frame's status, its files and when the post started.
+type PostRun = (&'static str, String, u64);
+
+/// The sender, the run log, the post log and the driver task.
+type StagedHarness = (
+    mpsc::UnboundedSender<Input>,
+    Arc<Mutex<Vec<StagedRun>>>,
+    Arc<Mutex<Vec<PostRun>>>,
+    tokio::task::JoinHandle<()>,
+);
+
 /// Drives a scheduler whose jobs take 100 ms and fail when `fails(route, start_ms)`.
 fn staged_harness(
     fails: fn(usize, u64) -> bool,
@@ -336,14 +351,33 @@ fn staged_harness(
     Arc<Mutex<Vec<StagedRun>>>,
     tokio::task::JoinHandle<()>,
 ) {
+    let (tx, log, _, task) = staged_harness_with_posts(fails);
+    (tx, log, task)
+}
+
+/// [`staged_harness`] with frames tracked; posts take no time and are logged too.
+fn staged_harness_with_posts(fails: fn(usize, u64) -> bool) -> StagedHarness {
     let (tx, rx) = mpsc::unbounded_channel();
     let log = Arc::new(Mutex::new(Vec::new()));
+    let post_log = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
-    let runs = log.clone();
+    let (runs, posts) = (log.clone(), post_log.clone());
     let task = tokio::spawn(async move {
-        drive(rx, 100, move |start: Start| {
-            let runs = runs.clone();
+        drive(rx, 100, true, move |work: Work| {
+            let (runs, posts) = (runs.clone(), posts.clone());
             async move {
+                let start = match work {
+                    Work::Run(start) => start,
+                    Work::Post(frame) => {
+                        let files: Vec<_> = frame.files.iter().map(|f| f.display().to_string()).collect();
+                        let at = t0.elapsed().as_millis() as u64;
+                        posts
+                            .lock()
+                            .unwrap()
+                            .push((frame.status.as_str(), files.join(","), at));
+                        return true;
+                    }
+                };
                 let begin = t0.elapsed().as_millis() as u64;
                 let files: Vec<_> = start.files.iter().map(|f| f.display().to_string()).collect();
                 runs.lock().unwrap().push((start.key.0, files.join(","), begin));
@@ -353,7 +387,7 @@ fn staged_harness(
         })
         .await
     });
-    (tx, log, task)
+    (tx, log, post_log, task)
 }
 
 fn staged(route: usize, stage: u32, file: &str, batch: bool, cancel: bool) -> Input {
@@ -465,4 +499,117 @@ async fn a_later_stage_held_by_a_dropped_temporary_still_runs() {
         [(1, "tmp".into(), 50)],
         "released when the temporary was dropped at 50"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_ends_after_its_last_stage_and_once() {
+    let (tx, _, posts, task) = staged_harness_with_posts(|_, _| false);
+    let t0 = Instant::now();
+    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    tx.send(staged(0, 0, "b", false, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let mut posts = posts.lock().unwrap().clone();
+    posts.sort();
+    assert_eq!(
+        posts,
+        [("ok", "a".into(), 200), ("ok", "b".into(), 100)],
+        "a's frame ends after its stage-1 run, b's after its only run"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_ends_the_frame_failed_without_the_later_stage() {
+    let (tx, runs, posts, task) = staged_harness_with_posts(|route, _| route == 0);
+    let t0 = Instant::now();
+    tx.send(staged(0, 0, "a", false, true)).unwrap();
+    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    assert_eq!(runs.lock().unwrap().clone(), [(0, "a".into(), 0)]);
+    assert_eq!(posts.lock().unwrap().clone(), [("failed", "a".into(), 100)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_without_cancel_still_ends_the_frame_failed_after_the_later_stage() {
+    let (tx, runs, posts, task) = staged_harness_with_posts(|route, _| route == 0);
+    let t0 = Instant::now();
+    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    assert_eq!(runs.lock().unwrap().len(), 2);
+    assert_eq!(posts.lock().unwrap().clone(), [("failed", "a".into(), 200)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_frame_gives_one_post_for_its_files() {
+    let (tx, _, posts, task) = staged_harness_with_posts(|_, _| false);
+    let t0 = Instant::now();
+    for f in ["c", "a", "b"] {
+        let Input::Submit(sub) = staged(0, 0, f, true, false) else {
+            unreachable!()
+        };
+        let timing = timing(10, 0); // one window for the three
+        tx.send(Input::Submit(Submission { timing, ..sub })).unwrap();
+    }
+    finish(tx, task, t0 + MS * 1000).await;
+    assert_eq!(posts.lock().unwrap().clone(), [("ok", "a,b,c".into(), 110)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_during_the_run_extends_the_frame() {
+    let (tx, runs, posts, task) = staged_harness_with_posts(|_, _| false);
+    let t0 = Instant::now();
+    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    at(t0, 50).await;
+    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    assert_eq!(runs.lock().unwrap().len(), 2);
+    assert_eq!(posts.lock().unwrap().clone(), [("ok", "a".into(), 200)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_ends_open_frames_cancelled_and_temporaries_post_nothing() {
+    let (tx, runs, posts, task) = staged_harness_with_posts(|_, _| false);
+    let t0 = Instant::now();
+    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    let temp = |kind| {
+        Input::Submit(Submission {
+            kind,
+            ..submission("tmp", EventKind::Create, timing(20, 0))
+        })
+    };
+    tx.send(temp(EventKind::Create)).unwrap();
+    tx.send(temp(EventKind::Delete)).unwrap();
+    at(t0, 50).await;
+    drop(tx); // stop while a's stage 0 runs: its stage 1 is dropped
+    task.await.unwrap();
+    assert_eq!(runs.lock().unwrap().clone(), [(0, "a".into(), 0)]);
+    assert_eq!(posts.lock().unwrap().clone(), [("cancelled", "a".into(), 100)]);
+}
+
+#[test]
+fn frames_close_when_no_entry_has_work_for_the_file() {
+    let mut s = Scheduler::with_frames();
+    let t0 = Instant::now();
+    let t = timing(0, 0);
+    s.submit(submission("a", EventKind::Modify, t), t0);
+    let due = s.take_due(t0);
+    s.submit(submission("a", EventKind::Modify, t), t0 + MS); // during the run
+    assert!(s.finished_with(&due[0].key, FrameStatus::Ok).is_empty());
+    assert!(
+        s.take_frame_ends().is_empty(),
+        "the change during the run is pending"
+    );
+    let again = s.take_due(t0 + MS * 2);
+    s.finished_with(&again[0].key, FrameStatus::Ok);
+    let ends = s.take_frame_ends();
+    assert_eq!(
+        ends,
+        [FrameEnd {
+            files: vec![PathBuf::from("a")],
+            status: FrameStatus::Ok
+        }]
+    );
+    assert_eq!(s.frames.as_ref().unwrap().open_count(), 0);
 }

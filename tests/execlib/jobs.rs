@@ -197,6 +197,8 @@ name = "docs"
   mode = "batch"
   debounce_ms = 0
   shell = 'echo "index $EXECLIB_COUNT" >> ../out/log'
+  [[listener.post]]
+  shell = 'echo "post $EXECLIB_COUNT $EXECLIB_FRAME_STATUS $(wc -l)" >> out/log'
 "#;
     let config = sandbox.config(body);
     let _daemon = Daemon::start(&sandbox, &config);
@@ -204,17 +206,18 @@ name = "docs"
         sandbox.write(&format!("staging/{name}"), "x");
     }
     std::fs::rename(sandbox.path("staging"), sandbox.path("src/new")).unwrap();
-    wait_log(&sandbox, "index 3");
+    wait_log(&sandbox, "post 3 ok 3");
     let lines = log_lines(&sandbox);
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
     assert_eq!(
-        lines[3], "index 3",
-        "the index runs after every conversion: {lines:?}"
+        lines[3..],
+        ["index 3", "post 3 ok 3"],
+        "the index runs after every conversion, then one post for the batch's files: {lines:?}"
     );
 }
 
 #[test]
-fn cancel_skips_the_later_stage_of_a_failed_file() {
+fn cancel_skips_the_later_stage_and_post_sees_failed() {
     let sandbox = Sandbox::new();
     let body = r#"[[listener]]
 name = "docs"
@@ -230,16 +233,27 @@ name = "docs"
   stage = 1
   debounce_ms = 50
   shell = 'echo "publish $EXECLIB_NAME" >> ../out/log'
+  [[listener.post]]
+  shell = 'echo "post ${EXECLIB_PATH##*/} $EXECLIB_FRAME_STATUS" >> out/log'
 "#;
     let config = sandbox.config(body);
     let daemon = Daemon::start(&sandbox, &config);
     sandbox.write("src/bad.md", "x");
     sandbox.write("src/good.md", "x");
-    wait_log(&sandbox, "publish good.md");
+    wait_log(&sandbox, "post good.md ok");
+    wait_log(&sandbox, "post bad.md failed");
     eventually("the skip to be logged", || {
         daemon.log().contains("later stage skipped").then_some(())
     });
     let mut lines = log_lines(&sandbox);
     lines.sort();
-    assert_eq!(lines, ["convert good.md", "publish good.md"]);
+    assert_eq!(
+        lines,
+        [
+            "convert good.md",
+            "post bad.md failed",
+            "post good.md ok",
+            "publish good.md"
+        ]
+    );
 }

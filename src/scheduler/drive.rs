@@ -1,0 +1,137 @@
+//! The scheduler's driver: feeds it submissions and timer ticks, starts the runs it
+//! decides (and the post commands of ended frames) under `max_jobs`, and reports
+//! each job's end back to it.
+
+use super::{FrameEnd, FrameStatus, Input, Key, Queued, Scheduler, Start};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// What the driver asks its launcher to start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// A route's run.
+    Run(Start),
+    /// The listener's post commands for ended frames.
+    Post(FrameEnd),
+}
+
+/// Runs the scheduler until `inputs` closes and every started job has ended.
+///
+/// `launch` turns [`Work`] into the job's future, which yields whether the job
+/// succeeded; each runs as a task of a `JoinSet` owned here, so none outlives this
+/// function. At most `max_jobs` run at once; due work beyond that waits in arrival
+/// order. With `posts`, frames are tracked and each ended frame is handed to `launch`
+/// as [`Work::Post`]. When the channel closes (the listener is stopping), runs not
+/// started are dropped, and their frames, with those of runs that then fail, end
+/// `cancelled`; their posts still run.
+pub async fn drive<F, Fut>(
+    mut inputs: mpsc::UnboundedReceiver<Input>,
+    max_jobs: usize,
+    posts: bool,
+    mut launch: F,
+) where
+    F: FnMut(Work) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let max_jobs = max_jobs.max(1);
+    let mut sched = if posts {
+        Scheduler::with_frames()
+    } else {
+        Scheduler::default()
+    };
+    let mut ready: VecDeque<Work> = VecDeque::new();
+    let mut jobs = JoinSet::new();
+    // The key of each running route run (posts have none).
+    let mut running: HashMap<tokio::task::Id, Option<Key>> = HashMap::new();
+    let mut open = true;
+    while open || !jobs.is_empty() || !ready.is_empty() {
+        while jobs.len() < max_jobs {
+            let Some(work) = ready.pop_front() else { break };
+            let key = match &work {
+                Work::Run(start) => Some(start.key.clone()),
+                Work::Post(_) => None,
+            };
+            let handle = jobs.spawn(launch(work));
+            running.insert(handle.id(), key);
+        }
+        let wakeup = sched.next_wakeup().filter(|_| open);
+        tokio::select! {
+            input = inputs.recv(), if open => match input {
+                Some(Input::Submit(sub)) => sched.submit(sub, Instant::now()),
+                Some(Input::Unsettled(reply)) => {
+                    let _ = reply.send(sched.unsettled());
+                }
+                Some(Input::Queued(reply)) => {
+                    let _ = reply.send(queued(&sched, &ready));
+                }
+                None => {
+                    open = false;
+                    stop(&mut sched, &mut ready);
+                }
+            },
+            Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
+                let (id, ok) = match &done {
+                    Ok((id, ok)) => (*id, *ok),
+                    Err(e) => (e.id(), false),
+                };
+                if let Some(Some(key)) = running.remove(&id) {
+                    let outcome = match (ok, open) {
+                        (true, _) => FrameStatus::Ok,
+                        (false, true) => FrameStatus::Failed,
+                        (false, false) => FrameStatus::Cancelled,
+                    };
+                    finished(&mut sched, &key, outcome);
+                }
+            }
+            _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
+                ready.extend(sched.take_due(Instant::now()).into_iter().map(Work::Run));
+            }
+        }
+        ready.extend(sched.take_frame_ends().into_iter().map(Work::Post));
+    }
+}
+
+/// Records a run's end, logging the later stages a failure skipped.
+fn finished(sched: &mut Scheduler, key: &Key, outcome: FrameStatus) {
+    for c in sched.finished_with(key, outcome) {
+        tracing::warn!(
+            failed_route = key.0,
+            skipped_route = c.route,
+            stage = c.stage,
+            files = c.files.len(),
+            "a run failed with on_failure = cancel: later stage skipped for its files"
+        );
+    }
+}
+
+/// The listener is stopping: due runs not started are dropped (posts are kept).
+fn stop(sched: &mut Scheduler, ready: &mut VecDeque<Work>) {
+    let mut posts = VecDeque::new();
+    for work in ready.drain(..) {
+        match work {
+            Work::Run(start) => finished(sched, &start.key, FrameStatus::Cancelled),
+            post => posts.push_back(post),
+        }
+    }
+    *ready = posts;
+    sched.stop();
+}
+
+/// The runs not started yet: pending ones, then due ones waiting for a slot.
+fn queued(sched: &Scheduler, ready: &VecDeque<Work>) -> Vec<Queued> {
+    let pending = sched.pending().map(|key| Queued {
+        key: key.clone(),
+        state: "pending",
+    });
+    let waiting = ready.iter().filter_map(|w| match w {
+        Work::Run(s) => Some(Queued {
+            key: s.key.clone(),
+            state: "waiting",
+        }),
+        Work::Post(_) => None,
+    });
+    pending.chain(waiting).collect()
+}
