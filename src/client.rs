@@ -153,7 +153,7 @@ pub fn render(request: &Request, reply: &Value) -> String {
             }
         }
         Request::Status => render_status(reply),
-        Request::Reload => "reloaded".to_owned(),
+        Request::Reload => render_reload(reply),
         Request::Jobs => render_jobs(reply),
         Request::Trigger { .. } => match reply["matched"].as_u64().unwrap_or(0) {
             1 => "1 route matched".to_owned(),
@@ -161,6 +161,34 @@ pub fn render(request: &Request, reply: &Value) -> String {
         },
         Request::Shutdown => "shutting down".to_owned(),
     }
+}
+
+fn render_reload(reply: &Value) -> String {
+    let names = |k: &str| -> Vec<String> {
+        let list = reply["listeners"][k].as_array().cloned().unwrap_or_default();
+        list.iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut lines = vec!["reloaded".to_owned()];
+    for (what, key) in [("changed", "changed"), ("added", "added"), ("removed", "removed")] {
+        let list = names(key);
+        if !list.is_empty() {
+            lines.push(format!("  {what}: {}", list.join(", ")));
+        }
+    }
+    lines.push(format!("  unchanged: {} listener(s)", names("unchanged").len()));
+    lines.push(format!(
+        "  server: {}",
+        reply["server"].as_str().unwrap_or("unchanged")
+    ));
+    for section in reply["restart_needed"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  {} changed: applies at the next start",
+            section.as_str().unwrap_or("?")
+        ));
+    }
+    lines.join("\n")
 }
 
 fn render_listeners(reply: &Value) -> String {

@@ -3,11 +3,17 @@
 //! [`run`] binds the control socket, starts the autostart listeners, reports
 //! readiness, then waits for a shutdown (the caller's future or the `shutdown`
 //! command) and stops everything in order: listeners and their jobs first, then
-//! the HTTP server, then the control socket.
+//! the HTTP server, then the control socket. SIGHUP (or the `reload` command)
+//! reloads the config ([`reload`]).
+
+mod reload;
+
+pub use reload::{ReloadError, Reloaded};
 
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::control::socket::{self, SocketError};
+use crate::http::HttpServer;
 use crate::listener::Listeners;
 use crate::notify;
 use std::future::Future;
@@ -29,18 +35,25 @@ pub enum DaemonError {
 
 /// What the control handlers see of the daemon.
 pub struct DaemonState {
-    /// The config it runs.
+    /// The config it started with (`[daemon]` and `[control]` apply from this one).
     pub config: Config,
     /// Its listeners.
     pub listeners: Listeners,
-    /// The HTTP front end, when `[server]` is configured.
-    pub server: Option<crate::http::HttpServer>,
     /// When it started.
     pub started: Instant,
+    /// The HTTP front end, when `[server]` is configured.
+    server: std::sync::RwLock<Option<Arc<HttpServer>>>,
+    /// The config running now (after reloads); held for the length of a reload.
+    current: tokio::sync::Mutex<Config>,
     shutdown: CancellationToken,
 }
 
 impl DaemonState {
+    /// The HTTP front end, when one runs.
+    pub fn server(&self) -> Option<Arc<HttpServer>> {
+        self.server.read().expect("server lock").clone()
+    }
+
     /// Whether a shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
@@ -72,15 +85,20 @@ impl DaemonState {
 /// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let started = Instant::now();
+    // Before READY=1: a SIGHUP right after it must reload, not kill (its default action).
+    let hangups = hangups();
     let (listener, socket_file) = socket::bind(&config.control)?;
     info!(socket = %socket_file.path().display(), "control socket listening");
     let server = match &config.server {
-        Some(server) => Some(crate::http::HttpServer::start(server, config.daemon.shutdown_grace).await?),
+        Some(server) => Some(Arc::new(
+            HttpServer::start(server, config.daemon.shutdown_grace).await?,
+        )),
         None => None,
     };
     let state = Arc::new(DaemonState {
         listeners: Listeners::new(&config),
-        server,
+        server: server.into(),
+        current: config.clone().into(),
         config,
         started,
         shutdown: CancellationToken::new(),
@@ -93,15 +111,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let watchdog_stop = CancellationToken::new();
     let watchdog = notify::spawn_watchdog(watchdog_stop.clone());
 
-    tokio::select! {
-        _ = shutdown => state.request_shutdown("a signal"),
-        _ = state.shutdown.cancelled() => {}
-    }
+    wait_for_shutdown(&state, shutdown, hangups).await;
     notify::stopping();
     info!("stopping listeners");
     state.listeners.stop_all().await;
     info!("listeners stopped");
-    match &state.server {
+    // Taken after the listeners stopped: a reload cannot start a server any more.
+    let server = state.server.write().expect("server lock").take();
+    match server {
         Some(server) => {
             info!("stopping HTTP server");
             server.shutdown(state.config.daemon.shutdown_grace).await;
@@ -117,6 +134,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     info!("shutdown complete");
     Ok(())
+}
+
+/// The SIGHUP stream (none, with a warning, if the handler cannot be installed).
+fn hangups() -> Option<signal_hook_tokio::Signals> {
+    match signal_hook_tokio::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(signals) => Some(signals),
+        Err(e) => {
+            tracing::warn!("cannot handle SIGHUP, reload only by command: {e}");
+            None
+        }
+    }
+}
+
+/// Serves reloads (SIGHUP) until `shutdown` resolves or a client asks for a shutdown.
+async fn wait_for_shutdown(
+    state: &DaemonState,
+    shutdown: impl Future<Output = ()>,
+    mut hangups: Option<signal_hook_tokio::Signals>,
+) {
+    use futures::StreamExt;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return state.request_shutdown("a signal"),
+            _ = state.shutdown.cancelled() => return,
+            Some(_) = async { hangups.as_mut()?.next().await }, if hangups.is_some() => {
+                let _ = state.reload("SIGHUP").await;
+            }
+        }
+    }
 }
 
 /// Raises the soft limit of open files to the hard limit: every watch-heavy listener,

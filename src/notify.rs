@@ -22,6 +22,14 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// `RELOADING=1` with `MONOTONIC_USEC` (systemd 253+ needs both); `READY=1` follows.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading")]),
+        Err(e) => warn!("cannot read the monotonic clock for RELOADING=1: {e}"),
+    }
+}
+
 /// `STOPPING=1`.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

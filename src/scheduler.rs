@@ -390,7 +390,7 @@ impl Scheduler {
     /// The files with changes whose runs have not finished: pending, waiting for a
     /// slot, or running. Their changes are not processed yet.
     pub fn unsettled(&self) -> HashSet<PathBuf> {
-        self.entries.keys().map(|(_, path)| path.clone()).collect()
+        self.entries.values().flat_map(files_of).collect()
     }
 
     /// How many keys have changes waiting (not yet started).

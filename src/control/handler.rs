@@ -1,7 +1,8 @@
 //! One handler per control request, reached from one exhaustive `match`.
 
-use super::protocol::{ErrorCode, ListenerCounts, Request, Response, StatusInfo};
-use crate::daemon::DaemonState;
+use super::protocol::{ErrorBody, ErrorCode, ListenerCounts, Request, Response, StatusInfo};
+use crate::config::ConfigError;
+use crate::daemon::{DaemonState, ReloadError};
 use crate::listener::ListenerError;
 
 /// Answers one request. `Shutdown` only answers; the connection triggers the
@@ -12,10 +13,7 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
         Request::Start { listener } => start_or_stop(state, state.listeners.start(&listener)).await,
         Request::Stop { listener } => start_or_stop(state, state.listeners.stop(&listener)).await,
         Request::Status => status(state),
-        Request::Reload => Response::error(
-            ErrorCode::Unsupported,
-            "reload is not supported yet: restart the daemon to apply a new config",
-        ),
+        Request::Reload => reload(state).await,
         Request::Shutdown => Response::Done,
         Request::Trigger { listener, path } => trigger(state, &listener, &path).await,
         Request::Jobs => Response::Jobs(state.listeners.jobs().await),
@@ -49,6 +47,20 @@ async fn trigger(state: &DaemonState, listener: &str, path: &str) -> Response {
     }
 }
 
+async fn reload(state: &DaemonState) -> Response {
+    match state.reload("the control socket").await {
+        Ok(reloaded) => Response::Reloaded(reloaded),
+        Err(ReloadError::ShuttingDown) => shutting_down(),
+        Err(ReloadError::Invalid(e)) => {
+            let mut body = ErrorBody::new(ErrorCode::InvalidConfig, e.to_string());
+            if let ConfigError::Invalid { line, column, .. } = e {
+                (body.line, body.column) = (Some(line), Some(column));
+            }
+            Response::Error(body)
+        }
+    }
+}
+
 fn status(state: &DaemonState) -> Response {
     let summary = state.listeners.summary();
     Response::Status(StatusInfo {
@@ -60,7 +72,7 @@ fn status(state: &DaemonState) -> Response {
             running: summary.running,
             total: summary.total,
         },
-        server: state.server.as_ref().map(|s| s.info()),
+        server: state.server().map(|s| s.info()),
     })
 }
 

@@ -79,6 +79,8 @@ pub enum ErrorCode {
     Busy,
     /// The listener is not running.
     NotRunning,
+    /// `reload`: the new config is invalid; the running one is kept.
+    InvalidConfig,
 }
 
 /// An error reply's body.
@@ -88,6 +90,12 @@ pub struct ErrorBody {
     pub code: ErrorCode,
     /// What went wrong, for people.
     pub message: String,
+    /// For `invalid_config`: the 1-based line of the error in the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// For `invalid_config`: the 1-based column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 impl ErrorBody {
@@ -96,6 +104,8 @@ impl ErrorBody {
         ErrorBody {
             code,
             message: message.into(),
+            line: None,
+            column: None,
         }
     }
 }
@@ -139,6 +149,8 @@ pub enum Response {
     Triggered(usize),
     /// `jobs`.
     Jobs(Vec<crate::listener::JobView>),
+    /// `reload`: what changed.
+    Reloaded(crate::daemon::Reloaded),
     /// Success with nothing to say.
     Done,
     /// Failure.
@@ -159,6 +171,7 @@ impl Response {
             Response::Status(s) => serde_json::to_value(s).expect("status serializes"),
             Response::Triggered(matched) => json!({ "matched": matched }),
             Response::Jobs(jobs) => json!({ "jobs": jobs }),
+            Response::Reloaded(r) => serde_json::to_value(r).expect("reload report serializes"),
             Response::Done => json!({}),
             Response::Error(e) => json!({ "error": e }),
         };

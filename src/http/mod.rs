@@ -148,18 +148,35 @@ impl HttpServer {
     }
 }
 
-/// The socket systemd passed (`LISTEN_FDS`), else a fresh one bound to `listen`.
-fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), HttpError> {
+/// The socket systemd passed (`LISTEN_FDS`), taken once for the life of the process:
+/// each server (a reload may start a new one) serves a duplicate of it.
+fn inherited() -> Result<Option<&'static std::net::TcpListener>, HttpError> {
     use std::os::fd::FromRawFd;
-    if let Some(fd) = sd_notify::listen_fds().ok().and_then(|mut fds| fds.next()) {
+    static INHERITED: std::sync::OnceLock<Result<Option<std::net::TcpListener>, String>> =
+        std::sync::OnceLock::new();
+    let taken = INHERITED.get_or_init(|| {
+        let Some(fd) = sd_notify::listen_fds().ok().and_then(|mut fds| fds.next()) else {
+            return Ok(None);
+        };
         if !is_listening_tcp(fd) {
-            return Err(HttpError::Inherited(std::io::Error::other(format!(
+            return Err(format!(
                 "descriptor {fd} from LISTEN_FDS is not a listening TCP socket"
-            ))));
+            ));
         }
         // SAFETY: systemd passed this descriptor to this process (LISTEN_PID checked) for us
-        // to own, and it was checked to be a listening TCP socket.
-        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        // to own, it was checked to be a listening TCP socket, and it is taken only once.
+        Ok(Some(unsafe { std::net::TcpListener::from_raw_fd(fd) }))
+    });
+    match taken {
+        Ok(socket) => Ok(socket.as_ref()),
+        Err(message) => Err(HttpError::Inherited(std::io::Error::other(message.clone()))),
+    }
+}
+
+/// The socket systemd passed (`LISTEN_FDS`), else a fresh one bound to `listen`.
+fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), HttpError> {
+    if let Some(socket) = inherited()? {
+        let std = socket.try_clone().map_err(HttpError::Inherited)?;
         std.set_nonblocking(true).map_err(HttpError::Inherited)?;
         return Ok((
             tokio::net::TcpListener::from_std(std).map_err(HttpError::Inherited)?,

@@ -3,7 +3,10 @@
 //! [`Listeners`] is the registry the daemon and the control socket drive
 //! (start, stop, snapshot); [`task`] is what a running listener does.
 
+mod reload;
 mod task;
+
+pub use reload::Applied;
 
 use crate::config::{Config, ListenerConfig};
 use crate::snapshot;
@@ -184,6 +187,13 @@ struct Running {
     submit: tokio::sync::mpsc::WeakUnboundedSender<crate::scheduler::Input>,
 }
 
+/// Watches set up for a listener, not yet read by its task.
+struct Prepared {
+    watcher: crate::watch::Watcher,
+    missed: Vec<FileEvent>,
+    catch_up: Option<(PathBuf, snapshot::Snapshot)>,
+}
+
 struct Slot {
     config: Arc<ListenerConfig>,
     shared: Arc<Shared>,
@@ -200,7 +210,8 @@ pub(crate) struct JobContext {
 
 /// The daemon's listeners.
 pub struct Listeners {
-    slots: Vec<Slot>,
+    /// In config order; replaced as a whole by a reload.
+    slots: std::sync::RwLock<Vec<Arc<Slot>>>,
     ctx: JobContext,
     /// Set by [`Listeners::stop_all`]: no listener may start after it.
     closing: std::sync::atomic::AtomicBool,
@@ -213,12 +224,9 @@ impl Listeners {
             slots: config
                 .listeners
                 .iter()
-                .map(|l| Slot {
-                    config: Arc::new(l.clone()),
-                    shared: Arc::default(),
-                    running: tokio::sync::Mutex::new(None),
-                })
-                .collect(),
+                .map(|l| Arc::new(Slot::new(l)))
+                .collect::<Vec<_>>()
+                .into(),
             ctx: JobContext {
                 instance: config.instance.clone(),
                 grace: config.daemon.shutdown_grace,
@@ -228,18 +236,23 @@ impl Listeners {
         }
     }
 
-    fn slot(&self, name: &str) -> Result<&Slot, ListenerError> {
-        self.slots
-            .iter()
+    fn slot(&self, name: &str) -> Result<Arc<Slot>, ListenerError> {
+        self.slots()
+            .into_iter()
             .find(|s| s.config.name == name)
             .ok_or_else(|| ListenerError::Unknown(name.to_owned()))
+    }
+
+    /// The slots as they are now.
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        self.slots.read().expect("slots lock").clone()
     }
 
     /// Starts every listener with `autostart`; failures are logged and leave it `failed`.
     /// Returns once each has its watches in place.
     pub async fn start_autostart(&self) {
-        let starts = self
-            .slots
+        let slots = self.slots();
+        let starts = slots
             .iter()
             .filter(|s| s.config.autostart)
             .map(|s| s.start(&self.ctx, &self.closing));
@@ -297,7 +310,7 @@ impl Listeners {
     /// Every job not finished: running ones with pid and time, then queued ones.
     pub async fn jobs(&self) -> Vec<JobView> {
         let mut all = Vec::new();
-        for slot in &self.slots {
+        for slot in self.slots() {
             all.extend(slot.jobs().await);
         }
         all
@@ -307,13 +320,15 @@ impl Listeners {
     /// No listener starts after this begins.
     pub async fn stop_all(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        futures::future::join_all(self.slots.iter().map(Slot::stop)).await;
+        let slots = self.slots();
+        futures::future::join_all(slots.iter().map(|s| s.stop())).await;
     }
 
     /// A snapshot of every listener.
     pub async fn infos(&self) -> Vec<ListenerInfo> {
-        let mut infos = Vec::with_capacity(self.slots.len());
-        for slot in &self.slots {
+        let slots = self.slots();
+        let mut infos = Vec::with_capacity(slots.len());
+        for slot in slots {
             infos.push(slot.info().await);
         }
         infos
@@ -321,12 +336,11 @@ impl Listeners {
 
     /// Listeners up (running or degraded), listeners in all, and directories watched.
     pub fn summary(&self) -> Summary {
-        let up = |s: &&Slot| matches!(s.shared.get().0, State::Running | State::Degraded);
+        let slots = self.slots();
         Summary {
-            running: self.slots.iter().filter(up).count(),
-            total: self.slots.len(),
-            watches: self
-                .slots
+            running: slots.iter().filter(|s| s.is_up()).count(),
+            total: slots.len(),
+            watches: slots
                 .iter()
                 .map(|s| s.shared.watches.load(Ordering::Relaxed))
                 .sum(),
@@ -335,6 +349,14 @@ impl Listeners {
 }
 
 impl Slot {
+    fn new(config: &ListenerConfig) -> Slot {
+        Slot {
+            config: Arc::new(config.clone()),
+            shared: Arc::default(),
+            running: tokio::sync::Mutex::new(None),
+        }
+    }
+
     async fn start(
         &self,
         ctx: &JobContext,
@@ -347,6 +369,14 @@ impl Slot {
         if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return Ok(false);
         }
+        let prepared = self.prepare(ctx).await?;
+        *running = Some(self.launch(ctx, prepared, Vec::new()));
+        Ok(true)
+    }
+
+    /// Sets up the watches (and, for `catch_up`, finds the changes made while stopped).
+    /// From here on no change is missed: events queue in the new inotify instance.
+    async fn prepare(&self, ctx: &JobContext) -> Result<Prepared, ListenerError> {
         let name = self.config.name.clone();
         let roots = roots(&self.config);
         let filter = dir_filter(&self.config);
@@ -367,13 +397,29 @@ impl Slot {
         .await
         .expect("watch setup does not panic");
         let ready = setup.and_then(|(s, missed, catch_up)| Ok((s.into_watcher()?, missed, catch_up)));
-        let (watcher, missed, catch_up) = match ready {
-            Ok(ready) => ready,
+        match ready {
+            Ok((watcher, missed, catch_up)) => Ok(Prepared {
+                watcher,
+                missed,
+                catch_up,
+            }),
             Err(source) => {
                 self.shared.set(State::Failed, Some(source.to_string()));
-                return Err(ListenerError::StartFailed { name, source });
+                Err(ListenerError::StartFailed { name, source })
             }
-        };
+        }
+    }
+
+    /// Starts the listener's task on prepared watches; `extra` changes (from a listener
+    /// this one replaces) are submitted first, with the catch-up ones.
+    fn launch(&self, ctx: &JobContext, prepared: Prepared, extra: Vec<FileEvent>) -> Running {
+        let Prepared {
+            watcher,
+            mut missed,
+            catch_up,
+        } = prepared;
+        missed.extend(extra);
+        let name = self.config.name.clone();
         let watches = watcher.watch_count();
         self.shared.watches.store(watches as u64, Ordering::Relaxed);
         self.shared.set_health(watcher.missing_roots());
@@ -394,12 +440,32 @@ impl Slot {
         let task = run
             .spawn(watcher, missed, (tx, rx), cancel.clone())
             .instrument(info_span!("listener", listener = %name));
-        *running = Some(Running {
+        Running {
             cancel,
             task: tokio::spawn(task),
             submit,
-        });
-        Ok(true)
+        }
+    }
+
+    /// The files whose changes its scheduler has not finished (none when not running).
+    async fn unsettled(&self) -> Vec<PathBuf> {
+        let submit = self
+            .running
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|r| r.submit.upgrade());
+        let Some(submit) = submit else { return Vec::new() };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if submit.send(crate::scheduler::Input::Unsettled(reply)).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default().into_iter().collect()
+    }
+
+    /// Running or degraded.
+    fn is_up(&self) -> bool {
+        matches!(self.shared.get().0, State::Running | State::Degraded)
     }
 
     async fn stop(&self) -> bool {

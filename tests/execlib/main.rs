@@ -14,4 +14,5 @@ mod lifecycle;
 mod livereload;
 mod protocol_errors;
 mod regression;
+mod reload;
 mod watching;

@@ -85,12 +85,3 @@ fn requests_during_shutdown_are_refused_clearly() {
     assert_eq!(client.reply().unwrap()["error"]["code"], "shutting_down");
     assert_eq!(daemon.wait_exit().0.code(), Some(0));
 }
-
-#[test]
-fn reload_answers_unsupported() {
-    let sandbox = Sandbox::new();
-    let config = sandbox.config(&one_route("true", ""));
-    let daemon = Daemon::start(&sandbox, &config);
-    let reply = daemon.request(r#"{"cmd":"reload"}"#);
-    assert_eq!(reply["error"]["code"], "unsupported");
-}

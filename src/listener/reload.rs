@@ -1,0 +1,126 @@
+//! Applying a reloaded config to the running listeners: only the difference.
+//!
+//! A listener whose definition did not change keeps running untouched (its watches
+//! never close). A changed one is replaced: the new watches are set up *before* the
+//! old listener stops, and the files the old one had not finished are handed to the
+//! new one, so no change is lost in between (a `catch_up` listener instead stops
+//! first, and its saved snapshot covers the gap). Removed listeners stop; added ones
+//! start if `autostart`.
+
+use super::{FileEvent, ListenerError, Listeners, Slot, State};
+use crate::config::{Config, ListenerConfig};
+use crate::events::EventKind;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tracing::{error, info};
+
+/// What a reload did to the listeners, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Same definition: left running (or stopped) as they were.
+    pub unchanged: Vec<String>,
+    /// Changed definition: replaced (and restarted if they were up).
+    pub changed: Vec<String>,
+    /// New in the config.
+    pub added: Vec<String>,
+    /// Gone from the config: stopped.
+    pub removed: Vec<String>,
+}
+
+impl Listeners {
+    /// Brings the listeners in line with `config`. Fails only when the daemon is
+    /// shutting down; a listener that cannot start is left `failed` and logged.
+    pub async fn apply(&self, config: &Config) -> Result<Applied, ListenerError> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(ListenerError::Closing);
+        }
+        let old = self.slots();
+        let mut applied = Applied::default();
+        let mut next = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let name = l.name.clone();
+            let slot = match old.iter().find(|s| s.config.name == l.name) {
+                Some(slot) if *slot.config == *l => {
+                    applied.unchanged.push(name);
+                    slot.clone()
+                }
+                Some(slot) => {
+                    applied.changed.push(name);
+                    self.replace(slot, l).await
+                }
+                None => {
+                    applied.added.push(name);
+                    let slot = Arc::new(Slot::new(l));
+                    if l.autostart {
+                        self.start_logged(&slot).await;
+                    }
+                    slot
+                }
+            };
+            next.push(slot);
+        }
+        for slot in old
+            .iter()
+            .filter(|s| !config.listeners.iter().any(|l| l.name == s.config.name))
+        {
+            applied.removed.push(slot.config.name.clone());
+            slot.stop().await;
+        }
+        *self.slots.write().expect("slots lock") = next;
+        Ok(applied)
+    }
+
+    /// The new slot for a changed listener, running if the old one was up (or had
+    /// failed and the listener is `autostart`).
+    async fn replace(&self, old: &Arc<Slot>, config: &ListenerConfig) -> Arc<Slot> {
+        let new = Arc::new(Slot::new(config));
+        let failed = old.shared.get().0 == State::Failed;
+        if !(old.is_up() || failed && config.autostart) {
+            old.stop().await;
+            return new;
+        }
+        info!(listener = %config.name, "definition changed: replacing the listener");
+        if config.catch_up {
+            old.stop().await;
+            self.start_logged(&new).await;
+            return new;
+        }
+        let mut running = new.running.lock().await;
+        let prepared = new.prepare(&self.ctx).await;
+        let unsettled = old.unsettled().await;
+        old.stop().await;
+        match prepared {
+            Ok(prepared) if !self.closing.load(Ordering::SeqCst) => {
+                *running = Some(new.launch(&self.ctx, prepared, handed_over(unsettled)));
+            }
+            Ok(_) => {}
+            Err(e) => error!("{e}"),
+        }
+        drop(running);
+        new
+    }
+
+    async fn start_logged(&self, slot: &Slot) {
+        if let Err(e) = slot.start(&self.ctx, &self.closing).await {
+            error!("{e}");
+        }
+    }
+}
+
+/// Synthetic events for files a replaced listener had not finished: `modify` if the
+/// file is there, else `delete`.
+fn handed_over(files: Vec<PathBuf>) -> Vec<FileEvent> {
+    files
+        .into_iter()
+        .map(|path| {
+            let kind = if path.symlink_metadata().is_ok() {
+                EventKind::Modify
+            } else {
+                EventKind::Delete
+            };
+            FileEvent { path, kind }
+        })
+        .collect()
+}

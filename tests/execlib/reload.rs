@@ -1,0 +1,189 @@
+//! Reload (`reload` command and SIGHUP): only the difference is applied, an invalid
+//! config keeps the running one, and systemd hears RELOADING=1 then READY=1.
+
+use crate::support::web::{LrClient, get};
+use crate::support::*;
+
+/// A listener `name` on `src_NAME` whose job appends "`tag` FILE" to `out/log`.
+fn listener(name: &str, tag: &str, debounce_ms: u64) -> String {
+    std::format!(
+        "[[listener]]\nname = \"{name}\"\n  [[listener.route]]\n  path = \"src_{name}\"\n  debounce_ms = {debounce_ms}\n  delay_ms = 0\n  shell = 'echo \"{tag} $EXECLIB_NAME\" >> ../out/log'\n"
+    )
+}
+
+fn reload(daemon: &Daemon) -> serde_json::Value {
+    daemon.request(r#"{"cmd":"reload"}"#)
+}
+
+#[test]
+fn reload_applies_only_the_difference() {
+    let sandbox = Sandbox::new();
+    let v1 = [
+        listener("keep", "keep", 0),
+        listener("change", "old", 0),
+        listener("gone", "gone", 0),
+    ];
+    for dir in ["src_keep", "src_change", "src_gone", "src_added"] {
+        std::fs::create_dir_all(sandbox.path(dir)).unwrap();
+    }
+    let config = sandbox.config(&v1.concat());
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src_keep/a", "x");
+    wait_log(&sandbox, "keep a");
+    let events = daemon.listener("keep")["events"].as_u64().unwrap();
+    assert!(events >= 1);
+
+    let v2 = [
+        listener("keep", "keep", 0),
+        listener("change", "new", 0),
+        listener("added", "add", 0),
+    ];
+    sandbox.config(&v2.concat());
+    let reply = reload(&daemon);
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        reply["listeners"]["unchanged"],
+        serde_json::json!(["keep"]),
+        "{reply}"
+    );
+    assert_eq!(reply["listeners"]["changed"], serde_json::json!(["change"]));
+    assert_eq!(reply["listeners"]["added"], serde_json::json!(["added"]));
+    assert_eq!(reply["listeners"]["removed"], serde_json::json!(["gone"]));
+    assert_eq!(reply["server"], "unchanged");
+
+    let keep = daemon.listener("keep");
+    assert_eq!(keep["state"], "running");
+    assert!(
+        keep["events"].as_u64().unwrap() >= events,
+        "the unchanged listener kept running (its counters were not reset): {keep}"
+    );
+    let names: Vec<_> = daemon.request(r#"{"cmd":"listeners"}"#)["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["keep", "change", "added"]);
+    sandbox.write("src_change/b", "x");
+    sandbox.write("src_added/c", "x");
+    sandbox.write("src_keep/d", "x");
+    sandbox.write("src_gone/e", "x");
+    for line in ["new b", "add c", "keep d"] {
+        wait_log(&sandbox, line);
+    }
+    let lines = log_lines(&sandbox);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("old") || l.starts_with("gone")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn an_invalid_config_is_refused_with_its_position_and_the_old_one_keeps_running() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
+    let config = sandbox.config(&listener("docs", "old", 0));
+    let daemon = Daemon::start(&sandbox, &config);
+    let broken = sandbox.config("[[listener]]\nname = \"docs\"\nbogus = 1\n");
+    let text = std::fs::read_to_string(&broken).unwrap();
+    let line = text.lines().position(|l| l.starts_with("bogus")).unwrap() as u64 + 1;
+    let reply = reload(&daemon);
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["error"]["code"], "invalid_config");
+    assert_eq!(
+        (reply["error"]["line"].as_u64(), reply["error"]["column"].as_u64()),
+        (Some(line), Some(1))
+    );
+    let out = daemon.ctl(&["reload"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&std::format!("site.toml:{line}:1")), "{stderr}");
+    assert!(daemon.log().contains("reload failed, keeping the running config"));
+    sandbox.write("src_docs/a", "x");
+    wait_log(&sandbox, "old a");
+    assert_eq!(daemon.listener("docs")["state"], "running");
+}
+
+#[test]
+fn sighup_reloads_between_reloading_and_ready() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
+    let config = sandbox.config(&listener("docs", "old", 0));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    sandbox.config(&listener("docs", "new", 0));
+    daemon.signal(libc::SIGHUP);
+    let reloading = daemon.notify.wait_for("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    eventually("READY=1 after the reload", || {
+        daemon.notify.poll();
+        (daemon.notify.count("READY=1") == 2).then_some(())
+    });
+    let reloading_at = daemon
+        .notify
+        .messages
+        .iter()
+        .position(|m| m.contains("RELOADING=1"));
+    let ready_at = daemon.notify.messages.iter().rposition(|m| m.contains("READY=1"));
+    assert!(reloading_at < ready_at, "{:?}", daemon.notify.messages);
+    sandbox.write("src_docs/a", "x");
+    wait_log(&sandbox, "new a");
+}
+
+#[test]
+fn a_change_pending_in_a_replaced_listener_runs_in_the_new_one() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
+    let config = sandbox.config(&listener("docs", "old", 60_000));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src_docs/a", "x");
+    eventually("the change to reach the listener", || {
+        (daemon.listener("docs")["events"].as_u64()? >= 1).then_some(())
+    });
+    sandbox.config(&listener("docs", "new", 0));
+    assert_eq!(
+        reload(&daemon)["listeners"]["changed"],
+        serde_json::json!(["docs"])
+    );
+    wait_log(&sandbox, "new a");
+    assert_eq!(log_lines(&sandbox), ["new a"]);
+}
+
+#[test]
+fn the_http_server_restarts_only_when_server_changes() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("public")).unwrap();
+    std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
+    sandbox.write("public/index.html", "<p>hi</p>");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = std::format!("127.0.0.1:{port}");
+    let server =
+        |delay: u32| std::format!("[server]\nlisten = \"{addr}\"\nroot = \"public\"\ndelay_ms = {delay}\n");
+    let config = sandbox.config(&(server(20) + &listener("docs", "old", 0)));
+    let daemon = Daemon::start(&sandbox, &config);
+    let mut client = LrClient::on_page(&addr, "/");
+
+    sandbox.config(&(server(20) + &listener("docs", "new", 0)));
+    assert_eq!(reload(&daemon)["server"], "unchanged");
+    sandbox.write("public/index.html", "<p>changed</p>");
+    let message = client.recv().expect("the client survived the reload");
+    assert_eq!(message["command"], "reload", "{message}");
+
+    sandbox.config(&(server(50) + &listener("docs", "new", 0)));
+    assert_eq!(reload(&daemon)["server"], "restarted");
+    assert_eq!(
+        client.close_code(),
+        Some(1001),
+        "the old server's clients were told it went away"
+    );
+    assert_eq!(get(&addr, "/", &[]).status, 200);
+    assert_eq!(
+        daemon.request(r#"{"cmd":"status"}"#)["server"]["listen"],
+        addr.as_str()
+    );
+}
