@@ -47,6 +47,28 @@ pub enum ClientError {
     },
 }
 
+/// Instance `name`'s socket: the unit's own (`RUNTIME_DIRECTORY`, as in its
+/// `ExecReload=`), the caller's runtime base, or the system's (`/run/execlib`, for
+/// a non-root member of the socket's group); the first that exists.
+fn instance_socket(name: &str, env: &Environment) -> PathBuf {
+    let unit = env
+        .runtime_directory
+        .as_ref()
+        .filter(|dir| dir.file_name().is_some_and(|n| n == name))
+        .map(|dir| dir.join("control.sock"));
+    let system = std::path::Path::new(SYSTEM_RUNTIME_BASE)
+        .join(name)
+        .join("control.sock");
+    let mine = env.instance_socket(name);
+    unit.into_iter()
+        .chain([mine.clone(), system])
+        .find(|p| p.exists())
+        .unwrap_or(mine)
+}
+
+/// Where system instances keep their runtime directories.
+const SYSTEM_RUNTIME_BASE: &str = "/run/execlib";
+
 /// The socket to use: `--socket`, else `--instance`'s, else the only instance found.
 pub fn resolve_socket(
     socket: Option<PathBuf>,
@@ -57,7 +79,7 @@ pub fn resolve_socket(
         return Ok(socket);
     }
     if let Some(name) = instance {
-        return Ok(env.instance_socket(name));
+        return Ok(instance_socket(name, env));
     }
     let base = env.runtime_base();
     let mut found: Vec<String> = std::fs::read_dir(&base)
@@ -263,27 +285,65 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 
 fn render_status(reply: &Value) -> String {
     let uptime = reply["uptime_ms"].as_u64().unwrap_or(0) / 1000;
-    format!(
-        "instance {} (pid {}, version {})\nuptime {}h{:02}m{:02}s\nlisteners {}/{} running\nserver {}",
+    let mut out = format!(
+        "instance {} (pid {}, version {})\n",
         reply["instance"].as_str().unwrap_or("?"),
         reply["pid"],
         reply["version"].as_str().unwrap_or("?"),
+    );
+    if let Some(unit) = reply["unit"].as_str() {
+        out.push_str(&format!("unit     {unit}\n"));
+    }
+    let server = &reply["server"];
+    let server = match server["listen"].as_str() {
+        None => "none".to_owned(),
+        Some(listen) => format!(
+            "{listen}{}, LiveReload {}",
+            if server["socket_activated"] == true {
+                " (socket from systemd)"
+            } else {
+                ""
+            },
+            if server["livereload"] == true {
+                format!("on, {} client(s)", server["livereload_clients"])
+            } else {
+                "off".to_owned()
+            }
+        ),
+    };
+    out.push_str(&format!(
+        "uptime   {}h{:02}m{:02}s\nlisteners {}/{} running\nserver   {server}",
         uptime / 3600,
         uptime / 60 % 60,
         uptime % 60,
         reply["listeners"]["running"],
         reply["listeners"]["total"],
-        if reply["server"].is_null() {
-            "none".to_owned()
-        } else {
-            reply["server"].to_string()
-        },
-    )
+    ));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_socket_prefers_the_units_runtime_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit_dir = dir.path().join("site");
+        std::fs::create_dir(&unit_dir).unwrap();
+        std::fs::write(unit_dir.join("control.sock"), "").unwrap();
+        let env = Environment {
+            runtime_directory: Some(unit_dir.clone()),
+            xdg_runtime_dir: Some(dir.path().join("elsewhere")),
+            ..Environment::default()
+        };
+        assert_eq!(instance_socket("site", &env), unit_dir.join("control.sock"));
+        assert_eq!(
+            instance_socket("other", &env),
+            dir.path().join("elsewhere/execlib/other/control.sock"),
+            "another instance's name does not use this unit's directory"
+        );
+    }
 
     #[test]
     fn finds_the_only_instance_or_says_what_it_found() {

@@ -5,6 +5,7 @@
 //! [`scheduler`], which starts [`job`]s. Beside it the [`control`] socket
 //! drives the listeners, and [`daemon`] owns every lifecycle.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -73,6 +73,17 @@ fn status(state: &DaemonState) -> Response {
             total: summary.total,
         },
         server: state.server().map(|s| s.info()),
+        unit: systemd_unit(),
+    })
+}
+
+/// The service unit this process runs in: the last component of its cgroup path
+/// when that names a `.service` (systemd puts each service in its own cgroup).
+fn systemd_unit() -> Option<String> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroups.lines().find_map(|line| {
+        let unit = line.rsplit('/').next()?;
+        unit.ends_with(".service").then(|| unit.to_owned())
     })
 }
 

@@ -125,6 +125,9 @@ pub struct StatusInfo {
     pub listeners: ListenerCounts,
     /// The HTTP server, when there is one.
     pub server: Option<Value>,
+    /// The systemd unit it runs in (from its cgroup), when it runs under systemd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// How many listeners run, of how many.

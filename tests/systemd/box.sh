@@ -17,7 +17,8 @@
 #   box_stop
 #
 # API
-#   box_start <pkgdir>   Boot the box; return once `systemctl is-system-running`
+#   box_start <pkgdir>   Boot the box with <pkgdir> bind-mounted read-only at
+#                        /pkg; return once `systemctl is-system-running`
 #                        says running or degraded (gives up after
 #                        $BOX_BOOT_TIMEOUT_MS, default 30000, printing the
 #                        console log and tearing down). Sets:
@@ -25,10 +26,18 @@
 #                          BOX_DIR      host temp dir (console.log, init.sh)
 #                          BOX_CGROUP   host path of the box's cgroup (v2)
 #                          BOX_CONSOLE  $BOX_DIR/console.log (box's /dev/console)
+#                        Inside the box, /run/box/upper is a read-only view of
+#                        the overlay's upper layer: every file the box created
+#                        or changed (deleted ones show as 0:0 char devices).
 #   box_exec <cmd...>    Run cmd in all of the box's namespaces (nsenter -a)
 #                        with a clean environment (PATH, HOME, LANG, TERM,
-#                        PAGER only; no host SYSTEMD_* variables). stdin/stdout/
-#                        stderr and the exit status pass through.
+#                        PAGER, DEBIAN_FRONTEND=noninteractive only; no host
+#                        SYSTEMD_* variables). stdin/stdout/stderr and the exit
+#                        status pass through. The command runs as root in the
+#                        box's namespaces but in the host's cgroup.
+#   box_wait <timeout_ms> <cmd...>
+#                        Poll cmd every 50 ms until it succeeds (status 0) or
+#                        the deadline passes (status 1). For "eventually" checks.
 #   box_journal_dump <file> [mode]
 #                        Write the box's whole journal to a host file
 #                        (journalctl -o <mode>, default verbose; use export for
@@ -36,15 +45,25 @@
 #   box_stop             Power the box off (SIGRTMIN+4 to its PID 1, up to
 #                        $BOX_STOP_TIMEOUT_MS, default 10000), else SIGKILL it;
 #                        then remove its cgroups and BOX_DIR. Idempotent, never
-#                        fails: safe in an EXIT trap.
+#                        fails: safe in an EXIT trap. If BOX_CONSOLE_COPY names
+#                        a host file, the console log (boot and shutdown
+#                        messages of PID 1) is saved there first.
+#
+# Knobs: BOX_BOOT_TIMEOUT_MS, BOX_STOP_TIMEOUT_MS, BOX_CONSOLE_COPY,
+#        BOX_TMPDIR (where BOX_DIR is made; default $TMPDIR or /tmp),
+#        BOX_TRACE=1 (bash -x for the in-box setup script, into the console).
 #
 # Design notes
 #   * Every mount (tmpfs for upper/work, overlay, proc, sysfs, /dev, /pkg) is
 #     made inside the box's private mount namespace, so the host never sees
-#     any of them and none can leak, even if the test is SIGKILLed.
-#   * The unshare process gets PR_SET_PDEATHSIG=SIGKILL (setpriv) and runs with
-#     --kill-child: if the test shell dies without running box_stop, the whole
-#     box dies with it. Only BOX_DIR and the empty cgroup dir can then be left.
+#     any of them and none can leak, even if the test is SIGKILLed. The
+#     upper/work tmpfs is mounted on $BOX_DIR/t in that namespace only.
+#   * script(1) and unshare get PR_SET_PDEATHSIG=SIGKILL (setpriv) and unshare
+#     runs with --kill-child: if the test shell dies without box_stop (e.g.
+#     SIGKILL), the whole box dies with it; only the empty dirs BOX_DIR and
+#     BOX_CGROUP (with systemd's empty sub-cgroups) can then be left behind.
+#   * The box shares the host's network namespace (ports bound in the box are
+#     host ports) and user namespace (root is root).
 #   * The box boots box.target (Requires=basic.target), not multi-user.target,
 #     so the host's enabled services (nginx, postgresql, ...) are not started;
 #     timers are removed from timers.target.wants.
@@ -104,17 +123,20 @@ _box_cgroup2_root() {
 # box's systemd sees it as /sys/fs/cgroup and manages only that subtree.
 _box_init_cgroup() { # <box_dir> <cgroup_dir> <pkgdir>
     echo 0 >"$2/cgroup.procs"
-    exec unshare --cgroup bash "$1/init.sh" _box_init_root "$1" "$3"
+    exec unshare --cgroup bash ${BOX_TRACE:+-x} "$1/init.sh" \
+        _box_init_root "$1" "$3"
 }
 
 # Stage 2: build the root file system, pivot into it, exec systemd.
 _box_init_root() { # <box_dir> <pkgdir>
-    local dir=$1 pkg=$2 root=$1/t/root
+    local dir=$1 pkg=$2 root=$1/t/root console
+    console=$(tty) # the pty slave from script(1), our stdin/stdout/stderr
+    stty cols 160 rows 50 # a pty starts at 0x0; keeps status lines whole
     echo "${BOX_NAME:-execlib-box}" >/proc/sys/kernel/hostname # own UTS ns
     _box_mount_overlay "$dir"
     _box_mount_api "$root"
-    _box_mount_dev "$root" "$dir/console.log"
-    _box_mount_pkg "$root" "$pkg"
+    _box_mount_dev "$root" "$console"
+    _box_mount_binds "$root" "$pkg" "$dir/t/upper"
     _box_configure "$root"
     # pivot_root into the overlay and drop the host's tree entirely.
     cd "$root"
@@ -123,29 +145,30 @@ _box_init_root() { # <box_dir> <pkgdir>
     cd /
     umount -l /.oldroot
     rmdir /.oldroot
-    # PID 1's stdio: the console log (opened O_APPEND through /dev/console).
-    exec </dev/null >>/dev/console 2>&1
-    exec env -i container="${BOX_NAME:-execlib-box}" \
+    # PID 1's stdio: the console; no colours in console.log.
+    exec </dev/null >/dev/console 2>&1
+    exec env -i container="${BOX_NAME:-execlib-box}" SYSTEMD_COLORS=0 \
         /lib/systemd/systemd --system --unit=box.target
 }
 
 # tmpfs for upper/work (private to this mount namespace) + overlay over /.
+# Checked: this works when the host's / is ext4, and when / is itself an
+# overlay (as in docker/CI; also with index=on, nfs_export=on, metacopy=on).
+# It fails only when / is already two overlays deep: the kernel allows a
+# stacking depth of 2 ("overlayfs: maximum fs stacking depth exceeded" in
+# dmesg). Binding / elsewhere first does not help there (the depth belongs
+# to the superblock), so we just say so.
 _box_mount_overlay() { # <box_dir>
     local t=$1/t
     mount -t tmpfs -o mode=0755 box-upper "$t"
     mkdir "$t/upper" "$t/work" "$t/root"
-    if ! mount -t overlay box-root \
-        -o "lowerdir=/,upperdir=$t/upper,workdir=$t/work" "$t/root"; then
-        # Fallback for hosts whose / overlayfs refuses as a lower layer (e.g.
-        # / is itself an overlay with index=on): use a plain bind mount of /
-        # as the lower layer and turn off the features that trigger "in use"
-        # / origin checks. Not needed on the ext4-rooted Debian 12 hosts.
-        echo "box: overlay over / refused, retrying with a bind of /" >&2
-        mkdir "$t/lower"
-        mount --bind / "$t/lower"
-        mount -t overlay box-root -o "lowerdir=$t/lower,upperdir=$t/upper,\
-workdir=$t/work,index=off,xino=off,redirect_dir=off,metacopy=off" "$t/root"
-    fi
+    mount -t overlay box-root \
+        -o "lowerdir=/,upperdir=$t/upper,workdir=$t/work" "$t/root" || {
+        echo "box: overlayfs refused / as lower layer: $(findmnt -no FSTYPE,OPTIONS /)" >&2
+        echo "box: if / is an overlay on an overlay, the kernel's stacking" \
+            "depth limit (2) is hit; run the box from a shallower root" >&2
+        return 1
+    }
 }
 
 # proc (with /proc/sys and /proc/sysrq-trigger read-only), read-only sysfs,
@@ -165,9 +188,9 @@ _box_mount_api() { # <root>
 }
 
 # A minimal /dev: a few bound host nodes, a private devpts, /dev/shm, and the
-# console log file bound over /dev/console so PID 1 never touches the real
-# console.
-_box_mount_dev() { # <root> <console_log>
+# pty slave of script(1) bound over /dev/console, so PID 1 writes to the
+# console log and never touches the real console.
+_box_mount_dev() { # <root> <console_pty>
     local r=$1 n
     mount -t tmpfs -o mode=0755,nosuid box-dev "$r/dev"
     for n in null zero full random urandom tty; do
@@ -188,19 +211,32 @@ _box_mount_dev() { # <root> <console_log>
     mount --bind "$2" "$r/dev/console"
 }
 
-# The host's package directory, read-only, at /pkg.
-_box_mount_pkg() { # <root> <pkgdir>
-    mkdir -p "$1/pkg"
+# Read-only binds: the host's package directory at /pkg, and the overlay's
+# upper layer (everything the box changed relative to the host) at
+# /run/box/upper, so tests can see exactly what e.g. dpkg -i wrote.
+_box_mount_binds() { # <root> <pkgdir> <upperdir>
+    mkdir -p "$1/pkg" "$1/run/box/upper"
     mount --bind "$2" "$1/pkg"
     mount -o remount,bind,ro "$1/pkg"
+    mount --bind "$3" "$1/run/box/upper"
+    mount -o remount,bind,ro "$1/run/box/upper"
 }
 
 # Configuration written into the overlay's upper layer only.
 _box_configure() { # <root>
-    local r=$1
+    local r=$1 u
     # No timers: they would start apt/man-db/fstrim/... jobs during tests.
     rm -f "$r"/etc/systemd/system/timers.target.wants/*.timer \
         "$r"/usr/lib/systemd/system/timers.target.wants/*.timer
+    # Host-global kernel interfaces the box has no business with: debugfs,
+    # tracefs, configfs, fusectl mounts, and the kernel audit stream (the box
+    # shares the host's network namespace, so it would get the host's audit
+    # records in its journal).
+    for u in sys-kernel-debug.mount sys-kernel-tracing.mount \
+        sys-kernel-config.mount sys-fs-fuse-connections.mount \
+        systemd-journald-audit.socket; do
+        ln -sf /dev/null "$r/etc/systemd/system/$u"
+    done
     # The boot target: basic.target and nothing from multi-user.target.
     cat >"$r/etc/systemd/system/box.target" <<'EOF'
 [Unit]
@@ -222,30 +258,59 @@ EOF
 _box_write_init() { # <file>
     {
         echo '#!/bin/bash'
-        echo 'set -euo pipefail'
+        echo 'set -Eeuo pipefail' # -E: the ERR trap also fires in functions
+        # shellcheck disable=SC2016 # expanded when init.sh runs
+        echo 'trap '\''echo "box init: ${FUNCNAME[0]:-main}: $BASH_COMMAND failed" >&2'\'' ERR'
         declare -f _box_init_cgroup _box_init_root _box_mount_overlay \
-            _box_mount_api _box_mount_dev _box_mount_pkg _box_configure
+            _box_mount_api _box_mount_dev _box_mount_binds _box_configure
         echo '"$@"'
     } >"$1"
 }
 
-# Start unshare in the background and find the box's PID 1 (its only child).
+# Start the box in the background:
+#   script           allocates a pty; its slave becomes the box's /dev/console
+#                    and everything written to it is logged to $BOX_CONSOLE
+#                    (systemd only writes to a console that is a tty)
+#   setpriv          PR_SET_PDEATHSIG=SIGKILL on script and on unshare, so
+#                    the box dies with the test shell even without box_stop
+#   unshare          new pid/mount/uts/ipc namespaces; --kill-child SIGKILLs
+#                    the box's PID 1 when unshare dies
 _box_launch() { # <pkgdir>
-    BOX_NAME=$BOX_NAME setpriv --pdeathsig KILL \
+    local cmd
+    cmd=exec\ $(printf '%q ' setpriv --pdeathsig KILL \
         unshare --pid --fork --kill-child --mount --uts --ipc \
         --propagation private \
-        bash "$BOX_DIR/init.sh" _box_init_cgroup "$BOX_DIR" "$BOX_CGROUP" "$1" \
-        </dev/null >>"$BOX_CONSOLE" 2>&1 &
-    _BOX_UNSHARE_PID=$!
+        bash ${BOX_TRACE:+-x} "$BOX_DIR/init.sh" _box_init_cgroup "$BOX_DIR" "$BOX_CGROUP" "$1")
+    BOX_NAME=$BOX_NAME BOX_TRACE=${BOX_TRACE:-} SHELL=/bin/sh setpriv --pdeathsig KILL \
+        script --quiet --flush --return --command "$cmd" "$BOX_CONSOLE" \
+        </dev/null >/dev/null 2>&1 &
+    _BOX_LAUNCH_PID=$!
     _box_until 5000 _box_find_pid1 || {
-        _box_say "unshare (pid $_BOX_UNSHARE_PID) did not fork PID 1"
+        _box_say "no box PID 1 appeared under pid $_BOX_LAUNCH_PID"
         return 1
     }
 }
 
+# PID 1 of the box is the first descendant of the launcher that lives in
+# another pid namespace; its parent is the unshare process.
 _box_find_pid1() {
-    BOX_PID=$(pgrep -P "$_BOX_UNSHARE_PID" | head -n1) || true
-    [[ -n $BOX_PID ]]
+    local todo=("$_BOX_LAUNCH_PID") kids p own ns stat
+    own=$(readlink /proc/self/ns/pid)
+    while ((${#todo[@]})); do
+        p=${todo[0]}
+        todo=("${todo[@]:1}")
+        ns=$(readlink "/proc/$p/ns/pid" 2>/dev/null) || continue # gone
+        if [[ $ns != "$own" ]]; then
+            stat=$(cat "/proc/$p/stat" 2>/dev/null) || return 1
+            stat=${stat##*) }
+            BOX_PID=$p
+            _BOX_UNSHARE_PID=$(echo "$stat" | cut -d' ' -f2)
+            return 0
+        fi
+        mapfile -t kids < <(pgrep -P "$p" || true)
+        todo+=("${kids[@]}")
+    done
+    return 1
 }
 
 # True once PID 1 has exec'd systemd and it reports running or degraded.
@@ -276,7 +341,7 @@ _box_wait_booted() {
 box_start() { # <pkgdir>
     local pkg t0
     [[ $# -eq 1 && -d $1 ]] || { _box_say "usage: box_start <pkgdir>"; return 2; }
-    [[ -z ${_BOX_UNSHARE_PID:-} ]] || { _box_say "a box is already running"; return 1; }
+    [[ -z ${_BOX_LAUNCH_PID:-} ]] || { _box_say "a box is already running"; return 1; }
     [[ $EUID -eq 0 ]] || { _box_say "box_start needs root"; return 1; }
     pkg=$(realpath -e "$1")
     t0=$(_box_now_ms)
@@ -293,10 +358,11 @@ box_start() { # <pkgdir>
         return 0
     fi
     _box_say "boot failed; console log ($BOX_CONSOLE):"
-    sed 's/^/  | /' "$BOX_CONSOLE" >&2 || true
+    sed 's/\r//g; s/^/  | /' "$BOX_CONSOLE" >&2 || true
     if [[ -n ${BOX_PID:-} ]] && _box_alive "$BOX_PID"; then
         box_exec systemctl list-jobs --no-pager >&2 || true
         box_exec systemctl --failed --no-pager >&2 || true
+        box_exec journalctl -b --no-pager -n 50 >&2 || true
     fi
     box_stop
     return 1
@@ -310,8 +376,13 @@ box_exec() { # <cmd...>
     [[ -n ${BOX_PID:-} ]] || { _box_say "box_exec: no box"; return 1; }
     nsenter --target "$BOX_PID" --all \
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        HOME=/root LANG=C.UTF-8 TERM=dumb PAGER=cat "$@"
+        HOME=/root LANG=C.UTF-8 TERM=dumb PAGER=cat \
+        DEBIAN_FRONTEND=noninteractive "$@"
 }
+
+# box_wait <timeout_ms> <cmd...>: poll cmd (every 50 ms) until it succeeds;
+# status 1 if it never did before the deadline.
+box_wait() { _box_until "$@"; }
 
 box_journal_dump() { # <file> [output-mode]
     [[ $# -ge 1 ]] || { _box_say "usage: box_journal_dump <file> [mode]"; return 2; }
@@ -324,21 +395,31 @@ box_journal_dump() { # <file> [output-mode]
 # ---------------------------------------------------------------------------
 
 # Poweroff via SIGRTMIN+4 (only once systemd runs: before that PID 1 is bash,
-# and a pid-namespace init ignores signals it has no handler for).
+# and a pid-namespace init ignores signals it has no handler for). The box is
+# gone when the launcher (script) has exited: that happens after unshare has
+# reaped PID 1, and PID 1's exit has killed everything in its pid namespace.
 _box_poweroff() {
     [[ -n ${BOX_PID:-} ]] && _box_alive "$BOX_PID" || return 1
     [[ $(cat "/proc/$BOX_PID/comm" 2>/dev/null) == systemd ]] || return 1
     kill -s SIGRTMIN+4 "$BOX_PID" 2>/dev/null || return 1
-    _box_until "${BOX_STOP_TIMEOUT_MS:-10000}" _box_dead "$_BOX_UNSHARE_PID"
+    _box_until "${BOX_STOP_TIMEOUT_MS:-10000}" _box_dead "$_BOX_LAUNCH_PID"
 }
 
-# SIGKILL unshare (--kill-child then SIGKILLs PID 1, which takes the whole
-# pid namespace with it) and, belt and braces, everything in the cgroup.
+# SIGKILL PID 1 (and, belt and braces, everything in the box's cgroup): the
+# kernel then kills the whole pid namespace, unshare reaps PID 1 and exits,
+# script exits. Only if that chain stalls, SIGKILL unshare and script too.
 _box_kill() {
-    kill -s KILL "$_BOX_UNSHARE_PID" 2>/dev/null || true
-    [[ -n ${BOX_PID:-} ]] && kill -s KILL "$BOX_PID" 2>/dev/null || true
-    [[ -w ${BOX_CGROUP:-}/cgroup.kill ]] && echo 1 >"$BOX_CGROUP/cgroup.kill" 2>/dev/null || true
-    _box_until 5000 _box_dead "$_BOX_UNSHARE_PID" || _box_say "unshare $_BOX_UNSHARE_PID survived SIGKILL"
+    local p
+    [[ -z ${BOX_PID:-} ]] || kill -s KILL "$BOX_PID" 2>/dev/null || true
+    if [[ -n ${BOX_CGROUP:-} && -w $BOX_CGROUP/cgroup.kill ]]; then
+        echo 1 >"$BOX_CGROUP/cgroup.kill" 2>/dev/null || true
+    fi
+    _box_until 3000 _box_dead "$_BOX_LAUNCH_PID" && return 0
+    for p in ${_BOX_UNSHARE_PID:-} "$_BOX_LAUNCH_PID"; do
+        kill -s KILL "$p" 2>/dev/null || true
+    done
+    _box_until 3000 _box_dead "$_BOX_LAUNCH_PID" ||
+        _box_say "launcher $_BOX_LAUNCH_PID survived SIGKILL"
 }
 
 # rmdir the cgroup tree bottom-up; succeeds once it is gone.
@@ -367,16 +448,20 @@ _box_rm_dir() { # <box_dir>
 box_stop() {
     local t0 how=poweroff
     t0=$(_box_now_ms)
-    if [[ -n ${_BOX_UNSHARE_PID:-} ]]; then
+    if [[ -n ${_BOX_LAUNCH_PID:-} ]]; then
         if ! _box_poweroff; then
             how=SIGKILL
             _box_kill
         fi
-        wait "$_BOX_UNSHARE_PID" 2>/dev/null || true # reap our child
+        wait "$_BOX_LAUNCH_PID" 2>/dev/null || true # reap our child
         _box_say "stopped by $how in $(($(_box_now_ms) - t0)) ms"
+    fi
+    if [[ -n ${BOX_CONSOLE_COPY:-} && -f ${BOX_CONSOLE:-} ]]; then
+        tr -d '\r' <"$BOX_CONSOLE" >"$BOX_CONSOLE_COPY" || true
     fi
     [[ -z ${BOX_CGROUP:-} ]] || _box_rm_cgroup "$BOX_CGROUP"
     [[ -z ${BOX_DIR:-} ]] || _box_rm_dir "$BOX_DIR"
-    unset BOX_PID BOX_DIR BOX_CGROUP BOX_CONSOLE _BOX_UNSHARE_PID _BOX_STATE
+    unset BOX_PID BOX_DIR BOX_CGROUP BOX_CONSOLE _BOX_STATE \
+        _BOX_LAUNCH_PID _BOX_UNSHARE_PID
     return 0
 }

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# End-to-end test under a real systemd (run by .ci/run; needs root, else skips).
+#
+# Builds the .deb, boots a throwaway systemd (tests/systemd/box.sh), installs
+# the package in it and drives execlib@site exactly as an operator would:
+# start, listeners, a change running a job (journal fields), HTTP, reload
+# (changed and broken config), execlibctl shutdown, stop with a running job,
+# a broken config at start, and the watchdog restarting a frozen daemon.
+# Also checks systemd-analyze verify/security and lintian on what was built.
+# Prints each step; exits non-zero at the first failure, with the journal.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [ "$(id -u)" != 0 ]; then
+  echo "e2e.sh: SKIP: needs root to boot a throwaway systemd in namespaces"
+  exit 0
+fi
+root=$PWD
+out=$(mktemp -d)
+# shellcheck source=tests/systemd/box.sh
+source tests/systemd/box.sh
+finish() {
+  local status=$?
+  if [ "$status" != 0 ] && [ -n "${BOX_PID:-}" ]; then
+    box_journal_dump "$out/journal.txt" short-precise 2>/dev/null || true
+    echo "--- box journal (last 80 lines) ---"
+    tail -n 80 "$out/journal.txt" 2>/dev/null || true
+  fi
+  box_stop
+  rm -rf "$out"
+  exit "$status"
+}
+trap finish EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "e2e.sh: FAIL: $*" >&2; exit 1; }
+in_box() { box_exec "$@"; }
+# Waits up to 15 s for a command in the box to succeed.
+quiet_in_box() { box_exec "$@" 2>/dev/null; }
+eventually() { box_wait 15000 quiet_in_box "$@" || fail "timed out waiting for: $*"; }
+journal() { in_box journalctl --no-pager -u execlib@site "$@"; }
+
+step "build the package"
+bash packaging/build-deb.sh >"$out/build.log" 2>&1 || { cat "$out/build.log"; fail "package build"; }
+deb=$(ls target/debian/execlib_*.deb)
+echo "$deb"
+
+step "lintian: no errors"
+lintian "$deb" >"$out/lintian.txt" 2>&1 || true
+grep -v 'running with root privileges' "$out/lintian.txt" || true
+if grep -q '^E:' "$out/lintian.txt"; then fail "lintian reports errors"; fi
+
+step "boot a throwaway systemd and install the package"
+box_start "$root/target/debian"
+in_box dpkg -i "/pkg/$(basename "$deb")" >"$out/dpkg.log" 2>&1 || { cat "$out/dpkg.log"; fail "dpkg -i"; }
+in_box getent passwd execlib || fail "the package did not create the execlib user"
+in_box test -f /usr/share/man/man5/execlib.toml.5.gz || fail "no execlib.toml(5)"
+
+step "systemd-analyze verify prints nothing; security exposure <= 2.5"
+verify=$(in_box systemd-analyze verify execlib@site.service execlib@site.socket 2>&1 || true)
+[ -z "$verify" ] || fail "systemd-analyze verify said: $verify"
+exposure=$(in_box systemd-analyze security execlib@site.service 2>&1 | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+echo "exposure: $exposure"
+awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 2.5) }' || fail "exposure $exposure > 2.5"
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The site: jobs write public/ (granted by the drop-in the unit's comment shows).
+site_config() { # site_config TAG: the config, whose job writes "TAG NAME" pages
+  cat <<EOF
+[daemon]
+shutdown_grace_ms = 5000
+
+[server]
+listen = "127.0.0.1:$port"
+root = "/srv/www/site/public"
+
+[[listener]]
+name = "pages"
+  [[listener.route]]
+  name = "convert"
+  path = "/srv/www/site/content"
+  glob = "**/*.md"
+  debounce_ms = 50
+  workdir = "/srv/www/site"
+  shell = '''
+out="public/\${EXECLIB_NAME%.md}.html"
+echo "<p>$1 \$(cat "\$EXECLIB_PATH")</p>" > "\$out"
+echo "built \$out"
+'''
+  [[listener.route]]
+  name = "slow"
+  path = "/srv/www/site/content"
+  glob = "**/*.slow"
+  debounce_ms = 0
+  workdir = "/srv/www/site"
+  shell = 'trap "echo got SIGTERM; exit 0" TERM; echo slow job started; sleep 60 & wait'
+EOF
+}
+write_config() { site_config "$1" | in_box sh -c 'cat > /etc/execlib/site.toml'; }
+in_box sh -c 'mkdir -p /srv/www/site/content /srv/www/site/public && chown -R execlib:execlib /srv/www/site'
+in_box sh -c 'mkdir -p /etc/systemd/system/execlib@site.service.d && printf "[Service]\nReadWritePaths=/srv/www/site\n" > /etc/systemd/system/execlib@site.service.d/site.conf && systemctl daemon-reload'
+write_config v1
+
+step "systemctl start returns after READY: the unit is active"
+in_box systemctl start execlib@site
+[ "$(in_box systemctl is-active execlib@site)" = active ] || fail "not active after start"
+
+step "execlibctl (as root, no --instance) finds the instance"
+in_box execlibctl listeners | tee "$out/listeners.txt"
+grep -q '^pages *running' "$out/listeners.txt" || fail "listener pages not running"
+in_box execlibctl status | tee "$out/status.txt"
+grep -q 'unit     execlib@site.service' "$out/status.txt" || fail "status does not show the unit"
+
+step "a change runs the job; the journal has its lines with their fields"
+in_box sh -c 'echo hello > /srv/www/site/content/index.md'
+eventually grep -q 'v1 hello' /srv/www/site/public/index.html
+eventually sh -c 'journalctl --no-pager -u execlib@site LISTENER=pages ROUTE=convert STREAM=stdout -o verbose | grep -q "MESSAGE=built public/index.html"'
+journal LISTENER=pages ROUTE=convert -o verbose | grep -E '^ *(MESSAGE|LISTENER|ROUTE|EVENT_PATH|EXIT_CODE|DURATION_MS)=' | head -12
+
+step "HTTP: the site is served"
+body=$(curl -fsS "http://127.0.0.1:$port/index.html") || fail "HTTP request failed"
+echo "$body"
+[[ "$body" == *"v1 hello"* ]] || fail "unexpected page: $body"
+
+step "systemctl reload applies a changed route"
+write_config v2
+in_box systemctl reload execlib@site
+in_box sh -c 'echo again > /srv/www/site/content/index.md'
+eventually grep -q 'v2 again' /srv/www/site/public/index.html
+journal -g 'reloaded' | tail -n 1
+
+step "systemctl reload with a broken config fails and keeps the old one"
+in_box sh -c 'printf "[[listener]]\nname = \"pages\"\nbogus = 1\n" > /etc/execlib/site.toml'
+if in_box systemctl reload execlib@site; then fail "reload of a broken config succeeded"; fi
+[ "$(in_box systemctl is-active execlib@site)" = active ] || fail "not active after a failed reload"
+eventually sh -c 'journalctl --no-pager -u execlib@site -g "reload failed" | grep -q "site.toml:3:1"'
+in_box sh -c 'echo still > /srv/www/site/content/index.md'
+eventually grep -q 'v2 still' /srv/www/site/public/index.html
+write_config v2
+
+step "execlibctl shutdown: inactive with Result=success"
+in_box execlibctl shutdown
+eventually sh -c '[ "$(systemctl is-active execlib@site)" = inactive ]'
+[ "$(in_box systemctl show -P Result execlib@site)" = success ] || fail "Result is not success"
+
+step "systemctl stop: listeners stop before the server; a running job gets SIGTERM"
+in_box systemctl start execlib@site
+in_box sh -c 'touch /srv/www/site/content/job.slow'
+eventually sh -c 'journalctl --no-pager -u execlib@site ROUTE=slow | grep -q "slow job started"'
+pid=$(in_box systemctl show -P MainPID execlib@site)
+in_box systemctl stop execlib@site
+[ "$(in_box systemctl show -P Result execlib@site)" = success ] || fail "stop did not end with Result=success"
+# The daemon's own lines only (systemd's "Stopping..." may be stamped either side).
+eventually sh -c "journalctl --no-pager _PID=$pid -o cat | grep -q 'shutdown complete'"
+in_box journalctl --no-pager _PID="$pid" -o cat >"$out/stop.txt"
+grep -n -E 'stopping listeners|got SIGTERM|listeners stopped|stopping HTTP server|shutdown complete' "$out/stop.txt" || true
+line_of() { grep -n -m1 "$1" "$out/stop.txt" | cut -d: -f1 || true; }
+listeners=$(line_of 'listeners stopped')
+server=$(line_of 'stopping HTTP server')
+term=$(line_of 'got SIGTERM')
+[ -n "$listeners" ] && [ -n "$server" ] && [ "$listeners" -lt "$server" ] || fail "listeners did not stop before the server"
+[ -n "$term" ] && [ "$term" -lt "$listeners" ] || fail "the running job did not get SIGTERM while its listener stopped"
+
+step "a broken config makes systemctl start fail, with the error in the journal"
+in_box sh -c 'printf "[[listener]]\nname = \"pages\"\nbogus = 1\n" > /etc/execlib/site.toml'
+if in_box systemctl start execlib@site; then fail "start with a broken config succeeded"; fi
+eventually sh -c 'journalctl --no-pager -u execlib@site -o cat | grep -q "site.toml:3:1: unknown field .bogus."'
+write_config v2
+in_box systemctl reset-failed execlib@site
+
+step "watchdog: a frozen daemon is restarted"
+in_box sh -c 'printf "[Service]\nWatchdogSec=2s\nTimeoutAbortSec=2s\n" > /etc/systemd/system/execlib@site.service.d/watchdog.conf && systemctl daemon-reload'
+in_box systemctl start execlib@site
+frozen=$(in_box systemctl show -P MainPID execlib@site)
+in_box kill -STOP "$frozen"
+box_wait 20000 quiet_in_box sh -c "pid=\$(systemctl show -P MainPID execlib@site); [ \"\$pid\" != 0 ] && [ \"\$pid\" != $frozen ] && [ \"\$(systemctl is-active execlib@site)\" = active ]" \
+  || fail "systemd did not restart the frozen daemon"
+eventually sh -c 'journalctl --no-pager -u execlib@site -o cat | grep -qi "watchdog timeout"'
+in_box systemctl show -P NRestarts execlib@site
+
+step "removing the package stops running instances"
+in_box dpkg -r execlib >/dev/null
+[ "$(in_box systemctl is-active execlib@site)" != active ] || fail "still active after dpkg -r"
+
+printf '\ne2e.sh: all steps passed\n'
