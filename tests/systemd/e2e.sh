@@ -83,7 +83,7 @@ name = "pages"
   workdir = "/srv/www/site"
   shell = '''
 out="public/\${EXECLIB_NAME%.md}.html"
-echo "<p>$1 \$(cat "\$EXECLIB_PATH")</p>" > "\$out"
+make -s OUT="\$out" SRC="\$EXECLIB_PATH" TAG=$1
 echo "built \$out"
 '''
   [[listener.route]]
@@ -96,7 +96,14 @@ echo "built \$out"
 EOF
 }
 write_config() { site_config "$1" | in_box sh -c 'cat > /etc/execlib/site.toml'; }
-in_box sh -c 'mkdir -p /srv/www/site/content /srv/www/site/public && chown -R execlib:execlib /srv/www/site'
+# The "site generator" the job runs: make, python3 and cp, as ordinary builds do.
+makefile() {
+  printf 'all:\n\tpython3 -c %s "$(TAG)" "$(SRC)" > $(OUT).tmp\n\tcp $(OUT).tmp $(OUT)\n\trm $(OUT).tmp\n' \
+    "'import sys, html; print(\"<p>%s %s</p>\" % (sys.argv[1], html.escape(open(sys.argv[2]).read().strip())))'"
+}
+in_box sh -c 'mkdir -p /srv/www/site/content /srv/www/site/public'
+makefile | in_box sh -c 'cat > /srv/www/site/Makefile'
+in_box chown -R execlib:execlib /srv/www/site
 in_box sh -c 'mkdir -p /etc/systemd/system/execlib@site.service.d && printf "[Service]\nReadWritePaths=/srv/www/site\n" > /etc/systemd/system/execlib@site.service.d/site.conf && systemctl daemon-reload'
 write_config v1
 
@@ -177,8 +184,23 @@ box_wait 20000 quiet_in_box sh -c "pid=\$(systemctl show -P MainPID execlib@site
 eventually sh -c 'journalctl --no-pager -u execlib@site -o cat | grep -qi "watchdog timeout"'
 in_box systemctl show -P NRestarts execlib@site
 
+step "socket activation: execlib@site.socket owns the port and starts the service"
+in_box sh -c 'rm /etc/systemd/system/execlib@site.service.d/watchdog.conf && systemctl daemon-reload'
+in_box systemctl stop execlib@site
+sport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+in_box sh -c "mkdir -p /etc/systemd/system/execlib@site.socket.d && printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:$sport\n' > /etc/systemd/system/execlib@site.socket.d/port.conf && systemctl daemon-reload"
+in_box systemctl start execlib@site.socket
+[ "$(in_box systemctl is-active execlib@site)" = inactive ] || fail "the service started before a connection"
+body=$(curl -fsS "http://127.0.0.1:$sport/index.html") || fail "HTTP through the socket unit failed"
+[[ "$body" == *"v2"* ]] || fail "unexpected page: $body"
+[ "$(in_box systemctl is-active execlib@site)" = active ] || fail "the connection did not start the service"
+in_box execlibctl status | grep -q "127.0.0.1:$sport (socket from systemd)" || fail "status does not show the socket"
+in_box systemctl reload execlib@site
+curl -fsS "http://127.0.0.1:$sport/index.html" >/dev/null || fail "the inherited socket stopped serving after a reload"
+
 step "removing the package stops running instances"
 in_box dpkg -r execlib >/dev/null
 [ "$(in_box systemctl is-active execlib@site)" != active ] || fail "still active after dpkg -r"
+[ "$(in_box systemctl is-active execlib@site.socket)" != active ] || fail "socket still active after dpkg -r"
 
 printf '\ne2e.sh: all steps passed\n'
