@@ -51,7 +51,7 @@ if grep -q '^E:' "$out/lintian.txt"; then fail "lintian reports errors"; fi
 
 step "boot a throwaway systemd and install the package"
 box_start "$root/target/debian"
-in_box dpkg -i "/pkg/$(basename "$deb")" >"$out/dpkg.log" 2>&1 || { cat "$out/dpkg.log"; fail "dpkg -i"; }
+in_box apt install -y "/pkg/$(basename "$deb")" >"$out/apt.log" 2>&1 || { cat "$out/apt.log"; fail "apt install"; }
 in_box getent passwd execlib || fail "the package did not create the execlib user"
 in_box test -f /usr/share/man/man5/execlib.toml.5.gz || fail "no execlib.toml(5)"
 
