@@ -1,23 +1,25 @@
 //! Listeners: named groups of routes, each with its own inotify instance.
 //!
 //! [`Listeners`] is the registry the daemon and the control socket drive
-//! (start, stop, snapshot); [`task`] is what a running listener does.
+//! (start, stop, snapshot, reload); [`slot`] is one listener's lifecycle, [`task`]
+//! what a running listener does, [`reload`] how a new config is applied.
 
 mod reload;
+mod slot;
 mod task;
+
+use slot::Slot;
 
 pub use reload::Applied;
 
-use crate::config::{Config, ListenerConfig};
-use crate::snapshot;
-use crate::watch::{DirFilter, FileEvent, Setup, WatchError};
+use crate::config::Config;
+use crate::watch::{FileEvent, WatchError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::error;
 
 /// A listener's state as the control socket reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,27 +181,6 @@ impl Shared {
     }
 }
 
-struct Running {
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    /// Into the listener's scheduler, for synthetic events (`trigger`). Weak: it does not
-    /// keep the channel open, so the scheduler ends with the listener however it ends.
-    submit: tokio::sync::mpsc::WeakUnboundedSender<crate::scheduler::Input>,
-}
-
-/// Watches set up for a listener, not yet read by its task.
-struct Prepared {
-    watcher: crate::watch::Watcher,
-    missed: Vec<FileEvent>,
-    catch_up: Option<(PathBuf, snapshot::Snapshot)>,
-}
-
-struct Slot {
-    config: Arc<ListenerConfig>,
-    shared: Arc<Shared>,
-    running: tokio::sync::Mutex<Option<Running>>,
-}
-
 /// What every job of the daemon shares.
 #[derive(Debug, Clone)]
 pub(crate) struct JobContext {
@@ -346,287 +327,4 @@ impl Listeners {
                 .sum(),
         }
     }
-}
-
-impl Slot {
-    fn new(config: &ListenerConfig) -> Slot {
-        Slot {
-            config: Arc::new(config.clone()),
-            shared: Arc::default(),
-            running: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    async fn start(
-        &self,
-        ctx: &JobContext,
-        closing: &std::sync::atomic::AtomicBool,
-    ) -> Result<bool, ListenerError> {
-        let mut running = self.running.lock().await;
-        if closing.load(Ordering::SeqCst) {
-            return Err(ListenerError::Closing);
-        }
-        if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
-            return Ok(false);
-        }
-        let prepared = self.prepare(ctx).await?;
-        *running = Some(self.launch(ctx, prepared, Vec::new()));
-        Ok(true)
-    }
-
-    /// Sets up the watches (and, for `catch_up`, finds the changes made while stopped).
-    /// From here on no change is missed: events queue in the new inotify instance.
-    async fn prepare(&self, ctx: &JobContext) -> Result<Prepared, ListenerError> {
-        let name = self.config.name.clone();
-        let roots = roots(&self.config);
-        let filter = dir_filter(&self.config);
-        let saved = self.config.catch_up.then(|| snapshot_path(ctx, &name));
-        let span = info_span!("listener", listener = %name);
-        let setup = tokio::task::spawn_blocking(move || {
-            let _entered = span.entered();
-            let setup = Setup::new(&roots, filter, saved.is_some())?;
-            let (missed, catch_up) = match saved {
-                Some(path) => {
-                    let (missed, baseline) = catch_up_events(&path, setup.snapshot());
-                    (missed, Some((path, baseline)))
-                }
-                None => (Vec::new(), None),
-            };
-            Ok::<_, WatchError>((setup, missed, catch_up))
-        })
-        .await
-        .expect("watch setup does not panic");
-        let ready = setup.and_then(|(s, missed, catch_up)| Ok((s.into_watcher()?, missed, catch_up)));
-        match ready {
-            Ok((watcher, missed, catch_up)) => Ok(Prepared {
-                watcher,
-                missed,
-                catch_up,
-            }),
-            Err(source) => {
-                self.shared.set(State::Failed, Some(source.to_string()));
-                Err(ListenerError::StartFailed { name, source })
-            }
-        }
-    }
-
-    /// Starts the listener's task on prepared watches; `extra` changes (from a listener
-    /// this one replaces) are submitted first, with the catch-up ones.
-    fn launch(&self, ctx: &JobContext, prepared: Prepared, extra: Vec<FileEvent>) -> Running {
-        let Prepared {
-            watcher,
-            mut missed,
-            catch_up,
-        } = prepared;
-        missed.extend(extra);
-        let name = self.config.name.clone();
-        let watches = watcher.watch_count();
-        self.shared.watches.store(watches as u64, Ordering::Relaxed);
-        self.shared.set_health(watcher.missing_roots());
-        info!(listener = %name, watches, "listener started");
-        for reason in watcher.missing_roots() {
-            warn!(listener = %name, "{reason}; waiting for it");
-        }
-        let cancel = CancellationToken::new();
-        let run = task::Run {
-            config: self.config.clone(),
-            ctx: ctx.clone(),
-            shared: self.shared.clone(),
-            catch_up,
-            stage_order: stage_order(&self.config),
-        };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let submit = tx.downgrade();
-        let task = run
-            .spawn(watcher, missed, (tx, rx), cancel.clone())
-            .instrument(info_span!("listener", listener = %name));
-        Running {
-            cancel,
-            task: tokio::spawn(task),
-            submit,
-        }
-    }
-
-    /// The files whose changes its scheduler has not finished (none when not running).
-    async fn unsettled(&self) -> Vec<PathBuf> {
-        let submit = self
-            .running
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|r| r.submit.upgrade());
-        let Some(submit) = submit else { return Vec::new() };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if submit.send(crate::scheduler::Input::Unsettled(reply)).is_err() {
-            return Vec::new();
-        }
-        answer.await.unwrap_or_default().into_iter().collect()
-    }
-
-    /// Running or degraded.
-    fn is_up(&self) -> bool {
-        matches!(self.shared.get().0, State::Running | State::Degraded)
-    }
-
-    async fn stop(&self) -> bool {
-        let mut running = self.running.lock().await;
-        let Some(r) = running.take() else {
-            return false;
-        };
-        let name = &self.config.name;
-        info!(listener = %name, "stopping listener");
-        r.cancel.cancel();
-        if let Err(e) = r.task.await {
-            error!(listener = %name, "listener task ended abnormally: {e}");
-        }
-        let (state, _) = self.shared.get();
-        if state != State::Failed {
-            self.shared.set(State::Stopped, None);
-        }
-        self.shared.watches.store(0, Ordering::Relaxed);
-        info!(listener = %name, "listener stopped");
-        true
-    }
-
-    async fn jobs(&self) -> Vec<JobView> {
-        let name = &self.config.name;
-        let lossy = |p: &Path| p.to_string_lossy().into_owned();
-        let mut views: Vec<JobView> = {
-            let running = self.shared.running.lock().expect("jobs lock");
-            running
-                .values()
-                .map(|j| JobView {
-                    listener: name.clone(),
-                    route: j.route.clone(),
-                    file: lossy(&j.file),
-                    state: "running".into(),
-                    pid: Some(j.pid.load(Ordering::Relaxed)).filter(|&p| p != 0),
-                    running_ms: Some(j.started.elapsed().as_millis() as u64),
-                })
-                .collect()
-        };
-        views.extend(self.queued().await.into_iter().map(|q| JobView {
-            listener: name.clone(),
-            route: self.config.routes[q.key.0].name.clone(),
-            file: lossy(&q.key.1),
-            state: q.state.into(),
-            pid: None,
-            running_ms: None,
-        }));
-        views
-    }
-
-    /// The runs its scheduler has not started (none when it is not running, starting or stopping).
-    async fn queued(&self) -> Vec<crate::scheduler::Queued> {
-        // Not waiting for the lock: a start or stop holds it (up to the grace), and a
-        // listener being started or stopped has no queue worth reporting.
-        let submit = self
-            .running
-            .try_lock()
-            .ok()
-            .and_then(|r| r.as_ref().and_then(|r| r.submit.upgrade()));
-        let Some(submit) = submit else { return Vec::new() };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if submit.send(crate::scheduler::Input::Queued(reply)).is_err() {
-            return Vec::new();
-        }
-        answer.await.unwrap_or_default()
-    }
-
-    async fn info(&self) -> ListenerInfo {
-        let (state, error) = self.shared.get();
-        let s = &self.shared;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ListenerInfo {
-            name: self.config.name.clone(),
-            state,
-            paths: roots(&self.config)
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
-            routes: self.config.routes.len(),
-            watches: get(&s.watches),
-            events: get(&s.events),
-            jobs_started: get(&s.jobs_started),
-            jobs_failed: get(&s.jobs_failed),
-            jobs_running: get(&s.jobs_running),
-            jobs_queued: self.queued().await.len() as u64,
-            last_failure: s.last_failure.lock().expect("failure lock").clone(),
-            error,
-        }
-    }
-}
-
-/// Where a listener's snapshot is persisted.
-fn snapshot_path(ctx: &JobContext, listener: &str) -> PathBuf {
-    ctx.state_dir.join(format!("{listener}.snapshot"))
-}
-
-/// The changes between the saved snapshot and the tree as it is now, to be
-/// processed before live events, and the baseline to persist from: the saved
-/// snapshot, or (missing or corrupt: a fresh start, with a warning if corrupt) the
-/// tree as it is, saved at once.
-fn catch_up_events(path: &Path, current: snapshot::Snapshot) -> (Vec<FileEvent>, snapshot::Snapshot) {
-    match snapshot::load(path) {
-        Ok(saved) => {
-            let changes = snapshot::diff(&saved, &current);
-            info!(
-                changes = changes.len(),
-                "catching up on changes made while stopped"
-            );
-            let events = changes
-                .into_iter()
-                .map(|(path, kind)| FileEvent { path, kind })
-                .collect();
-            (events, saved)
-        }
-        Err(snapshot::SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            info!(path = %path.display(), "no saved snapshot: starting fresh");
-            (Vec::new(), fresh_baseline(path, current))
-        }
-        Err(e) => {
-            warn!("cannot use the saved snapshot, starting fresh: {e}");
-            (Vec::new(), fresh_baseline(path, current))
-        }
-    }
-}
-
-/// Saves the tree as it is, before the daemon reports ready: a crash right after a
-/// fresh start still finds a baseline. (A saved snapshot needs no save at start: it is
-/// already the baseline that unprocessed changes are measured from.)
-fn fresh_baseline(path: &Path, current: snapshot::Snapshot) -> snapshot::Snapshot {
-    if let Err(e) = snapshot::save(path, &snapshot::encode(&current)) {
-        warn!("cannot save the snapshot: {e}");
-    }
-    current
-}
-
-/// Route indexes sorted by stage (stable: config order within a stage).
-fn stage_order(config: &ListenerConfig) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..config.routes.len()).collect();
-    order.sort_by_key(|&i| config.routes[i].order.stage);
-    order
-}
-
-/// The distinct directories the routes watch, in route order.
-fn roots(config: &ListenerConfig) -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = Vec::new();
-    for r in &config.routes {
-        if !roots.contains(&r.path) {
-            roots.push(r.path.clone());
-        }
-    }
-    roots
-}
-
-/// A directory is watched when some route covering it does not ignore it
-/// (so hidden directories are not watched under the default ignores).
-fn dir_filter(config: &ListenerConfig) -> DirFilter {
-    let routes = config.routes.clone();
-    Arc::new(move |dir: &Path| {
-        routes.iter().any(|r| match dir.strip_prefix(&r.path) {
-            Ok(rel) => rel.as_os_str().is_empty() || !r.matcher.ignores_dir(rel),
-            Err(_) => r.path.starts_with(dir),
-        })
-    })
 }
