@@ -370,8 +370,11 @@ impl Scheduler {
         for entry in self.entries.values_mut() {
             let Some(p) = entry.pending.take() else { continue };
             let Some(frames) = &mut self.frames else { continue };
-            for file in p.files.keys() {
-                frames.mark(file, FrameStatus::Cancelled);
+            for (file, kinds) in &p.files {
+                // A temporary (created, then gone) had nothing to do: no cancelled post.
+                if *kinds != (EventKind::Create, EventKind::Delete) {
+                    frames.mark(file, FrameStatus::Cancelled);
+                }
                 if !runs_for(&entry.run, file) {
                     frames.release(file);
                 }

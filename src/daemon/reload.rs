@@ -123,6 +123,17 @@ impl DaemonState {
             Some(config) if !same_socket => Some(HttpServer::start(config, grace).await?),
             _ => None,
         };
+        if self.server().is_some_and(|s| s.socket_activated()) {
+            match new {
+                None => {
+                    warn!("[server] removed: the socket from systemd stays open until its .socket unit stops")
+                }
+                Some(_) if !same_socket => {
+                    warn!("[server].listen is ignored: serving the socket from systemd")
+                }
+                Some(_) => {}
+            }
+        }
         let previous = self.server.write().expect("server lock").take();
         if let Some(previous) = previous {
             info!("stopping the HTTP server for the new [server]");

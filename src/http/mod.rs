@@ -124,6 +124,11 @@ impl HttpServer {
         })
     }
 
+    /// Whether it serves the socket systemd passed (`LISTEN_FDS`).
+    pub fn socket_activated(&self) -> bool {
+        self.inherited
+    }
+
     /// What `status` reports about the server.
     pub fn info(&self) -> serde_json::Value {
         serde_json::json!({

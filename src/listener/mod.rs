@@ -196,6 +196,9 @@ pub struct Listeners {
     ctx: JobContext,
     /// Set by [`Listeners::stop_all`]: no listener may start after it.
     closing: std::sync::atomic::AtomicBool,
+    /// Held by whatever starts or stops listeners (requests, autostart, reload,
+    /// shutdown), so a reload never races a start or stop of a slot it replaces.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Listeners {
@@ -214,6 +217,7 @@ impl Listeners {
                 state_dir: config.daemon.state_dir.clone(),
             },
             closing: std::sync::atomic::AtomicBool::new(false),
+            changing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -232,6 +236,7 @@ impl Listeners {
     /// Starts every listener with `autostart`; failures are logged and leave it `failed`.
     /// Returns once each has its watches in place.
     pub async fn start_autostart(&self) {
+        let _changing = self.changing.lock().await;
         let slots = self.slots();
         let starts = slots
             .iter()
@@ -246,11 +251,13 @@ impl Listeners {
 
     /// Starts a listener; `Ok(false)` when it was already running.
     pub async fn start(&self, name: &str) -> Result<bool, ListenerError> {
+        let _changing = self.changing.lock().await;
         self.slot(name)?.start(&self.ctx, &self.closing).await
     }
 
     /// Stops a listener and its jobs; `Ok(false)` when it was not running.
     pub async fn stop(&self, name: &str) -> Result<bool, ListenerError> {
+        let _changing = self.changing.lock().await;
         Ok(self.slot(name)?.stop().await)
     }
 
@@ -301,6 +308,7 @@ impl Listeners {
     /// No listener starts after this begins.
     pub async fn stop_all(&self) {
         self.closing.store(true, Ordering::SeqCst);
+        let _changing = self.changing.lock().await;
         let slots = self.slots();
         futures::future::join_all(slots.iter().map(|s| s.stop())).await;
     }

@@ -33,6 +33,7 @@ impl Listeners {
     /// Brings the listeners in line with `config`. Fails only when the daemon is
     /// shutting down; a listener that cannot start is left `failed` and logged.
     pub async fn apply(&self, config: &Config) -> Result<Applied, ListenerError> {
+        let _changing = self.changing.lock().await;
         if self.closing.load(Ordering::SeqCst) {
             return Err(ListenerError::Closing);
         }

@@ -38,8 +38,8 @@ pub(super) struct Run {
 impl Run {
     /// Runs the listener until `cancel` fires or its watcher fails. `missed` (catch-up
     /// changes) are submitted before any live event.
-    /// `tx`/`rx` are the scheduler's channel; the slot keeps another sender (for
-    /// `trigger`) and drops it before waiting for this task to end.
+    /// `tx`/`rx` are the scheduler's channel; the slot keeps a weak sender (for
+    /// `trigger`), so the channel closes when this task drops `tx`.
     pub(super) async fn spawn(
         mut self,
         mut watcher: Watcher,
@@ -48,8 +48,8 @@ impl Run {
         cancel: CancellationToken,
     ) {
         let jobs_cancel = CancellationToken::new();
-        // Posts of frames cancelled by the stop still run; they are killed only if
-        // this task is aborted or unwinds (as are the jobs).
+        // Posts still run at a stop (for the frames it cancelled too), until the grace
+        // is over; they are killed at once if this task is aborted or unwinds.
         let posts_cancel = CancellationToken::new();
         let _jobs_guard = jobs_cancel.clone().drop_guard();
         let _posts_guard = posts_cancel.clone().drop_guard();
@@ -58,7 +58,7 @@ impl Run {
             ctx: self.ctx.clone(),
             shared: self.shared.clone(),
             cancel: jobs_cancel.clone(),
-            posts_cancel,
+            posts_cancel: posts_cancel.clone(),
         };
         let max_jobs = self.config.max_jobs;
         let posts = !self.config.posts.is_empty();
@@ -94,7 +94,16 @@ impl Run {
             info!(jobs = running, "terminating running jobs");
         }
         jobs_cancel.cancel();
-        if let Err(e) = scheduler.await {
+        let mut scheduler = scheduler;
+        let ended = tokio::select! {
+            ended = &mut scheduler => ended,
+            _ = tokio::time::sleep(self.ctx.grace), if posts => {
+                info!("grace over: terminating post commands");
+                posts_cancel.cancel();
+                scheduler.await
+            }
+        };
+        if let Err(e) = ended {
             error!("scheduler ended abnormally: {e}");
         }
     }
@@ -165,6 +174,9 @@ pub(super) fn route_match(index: usize, route: &RouteConfig, event: &FileEvent) 
     })
 }
 
+/// Between SIGTERM and SIGKILL for post commands still running when a stop's grace ends.
+const POST_KILL_GRACE: Duration = Duration::from_secs(1);
+
 /// Above this, `EXECLIB_PATHS` is left out (stdin always has every path).
 const PATHS_ENV_LIMIT: usize = 64 * 1024;
 
@@ -217,19 +229,16 @@ impl Launcher {
         out
     }
 
-    /// The post commands for ended frames, one after the other. At stop (the frames
-    /// were cancelled) a post without its own timeout gets the shutdown grace.
+    /// The post commands for ended frames, one after the other. At a stop they run
+    /// until the grace is over, then get SIGTERM and, a second later, SIGKILL.
     fn post(&self, frame: FrameEnd) -> impl Future<Output = bool> + Send + use<> {
-        let stopping = self.cancel.is_cancelled();
+        let kill_grace = self.ctx.grace.min(POST_KILL_GRACE);
         let jobs: Vec<_> = self
             .config
             .posts
             .iter()
             .map(|post| {
-                let mut spec = self.post_spec(post, &frame);
-                if stopping && spec.timeout.is_none() {
-                    spec.timeout = Some(self.ctx.grace);
-                }
+                let spec = self.post_spec(post, &frame);
                 let file = frame.files.first().cloned().unwrap_or_default();
                 let span = info_span!(
                     "post",
@@ -244,7 +253,7 @@ impl Launcher {
                     post.name.clone(),
                     file,
                     spec,
-                    self.ctx.grace,
+                    kill_grace,
                     cancel,
                 )
                 .instrument(span)

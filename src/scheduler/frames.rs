@@ -77,6 +77,7 @@ impl Frames {
     /// An entry has no work left for `file`; the frame ends when none has.
     pub fn release(&mut self, file: &Path) {
         let Some(frame) = self.open.get_mut(file) else {
+            debug_assert!(false, "frame of {} released but not held", file.display());
             return;
         };
         frame.refs -= 1;

@@ -576,7 +576,7 @@ async fn stopping_ends_open_frames_cancelled_and_temporaries_post_nothing() {
     let temp = |kind| {
         Input::Submit(Submission {
             kind,
-            ..submission("tmp", EventKind::Create, timing(20, 0))
+            ..submission("tmp", EventKind::Create, timing(1000, 0)) // still pending at the stop
         })
     };
     tx.send(temp(EventKind::Create)).unwrap();

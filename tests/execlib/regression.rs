@@ -162,3 +162,22 @@ fn catch_up_keeps_a_change_still_waiting_out_its_delay_at_shutdown() {
     let _daemon = Daemon::start(&sandbox, &config);
     wait_log(&sandbox, "f modify");
 }
+
+#[test]
+fn a_post_command_running_at_shutdown_ends_after_the_grace() {
+    let sandbox = Sandbox::new();
+    let body = one_route(r#"echo "job $EXECLIB_NAME" >> ../out/log"#, "")
+        + "  [[listener.post]]\n  shell = 'echo post started >> out/log; exec sleep 60'\n";
+    let config = sandbox.config(&format!("[daemon]\nshutdown_grace_ms = 500\n{body}"));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.md", "x");
+    wait_log(&sandbox, "post started");
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "a hanging post held the shutdown for {took:?}"
+    );
+    assert!(daemon.log().contains("grace over: terminating post commands"));
+}

@@ -34,8 +34,8 @@ trap finish EXIT
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "e2e.sh: FAIL: $*" >&2; exit 1; }
 in_box() { box_exec "$@"; }
-# Waits up to 15 s for a command in the box to succeed.
 quiet_in_box() { box_exec "$@" 2>/dev/null; }
+# Waits up to 15 s for a command in the box to succeed.
 eventually() { box_wait 15000 quiet_in_box "$@" || fail "timed out waiting for: $*"; }
 journal() { in_box journalctl --no-pager -u execlib@site "$@"; }
 
@@ -171,8 +171,10 @@ step "a broken config makes systemctl start fail, with the error in the journal"
 in_box sh -c 'printf "[[listener]]\nname = \"pages\"\nbogus = 1\n" > /etc/execlib/site.toml'
 if in_box systemctl start execlib@site; then fail "start with a broken config succeeded"; fi
 eventually sh -c 'journalctl --no-pager -u execlib@site -o cat | grep -q "site.toml:3:1: unknown field .bogus."'
+# Restart=on-failure retries a failed start: stop that before the config is fixed.
+in_box systemctl stop execlib@site
+in_box systemctl reset-failed execlib@site 2>/dev/null || true
 write_config v2
-in_box systemctl reset-failed execlib@site
 
 step "watchdog: a frozen daemon is restarted"
 in_box sh -c 'printf "[Service]\nWatchdogSec=2s\nTimeoutAbortSec=2s\n" > /etc/systemd/system/execlib@site.service.d/watchdog.conf && systemctl daemon-reload'
@@ -195,8 +197,11 @@ body=$(curl -fsS "http://127.0.0.1:$sport/index.html") || fail "HTTP through the
 [[ "$body" == *"v2"* ]] || fail "unexpected page: $body"
 [ "$(in_box systemctl is-active execlib@site)" = active ] || fail "the connection did not start the service"
 in_box execlibctl status | grep -q "127.0.0.1:$sport (socket from systemd)" || fail "status does not show the socket"
+# A changed [server] restarts the HTTP server on the same socket from systemd.
+in_box sed -i 's/^root = /delay_ms = 40\nroot = /' /etc/execlib/site.toml
 in_box systemctl reload execlib@site
-curl -fsS "http://127.0.0.1:$sport/index.html" >/dev/null || fail "the inherited socket stopped serving after a reload"
+eventually sh -c 'journalctl --no-pager -u execlib@site -o cat | grep -q "stopping the HTTP server for the new"'
+curl -fsS "http://127.0.0.1:$sport/index.html" >/dev/null || fail "the socket from systemd stopped serving after the server restarted"
 
 step "removing the package stops running instances"
 in_box dpkg -r execlib >/dev/null
