@@ -48,6 +48,12 @@ pub async fn drive<F, Fut>(
     let mut running: HashMap<tokio::task::Id, Option<Key>> = HashMap::new();
     let mut open = true;
     while open || !jobs.is_empty() || !ready.is_empty() {
+        // Runs already due start now: a timer would round up to the next millisecond,
+        // which is most of a zero-delay route's latency.
+        let now = Instant::now();
+        if open && sched.next_wakeup().is_some_and(|at| at <= now) {
+            ready.extend(sched.take_due(now).into_iter().map(Work::Run));
+        }
         while jobs.len() < max_jobs {
             let Some(work) = ready.pop_front() else { break };
             let key = match &work {

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Job latency: time from a file write to its job starting (p50, p99; debounce_ms = 0,
+# delay_ms = 0) for execlibd, next to a floor (inotifywait -m feeding a shell loop that
+# starts the same job) and to watchexec doing the same job, interleaved in the same run;
+# then a burst of new files: time until all their jobs have finished, and the watcher's
+# CPU seconds per 1,000 files. See bench/job_latency.py for the method.
+# Usage: bash bench/job_latency.sh [SAMPLES [BURST]]   (defaults 200 and 10000)
+# Installs inotify-tools (apt) and watchexec-cli (cargo install --locked) when missing.
+# Honours CARGO_TARGET_DIR (default: target/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+samples=${1:-200}
+burst=${2:-10000}
+target=${CARGO_TARGET_DIR:-target}
+cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
+export PATH="$PATH:$cargo_bin"
+command -v inotifywait >/dev/null || { apt-get update -qq && apt-get install -y -qq inotify-tools; }
+command -v watchexec >/dev/null || cargo install --quiet --locked watchexec-cli
+command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc libc6-dev; }
+cargo build --release --quiet --bins
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The job, the same for all three: a static program that reads CLOCK_MONOTONIC first
+# thing and sends it (and the file's path, when it knows it) to the socket in argv[1].
+cat > "$work/stamp.c" <<'C'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (argc < 2) return 2;
+    const char *path = argc > 2 ? argv[2] : getenv("EXECLIB_PATH");
+    const char *dir = "";
+    if (!path && (path = getenv("WATCHEXEC_CREATED_PATH"))) dir = getenv("WATCHEXEC_COMMON_PATH");
+    if (!path) path = "";
+    if (!dir) dir = "";
+    char buf[8192];
+    int n = snprintf(buf, sizeof buf, "%lld %s%s%s", (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec,
+                     dir, *dir ? "/" : "", path);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    strncpy(addr.sun_path, argv[1], sizeof addr.sun_path - 1);
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    return sendto(fd, buf, n, 0, (struct sockaddr *)&addr, sizeof addr) == n ? 0 : 1;
+}
+C
+cc -O2 -static -o "$work/stamp" "$work/stamp.c" 2>/dev/null || cc -O2 -o "$work/stamp" "$work/stamp.c"
+
+# As under systemd (soft 1024, a higher hard limit): execlibd raises its own soft limit
+# and gives jobs the original one back, which is the path production takes.
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] || [ "$hard" -gt 1024 ] || ulimit -Hn 4096 2>/dev/null || true
+ulimit -Sn 1024
+
+echo "$(date -u +%F) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(watchexec --version | head -n1); inotifywait $(inotifywait --help 2>&1 | head -n1 | awk '{print $2}')"
+python3 bench/job_latency.py "$target/release" "$work/stamp" "$(command -v watchexec)" "$samples" "$burst"
