@@ -1,8 +1,10 @@
 //! Serving static files: GET and HEAD, `Content-Type` (with `charset=utf-8` for
 //! text), `Last-Modified` and a strong `ETag` answered with 304, single byte ranges
 //! (206, 416), `Cache-Control: no-cache`, and optional LiveReload script injection
-//! into HTML. Files are streamed, never read whole, except HTML being injected.
+//! into HTML. Large files are streamed; small ones are read whole and kept in the
+//! [`Cache`], answered from memory while their file is unchanged.
 
+use super::cache::{Cache, Entry, FileId};
 use super::path::{self, Opened};
 use super::{Body, full, status};
 use bytes::Bytes;
@@ -27,23 +29,48 @@ pub struct Site {
     pub hidden: bool,
     /// Whether HTML gets the LiveReload script.
     pub inject: bool,
+    /// Small files, kept in memory.
+    pub cache: Cache,
 }
 
-/// Files up to this size are read in one go; larger ones are streamed.
-const READ_WHOLE: u64 = 256 * 1024;
+/// Files up to this size are read in one go (and cached); larger ones are streamed.
+const READ_WHOLE: u64 = super::cache::MAX_ENTRY as u64;
 
-/// A file found and opened, ready to answer from.
-struct Prepared {
-    file: std::fs::File,
-    meta: std::fs::Metadata,
-    mime: mime_guess::Mime,
+/// What a file's answer is made of.
+struct Source {
+    etag: String,
+    modified: SystemTime,
+    content_type: String,
+    content: Content,
+}
+
+enum Content {
     /// The whole body, for small files and injected HTML.
-    bytes: Option<Vec<u8>>,
-    injected: bool,
+    Memory(Bytes),
+    /// An open file to stream, and its length.
+    File(std::fs::File, u64),
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match &self.content {
+            Content::Memory(bytes) => bytes.len() as u64,
+            Content::File(_, len) => *len,
+        }
+    }
+
+    fn cached(entry: &Entry) -> Self {
+        Source {
+            etag: entry.etag.clone(),
+            modified: entry.modified,
+            content_type: entry.content_type.clone(),
+            content: Content::Memory(entry.body.clone()),
+        }
+    }
 }
 
 enum Lookup {
-    Found(Prepared),
+    Found(Source),
     Answer(Response<Body>),
 }
 
@@ -61,11 +88,16 @@ pub async fn serve(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    // A cached small file costs one stat, done here: it does not touch the disk while
+    // the file's inode is in memory, which it is for a file served a moment ago.
+    if let Some(hit) = site.cache.get(raw_path) {
+        return respond(Source::cached(&hit), method, headers).await;
+    }
     // Resolving, opening, stat and (for small files) reading: one trip to the blocking pool.
     let (site2, raw, query) = (site.clone(), raw_path.to_owned(), query.map(str::to_owned));
     let lookup = tokio::task::spawn_blocking(move || lookup(&site2, &raw, query.as_deref())).await;
     match lookup {
-        Ok(Lookup::Found(prepared)) => respond(prepared, method, headers).await,
+        Ok(Lookup::Found(source)) => respond(source, method, headers).await,
         Ok(Lookup::Answer(response)) => response,
         Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
@@ -89,41 +121,36 @@ fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {
         Opened::BadRequest => return Lookup::Answer(status(StatusCode::BAD_REQUEST)),
     };
     match prepare(site, file, &real) {
-        Ok(prepared) => Lookup::Found(prepared),
+        Ok((source, meta)) => {
+            if let (Content::Memory(body), Some(path)) =
+                (&source.content, path::requested(&site.root, raw_path))
+            {
+                let entry = Entry {
+                    path,
+                    id: FileId::of(&meta),
+                    body: body.clone(),
+                    content_type: source.content_type.clone(),
+                    etag: source.etag.clone(),
+                    modified: source.modified,
+                };
+                site.cache.insert(raw_path, entry, &meta);
+            }
+            Lookup::Found(source)
+        }
         Err(_) => Lookup::Answer(status(StatusCode::NOT_FOUND)), // unreadable
     }
 }
 
-fn prepare(site: &Site, mut file: std::fs::File, path: &Path) -> std::io::Result<Prepared> {
+/// Reads a small file (or HTML to inject) whole; a large one is left to stream.
+fn prepare(
+    site: &Site,
+    mut file: std::fs::File,
+    path: &Path,
+) -> std::io::Result<(Source, std::fs::Metadata)> {
     use std::io::Read;
     let meta = file.metadata()?;
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let injected = site.inject && mime.essence_str() == "text/html";
-    let bytes = if injected || meta.len() <= READ_WHOLE {
-        let mut bytes = Vec::with_capacity(meta.len() as usize + if injected { SCRIPT_TAG.len() } else { 0 });
-        file.read_to_end(&mut bytes)?;
-        Some(if injected { inject(bytes) } else { bytes })
-    } else {
-        None
-    };
-    Ok(Prepared {
-        file,
-        meta,
-        mime,
-        bytes,
-        injected,
-    })
-}
-
-async fn respond(prepared: Prepared, method: &Method, headers: &HeaderMap) -> Response<Body> {
-    let Prepared {
-        file,
-        meta,
-        mime,
-        bytes,
-        injected,
-    } = prepared;
-    let len = bytes.as_ref().map_or(meta.len(), |b| b.len() as u64);
     let etag = format!(
         "\"{:x}-{:x}-{:x}{}\"",
         meta.ino(),
@@ -131,7 +158,30 @@ async fn respond(prepared: Prepared, method: &Method, headers: &HeaderMap) -> Re
         meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
         if injected { "-lr" } else { "" }
     );
-    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let content = if injected || meta.len() <= READ_WHOLE {
+        let mut bytes = Vec::with_capacity(meta.len() as usize + if injected { SCRIPT_TAG.len() } else { 0 });
+        file.read_to_end(&mut bytes)?;
+        Content::Memory(Bytes::from(if injected { inject(bytes) } else { bytes }))
+    } else {
+        Content::File(file, meta.len())
+    };
+    let source = Source {
+        etag,
+        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        content_type: content_type(&mime),
+        content,
+    };
+    Ok((source, meta))
+}
+
+async fn respond(source: Source, method: &Method, headers: &HeaderMap) -> Response<Body> {
+    let len = source.len();
+    let Source {
+        etag,
+        modified,
+        content_type,
+        content,
+    } = source;
     let mut head = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::LAST_MODIFIED, httpdate::fmt_http_date(modified))
@@ -143,7 +193,7 @@ async fn respond(prepared: Prepared, method: &Method, headers: &HeaderMap) -> Re
             .body(full(Vec::new()))
             .expect("valid response");
     }
-    head = head.header(header::CONTENT_TYPE, content_type(&mime));
+    head = head.header(header::CONTENT_TYPE, content_type);
     let range = if if_range_holds(headers, &etag, modified) {
         byte_range(headers, len)
     } else {
@@ -163,13 +213,10 @@ async fn respond(prepared: Prepared, method: &Method, headers: &HeaderMap) -> Re
         }
     };
     let head = head.status(code).header(header::CONTENT_LENGTH, count);
-    let body = if method == Method::HEAD {
-        full(Vec::new())
-    } else if let Some(mut bytes) = bytes {
-        bytes.truncate((start + count) as usize);
-        full(Bytes::from(bytes).slice(start as usize..))
-    } else {
-        stream(file, start, count).await
+    let body = match content {
+        _ if method == Method::HEAD => full(Vec::new()),
+        Content::Memory(bytes) => full(bytes.slice(start as usize..(start + count) as usize)),
+        Content::File(file, _) => stream(file, start, count).await,
     };
     head.body(body).expect("valid response")
 }

@@ -6,6 +6,7 @@
 //! WebSocket filter, `/livereload.js` the embedded client, anything else a file.
 //! A watcher on the root tells LiveReload clients what changed.
 
+pub mod cache;
 pub mod files;
 pub mod livereload;
 pub mod path;
@@ -81,6 +82,7 @@ pub struct HttpServer {
     addr: SocketAddr,
     inherited: bool,
     livereload: Option<Arc<LiveReload>>,
+    site: Arc<files::Site>,
     stop: CancellationToken,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
 }
@@ -103,11 +105,13 @@ impl HttpServer {
                 root: root.clone(),
                 hidden: config.hidden,
                 inject: config.inject && config.livereload,
+                cache: Default::default(),
             }),
             static_files: config.static_files,
             livereload: livereload.clone(),
             idle: config.idle_timeout,
         });
+        let site = ctx.site.clone();
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, ctx, stop.clone(), grace));
@@ -119,6 +123,7 @@ impl HttpServer {
             addr,
             inherited,
             livereload,
+            site,
             stop,
             tasks: tokio::sync::Mutex::new(tasks),
         })
@@ -136,6 +141,7 @@ impl HttpServer {
             "socket_activated": self.inherited,
             "livereload": self.livereload.is_some(),
             "livereload_clients": self.livereload.as_ref().map_or(0, |lr| lr.client_count()),
+            "cached_files": self.site.cache.len(),
         })
     }
 

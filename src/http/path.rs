@@ -103,6 +103,19 @@ pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
     }
 }
 
+/// The path request `raw` names under `root`, unresolved (symlinks not followed),
+/// with `index.html` for a directory request; `None` for a refused path. Used to
+/// check that a cached answer still matches what the path names now.
+pub fn requested(root: &Path, raw: &str) -> Option<PathBuf> {
+    let (decoded, rel) = checked(raw, true).ok()?;
+    let path = root.join(rel);
+    Some(if decoded.ends_with('/') {
+        path.join("index.html")
+    } else {
+        path
+    })
+}
+
 fn from_resolved(resolved: Resolved) -> Opened {
     match resolved {
         Resolved::File(path) => match open_nonblocking(&path) {

@@ -347,3 +347,29 @@ fn serves_on_the_socket_systemd_passes() {
     let status = daemon.request(r#"{"cmd":"status"}"#);
     assert_eq!(status["server"]["socket_activated"], true, "{status}");
 }
+
+#[test]
+fn a_cached_file_is_never_served_stale() {
+    let (sandbox, daemon, addr) = site();
+    let cached = || daemon.request(r#"{"cmd":"status"}"#)["server"]["cached_files"].as_u64();
+    // A file is cached once it has been quiet for a second and is asked for again.
+    eventually("style.css and alias.css to be cached", || {
+        assert_eq!(get(&addr, "/style.css", &[]).text(), "body { color: red }");
+        assert_eq!(get(&addr, "/alias.css", &[]).text(), "body { color: red }");
+        (cached()? >= 2).then_some(())
+    });
+    // Rewritten in place, same size: the next answer has the new bytes.
+    std::fs::write(sandbox.path("public/style.css"), "body { color: tan }").unwrap();
+    assert_eq!(get(&addr, "/style.css", &[]).text(), "body { color: tan }");
+    // Renamed over, as site generators write.
+    std::fs::write(sandbox.path("public/next.css"), "p { margin: 0 }").unwrap();
+    std::fs::rename(sandbox.path("public/next.css"), sandbox.path("public/style.css")).unwrap();
+    assert_eq!(get(&addr, "/style.css", &[]).text(), "p { margin: 0 }");
+    // A cached name turned into a symlink leading out of the root is refused, not served.
+    std::fs::remove_file(sandbox.path("public/alias.css")).unwrap();
+    std::os::unix::fs::symlink(sandbox.path("secret.txt"), sandbox.path("public/alias.css")).unwrap();
+    assert_eq!(get(&addr, "/alias.css", &[]).status, 404);
+    // Deleted: gone at once.
+    std::fs::remove_file(sandbox.path("public/style.css")).unwrap();
+    assert_eq!(get(&addr, "/style.css", &[]).status, 404);
+}
