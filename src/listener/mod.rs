@@ -146,6 +146,8 @@ pub enum ListenerError {
 /// Counters and state shared between a listener's slot and its running task.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
+    /// Set when the listener stops: files whose changes it had not processed.
+    handover: Mutex<Vec<PathBuf>>,
     watches: AtomicU64,
     events: AtomicU64,
     jobs_started: AtomicU64,

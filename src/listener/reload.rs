@@ -2,8 +2,8 @@
 //!
 //! A listener whose definition did not change keeps running untouched (its watches
 //! never close). A changed one is replaced: the new watches are set up *before* the
-//! old listener stops, and the files the old one had not finished are handed to the
-//! new one, so no change is lost in between (a `catch_up` listener instead stops
+//! old listener stops; stopping, the old one flushes what its watcher still held and
+//! hands the files it had not finished to the new one, so no change is lost in between (a `catch_up` listener instead stops
 //! first, and its saved snapshot covers the gap). Removed listeners stop; added ones
 //! start if `autostart`.
 
@@ -90,8 +90,8 @@ impl Listeners {
         }
         let mut running = new.running.lock().await;
         let prepared = new.prepare(&self.ctx).await;
-        let unsettled = old.unsettled().await;
         old.stop().await;
+        let unsettled = std::mem::take(&mut *old.shared.handover.lock().expect("handover lock"));
         match prepared {
             Ok(prepared) if !self.closing.load(Ordering::SeqCst) => {
                 *running = Some(new.launch(&self.ctx, prepared, handed_over(unsettled)));

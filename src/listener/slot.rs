@@ -135,22 +135,6 @@ impl Slot {
         }
     }
 
-    /// The files whose changes its scheduler has not finished (none when not running).
-    pub(super) async fn unsettled(&self) -> Vec<PathBuf> {
-        let submit = self
-            .running
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|r| r.submit.upgrade());
-        let Some(submit) = submit else { return Vec::new() };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if submit.send(crate::scheduler::Input::Unsettled(reply)).is_err() {
-            return Vec::new();
-        }
-        answer.await.unwrap_or_default().into_iter().collect()
-    }
-
     /// Running or degraded.
     pub(super) fn is_up(&self) -> bool {
         matches!(self.shared.get().0, State::Running | State::Degraded)

@@ -81,6 +81,9 @@ impl Run {
                 },
             }
         };
+        if result.is_ok() {
+            self.hand_over(&mut watcher, &tx).await;
+        }
         self.save(&watcher, &tx).await;
         drop(watcher);
         drop(tx);
@@ -119,6 +122,21 @@ impl Run {
                     let _ = tx.send(Input::Submit(sub));
                 }
             }
+        }
+    }
+
+    /// At a stop: what the watcher still held is submitted, and the files whose changes
+    /// are not processed are left in `shared.handover`, for a listener replacing this
+    /// one on reload (their runs are about to be dropped or terminated).
+    async fn hand_over(&self, watcher: &mut Watcher, tx: &mpsc::UnboundedSender<Input>) {
+        match watcher.flush() {
+            Ok(events) => self.dispatch(events, tx),
+            Err(e) => warn!("cannot flush the watcher at stop: {e}"),
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if tx.send(Input::Unsettled(reply)).is_ok() {
+            let files = answer.await.unwrap_or_default();
+            *self.shared.handover.lock().expect("handover lock") = files.into_iter().collect();
         }
     }
 

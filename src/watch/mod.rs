@@ -311,6 +311,29 @@ impl Watcher {
         Ok(out)
     }
 
+    /// Emits at once what would otherwise come later: events already queued in the
+    /// inotify instance, directories moved out and not (yet) seen arriving (their files
+    /// are reported gone), and a rescan due after an overflow. For a listener about to
+    /// stop whose successor (a reload) must not miss them.
+    pub fn flush(&mut self) -> Result<Vec<FileEvent>, WatchError> {
+        use futures::FutureExt;
+        let mut out = Vec::new();
+        while let Some(Some(Ok(event))) = self.stream.next().now_or_never() {
+            self.handle(event, &mut out)?;
+        }
+        for moved in std::mem::take(&mut self.moves) {
+            let gone = self.tree.drop_dir(&moved.path).into_keys();
+            out.extend(gone.map(|path| FileEvent {
+                path,
+                kind: EventKind::Delete,
+            }));
+        }
+        if self.overflow.due.is_some() {
+            self.rescan(Instant::now(), &mut out)?;
+        }
+        Ok(out)
+    }
+
     /// How many directories are watched.
     pub fn watch_count(&self) -> usize {
         self.tree.watch_count()

@@ -187,3 +187,21 @@ fn the_http_server_restarts_only_when_server_changes() {
         addr.as_str()
     );
 }
+
+#[test]
+fn a_directory_moved_out_just_before_a_reload_is_reported_gone_by_the_new_listener() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src_docs/d/f.md", "x");
+    let config = sandbox.config(&listener("docs", "old", 60_000));
+    let daemon = Daemon::start(&sandbox, &config);
+    // The old watcher holds a directory moved out for a moment, waiting for it to
+    // arrive elsewhere in the tree; the reload must not lose it.
+    std::fs::rename(sandbox.path("src_docs/d"), sandbox.path("outside")).unwrap();
+    sandbox.config(&listener("docs", "new", 0));
+    assert_eq!(
+        reload(&daemon)["listeners"]["changed"],
+        serde_json::json!(["docs"])
+    );
+    wait_log(&sandbox, "new d/f.md");
+    assert_eq!(log_lines(&sandbox), ["new d/f.md"]);
+}
