@@ -1,28 +1,32 @@
 //! Small files kept in memory, so a hot page is answered without opening it.
 //!
-//! An entry is served only after checking, with one `stat` of the requested path
-//! (following symlinks, as a fresh lookup would), that it still names the same file
-//! in the same state: device, inode, size, mtime and ctime (nanoseconds). A file
-//! modified within the last second is not cached: file timestamps come from a coarse
-//! clock, so two writes in one tick could leave the same mtime ("racy" entries, as
-//! git calls them); once a file has been quiet for a second, any later write gives
-//! it a newer timestamp. So a cached answer is never older than the file, the same
-//! guarantee the ETag gives.
+//! Only answers whose lookup crossed no symlink are kept. On each hit the request's
+//! path is walked again from the root with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` and `fstat`ed (no read, no blocking-pool trip): the entry is
+//! served only if that reaches the same file (device, inode) with the same size,
+//! mtime and ctime (nanoseconds). A file whose mtime or ctime was within a second of
+//! the moment it was read is not kept: file timestamps come from a coarse clock, so
+//! two writes in one tick could leave the same timestamps ("racy" entries, as git
+//! calls them). So a cached answer is never older than the file, the same guarantee
+//! the ETag gives. Roots on network or FUSE file systems, whose `stat` may answer
+//! from a client-side attribute cache, get no cache at all.
 
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 /// Files larger than this are not cached.
 pub const MAX_ENTRY: usize = 256 * 1024;
-/// When the cache would hold more than this many bytes, it is emptied.
+/// When the cache would hold more than this many bytes (bodies and keys), it is emptied.
 const MAX_TOTAL: usize = 32 * 1024 * 1024;
 /// When it would hold more than this many entries, it is emptied.
 const MAX_ENTRIES: usize = 4096;
-/// Files modified more recently than this are not cached.
+/// Request paths longer than this are not cached.
+const MAX_KEY: usize = 1024;
+/// Files modified less than this before they were read are not cached.
 const QUIET: Duration = Duration::from_secs(1);
 
 /// What identifies a file's content without reading it.
@@ -47,14 +51,20 @@ impl FileId {
             ctime: ns(meta.ctime(), meta.ctime_nsec()),
         }
     }
+
+    /// Whether the file's last change (mtime or ctime) was at least [`QUIET`] before `at`.
+    fn quiet_at(&self, at: SystemTime) -> bool {
+        let Ok(at) = at.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        self.mtime.max(self.ctime) + QUIET.as_nanos() as i128 <= at.as_nanos() as i128
+    }
 }
 
 /// A cached answer: the body (injected already, for HTML with LiveReload) and the
 /// headers that depend on the file.
 #[derive(Debug)]
 pub struct Entry {
-    /// The path the request names (under the root, unresolved), checked on each hit.
-    pub path: PathBuf,
     /// The file's identity when it was read.
     pub id: FileId,
     /// The whole body.
@@ -67,49 +77,73 @@ pub struct Entry {
     pub modified: SystemTime,
 }
 
-/// The cache of one HTTP server, keyed by the request path as received.
 #[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<String, Arc<Entry>>,
+    /// Bytes of bodies and keys.
+    total: usize,
+}
+
+/// The cache of one HTTP server, keyed by the request path as received.
+#[derive(Debug)]
 pub struct Cache {
-    entries: RwLock<HashMap<String, Arc<Entry>>>,
+    root: PathBuf,
+    hidden: bool,
+    enabled: bool,
+    entries: RwLock<Entries>,
 }
 
 impl Cache {
-    /// The entry for `key` if its file is unchanged (one `stat`); a stale entry is dropped.
-    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        let entry = self.entries.read().expect("cache lock").get(key).cloned()?;
-        let fresh = std::fs::metadata(&entry.path).is_ok_and(|m| FileId::of(&m) == entry.id);
-        if !fresh {
-            self.entries.write().expect("cache lock").remove(key);
-            return None;
+    /// An empty cache for the site at `root` (off when `root` is on a network or FUSE
+    /// file system).
+    pub fn new(root: &Path, hidden: bool) -> Self {
+        Cache {
+            root: root.to_owned(),
+            hidden,
+            enabled: !remote(root),
+            entries: RwLock::default(),
         }
-        Some(entry)
     }
 
-    /// Keeps `entry` for `key`, unless it is too large or its file changed too recently.
-    pub fn insert(&self, key: &str, entry: Entry, meta: &std::fs::Metadata) {
-        let quiet = meta
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .is_some_and(|age| age >= QUIET);
-        let changed = meta
-            .ctime()
-            .checked_add(QUIET.as_secs() as i64)
-            .is_none_or(|t| t as u64 > now_secs());
-        if entry.body.len() > MAX_ENTRY || !quiet || changed {
-            return;
+    /// The entry for `key` if its path still leads, without symlinks, to the same
+    /// unchanged file; a stale entry is dropped.
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        let entry = self.entries.read().expect("cache lock").map.get(key).cloned()?;
+        let now = super::path::direct_metadata(&self.root, key, self.hidden);
+        if now.is_some_and(|m| FileId::of(&m) == entry.id) {
+            return Some(entry);
         }
         let mut entries = self.entries.write().expect("cache lock");
-        let total: usize = entries.values().map(|e| e.body.len()).sum();
-        if entries.len() >= MAX_ENTRIES || total + entry.body.len() > MAX_TOTAL {
-            entries.clear();
+        if entries.map.get(key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            entries.map.remove(key);
+            entries.total -= key.len() + entry.body.len();
         }
-        entries.insert(key.to_owned(), Arc::new(entry));
+        None
+    }
+
+    /// Keeps `entry` for `key` when the lookup that produced it resolved to `real`
+    /// with no symlink on the way, the file had been quiet for a second when it was
+    /// read (`read_at`, taken before its metadata), and it is small enough.
+    pub fn insert(&self, key: &str, real: &Path, entry: Entry, read_at: SystemTime) {
+        let direct = super::path::requested(&self.root, key, self.hidden).is_some_and(|p| p == real);
+        let small = entry.body.len() <= MAX_ENTRY && key.len() <= MAX_KEY;
+        if !self.enabled || !direct || !small || !entry.id.quiet_at(read_at) {
+            return;
+        }
+        let size = key.len() + entry.body.len();
+        let mut entries = self.entries.write().expect("cache lock");
+        if entries.map.len() >= MAX_ENTRIES || entries.total + size > MAX_TOTAL {
+            *entries = Entries::default();
+        }
+        if let Some(old) = entries.map.insert(key.to_owned(), Arc::new(entry)) {
+            entries.total -= key.len() + old.body.len();
+        }
+        entries.total += size;
     }
 
     /// How many entries it holds.
     pub fn len(&self) -> usize {
-        self.entries.read().expect("cache lock").len()
+        self.entries.read().expect("cache lock").map.len()
     }
 
     /// Whether it holds nothing.
@@ -118,19 +152,33 @@ impl Cache {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Whether `root` is on NFS, SMB/CIFS or FUSE, where `stat` may answer from an
+/// attribute cache that lags behind the file.
+fn remote(root: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const NFS: i64 = 0x6969;
+    const SMB: i64 = 0x517B;
+    const CIFS: i64 = 0xFF53_4D42;
+    const SMB2: i64 = 0xFE53_4D42;
+    const FUSE: i64 = 0x6573_5546;
+    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
+        return true;
+    };
+    // SAFETY: statfs writes only into the struct passed; zeroed is a valid value.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `fs` a live statfs struct.
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+        return false; // a missing root: nothing will be cached from it anyway
+    }
+    matches!(fs.f_type as i64, NFS | SMB | CIFS | SMB2 | FUSE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(path: PathBuf, meta: &std::fs::Metadata) -> Entry {
+    fn entry(meta: &std::fs::Metadata) -> Entry {
         Entry {
-            path,
             id: FileId::of(meta),
             body: Bytes::from_static(b"x"),
             content_type: "text/plain".into(),
@@ -140,17 +188,27 @@ mod tests {
     }
 
     #[test]
-    fn a_file_changed_within_the_last_second_is_not_cached() {
+    fn only_quiet_files_reached_without_symlinks_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.txt");
         std::fs::write(&path, "x").unwrap();
         let meta = std::fs::metadata(&path).unwrap();
-        let cache = Cache::default();
-        cache.insert("/a.txt", entry(path, &meta), &meta);
+        let cache = Cache::new(dir.path(), false);
+        cache.insert("/a.txt", &path, entry(&meta), SystemTime::now());
         assert!(
             cache.is_empty(),
             "two writes in one clock tick could share an mtime"
         );
+        let later = SystemTime::now() + QUIET;
+        cache.insert("/a.txt", &path, entry(&meta), later);
+        assert_eq!(cache.len(), 1, "quiet for a second when read: kept");
+        std::os::unix::fs::symlink(&path, dir.path().join("link.txt")).unwrap();
+        cache.insert("/link.txt", &path, entry(&meta), later);
+        assert_eq!(cache.len(), 1, "an answer reached through a symlink is not kept");
+        assert!(cache.get("/a.txt").is_some(), "unchanged: a hit");
+        std::fs::write(&path, "y").unwrap();
+        assert!(cache.get("/a.txt").is_none(), "rewritten: dropped");
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl HttpServer {
                 root: root.clone(),
                 hidden: config.hidden,
                 inject: config.inject && config.livereload,
-                cache: Default::default(),
+                cache: cache::Cache::new(&root, config.hidden),
             }),
             static_files: config.static_files,
             livereload: livereload.clone(),

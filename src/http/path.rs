@@ -103,17 +103,60 @@ pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
     }
 }
 
-/// The path request `raw` names under `root`, unresolved (symlinks not followed),
-/// with `index.html` for a directory request; `None` for a refused path. Used to
-/// check that a cached answer still matches what the path names now.
-pub fn requested(root: &Path, raw: &str) -> Option<PathBuf> {
-    let (decoded, rel) = checked(raw, true).ok()?;
+/// `openat2(dir, rel)` with `flags` and `resolve` (see openat2(2)); no `dir`: the
+/// working directory (for an absolute `rel`).
+fn openat2(
+    dir: Option<&std::fs::File>,
+    rel: &Path,
+    flags: i32,
+    resolve: u64,
+) -> std::io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c_rel = std::ffi::CString::new(rel.as_os_str().as_bytes())?;
+    // SAFETY: open_how is plain data; zeroed is a valid value, then the fields are set.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = resolve;
+    // SAFETY: the pointers refer to live values of the sizes passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd()),
+            c_rel.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd as i32) })
+}
+
+/// The path request `raw` names under `root` as written, with `index.html` for a
+/// directory request (`None` for a refused path). A lookup that resolved to exactly
+/// this path crossed no symlink: only such answers are cached.
+pub fn requested(root: &Path, raw: &str, hidden: bool) -> Option<PathBuf> {
+    let (decoded, rel) = checked(raw, hidden).ok()?;
     let path = root.join(rel);
     Some(if decoded.ends_with('/') {
         path.join("index.html")
     } else {
         path
     })
+}
+
+/// The metadata of what [`requested`] names, reached without crossing a symlink
+/// (`RESOLVE_NO_SYMLINKS`, from `/`: `root` is canonical, and `..` is refused, so
+/// the walk stays beneath it): the check that a cached answer's path still leads
+/// to its file the way it did. `None` when refused, missing, or without openat2.
+pub fn direct_metadata(root: &Path, raw: &str, hidden: bool) -> Option<std::fs::Metadata> {
+    let path = requested(root, raw, hidden)?;
+    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let file = openat2(None, &path, libc::O_PATH | libc::O_CLOEXEC, resolve).ok()?;
+    file.metadata().ok()
 }
 
 fn from_resolved(resolved: Resolved) -> Opened {
@@ -146,32 +189,19 @@ enum Beneath {
 /// `openat2(dir, rel, O_RDONLY, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: symlinks are
 /// followed only while they stay under `dir`.
 fn beneath(dir: &std::fs::File, rel: &Path) -> Beneath {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_rel) = std::ffi::CString::new(rel.as_os_str().as_bytes()) else {
-        return Beneath::Refused;
-    };
-    // SAFETY: open_how is plain data; zeroed is a valid value, then the fields are set.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     // O_NONBLOCK: opening a named pipe must not wait for a writer (it is then refused
     // as not a regular file); it changes nothing for regular files.
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: the pointers refer to live values of the sizes passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c_rel.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+    let error = match openat2(
+        Some(dir),
+        rel,
+        flags,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    ) {
+        Ok(file) => return Beneath::Opened(file),
+        Err(e) => e,
     };
-    if fd >= 0 {
-        // SAFETY: openat2 returned a new descriptor that nothing else owns.
-        return Beneath::Opened(unsafe { std::fs::File::from_raw_fd(fd as i32) });
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
+    match error.raw_os_error() {
         // No openat2; or EXDEV: an escape, or any absolute symlink (refused even when it
         // points inside the root): the canonical-path check tells which.
         Some(libc::ENOSYS | libc::EXDEV) => Beneath::Unsupported,
