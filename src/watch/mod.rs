@@ -14,7 +14,10 @@
 //!
 //! Symlinks are never followed.
 
+mod timers;
 mod tree;
+
+use timers::Overflow;
 
 use crate::events::EventKind;
 use crate::snapshot::Snapshot;
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::warn;
 use tree::{Stat, Tree};
 
 /// Decides whether a directory (absolute path) should be watched.
@@ -107,35 +110,6 @@ struct PendingMove {
     cookie: u32,
     path: PathBuf,
     at: Instant,
-}
-
-/// Overflow handling: when the next rescan is due, and the back-off between rescans.
-#[derive(Default)]
-struct Overflow {
-    due: Option<Instant>,
-    last_rescan: Option<Instant>,
-    backoff: Duration,
-}
-
-impl Overflow {
-    /// Schedules a rescan after an overflow at `now`; returns its delay, or `None` when
-    /// one is already due. An overflow within a second of the last rescan doubles the
-    /// back-off (100 ms up to 10 s); after a quiet second it rescans at once again.
-    fn schedule(&mut self, now: Instant) -> Option<Duration> {
-        if self.due.is_some() {
-            return None;
-        }
-        let recent = self
-            .last_rescan
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1));
-        self.backoff = if recent {
-            (self.backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF)
-        } else {
-            Duration::ZERO
-        };
-        self.due = Some(now + self.backoff);
-        Some(self.backoff)
-    }
 }
 
 /// The instance, its tree and its roots, before events are read.
@@ -497,107 +471,5 @@ impl Watcher {
         }));
         out.extend(moved);
         Ok(())
-    }
-
-    fn overflowed(&mut self, now: Instant) {
-        if let Some(delay) = self.overflow.schedule(now) {
-            warn!(
-                backoff_ms = delay.as_millis() as u64,
-                "inotify queue overflowed: events were dropped; rescanning"
-            );
-        }
-    }
-
-    fn run_timers(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
-        while let Some(i) = self.moves.iter().position(|m| now >= m.at + MOVE_BOUND) {
-            let gone = self.moves.remove(i).path;
-            for path in self.tree.drop_dir(&gone).into_keys() {
-                out.push(FileEvent {
-                    path,
-                    kind: EventKind::Delete,
-                });
-            }
-        }
-        if self.overflow.due.is_some_and(|due| now >= due) {
-            self.rescan(now, out)?;
-        }
-        if now >= self.next_poll {
-            self.next_poll = now + ROOT_POLL;
-            self.poll_roots(out)?;
-        }
-        Ok(())
-    }
-
-    fn rescan(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
-        self.overflow.due = None;
-        self.overflow.last_rescan = Some(now);
-        self.moves.clear();
-        let before = out.len();
-        for root in self.roots.iter().filter(|r| r.missing.is_none()) {
-            out.extend(self.tree.rescan(&root.path)?);
-        }
-        let found = &out[before..];
-        let count = |k| found.iter().filter(|e| e.kind == k).count();
-        warn!(
-            created = count(EventKind::Create),
-            modified = count(EventKind::Modify),
-            deleted = count(EventKind::Delete),
-            "inotify queue overflowed: rescan found {} changed files",
-            found.len()
-        );
-        Ok(())
-    }
-
-    fn poll_roots(&mut self, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
-        for i in 0..self.roots.len() {
-            if self.roots[i].missing.is_none() {
-                continue;
-            }
-            let path = self.roots[i].path.clone();
-            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-                continue;
-            }
-            if !self.tree.is_watched(&path) {
-                match self.tree.add(&path, true, Stat::Full, None) {
-                    Ok(()) => {}
-                    Err(WatchError::Root { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
-                // Exactly what differs from when it went away: an unmount and remount
-                // of the same files reports nothing.
-                let now = self.tree.subtree_snapshot(&path);
-                let changes = crate::snapshot::diff(&self.roots[i].lost, &now);
-                out.extend(changes.into_iter().map(|(path, kind)| FileEvent { path, kind }));
-            }
-            info!(path = %path.display(), "route path is back; watching it again");
-            self.roots[i].lost.clear();
-            self.roots[i].missing = None;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeated_overflows_back_off_and_a_quiet_second_resets() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut o = Overflow::default();
-        let mut delays = Vec::new();
-        let mut now = t0;
-        for _ in 0..9 {
-            let delay = o.schedule(now).expect("a rescan is scheduled");
-            assert_eq!(o.schedule(now), None, "one rescan at a time");
-            delays.push(delay.as_millis());
-            now += delay; // the rescan runs...
-            o.due = None;
-            o.last_rescan = Some(now);
-            now += ms(10); // ...and the queue overflows again right away
-        }
-        assert_eq!(delays, [0, 100, 200, 400, 800, 1600, 3200, 6400, 10000]);
-        assert_eq!(o.schedule(now + Duration::from_secs(2)), Some(Duration::ZERO));
     }
 }
