@@ -116,7 +116,18 @@ impl HttpServer {
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, ctx, stop.clone(), grace));
         if let Some(lr) = &livereload {
-            tasks.spawn(pump(root, config.hidden, lr.clone(), config.delay, stop.clone()));
+            // Watching before the server counts as started (READY=1): a change made
+            // right after must reach the browsers.
+            if let Some((watcher, matcher)) = watch_root(&root, config.hidden).await {
+                tasks.spawn(pump(
+                    root,
+                    watcher,
+                    matcher,
+                    lr.clone(),
+                    config.delay,
+                    stop.clone(),
+                ));
+            }
         }
         info!(listen = %addr, inherited, "HTTP server listening");
         Ok(HttpServer {
@@ -313,7 +324,9 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
 
 /// Watches the root and tells LiveReload clients which files changed, once `delay`
 /// has passed since the last change (at most ten times `delay` after the first).
-async fn pump(root: PathBuf, hidden: bool, lr: Arc<LiveReload>, delay: Duration, stop: CancellationToken) {
+/// The watcher of the site root for LiveReload, and what in it counts (the default
+/// ignores, less the hidden ones when hidden files are served).
+async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watcher, Matcher)> {
     let ignores: Vec<String> = DEFAULT_IGNORES
         .iter()
         .filter(|g| !(hidden && g.contains("/.")))
@@ -321,23 +334,34 @@ async fn pump(root: PathBuf, hidden: bool, lr: Arc<LiveReload>, delay: Duration,
         .collect();
     let matcher = Matcher::new(&["**".to_owned()], &ignores).expect("default globs compile");
     let dir_matcher = matcher.clone();
-    let dir_root = root.clone();
+    let dir_root = root.to_owned();
     let filter: DirFilter = Arc::new(move |dir: &Path| {
         dir.strip_prefix(&dir_root)
             .is_ok_and(|rel| rel.as_os_str().is_empty() || !dir_matcher.ignores_dir(rel))
     });
-    let roots = [root.clone()];
+    let roots = [root.to_owned()];
     let setup = tokio::task::spawn_blocking(move || Setup::new(&roots, filter, false)).await;
-    let mut watcher = match setup
+    match setup
         .expect("watch setup does not panic")
         .and_then(Setup::into_watcher)
     {
-        Ok(w) => w,
+        Ok(watcher) => Some((watcher, matcher)),
         Err(e) => {
             warn!("LiveReload cannot watch the site root: {e}");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Tells LiveReload clients about changes under the root, `delay` after the last one.
+async fn pump(
+    root: PathBuf,
+    mut watcher: crate::watch::Watcher,
+    matcher: Matcher,
+    lr: Arc<LiveReload>,
+    delay: Duration,
+    stop: CancellationToken,
+) {
     let mut pending = BTreeSet::new();
     let mut first: Option<Instant> = None;
     let mut due: Option<Instant> = None;
