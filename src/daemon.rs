@@ -113,9 +113,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     wait_for_shutdown(&state, shutdown, hangups).await;
     notify::stopping();
-    // A reload in progress finishes first (later ones are refused): it may be
-    // starting listeners that stopping must see.
-    let _no_reloads = state.current.lock().await;
+    // A reload in progress finishes first: it may be starting listeners that stopping
+    // must see. Later ones see the shutdown and are refused with a reply.
+    drop(state.current.lock().await);
     info!("stopping listeners");
     state.listeners.stop_all().await;
     info!("listeners stopped");

@@ -8,7 +8,7 @@ use crate::job::{self, JobSpec};
 use crate::scheduler::{self, FrameEnd, Input, Start, Submission, Timing, Work};
 use crate::snapshot::{self, Snapshot};
 use crate::watch::{FileEvent, Watcher};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::PathBuf;
@@ -70,7 +70,10 @@ impl Run {
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
-                _ = save.tick(), if self.catch_up.is_some() => self.save(&watcher, &tx).await,
+                _ = save.tick(), if self.catch_up.is_some() => {
+                    let unsettled = unsettled(&tx).await;
+                    self.save(&watcher, unsettled).await;
+                }
                 events = watcher.next() => match events {
                     Ok(events) => {
                         self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
@@ -81,10 +84,8 @@ impl Run {
                 },
             }
         };
-        if result.is_ok() {
-            self.hand_over(&mut watcher, &tx).await;
-        }
-        self.save(&watcher, &tx).await;
+        let unsettled = self.hand_over(&mut watcher, &tx, result.is_ok()).await;
+        self.save(&watcher, unsettled).await;
         drop(watcher);
         drop(tx);
         info!("inotify closed: no new events");
@@ -125,32 +126,33 @@ impl Run {
         }
     }
 
-    /// At a stop: what the watcher still held is submitted, and the files whose changes
-    /// are not processed are left in `shared.handover`, for a listener replacing this
-    /// one on reload (their runs are about to be dropped or terminated).
-    async fn hand_over(&self, watcher: &mut Watcher, tx: &mpsc::UnboundedSender<Input>) {
-        match watcher.flush() {
-            Ok(events) => self.dispatch(events, tx),
-            Err(e) => warn!("cannot flush the watcher at stop: {e}"),
+    /// At a stop: what a still healthy watcher held is submitted, and the files whose
+    /// changes are not processed are left in `shared.handover` (for a listener
+    /// replacing this one on reload: their runs are about to be dropped or terminated)
+    /// and returned (for the snapshot).
+    async fn hand_over(
+        &self,
+        watcher: &mut Watcher,
+        tx: &mpsc::UnboundedSender<Input>,
+        healthy: bool,
+    ) -> HashSet<PathBuf> {
+        if healthy {
+            match watcher.flush() {
+                Ok(events) => self.dispatch(events, tx),
+                Err(e) => warn!("cannot flush the watcher at stop: {e}"),
+            }
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if tx.send(Input::Unsettled(reply)).is_ok() {
-            let files = answer.await.unwrap_or_default();
-            *self.shared.handover.lock().expect("handover lock") = files.into_iter().collect();
-        }
+        let files = unsettled(tx).await;
+        *self.shared.handover.lock().expect("handover lock") = files.iter().cloned().collect();
+        files
     }
 
     /// Persists the snapshot (catch-up listeners only). Files whose changes are not
     /// processed yet (pending, queued or running) keep their last persisted state, so
     /// after a crash or a stop they are found changed again and run.
-    async fn save(&mut self, watcher: &Watcher, tx: &mpsc::UnboundedSender<Input>) {
+    async fn save(&mut self, watcher: &Watcher, unsettled: HashSet<PathBuf>) {
         let Some((path, persisted)) = &mut self.catch_up else {
             return;
-        };
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let unsettled = match tx.send(Input::Unsettled(reply)) {
-            Ok(()) => answer.await.unwrap_or_default(),
-            Err(_) => Default::default(),
         };
         let mut baseline = watcher.snapshot();
         for file in unsettled {
@@ -167,6 +169,16 @@ impl Run {
             Ok(Err(e)) => warn!("cannot save the snapshot: {e}"),
             Err(e) => warn!("snapshot save task failed: {e}"),
         }
+    }
+}
+
+/// The files with changes not processed yet, from the scheduler (asked in order, after
+/// every submission sent before).
+async fn unsettled(tx: &mpsc::UnboundedSender<Input>) -> HashSet<PathBuf> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    match tx.send(Input::Unsettled(reply)) {
+        Ok(()) => answer.await.unwrap_or_default(),
+        Err(_) => HashSet::new(),
     }
 }
 
