@@ -20,6 +20,7 @@ pub mod paths;
 pub mod route;
 pub mod scheduler;
 pub mod snapshot;
+mod sys;
 pub mod watch;
 
 pub use daemon::run;

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub delay: Duration,
     /// A connection that sends no complete request head for this long is closed.
     pub idle_timeout: Duration,
+    /// At most this many LiveReload clients at once; more get 503.
+    pub max_clients: usize,
 }
 
 /// One `[[listener]]`, resolved.
@@ -150,6 +152,10 @@ pub enum Command {
 const DEFAULT_GRACE_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
+/// LiveReload clients at once, by default.
+const DEFAULT_MAX_CLIENTS: usize = 1024;
+/// The most `max_clients` may be: every client is an HTTP connection too.
+const MAX_CLIENTS_LIMIT: usize = crate::http::MAX_CONNECTIONS;
 
 /// Validation context: the file and its text, for positions.
 struct Ctx<'a> {
@@ -261,6 +267,16 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
     let Some(root) = raw.root else {
         return ctx.err(span.start, "[server] needs `root`, the site's directory");
     };
+    let max_clients = match raw.max_clients {
+        None => DEFAULT_MAX_CLIENTS,
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > MAX_CLIENTS_LIMIT => {
+            return ctx.err(
+                m.span().start,
+                format!("`max_clients` must be between 1 and {MAX_CLIENTS_LIMIT}"),
+            );
+        }
+        Some(m) => m.into_inner(),
+    };
     Ok(ServerConfig {
         listen,
         root: ctx.abs(&root),
@@ -270,6 +286,7 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
         inject: raw.inject.unwrap_or(false),
         delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(30_000)),
+        max_clients,
     })
 }
 

@@ -121,13 +121,12 @@ impl Cache {
         None
     }
 
-    /// Keeps `entry` for `key` when the lookup that produced it resolved to `real`
-    /// with no symlink on the way, the file had been quiet for a second when it was
-    /// read (`read_at`, taken before its metadata), and it is small enough.
-    pub fn insert(&self, key: &str, real: &Path, entry: Entry, read_at: SystemTime) {
-        let direct = super::path::requested(&self.root, key, self.hidden).is_some_and(|p| p == real);
+    /// Keeps `entry` for `key` (an answer whose lookup crossed no symlink) when the
+    /// file had been quiet for a second when it was read (`read_at`, taken before its
+    /// metadata), and it is small enough.
+    pub fn insert(&self, key: &str, entry: Entry, read_at: SystemTime) {
         let small = entry.body.len() <= MAX_ENTRY && key.len() <= MAX_KEY;
-        if !self.enabled || !direct || !small || !entry.id.quiet_at(read_at) {
+        if !self.enabled || !small || !entry.id.quiet_at(read_at) {
             return;
         }
         let size = key.len() + entry.body.len();
@@ -188,24 +187,27 @@ mod tests {
     }
 
     #[test]
-    fn only_quiet_files_reached_without_symlinks_are_kept() {
+    fn only_quiet_files_are_kept_and_hits_never_cross_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.txt");
         std::fs::write(&path, "x").unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         let cache = Cache::new(dir.path(), false);
-        cache.insert("/a.txt", &path, entry(&meta), SystemTime::now());
+        cache.insert("/a.txt", entry(&meta), SystemTime::now());
         assert!(
             cache.is_empty(),
             "two writes in one clock tick could share an mtime"
         );
         let later = SystemTime::now() + QUIET;
-        cache.insert("/a.txt", &path, entry(&meta), later);
+        cache.insert("/a.txt", entry(&meta), later);
         assert_eq!(cache.len(), 1, "quiet for a second when read: kept");
-        std::os::unix::fs::symlink(&path, dir.path().join("link.txt")).unwrap();
-        cache.insert("/link.txt", &path, entry(&meta), later);
-        assert_eq!(cache.len(), 1, "an answer reached through a symlink is not kept");
         assert!(cache.get("/a.txt").is_some(), "unchanged: a hit");
+        std::os::unix::fs::symlink(&path, dir.path().join("link.txt")).unwrap();
+        cache.insert("/link.txt", entry(&meta), later);
+        assert!(
+            cache.get("/link.txt").is_none(),
+            "a path through a symlink never hits"
+        );
         std::fs::write(&path, "y").unwrap();
         assert!(cache.get("/a.txt").is_none(), "rewritten: dropped");
         assert!(cache.is_empty());

@@ -104,8 +104,8 @@ pub async fn serve(
 }
 
 fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {
-    let (file, real) = match path::open(&site.root, raw_path, site.hidden) {
-        Opened::File(file, real) => (file, real),
+    let (file, real, direct) = match path::open(&site.root, raw_path, site.hidden) {
+        Opened::File { file, real, direct } => (file, real, direct),
         Opened::Redirect(to) => {
             let location = match query {
                 Some(q) => format!("{to}?{q}"),
@@ -130,7 +130,9 @@ fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {
                     etag: source.etag.clone(),
                     modified: source.modified,
                 };
-                site.cache.insert(raw_path, &real, entry, read_at);
+                if direct {
+                    site.cache.insert(raw_path, entry, read_at);
+                }
             }
             Lookup::Found(source)
         }

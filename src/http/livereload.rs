@@ -3,12 +3,18 @@
 //! scripts and images reload every client; any other file only the clients showing
 //! it (`/` is `/index.html`, `/a` is `/a.html`). After the handshake clients are sent
 //! only `hello`, `reload` and `alert`.
+//!
+//! Every limit is explicit: a message or frame over [`MAX_MESSAGE`] (fragments count
+//! toward it) closes the client with 1009; at most `max_clients` are connected (a
+//! [`Seat`] is taken before the upgrade, so the surplus gets 503); a client must say
+//! hello within the handshake deadline; a client that does not read its messages is
+//! dropped once [`CLIENT_QUEUE`] of them wait.
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -24,10 +30,15 @@ pub const CLIENT_JS: &str = include_str!("livereload.js");
 struct Client {
     page: Option<String>,
     tx: mpsc::Sender<String>,
+    /// Fired when its queue is full: it does not read, so it is closed.
+    stalled: CancellationToken,
 }
 
 /// Messages queued for one client; a client this far behind (not reading) is dropped.
-const CLIENT_QUEUE: usize = 256;
+pub const CLIENT_QUEUE: usize = 256;
+/// The largest message (and frame) a client may send; LiveReload's are a few hundred
+/// bytes, a page URL included.
+pub const MAX_MESSAGE: usize = 8 * 1024;
 
 /// The connected browsers.
 pub struct LiveReload {
@@ -36,30 +47,63 @@ pub struct LiveReload {
     closing: CancellationToken,
     gone: Notify,
     hello_timeout: Duration,
+    /// Seats taken (upgrading, in the handshake, or connected) and the most there may be.
+    seats: AtomicUsize,
+    max_clients: usize,
+}
+
+/// One of the `max_clients` seats, held from before the upgrade to the end of the session.
+pub struct Seat(Arc<LiveReload>);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.seats.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LiveReload {
-    /// A registry; a client that does not say hello within `hello_timeout` is closed.
-    pub fn new(hello_timeout: Duration) -> Self {
+    /// A registry for at most `max_clients` clients; a client that does not say hello
+    /// within `hello_timeout` of its upgrade is closed.
+    pub fn new(hello_timeout: Duration, max_clients: usize) -> Self {
         LiveReload {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             closing: CancellationToken::new(),
             gone: Notify::new(),
             hello_timeout,
+            seats: AtomicUsize::new(0),
+            max_clients,
         }
     }
 
-    /// The warp filter for `GET /livereload` (WebSocket upgrade).
+    /// A seat for one more client, unless `max_clients` are taken.
+    pub fn seat(this: &Arc<Self>) -> Option<Seat> {
+        let taken = this.seats.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < this.max_clients).then_some(n + 1)
+        });
+        taken.ok().map(|_| Seat(this.clone()))
+    }
+
+    /// The warp filter for `GET /livereload` (WebSocket upgrade), for a client that
+    /// holds `seat` (given up if the request is no upgrade or the upgrade fails).
     pub fn filter(
-        this: std::sync::Arc<Self>,
+        this: Arc<Self>,
+        seat: Seat,
     ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+        let seat = Arc::new(Mutex::new(Some(seat)));
         warp::path("livereload")
             .and(warp::path::end())
             .and(warp::ws())
             .map(move |ws: warp::ws::Ws| {
                 let this = this.clone();
-                ws.on_upgrade(move |socket| async move { this.session(socket).await })
+                let seat = seat.lock().expect("seat lock").take();
+                ws.max_message_size(MAX_MESSAGE)
+                    .max_frame_size(MAX_MESSAGE)
+                    .on_upgrade(move |socket| async move {
+                        if let Some(seat) = seat {
+                            this.session(socket, seat).await
+                        }
+                    })
             })
     }
 
@@ -75,8 +119,10 @@ impl LiveReload {
             let message =
                 json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
             for client in clients.values().filter(|c| wants(c.page.as_deref(), path)) {
-                // Full: the client does not read; it misses this reload rather than grow memory.
-                let _ = client.tx.try_send(message.clone());
+                // Full: the client does not read; its session ends (see `session`).
+                if client.tx.try_send(message.clone()).is_err() {
+                    client.stalled.cancel();
+                }
             }
         }
     }
@@ -96,11 +142,15 @@ impl LiveReload {
         .await;
     }
 
-    async fn session(&self, socket: WebSocket) {
+    async fn session(&self, socket: WebSocket, _seat: Seat) {
         let (mut sink, mut stream) = socket.split();
-        // The handshake: the client speaks first.
+        // The handshake: the client speaks first, within the deadline.
         let hello = tokio::time::timeout(self.hello_timeout, stream.next()).await;
-        let said_hello = matches!(&hello, Ok(Some(Ok(m))) if parse(m).is_some_and(|v| is_hello(&v)));
+        let said_hello = match &hello {
+            Ok(Some(Ok(m))) => parse(m).is_some_and(|v| is_hello(&v)),
+            Ok(Some(Err(e))) => return close_for(&mut sink, e).await,
+            _ => false,
+        };
         if !said_hello {
             debug!("livereload client did not say hello; closing");
             let _ = sink.send(Message::close_with(1002u16, "expected hello")).await;
@@ -111,15 +161,23 @@ impl LiveReload {
             return;
         }
         let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
+        let stalled = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.clients
-            .lock()
-            .expect("clients lock")
-            .insert(id, Client { page: None, tx });
+        let client = Client {
+            page: None,
+            tx,
+            stalled: stalled.clone(),
+        };
+        self.clients.lock().expect("clients lock").insert(id, client);
         loop {
             tokio::select! {
                 _ = self.closing.cancelled() => {
-                    let _ = sink.send(Message::close_with(1001u16, "server shutting down")).await;
+                    let bye = sink.send(Message::close_with(1001u16, "server shutting down"));
+                    let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
+                    break;
+                }
+                _ = stalled.cancelled() => {
+                    debug!("livereload client does not read its messages; closing");
                     break;
                 }
                 Some(text) = rx.recv() => {
@@ -127,6 +185,7 @@ impl LiveReload {
                     let sent = tokio::select! {
                         sent = sink.send(Message::text(text)) => sent.is_ok(),
                         _ = self.closing.cancelled() => false,
+                        _ = stalled.cancelled() => false,
                     };
                     if !sent {
                         break;
@@ -143,7 +202,11 @@ impl LiveReload {
                             break;
                         }
                     },
-                    _ => break,
+                    Some(Err(e)) => {
+                        close_for(&mut sink, &e).await;
+                        break;
+                    }
+                    None => break,
                 },
             }
         }
@@ -162,6 +225,31 @@ impl LiveReload {
     }
 }
 
+/// Closes a client whose last frame was refused: 1009 (message too big) when it
+/// went over [`MAX_MESSAGE`], else 1002 (protocol error).
+async fn close_for<S>(sink: &mut S, error: &warp::Error)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    use std::error::Error as _;
+    let too_big = error
+        .source()
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+    let (code, reason) = if too_big {
+        debug!("livereload client sent a message over {MAX_MESSAGE} bytes; closing");
+        (1009u16, "message too big")
+    } else {
+        debug!("livereload client broke the protocol ({error}); closing");
+        (1002u16, "protocol error")
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::close_with(code, reason))).await;
+}
+
+/// How long a close frame may take to go out to a client that does not read.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A client's message as a JSON object; `None` for anything else.
 fn parse(m: &Message) -> Option<Value> {
     let v: Value = serde_json::from_str(m.to_str().ok()?).ok()?;
     v.is_object().then_some(v)
@@ -230,5 +318,25 @@ mod tests {
         assert_eq!(page_path("http://127.0.0.1:8778/a/b.html?x=1#top"), "/a/b.html");
         assert_eq!(page_path("http://localhost:8778"), "/");
         assert_eq!(page_path("/relative"), "/relative");
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a client sends or names, parsing and targeting never panic, a
+            /// page is always a path, and only JSON objects are accepted.
+            #[test]
+            fn client_messages_and_page_urls_never_panic(text in ".{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let parsed = parse(&Message::text(text.clone()));
+                prop_assert_eq!(parsed.is_some(), serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object()));
+                prop_assert!(parse(&Message::binary(bytes)).is_none_or(|v| v.is_object()));
+                let page = page_path(&text);
+                prop_assert!(!text.contains("://") || page.starts_with('/'), "{} -> {}", text, page);
+                let _ = wants(Some(&page), &text);
+                let _ = page_file(&text);
+            }
+        }
     }
 }

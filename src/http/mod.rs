@@ -39,6 +39,11 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A request head (request line and headers) longer than this is refused (431).
 pub const MAX_HEAD: usize = 16 * 1024;
+/// A request head with more header fields than this is refused (431).
+pub const MAX_HEADERS: usize = 100;
+/// At most this many connections (LiveReload clients included) are served at once;
+/// more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Why the HTTP server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +104,7 @@ impl HttpServer {
         });
         let livereload = config
             .livereload
-            .then(|| Arc::new(LiveReload::new(config.idle_timeout)));
+            .then(|| Arc::new(LiveReload::new(config.idle_timeout, config.max_clients)));
         let ctx = Arc::new(Ctx {
             site: Arc::new(files::Site {
                 root: root.clone(),
@@ -241,6 +246,10 @@ async fn accept_loop(
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
+                    debug!("HTTP connection refused: {MAX_CONNECTIONS} already open");
+                    drop(stream);
+                }
                 Ok((stream, _)) => {
                     // Head and body go out as separate writes: without this, Nagle's algorithm
                     // meets the client's delayed ACK and each response waits ~40 ms.
@@ -279,7 +288,8 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: Cancella
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
-        .max_buf_size(MAX_HEAD);
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -298,10 +308,16 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: Cancella
 }
 
 async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    if !host_is_valid(&req) {
+        return status(StatusCode::BAD_REQUEST);
+    }
     let path = req.uri().path().to_owned();
     if let Some(lr) = &ctx.livereload {
         if path == "/livereload" {
-            let mut service = warp::service(LiveReload::filter(lr.clone()));
+            let Some(seat) = LiveReload::seat(lr) else {
+                return too_many_clients();
+            };
+            let mut service = warp::service(LiveReload::filter(lr.clone(), seat));
             let response = service.call(req).await.unwrap_or_else(|never| match never {});
             return response.map(|body| body.map_err(BoxError::from).boxed_unsync());
         }
@@ -320,6 +336,31 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         return status(StatusCode::NOT_FOUND);
     }
     files::serve(&ctx.site, req.method(), &path, req.uri().query(), req.headers()).await
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and a request never
+/// has two; its value is empty or an authority (`host[:port]`).
+fn host_is_valid(req: &Request<Incoming>) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => req.version() < http::Version::HTTP_11,
+        (Some(host), None) => {
+            host.is_empty()
+                || host
+                    .to_str()
+                    .is_ok_and(|h| !h.contains('@') && h.parse::<http::uri::Authority>().is_ok())
+        }
+        (Some(_), Some(_)) => false,
+    }
+}
+
+/// 503 for a LiveReload client over `max_clients`; its script retries with back-off.
+fn too_many_clients() -> Response<Body> {
+    let mut r = Response::new(full("too many LiveReload clients; try again later\n"));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    r
 }
 
 /// Watches the root and tells LiveReload clients which files changed, once `delay`

@@ -381,3 +381,50 @@ fn a_cached_file_is_never_served_stale() {
     sandbox.write("public/index.html", "<html><body>new build</body></html>");
     assert!(get(&addr, "/", &[]).text().contains("new build"));
 }
+
+#[test]
+fn host_missing_or_repeated_gets_400() {
+    let (_sandbox, _daemon, addr) = site();
+    let ask = |head: &str| send_raw(&addr, &format!("{head}Connection: close\r\n\r\n")).status;
+    assert_eq!(ask("GET / HTTP/1.1\r\n"), 400, "HTTP/1.1 without Host");
+    let twice = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nHost: {addr}\r\n");
+    assert_eq!(ask(&twice), 400, "two Host fields");
+    assert_eq!(ask("GET / HTTP/1.1\r\nHost: a b\r\n"), 400, "not an authority");
+    assert_eq!(ask("GET / HTTP/1.1\r\nHost: user@x\r\n"), 400, "userinfo");
+    assert_eq!(ask(&format!("GET / HTTP/1.1\r\nHost: {addr}\r\n")), 200);
+    assert_eq!(
+        ask("GET / HTTP/1.1\r\nHost:\r\n"),
+        200,
+        "an empty Host is allowed"
+    );
+    assert_eq!(ask("GET / HTTP/1.0\r\n"), 200, "HTTP/1.0 needs no Host");
+}
+
+#[test]
+fn a_trailing_slash_after_a_file_is_404() {
+    let (_sandbox, _daemon, addr) = site();
+    assert_eq!(get(&addr, "/index.html/", &[]).status, 404);
+    assert_eq!(get(&addr, "/style.css/", &[]).status, 404);
+    assert_eq!(
+        get(&addr, "/alias.css/", &[]).status,
+        404,
+        "through a symlink too"
+    );
+    assert_eq!(get(&addr, "/docs/", &[]).status, 200);
+}
+
+#[test]
+fn more_than_100_header_fields_get_431_like_an_oversized_head() {
+    let (_sandbox, _daemon, addr) = site();
+    // `request` adds Host and Connection: 98 more make 100 fields, 99 make 101, in
+    // well under the 16 KiB head limit.
+    let fields = |n: usize| (0..n).map(|i| format!("X-{i}: y")).collect::<Vec<_>>();
+    let at_limit = fields(98);
+    let refs: Vec<&str> = at_limit.iter().map(String::as_str).collect();
+    assert_eq!(get(&addr, "/style.css", &refs).status, 200);
+    let over = fields(99);
+    let refs: Vec<&str> = over.iter().map(String::as_str).collect();
+    let head_len: usize = refs.iter().map(|h| h.len() + 2).sum();
+    assert!(head_len < 2 * 1024);
+    assert_eq!(get(&addr, "/style.css", &refs).status, 431);
+}

@@ -47,10 +47,18 @@ impl Reply {
 /// Sends `head` (a request line and headers, without the final blank line) with
 /// `Connection: close` and reads the whole response.
 pub fn request(addr: &str, head: &str) -> Reply {
+    send_raw(
+        addr,
+        &format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends `raw` exactly as given (the whole request) and reads the whole response.
+pub fn send_raw(addr: &str, raw: &str) -> Reply {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     // A write may fail when the server refuses before reading everything (a head too large).
-    let _ = write!(stream, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(raw.as_bytes());
     // Until the body's Content-Length is in (some servers keep the connection open), or EOF.
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
