@@ -6,7 +6,7 @@ use crate::paths::Environment;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Exit code: the daemon answered with an error.
@@ -36,6 +36,19 @@ pub enum ClientError {
     SeveralInstances {
         /// The instance names found.
         names: Vec<String>,
+    },
+    /// A per-user socket is answered by a daemon of another user.
+    #[error(
+        "refusing {path}: the daemon answering there runs as uid {theirs}, not as you (uid {ours}); \
+         pass --socket to use it anyway"
+    )]
+    NotYours {
+        /// The socket.
+        path: PathBuf,
+        /// The daemon's uid.
+        theirs: u32,
+        /// This process's uid.
+        ours: u32,
     },
     /// The daemon's reply was not understood.
     #[error("bad reply from {path}: {reason}")]
@@ -69,17 +82,41 @@ fn instance_socket(name: &str, env: &Environment) -> PathBuf {
 /// Where system instances keep their runtime directories.
 const SYSTEM_RUNTIME_BASE: &str = "/run/execlib";
 
+/// A control socket to talk to, and whether its daemon must run as this user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// `Some(uid)`: the socket was found in a per-user location (`$XDG_RUNTIME_DIR`,
+    /// `$TMPDIR/execlib-UID`), where only a daemon of this user may answer; `None`
+    /// for `--socket` and the system location (`/run/execlib`, not writable by users).
+    pub same_user: Option<u32>,
+}
+
+impl Target {
+    fn found(path: PathBuf) -> Self {
+        let system = path.starts_with(SYSTEM_RUNTIME_BASE);
+        Target {
+            same_user: (!system).then(crate::sys::euid),
+            path,
+        }
+    }
+}
+
 /// The socket to use: `--socket`, else `--instance`'s, else the only instance found.
 pub fn resolve_socket(
     socket: Option<PathBuf>,
     instance: Option<&str>,
     env: &Environment,
-) -> Result<PathBuf, ClientError> {
-    if let Some(socket) = socket {
-        return Ok(socket);
+) -> Result<Target, ClientError> {
+    if let Some(path) = socket {
+        return Ok(Target {
+            path,
+            same_user: None,
+        });
     }
     if let Some(name) = instance {
-        return Ok(instance_socket(name, env));
+        return Ok(Target::found(instance_socket(name, env)));
     }
     let base = env.runtime_base();
     let mut found: Vec<String> = std::fs::read_dir(&base)
@@ -92,13 +129,14 @@ pub fn resolve_socket(
     found.sort();
     match found.len() {
         0 => Err(ClientError::NoInstance { base }),
-        1 => Ok(base.join(&found[0]).join("control.sock")),
+        1 => Ok(Target::found(base.join(&found[0]).join("control.sock"))),
         _ => Err(ClientError::SeveralInstances { names: found }),
     }
 }
 
 /// Sends one request and returns the daemon's reply.
-pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
+pub fn request(target: &Target, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
+    let socket = &target.path;
     let unreachable = |source| ClientError::Unreachable {
         path: socket.to_owned(),
         source,
@@ -108,15 +146,29 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Va
         reason,
     };
     let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    if let Some(ours) = target.same_user {
+        let theirs = crate::sys::peer_credentials(std::os::fd::AsFd::as_fd(&stream))
+            .map_err(unreachable)?
+            .uid;
+        if theirs != ours {
+            return Err(ClientError::NotYours {
+                path: socket.to_owned(),
+                theirs,
+                ours,
+            });
+        }
+    }
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    // A daemon that turns the connection away (busy) may answer and close before the
+    // request is written: the write fails, but its reply is there to read.
+    let written = stream.write_all(line.as_bytes());
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .map_err(|e| bad(e.to_string()))?;
+    let read = BufReader::new(stream).read_line(&mut reply);
     if reply.is_empty() {
+        written.map_err(unreachable)?;
+        read.map_err(|e| bad(e.to_string()))?;
         return Err(bad("the daemon closed the connection without answering".into()));
     }
     serde_json::from_str(&reply).map_err(|e| bad(format!("{e}: {reply:?}")))
@@ -128,8 +180,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs one `execlibctl` command: prints the reply (or the error) and returns the exit code.
 pub fn main(socket: Option<PathBuf>, instance: Option<String>, json: bool, req: &Request) -> u8 {
     let env = Environment::from_process();
-    let reply =
-        resolve_socket(socket, instance.as_deref(), &env).and_then(|path| request(&path, req, REPLY_TIMEOUT));
+    let reply = resolve_socket(socket, instance.as_deref(), &env)
+        .and_then(|target| request(&target, req, REPLY_TIMEOUT));
     let reply = match reply {
         Ok(reply) => reply,
         Err(e) => {
@@ -360,7 +412,11 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("execlib/empty")).unwrap();
         assert_eq!(
             resolve_socket(None, None, &env).unwrap(),
-            site.join("control.sock")
+            Target {
+                path: site.join("control.sock"),
+                same_user: Some(crate::sys::euid()),
+            },
+            "a socket under the user's runtime directory must be answered by the user"
         );
         let other = dir.path().join("execlib/other");
         std::fs::create_dir_all(&other).unwrap();
@@ -371,12 +427,18 @@ mod tests {
             "several instances found, choose one with --instance: other, site"
         );
         assert_eq!(
-            resolve_socket(None, Some("x"), &env).unwrap(),
+            resolve_socket(None, Some("x"), &env).unwrap().path,
             dir.path().join("execlib/x/control.sock")
         );
         assert_eq!(
             resolve_socket(Some("/s".into()), Some("x"), &env).unwrap(),
-            Path::new("/s")
+            Target {
+                path: "/s".into(),
+                same_user: None,
+            },
+            "--socket is taken as given"
         );
+        let system = Target::found("/run/execlib/site/control.sock".into());
+        assert_eq!(system.same_user, None, "the system location is trusted as it is");
     }
 }

@@ -1,8 +1,12 @@
 //! The control socket: accepts clients and serves each connection on its own
-//! task, so a slow, silent or abusive client never blocks another.
+//! task, so a slow, silent or abusive client never blocks another. At most
+//! [`MAX_CONNECTIONS`] are served at once; silent ones give their slot up to
+//! newcomers ([`admission`]).
 
+pub mod admission;
 pub mod handler;
 pub mod protocol;
+mod runtime_dir;
 pub mod socket;
 
 use crate::daemon::DaemonState;
@@ -37,20 +41,28 @@ impl ControlServer {
     }
 }
 
-/// At most this many clients are served at once; more get a `busy` error.
+/// At most this many clients are served at once. When all are taken, the longest
+/// idle gives its slot up; when every one is being answered, a newcomer gets `busy`.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a reply to a client being turned away may take to go out.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 async fn accept_loop(listener: tokio::net::UnixListener, state: Arc<DaemonState>, stop: CancellationToken) {
     let mut connections = JoinSet::new();
+    let admission = admission::Admission::new(MAX_CONNECTIONS);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
-                    connections.spawn(refuse(stream, state.config.control.idle_timeout));
-                }
                 Ok((stream, _)) => {
-                    connections.spawn(connection(stream, state.clone()));
+                    // The uid the kernel recorded at connect; unknown (never favoured) if unreadable.
+                    let uid = crate::sys::peer_credentials(std::os::fd::AsFd::as_fd(&stream))
+                        .map_or(u32::MAX, |c| c.uid);
+                    match admission.admit(uid, tokio::time::Instant::now()) {
+                        Some(ticket) => connections.spawn(connection(stream, state.clone(), ticket)),
+                        None => connections.spawn(refuse(stream)),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
@@ -64,14 +76,21 @@ async fn accept_loop(listener: tokio::net::UnixListener, state: Arc<DaemonState>
     connections.shutdown().await;
 }
 
-/// Tells a client over the connection limit so, then closes.
-async fn refuse(stream: UnixStream, limit: Duration) {
+/// Tells a client that every slot is busy answering requests, then closes. (The
+/// reply stays readable after the close, so a client that wrote its request first
+/// still reads it.)
+async fn refuse(stream: UnixStream) {
     let (_, mut writer) = stream.into_split();
-    let message = format!("too many clients (at most {MAX_CONNECTIONS} at once); try again");
-    let _ = send(&mut writer, &Response::error(ErrorCode::Busy, message), limit).await;
+    let message = format!("{MAX_CONNECTIONS} requests are being answered; try again");
+    let _ = send(
+        &mut writer,
+        &Response::error(ErrorCode::Busy, message),
+        REFUSAL_WRITE,
+    )
+    .await;
 }
 
-async fn connection(stream: UnixStream, state: Arc<DaemonState>) {
+async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admission::Ticket) {
     let idle = state.config.control.idle_timeout;
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
@@ -79,7 +98,15 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>) {
     // Only a request moves the deadline: blank lines do not keep a connection alive.
     let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        let frame = match tokio::time::timeout_at(deadline, read_frame(&mut reader, &mut line)).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, read_frame(&mut reader, &mut line)) => read,
+            _ = ticket.evicted.cancelled() => {
+                let message = format!("closed to make room: {MAX_CONNECTIONS} connections open and this one idle");
+                let _ = send(&mut writer, &Response::error(ErrorCode::Busy, message), REFUSAL_WRITE).await;
+                return;
+            }
+        };
+        let frame = match read {
             Ok(Ok(frame)) => frame,
             Ok(Err(_)) => return,
             Err(_) => {
@@ -98,6 +125,7 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>) {
             Frame::Line if line.iter().all(u8::is_ascii_whitespace) => continue,
             Frame::Line => deadline = tokio::time::Instant::now() + idle,
         }
+        ticket.busy();
         let (response, shutdown) = match protocol::parse_request(&line) {
             Ok(request) => {
                 let shutdown = request == Request::Shutdown;
@@ -115,6 +143,7 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>) {
         if sent.is_err() {
             return;
         }
+        ticket.idle(tokio::time::Instant::now());
     }
 }
 

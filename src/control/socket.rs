@@ -22,6 +22,14 @@ pub enum SocketError {
         /// The socket path.
         path: PathBuf,
     },
+    /// The socket's directory (or one above it) could be written by another user.
+    #[error("refusing to put the control socket in {path}: {reason}")]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is not safe.
+        reason: String,
+    },
     /// The group named in `[control].group` does not exist.
     #[error("control socket group {group:?} does not exist")]
     UnknownGroup {
@@ -71,7 +79,7 @@ pub fn bind(config: &ControlConfig) -> Result<(tokio::net::UnixListener, SocketF
         source,
     };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| io_err("create the directory of", e))?;
+        super::runtime_dir::prepare(parent)?;
     }
     clear_stale(path)?;
     // Bind with owner-only permissions, then widen to the configured mode: the socket is

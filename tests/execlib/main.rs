@@ -15,4 +15,5 @@ mod livereload;
 mod protocol_errors;
 mod regression;
 mod reload;
+mod users;
 mod watching;

@@ -72,7 +72,7 @@ fn blank_lines_do_not_keep_an_idle_connection_open() {
 }
 
 #[test]
-fn too_many_clients_get_busy_and_the_daemon_keeps_serving() {
+fn silent_connections_cannot_lock_out_other_clients() {
     let sandbox = Sandbox::new();
     let config = sandbox.config(&one_route("true", ""));
     let text = std::fs::read_to_string(&config)
@@ -80,16 +80,57 @@ fn too_many_clients_get_busy_and_the_daemon_keeps_serving() {
         .replace("idle_timeout_ms = 1000", "idle_timeout_ms = 30000");
     std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&sandbox, &config);
-    let silent: Vec<Client> = (0..64).map(|_| Client::connect(&daemon.socket)).collect();
-    let mut extra = Client::connect(&daemon.socket);
-    assert_eq!(extra.reply().unwrap()["error"]["code"], "busy");
-    drop(silent);
-    let reply = eventually("a slot to free up", || {
-        let mut client = Client::connect(&daemon.socket);
-        client.send_line(br#"{"cmd":"status"}"#);
-        client.reply().filter(|r| r["ok"] == true)
+    let mut silent: Vec<Client> = (0..64).map(|_| Client::connect(&daemon.socket)).collect();
+    // Every slot is taken by a silent client; a newcomer is still answered at once...
+    let start = std::time::Instant::now();
+    let out = daemon.ctl(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    // ...because the longest idle gave its slot up, and was told so.
+    let evicted = silent[0].reply().expect("a reply to the evicted client");
+    assert_eq!(evicted["error"]["code"], "busy", "{evicted}");
+    assert!(
+        evicted["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("make room"),
+        "{evicted}"
+    );
+}
+
+#[test]
+fn busy_reply_reaches_execlibctl_after_it_wrote_its_request() {
+    let sandbox = Sandbox::new();
+    // A job that ignores SIGTERM: a stop waits out the 3 s grace, and every other
+    // stop waits behind it, so 64 connections are all being answered.
+    let job = "trap '' TERM; echo started > ../out/started; sleep 30";
+    let config = sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 3000\n{}",
+        one_route(job, "")
+    ));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    sandbox.wait_out("started");
+    let stoppers: Vec<Client> = (0..64)
+        .map(|_| {
+            let mut c = Client::connect(&daemon.socket);
+            c.send_line(br#"{"cmd":"stop","listener":"docs"}"#);
+            c
+        })
+        .collect();
+    eventually("every slot busy", || {
+        let out = daemon.ctl(&["status"]);
+        (out.status.code() == Some(1)).then_some(out)
     });
-    assert_eq!(reply["instance"], "site");
+    let out = daemon.ctl(&["status"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "busy is the daemon's answer, not 'no daemon': {stderr}"
+    );
+    assert!(stderr.contains("busy"), "{stderr}");
+    drop(stoppers);
 }
 
 #[test]
@@ -180,4 +221,33 @@ fn a_post_command_running_at_shutdown_ends_after_the_grace() {
         "a hanging post held the shutdown for {took:?}"
     );
     assert!(daemon.log().contains("grace over: terminating post commands"));
+}
+
+#[test]
+fn busy_reply_is_read_even_when_writing_the_request_fails() {
+    // A daemon that answers `busy` and closes without reading: a large request's write
+    // then fails (EPIPE), but the reply is there to read and must be reported.
+    let sandbox = Sandbox::new();
+    let socket = sandbox.path("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .write_all(b"{\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"64 requests are being answered\"}}\n")
+            .unwrap();
+    });
+    // Two arguments under the kernel's 128 KiB cap each, together over the socket's buffer.
+    let long = "x".repeat(120 * 1024);
+    let out = ctl(
+        &["--socket", socket.to_str().unwrap()],
+        &["trigger", &long, &long],
+    );
+    server.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("busy: 64 requests are being answered"),
+        "{stderr}"
+    );
 }
