@@ -293,4 +293,48 @@ mod tests {
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Frame::Line);
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Frame::Eof);
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Lines close to real requests: a known or unknown command with fields of any type.
+        fn near_request() -> impl Strategy<Value = Vec<u8>> {
+            let cmd = prop_oneof![
+                proptest::sample::select(COMMANDS.to_vec()).prop_map(str::to_owned),
+                ".{0,8}",
+            ];
+            let value = prop_oneof![
+                ".{0,12}".prop_map(Value::String),
+                any::<i64>().prop_map(Value::from),
+                Just(Value::Null),
+                Just(json!([1, "x"])),
+            ];
+            let field = proptest::sample::select(vec!["listener", "path", "x", "cmd"]);
+            (cmd, proptest::collection::vec((field, value), 0..3)).prop_map(|(cmd, fields)| {
+                let mut object = serde_json::Map::new();
+                object.insert("cmd".into(), Value::String(cmd));
+                for (k, v) in fields {
+                    object.insert(k.into(), v);
+                }
+                Value::Object(object).to_string().into_bytes()
+            })
+        }
+
+        proptest! {
+            /// Any bytes: an error reply with a code, or a request that survives a round trip.
+            #[test]
+            fn any_line_parses_or_is_refused_and_requests_round_trip(
+                line in prop_oneof![proptest::collection::vec(any::<u8>(), 0..256), near_request()]
+            ) {
+                match parse_request(&line) {
+                    Ok(request) => {
+                        let again = serde_json::to_vec(&request).unwrap();
+                        prop_assert_eq!(parse_request(&again).unwrap(), request);
+                    }
+                    Err(e) => prop_assert!(!e.message.is_empty()),
+                }
+            }
+        }
+    }
 }
