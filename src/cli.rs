@@ -67,8 +67,9 @@ pub enum CtlCommand {
     Trigger {
         /// The listener's name.
         listener: String,
-        /// The file: absolute, or relative to a route's path or the config's directory.
-        path: String,
+        /// The file: absolute, or relative to the config's directory or a route's path
+        /// (any bytes).
+        path: PathBuf,
     },
     /// Stop the daemon.
     Shutdown,

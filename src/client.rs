@@ -18,7 +18,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answers on the socket.
-    #[error("no daemon reachable on {path}: {source}")]
+    #[error("no daemon reachable on {}: {source}", crate::names::escaped(path))]
     Unreachable {
         /// The socket tried.
         path: PathBuf,
@@ -26,7 +26,10 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// No instance socket exists under the runtime base.
-    #[error("no running instance found (no */control.sock under {base}); use --instance or --socket")]
+    #[error(
+        "no running instance found (no */control.sock under {}); use --instance or --socket",
+        crate::names::escaped(base)
+    )]
     NoInstance {
         /// Where it looked.
         base: PathBuf,
@@ -39,8 +42,9 @@ pub enum ClientError {
     },
     /// A per-user socket is answered by a daemon of another user.
     #[error(
-        "refusing {path}: the daemon answering there runs as uid {theirs}, not as you (uid {ours}); \
-         pass --socket to use it anyway"
+        "refusing {}: the daemon answering there runs as uid {theirs}, not as you (uid {ours}); \
+         pass --socket to use it anyway",
+        crate::names::escaped(path)
     )]
     NotYours {
         /// The socket.
@@ -51,7 +55,7 @@ pub enum ClientError {
         ours: u32,
     },
     /// The daemon's reply was not understood.
-    #[error("bad reply from {path}: {reason}")]
+    #[error("bad reply from {}: {reason}", crate::names::escaped(path))]
     BadReply {
         /// The socket.
         path: PathBuf,
@@ -278,11 +282,11 @@ fn render_listeners(reply: &Value) -> String {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let paths: Vec<&str> = l["paths"]
+        let paths: Vec<String> = l["paths"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(Value::as_str)
+            .map(shown_path)
             .collect();
         rows.push([
             text("name"),
@@ -315,9 +319,20 @@ fn render_jobs(reply: &Value) -> String {
     };
     let mut rows = vec![["LISTENER", "ROUTE", "STATE", "PID", "RUNNING_MS", "FILE"].map(String::from)];
     for j in &jobs {
-        rows.push(["listener", "route", "state", "pid", "running_ms", "file"].map(|k| text(&j[k])));
+        let mut row = ["listener", "route", "state", "pid", "running_ms", "file"].map(|k| text(&j[k]));
+        row[5] = shown_path(&j["file"]);
+        rows.push(row);
     }
     table(&rows)
+}
+
+/// A path from a reply (see [`crate::names::wire`]) as people read it: escaped, so
+/// two names never look the same and none breaks the table.
+fn shown_path(value: &Value) -> String {
+    match crate::names::wire::from_value(value) {
+        Some(path) => crate::names::escaped(&path).to_string(),
+        None => "?".to_owned(),
+    }
 }
 
 /// Rows as left-aligned columns, two spaces apart.

@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Before READY=1: a SIGHUP right after it must reload, not kill (its default action).
     let hangups = hangups();
     let (listener, socket_file) = socket::bind(&config.control)?;
-    info!(socket = %socket_file.path().display(), "control socket listening");
+    info!(socket = %crate::names::escaped(socket_file.path()), "control socket listening");
     let server = match &config.server {
         Some(server) => Some(Arc::new(
             HttpServer::start(server, config.daemon.shutdown_grace).await?,

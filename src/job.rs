@@ -102,7 +102,10 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
             let reason = if spec.workdir.is_dir() {
                 format!("cannot start {}: {e}", describe(&spec.command))
             } else {
-                format!("working directory {} does not exist", spec.workdir.display())
+                format!(
+                    "working directory {} does not exist",
+                    crate::names::escaped(&spec.workdir)
+                )
             };
             error!(exit_code = "not_started", "job failed: {reason}");
             return Outcome::NotStarted(reason);

@@ -15,6 +15,7 @@ pub mod http;
 pub mod job;
 pub mod listener;
 pub mod logging;
+pub mod names;
 pub mod notify;
 pub mod paths;
 pub mod route;

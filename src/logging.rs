@@ -1,5 +1,8 @@
 //! Logging setup: journald (structured fields, no prefix) when stderr is the
-//! journal or when asked, readable text on stderr otherwise.
+//! journal or when asked, readable text on stderr otherwise. Text lines escape the
+//! control characters of every field and message ([`crate::names::one_line`]), so
+//! nothing a file name or a job prints can start a line of its own; the journal
+//! keeps values as they are (each entry is one record whatever it holds).
 
 use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
@@ -31,6 +34,22 @@ pub fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
+/// Formats fields as the default text format does (`name=value`, the message
+/// alone), each with its control characters escaped.
+fn one_line_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::names::one_line(&text);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
 /// Installs the global subscriber. The level comes from `RUST_LOG` (default `info`).
 /// Falls back to text when the journal cannot be reached.
 pub fn init(format: Option<LogFormat>) {
@@ -55,6 +74,7 @@ pub fn init(format: Option<LogFormat>) {
         }
     }
     let text = tracing_subscriber::fmt::layer()
+        .fmt_fields(one_line_fields())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);

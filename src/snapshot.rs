@@ -79,7 +79,7 @@ const MAGIC: &[u8; 12] = b"EXECLIBSNAP2";
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// Reading or writing failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {}: {source}", crate::names::escaped(path))]
     Io {
         /// What was being done.
         action: &'static str,
@@ -89,7 +89,7 @@ pub enum SnapshotError {
         source: io::Error,
     },
     /// The file is not a valid snapshot.
-    #[error("{path} is corrupt: {reason}")]
+    #[error("{} is corrupt: {reason}", crate::names::escaped(path))]
     Corrupt {
         /// The snapshot file.
         path: PathBuf,

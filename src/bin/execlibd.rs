@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        println!("{}: ok", path.display());
+        println!("{}: ok", execlib::names::escaped(&path));
         return ExitCode::SUCCESS;
     }
     execlib::logging::init(cli.log_format);

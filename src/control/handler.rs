@@ -36,7 +36,7 @@ async fn start_or_stop(
     }
 }
 
-async fn trigger(state: &DaemonState, listener: &str, path: &str) -> Response {
+async fn trigger(state: &DaemonState, listener: &str, path: &std::path::Path) -> Response {
     if state.is_shutting_down() {
         return shutting_down();
     }
@@ -96,7 +96,7 @@ fn listener_error(e: ListenerError) -> Response {
         ListenerError::Unknown(_) => ErrorCode::UnknownListener,
         ListenerError::Closing => ErrorCode::ShuttingDown,
         ListenerError::NotRunning(_) => ErrorCode::NotRunning,
-        ListenerError::BadPath(_) => ErrorCode::BadRequest,
+        ListenerError::BadPath { .. } => ErrorCode::BadRequest,
         ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
     };
     Response::error(code, e.to_string())

@@ -36,8 +36,10 @@ pub enum Request {
     Trigger {
         /// The listener.
         listener: String,
-        /// The file: absolute, or relative to a route's path or the config directory.
-        path: String,
+        /// The file: absolute, or relative to the config directory or a route's path
+        /// (see [`crate::names::wire`] for names that are not UTF-8).
+        #[serde(with = "crate::names::wire")]
+        path: std::path::PathBuf,
     },
     /// Stop the daemon (answered first).
     Shutdown,

@@ -11,19 +11,25 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// A daemon already answers on the socket.
-    #[error("another execlibd is already running on {path}")]
+    #[error("another execlibd is already running on {}", crate::names::escaped(path))]
     InUse {
         /// The socket path.
         path: PathBuf,
     },
     /// Something that is not a socket sits at the path.
-    #[error("{path} exists and is not a socket; refusing to replace it")]
+    #[error(
+        "{} exists and is not a socket; refusing to replace it",
+        crate::names::escaped(path)
+    )]
     NotASocket {
         /// The socket path.
         path: PathBuf,
     },
     /// The socket's directory (or one above it) could be written by another user.
-    #[error("refusing to put the control socket in {path}: {reason}")]
+    #[error(
+        "refusing to put the control socket in {}: {reason}",
+        crate::names::escaped(path)
+    )]
     UnsafeDirectory {
         /// The directory.
         path: PathBuf,
@@ -37,7 +43,7 @@ pub enum SocketError {
         group: String,
     },
     /// An I/O step failed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {}: {source}", crate::names::escaped(path))]
     Io {
         /// What was being done.
         action: &'static str,
@@ -132,7 +138,7 @@ fn clear_stale(path: &Path) -> Result<(), SocketError> {
             path: path.to_owned(),
         });
     }
-    tracing::info!(socket = %path.display(), "replacing a stale control socket");
+    tracing::info!(socket = %crate::names::escaped(path), "replacing a stale control socket");
     std::fs::remove_file(path).map_err(|source| SocketError::Io {
         action: "remove the stale socket",
         path: path.to_owned(),

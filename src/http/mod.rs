@@ -99,7 +99,7 @@ impl HttpServer {
         let (listener, inherited) = listener(config)?;
         let addr = listener.local_addr().map_err(HttpError::Inherited)?;
         let root = config.root.canonicalize().unwrap_or_else(|e| {
-            warn!(root = %config.root.display(), "site root not found ({e}); serving 404 until it exists");
+            warn!(root = %crate::names::escaped(&config.root), "site root not found ({e}); serving 404 until it exists");
             config.root.clone()
         });
         let livereload = config
@@ -413,8 +413,9 @@ async fn pump(
                 Ok(events) => {
                     for e in events.into_iter().filter(|e| !matches!(e.kind, crate::events::EventKind::Delete)) {
                         let Ok(rel) = e.path.strip_prefix(&root) else { continue };
-                        if matcher.matches(rel) {
-                            pending.insert(format!("/{}", rel.to_string_lossy()));
+                        // A name that is not UTF-8 cannot be requested, so no page shows it.
+                        if let Some(rel) = rel.to_str().filter(|_| matcher.matches(rel)) {
+                            pending.insert(format!("/{rel}"));
                         }
                     }
                     if !pending.is_empty() {

@@ -42,8 +42,9 @@ pub struct ListenerInfo {
     pub name: String,
     /// Its state.
     pub state: State,
-    /// The directories its routes watch (lossily as UTF-8).
-    pub paths: Vec<String>,
+    /// The directories its routes watch (see [`crate::names::wire`]).
+    #[serde(with = "crate::names::wire::list")]
+    pub paths: Vec<PathBuf>,
     /// How many routes it has.
     pub routes: usize,
     /// How many directories it watches.
@@ -83,8 +84,9 @@ pub struct Summary {
 pub struct Failure {
     /// The route.
     pub route: String,
-    /// The file (absolute, lossily as UTF-8).
-    pub file: String,
+    /// The file (absolute; see [`crate::names::wire`]).
+    #[serde(with = "crate::names::wire")]
+    pub file: PathBuf,
     /// Why it failed ("exit code 2", "timed out", ...).
     pub reason: String,
     /// When it ended, milliseconds since the Unix epoch.
@@ -98,8 +100,9 @@ pub struct JobView {
     pub listener: String,
     /// The route.
     pub route: String,
-    /// The file (absolute, lossily as UTF-8).
-    pub file: String,
+    /// The file (absolute; see [`crate::names::wire`]).
+    #[serde(with = "crate::names::wire")]
+    pub file: PathBuf,
     /// `running`, `waiting` (due, for a free slot) or `pending` (debounce, delay, or
     /// the file's current run).
     pub state: String,
@@ -127,9 +130,14 @@ pub enum ListenerError {
     /// The listener is not running.
     #[error("listener {0:?} is not running")]
     NotRunning(String),
-    /// A path that may not be used (`..`).
-    #[error("path {0:?} may not contain `..`")]
-    BadPath(String),
+    /// A path that may not be used (`..`, NUL).
+    #[error("path {} {reason}", crate::names::escaped(path))]
+    BadPath {
+        /// The path as given.
+        path: PathBuf,
+        /// Why not.
+        reason: &'static str,
+    },
     /// No listener has that name.
     #[error("no listener named {0:?}")]
     Unknown(String),
@@ -264,27 +272,44 @@ impl Listeners {
     }
 
     /// Submits a synthetic `modify` of `path` to listener `name`'s routes; returns how
-    /// many routes matched. `path` is absolute, or relative to a route's path or to the
-    /// config file's directory.
-    pub async fn trigger(&self, name: &str, path: &str, config_dir: &Path) -> Result<usize, ListenerError> {
+    /// many routes matched. `path` is absolute, or relative to the config file's
+    /// directory (as every path in the config is); a relative path that lies under
+    /// none of the listener's routes that way is taken relative to each route's path.
+    pub async fn trigger(&self, name: &str, path: &Path, config_dir: &Path) -> Result<usize, ListenerError> {
+        let bad = |reason| ListenerError::BadPath {
+            path: path.to_owned(),
+            reason,
+        };
+        if path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(bad("contains a NUL byte"));
+        }
+        if path.as_os_str().is_empty() {
+            return Err(bad("is empty"));
+        }
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(bad("may not contain `..`"));
+        }
         let slot = self.slot(name)?;
         let running = slot.running.lock().await;
         let Some(submit) = running.as_ref().and_then(|r| r.submit.upgrade()) else {
             return Err(ListenerError::NotRunning(name.to_owned()));
         };
-        let path = Path::new(path);
-        if path
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(ListenerError::BadPath(path.display().to_string()));
-        }
+        let routes = &slot.config.routes;
+        let from_config = config_dir.join(path);
+        let config_relative = routes.iter().any(|r| from_config.starts_with(&r.path));
         let mut matched = 0;
-        for (index, route) in slot.config.routes.iter().enumerate() {
-            let candidates = [route.path.join(path), config_dir.join(path)];
-            let Some(file) = candidates.into_iter().find(|c| c.starts_with(&route.path)) else {
-                continue;
+        for (index, route) in routes.iter().enumerate() {
+            let file = if config_relative {
+                from_config.clone()
+            } else {
+                route.path.join(path)
             };
+            if !file.starts_with(&route.path) {
+                continue;
+            }
             let event = FileEvent {
                 path: file,
                 kind: crate::events::EventKind::Modify,

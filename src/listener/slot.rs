@@ -162,7 +162,6 @@ impl Slot {
 
     pub(super) async fn jobs(&self) -> Vec<JobView> {
         let name = &self.config.name;
-        let lossy = |p: &Path| p.to_string_lossy().into_owned();
         let mut views: Vec<JobView> = {
             let running = self.shared.running.lock().expect("jobs lock");
             running
@@ -170,7 +169,7 @@ impl Slot {
                 .map(|j| JobView {
                     listener: name.clone(),
                     route: j.route.clone(),
-                    file: lossy(&j.file),
+                    file: j.file.clone(),
                     state: "running".into(),
                     pid: Some(j.pid.load(Ordering::Relaxed)).filter(|&p| p != 0),
                     running_ms: Some(j.started.elapsed().as_millis() as u64),
@@ -180,7 +179,7 @@ impl Slot {
         views.extend(self.queued().await.into_iter().map(|q| JobView {
             listener: name.clone(),
             route: self.config.routes[q.key.0].name.clone(),
-            file: lossy(&q.key.1),
+            file: q.key.1.clone(),
             state: q.state.into(),
             pid: None,
             running_ms: None,
@@ -212,10 +211,7 @@ impl Slot {
         ListenerInfo {
             name: self.config.name.clone(),
             state,
-            paths: roots(&self.config)
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
+            paths: roots(&self.config),
             routes: self.config.routes.len(),
             watches: get(&s.watches),
             events: get(&s.events),
@@ -253,7 +249,7 @@ fn catch_up_events(path: &Path, current: snapshot::Snapshot) -> (Vec<FileEvent>,
             (events, saved)
         }
         Err(snapshot::SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            info!(path = %path.display(), "no saved snapshot: starting fresh");
+            info!(path = %crate::names::escaped(path), "no saved snapshot: starting fresh");
             (Vec::new(), fresh_baseline(path, current))
         }
         Err(e) => {

@@ -350,7 +350,7 @@ impl Launcher {
         let span = info_span!(
             "job",
             route = %route.name,
-            event_path = %path.display(),
+            event_path = %crate::names::escaped(&path),
             event = %start.kinds,
             job_pid = tracing::field::Empty,
         );
@@ -391,7 +391,7 @@ async fn tracked(
         .map_or(0, |d| d.as_millis() as u64);
     *shared.last_failure.lock().expect("failure lock") = Some(Failure {
         route,
-        file: path.to_string_lossy().into_owned(),
+        file: path,
         reason,
         at_ms,
     });

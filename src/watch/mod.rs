@@ -64,8 +64,9 @@ pub enum WatchError {
     },
     /// The per-user limit of inotify watches is reached.
     #[error(
-        "cannot watch {path}: out of inotify watches: fs.inotify.max_user_watches is {limit}; \
-         raise it with `sysctl fs.inotify.max_user_watches=<more>` (persist it in /etc/sysctl.d/)"
+        "cannot watch {}: out of inotify watches: fs.inotify.max_user_watches is {limit}; \
+         raise it with `sysctl fs.inotify.max_user_watches=<more>` (persist it in /etc/sysctl.d/)",
+        crate::names::escaped(path)
     )]
     TooManyWatches {
         /// The directory that could not be watched.
@@ -74,7 +75,7 @@ pub enum WatchError {
         limit: String,
     },
     /// A route's directory cannot be watched.
-    #[error("cannot watch {path}: {source}")]
+    #[error("cannot watch {}: {source}", crate::names::escaped(path))]
     Root {
         /// The route's directory.
         path: PathBuf,
@@ -150,9 +151,11 @@ impl Setup {
             let stat = if full_stat { Stat::Full } else { Stat::Deferred };
             let missing = match tree.add(root, true, stat, None) {
                 Ok(()) => None,
-                Err(WatchError::Root { source, .. }) => {
-                    Some(format!("route path {} {}", root.display(), describe(&source)))
-                }
+                Err(WatchError::Root { source, .. }) => Some(format!(
+                    "route path {} {}",
+                    crate::names::escaped(root),
+                    describe(&source)
+                )),
                 Err(e) => return Err(e),
             };
             state.push(Root {
@@ -400,9 +403,9 @@ impl Watcher {
                     "was deleted"
                 };
                 let path = self.roots[i].path.clone();
-                warn!(path = %path.display(), "route path {how}; waiting for it to come back");
+                warn!(path = %crate::names::escaped(&path), "route path {how}; waiting for it to come back");
                 self.roots[i].lost = self.tree.drop_dir(&path);
-                self.roots[i].missing = Some(format!("route path {} {how}", path.display()));
+                self.roots[i].missing = Some(format!("route path {} {how}", crate::names::escaped(&path)));
                 self.next_poll = Instant::now() + ROOT_POLL;
             }
             _ if mask.contains(EventMask::IGNORED) => self.tree.forget(wd),

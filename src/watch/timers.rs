@@ -108,7 +108,7 @@ impl Watcher {
                 let changes = crate::snapshot::diff(&self.roots[i].lost, &now);
                 out.extend(changes.into_iter().map(|(path, kind)| FileEvent { path, kind }));
             }
-            info!(path = %path.display(), "route path is back; watching it again");
+            info!(path = %crate::names::escaped(&path), "route path is back; watching it again");
             self.roots[i].lost.clear();
             self.roots[i].missing = None;
         }

@@ -307,7 +307,7 @@ impl Tree {
                 source: e,
             }),
             Err(e) => {
-                debug!(path = %dir.display(), "not watched: {e}");
+                debug!(path = %crate::names::escaped(dir), "not watched: {e}");
                 Ok(None)
             }
         }

@@ -38,13 +38,144 @@ fn listeners_reply_survives_a_non_utf8_path() {
     let daemon = Daemon::start(&sandbox, &base.join("site.toml"));
     let reply = daemon.request(r#"{"cmd":"listeners"}"#);
     assert_eq!(reply["ok"], true, "{reply}");
+    let hex: String = base
+        .join("src")
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        reply["listeners"][0]["paths"][0]["hex"],
+        hex.as_str(),
+        "lossless: {reply}"
+    );
+    let table = String::from_utf8(daemon.ctl(&["listeners"]).stdout).unwrap();
+    assert!(table.contains("site-\\xff/src"), "{table}");
+}
+
+#[test]
+fn file_names_cannot_forge_log_lines() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("echo done >> ../out/runs", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let forged = "2026-01-01T00:00:00.000000Z ERROR inotify queue overflowed: rescan found 999 changed files";
+    let name = format!("x\n{forged}\ry\tz\u{1b}[31m");
+    sandbox.write(&format!("src/{name}"), "1");
+    sandbox.wait_out("runs");
+    eventually("the job's end in the log", || {
+        daemon.log().contains("job finished").then_some(())
+    });
+    let log = daemon.log();
     assert!(
-        reply["listeners"][0]["paths"][0]
-            .as_str()
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a file name started a log line:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("x\\n{forged}\\ry\\tz\\u{{1b}}[31m")),
+        "{log}"
+    );
+    assert!(!log.contains('\r') && !log.contains('\u{1b}'), "{log}");
+}
+
+#[test]
+fn non_utf8_names_are_lossless_in_replies_logs_and_trigger() {
+    let sandbox = Sandbox::new();
+    let job = r#"printf '%s' "$EXECLIB_NAME" > "../out/$EXECLIB_NAME.name"; sleep 2"#;
+    let config = sandbox.config(&one_route(job, ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let (a, b) = (&b"bad\xff\xfe.txt"[..], &b"bad\xfe\xff.txt"[..]);
+    for name in [a, b] {
+        std::fs::write(sandbox.path("src").join(std::ffi::OsStr::from_bytes(name)), "x").unwrap();
+    }
+    let reply = eventually("both jobs running", || {
+        let reply = daemon.request(r#"{"cmd":"jobs"}"#);
+        (reply["jobs"]
+            .as_array()
             .unwrap()
-            .ends_with("site-\u{fffd}/src"),
+            .iter()
+            .filter(|j| j["state"] == "running")
+            .count()
+            == 2)
+            .then_some(reply)
+    });
+    let hexes: Vec<&str> = reply["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["file"]["hex"].as_str().unwrap())
+        .collect();
+    let hex = |bytes: &[u8]| -> String {
+        let path = sandbox.path("src").join(std::ffi::OsStr::from_bytes(bytes));
+        path.as_os_str()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert!(
+        hexes.contains(&hex(a).as_str()) && hexes.contains(&hex(b).as_str()),
         "{reply}"
     );
+    let table = String::from_utf8(daemon.ctl(&["jobs"]).stdout).unwrap();
+    assert!(
+        table.contains("src/bad\\xff\\xfe.txt") && table.contains("src/bad\\xfe\\xff.txt"),
+        "{table}"
+    );
+    eventually("the names in the log", || {
+        let log = daemon.log();
+        (log.contains("bad\\xff\\xfe.txt") && log.contains("bad\\xfe\\xff.txt")).then_some(())
+    });
+    // `trigger` takes any bytes, from the command line and over the protocol.
+    std::fs::remove_dir_all(sandbox.path("out")).unwrap();
+    std::fs::create_dir(sandbox.path("out")).unwrap();
+    let arg = std::ffi::OsStr::from_bytes(b"src/bad\xff\xfe.txt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execlibctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("trigger")
+        .arg("docs")
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1 route matched",
+        "{out:?}"
+    );
+    let got = eventually("the triggered job's name", || {
+        std::fs::read(
+            sandbox
+                .path("out")
+                .join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe.txt.name")),
+        )
+        .ok()
+    });
+    assert_eq!(got, a);
+    let nul = daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"src/a\u0000b"}"#);
+    assert_eq!(nul["error"]["code"], "bad_request", "{nul}");
+}
+
+#[test]
+fn trigger_resolves_a_relative_path_against_the_config_directory() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/content/t1.md", "x");
+    let config = sandbox.config(&one_route(r#"echo "$EXECLIB_PATH" >> ../out/paths"#, ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    // `src/content/t1.md` from the config's directory, not `src/src/content/t1.md`.
+    let reply = daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"src/content/t1.md"}"#);
+    assert_eq!(reply["matched"], 1, "{reply}");
+    let want = sandbox.path("src/content/t1.md");
+    assert_eq!(sandbox.wait_out("paths").trim(), want.to_str().unwrap());
+    // A path under no route that way is taken relative to the route's path.
+    let reply = daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"content/t1.md"}"#);
+    assert_eq!(reply["matched"], 1, "{reply}");
+    eventually("the second run", || {
+        let paths = sandbox.read("out/paths").unwrap_or_default();
+        (paths.lines().count() == 2).then_some(())
+    });
+    let paths = sandbox.read("out/paths").unwrap();
+    assert!(paths.lines().all(|l| l == want.to_str().unwrap()), "{paths}");
 }
 
 #[test]
