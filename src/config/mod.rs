@@ -2,9 +2,11 @@
 //! validated once into the resolved [`Config`] the daemon runs on. Every error
 //! names the file, line and column.
 
+mod check;
 pub mod raw;
 mod resolve;
 
+pub use check::{MAX_JOB_NAME, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 pub use raw::Mode;
 pub use resolve::{
     Command, Config, ControlConfig, DaemonConfig, ListenerConfig, PostConfig, RouteConfig, ServerConfig,
@@ -46,15 +48,32 @@ impl ConfigError {
             path: path.to_owned(),
             line,
             column,
-            message,
+            message: printable(&message),
         }
     }
 }
 
+/// `message` with control characters (but newlines) escaped: it may quote the
+/// file's text (a key in an unknown-field error), and it goes to a terminal or log.
+fn printable(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;

@@ -192,3 +192,172 @@ fn posts_resolve_against_the_config_directory_and_need_a_command() {
     assert_eq!(line, 7);
     assert!(message.contains("a post needs `run`"), "{message}");
 }
+
+/// MINIMAL with `line` inserted after the route's `path = "src"` (so at line 6).
+fn with_route_line(line: &str) -> String {
+    MINIMAL.replace("  path = \"src\"\n", &format!("  path = \"src\"\n  {line}\n"))
+}
+
+/// MINIMAL with a post holding `line` (at line 9).
+fn with_post_line(line: &str) -> String {
+    format!("{MINIMAL}  [[listener.post]]\n  shell = \"true\"\n  {line}\n")
+}
+
+fn assert_refused(text: &str, at: (usize, usize), needles: &[&str]) {
+    let (line, column, message) = error_at(text);
+    assert_eq!((line, column), at, "{message}");
+    for needle in needles {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    assert!(!message.contains('\0'), "{message:?}");
+}
+
+#[test]
+fn nul_bytes_in_names_are_refused() {
+    let nul = "NUL byte";
+    assert_refused(
+        &MINIMAL.replace("\"docs\"", "\"do\\u0000cs\""),
+        (3, 8),
+        &["listener name \"do\\0cs\"", nul],
+    );
+    assert_refused(
+        &with_route_line("name = \"pa\\u0000ges\""),
+        (6, 10),
+        &["route name \"pa\\0ges\"", nul],
+    );
+    assert_refused(
+        &with_post_line("name = \"\\u0000\""),
+        (9, 10),
+        &["post name", nul],
+    );
+}
+
+#[test]
+fn nul_bytes_in_commands_are_refused() {
+    let run = MINIMAL.replace("shell = \"true\"", "run = [\"echo\", \"a\\u0000\"]");
+    assert_refused(&run, (6, 18), &["a `run` argument contains a NUL byte"]);
+    let program = MINIMAL.replace("shell = \"true\"", "run = [\"\\u0000x\"]");
+    assert_refused(&program, (6, 10), &["`run` argument", "NUL byte"]);
+    let shell = MINIMAL.replace("shell = \"true\"", "shell = \"true\\u0000\"");
+    assert_refused(&shell, (6, 11), &["`shell` contains a NUL byte"]);
+    let post = format!("{MINIMAL}  [[listener.post]]\n  run = [\"x\", \"\\u0000\"]\n");
+    assert_refused(&post, (8, 15), &["`run` argument", "NUL byte"]);
+}
+
+#[test]
+fn bad_env_keys_and_values_are_refused() {
+    let nul = "NUL byte";
+    assert_refused(
+        &with_route_line("env = { \"A\\u0000\" = \"1\" }"),
+        (6, 11),
+        &["env key \"A\\0\"", nul],
+    );
+    assert_refused(
+        &with_route_line("env = { OK = \"1\", \"A=B\" = \"1\" }"),
+        (6, 21),
+        &["env key \"A=B\" contains '='"],
+    );
+    assert_refused(
+        &with_route_line("env = { \"\" = \"1\" }"),
+        (6, 11),
+        &["env key is empty"],
+    );
+    assert_refused(
+        &with_route_line("env = { A = \"x\\u0000y\" }"),
+        (6, 15),
+        &["env value of \"A\"", nul],
+    );
+    assert_refused(
+        &with_post_line("env = { \"=\" = \"1\" }"),
+        (9, 11),
+        &["env key \"=\" contains '='"],
+    );
+    let ok = parse(&with_route_line("env = { A = \"a=b\", B = \"\" }")).unwrap();
+    assert_eq!(ok.listeners[0].routes[0].env["A"], "a=b");
+}
+
+#[test]
+fn nul_bytes_in_paths_are_refused() {
+    let nul = "NUL byte";
+    let route_path = MINIMAL.replace("\"src\"", "\"s\\u0000rc\"");
+    assert_refused(&route_path, (5, 10), &["`path` contains", nul]);
+    assert_refused(
+        &with_route_line("workdir = \"\\u0000\""),
+        (6, 13),
+        &["`workdir`", nul],
+    );
+    assert_refused(
+        &with_post_line("workdir = \"w\\u0000\""),
+        (9, 13),
+        &["`workdir`", nul],
+    );
+    let root = format!("[server]\nroot = \"pub\\u0000lic\"\n{MINIMAL}");
+    assert_refused(&root, (2, 8), &["`root`", nul]);
+    let state = format!("[daemon]\nstate_dir = \"/var/\\u0000\"\n{MINIMAL}");
+    assert_refused(&state, (2, 13), &["`state_dir`", nul]);
+    let socket = format!("[control]\nsocket = \"/tmp/\\u0000.sock\"\n{MINIMAL}");
+    assert_refused(&socket, (2, 10), &["`socket`", nul]);
+}
+
+#[test]
+fn unknown_key_with_a_nul_is_reported_without_the_nul() {
+    let (line, column, message) = error_at("[daemon]\n\"x\\u0000y\" = 1\n");
+    assert_eq!((line, column), (2, 1), "{message}");
+    assert!(message.contains("unknown field"), "{message}");
+    assert!(message.contains("x\\u{0}y"), "{message}");
+    assert!(!message.contains('\0'), "{message:?}");
+}
+
+#[test]
+fn listener_names_are_capped_at_64_bytes() {
+    let longest = "l".repeat(MAX_LISTENER_NAME);
+    let c = parse(&MINIMAL.replace("docs", &longest)).unwrap();
+    assert_eq!(c.listeners[0].name, longest);
+    assert_refused(
+        &MINIMAL.replace("docs", &"l".repeat(MAX_LISTENER_NAME + 1)),
+        (3, 8),
+        &["listener name is 65 bytes long; at most 64"],
+    );
+}
+
+#[test]
+fn route_and_post_names_refuse_control_characters_and_length() {
+    assert_refused(
+        &with_route_line("name = \"a\\tb\""),
+        (6, 10),
+        &["route name \"a\\tb\" contains a control character"],
+    );
+    assert_refused(
+        &with_post_line("name = \"line\\nbreak\""),
+        (9, 10),
+        &["post name", "control character"],
+    );
+    let longest = "é".repeat(MAX_JOB_NAME / 2);
+    let c = parse(&with_route_line(&format!("name = \"{longest}\""))).unwrap();
+    assert_eq!(c.listeners[0].routes[0].name, longest);
+    assert_refused(
+        &with_route_line(&format!("name = \"{longest}x\"")),
+        (6, 10),
+        &["route name is 129 bytes long; at most 128"],
+    );
+    assert_refused(
+        &with_post_line(&format!("name = \"{}\"", "p".repeat(200))),
+        (9, 10),
+        &["post name is 200 bytes long"],
+    );
+    let c = parse(&with_route_line("name = \"pages: html (ünïcode)\"")).unwrap();
+    assert_eq!(c.listeners[0].routes[0].name, "pages: html (ünïcode)");
+}
+
+#[test]
+fn zero_timeouts_are_refused() {
+    let hint = "leave it out for no limit";
+    assert_refused(
+        &with_route_line("timeout_ms = 0"),
+        (6, 16),
+        &["`timeout_ms` must be at least 1", hint],
+    );
+    assert_refused(&with_post_line("timeout_ms = 0"), (9, 16), &["at least 1", hint]);
+    let c = parse(&with_route_line("timeout_ms = 1")).unwrap();
+    assert_eq!(c.listeners[0].routes[0].timeout, Some(Duration::from_millis(1)));
+}
