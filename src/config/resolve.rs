@@ -3,7 +3,7 @@
 //! compiling globs, with a file:line:column error for anything invalid.
 
 use super::ConfigError;
-use super::check::{Ctx, MAX_LISTENER_NAME};
+use super::check::{Ctx, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 use super::raw::{RawConfig, RawControl, RawListener, RawPost, RawRoute, RawServer};
 use crate::events::EventSet;
 use crate::paths::Environment;
@@ -201,7 +201,11 @@ fn control(
     instance: &str,
     env: &Environment,
 ) -> Result<ControlConfig, ConfigError> {
-    let raw = raw.map_or_else(RawControl::default, Spanned::into_inner);
+    // Where to report a problem with a default: the `[control]` table, else 1:1.
+    let (at, raw) = raw.map_or_else(
+        || (0, RawControl::default()),
+        |c| (c.span().start, c.into_inner()),
+    );
     let mode = match raw.mode {
         None => 0o660,
         Some(m) => match u32::from_str_radix(m.get_ref(), 8) {
@@ -215,14 +219,53 @@ fn control(
         },
     };
     Ok(ControlConfig {
-        socket: match raw.socket {
-            Some(s) => ctx.path(s, "`socket`")?,
-            None => env.daemon_socket(instance),
-        },
+        socket: socket(ctx, raw.socket, at, instance, env)?,
         mode,
         group: raw.group.map(Spanned::into_inner),
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS)),
     })
+}
+
+/// The control socket's absolute path, `[control].socket` or the default, short
+/// enough for `sun_path`. `table_at`: where a too-long default is reported.
+fn socket(
+    ctx: &Ctx,
+    raw: Option<Spanned<PathBuf>>,
+    table_at: usize,
+    instance: &str,
+    env: &Environment,
+) -> Result<PathBuf, ConfigError> {
+    let (path, at, default) = match raw {
+        Some(s) if s.get_ref().as_os_str().is_empty() => {
+            return ctx.err(
+                s.span().start,
+                "`socket` is empty: it needs the control socket's path",
+            );
+        }
+        Some(s) => {
+            let at = s.span().start;
+            (ctx.path(s, "`socket`")?, at, false)
+        }
+        None => (env.daemon_socket(instance), table_at, true),
+    };
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        let (what, hint) = match default {
+            true => (
+                "default control socket path",
+                "; set a shorter `[control].socket`",
+            ),
+            false => ("control socket path", ""),
+        };
+        return ctx.err(
+            at,
+            format!(
+                "{what} {path:?} is {len} bytes long; a Unix socket path holds at most \
+                 {MAX_SOCKET_PATH} bytes{hint}"
+            ),
+        );
+    }
+    Ok(path)
 }
 
 fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigError> {

@@ -361,3 +361,51 @@ fn zero_timeouts_are_refused() {
     let c = parse(&with_route_line("timeout_ms = 1")).unwrap();
     assert_eq!(c.listeners[0].routes[0].timeout, Some(Duration::from_millis(1)));
 }
+
+#[test]
+fn socket_paths_must_fit_sun_path() {
+    assert_refused(
+        &format!("[control]\nsocket = \"\"\n{MINIMAL}"),
+        (2, 10),
+        &["`socket` is empty"],
+    );
+    // Measured on the absolute path: "/etc/execlib/" (13 bytes) + the name.
+    let fits = format!(
+        "[control]\nsocket = \"{}\"\n{MINIMAL}",
+        "s".repeat(MAX_SOCKET_PATH - 13)
+    );
+    assert_eq!(parse(&fits).unwrap().control.socket.as_os_str().len(), 107);
+    let long = format!(
+        "[control]\nsocket = \"{}\"\n{MINIMAL}",
+        "s".repeat(MAX_SOCKET_PATH - 12)
+    );
+    assert_refused(&long, (2, 10), &["is 108 bytes long", "at most 107 bytes"]);
+    let absolute = format!("[control]\nsocket = \"/{}\"\n{MINIMAL}", "a".repeat(200));
+    assert_refused(&absolute, (2, 10), &["control socket path \"/aaa", "201 bytes"]);
+}
+
+#[test]
+fn a_too_long_default_socket_is_reported_at_control_or_the_start() {
+    let env = Environment {
+        xdg_runtime_dir: Some(format!("/run/{}", "r".repeat(100)).into()),
+        ..env()
+    };
+    let parse = |text: &str| Config::parse(Path::new("/etc/execlib/site.toml"), text, "site", &env);
+    let located = |text: &str| match parse(text).unwrap_err() {
+        ConfigError::Invalid {
+            line,
+            column,
+            message,
+            ..
+        } => (line, column, message),
+        other => panic!("unexpected {other:?}"),
+    };
+    let (line, column, message) = located(MINIMAL);
+    assert_eq!((line, column), (1, 1), "{message}");
+    assert!(message.contains("default control socket path"), "{message}");
+    assert!(message.contains("set a shorter `[control].socket`"), "{message}");
+    let (line, column, _) = located(&format!("\n[control]\nmode = \"0600\"\n{MINIMAL}"));
+    assert_eq!((line, column), (2, 1));
+    let c = parse(&format!("[control]\nsocket = \"/run/s.sock\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.control.socket, Path::new("/run/s.sock"));
+}
