@@ -3,6 +3,7 @@
 //! names the file, line and column.
 
 mod check;
+mod group;
 pub mod raw;
 mod resolve;
 

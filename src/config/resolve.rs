@@ -47,8 +47,9 @@ pub struct ControlConfig {
     pub socket: PathBuf,
     /// The socket file's permission bits.
     pub mode: u32,
-    /// A group to give the socket to, so its members may use it.
-    pub group: Option<String>,
+    /// The gid of `[control].group`, the group to give the socket to so its members
+    /// may use it (looked up when the config is validated).
+    pub group: Option<u32>,
     /// A connection that sends no complete request for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -221,7 +222,7 @@ fn control(
     Ok(ControlConfig {
         socket: socket(ctx, raw.socket, at, instance, env)?,
         mode,
-        group: raw.group.map(Spanned::into_inner),
+        group: group(ctx, raw.group)?,
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS)),
     })
 }
@@ -266,6 +267,21 @@ fn socket(
         );
     }
     Ok(path)
+}
+
+/// The gid of `[control].group`, which must exist.
+fn group(ctx: &Ctx, raw: Option<Spanned<String>>) -> Result<Option<u32>, ConfigError> {
+    let Some(name) = raw else {
+        return Ok(None);
+    };
+    let at = name.span().start;
+    let name = name.get_ref();
+    ctx.no_nul(name.as_bytes(), at, &format!("group {name:?}"))?;
+    match super::group::gid(name) {
+        Ok(Some(gid)) => Ok(Some(gid)),
+        Ok(None) => ctx.err(at, format!("group {name:?} does not exist")),
+        Err(e) => ctx.err(at, format!("cannot look up group {name:?}: {e}")),
+    }
 }
 
 fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigError> {

@@ -70,7 +70,7 @@ state_dir = "state"
 [control]
 socket = "/tmp/x.sock"
 mode = "0600"
-group = "execlib"
+group = "root"
 [server]
 listen = "127.0.0.1:9000"
 root = "public"
@@ -95,6 +95,7 @@ autostart = false
     .unwrap();
     assert_eq!(c.daemon.state_dir, Path::new("/etc/execlib/state"));
     assert_eq!(c.control.mode, 0o600);
+    assert_eq!(c.control.group, Some(0));
     let s = c.server.unwrap();
     assert_eq!(s.root, Path::new("/etc/execlib/public"));
     assert!(!s.livereload);
@@ -408,4 +409,21 @@ fn a_too_long_default_socket_is_reported_at_control_or_the_start() {
     assert_eq!((line, column), (2, 1));
     let c = parse(&format!("[control]\nsocket = \"/run/s.sock\"\n{MINIMAL}")).unwrap();
     assert_eq!(c.control.socket, Path::new("/run/s.sock"));
+}
+
+#[test]
+fn unknown_groups_are_refused_at_check_time() {
+    assert_refused(
+        &format!("[control]\ngroup = \"no-such-group-xyz\"\n{MINIMAL}"),
+        (2, 9),
+        &["group \"no-such-group-xyz\" does not exist"],
+    );
+    assert_refused(
+        &format!("[control]\ngroup = \"ro\\u0000ot\"\n{MINIMAL}"),
+        (2, 9),
+        &["group \"ro\\0ot\" contains a NUL byte"],
+    );
+    let c = parse(&format!("[control]\ngroup = \"root\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.control.group, Some(0));
+    assert_eq!(parse(MINIMAL).unwrap().control.group, None);
 }
