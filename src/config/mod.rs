@@ -14,7 +14,11 @@ pub use resolve::{
 };
 
 use crate::paths::Environment;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// The largest config file read, in bytes (1 MiB).
+pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,20 @@ pub enum ConfigError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The file is not a regular file (a FIFO, a device, a directory…).
+    #[error("{path}: cannot read config: is not a regular file ({kind})")]
+    NotAFile {
+        /// The config file.
+        path: PathBuf,
+        /// What it is instead, like "a FIFO".
+        kind: &'static str,
+    },
+    /// The file is larger than [`MAX_CONFIG_SIZE`].
+    #[error("{path}: cannot read config: is larger than 1 MiB")]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
     },
     /// The file is not valid TOML or not a valid config.
     #[error("{path}:{line}:{column}: {message}")]
@@ -84,10 +102,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// Reads and validates the config at `path` for instance `instance`.
     pub fn load(path: &Path, instance: &str, env: &Environment) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read(path)?;
         Config::parse(path, &text, instance, env)
     }
 
@@ -98,6 +113,61 @@ impl Config {
             ConfigError::at(path, text, offset, e.message().trim().to_owned())
         })?;
         resolve::resolve(raw, path, text, instance, env)
+    }
+}
+
+/// Reads the config file: a regular file of at most [`MAX_CONFIG_SIZE`] bytes. It is
+/// opened without blocking (a FIFO with no writer) and checked on the open file, and
+/// at most one byte past the limit is read (`/dev/zero` never ends).
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(ConfigError::NotAFile {
+            path: path.to_owned(),
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    let too_large = || ConfigError::TooLarge {
+        path: path.to_owned(),
+    };
+    if meta.len() > MAX_CONFIG_SIZE {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// What a file that is not a regular file is, for an error message.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
     }
 }
 

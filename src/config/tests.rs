@@ -427,3 +427,55 @@ fn unknown_groups_are_refused_at_check_time() {
     assert_eq!(c.control.group, Some(0));
     assert_eq!(parse(MINIMAL).unwrap().control.group, None);
 }
+
+/// `Config::load` on `path`, which must fail within 2 s (a FIFO must not hang): its message.
+fn load_error(path: &Path) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(Config::load(&path, "site", &env()).map(|_| ()));
+    });
+    match rx.recv_timeout(Duration::from_secs(2)) {
+        Ok(result) => result.unwrap_err().to_string(),
+        Err(_) => panic!("Config::load did not return within 2 s"),
+    }
+}
+
+#[test]
+fn load_refuses_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let message = load_error(&fifo);
+    assert!(
+        message.ends_with("cannot read config: is not a regular file (a FIFO)"),
+        "{message}"
+    );
+    let message = load_error(dir.path());
+    assert!(
+        message.contains("is not a regular file (a directory)"),
+        "{message}"
+    );
+    let message = load_error(Path::new("/dev/null"));
+    assert!(
+        message.contains("is not a regular file (a character device)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn load_refuses_more_than_a_mebibyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    let padding = |n: usize| format!("{MINIMAL}{}", "#".repeat(n - MINIMAL.len()));
+    std::fs::write(&path, padding(MAX_CONFIG_SIZE as usize)).unwrap();
+    assert!(Config::load(&path, "site", &env()).is_ok());
+    std::fs::write(&path, padding(MAX_CONFIG_SIZE as usize + 1)).unwrap();
+    let message = load_error(&path);
+    assert!(
+        message.ends_with("cannot read config: is larger than 1 MiB"),
+        "{message}"
+    );
+}
