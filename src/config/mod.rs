@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 /// The largest config file read, in bytes (1 MiB).
 pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
 
+/// The longest instance name, in bytes (it becomes a directory and file names).
+pub const MAX_INSTANCE_NAME: usize = 200;
+
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +47,14 @@ pub enum ConfigError {
     TooLarge {
         /// The config file.
         path: PathBuf,
+    },
+    /// The instance name cannot become a directory or file name.
+    #[error("invalid instance name {name:?}: {reason}")]
+    BadInstance {
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
     },
     /// The file is not valid TOML or not a valid config.
     #[error("{path}:{line}:{column}: {message}")]
@@ -173,16 +184,46 @@ fn file_kind(kind: std::fs::FileType) -> &'static str {
 
 /// The config file and instance name from `--config FILE` (instance: the file's
 /// stem) or `--instance NAME` (file: `$CONFIGURATION_DIRECTORY/NAME.toml`, else
-/// `/etc/execlib/NAME.toml`). One of the two is given.
-pub fn locate(config: Option<PathBuf>, instance: Option<String>, env: &Environment) -> (PathBuf, String) {
-    match (config, instance) {
+/// `/etc/execlib/NAME.toml`). One of the two is given. The instance name must pass
+/// [`check_instance`].
+pub fn locate(
+    config: Option<PathBuf>,
+    instance: Option<String>,
+    env: &Environment,
+) -> Result<(PathBuf, String), ConfigError> {
+    let (path, name) = match (config, instance) {
         (Some(path), _) => {
             let name = instance_from_path(&path).unwrap_or_else(|| "execlib".to_owned());
             (path, name)
         }
         (None, Some(name)) => (env.config_path(&name), name),
         (None, None) => (env.config_path("execlib"), "execlib".to_owned()),
-    }
+    };
+    check_instance(&name)?;
+    Ok((path, name))
+}
+
+/// Refuses an instance name that cannot become a directory or file name (it is part of
+/// the control socket's and the state directory's paths): empty, `.` or `..`, holding
+/// `/` or NUL, or longer than [`MAX_INSTANCE_NAME`] bytes.
+pub fn check_instance(name: &str) -> Result<(), ConfigError> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name == "." || name == ".." {
+        "`.` and `..` are not names"
+    } else if name.contains('/') {
+        "it contains '/'"
+    } else if name.contains('\0') {
+        "it contains a NUL byte"
+    } else if name.len() > MAX_INSTANCE_NAME {
+        "it is longer than 200 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::BadInstance {
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 /// The instance name implied by a config file: its stem.

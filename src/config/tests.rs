@@ -479,3 +479,41 @@ fn load_refuses_more_than_a_mebibyte() {
         "{message}"
     );
 }
+
+#[test]
+fn instance_names_must_fit_a_path_component() {
+    for good in ["site", "execlib", "my-site_2", "a.b", "user@host", "x:y", "..."] {
+        assert!(check_instance(good).is_ok(), "{good}");
+    }
+    assert!(check_instance(&"i".repeat(MAX_INSTANCE_NAME)).is_ok());
+    for (bad, why) in [
+        ("", "it is empty"),
+        (".", "`.` and `..`"),
+        ("..", "`.` and `..`"),
+        ("a/b", "'/'"),
+        ("a\0b", "NUL byte"),
+        (&"i".repeat(MAX_INSTANCE_NAME + 1), "longer than 200 bytes"),
+    ] {
+        let message = check_instance(bad).unwrap_err().to_string();
+        assert!(message.starts_with("invalid instance name "), "{message}");
+        assert!(message.contains(why), "{message}");
+        assert!(!message.contains('\0'), "{message:?}");
+    }
+}
+
+#[test]
+fn locate_checks_the_instance_from_either_source() {
+    let (path, name) = locate(None, Some("site".into()), &env()).unwrap();
+    assert_eq!(
+        (path.as_path(), name.as_str()),
+        (Path::new("/etc/execlib/site.toml"), "site")
+    );
+    let (_, name) = locate(Some("/srv/x/web@1.toml".into()), None, &env()).unwrap();
+    assert_eq!(name, "web@1");
+    assert!(locate(None, Some("../etc".into()), &env()).is_err());
+    assert!(locate(None, Some(String::new()), &env()).is_err());
+    // `..toml`'s stem is `.`.
+    assert!(locate(Some("/srv/..toml".into()), None, &env()).is_err());
+    let long = format!("/srv/{}.toml", "n".repeat(MAX_INSTANCE_NAME + 1));
+    assert!(locate(Some(long.into()), None, &env()).is_err());
+}
