@@ -517,3 +517,134 @@ fn locate_checks_the_instance_from_either_source() {
     let long = format!("/srv/{}.toml", "n".repeat(MAX_INSTANCE_NAME + 1));
     assert!(locate(Some(long.into()), None, &env()).is_err());
 }
+
+/// Property-based: `Config::parse` never panics and locates every error within the
+/// text. `PROPTEST_CASES=N` runs N cases per property instead of the default.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid config using most keys: the seed of the mutations.
+    const VALID: &str = r#"[daemon]
+shutdown_grace_ms = 500
+state_dir = "state"
+[control]
+socket = "/tmp/x.sock"
+mode = "0600"
+[server]
+listen = "127.0.0.1:9000"
+root = "public"
+[[listener]]
+name = "docs"
+max_jobs = 2
+  [[listener.route]]
+  name = "pages"
+  path = "src"
+  glob = ["**/*.md", "*.txt"]
+  ignore = ["**/draft-*"]
+  events = ["create", "attrib"]
+  timeout_ms = 1000
+  run = ["make", "-C", "..", "html"]
+  env = { LANG = "C.UTF-8" }
+  [[listener.post]]
+  name = "notify"
+  shell = 'logger "$EXECLIB_COUNT"'
+  timeout_ms = 10
+  env = { A = "1" }
+"#;
+
+    /// Bytes that matter to TOML and to validation, favoured by the mutations.
+    const SIGNIFICANT: &[u8] = b"[]{}=\"',.#\n\r\t \\0u_-";
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(96)
+    }
+
+    /// Parses `text` (a panic fails the case); an `Invalid` error must lie within it.
+    fn parses_within_bounds(text: &str) -> Result<(), TestCaseError> {
+        if let Err(ConfigError::Invalid {
+            line,
+            column,
+            message,
+            ..
+        }) = parse(text)
+        {
+            let lines = text.lines().count();
+            prop_assert!(
+                line >= 1 && line <= lines + 1,
+                "line {line} of {lines}: {message}"
+            );
+            let this = text.split('\n').nth(line - 1).unwrap_or("");
+            let width = this.chars().count();
+            prop_assert!(
+                column >= 1 && column <= width + 1,
+                "column {column} of {width}: {message}"
+            );
+            prop_assert!(!message.contains('\0'), "{message:?}");
+        }
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Insert(usize, u8),
+        Delete(usize),
+        Replace(usize, u8),
+    }
+
+    fn byte() -> impl Strategy<Value = u8> {
+        prop_oneof![3 => proptest::sample::select(SIGNIFICANT), 1 => any::<u8>()]
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<usize>(), byte()).prop_map(|(at, b)| Edit::Insert(at, b)),
+            any::<usize>().prop_map(Edit::Delete),
+            (any::<usize>(), byte()).prop_map(|(at, b)| Edit::Replace(at, b)),
+        ]
+    }
+
+    /// `VALID` with `edits` applied, each at its position modulo the current length.
+    fn mutated(edits: &[Edit]) -> String {
+        let mut bytes = VALID.as_bytes().to_vec();
+        for e in edits {
+            let len = bytes.len();
+            match *e {
+                Edit::Insert(at, b) => bytes.insert(at % (len + 1), b),
+                Edit::Delete(at) if len > 0 => {
+                    bytes.remove(at % len);
+                }
+                Edit::Replace(at, b) if len > 0 => bytes[at % len] = b,
+                _ => {}
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            parses_within_bounds(&text)?;
+        }
+
+        #[test]
+        fn toml_like_text_never_panics(text in "[\\[\\]{}=\"'a-z0-9_.,#\n \\\\-]{0,300}") {
+            parses_within_bounds(&text)?;
+        }
+
+        #[test]
+        fn mutated_valid_config_never_panics(edits in proptest::collection::vec(edit(), 1..8)) {
+            parses_within_bounds(&mutated(&edits))?;
+        }
+    }
+
+    #[test]
+    fn the_seed_is_valid() {
+        parse(VALID).unwrap();
+    }
+}
