@@ -518,11 +518,13 @@ fn locate_checks_the_instance_from_either_source() {
     assert!(locate(Some(long.into()), None, &env()).is_err());
 }
 
-/// Property-based: `Config::parse` never panics and locates every error within the
-/// text. `PROPTEST_CASES=N` runs N cases per property instead of the default.
+/// Property-based: `Config::parse` never panics, locates every error within the
+/// text, and accepts only configs within the documented limits. `PROPTEST_CASES=N`
+/// runs N cases per property instead of the default.
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     /// A valid config using most keys: the seed of the mutations.
     const VALID: &str = r#"[daemon]
@@ -563,14 +565,65 @@ max_jobs = 2
             .unwrap_or(96)
     }
 
-    /// Parses `text` (a panic fails the case); an `Invalid` error must lie within it.
+    /// Whether `bytes` hold a NUL.
+    fn nul(bytes: impl AsRef<[u8]>) -> bool {
+        bytes.as_ref().contains(&0)
+    }
+
+    /// A job's name, command, environment and timeout respect the documented limits.
+    fn sound_job(
+        name: &str,
+        command: &Command,
+        env: &BTreeMap<String, String>,
+        timeout: Option<Duration>,
+    ) -> bool {
+        let args = match command {
+            Command::Run(argv) => argv.clone(),
+            Command::Shell(s) => vec![s.clone()],
+        };
+        name.len() <= MAX_JOB_NAME
+            && !name.chars().any(char::is_control)
+            && !args.iter().any(nul)
+            && env
+                .iter()
+                .all(|(k, v)| !k.is_empty() && !k.contains('=') && !nul(k) && !nul(v))
+            && timeout != Some(Duration::ZERO)
+    }
+
+    /// An accepted config respects every documented limit.
+    fn sound(c: &Config) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let socket = c.control.socket.as_os_str().len();
+        (1..=MAX_SOCKET_PATH).contains(&socket)
+            && !nul(c.daemon.state_dir.as_os_str().as_bytes())
+            && c.listeners.iter().all(|l| {
+                l.name.len() <= MAX_LISTENER_NAME
+                    && !nul(&l.name)
+                    && l.routes.iter().all(|r| {
+                        sound_job(&r.name, &r.command, &r.env, r.timeout)
+                            && !nul(r.path.as_os_str().as_bytes())
+                            && !nul(r.workdir.as_os_str().as_bytes())
+                    })
+                    && l.posts.iter().all(|p| {
+                        sound_job(&p.name, &p.command, &p.env, p.timeout)
+                            && !nul(p.workdir.as_os_str().as_bytes())
+                    })
+            })
+    }
+
+    /// Parses `text` (a panic fails the case): an accepted config respects the limits,
+    /// and an `Invalid` error lies within the text.
     fn parses_within_bounds(text: &str) -> Result<(), TestCaseError> {
+        let result = parse(text);
+        if let Ok(c) = &result {
+            prop_assert!(sound(c), "accepted config breaks a limit: {c:#?}");
+        }
         if let Err(ConfigError::Invalid {
             line,
             column,
             message,
             ..
-        }) = parse(text)
+        }) = result
         {
             let lines = text.lines().count();
             prop_assert!(
@@ -624,8 +677,66 @@ max_jobs = 2
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// `s` as a TOML basic string, control characters escaped.
+    fn quoted(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Strings near the limits: empty, NUL, control characters, '=', long ones.
+    fn edgy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => "[a-z]{1,8}",
+            1 => "[a-z\u{0}\t\n=é\u{85}]{0,6}",
+            1 => "[a-z]{60,70}",
+            1 => "[a-z]{120,135}",
+        ]
+    }
+
+    /// A config whose values come from [`edgy`], with `timeouts` and a socket of
+    /// `socket_len` bytes under /tmp.
+    fn generated(v: &[String; 6], timeouts: (u64, u64), socket_len: usize) -> String {
+        let socket = match socket_len {
+            0 => String::new(),
+            n => format!("/tmp/{}", "s".repeat(n)),
+        };
+        format!(
+            "[control]\nsocket = {}\n[[listener]]\nname = {}\n  [[listener.route]]\n  name = {}\n  \
+             path = {}\n  shell = {}\n  timeout_ms = {}\n  env = {{ {} = {} }}\n  \
+             [[listener.post]]\n  run = [\"x\", {}]\n  timeout_ms = {}\n",
+            quoted(&socket),
+            quoted(&v[0]),
+            quoted(&v[1]),
+            quoted(&v[2]),
+            quoted(&v[3]),
+            timeouts.0,
+            quoted(&v[4]),
+            quoted(&v[5]),
+            quoted(&v[3]),
+            timeouts.1,
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn configs_near_the_limits_are_refused_or_sound(
+            values in proptest::array::uniform6(edgy()),
+            timeouts in (0u64..4, 0u64..4),
+            socket_len in 0usize..110,
+        ) {
+            parses_within_bounds(&generated(&values, timeouts, socket_len))?;
+        }
 
         #[test]
         fn arbitrary_text_never_panics(text in any::<String>()) {
@@ -644,7 +755,10 @@ max_jobs = 2
     }
 
     #[test]
-    fn the_seed_is_valid() {
+    fn the_seeds_are_valid() {
         parse(VALID).unwrap();
+        let plain = ["docs", "pages", "src", "true", "LANG", "C"].map(String::from);
+        let c = parse(&generated(&plain, (1, 2), 20)).unwrap();
+        assert!(sound(&c));
     }
 }
