@@ -2,16 +2,26 @@
 //! validated once into the resolved [`Config`] the daemon runs on. Every error
 //! names the file, line and column.
 
+mod check;
+mod group;
 pub mod raw;
 mod resolve;
 
+pub use check::{MAX_JOB_NAME, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 pub use raw::Mode;
 pub use resolve::{
     Command, Config, ControlConfig, DaemonConfig, ListenerConfig, PostConfig, RouteConfig, ServerConfig,
 };
 
 use crate::paths::Environment;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// The largest config file read, in bytes (1 MiB).
+pub const MAX_CONFIG_SIZE: u64 = 1 << 20;
+
+/// The longest instance name, in bytes (it becomes a directory and file names).
+pub const MAX_INSTANCE_NAME: usize = 200;
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +33,28 @@ pub enum ConfigError {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
+    },
+    /// The file is not a regular file (a FIFO, a device, a directory…).
+    #[error("{path}: cannot read config: is not a regular file ({kind})")]
+    NotAFile {
+        /// The config file.
+        path: PathBuf,
+        /// What it is instead, like "a FIFO".
+        kind: &'static str,
+    },
+    /// The file is larger than [`MAX_CONFIG_SIZE`].
+    #[error("{path}: cannot read config: is larger than 1 MiB")]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
+    },
+    /// The instance name cannot become a directory or file name.
+    #[error("invalid instance name {name:?}: {reason}")]
+    BadInstance {
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
     },
     /// The file is not valid TOML or not a valid config.
     #[error("{path}:{line}:{column}: {message}")]
@@ -46,15 +78,32 @@ impl ConfigError {
             path: path.to_owned(),
             line,
             column,
-            message,
+            message: printable(&message),
         }
     }
 }
 
+/// `message` with control characters (but newlines) escaped: it may quote the
+/// file's text (a key in an unknown-field error), and it goes to a terminal or log.
+fn printable(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
@@ -64,10 +113,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 impl Config {
     /// Reads and validates the config at `path` for instance `instance`.
     pub fn load(path: &Path, instance: &str, env: &Environment) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read(path)?;
         Config::parse(path, &text, instance, env)
     }
 
@@ -81,18 +127,103 @@ impl Config {
     }
 }
 
+/// Reads the config file: a regular file of at most [`MAX_CONFIG_SIZE`] bytes. It is
+/// opened without blocking (a FIFO with no writer) and checked on the open file, and
+/// at most one byte past the limit is read (`/dev/zero` never ends).
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(ConfigError::NotAFile {
+            path: path.to_owned(),
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    let too_large = || ConfigError::TooLarge {
+        path: path.to_owned(),
+    };
+    if meta.len() > MAX_CONFIG_SIZE {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_CONFIG_SIZE {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// What a file that is not a regular file is, for an error message.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
 /// The config file and instance name from `--config FILE` (instance: the file's
 /// stem) or `--instance NAME` (file: `$CONFIGURATION_DIRECTORY/NAME.toml`, else
-/// `/etc/execlib/NAME.toml`). One of the two is given.
-pub fn locate(config: Option<PathBuf>, instance: Option<String>, env: &Environment) -> (PathBuf, String) {
-    match (config, instance) {
+/// `/etc/execlib/NAME.toml`). One of the two is given. The instance name must pass
+/// [`check_instance`].
+pub fn locate(
+    config: Option<PathBuf>,
+    instance: Option<String>,
+    env: &Environment,
+) -> Result<(PathBuf, String), ConfigError> {
+    let (path, name) = match (config, instance) {
         (Some(path), _) => {
             let name = instance_from_path(&path).unwrap_or_else(|| "execlib".to_owned());
             (path, name)
         }
         (None, Some(name)) => (env.config_path(&name), name),
         (None, None) => (env.config_path("execlib"), "execlib".to_owned()),
-    }
+    };
+    check_instance(&name)?;
+    Ok((path, name))
+}
+
+/// Refuses an instance name that cannot become a directory or file name (it is part of
+/// the control socket's and the state directory's paths): empty, `.` or `..`, holding
+/// `/` or NUL, or longer than [`MAX_INSTANCE_NAME`] bytes.
+pub fn check_instance(name: &str) -> Result<(), ConfigError> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name == "." || name == ".." {
+        "`.` and `..` are not names"
+    } else if name.contains('/') {
+        "it contains '/'"
+    } else if name.contains('\0') {
+        "it contains a NUL byte"
+    } else if name.len() > MAX_INSTANCE_NAME {
+        "it is longer than 200 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::BadInstance {
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 /// The instance name implied by a config file: its stem.

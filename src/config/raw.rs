@@ -13,8 +13,7 @@ use toml::Spanned;
 pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
-    #[serde(default)]
-    pub control: RawControl,
+    pub control: Option<Spanned<RawControl>>,
     pub server: Option<Spanned<RawServer>>,
     #[serde(default)]
     pub listener: Vec<Spanned<RawListener>>,
@@ -25,16 +24,16 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
     pub shutdown_grace_ms: Option<u64>,
-    pub state_dir: Option<PathBuf>,
+    pub state_dir: Option<Spanned<PathBuf>>,
 }
 
 /// `[control]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawControl {
-    pub socket: Option<PathBuf>,
+    pub socket: Option<Spanned<PathBuf>>,
     pub mode: Option<Spanned<String>>,
-    pub group: Option<String>,
+    pub group: Option<Spanned<String>>,
     pub idle_timeout_ms: Option<u64>,
 }
 
@@ -43,7 +42,7 @@ pub struct RawControl {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
-    pub root: Option<PathBuf>,
+    pub root: Option<Spanned<PathBuf>>,
     #[serde(rename = "static")]
     pub static_files: Option<bool>,
     pub livereload: Option<bool>,
@@ -73,13 +72,13 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawPost {
     pub name: Option<Spanned<String>>,
-    pub run: Option<Spanned<Vec<String>>>,
+    pub run: Option<Spanned<Vec<Spanned<String>>>>,
     pub shell: Option<Spanned<String>>,
-    pub workdir: Option<PathBuf>,
-    pub timeout_ms: Option<u64>,
+    pub workdir: Option<Spanned<PathBuf>>,
+    pub timeout_ms: Option<Spanned<u64>>,
     pub kill_grace_ms: Option<u64>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: RawEnv,
 }
 
 /// One `[[listener.route]]`.
@@ -87,23 +86,26 @@ pub struct RawPost {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: Option<Spanned<String>>,
-    pub path: PathBuf,
+    pub path: Spanned<PathBuf>,
     pub glob: Option<Spanned<OneOrMany>>,
     pub ignore: Option<Spanned<Vec<String>>>,
     pub events: Option<Vec<EventKind>>,
     pub debounce_ms: Option<u64>,
     pub delay_ms: Option<u64>,
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<Spanned<u64>>,
     pub mode: Option<Mode>,
     pub stage: Option<u32>,
     pub on_failure: Option<OnFailure>,
     pub kill_grace_ms: Option<u64>,
-    pub run: Option<Spanned<Vec<String>>>,
+    pub run: Option<Spanned<Vec<Spanned<String>>>>,
     pub shell: Option<Spanned<String>>,
-    pub workdir: Option<PathBuf>,
+    pub workdir: Option<Spanned<PathBuf>>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: RawEnv,
 }
+
+/// An `env` table: keys and values keep their spans, so a bad one is located exactly.
+pub type RawEnv = BTreeMap<Spanned<String>, Spanned<String>>;
 
 /// `each` (one job per file) or `batch` (one job for all files of a window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -3,6 +3,7 @@
 //! compiling globs, with a file:line:column error for anything invalid.
 
 use super::ConfigError;
+use super::check::{Ctx, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 use super::raw::{RawConfig, RawControl, RawListener, RawPost, RawRoute, RawServer};
 use crate::events::EventSet;
 use crate::paths::Environment;
@@ -46,8 +47,9 @@ pub struct ControlConfig {
     pub socket: PathBuf,
     /// The socket file's permission bits.
     pub mode: u32,
-    /// A group to give the socket to, so its members may use it.
-    pub group: Option<String>,
+    /// The gid of `[control].group`, the group to give the socket to so its members
+    /// may use it (looked up when the config is validated).
+    pub group: Option<u32>,
     /// A connection that sends no complete request for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -157,23 +159,6 @@ const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// The most `max_clients` may be: every client is an HTTP connection too.
 const MAX_CLIENTS_LIMIT: usize = crate::http::MAX_CONNECTIONS;
 
-/// Validation context: the file and its text, for positions.
-struct Ctx<'a> {
-    path: &'a Path,
-    text: &'a str,
-    base: PathBuf,
-}
-
-impl Ctx<'_> {
-    fn err<T>(&self, offset: usize, message: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError::at(self.path, self.text, offset, message.into()))
-    }
-
-    fn abs(&self, p: &Path) -> PathBuf {
-        normalize(&self.base.join(p))
-    }
-}
-
 pub(super) fn resolve(
     raw: RawConfig,
     path: &Path,
@@ -191,7 +176,7 @@ pub(super) fn resolve(
     let daemon = DaemonConfig {
         shutdown_grace: Duration::from_millis(raw.daemon.shutdown_grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
         state_dir: match raw.daemon.state_dir {
-            Some(dir) => ctx.abs(&dir),
+            Some(dir) => ctx.path(dir, "`state_dir`")?,
             None => env.state_dir(instance),
         },
     };
@@ -219,10 +204,15 @@ pub(super) fn resolve(
 
 fn control(
     ctx: &Ctx,
-    raw: RawControl,
+    raw: Option<Spanned<RawControl>>,
     instance: &str,
     env: &Environment,
 ) -> Result<ControlConfig, ConfigError> {
+    // Where to report a problem with a default: the `[control]` table, else 1:1.
+    let (at, raw) = raw.map_or_else(
+        || (0, RawControl::default()),
+        |c| (c.span().start, c.into_inner()),
+    );
     let mode = match raw.mode {
         None => 0o660,
         Some(m) => match u32::from_str_radix(m.get_ref(), 8) {
@@ -236,14 +226,68 @@ fn control(
         },
     };
     Ok(ControlConfig {
-        socket: match raw.socket {
-            Some(s) => ctx.abs(&s),
-            None => env.daemon_socket(instance),
-        },
+        socket: socket(ctx, raw.socket, at, instance, env)?,
         mode,
-        group: raw.group,
+        group: group(ctx, raw.group)?,
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS)),
     })
+}
+
+/// The control socket's absolute path, `[control].socket` or the default, short
+/// enough for `sun_path`. `table_at`: where a too-long default is reported.
+fn socket(
+    ctx: &Ctx,
+    raw: Option<Spanned<PathBuf>>,
+    table_at: usize,
+    instance: &str,
+    env: &Environment,
+) -> Result<PathBuf, ConfigError> {
+    let (path, at, default) = match raw {
+        Some(s) if s.get_ref().as_os_str().is_empty() => {
+            return ctx.err(
+                s.span().start,
+                "`socket` is empty: it needs the control socket's path",
+            );
+        }
+        Some(s) => {
+            let at = s.span().start;
+            (ctx.path(s, "`socket`")?, at, false)
+        }
+        None => (env.daemon_socket(instance), table_at, true),
+    };
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        let (what, hint) = match default {
+            true => (
+                "default control socket path",
+                "; set a shorter `[control].socket`",
+            ),
+            false => ("control socket path", ""),
+        };
+        return ctx.err(
+            at,
+            format!(
+                "{what} {path:?} is {len} bytes long; a Unix socket path holds at most \
+                 {MAX_SOCKET_PATH} bytes{hint}"
+            ),
+        );
+    }
+    Ok(path)
+}
+
+/// The gid of `[control].group`, which must exist.
+fn group(ctx: &Ctx, raw: Option<Spanned<String>>) -> Result<Option<u32>, ConfigError> {
+    let Some(name) = raw else {
+        return Ok(None);
+    };
+    let at = name.span().start;
+    let name = name.get_ref();
+    ctx.no_nul(name.as_bytes(), at, &format!("group {name:?}"))?;
+    match super::group::gid(name) {
+        Ok(Some(gid)) => Ok(Some(gid)),
+        Ok(None) => ctx.err(at, format!("group {name:?} does not exist")),
+        Err(e) => ctx.err(at, format!("cannot look up group {name:?}: {e}")),
+    }
 }
 
 fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigError> {
@@ -279,7 +323,7 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
     };
     Ok(ServerConfig {
         listen,
-        root: ctx.abs(&root),
+        root: ctx.path(root, "`root`")?,
         static_files: raw.static_files.unwrap_or(true),
         livereload: raw.livereload.unwrap_or(true),
         hidden: raw.hidden.unwrap_or(false),
@@ -291,14 +335,7 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
 }
 
 fn listener(ctx: &Ctx, raw: RawListener, at: usize) -> Result<ListenerConfig, ConfigError> {
-    let name = raw.name.get_ref();
-    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || !name.chars().all(valid) {
-        return ctx.err(
-            raw.name.span().start,
-            format!("listener name {name:?} may hold only letters, digits, '.', '_' and '-'"),
-        );
-    }
+    let name = listener_name(ctx, &raw.name)?;
     if raw.route.is_empty() {
         return ctx.err(at, format!("listener {name:?} has no [[listener.route]]"));
     }
@@ -335,20 +372,55 @@ fn listener(ctx: &Ctx, raw: RawListener, at: usize) -> Result<ListenerConfig, Co
     })
 }
 
+/// A listener's name: it names its state file `<name>.snapshot`, so a restricted
+/// charset and at most [`MAX_LISTENER_NAME`] bytes.
+fn listener_name<'a>(ctx: &Ctx, raw: &'a Spanned<String>) -> Result<&'a String, ConfigError> {
+    let (name, at) = (raw.get_ref(), raw.span().start);
+    ctx.no_nul(name.as_bytes(), at, &format!("listener name {name:?}"))?;
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || !name.chars().all(valid) {
+        return ctx.err(
+            at,
+            format!("listener name {name:?} may hold only letters, digits, '.', '_' and '-'"),
+        );
+    }
+    if name.len() > MAX_LISTENER_NAME {
+        return ctx.err(
+            at,
+            format!(
+                "listener name is {} bytes long; at most {MAX_LISTENER_NAME} are allowed \
+                 (it names the listener's state file)",
+                name.len()
+            ),
+        );
+    }
+    Ok(name)
+}
+
 /// The command of a route or post (`what`): exactly one of `run` and `shell`.
 fn command(
     ctx: &Ctx,
-    run: Option<Spanned<Vec<String>>>,
+    run: Option<Spanned<Vec<Spanned<String>>>>,
     shell: Option<Spanned<String>>,
     what: &str,
     at: usize,
 ) -> Result<Command, ConfigError> {
     match (run, shell) {
-        (Some(run), None) if run.get_ref().is_empty() || run.get_ref()[0].is_empty() => {
+        (Some(run), None) if run.get_ref().first().is_none_or(|p| p.get_ref().is_empty()) => {
             ctx.err(run.span().start, "`run` needs at least a program")
         }
-        (Some(run), None) => Ok(Command::Run(run.into_inner())),
-        (None, Some(shell)) => Ok(Command::Shell(shell.into_inner())),
+        (Some(run), None) => {
+            for arg in run.get_ref() {
+                ctx.no_nul(arg.get_ref().as_bytes(), arg.span().start, "a `run` argument")?;
+            }
+            Ok(Command::Run(
+                run.into_inner().into_iter().map(Spanned::into_inner).collect(),
+            ))
+        }
+        (None, Some(shell)) => {
+            ctx.no_nul(shell.get_ref().as_bytes(), shell.span().start, "`shell`")?;
+            Ok(Command::Shell(shell.into_inner()))
+        }
         (Some(run), Some(_)) => ctx.err(
             run.span().start,
             format!("a {what} has exactly one of `run` and `shell`, not both"),
@@ -363,16 +435,18 @@ fn command(
 fn post(ctx: &Ctx, raw: RawPost, index: usize, at: usize) -> Result<PostConfig, ConfigError> {
     let command = command(ctx, raw.run, raw.shell, "post", at)?;
     let name = match raw.name {
-        Some(n) if n.get_ref().is_empty() => return ctx.err(n.span().start, "post name is empty"),
-        Some(n) => n.into_inner(),
+        Some(n) => ctx.job_name(n, "post")?,
         None => format!("post{index}"),
     };
     Ok(PostConfig {
         name,
         command,
-        workdir: raw.workdir.map_or_else(|| ctx.base.clone(), |w| ctx.abs(&w)),
-        env: raw.env,
-        timeout: raw.timeout_ms.map(Duration::from_millis),
+        workdir: match raw.workdir {
+            Some(w) => ctx.path(w, "`workdir`")?,
+            None => ctx.base.clone(),
+        },
+        env: ctx.env(raw.env)?,
+        timeout: ctx.timeout(raw.timeout_ms)?,
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
     })
 }
@@ -403,15 +477,17 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
         Some(kinds) => kinds.into_iter().collect(),
         None => EventSet::default_route(),
     };
-    let path = ctx.abs(&raw.path);
+    let path = ctx.path(raw.path, "`path`")?;
     let name = match raw.name {
-        Some(n) if n.get_ref().is_empty() => return ctx.err(n.span().start, "route name is empty"),
-        Some(n) => n.into_inner(),
+        Some(n) => ctx.job_name(n, "route")?,
         None => index.to_string(),
     };
     Ok(RouteConfig {
         name,
-        workdir: raw.workdir.map_or_else(|| path.clone(), |w| ctx.abs(&w)),
+        workdir: match raw.workdir {
+            Some(w) => ctx.path(w, "`workdir`")?,
+            None => path.clone(),
+        },
         path,
         matcher,
         events,
@@ -422,25 +498,9 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
             stage: raw.stage.unwrap_or(0),
             cancel_on_failure: raw.on_failure.unwrap_or_default() == super::raw::OnFailure::Cancel,
         },
-        timeout: raw.timeout_ms.map(Duration::from_millis),
+        timeout: ctx.timeout(raw.timeout_ms)?,
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         command,
-        env: raw.env,
+        env: ctx.env(raw.env)?,
     })
-}
-
-/// Removes `.` and resolves `..` components lexically (no symlinks followed).
-fn normalize(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }

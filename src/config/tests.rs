@@ -70,7 +70,7 @@ state_dir = "state"
 [control]
 socket = "/tmp/x.sock"
 mode = "0600"
-group = "execlib"
+group = "root"
 [server]
 listen = "127.0.0.1:9000"
 root = "public"
@@ -95,6 +95,7 @@ autostart = false
     .unwrap();
     assert_eq!(c.daemon.state_dir, Path::new("/etc/execlib/state"));
     assert_eq!(c.control.mode, 0o600);
+    assert_eq!(c.control.group, Some(0));
     let s = c.server.unwrap();
     assert_eq!(s.root, Path::new("/etc/execlib/public"));
     assert!(!s.livereload);
@@ -191,4 +192,573 @@ fn posts_resolve_against_the_config_directory_and_need_a_command() {
     let (line, _, message) = error_at(&format!("{MINIMAL}  [[listener.post]]\n  workdir = \"x\"\n"));
     assert_eq!(line, 7);
     assert!(message.contains("a post needs `run`"), "{message}");
+}
+
+/// MINIMAL with `line` inserted after the route's `path = "src"` (so at line 6).
+fn with_route_line(line: &str) -> String {
+    MINIMAL.replace("  path = \"src\"\n", &format!("  path = \"src\"\n  {line}\n"))
+}
+
+/// MINIMAL with a post holding `line` (at line 9).
+fn with_post_line(line: &str) -> String {
+    format!("{MINIMAL}  [[listener.post]]\n  shell = \"true\"\n  {line}\n")
+}
+
+fn assert_refused(text: &str, at: (usize, usize), needles: &[&str]) {
+    let (line, column, message) = error_at(text);
+    assert_eq!((line, column), at, "{message}");
+    for needle in needles {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    assert!(!message.contains('\0'), "{message:?}");
+}
+
+#[test]
+fn nul_bytes_in_names_are_refused() {
+    let nul = "NUL byte";
+    assert_refused(
+        &MINIMAL.replace("\"docs\"", "\"do\\u0000cs\""),
+        (3, 8),
+        &["listener name \"do\\0cs\"", nul],
+    );
+    assert_refused(
+        &with_route_line("name = \"pa\\u0000ges\""),
+        (6, 10),
+        &["route name \"pa\\0ges\"", nul],
+    );
+    assert_refused(
+        &with_post_line("name = \"\\u0000\""),
+        (9, 10),
+        &["post name", nul],
+    );
+}
+
+#[test]
+fn nul_bytes_in_commands_are_refused() {
+    let run = MINIMAL.replace("shell = \"true\"", "run = [\"echo\", \"a\\u0000\"]");
+    assert_refused(&run, (6, 18), &["a `run` argument contains a NUL byte"]);
+    let program = MINIMAL.replace("shell = \"true\"", "run = [\"\\u0000x\"]");
+    assert_refused(&program, (6, 10), &["`run` argument", "NUL byte"]);
+    let shell = MINIMAL.replace("shell = \"true\"", "shell = \"true\\u0000\"");
+    assert_refused(&shell, (6, 11), &["`shell` contains a NUL byte"]);
+    let post = format!("{MINIMAL}  [[listener.post]]\n  run = [\"x\", \"\\u0000\"]\n");
+    assert_refused(&post, (8, 15), &["`run` argument", "NUL byte"]);
+}
+
+#[test]
+fn bad_env_keys_and_values_are_refused() {
+    let nul = "NUL byte";
+    assert_refused(
+        &with_route_line("env = { \"A\\u0000\" = \"1\" }"),
+        (6, 11),
+        &["env key \"A\\0\"", nul],
+    );
+    assert_refused(
+        &with_route_line("env = { OK = \"1\", \"A=B\" = \"1\" }"),
+        (6, 21),
+        &["env key \"A=B\" contains '='"],
+    );
+    assert_refused(
+        &with_route_line("env = { \"\" = \"1\" }"),
+        (6, 11),
+        &["env key is empty"],
+    );
+    assert_refused(
+        &with_route_line("env = { A = \"x\\u0000y\" }"),
+        (6, 15),
+        &["env value of \"A\"", nul],
+    );
+    assert_refused(
+        &with_post_line("env = { \"=\" = \"1\" }"),
+        (9, 11),
+        &["env key \"=\" contains '='"],
+    );
+    let ok = parse(&with_route_line("env = { A = \"a=b\", B = \"\" }")).unwrap();
+    assert_eq!(ok.listeners[0].routes[0].env["A"], "a=b");
+}
+
+#[test]
+fn nul_bytes_in_paths_are_refused() {
+    let nul = "NUL byte";
+    let route_path = MINIMAL.replace("\"src\"", "\"s\\u0000rc\"");
+    assert_refused(&route_path, (5, 10), &["`path` contains", nul]);
+    assert_refused(
+        &with_route_line("workdir = \"\\u0000\""),
+        (6, 13),
+        &["`workdir`", nul],
+    );
+    assert_refused(
+        &with_post_line("workdir = \"w\\u0000\""),
+        (9, 13),
+        &["`workdir`", nul],
+    );
+    let root = format!("[server]\nroot = \"pub\\u0000lic\"\n{MINIMAL}");
+    assert_refused(&root, (2, 8), &["`root`", nul]);
+    let state = format!("[daemon]\nstate_dir = \"/var/\\u0000\"\n{MINIMAL}");
+    assert_refused(&state, (2, 13), &["`state_dir`", nul]);
+    let socket = format!("[control]\nsocket = \"/tmp/\\u0000.sock\"\n{MINIMAL}");
+    assert_refused(&socket, (2, 10), &["`socket`", nul]);
+}
+
+#[test]
+fn unknown_key_with_a_nul_is_reported_without_the_nul() {
+    let (line, column, message) = error_at("[daemon]\n\"x\\u0000y\" = 1\n");
+    assert_eq!((line, column), (2, 1), "{message}");
+    assert!(message.contains("unknown field"), "{message}");
+    assert!(message.contains("x\\u{0}y"), "{message}");
+    assert!(!message.contains('\0'), "{message:?}");
+}
+
+#[test]
+fn listener_names_are_capped_at_64_bytes() {
+    let longest = "l".repeat(MAX_LISTENER_NAME);
+    let c = parse(&MINIMAL.replace("docs", &longest)).unwrap();
+    assert_eq!(c.listeners[0].name, longest);
+    assert_refused(
+        &MINIMAL.replace("docs", &"l".repeat(MAX_LISTENER_NAME + 1)),
+        (3, 8),
+        &["listener name is 65 bytes long; at most 64"],
+    );
+}
+
+#[test]
+fn route_and_post_names_refuse_control_characters_and_length() {
+    assert_refused(
+        &with_route_line("name = \"a\\tb\""),
+        (6, 10),
+        &["route name \"a\\tb\" contains a control character"],
+    );
+    assert_refused(
+        &with_post_line("name = \"line\\nbreak\""),
+        (9, 10),
+        &["post name", "control character"],
+    );
+    let longest = "é".repeat(MAX_JOB_NAME / 2);
+    let c = parse(&with_route_line(&format!("name = \"{longest}\""))).unwrap();
+    assert_eq!(c.listeners[0].routes[0].name, longest);
+    assert_refused(
+        &with_route_line(&format!("name = \"{longest}x\"")),
+        (6, 10),
+        &["route name is 129 bytes long; at most 128"],
+    );
+    assert_refused(
+        &with_post_line(&format!("name = \"{}\"", "p".repeat(200))),
+        (9, 10),
+        &["post name is 200 bytes long"],
+    );
+    let c = parse(&with_route_line("name = \"pages: html (ünïcode)\"")).unwrap();
+    assert_eq!(c.listeners[0].routes[0].name, "pages: html (ünïcode)");
+}
+
+#[test]
+fn zero_timeouts_are_refused() {
+    let hint = "leave it out for no limit";
+    assert_refused(
+        &with_route_line("timeout_ms = 0"),
+        (6, 16),
+        &["`timeout_ms` must be at least 1", hint],
+    );
+    assert_refused(&with_post_line("timeout_ms = 0"), (9, 16), &["at least 1", hint]);
+    let c = parse(&with_route_line("timeout_ms = 1")).unwrap();
+    assert_eq!(c.listeners[0].routes[0].timeout, Some(Duration::from_millis(1)));
+}
+
+#[test]
+fn socket_paths_must_fit_sun_path() {
+    assert_refused(
+        &format!("[control]\nsocket = \"\"\n{MINIMAL}"),
+        (2, 10),
+        &["`socket` is empty"],
+    );
+    // Measured on the absolute path: "/etc/execlib/" (13 bytes) + the name.
+    let fits = format!(
+        "[control]\nsocket = \"{}\"\n{MINIMAL}",
+        "s".repeat(MAX_SOCKET_PATH - 13)
+    );
+    assert_eq!(parse(&fits).unwrap().control.socket.as_os_str().len(), 107);
+    let long = format!(
+        "[control]\nsocket = \"{}\"\n{MINIMAL}",
+        "s".repeat(MAX_SOCKET_PATH - 12)
+    );
+    assert_refused(&long, (2, 10), &["is 108 bytes long", "at most 107 bytes"]);
+    let absolute = format!("[control]\nsocket = \"/{}\"\n{MINIMAL}", "a".repeat(200));
+    assert_refused(&absolute, (2, 10), &["control socket path \"/aaa", "201 bytes"]);
+}
+
+#[test]
+fn a_too_long_default_socket_is_reported_at_control_or_the_start() {
+    let env = Environment {
+        xdg_runtime_dir: Some(format!("/run/{}", "r".repeat(100)).into()),
+        ..env()
+    };
+    let parse = |text: &str| Config::parse(Path::new("/etc/execlib/site.toml"), text, "site", &env);
+    let located = |text: &str| match parse(text).unwrap_err() {
+        ConfigError::Invalid {
+            line,
+            column,
+            message,
+            ..
+        } => (line, column, message),
+        other => panic!("unexpected {other:?}"),
+    };
+    let (line, column, message) = located(MINIMAL);
+    assert_eq!((line, column), (1, 1), "{message}");
+    assert!(message.contains("default control socket path"), "{message}");
+    assert!(message.contains("set a shorter `[control].socket`"), "{message}");
+    let (line, column, _) = located(&format!("\n[control]\nmode = \"0600\"\n{MINIMAL}"));
+    assert_eq!((line, column), (2, 1));
+    let c = parse(&format!("[control]\nsocket = \"/run/s.sock\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.control.socket, Path::new("/run/s.sock"));
+}
+
+#[test]
+fn unknown_groups_are_refused_at_check_time() {
+    assert_refused(
+        &format!("[control]\ngroup = \"no-such-group-xyz\"\n{MINIMAL}"),
+        (2, 9),
+        &["group \"no-such-group-xyz\" does not exist"],
+    );
+    assert_refused(
+        &format!("[control]\ngroup = \"ro\\u0000ot\"\n{MINIMAL}"),
+        (2, 9),
+        &["group \"ro\\0ot\" contains a NUL byte"],
+    );
+    let c = parse(&format!("[control]\ngroup = \"root\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.control.group, Some(0));
+    assert_eq!(parse(MINIMAL).unwrap().control.group, None);
+}
+
+/// `Config::load` on `path`, which must fail within 2 s (a FIFO must not hang): its message.
+fn load_error(path: &Path) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(Config::load(&path, "site", &env()).map(|_| ()));
+    });
+    match rx.recv_timeout(Duration::from_secs(2)) {
+        Ok(result) => result.unwrap_err().to_string(),
+        Err(_) => panic!("Config::load did not return within 2 s"),
+    }
+}
+
+#[test]
+fn load_refuses_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let message = load_error(&fifo);
+    assert!(
+        message.ends_with("cannot read config: is not a regular file (a FIFO)"),
+        "{message}"
+    );
+    let message = load_error(dir.path());
+    assert!(
+        message.contains("is not a regular file (a directory)"),
+        "{message}"
+    );
+    let message = load_error(Path::new("/dev/null"));
+    assert!(
+        message.contains("is not a regular file (a character device)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn load_refuses_more_than_a_mebibyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    let padding = |n: usize| format!("{MINIMAL}{}", "#".repeat(n - MINIMAL.len()));
+    std::fs::write(&path, padding(MAX_CONFIG_SIZE as usize)).unwrap();
+    assert!(Config::load(&path, "site", &env()).is_ok());
+    std::fs::write(&path, padding(MAX_CONFIG_SIZE as usize + 1)).unwrap();
+    let message = load_error(&path);
+    assert!(
+        message.ends_with("cannot read config: is larger than 1 MiB"),
+        "{message}"
+    );
+}
+
+#[test]
+fn instance_names_must_fit_a_path_component() {
+    for good in ["site", "execlib", "my-site_2", "a.b", "user@host", "x:y", "..."] {
+        assert!(check_instance(good).is_ok(), "{good}");
+    }
+    assert!(check_instance(&"i".repeat(MAX_INSTANCE_NAME)).is_ok());
+    for (bad, why) in [
+        ("", "it is empty"),
+        (".", "`.` and `..`"),
+        ("..", "`.` and `..`"),
+        ("a/b", "'/'"),
+        ("a\0b", "NUL byte"),
+        (&"i".repeat(MAX_INSTANCE_NAME + 1), "longer than 200 bytes"),
+    ] {
+        let message = check_instance(bad).unwrap_err().to_string();
+        assert!(message.starts_with("invalid instance name "), "{message}");
+        assert!(message.contains(why), "{message}");
+        assert!(!message.contains('\0'), "{message:?}");
+    }
+}
+
+#[test]
+fn locate_checks_the_instance_from_either_source() {
+    let (path, name) = locate(None, Some("site".into()), &env()).unwrap();
+    assert_eq!(
+        (path.as_path(), name.as_str()),
+        (Path::new("/etc/execlib/site.toml"), "site")
+    );
+    let (_, name) = locate(Some("/srv/x/web@1.toml".into()), None, &env()).unwrap();
+    assert_eq!(name, "web@1");
+    assert!(locate(None, Some("../etc".into()), &env()).is_err());
+    assert!(locate(None, Some(String::new()), &env()).is_err());
+    // `..toml`'s stem is `.`.
+    assert!(locate(Some("/srv/..toml".into()), None, &env()).is_err());
+    let long = format!("/srv/{}.toml", "n".repeat(MAX_INSTANCE_NAME + 1));
+    assert!(locate(Some(long.into()), None, &env()).is_err());
+}
+
+/// Property-based: `Config::parse` never panics, locates every error within the
+/// text, and accepts only configs within the documented limits. `PROPTEST_CASES=N`
+/// runs N cases per property instead of the default.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// A valid config using most keys: the seed of the mutations.
+    const VALID: &str = r#"[daemon]
+shutdown_grace_ms = 500
+state_dir = "state"
+[control]
+socket = "/tmp/x.sock"
+mode = "0600"
+[server]
+listen = "127.0.0.1:9000"
+root = "public"
+[[listener]]
+name = "docs"
+max_jobs = 2
+  [[listener.route]]
+  name = "pages"
+  path = "src"
+  glob = ["**/*.md", "*.txt"]
+  ignore = ["**/draft-*"]
+  events = ["create", "attrib"]
+  timeout_ms = 1000
+  run = ["make", "-C", "..", "html"]
+  env = { LANG = "C.UTF-8" }
+  [[listener.post]]
+  name = "notify"
+  shell = 'logger "$EXECLIB_COUNT"'
+  timeout_ms = 10
+  env = { A = "1" }
+"#;
+
+    /// Bytes that matter to TOML and to validation, favoured by the mutations.
+    const SIGNIFICANT: &[u8] = b"[]{}=\"',.#\n\r\t \\0u_-";
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(96)
+    }
+
+    /// Whether `bytes` hold a NUL.
+    fn nul(bytes: impl AsRef<[u8]>) -> bool {
+        bytes.as_ref().contains(&0)
+    }
+
+    /// A job's name, command, environment and timeout respect the documented limits.
+    fn sound_job(
+        name: &str,
+        command: &Command,
+        env: &BTreeMap<String, String>,
+        timeout: Option<Duration>,
+    ) -> bool {
+        let args = match command {
+            Command::Run(argv) => argv.clone(),
+            Command::Shell(s) => vec![s.clone()],
+        };
+        name.len() <= MAX_JOB_NAME
+            && !name.chars().any(char::is_control)
+            && !args.iter().any(nul)
+            && env
+                .iter()
+                .all(|(k, v)| !k.is_empty() && !k.contains('=') && !nul(k) && !nul(v))
+            && timeout != Some(Duration::ZERO)
+    }
+
+    /// An accepted config respects every documented limit.
+    fn sound(c: &Config) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let socket = c.control.socket.as_os_str().len();
+        (1..=MAX_SOCKET_PATH).contains(&socket)
+            && !nul(c.daemon.state_dir.as_os_str().as_bytes())
+            && c.listeners.iter().all(|l| {
+                l.name.len() <= MAX_LISTENER_NAME
+                    && !nul(&l.name)
+                    && l.routes.iter().all(|r| {
+                        sound_job(&r.name, &r.command, &r.env, r.timeout)
+                            && !nul(r.path.as_os_str().as_bytes())
+                            && !nul(r.workdir.as_os_str().as_bytes())
+                    })
+                    && l.posts.iter().all(|p| {
+                        sound_job(&p.name, &p.command, &p.env, p.timeout)
+                            && !nul(p.workdir.as_os_str().as_bytes())
+                    })
+            })
+    }
+
+    /// Parses `text` (a panic fails the case): an accepted config respects the limits,
+    /// and an `Invalid` error lies within the text.
+    fn parses_within_bounds(text: &str) -> Result<(), TestCaseError> {
+        let result = parse(text);
+        if let Ok(c) = &result {
+            prop_assert!(sound(c), "accepted config breaks a limit: {c:#?}");
+        }
+        if let Err(ConfigError::Invalid {
+            line,
+            column,
+            message,
+            ..
+        }) = result
+        {
+            let lines = text.lines().count();
+            prop_assert!(
+                line >= 1 && line <= lines + 1,
+                "line {line} of {lines}: {message}"
+            );
+            let this = text.split('\n').nth(line - 1).unwrap_or("");
+            let width = this.chars().count();
+            prop_assert!(
+                column >= 1 && column <= width + 1,
+                "column {column} of {width}: {message}"
+            );
+            prop_assert!(!message.contains('\0'), "{message:?}");
+        }
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Insert(usize, u8),
+        Delete(usize),
+        Replace(usize, u8),
+    }
+
+    fn byte() -> impl Strategy<Value = u8> {
+        prop_oneof![3 => proptest::sample::select(SIGNIFICANT), 1 => any::<u8>()]
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<usize>(), byte()).prop_map(|(at, b)| Edit::Insert(at, b)),
+            any::<usize>().prop_map(Edit::Delete),
+            (any::<usize>(), byte()).prop_map(|(at, b)| Edit::Replace(at, b)),
+        ]
+    }
+
+    /// `VALID` with `edits` applied, each at its position modulo the current length.
+    fn mutated(edits: &[Edit]) -> String {
+        let mut bytes = VALID.as_bytes().to_vec();
+        for e in edits {
+            let len = bytes.len();
+            match *e {
+                Edit::Insert(at, b) => bytes.insert(at % (len + 1), b),
+                Edit::Delete(at) if len > 0 => {
+                    bytes.remove(at % len);
+                }
+                Edit::Replace(at, b) if len > 0 => bytes[at % len] = b,
+                _ => {}
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// `s` as a TOML basic string, control characters escaped.
+    fn quoted(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// Strings near the limits: empty, NUL, control characters, '=', long ones.
+    fn edgy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => "[a-z]{1,8}",
+            1 => "[a-z\u{0}\t\n=é\u{85}]{0,6}",
+            1 => "[a-z]{60,70}",
+            1 => "[a-z]{120,135}",
+        ]
+    }
+
+    /// A config whose values come from [`edgy`], with `timeouts` and a socket of
+    /// `socket_len` bytes under /tmp.
+    fn generated(v: &[String; 6], timeouts: (u64, u64), socket_len: usize) -> String {
+        let socket = match socket_len {
+            0 => String::new(),
+            n => format!("/tmp/{}", "s".repeat(n)),
+        };
+        format!(
+            "[control]\nsocket = {}\n[[listener]]\nname = {}\n  [[listener.route]]\n  name = {}\n  \
+             path = {}\n  shell = {}\n  timeout_ms = {}\n  env = {{ {} = {} }}\n  \
+             [[listener.post]]\n  run = [\"x\", {}]\n  timeout_ms = {}\n",
+            quoted(&socket),
+            quoted(&v[0]),
+            quoted(&v[1]),
+            quoted(&v[2]),
+            quoted(&v[3]),
+            timeouts.0,
+            quoted(&v[4]),
+            quoted(&v[5]),
+            quoted(&v[3]),
+            timeouts.1,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn configs_near_the_limits_are_refused_or_sound(
+            values in proptest::array::uniform6(edgy()),
+            timeouts in (0u64..4, 0u64..4),
+            socket_len in 0usize..110,
+        ) {
+            parses_within_bounds(&generated(&values, timeouts, socket_len))?;
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            parses_within_bounds(&text)?;
+        }
+
+        #[test]
+        fn toml_like_text_never_panics(text in "[\\[\\]{}=\"'a-z0-9_.,#\n \\\\-]{0,300}") {
+            parses_within_bounds(&text)?;
+        }
+
+        #[test]
+        fn mutated_valid_config_never_panics(edits in proptest::collection::vec(edit(), 1..8)) {
+            parses_within_bounds(&mutated(&edits))?;
+        }
+    }
+
+    #[test]
+    fn the_seeds_are_valid() {
+        parse(VALID).unwrap();
+        let plain = ["docs", "pages", "src", "true", "LANG", "C"].map(String::from);
+        let c = parse(&generated(&plain, (1, 2), 20)).unwrap();
+        assert!(sound(&c));
+    }
 }

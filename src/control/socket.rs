@@ -36,12 +36,6 @@ pub enum SocketError {
         /// Why it is not safe.
         reason: String,
     },
-    /// The group named in `[control].group` does not exist.
-    #[error("control socket group {group:?} does not exist")]
-    UnknownGroup {
-        /// The group name.
-        group: String,
-    },
     /// An I/O step failed.
     #[error("cannot {action} {}: {source}", crate::names::escaped(path))]
     Io {
@@ -102,8 +96,8 @@ pub fn bind(config: &ControlConfig) -> Result<(tokio::net::UnixListener, SocketF
             .ino(),
         path: path.clone(),
     };
-    if let Some(group) = &config.group {
-        let gid = group_id(group).ok_or_else(|| SocketError::UnknownGroup { group: group.clone() })?;
+    // The group was looked up (and refused when unknown) when the config was validated.
+    if let Some(gid) = config.group {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| io_err("change the group of", e))?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.mode))
@@ -144,22 +138,4 @@ fn clear_stale(path: &Path) -> Result<(), SocketError> {
         path: path.to_owned(),
         source,
     })
-}
-
-fn group_id(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer refers to live, correctly sized storage owned here.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut group,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(group.gr_gid)
 }

@@ -1,7 +1,10 @@
 //! Config errors: `--check` and start-up report file, line and column.
 
 use crate::support::*;
-use std::process::Command;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn check(config: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_execlibd"))
@@ -10,6 +13,50 @@ fn check(config: &std::path::Path) -> std::process::Output {
         .arg(config)
         .output()
         .unwrap()
+}
+
+/// `execlibd --check --config <config>` with at most 256 MiB of address space,
+/// which must exit within 2 s (it is killed and the test fails otherwise).
+fn check_quickly(config: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_execlibd"));
+    command
+        .arg("--check")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let limit = libc::rlimit {
+        rlim_cur: 256 << 20,
+        rlim_max: 256 << 20,
+    };
+    // SAFETY: setrlimit is async-signal-safe, and `limit` is a copy owned by the closure.
+    unsafe {
+        command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_AS, &limit) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(2) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("execlibd --check on {} did not exit within 2 s", config.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts that `--check` refused `config` (exit 1) at `line:column` with `message`.
+fn assert_refused_at(config: &Path, line: usize, column: usize, message: &str) {
+    let out = check(config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let location = format!("execlibd: {}:{line}:{column}: ", config.display());
+    assert!(stderr.starts_with(&location), "{stderr}");
+    assert!(stderr.contains(message), "{stderr}");
 }
 
 #[test]
@@ -61,4 +108,87 @@ fn bundled_example_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/site/site.toml");
     let out = check(std::path::Path::new(example));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
+fn check_refuses_a_fifo_at_once() {
+    let sandbox = Sandbox::new();
+    let fifo = sandbox.path("fifo.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Nobody ever writes to it: reading it would block forever.
+    let out = check_quickly(&fifo);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a regular file (a FIFO)"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_dev_zero_in_bounded_memory() {
+    let out = check_quickly(Path::new("/dev/zero"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero: cannot read config: is not a regular file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_refuses_a_nul_in_a_route_name() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", "").replace("\"pages\"", "\"pa\\u0000ges\""));
+    assert_refused_at(&config, 8, 10, "route name \"pa\\0ges\" contains a NUL byte");
+}
+
+#[test]
+fn check_refuses_a_zero_timeout() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", "timeout_ms = 0"));
+    assert_refused_at(&config, 12, 16, "`timeout_ms` must be at least 1");
+}
+
+#[test]
+fn check_refuses_a_socket_path_too_long_for_sun_path() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let long = format!("socket = \"/tmp/{}.sock\"", "s".repeat(120));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("socket = \"control.sock\"", &long)).unwrap();
+    assert_refused_at(
+        &config,
+        2,
+        10,
+        "is 130 bytes long; a Unix socket path holds at most 107 bytes",
+    );
+}
+
+#[test]
+fn check_refuses_an_unknown_group() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[control]\n", "[control]\ngroup = \"no-such-group-xyz\"\n");
+    std::fs::write(&config, text).unwrap();
+    assert_refused_at(&config, 2, 9, "group \"no-such-group-xyz\" does not exist");
+}
+
+#[test]
+fn execlibd_refuses_a_bad_instance_name() {
+    for (args, name) in [
+        (&["--instance", ".."][..], "\"..\""),
+        (&["--instance", "a/b"], "\"a/b\""),
+        (&["--instance", ""], "\"\""),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_execlibd"))
+            .arg("--check")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let expected = format!("execlibd: invalid instance name {name}: ");
+        assert!(stderr.starts_with(&expected), "{stderr}");
+    }
 }

@@ -1,0 +1,144 @@
+//! The validation context and the checks on single values that every section
+//! shares: NUL bytes, names, paths, `env` tables and timeouts, each refused with
+//! the position of the offending value.
+
+use super::ConfigError;
+use super::raw::RawEnv;
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// The longest listener name, in bytes: it names `<state_dir>/<name>.snapshot`
+/// (and `<name>.tmp`), which must fit a file name (NAME_MAX, 255 bytes).
+pub const MAX_LISTENER_NAME: usize = 64;
+
+/// The longest route or post name, in bytes (they go to the environment and logs).
+pub const MAX_JOB_NAME: usize = 128;
+
+/// The longest control socket path, in bytes: `sun_path` holds 108 bytes with the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Validation context: the file and its text, for positions.
+pub(super) struct Ctx<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+    /// The config file's directory, against which relative paths resolve.
+    pub base: PathBuf,
+}
+
+impl Ctx<'_> {
+    /// An `Invalid` error at byte `offset` of the text.
+    pub fn err<T>(&self, offset: usize, message: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError::at(self.path, self.text, offset, message.into()))
+    }
+
+    /// `p` made absolute against the config's directory, lexically normalized.
+    pub fn abs(&self, p: &Path) -> PathBuf {
+        normalize(&self.base.join(p))
+    }
+
+    /// Refuses a value holding a NUL byte.
+    pub fn no_nul(&self, bytes: &[u8], offset: usize, what: &str) -> Result<(), ConfigError> {
+        if bytes.contains(&0) {
+            return self.err(
+                offset,
+                format!(
+                    "{what} contains a NUL byte (\\u0000), which no file name, argument, \
+                     environment variable or log line can hold"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// A path value (`what` names its key), checked and made absolute.
+    pub fn path(&self, p: Spanned<PathBuf>, what: &str) -> Result<PathBuf, ConfigError> {
+        self.no_nul(p.get_ref().as_os_str().as_bytes(), p.span().start, what)?;
+        Ok(self.abs(p.get_ref()))
+    }
+
+    /// A route's or post's name (`what`: "route" or "post"): not empty, no NUL or
+    /// control character (it goes to the environment and logs), not too long.
+    pub fn job_name(&self, name: Spanned<String>, what: &str) -> Result<String, ConfigError> {
+        let at = name.span().start;
+        let n = name.get_ref();
+        self.no_nul(n.as_bytes(), at, &format!("{what} name {n:?}"))?;
+        if n.is_empty() {
+            return self.err(at, format!("{what} name is empty"));
+        }
+        if n.chars().any(char::is_control) {
+            return self.err(
+                at,
+                format!(
+                    "{what} name {n:?} contains a control character (names go to the environment and logs)"
+                ),
+            );
+        }
+        if n.len() > MAX_JOB_NAME {
+            return self.err(
+                at,
+                format!(
+                    "{what} name is {} bytes long; at most {MAX_JOB_NAME} are allowed",
+                    n.len()
+                ),
+            );
+        }
+        Ok(name.into_inner())
+    }
+
+    /// An `env` table: keys that can name an environment variable, values without NUL.
+    pub fn env(&self, raw: RawEnv) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut env = BTreeMap::new();
+        for (key, value) in raw {
+            let at = key.span().start;
+            let k = key.get_ref();
+            self.no_nul(k.as_bytes(), at, &format!("env key {k:?}"))?;
+            if k.is_empty() {
+                return self.err(at, "env key is empty: it cannot name an environment variable");
+            }
+            if k.contains('=') {
+                return self.err(
+                    at,
+                    format!("env key {k:?} contains '=': it cannot name an environment variable"),
+                );
+            }
+            self.no_nul(
+                value.get_ref().as_bytes(),
+                value.span().start,
+                &format!("env value of {k:?}"),
+            )?;
+            env.insert(key.into_inner(), value.into_inner());
+        }
+        Ok(env)
+    }
+
+    /// A `timeout_ms`: none means no limit; 0 is refused (every job would be killed at once).
+    pub fn timeout(&self, raw: Option<Spanned<u64>>) -> Result<Option<Duration>, ConfigError> {
+        match raw {
+            Some(t) if *t.get_ref() == 0 => self.err(
+                t.span().start,
+                "`timeout_ms` must be at least 1 (0 would kill every job at once); leave it out for no limit",
+            ),
+            Some(t) => Ok(Some(Duration::from_millis(t.into_inner()))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Removes `.` and resolves `..` components lexically (no symlinks followed).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
