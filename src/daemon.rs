@@ -95,8 +95,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         None => None,
     };
+    // Before any job of ours: end what a crashed predecessor left running.
+    let ledger = Arc::new(crate::ledger::Ledger::new(&config.daemon.state_dir));
+    let grace = config.daemon.shutdown_grace;
+    let ledger = tokio::task::spawn_blocking(move || {
+        ledger.end_leftovers(grace);
+        ledger
+    })
+    .await
+    .expect("ending leftovers does not panic");
     let state = Arc::new(DaemonState {
-        listeners: Listeners::new(&config),
+        listeners: Listeners::new(&config, ledger),
         server: server.into(),
         current: config.clone().into(),
         config,

@@ -54,6 +54,8 @@ pub struct JobSpec {
     pub pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// What the job reads on stdin (a batch's paths); `/dev/null` when `None`.
     pub stdin: Option<Vec<u8>>,
+    /// Where the job is recorded while it runs (see [`crate::ledger`]).
+    pub ledger: Option<std::sync::Arc<crate::ledger::Ledger>>,
 }
 
 /// How a job ended.
@@ -112,6 +114,9 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
+    // Recorded until its whole group is gone (the last kill below), for a daemon
+    // started after a crash of this one.
+    let _recorded = spec.ledger.as_ref().and_then(|l| l.record(pid));
     spec.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
     tracing::Span::current().record("job_pid", pid);
     info!(job_pid = pid, "job started");
@@ -244,11 +249,9 @@ async fn terminate(
     status
 }
 
+/// Signals the job's group (its own: `process_group(0)`).
 fn kill_group(pgid: u32, signal: i32) {
-    // SAFETY: killpg only sends a signal; the group is the job's own (process_group(0)).
-    unsafe {
-        libc::killpg(pgid as libc::pid_t, signal);
-    }
+    crate::sys::kill_group(pgid, signal);
 }
 
 fn describe(command: &Command) -> String {
@@ -358,6 +361,7 @@ mod tests {
             kill_grace: Duration::from_secs(1),
             pid: Default::default(),
             stdin: None,
+            ledger: None,
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);

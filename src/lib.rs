@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod events;
 pub mod http;
 pub mod job;
+pub mod ledger;
 pub mod listener;
 pub mod logging;
 pub mod names;

@@ -95,3 +95,15 @@ pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Sends `signal` to process `pid`; false when it is gone (or not ours).
+pub fn kill(pid: u32, signal: i32) -> bool {
+    // SAFETY: kill only sends a signal; a pid that is gone just fails with ESRCH.
+    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+}
+
+/// Sends `signal` to every process of group `pgid`; false when none is left.
+pub fn kill_group(pgid: u32, signal: i32) -> bool {
+    // SAFETY: killpg only sends a signal; an empty group just fails with ESRCH.
+    unsafe { libc::killpg(pgid as libc::pid_t, signal) == 0 }
+}

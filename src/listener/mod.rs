@@ -197,6 +197,7 @@ pub(crate) struct JobContext {
     pub instance: String,
     pub grace: Duration,
     pub state_dir: PathBuf,
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// The daemon's listeners.
@@ -212,8 +213,8 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// The listeners of `config`, all stopped.
-    pub fn new(config: &Config) -> Self {
+    /// The listeners of `config`, all stopped; their jobs are recorded in `ledger`.
+    pub fn new(config: &Config, ledger: Arc<crate::ledger::Ledger>) -> Self {
         Listeners {
             slots: config
                 .listeners
@@ -225,6 +226,7 @@ impl Listeners {
                 instance: config.instance.clone(),
                 grace: config.daemon.shutdown_grace,
                 state_dir: config.daemon.state_dir.clone(),
+                ledger,
             },
             closing: std::sync::atomic::AtomicBool::new(false),
             changing: tokio::sync::Mutex::new(()),

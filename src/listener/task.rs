@@ -313,6 +313,7 @@ impl Launcher {
             kill_grace: post.kill_grace,
             pid: Default::default(),
             stdin: Some(path_lines(&frame.files)),
+            ledger: Some(self.ctx.ledger.clone()),
         }
     }
 
@@ -346,6 +347,7 @@ impl Launcher {
             kill_grace: route.kill_grace,
             pid: Default::default(),
             stdin,
+            ledger: Some(self.ctx.ledger.clone()),
         };
         let span = info_span!(
             "job",

@@ -382,3 +382,67 @@ fn busy_reply_is_read_even_when_writing_the_request_fails() {
         "{stderr}"
     );
 }
+
+/// Every process whose process group is one of `groups`.
+fn processes_in(groups: &[i32]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse::<i32>().ok())
+                .is_some_and(|pgrp| groups.contains(&pgrp))
+        })
+        .filter(|&pid| alive(pid))
+        .collect()
+}
+
+#[test]
+fn no_overlapping_runs_after_a_sigkill_restart() {
+    let sandbox = Sandbox::new();
+    let _reap = ReapJobs(&sandbox);
+    // Each run holds a lock on its file's lock file for as long as any process of it
+    // lives; a run that cannot take it overlaps an earlier run of the same file.
+    let job = r#"exec 9>>"../out/$EXECLIB_NAME.lock"; flock -n 9 || echo "$EXECLIB_NAME" >> ../out/overlaps; echo $$ >> ../out/pids; sleep 1000"#;
+    let config = sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 2000\n{}",
+        one_route(job, "").replacen("name = \"docs\"\n", "name = \"docs\"\ncatch_up = true\nmax_jobs = 64\n", 1)
+    ));
+    let mut first = Daemon::start(&sandbox, &config);
+    for i in 0..50 {
+        sandbox.write(&format!("src/f{i}"), "x");
+    }
+    let pids = |n: usize| {
+        eventually(&format!("{n} job pids"), || {
+            let text = sandbox.read("out/pids").unwrap_or_default();
+            let pids: Vec<i32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+            (pids.len() >= n).then_some(pids)
+        })
+    };
+    let old = pids(50);
+    first.signal(libc::SIGKILL);
+    first.wait_exit();
+    assert_eq!(processes_in(&old).len(), 100, "the old jobs (sh and sleep) outlive the daemon");
+    let _second = Daemon::start(&sandbox, &config);
+    assert!(processes_in(&old).is_empty(), "old jobs ended before READY: {:?}", processes_in(&old));
+    let all = pids(100);
+    assert_eq!(sandbox.read("out/overlaps"), None, "two runs of one file at once");
+    assert_eq!(all.len(), 100);
+}
+
+/// Kills, when the test ends however it ends, every process of the job groups
+/// listed in `out/pids`.
+struct ReapJobs<'a>(&'a Sandbox);
+
+impl Drop for ReapJobs<'_> {
+    fn drop(&mut self) {
+        let text = self.0.read("out/pids").unwrap_or_default();
+        let groups: Vec<i32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        for pid in processes_in(&groups) {
+            // SAFETY: signalling the test's own leftover processes.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
