@@ -169,10 +169,18 @@ pub fn save(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(|e| io_err("creating the directory of", e))?;
     let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| io_err("creating", e))?;
-    file.write_all(data).map_err(|e| io_err("writing", e))?;
-    file.sync_all().map_err(|e| io_err("syncing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err("renaming into", e))?;
+    let written = std::fs::File::create(&tmp)
+        .map_err(|e| io_err("creating", e))
+        .and_then(|mut file| {
+            file.write_all(data).map_err(|e| io_err("writing", e))?;
+            file.sync_all().map_err(|e| io_err("syncing", e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io_err("renaming into", e)));
+    if let Err(e) = written {
+        // The last good snapshot stays as it was; no half-written temporary is left.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

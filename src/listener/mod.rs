@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     last_failure: Mutex<Option<Failure>>,
     running: Mutex<std::collections::BTreeMap<u64, RunningJob>>,
     next_job: AtomicU64,
+    /// Why the last snapshot save failed, until one succeeds.
+    save_failure: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -180,14 +182,29 @@ impl Shared {
             .unwrap_or((State::Stopped, None))
     }
 
-    /// Running, or degraded with the reasons when some roots are missing.
-    fn set_health(&self, missing: Vec<String>) {
-        let health = if missing.is_empty() {
+    /// Running, or degraded with the reasons when some roots are missing or the last
+    /// snapshot save failed.
+    fn set_health(&self, mut reasons: Vec<String>) {
+        reasons.extend(self.save_failure.lock().expect("save failure lock").clone());
+        let health = if reasons.is_empty() {
             (State::Running, None)
         } else {
-            (State::Degraded, Some(missing.join("; ")))
+            (State::Degraded, Some(reasons.join("; ")))
         };
         *self.status.lock().expect("status lock") = Some(health);
+    }
+
+    /// Records how the last snapshot save went (`Err`: shown until a save succeeds).
+    fn saved(&self, result: Result<(), String>) {
+        let mut failure = self.save_failure.lock().expect("save failure lock");
+        match result {
+            Ok(()) if failure.take().is_some() => tracing::info!("snapshot saved again"),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!("{e}; the last saved snapshot is kept");
+                *failure = Some(e);
+            }
+        }
     }
 }
 

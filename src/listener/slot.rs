@@ -27,6 +27,8 @@ pub(super) struct Prepared {
     watcher: crate::watch::Watcher,
     missed: Vec<FileEvent>,
     catch_up: Option<(PathBuf, snapshot::Snapshot)>,
+    /// How saving a fresh baseline went (catch-up without a saved snapshot).
+    saved: Result<(), String>,
 }
 
 /// One listener: its config, its counters, and its task while it runs.
@@ -73,23 +75,24 @@ impl Slot {
         let setup = tokio::task::spawn_blocking(move || {
             let _entered = span.entered();
             let setup = Setup::new(&roots, filter, saved.is_some())?;
-            let (missed, catch_up) = match saved {
+            let (missed, catch_up, saved) = match saved {
                 Some(path) => {
-                    let (missed, baseline) = catch_up_events(&path, setup.snapshot());
-                    (missed, Some((path, baseline)))
+                    let (missed, baseline, saved) = catch_up_events(&path, setup.snapshot());
+                    (missed, Some((path, baseline)), saved)
                 }
-                None => (Vec::new(), None),
+                None => (Vec::new(), None, Ok(())),
             };
-            Ok::<_, WatchError>((setup, missed, catch_up))
+            Ok::<_, WatchError>((setup, (missed, catch_up, saved)))
         })
         .await
         .expect("watch setup does not panic");
-        let ready = setup.and_then(|(s, missed, catch_up)| Ok((s.into_watcher()?, missed, catch_up)));
+        let ready = setup.and_then(|(s, found)| Ok((s.into_watcher()?, found)));
         match ready {
-            Ok((watcher, missed, catch_up)) => Ok(Prepared {
+            Ok((watcher, (missed, catch_up, saved))) => Ok(Prepared {
                 watcher,
                 missed,
                 catch_up,
+                saved,
             }),
             Err(source) => {
                 self.shared.set(State::Failed, Some(source.to_string()));
@@ -105,7 +108,11 @@ impl Slot {
             watcher,
             mut missed,
             catch_up,
+            saved,
         } = prepared;
+        if catch_up.is_some() {
+            self.shared.saved(saved);
+        }
         missed.extend(extra);
         let name = self.config.name.clone();
         let watches = watcher.watch_count();
@@ -231,10 +238,13 @@ fn snapshot_path(ctx: &JobContext, listener: &str) -> PathBuf {
 }
 
 /// The changes between the saved snapshot and the tree as it is now, to be
-/// processed before live events, and the baseline to persist from: the saved
-/// snapshot, or (missing or corrupt: a fresh start, with a warning if corrupt) the
-/// tree as it is, saved at once.
-fn catch_up_events(path: &Path, current: snapshot::Snapshot) -> (Vec<FileEvent>, snapshot::Snapshot) {
+/// processed before live events, the baseline to persist from, and how saving went:
+/// the saved snapshot, or (missing or corrupt: a fresh start, with a warning if
+/// corrupt) the tree as it is, saved at once.
+fn catch_up_events(
+    path: &Path,
+    current: snapshot::Snapshot,
+) -> (Vec<FileEvent>, snapshot::Snapshot, Result<(), String>) {
     match snapshot::load(path) {
         Ok(saved) => {
             let changes = snapshot::diff(&saved, &current);
@@ -246,15 +256,17 @@ fn catch_up_events(path: &Path, current: snapshot::Snapshot) -> (Vec<FileEvent>,
                 .into_iter()
                 .map(|(path, kind)| FileEvent { path, kind })
                 .collect();
-            (events, saved)
+            (events, saved, Ok(()))
         }
         Err(snapshot::SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             info!(path = %crate::names::escaped(path), "no saved snapshot: starting fresh");
-            (Vec::new(), fresh_baseline(path, current))
+            let saved = fresh_baseline(path, &current);
+            (Vec::new(), current, saved)
         }
         Err(e) => {
             warn!("cannot use the saved snapshot, starting fresh: {e}");
-            (Vec::new(), fresh_baseline(path, current))
+            let saved = fresh_baseline(path, &current);
+            (Vec::new(), current, saved)
         }
     }
 }
@@ -262,11 +274,8 @@ fn catch_up_events(path: &Path, current: snapshot::Snapshot) -> (Vec<FileEvent>,
 /// Saves the tree as it is, before the daemon reports ready: a crash right after a
 /// fresh start still finds a baseline. (A saved snapshot needs no save at start: it is
 /// already the baseline that unprocessed changes are measured from.)
-fn fresh_baseline(path: &Path, current: snapshot::Snapshot) -> snapshot::Snapshot {
-    if let Err(e) = snapshot::save(path, &snapshot::encode(&current)) {
-        warn!("cannot save the snapshot: {e}");
-    }
-    current
+fn fresh_baseline(path: &Path, current: &snapshot::Snapshot) -> Result<(), String> {
+    snapshot::save(path, &snapshot::encode(current)).map_err(|e| format!("cannot save the snapshot: {e}"))
 }
 
 /// Route indexes sorted by stage (stable: config order within a stage).

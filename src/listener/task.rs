@@ -164,11 +164,16 @@ impl Run {
         let data = snapshot::encode(&baseline);
         *persisted = baseline;
         let path = path.clone();
-        match tokio::task::spawn_blocking(move || snapshot::save(&path, &data)).await {
-            Ok(Ok(())) => debug!("snapshot saved"),
-            Ok(Err(e)) => warn!("cannot save the snapshot: {e}"),
-            Err(e) => warn!("snapshot save task failed: {e}"),
-        }
+        let saved = match tokio::task::spawn_blocking(move || snapshot::save(&path, &data)).await {
+            Ok(Ok(())) => {
+                debug!("snapshot saved");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("cannot save the snapshot: {e}")),
+            Err(e) => Err(format!("cannot save the snapshot: the save task failed: {e}")),
+        };
+        self.shared.saved(saved);
+        self.shared.set_health(watcher.missing_roots());
     }
 }
 

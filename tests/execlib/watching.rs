@@ -502,3 +502,85 @@ fn inotify_usage() -> Usage {
     }
     usage
 }
+
+/// A tmpfs of `size` mounted at `path` for the life of the guard (root only).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs at {path:?}");
+        SmallDisk(path.to_owned())
+    }
+
+    /// Fills the disk with `filler` until a write fails.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_state_directory_is_shown_and_keeps_the_last_good_snapshot() {
+    if skip_unless_root("mount a small tmpfs as the state directory") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    for i in 0..200 {
+        sandbox.write(&format!("src/f{i}"), "x");
+    }
+    let disk = SmallDisk::mount(&sandbox.path("state"), "256k");
+    let config = catch_up_config(&sandbox);
+    disk.fill();
+    let daemon = Daemon::start(&sandbox, &config);
+    // The fresh baseline could not be saved: the listener says so, nothing is left behind.
+    let docs = daemon.listener("docs");
+    assert_eq!(docs["state"], "degraded", "{docs}");
+    assert!(docs["error"].as_str().unwrap().contains("cannot save the snapshot"), "{docs}");
+    assert!(!sandbox.path("state/docs.tmp").exists(), "a failed save leaves no temporary");
+    assert!(daemon.log().contains("the last saved snapshot is kept"));
+    drop(daemon);
+    // With room, a save succeeds and the fault is gone.
+    disk.free();
+    let mut daemon = Daemon::start(&sandbox, &config);
+    assert_eq!(daemon.listener("docs")["state"], "running");
+    let good = std::fs::read(sandbox.path("state/docs.snapshot")).unwrap();
+    // Full again: a change runs, the save at shutdown fails, the good snapshot stays.
+    disk.fill();
+    sandbox.write("src/f7", "changed");
+    sandbox.wait_out("log");
+    daemon.ctl(&["shutdown"]);
+    daemon.wait_exit();
+    assert!(daemon.log().contains("cannot save the snapshot"), "{}", daemon.log());
+    assert_eq!(std::fs::read(sandbox.path("state/docs.snapshot")).unwrap(), good);
+    assert!(!sandbox.path("state/docs.tmp").exists());
+    // After a restart only what changed since the last good save runs again, not every file.
+    disk.free();
+    std::fs::remove_file(sandbox.path("out/log")).unwrap();
+    let _daemon = Daemon::start(&sandbox, &config);
+    // Catch-up runs go first (one job at a time): once a later change has run, they have.
+    sandbox.write("src/sentinel", "x");
+    eventually("the sentinel's run", || {
+        log_lines(&sandbox).iter().any(|l| l.starts_with("sentinel ")).then_some(())
+    });
+    assert_eq!(log_lines(&sandbox)[..1], ["f7 modify"]);
+    assert_eq!(log_lines(&sandbox).len(), 2, "{:?}", log_lines(&sandbox));
+}
