@@ -10,5 +10,7 @@
 mod support;
 
 mod common;
+mod ws;
 
+mod livereload_abuse;
 mod symlink_race;
