@@ -12,5 +12,6 @@ mod support;
 mod common;
 mod ws;
 
+mod event_storm;
 mod livereload_abuse;
 mod symlink_race;
