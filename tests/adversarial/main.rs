@@ -12,6 +12,8 @@ mod support;
 mod common;
 mod ws;
 
+mod control_socket;
 mod event_storm;
 mod livereload_abuse;
+mod load;
 mod symlink_race;
