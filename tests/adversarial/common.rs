@@ -441,7 +441,8 @@ impl KeepAlive {
 }
 
 /// An HTTP probe: a GET of a small file on a fresh connection every ~20 ms, with a 3 s
-/// timeout; a non-200, an I/O error or a timeout counts as an error.
+/// timeout; a non-200, an I/O error or a timeout counts as an error. Latencies are those
+/// of the 200s and of the timeouts (a user waited that long), not of quick failures.
 pub struct Probe {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<ProbeReport>,
@@ -450,6 +451,7 @@ pub struct Probe {
 /// What the probe saw.
 #[derive(Default, Debug)]
 pub struct ProbeReport {
+    pub ok: usize,
     pub latencies: Latencies,
     pub errors: usize,
     pub first_error: Option<String>,
@@ -468,9 +470,14 @@ impl Probe {
                 let took = start.elapsed();
                 match result {
                     Ok(r) if r.status == 200 && took < Duration::from_secs(3) => {
-                        report.latencies.0.push(took)
+                        report.ok += 1;
+                        report.latencies.0.push(took);
                     }
                     other => {
+                        // A timeout is what a user waited: it counts in the percentiles too.
+                        if took >= Duration::from_secs(3) {
+                            report.latencies.0.push(took);
+                        }
                         report.errors += 1;
                         let what = other.map_or_else(|e| e, |r| format!("status {}", r.status));
                         report.first_error.get_or_insert(what);
@@ -566,7 +573,7 @@ impl Case {
         self.set_ms("probe_p50_ms", report.latencies.pct_ms(0.50));
         self.set_ms("probe_p99_ms", report.latencies.pct_ms(0.99));
         self.set_ms("probe_max_ms", report.latencies.max_ms());
-        self.set("probe_ok", report.latencies.len());
+        self.set("probe_ok", report.ok);
         self.set("probe_errors", report.errors);
         if let Some(e) = &report.first_error {
             self.set("probe_first_error", e);
