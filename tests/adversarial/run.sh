@@ -5,7 +5,7 @@
 #   bash tests/adversarial/run.sh            # every case
 #   bash tests/adversarial/run.sh slowloris  # extra arguments filter the cases
 #
-# Exits 0 only when every case held. CI runs the same cases at a smaller scale with
+# The table goes to stdout, everything else to stderr. Exits 0 only when every case held. CI runs the same cases at a smaller scale with
 # the rest of the suite (`cargo nextest run`).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,10 +18,11 @@ cargo build --release --bins && cargo test --release --test adversarial --no-run
 
 echo "== running the adversarial cases (full scale)" >&2
 export EXECLIB_ADVERSARIAL=full EXECLIB_ADVERSARIAL_OUT="$out"
+# The runner's output goes to stderr: stdout is the table alone.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --release --test adversarial --no-capture --test-threads 1 --no-fail-fast "$@"
+  cargo nextest run --release --test adversarial --no-capture --test-threads 1 --no-fail-fast "$@" >&2
 else
-  cargo test --release --test adversarial -- --test-threads=1 --nocapture "$@"
+  cargo test --release --test adversarial -- --test-threads=1 --nocapture "$@" >&2
 fi
 status=$?
 
