@@ -1,0 +1,19 @@
+//! Adversarial tests: each starts the real `execlibd` on a temporary sandbox,
+//! attacks it over real sockets and files, asserts what must hold, and prints one
+//! `ADVERSARIAL case=... held=...` figures line (see `common::Case`).
+//!
+//! Scale: `EXECLIB_ADVERSARIAL=full` runs the full figures; unset, the CI scale.
+//! `EXECLIB_ADVERSARIAL_OUT=FILE` appends each figures line to FILE.
+//! `tests/adversarial/run.sh` runs the full suite and prints a table.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod common;
+mod ws;
+
+mod control_socket;
+mod event_storm;
+mod livereload_abuse;
+mod load;
+mod symlink_race;
