@@ -213,6 +213,8 @@ pub fn main(config: Config) -> std::process::ExitCode {
     // Every task was stopped in order; a blocking call still stuck (a hung filesystem)
     // must not keep the process from exiting.
     runtime.shutdown_timeout(grace);
+    // STOPPING=1 and the last status reach systemd before the process is gone.
+    notify::flush(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,8 +1,10 @@
 //! The ledger of running jobs: each job is recorded in the state directory while it
-//! runs (`running/PID`: its pid, which is also its process group, its start time in
-//! clock ticks since boot, and the boot's id), so a daemon starting after a crash
-//! (`kill -9`, an OOM kill) can end what its predecessor left running before it
-//! starts any job itself: never two runs of one route for one file at once.
+//! runs (`running/DAEMON/PID`: its pid, which is also its process group, its start
+//! time in clock ticks since boot, and the boot's id), so a daemon starting after a
+//! crash (`kill -9`, an OOM kill) can end what its predecessor left running before
+//! it starts any job itself: never two runs of one route for one file at once.
+//! `DAEMON` is the recording daemon's pid and start tick: the jobs of a daemon that
+//! is still running (another one sharing the state directory) are left alone.
 //!
 //! A leftover is ended only if it is provably the recorded job: the process with
 //! that pid started at the recorded tick of the same boot. If the job's leader is
@@ -28,6 +30,13 @@ pub struct Ledger {
 #[derive(Debug)]
 pub struct Entry {
     path: PathBuf,
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // Empty once every job has ended: a clean exit leaves nothing behind.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 impl Drop for Entry {
@@ -63,12 +72,21 @@ fn boot_id() -> Option<String> {
 }
 
 impl Ledger {
-    /// The ledger under `state_dir` (created if missing, private to this user).
+    /// This daemon's ledger under `state_dir` (created if missing, private to this user).
     pub fn new(state_dir: &Path) -> Self {
-        let dir = state_dir.join("running");
+        let me = std::process::id();
+        let start = stat(me).map_or(0, |s| s.start);
+        let dir = state_dir.join("running").join(format!("{me}-{start}"));
         use std::os::unix::fs::DirBuilderExt;
-        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
-            warn!("cannot create {}: {e}; running jobs are not recorded", escaped(&dir));
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            warn!(
+                "cannot create {}: {e}; running jobs are not recorded",
+                escaped(&dir)
+            );
         }
         Ledger {
             dir,
@@ -100,19 +118,29 @@ impl Ledger {
     /// many jobs had processes left. Blocking: call it off the async threads.
     pub fn end_leftovers(&self, grace: Duration) -> usize {
         let mut groups: Vec<(u32, u64)> = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if let Some(group) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|line| self.parse(&line))
-            {
-                groups.push(group);
+        let all = self.dir.parent().expect("the ledger has a parent");
+        for daemon in std::fs::read_dir(all).into_iter().flatten().flatten() {
+            let dir = daemon.path();
+            if dir == self.dir || daemon_alive(&daemon.file_name()) {
+                continue;
             }
-            let _ = std::fs::remove_file(&path);
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if let Some(group) = std::fs::read_to_string(entry.path())
+                    .ok()
+                    .and_then(|line| self.parse(&line))
+                {
+                    groups.push(group);
+                }
+            }
+            // Its records are read: gone with it, whatever follows.
+            let _ = std::fs::remove_dir_all(&dir);
         }
         let left = |groups: &[(u32, u64)]| -> Vec<u32> {
             let census = census();
-            groups.iter().flat_map(|&(pgid, start)| members(pgid, start, &census)).collect()
+            groups
+                .iter()
+                .flat_map(|&(pgid, start)| members(pgid, start, &census))
+                .collect()
         };
         let census = census();
         groups.retain(|&(pgid, start)| !members(pgid, start, &census).is_empty());
@@ -120,7 +148,10 @@ impl Ledger {
             return 0;
         }
         let pids = left(&groups);
-        warn!(jobs = groups.len(), "ending jobs left running by a previous daemon: processes {pids:?}");
+        warn!(
+            jobs = groups.len(),
+            "ending jobs left running by a previous daemon: processes {pids:?}"
+        );
         for pid in pids {
             crate::sys::kill(pid, libc::SIGTERM);
         }
@@ -153,6 +184,18 @@ impl Ledger {
     }
 }
 
+/// Whether the daemon a ledger directory (`PID-START`) belongs to still runs. A
+/// name that is not of that form is no daemon's.
+fn daemon_alive(name: &std::ffi::OsStr) -> bool {
+    let Some((pid, start)) = name.to_str().and_then(|n| n.split_once('-')) else {
+        return false;
+    };
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => stat(pid).is_some_and(|s| s.start == start),
+        _ => false,
+    }
+}
+
 /// Every live process: its pid, group and start tick.
 fn census() -> std::collections::HashMap<u32, Stat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -169,7 +212,10 @@ fn census() -> std::collections::HashMap<u32, Stat> {
 /// leader if it is still that process, and every process of the group started no
 /// earlier (a pid reused since then is in another group, or started later alone).
 fn members(pgid: u32, start: u64, census: &std::collections::HashMap<u32, Stat>) -> Vec<u32> {
-    if census.get(&pgid).is_some_and(|l| l.pgrp != pgid || l.start != start) {
+    if census
+        .get(&pgid)
+        .is_some_and(|l| l.pgrp != pgid || l.start != start)
+    {
         return Vec::new(); // the pid is another process now, and so is any group it leads
     }
     census

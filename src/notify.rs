@@ -1,14 +1,84 @@
-//! systemd notifications: readiness, status line, stopping and the watchdog.
-//! Outside systemd (no `NOTIFY_SOCKET`) every call does nothing.
+//! systemd notifications: readiness, status line, reloading, stopping and the
+//! watchdog. Outside systemd (no `NOTIFY_SOCKET`) every call does nothing.
+//!
+//! Messages go out from a thread of their own, in order: a notify socket whose
+//! reader is slow or stuck (its datagram queue is short) blocks that thread, never
+//! the daemon's runtime. At most [`QUEUE`] messages wait; beyond that new ones are
+//! dropped (a status line is superseded by the next anyway) and the loss is logged.
 
 use sd_notify::NotifyState;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+/// Messages waiting for the notify socket before new ones are dropped.
+pub const QUEUE: usize = 64;
+
+enum Message {
+    /// `KEY=VALUE` lines, sent as one datagram.
+    Send(Vec<String>),
+    /// Answered once every message before it has been sent.
+    Flush(SyncSender<()>),
+}
+
+fn sender() -> Option<&'static Mutex<SyncSender<Message>>> {
+    static SENDER: OnceLock<Option<Mutex<SyncSender<Message>>>> = OnceLock::new();
+    SENDER
+        .get_or_init(|| {
+            std::env::var_os("NOTIFY_SOCKET")?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("sd-notify".into())
+                .spawn(move || deliver(rx));
+            match spawned {
+                Ok(_) => Some(Mutex::new(tx)),
+                Err(e) => {
+                    warn!("cannot start the systemd notification thread: {e}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn deliver(rx: Receiver<Message>) {
+    for message in rx {
+        match message {
+            Message::Send(lines) => {
+                let states: Vec<NotifyState> = lines.iter().map(|l| NotifyState::Custom(l)).collect();
+                if let Err(e) = sd_notify::notify(&states) {
+                    warn!("cannot notify systemd: {e}");
+                }
+            }
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 fn send(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        warn!("cannot notify systemd: {e}");
+    let Some(sender) = sender() else { return };
+    let lines = states.iter().map(|s| s.to_string()).collect();
+    let sent = sender.lock().expect("notify lock").try_send(Message::Send(lines));
+    if let Err(TrySendError::Full(_)) = sent {
+        debug!("systemd's notify socket is not keeping up: a notification was dropped");
+    }
+}
+
+/// Waits, up to `limit`, until every notification sent so far is out (before exit).
+pub fn flush(limit: Duration) {
+    let Some(sender) = sender() else { return };
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    if sender
+        .lock()
+        .expect("notify lock")
+        .try_send(Message::Flush(tx))
+        .is_ok()
+    {
+        let _ = rx.recv_timeout(limit);
     }
 }
 

@@ -67,8 +67,14 @@ pub struct Order {
     pub cancel_on_failure: bool,
 }
 
+/// Inputs a scheduler's channel holds before its sender waits.
+pub const QUEUE: usize = 1024;
+
 /// What the scheduler's channel carries. One FIFO channel for both, so a question
-/// is answered only after every submission sent before it has been taken in.
+/// is answered only after every submission sent before it has been taken in. The
+/// channel is bounded ([`QUEUE`]): a listener whose scheduler lags waits, its events
+/// wait in the kernel's inotify queue, and an overflow there is caught up by a rescan,
+/// so a storm of events costs bounded memory.
 #[derive(Debug)]
 pub enum Input {
     /// A matched change.

@@ -107,3 +107,24 @@ pub fn kill_group(pgid: u32, signal: i32) -> bool {
     // SAFETY: killpg only sends a signal; an empty group just fails with ESRCH.
     unsafe { libc::killpg(pgid as libc::pid_t, signal) == 0 }
 }
+
+/// Copies into `buf` what is waiting to be read on socket `fd`, without consuming
+/// it or waiting (`recv(MSG_PEEK | MSG_DONTWAIT)`); `Ok(0)` when nothing is.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        n if n >= 0 => Ok(n as usize),
+        _ => match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            e => Err(e),
+        },
+    }
+}

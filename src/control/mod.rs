@@ -59,7 +59,8 @@ async fn accept_loop(listener: tokio::net::UnixListener, state: Arc<DaemonState>
                     // The uid the kernel recorded at connect; unknown (never favoured) if unreadable.
                     let uid = crate::sys::peer_credentials(std::os::fd::AsFd::as_fd(&stream))
                         .map_or(u32::MAX, |c| c.uid);
-                    match admission.admit(uid, tokio::time::Instant::now()) {
+                    let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+                    match admission.admit(uid, socket, tokio::time::Instant::now()) {
                         Some(ticket) => connections.spawn(connection(stream, state.clone(), ticket)),
                         None => connections.spawn(refuse(stream)),
                     };

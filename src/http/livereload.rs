@@ -112,15 +112,17 @@ impl LiveReload {
         self.clients.lock().expect("clients lock").len()
     }
 
-    /// Tells the clients concerned that `paths` (relative to the root, with a leading `/`) changed.
-    pub fn changed(&self, paths: &[String]) {
+    /// Tells the clients concerned that `paths` (relative to the root, with a leading
+    /// `/`) changed; with `everything`, too many files changed to list: every client
+    /// reloads its page. A client gets at most [`MAX_LIVE`] messages for one change.
+    pub fn changed(&self, paths: &[String], everything: bool) {
         let clients = self.clients.lock().expect("clients lock");
-        for path in paths {
-            let message =
-                json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
-            for client in clients.values().filter(|c| wants(c.page.as_deref(), path)) {
+        for client in clients.values() {
+            for path in messages_for(client.page.as_deref(), paths, everything) {
+                let message =
+                    json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
                 // Full: the client does not read; its session ends (see `session`).
-                if client.tx.try_send(message.clone()).is_err() {
+                if client.tx.try_send(message).is_err() {
                     client.stalled.cancel();
                 }
             }
@@ -283,6 +285,40 @@ fn page_file(path: &str) -> String {
     }
 }
 
+/// The most stylesheets and images swapped in place for one change; more reload the page.
+pub const MAX_LIVE: usize = 16;
+
+/// The `reload` paths a client showing `page` is sent for one change: nothing if it
+/// shows none of `paths`; each stylesheet or image in place (up to [`MAX_LIVE`]);
+/// else one reload of its page, which makes any swap moot.
+fn messages_for<'a>(
+    page: Option<&str>,
+    paths: &'a [String],
+    everything: bool,
+) -> Vec<std::borrow::Cow<'a, str>> {
+    let whole_page = |page: Option<&str>| page.map_or_else(|| "/".to_owned(), page_file).into();
+    if everything {
+        return vec![whole_page(page)];
+    }
+    let wanted: Vec<&String> = paths.iter().filter(|p| wants(page, p)).collect();
+    if wanted.iter().all(|p| live(p)) && wanted.len() <= MAX_LIVE {
+        return wanted.into_iter().map(|p| p.as_str().into()).collect();
+    }
+    match wanted.iter().find(|p| !live(p)) {
+        Some(page_path) => vec![page_path.as_str().into()],
+        None => vec![whole_page(page)],
+    }
+}
+
+/// Whether a change to `path` can be applied without a reload (a stylesheet or image).
+fn live(path: &str) -> bool {
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    ["css", "png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico"].contains(&ext.as_str())
+}
+
 /// Whether a client showing `page` should reload for a change to `path`.
 fn wants(page: Option<&str>, path: &str) -> bool {
     let ext = path
@@ -311,6 +347,30 @@ mod tests {
         assert!(wants(Some("/b.html"), "/style.CSS"));
         assert!(wants(None, "/app.js"));
         assert!(wants(Some("/b.html"), "/img/logo.png"));
+    }
+
+    #[test]
+    fn one_change_sends_a_client_a_bounded_number_of_messages() {
+        let paths = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let css: Vec<String> = (0..40).map(|i| format!("/s{i}.css")).collect();
+        assert_eq!(
+            messages_for(Some("/a"), &paths(&["/s.css", "/b.html"]), false),
+            ["/s.css"]
+        );
+        assert_eq!(
+            messages_for(Some("/a"), &paths(&["/s.css", "/a.html", "/app.js"]), false),
+            ["/a.html"],
+            "a page reload makes the swaps moot"
+        );
+        assert_eq!(messages_for(Some("/a"), &css[..16], false).len(), 16);
+        assert_eq!(
+            messages_for(Some("/a"), &css, false),
+            ["/a.html"],
+            "too many swaps: reload"
+        );
+        assert_eq!(messages_for(None, &css, false), ["/"]);
+        assert_eq!(messages_for(Some("/d/"), &[], true), ["/d/index.html"]);
+        assert!(messages_for(Some("/a"), &paths(&["/b.html"]), false).is_empty());
     }
 
     #[test]

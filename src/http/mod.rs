@@ -404,6 +404,10 @@ async fn pump(
     stop: CancellationToken,
 ) {
     let mut pending = BTreeSet::new();
+    // More changed files than this at once (a storm, a whole-site rebuild): every
+    // client reloads its page, and memory stays bounded.
+    const MAX_PENDING: usize = 1024;
+    let mut everything = false;
     let mut first: Option<Instant> = None;
     let mut due: Option<Instant> = None;
     loop {
@@ -415,7 +419,11 @@ async fn pump(
                         let Ok(rel) = e.path.strip_prefix(&root) else { continue };
                         // A name that is not UTF-8 cannot be requested, so no page shows it.
                         if let Some(rel) = rel.to_str().filter(|_| matcher.matches(rel)) {
-                            pending.insert(format!("/{rel}"));
+                            if pending.len() < MAX_PENDING {
+                                pending.insert(format!("/{rel}"));
+                            } else {
+                                everything = true;
+                            }
                         }
                     }
                     if !pending.is_empty() {
@@ -431,8 +439,8 @@ async fn pump(
             },
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 let changed: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
-                debug!(files = changed.len(), "telling LiveReload clients");
-                lr.changed(&changed);
+                debug!(files = changed.len(), everything, "telling LiveReload clients");
+                lr.changed(&changed, std::mem::take(&mut everything));
                 (first, due) = (None, None);
             }
         }

@@ -334,7 +334,7 @@ impl Listeners {
                 kind: crate::events::EventKind::Modify,
             };
             if let Some(sub) = task::route_match(index, route, &event) {
-                let _ = submit.send(crate::scheduler::Input::Submit(sub));
+                let _ = submit.send(crate::scheduler::Input::Submit(sub)).await;
                 matched += 1;
             }
         }

@@ -19,7 +19,7 @@ pub(super) struct Running {
     pub(super) task: tokio::task::JoinHandle<()>,
     /// Into the listener's scheduler, for synthetic events (`trigger`). Weak: it does not
     /// keep the channel open, so the scheduler ends with the listener however it ends.
-    pub(super) submit: tokio::sync::mpsc::WeakUnboundedSender<crate::scheduler::Input>,
+    pub(super) submit: tokio::sync::mpsc::WeakSender<crate::scheduler::Input>,
 }
 
 /// Watches set up for a listener, not yet read by its task.
@@ -130,7 +130,7 @@ impl Slot {
             catch_up,
             stage_order: stage_order(&self.config),
         };
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::scheduler::QUEUE);
         let submit = tx.downgrade();
         let task = run
             .spawn(watcher, missed, (tx, rx), cancel.clone())
@@ -205,7 +205,7 @@ impl Slot {
             .and_then(|r| r.as_ref().and_then(|r| r.submit.upgrade()));
         let Some(submit) = submit else { return Vec::new() };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if submit.send(crate::scheduler::Input::Queued(reply)).is_err() {
+        if submit.send(crate::scheduler::Input::Queued(reply)).await.is_err() {
             return Vec::new();
         }
         answer.await.unwrap_or_default()

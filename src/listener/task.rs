@@ -44,7 +44,7 @@ impl Run {
         mut self,
         mut watcher: Watcher,
         missed: Vec<FileEvent>,
-        (tx, rx): (mpsc::UnboundedSender<Input>, mpsc::UnboundedReceiver<Input>),
+        (tx, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
         cancel: CancellationToken,
     ) {
         let jobs_cancel = CancellationToken::new();
@@ -65,7 +65,7 @@ impl Run {
         let scheduler = tokio::spawn(
             scheduler::drive(rx, max_jobs, posts, move |work| launcher.launch(work)).in_current_span(),
         );
-        self.dispatch(missed, &tx);
+        self.dispatch(missed, &tx).await;
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
         let result = loop {
             tokio::select! {
@@ -78,7 +78,7 @@ impl Run {
                     Ok(events) => {
                         self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
                         self.shared.set_health(watcher.missing_roots());
-                        self.dispatch(events, &tx);
+                        self.dispatch(events, &tx).await;
                     }
                     Err(e) => break Err(e),
                 },
@@ -115,12 +115,12 @@ impl Run {
     /// Matches each event against the routes and submits the matches.
     /// Earlier stages first, so a later stage never becomes due before the earlier
     /// stage's submission for the same change has arrived.
-    fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::UnboundedSender<Input>) {
+    async fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::Sender<Input>) {
         for event in events {
             self.shared.events.fetch_add(1, Ordering::Relaxed);
             for &index in &self.stage_order {
                 if let Some(sub) = route_match(index, &self.config.routes[index], &event) {
-                    let _ = tx.send(Input::Submit(sub));
+                    let _ = tx.send(Input::Submit(sub)).await;
                 }
             }
         }
@@ -133,12 +133,12 @@ impl Run {
     async fn hand_over(
         &self,
         watcher: &mut Watcher,
-        tx: &mpsc::UnboundedSender<Input>,
+        tx: &mpsc::Sender<Input>,
         healthy: bool,
     ) -> HashSet<PathBuf> {
         if healthy {
             match watcher.flush() {
-                Ok(events) => self.dispatch(events, tx),
+                Ok(events) => self.dispatch(events, tx).await,
                 Err(e) => warn!("cannot flush the watcher at stop: {e}"),
             }
         }
@@ -179,9 +179,9 @@ impl Run {
 
 /// The files with changes not processed yet, from the scheduler (asked in order, after
 /// every submission sent before).
-async fn unsettled(tx: &mpsc::UnboundedSender<Input>) -> HashSet<PathBuf> {
+async fn unsettled(tx: &mpsc::Sender<Input>) -> HashSet<PathBuf> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    match tx.send(Input::Unsettled(reply)) {
+    match tx.send(Input::Unsettled(reply)).await {
         Ok(()) => answer.await.unwrap_or_default(),
         Err(_) => HashSet::new(),
     }

@@ -27,12 +27,8 @@ pub enum Work {
 /// as [`Work::Post`]. When the channel closes (the listener is stopping), runs not
 /// started are dropped, and their frames, with those of runs that then fail, end
 /// `cancelled`; their posts still run.
-pub async fn drive<F, Fut>(
-    mut inputs: mpsc::UnboundedReceiver<Input>,
-    max_jobs: usize,
-    posts: bool,
-    mut launch: F,
-) where
+pub async fn drive<F, Fut>(mut inputs: mpsc::Receiver<Input>, max_jobs: usize, posts: bool, mut launch: F)
+where
     F: FnMut(Work) -> Fut,
     Fut: Future<Output = bool> + Send + 'static,
 {

@@ -39,7 +39,7 @@ struct Run {
 }
 
 type Harness = (
-    mpsc::UnboundedSender<Input>,
+    mpsc::Sender<Input>,
     Arc<Mutex<Vec<Run>>>,
     tokio::task::JoinHandle<()>,
 );
@@ -51,7 +51,7 @@ fn harness(job_ms: u64) -> Harness {
 
 /// [`harness`] with at most `max_jobs` at once.
 fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(1 << 16);
     let log = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let runs = log.clone();
@@ -83,7 +83,7 @@ async fn at(t0: Instant, ms: u64) {
     tokio::time::sleep_until(t0 + MS * ms as u32).await;
 }
 
-async fn finish(tx: mpsc::UnboundedSender<Input>, task: tokio::task::JoinHandle<()>, until: Instant) {
+async fn finish(tx: mpsc::Sender<Input>, task: tokio::task::JoinHandle<()>, until: Instant) {
     tokio::time::sleep_until(until).await;
     drop(tx);
     task.await.unwrap();
@@ -96,7 +96,7 @@ async fn burst_within_debounce_gives_one_run_after_the_window() {
     let t = timing(200, 30);
     for ms in [0, 50, 100, 150] {
         at(t0, ms).await;
-        tx.send(sub("a", EventKind::Modify, t)).unwrap();
+        tx.try_send(sub("a", EventKind::Modify, t)).unwrap();
     }
     finish(tx, task, t0 + MS * 1000).await;
     let runs = log.lock().unwrap().clone();
@@ -112,10 +112,10 @@ async fn delay_is_waited_after_the_last_change() {
     let t = timing(100, 80);
     for ms in [0, 90] {
         at(t0, ms).await;
-        tx.send(sub("a", EventKind::Create, t)).unwrap();
+        tx.try_send(sub("a", EventKind::Create, t)).unwrap();
     }
     at(t0, 95).await;
-    tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    tx.try_send(sub("a", EventKind::Modify, t)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let runs = log.lock().unwrap().clone();
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -128,10 +128,10 @@ async fn changes_during_a_run_give_exactly_one_more_run_after_it() {
     let (tx, log, task) = harness(300);
     let t0 = Instant::now();
     let t = timing(50, 10);
-    tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    tx.try_send(sub("a", EventKind::Modify, t)).unwrap();
     for ms in [100, 150, 200, 250] {
         at(t0, ms).await;
-        tx.send(sub("a", EventKind::Modify, t)).unwrap();
+        tx.try_send(sub("a", EventKind::Modify, t)).unwrap();
     }
     finish(tx, task, t0 + MS * 2000).await;
     let runs = log.lock().unwrap().clone();
@@ -149,9 +149,9 @@ async fn event_arriving_exactly_as_a_run_finishes_is_not_lost() {
     let (tx, log, task) = harness(100);
     let t0 = Instant::now();
     let t = timing(0, 0);
-    tx.send(sub("a", EventKind::Modify, t)).unwrap();
+    tx.try_send(sub("a", EventKind::Modify, t)).unwrap();
     at(t0, 100).await; // the run ends at this very instant
-    tx.send(sub("a", EventKind::Delete, t)).unwrap();
+    tx.try_send(sub("a", EventKind::Delete, t)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let runs = log.lock().unwrap().clone();
     assert_eq!(runs.len(), 2, "{runs:?}");
@@ -164,8 +164,8 @@ async fn different_files_run_concurrently_and_independently() {
     let (tx, log, task) = harness(100);
     let t0 = Instant::now();
     let t = timing(20, 0);
-    tx.send(sub("a", EventKind::Modify, t)).unwrap();
-    tx.send(sub("b", EventKind::Modify, t)).unwrap();
+    tx.try_send(sub("a", EventKind::Modify, t)).unwrap();
+    tx.try_send(sub("b", EventKind::Modify, t)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let mut runs = log.lock().unwrap().clone();
     runs.sort_by(|x, y| x.file.cmp(&y.file));
@@ -176,9 +176,9 @@ async fn different_files_run_concurrently_and_independently() {
 async fn closing_the_channel_waits_for_running_jobs_and_drops_pending() {
     let (tx, log, task) = harness(500);
     let t0 = Instant::now();
-    tx.send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
+    tx.try_send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
     at(t0, 10).await;
-    tx.send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
+    tx.try_send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
     drop(tx);
     task.await.unwrap();
     assert_eq!(
@@ -218,7 +218,7 @@ async fn max_jobs_limits_concurrency_and_keeps_arrival_order() {
     let t0 = Instant::now();
     for (i, file) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
         at(t0, i as u64).await;
-        tx.send(sub(file, EventKind::Modify, timing(0, 0))).unwrap();
+        tx.try_send(sub(file, EventKind::Modify, timing(0, 0))).unwrap();
     }
     finish(tx, task, t0 + MS * 2000).await;
     let runs = log.lock().unwrap().clone();
@@ -241,16 +241,16 @@ async fn file_created_and_gone_within_its_window_runs_nothing() {
     let t = timing(100, 10);
     // sed -i's temporary: created, written, renamed away.
     for kind in [EventKind::Create, EventKind::Modify, EventKind::Delete] {
-        tx.send(sub("sedXyZ123", kind, t)).unwrap();
+        tx.try_send(sub("sedXyZ123", kind, t)).unwrap();
     }
     // A file deleted and re-created (vim's save) does run.
     for kind in [EventKind::Delete, EventKind::Create, EventKind::Modify] {
-        tx.send(sub("page.md", kind, t)).unwrap();
+        tx.try_send(sub("page.md", kind, t)).unwrap();
     }
     // A new file that is deleted after its run starts also runs (for its create).
-    tx.send(sub("brief", EventKind::Create, t)).unwrap();
+    tx.try_send(sub("brief", EventKind::Create, t)).unwrap();
     at(t0, 105).await;
-    tx.send(sub("brief", EventKind::Delete, t)).unwrap();
+    tx.try_send(sub("brief", EventKind::Delete, t)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let mut runs: Vec<_> = log
         .lock()
@@ -269,13 +269,13 @@ async fn file_created_and_gone_within_its_window_runs_nothing() {
 async fn unsettled_lists_files_until_their_runs_finish() {
     let (tx, _log, task) = harness_limited(100, 1);
     let t0 = Instant::now();
-    let ask = |tx: &mpsc::UnboundedSender<Input>| {
+    let ask = |tx: &mpsc::Sender<Input>| {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        tx.send(Input::Unsettled(reply)).unwrap();
+        tx.try_send(Input::Unsettled(reply)).unwrap();
         answer
     };
-    tx.send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
-    tx.send(sub("b", EventKind::Modify, timing(50, 0))).unwrap();
+    tx.try_send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
+    tx.try_send(sub("b", EventKind::Modify, timing(50, 0))).unwrap();
     let names = |set: HashSet<PathBuf>| {
         let mut v: Vec<_> = set.into_iter().map(|p| p.display().to_string()).collect();
         v.sort();
@@ -304,14 +304,15 @@ async fn a_batch_runs_once_for_every_file_and_once_more_for_changes_during_it() 
         })
     };
     for i in 0..300 {
-        tx.send(batch(&format!("f{i:03}"), EventKind::Modify)).unwrap();
+        tx.try_send(batch(&format!("f{i:03}"), EventKind::Modify))
+            .unwrap();
     }
     // A temporary created and gone within the window is left out of the batch.
-    tx.send(batch("sedTmp", EventKind::Create)).unwrap();
-    tx.send(batch("sedTmp", EventKind::Delete)).unwrap();
+    tx.try_send(batch("sedTmp", EventKind::Create)).unwrap();
+    tx.try_send(batch("sedTmp", EventKind::Delete)).unwrap();
     at(t0, 60).await; // the batch runs 50..150
-    tx.send(batch("late", EventKind::Create)).unwrap();
-    tx.send(batch("f000", EventKind::Modify)).unwrap();
+    tx.try_send(batch("late", EventKind::Create)).unwrap();
+    tx.try_send(batch("f000", EventKind::Modify)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let runs = log.lock().unwrap().clone();
     assert_eq!(
@@ -337,7 +338,7 @@ type PostRun = (&'static str, String, u64);
 
 /// The sender, the run log, the post log and the driver task.
 type StagedHarness = (
-    mpsc::UnboundedSender<Input>,
+    mpsc::Sender<Input>,
     Arc<Mutex<Vec<StagedRun>>>,
     Arc<Mutex<Vec<PostRun>>>,
     tokio::task::JoinHandle<()>,
@@ -347,7 +348,7 @@ type StagedHarness = (
 fn staged_harness(
     fails: fn(usize, u64) -> bool,
 ) -> (
-    mpsc::UnboundedSender<Input>,
+    mpsc::Sender<Input>,
     Arc<Mutex<Vec<StagedRun>>>,
     tokio::task::JoinHandle<()>,
 ) {
@@ -357,7 +358,7 @@ fn staged_harness(
 
 /// [`staged_harness`] with frames tracked; posts take no time and are logged too.
 fn staged_harness_with_posts(fails: fn(usize, u64) -> bool) -> StagedHarness {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(1 << 16);
     let log = Arc::new(Mutex::new(Vec::new()));
     let post_log = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
@@ -415,9 +416,9 @@ async fn a_later_stage_waits_for_the_earlier_stage_of_the_same_file_only() {
     let (tx, log, task) = staged_harness(|_, _| false);
     let t0 = Instant::now();
     // Earlier stages are submitted first, as the listener does.
-    tx.send(staged(0, 0, "a", false, false)).unwrap();
-    tx.send(staged(1, 1, "a", false, false)).unwrap();
-    tx.send(staged(1, 1, "b", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, false)).unwrap();
+    tx.try_send(staged(1, 1, "a", false, false)).unwrap();
+    tx.try_send(staged(1, 1, "b", false, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let mut runs = log.lock().unwrap().clone();
     runs.sort();
@@ -431,11 +432,11 @@ async fn a_later_stage_waits_for_the_earlier_stage_of_the_same_file_only() {
 async fn a_batch_stage_waits_for_earlier_runs_of_any_of_its_files() {
     let (tx, log, task) = staged_harness(|_, _| false);
     let t0 = Instant::now();
-    tx.send(staged(0, 0, "a", false, false)).unwrap();
-    tx.send(staged(1, 1, "a", true, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, false)).unwrap();
+    tx.try_send(staged(1, 1, "a", true, false)).unwrap();
     at(t0, 50).await;
-    tx.send(staged(0, 0, "b", false, false)).unwrap();
-    tx.send(staged(1, 1, "b", true, false)).unwrap();
+    tx.try_send(staged(0, 0, "b", false, false)).unwrap();
+    tx.try_send(staged(1, 1, "b", true, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let runs = log.lock().unwrap().clone();
     let batch: Vec<_> = runs.iter().filter(|r| r.0 == 1).cloned().collect();
@@ -451,11 +452,11 @@ async fn cancel_skips_the_later_stage_for_this_occurrence_only() {
     // Route 0 fails on its first run only.
     let (tx, log, task) = staged_harness(|route, start| route == 0 && start < 200);
     let t0 = Instant::now();
-    tx.send(staged(0, 0, "a", false, true)).unwrap();
-    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, true)).unwrap();
+    tx.try_send(staged(1, 1, "a", false, false)).unwrap();
     at(t0, 300).await; // the next change runs both stages again
-    tx.send(staged(0, 0, "a", false, true)).unwrap();
-    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, true)).unwrap();
+    tx.try_send(staged(1, 1, "a", false, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let runs = log.lock().unwrap().clone();
     assert_eq!(
@@ -489,9 +490,9 @@ async fn a_later_stage_held_by_a_dropped_temporary_still_runs() {
     };
     // The batch (stage 1, no debounce) is held by the file's stage-0 entry, which is
     // dropped unrun at 50 (created and deleted): the batch must not wait forever.
-    tx.send(temp(0, 0, false, EventKind::Create)).unwrap();
-    tx.send(temp(0, 0, false, EventKind::Delete)).unwrap();
-    tx.send(staged(1, 1, "tmp", true, false)).unwrap();
+    tx.try_send(temp(0, 0, false, EventKind::Create)).unwrap();
+    tx.try_send(temp(0, 0, false, EventKind::Delete)).unwrap();
+    tx.try_send(staged(1, 1, "tmp", true, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let runs = log.lock().unwrap().clone();
     assert_eq!(
@@ -505,9 +506,9 @@ async fn a_later_stage_held_by_a_dropped_temporary_still_runs() {
 async fn a_frame_ends_after_its_last_stage_and_once() {
     let (tx, _, posts, task) = staged_harness_with_posts(|_, _| false);
     let t0 = Instant::now();
-    tx.send(staged(0, 0, "a", false, false)).unwrap();
-    tx.send(staged(1, 1, "a", false, false)).unwrap();
-    tx.send(staged(0, 0, "b", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, false)).unwrap();
+    tx.try_send(staged(1, 1, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "b", false, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     let mut posts = posts.lock().unwrap().clone();
     posts.sort();
@@ -522,8 +523,8 @@ async fn a_frame_ends_after_its_last_stage_and_once() {
 async fn cancel_ends_the_frame_failed_without_the_later_stage() {
     let (tx, runs, posts, task) = staged_harness_with_posts(|route, _| route == 0);
     let t0 = Instant::now();
-    tx.send(staged(0, 0, "a", false, true)).unwrap();
-    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, true)).unwrap();
+    tx.try_send(staged(1, 1, "a", false, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     assert_eq!(runs.lock().unwrap().clone(), [(0, "a".into(), 0)]);
     assert_eq!(posts.lock().unwrap().clone(), [("failed", "a".into(), 100)]);
@@ -533,8 +534,8 @@ async fn cancel_ends_the_frame_failed_without_the_later_stage() {
 async fn a_failure_without_cancel_still_ends_the_frame_failed_after_the_later_stage() {
     let (tx, runs, posts, task) = staged_harness_with_posts(|route, _| route == 0);
     let t0 = Instant::now();
-    tx.send(staged(0, 0, "a", false, false)).unwrap();
-    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, false)).unwrap();
+    tx.try_send(staged(1, 1, "a", false, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     assert_eq!(runs.lock().unwrap().len(), 2);
     assert_eq!(posts.lock().unwrap().clone(), [("failed", "a".into(), 200)]);
@@ -549,7 +550,7 @@ async fn a_batch_frame_gives_one_post_for_its_files() {
             unreachable!()
         };
         let timing = timing(10, 0); // one window for the three
-        tx.send(Input::Submit(Submission { timing, ..sub })).unwrap();
+        tx.try_send(Input::Submit(Submission { timing, ..sub })).unwrap();
     }
     finish(tx, task, t0 + MS * 1000).await;
     assert_eq!(posts.lock().unwrap().clone(), [("ok", "a,b,c".into(), 110)]);
@@ -559,9 +560,9 @@ async fn a_batch_frame_gives_one_post_for_its_files() {
 async fn a_change_during_the_run_extends_the_frame() {
     let (tx, runs, posts, task) = staged_harness_with_posts(|_, _| false);
     let t0 = Instant::now();
-    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, false)).unwrap();
     at(t0, 50).await;
-    tx.send(staged(0, 0, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, false)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
     assert_eq!(runs.lock().unwrap().len(), 2);
     assert_eq!(posts.lock().unwrap().clone(), [("ok", "a".into(), 200)]);
@@ -571,16 +572,16 @@ async fn a_change_during_the_run_extends_the_frame() {
 async fn stopping_ends_open_frames_cancelled_and_temporaries_post_nothing() {
     let (tx, runs, posts, task) = staged_harness_with_posts(|_, _| false);
     let t0 = Instant::now();
-    tx.send(staged(0, 0, "a", false, false)).unwrap();
-    tx.send(staged(1, 1, "a", false, false)).unwrap();
+    tx.try_send(staged(0, 0, "a", false, false)).unwrap();
+    tx.try_send(staged(1, 1, "a", false, false)).unwrap();
     let temp = |kind| {
         Input::Submit(Submission {
             kind,
             ..submission("tmp", EventKind::Create, timing(1000, 0)) // still pending at the stop
         })
     };
-    tx.send(temp(EventKind::Create)).unwrap();
-    tx.send(temp(EventKind::Delete)).unwrap();
+    tx.try_send(temp(EventKind::Create)).unwrap();
+    tx.try_send(temp(EventKind::Delete)).unwrap();
     at(t0, 50).await;
     drop(tx); // stop while a's stage 0 runs: its stage 1 is dropped
     task.await.unwrap();

@@ -8,7 +8,8 @@
 //!   one moved out (no pair within [`MOVE_BOUND`]) reports its files deleted;
 //! - on queue overflow the tree is rescanned and compared with the in-memory
 //!   [`Snapshot`]: exactly the files created, changed or deleted are reported, and
-//!   repeated overflows back off;
+//!   repeated overflows back off; until the rescan, events about files are only read
+//!   (the rescan finds what they say), so a storm costs little more than the reads;
 //! - a root that is missing or goes away makes the watcher report it missing; it is
 //!   polled and, when it is back, scanned and its files reported as created.
 //!
@@ -258,6 +259,9 @@ async fn completed(completion: &mut Option<Completion>) -> Vec<(PathBuf, tree::F
 impl Watcher {
     /// Waits for the next inotify event or timer and returns the file events it means (maybe none).
     pub async fn next(&mut self) -> Result<Vec<FileEvent>, WatchError> {
+        // Each event costs the task a unit of tokio's budget: however fast events come,
+        // a busy watcher yields its thread to the HTTP server and the control socket.
+        tokio::task::consume_budget().await;
         let wakeup = self.next_wakeup();
         let event = tokio::select! {
             event = self.stream.next() => Some(event),
@@ -348,6 +352,12 @@ impl Watcher {
         let Some(name) = event.name else {
             return self.self_event(mask, &event.wd, &dir);
         };
+        if self.overflow.due.is_some() {
+            // The queue overflowed and a rescan is due: it will find this change (and the
+            // directories to watch) from the disk. In a storm, this keeps the cost of an
+            // event to reading it.
+            return Ok(());
+        }
         let path = dir.join(name);
         if self
             .moves

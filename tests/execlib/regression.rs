@@ -232,11 +232,11 @@ fn silent_connections_cannot_lock_out_other_clients() {
 #[test]
 fn busy_reply_reaches_execlibctl_after_it_wrote_its_request() {
     let sandbox = Sandbox::new();
-    // A job that ignores SIGTERM: a stop waits out the 3 s grace, and every other
+    // A job that ignores SIGTERM: a stop waits out the 8 s grace, and every other
     // stop waits behind it, so 64 connections are all being answered.
     let job = "trap '' TERM; echo started > ../out/started; sleep 30";
     let config = sandbox.config(&format!(
-        "[daemon]\nshutdown_grace_ms = 3000\n{}",
+        "[daemon]\nshutdown_grace_ms = 8000\n{}",
         one_route(job, "")
     ));
     let daemon = Daemon::start(&sandbox, &config);
@@ -351,7 +351,11 @@ fn a_post_command_running_at_shutdown_ends_after_the_grace() {
         took < std::time::Duration::from_secs(5),
         "a hanging post held the shutdown for {took:?}"
     );
-    assert!(daemon.log().contains("grace over: terminating post commands"));
+    assert!(
+        daemon.log().contains("grace over: terminating post commands"),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]
@@ -392,7 +396,14 @@ fn processes_in(groups: &[i32]) -> Vec<i32> {
         .filter(|&pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse::<i32>().ok())
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(2)?
+                        .parse::<i32>()
+                        .ok()
+                })
                 .is_some_and(|pgrp| groups.contains(&pgrp))
         })
         .filter(|&pid| alive(pid))
@@ -408,7 +419,11 @@ fn no_overlapping_runs_after_a_sigkill_restart() {
     let job = r#"exec 9>>"../out/$EXECLIB_NAME.lock"; flock -n 9 || echo "$EXECLIB_NAME" >> ../out/overlaps; echo $$ >> ../out/pids; sleep 1000"#;
     let config = sandbox.config(&format!(
         "[daemon]\nshutdown_grace_ms = 2000\n{}",
-        one_route(job, "").replacen("name = \"docs\"\n", "name = \"docs\"\ncatch_up = true\nmax_jobs = 64\n", 1)
+        one_route(job, "").replacen(
+            "name = \"docs\"\n",
+            "name = \"docs\"\ncatch_up = true\nmax_jobs = 64\n",
+            1
+        )
     ));
     let mut first = Daemon::start(&sandbox, &config);
     for i in 0..50 {
@@ -424,9 +439,17 @@ fn no_overlapping_runs_after_a_sigkill_restart() {
     let old = pids(50);
     first.signal(libc::SIGKILL);
     first.wait_exit();
-    assert_eq!(processes_in(&old).len(), 100, "the old jobs (sh and sleep) outlive the daemon");
+    assert_eq!(
+        processes_in(&old).len(),
+        100,
+        "the old jobs (sh and sleep) outlive the daemon"
+    );
     let _second = Daemon::start(&sandbox, &config);
-    assert!(processes_in(&old).is_empty(), "old jobs ended before READY: {:?}", processes_in(&old));
+    assert!(
+        processes_in(&old).is_empty(),
+        "old jobs ended before READY: {:?}",
+        processes_in(&old)
+    );
     let all = pids(100);
     assert_eq!(sandbox.read("out/overlaps"), None, "two runs of one file at once");
     assert_eq!(all.len(), 100);

@@ -534,7 +534,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -554,8 +557,17 @@ fn a_full_state_directory_is_shown_and_keeps_the_last_good_snapshot() {
     // The fresh baseline could not be saved: the listener says so, nothing is left behind.
     let docs = daemon.listener("docs");
     assert_eq!(docs["state"], "degraded", "{docs}");
-    assert!(docs["error"].as_str().unwrap().contains("cannot save the snapshot"), "{docs}");
-    assert!(!sandbox.path("state/docs.tmp").exists(), "a failed save leaves no temporary");
+    assert!(
+        docs["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot save the snapshot"),
+        "{docs}"
+    );
+    assert!(
+        !sandbox.path("state/docs.tmp").exists(),
+        "a failed save leaves no temporary"
+    );
     assert!(daemon.log().contains("the last saved snapshot is kept"));
     drop(daemon);
     // With room, a save succeeds and the fault is gone.
@@ -569,7 +581,11 @@ fn a_full_state_directory_is_shown_and_keeps_the_last_good_snapshot() {
     sandbox.wait_out("log");
     daemon.ctl(&["shutdown"]);
     daemon.wait_exit();
-    assert!(daemon.log().contains("cannot save the snapshot"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("cannot save the snapshot"),
+        "{}",
+        daemon.log()
+    );
     assert_eq!(std::fs::read(sandbox.path("state/docs.snapshot")).unwrap(), good);
     assert!(!sandbox.path("state/docs.tmp").exists());
     // After a restart only what changed since the last good save runs again, not every file.
@@ -579,7 +595,10 @@ fn a_full_state_directory_is_shown_and_keeps_the_last_good_snapshot() {
     // Catch-up runs go first (one job at a time): once a later change has run, they have.
     sandbox.write("src/sentinel", "x");
     eventually("the sentinel's run", || {
-        log_lines(&sandbox).iter().any(|l| l.starts_with("sentinel ")).then_some(())
+        log_lines(&sandbox)
+            .iter()
+            .any(|l| l.starts_with("sentinel "))
+            .then_some(())
     });
     assert_eq!(log_lines(&sandbox)[..1], ["f7 modify"]);
     assert_eq!(log_lines(&sandbox).len(), 2, "{:?}", log_lines(&sandbox));

@@ -195,6 +195,9 @@ impl Daemon {
             .arg("--config")
             .arg(config)
             .env("NOTIFY_SOCKET", &notify.path)
+            // The default state directory is the sandbox's: daemons of other tests
+            // (all instance `site`) never see each other's snapshots or job ledgers.
+            .env("STATE_DIRECTORY", sandbox.path("state"))
             .env("RUST_LOG", "info")
             .env_remove("JOURNAL_STREAM")
             .envs(env.iter().map(|(k, v)| (k, v)))
