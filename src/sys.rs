@@ -128,3 +128,13 @@ pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
         },
     }
 }
+
+/// `listen(fd, backlog)` again on a listening socket: sets how many connections the
+/// kernel queues before `accept` (capped by `net.core.somaxconn`).
+pub fn set_backlog(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen only changes the socket's queue length; a bad fd just fails.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

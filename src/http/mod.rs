@@ -215,6 +215,9 @@ fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), Ht
         source,
     };
     let std = std::net::TcpListener::bind(config.listen).map_err(bind)?;
+    // std listens with a backlog of 128: a burst of connections would wait out SYN
+    // retransmits (a second) instead of being queued.
+    crate::sys::set_backlog(std::os::fd::AsFd::as_fd(&std), MAX_CONNECTIONS as i32).map_err(bind)?;
     std.set_nonblocking(true).map_err(bind)?;
     Ok((tokio::net::TcpListener::from_std(std).map_err(bind)?, false))
 }
