@@ -55,7 +55,8 @@ pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
         Err(refusal) => return refusal,
     };
     // The root is opened afresh each time: a site generator may have replaced it.
-    let Ok(root_dir) = sys::openat2(None, root.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0) else {
+    // (Plain open(2): on a kernel without openat2 the walk below still works.)
+    let Ok(root_dir) = open_root(root) else {
         return Opened::NotFound;
     };
     let slash = decoded.ends_with('/');
@@ -95,6 +96,14 @@ pub fn direct_metadata(root: &Path, raw: &str, hidden: bool) -> Option<std::fs::
     let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     let file = sys::openat2(None, path.as_os_str(), libc::O_PATH, resolve).ok()?;
     file.metadata().ok()
+}
+
+fn open_root(root: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(root)
 }
 
 fn real_path(root: &Path, names: &[OsString]) -> PathBuf {
