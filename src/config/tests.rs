@@ -18,7 +18,12 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn error_at(text: &str) -> (usize, usize, String) {
-    match parse(text).unwrap_err() {
+    error_in(&env(), text)
+}
+
+/// Line, column and message of the error `text` gives under `env`.
+fn error_in(env: &Environment, text: &str) -> (usize, usize, String) {
+    match Config::parse(Path::new("/etc/execlib/site.toml"), text, "site", env).unwrap_err() {
         ConfigError::Invalid {
             line,
             column,
@@ -391,21 +396,11 @@ fn a_too_long_default_socket_is_reported_at_control_or_the_start() {
         xdg_runtime_dir: Some(format!("/run/{}", "r".repeat(100)).into()),
         ..env()
     };
-    let parse = |text: &str| Config::parse(Path::new("/etc/execlib/site.toml"), text, "site", &env);
-    let located = |text: &str| match parse(text).unwrap_err() {
-        ConfigError::Invalid {
-            line,
-            column,
-            message,
-            ..
-        } => (line, column, message),
-        other => panic!("unexpected {other:?}"),
-    };
-    let (line, column, message) = located(MINIMAL);
+    let (line, column, message) = error_in(&env, MINIMAL);
     assert_eq!((line, column), (1, 1), "{message}");
     assert!(message.contains("default control socket path"), "{message}");
     assert!(message.contains("set a shorter `[control].socket`"), "{message}");
-    let (line, column, _) = located(&format!("\n[control]\nmode = \"0600\"\n{MINIMAL}"));
+    let (line, column, _) = error_in(&env, &format!("\n[control]\nmode = \"0600\"\n{MINIMAL}"));
     assert_eq!((line, column), (2, 1));
     let c = parse(&format!("[control]\nsocket = \"/run/s.sock\"\n{MINIMAL}")).unwrap();
     assert_eq!(c.control.socket, Path::new("/run/s.sock"));
