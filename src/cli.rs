@@ -3,7 +3,7 @@
 //! (`examples/package_assets.rs`).
 
 use crate::logging::LogFormat;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use std::path::PathBuf;
 
 /// execlib daemon: watches directory trees and runs jobs when files change.
@@ -37,57 +37,7 @@ pub struct CtlCli {
     /// Print the daemon's JSON reply.
     #[arg(long)]
     pub json: bool,
-    /// What to do.
+    /// What to do: a control request (its variants are the subcommands).
     #[command(subcommand)]
-    pub command: CtlCommand,
-}
-
-/// `execlibctl`'s commands.
-#[derive(Debug, Subcommand)]
-pub enum CtlCommand {
-    /// List the listeners with their state and counters.
-    Listeners,
-    /// Start a listener.
-    Start {
-        /// The listener's name.
-        listener: String,
-    },
-    /// Stop a listener and its jobs.
-    Stop {
-        /// The listener's name.
-        listener: String,
-    },
-    /// Show the daemon's status.
-    Status,
-    /// Re-read the configuration and apply what changed.
-    Reload,
-    /// List the jobs running and queued.
-    Jobs,
-    /// Run the routes that match PATH as if it had been modified.
-    Trigger {
-        /// The listener's name.
-        listener: String,
-        /// The file: absolute, or relative to the config's directory or a route's path
-        /// (any bytes).
-        path: PathBuf,
-    },
-    /// Stop the daemon.
-    Shutdown,
-}
-
-impl CtlCommand {
-    /// The control request this command sends.
-    pub fn request(self) -> crate::control::protocol::Request {
-        use crate::control::protocol::Request;
-        match self {
-            CtlCommand::Listeners => Request::Listeners,
-            CtlCommand::Start { listener } => Request::Start { listener },
-            CtlCommand::Stop { listener } => Request::Stop { listener },
-            CtlCommand::Status => Request::Status,
-            CtlCommand::Reload => Request::Reload,
-            CtlCommand::Trigger { listener, path } => Request::Trigger { listener, path },
-            CtlCommand::Jobs => Request::Jobs,
-            CtlCommand::Shutdown => Request::Shutdown,
-        }
-    }
+    pub command: crate::protocol::Request,
 }

@@ -8,7 +8,7 @@
 
 mod reload;
 
-pub use reload::{ReloadError, Reloaded};
+pub use reload::ReloadError;
 
 use crate::config::Config;
 use crate::control::ControlServer;

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod names;
 pub mod notify;
 pub mod paths;
+pub mod protocol;
 pub mod route;
 pub mod scheduler;
 pub mod snapshot;

@@ -6,8 +6,8 @@
 //!   `\\`, `\n`, `\r`, `\t`, other control characters as `\u{…}`, and each byte
 //!   that is not UTF-8 as `\xNN`. Two different names never print the same, and a
 //!   name never breaks a log line.
-//! - [`wire`] is the protocol's encoding: a JSON string when the name is UTF-8,
-//!   else `{"hex":"…"}` with its bytes in hex (lower case, two digits a byte).
+//!
+//! The protocol carries names losslessly on its own ([`crate::protocol::wire`]).
 
 use std::ffi::OsStr;
 use std::fmt::{self, Write};
@@ -64,92 +64,6 @@ pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// The protocol's encoding of a path, for `#[serde(with = "crate::names::wire")]`.
-pub mod wire {
-    use serde::de::Error as _;
-    use serde::ser::SerializeMap;
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::ffi::OsString;
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    use std::path::{Path, PathBuf};
-
-    /// A string when UTF-8, else `{"hex": "…"}`.
-    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
-        match path.to_str() {
-            Some(text) => s.serialize_str(text),
-            None => {
-                let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry("hex", &hex(path.as_os_str().as_bytes()))?;
-                map.end()
-            }
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Wire {
-        Text(String),
-        Hex { hex: String },
-    }
-
-    /// A string, or `{"hex": "…"}`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-        match Wire::deserialize(d) {
-            Ok(Wire::Text(text)) => Ok(PathBuf::from(text)),
-            Ok(Wire::Hex { hex }) => unhex(&hex)
-                .map(|bytes| PathBuf::from(OsString::from_vec(bytes)))
-                .ok_or_else(|| D::Error::custom("`hex` must be pairs of hex digits")),
-            Err(_) => Err(D::Error::custom(
-                "a path is a string, or {\"hex\": \"…\"} for a name that is not UTF-8",
-            )),
-        }
-    }
-
-    /// A list of paths, each in the encoding above.
-    pub mod list {
-        use serde::ser::SerializeSeq;
-        use serde::{Deserialize, Deserializer, Serializer};
-        use std::path::PathBuf;
-
-        #[derive(serde::Serialize, Deserialize)]
-        #[serde(transparent)]
-        struct One(#[serde(with = "super")] PathBuf);
-
-        /// Each path as [`super::serialize`] writes it.
-        pub fn serialize<S: Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
-            let mut seq = s.serialize_seq(Some(paths.len()))?;
-            for path in paths {
-                seq.serialize_element(&One(path.clone()))?;
-            }
-            seq.end()
-        }
-
-        /// Each path as [`super::deserialize`] reads it.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-            Ok(Vec::<One>::deserialize(d)?.into_iter().map(|o| o.0).collect())
-        }
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn unhex(text: &str) -> Option<Vec<u8>> {
-        if text.len() % 2 != 0 {
-            return None;
-        }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-            .collect()
-    }
-
-    /// A path from a reply read as untyped JSON (what the client renders).
-    pub fn from_value(value: &serde_json::Value) -> Option<PathBuf> {
-        deserialize(value).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,24 +93,10 @@ mod tests {
         assert_eq!(one_line("a\nb\\c\u{85}"), "a\\nb\\c\\u{85}");
     }
 
-    #[test]
-    fn the_wire_form_is_a_string_or_hex() {
-        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
-        struct P(#[serde(with = "wire")] PathBuf);
-        assert_eq!(serde_json::to_string(&P(path(b"/a b"))).unwrap(), "\"/a b\"");
-        assert_eq!(
-            serde_json::to_string(&P(path(b"/bad\xff"))).unwrap(),
-            r#"{"hex":"2f626164ff"}"#
-        );
-        assert!(serde_json::from_str::<P>(r#"{"hex":"2f6"}"#).is_err());
-        assert!(serde_json::from_str::<P>("3").is_err());
-    }
-
     proptest! {
-        /// Any two different names print differently, on one line, and any name
-        /// survives the protocol's encoding.
+        /// Any two different names print differently, and on one line.
         #[test]
-        fn escaping_is_injective_and_the_wire_form_lossless(
+        fn escaping_is_injective_and_on_one_line(
             a in proptest::collection::vec(any::<u8>(), 0..24),
             b in proptest::collection::vec(any::<u8>(), 0..24),
         ) {
@@ -204,10 +104,6 @@ mod tests {
             let (ea, eb) = (escaped(&pa).to_string(), escaped(&pb).to_string());
             prop_assert_eq!(a == b, ea == eb);
             prop_assert!(!ea.chars().any(char::is_control));
-            #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
-            struct P(#[serde(with = "wire")] PathBuf);
-            let back: P = serde_json::from_str(&serde_json::to_string(&P(pa.clone())).unwrap()).unwrap();
-            prop_assert_eq!(back.0, pa);
         }
     }
 }

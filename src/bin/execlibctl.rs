@@ -6,11 +6,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = CtlCli::parse();
-    let request = cli.command.request();
     ExitCode::from(execlib::client::main(
         cli.socket,
         cli.instance,
         cli.json,
-        &request,
+        &cli.command,
     ))
 }

@@ -1,22 +1,27 @@
 //! One handler per control request, reached from one exhaustive `match`.
 
-use super::protocol::{ErrorBody, ErrorCode, ListenerCounts, Request, Response, StatusInfo};
 use crate::config::ConfigError;
 use crate::daemon::{DaemonState, ReloadError};
 use crate::listener::ListenerError;
+use crate::protocol::replies::{self, ListenerCounts};
+use crate::protocol::{ErrorBody, ErrorCode, Request, Response};
 
 /// Answers one request. `Shutdown` only answers; the connection triggers the
 /// shutdown once the reply is written.
 pub async fn handle(state: &DaemonState, request: Request) -> Response {
     match request {
-        Request::Listeners => Response::Listeners(state.listeners.infos().await),
+        Request::Listeners => Response::Listeners(replies::Listeners {
+            listeners: state.listeners.infos().await,
+        }),
         Request::Start { listener } => start_or_stop(state, state.listeners.start(&listener)).await,
         Request::Stop { listener } => start_or_stop(state, state.listeners.stop(&listener)).await,
         Request::Status => status(state),
         Request::Reload => reload(state).await,
-        Request::Shutdown => Response::Done,
+        Request::Shutdown => Response::Done(replies::Done {}),
         Request::Trigger { listener, path } => trigger(state, &listener, &path).await,
-        Request::Jobs => Response::Jobs(state.listeners.jobs().await),
+        Request::Jobs => Response::Jobs(replies::Jobs {
+            jobs: state.listeners.jobs().await,
+        }),
     }
 }
 
@@ -31,7 +36,7 @@ async fn start_or_stop(
     let result = change.await;
     state.publish_status();
     match result {
-        Ok(changed) => Response::Changed(changed),
+        Ok(changed) => Response::Changed(replies::Changed { changed }),
         Err(e) => listener_error(e),
     }
 }
@@ -42,7 +47,7 @@ async fn trigger(state: &DaemonState, listener: &str, path: &std::path::Path) ->
     }
     let config_dir = state.config.path.parent().unwrap_or(std::path::Path::new("/"));
     match state.listeners.trigger(listener, path, config_dir).await {
-        Ok(matched) => Response::Triggered(matched),
+        Ok(matched) => Response::Triggered(replies::Triggered { matched }),
         Err(e) => listener_error(e),
     }
 }
@@ -56,14 +61,14 @@ async fn reload(state: &DaemonState) -> Response {
             if let ConfigError::Invalid { line, column, .. } = e {
                 (body.line, body.column) = (Some(line), Some(column));
             }
-            Response::Error(body)
+            Response::Error(replies::Failed { error: body })
         }
     }
 }
 
 fn status(state: &DaemonState) -> Response {
     let summary = state.listeners.summary();
-    Response::Status(StatusInfo {
+    Response::Status(replies::Status {
         instance: state.config.instance.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),

@@ -5,12 +5,11 @@
 
 pub mod admission;
 pub mod handler;
-pub mod protocol;
 mod runtime_dir;
 pub mod socket;
 
 use crate::daemon::DaemonState;
-use protocol::{ErrorCode, Frame, Request, Response, read_frame};
+use crate::protocol::{self, ErrorCode, Frame, Request, Response, read_frame};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -134,7 +133,7 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             }
             Err(error) => {
                 debug!(code = ?error.code, "bad control request: {}", error.message);
-                (Response::Error(error), false)
+                (Response::Error(crate::protocol::replies::Failed { error }), false)
             }
         };
         let sent = send(&mut writer, &response, idle).await;

@@ -4,24 +4,11 @@
 use super::DaemonState;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::http::HttpServer;
-use crate::listener::Applied;
 use crate::notify;
 use crate::paths::Environment;
-use serde::{Deserialize, Serialize};
+use crate::protocol::replies::Reloaded;
 use std::sync::Arc;
 use tracing::{error, info, warn};
-
-/// What a reload changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reloaded {
-    /// The listeners, by what happened to them.
-    pub listeners: Applied,
-    /// The HTTP server: `unchanged`, `started`, `restarted`, `stopped`, or
-    /// `failed: REASON` (the new `[server]` could not start).
-    pub server: String,
-    /// Sections that changed but apply only at the next start (`[daemon]`, `[control]`).
-    pub restart_needed: Vec<String>,
-}
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]

@@ -151,14 +151,14 @@ impl HttpServer {
     }
 
     /// What `status` reports about the server.
-    pub fn info(&self) -> serde_json::Value {
-        serde_json::json!({
-            "listen": self.addr.to_string(),
-            "socket_activated": self.inherited,
-            "livereload": self.livereload.is_some(),
-            "livereload_clients": self.livereload.as_ref().map_or(0, |lr| lr.client_count()),
-            "cached_files": self.site.cache.len(),
-        })
+    pub fn info(&self) -> crate::protocol::replies::ServerInfo {
+        crate::protocol::replies::ServerInfo {
+            listen: self.addr.to_string(),
+            socket_activated: self.inherited,
+            livereload: self.livereload.is_some(),
+            livereload_clients: self.livereload.as_ref().map_or(0, |lr| lr.client_count()),
+            cached_files: self.site.cache.len(),
+        }
     }
 
     /// Closes LiveReload clients (1001, going away), stops accepting, and lets open

@@ -10,63 +10,14 @@ mod task;
 
 use slot::Slot;
 
-pub use reload::Applied;
-
 use crate::config::Config;
+use crate::protocol::replies::{Failure, JobView, ListenerInfo, ListenerState as State};
 use crate::watch::{FileEvent, WatchError};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::error;
-
-/// A listener's state as the control socket reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Watching and running jobs.
-    Running,
-    /// Not started, or stopped on request.
-    Stopped,
-    /// Running, but some routes cannot watch.
-    Degraded,
-    /// Could not start or broke; `error` says why.
-    Failed,
-}
-
-/// One listener as the control socket reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ListenerInfo {
-    /// Its name.
-    pub name: String,
-    /// Its state.
-    pub state: State,
-    /// The directories its routes watch (see [`crate::names::wire`]).
-    #[serde(with = "crate::names::wire::list")]
-    pub paths: Vec<PathBuf>,
-    /// How many routes it has.
-    pub routes: usize,
-    /// How many directories it watches.
-    pub watches: u64,
-    /// File events received since the daemon started.
-    pub events: u64,
-    /// Jobs started since the daemon started.
-    pub jobs_started: u64,
-    /// Jobs that failed.
-    pub jobs_failed: u64,
-    /// Jobs running now.
-    pub jobs_running: u64,
-    /// Files whose changes wait for a run.
-    #[serde(default)]
-    pub jobs_queued: u64,
-    /// The most recent failed job.
-    #[serde(default)]
-    pub last_failure: Option<Failure>,
-    /// Why it is not running, when it is not by choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// Counts for the status line and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,39 +28,6 @@ pub struct Summary {
     pub total: usize,
     /// Directories watched.
     pub watches: u64,
-}
-
-/// A failed job, as `listeners` reports the last one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The route.
-    pub route: String,
-    /// The file (absolute; see [`crate::names::wire`]).
-    #[serde(with = "crate::names::wire")]
-    pub file: PathBuf,
-    /// Why it failed ("exit code 2", "timed out", ...).
-    pub reason: String,
-    /// When it ended, milliseconds since the Unix epoch.
-    pub at_ms: u64,
-}
-
-/// A job that has not finished, as `jobs` reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobView {
-    /// The listener.
-    pub listener: String,
-    /// The route.
-    pub route: String,
-    /// The file (absolute; see [`crate::names::wire`]).
-    #[serde(with = "crate::names::wire")]
-    pub file: PathBuf,
-    /// `running`, `waiting` (due, for a free slot) or `pending` (debounce, delay, or
-    /// the file's current run).
-    pub state: String,
-    /// The job's pid, once running.
-    pub pid: Option<u32>,
-    /// How long it has been running.
-    pub running_ms: Option<u64>,
 }
 
 /// A job being run, in the listener's registry.

@@ -10,24 +10,11 @@
 use super::{FileEvent, ListenerError, Listeners, Slot, State};
 use crate::config::{Config, ListenerConfig};
 use crate::events::EventKind;
-use serde::{Deserialize, Serialize};
+use crate::protocol::replies::Applied;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tracing::{error, info};
-
-/// What a reload did to the listeners, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    /// Same definition: left running (or stopped) as they were.
-    pub unchanged: Vec<String>,
-    /// Changed definition: replaced (and restarted if they were up).
-    pub changed: Vec<String>,
-    /// New in the config.
-    pub added: Vec<String>,
-    /// Gone from the config: stopped.
-    pub removed: Vec<String>,
-}
 
 impl Listeners {
     /// Brings the listeners in line with `config`. Fails only when the daemon is

@@ -1,9 +1,11 @@
 //! The control client behind `execlibctl`: finds the daemon's socket, sends
-//! one request and renders the reply for people (or passes the JSON through).
+//! one request and renders the typed reply for people ([`render`]), or passes the
+//! JSON through.
 
-use crate::control::protocol::Request;
+mod render;
+
 use crate::paths::Environment;
-use serde_json::Value;
+use crate::protocol::{Request, Response};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -138,8 +140,12 @@ pub fn resolve_socket(
     }
 }
 
-/// Sends one request and returns the daemon's reply.
-pub fn request(target: &Target, request: &Request, timeout: Duration) -> Result<Value, ClientError> {
+/// Sends one request and returns the daemon's reply line, as sent, and as read.
+pub fn request(
+    target: &Target,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(String, Response), ClientError> {
     let socket = &target.path;
     let unreachable = |source| ClientError::Unreachable {
         path: socket.to_owned(),
@@ -175,7 +181,8 @@ pub fn request(target: &Target, request: &Request, timeout: Duration) -> Result<
         read.map_err(|e| bad(e.to_string()))?;
         return Err(bad("the daemon closed the connection without answering".into()));
     }
-    serde_json::from_str(&reply).map_err(|e| bad(format!("{e}: {reply:?}")))
+    let response = Response::from_line(request, &reply).map_err(|e| bad(format!("{e}: {reply:?}")))?;
+    Ok((reply, response))
 }
 
 /// How long the client waits for a reply (a `stop` may wait out a job's grace).
@@ -186,207 +193,35 @@ pub fn main(socket: Option<PathBuf>, instance: Option<String>, json: bool, req: 
     let env = Environment::from_process();
     let reply = resolve_socket(socket, instance.as_deref(), &env)
         .and_then(|target| request(&target, req, REPLY_TIMEOUT));
-    let reply = match reply {
+    let (line, response) = match reply {
         Ok(reply) => reply,
         Err(e) => {
             eprintln!("execlibctl: {e}");
             return EXIT_UNREACHABLE;
         }
     };
-    let ok = reply["ok"] == Value::Bool(true);
     if json {
-        println!("{reply}");
-    } else if ok {
-        println!("{}", render(req, &reply));
-    } else {
-        let error = &reply["error"];
-        eprintln!(
-            "execlibctl: {}: {}",
-            error["code"].as_str().unwrap_or("error"),
-            error["message"]
-                .as_str()
-                .unwrap_or("the daemon reported an error")
-        );
+        print!("{line}");
     }
-    if ok { 0 } else { EXIT_DAEMON_ERROR }
-}
-
-/// Renders a successful reply for people.
-pub fn render(request: &Request, reply: &Value) -> String {
-    match request {
-        Request::Listeners => render_listeners(reply),
-        Request::Start { listener } | Request::Stop { listener } => {
-            let verb = if matches!(request, Request::Start { .. }) {
-                "started"
-            } else {
-                "stopped"
-            };
-            if reply["changed"] == Value::Bool(true) {
-                format!("{verb} {listener}")
-            } else {
-                format!(
-                    "{listener} was already {}",
-                    if verb == "started" { "running" } else { "stopped" }
-                )
+    match render::render(req, &response) {
+        Ok(text) => {
+            if !json {
+                println!("{text}");
             }
+            0
         }
-        Request::Status => render_status(reply),
-        Request::Reload => render_reload(reply),
-        Request::Jobs => render_jobs(reply),
-        Request::Trigger { .. } => match reply["matched"].as_u64().unwrap_or(0) {
-            1 => "1 route matched".to_owned(),
-            n => format!("{n} routes matched"),
-        },
-        Request::Shutdown => "shutting down".to_owned(),
-    }
-}
-
-fn render_reload(reply: &Value) -> String {
-    let names = |k: &str| -> Vec<String> {
-        let list = reply["listeners"][k].as_array().cloned().unwrap_or_default();
-        list.iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect()
-    };
-    let mut lines = vec!["reloaded".to_owned()];
-    for (what, key) in [("changed", "changed"), ("added", "added"), ("removed", "removed")] {
-        let list = names(key);
-        if !list.is_empty() {
-            lines.push(format!("  {what}: {}", list.join(", ")));
-        }
-    }
-    lines.push(format!("  unchanged: {} listener(s)", names("unchanged").len()));
-    lines.push(format!(
-        "  server: {}",
-        reply["server"].as_str().unwrap_or("unchanged")
-    ));
-    for section in reply["restart_needed"].as_array().into_iter().flatten() {
-        lines.push(format!(
-            "  {} changed: applies at the next start",
-            section.as_str().unwrap_or("?")
-        ));
-    }
-    lines.join("\n")
-}
-
-fn render_listeners(reply: &Value) -> String {
-    let mut rows = vec![
-        [
-            "NAME", "STATE", "WATCHES", "EVENTS", "JOBS", "FAILED", "RUNNING", "PATHS",
-        ]
-        .map(String::from),
-    ];
-    let mut errors = Vec::new();
-    for l in reply["listeners"].as_array().into_iter().flatten() {
-        let text = |k: &str| match &l[k] {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let paths: Vec<String> = l["paths"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(shown_path)
-            .collect();
-        rows.push([
-            text("name"),
-            text("state"),
-            text("watches"),
-            text("events"),
-            text("jobs_started"),
-            text("jobs_failed"),
-            text("jobs_running"),
-            paths.join(" "),
-        ]);
-        if let Some(e) = l["error"].as_str() {
-            errors.push(format!("{}: {e}", text("name")));
-        }
-    }
-    let mut out = vec![table(&rows)];
-    out.extend(errors);
-    out.join("\n")
-}
-
-fn render_jobs(reply: &Value) -> String {
-    let jobs = reply["jobs"].as_array().cloned().unwrap_or_default();
-    if jobs.is_empty() {
-        return "no jobs".to_owned();
-    }
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
-    let mut rows = vec![["LISTENER", "ROUTE", "STATE", "PID", "RUNNING_MS", "FILE"].map(String::from)];
-    for j in &jobs {
-        let mut row = ["listener", "route", "state", "pid", "running_ms", "file"].map(|k| text(&j[k]));
-        row[5] = shown_path(&j["file"]);
-        rows.push(row);
-    }
-    table(&rows)
-}
-
-/// A path from a reply (see [`crate::names::wire`]) as people read it: escaped, so
-/// two names never look the same and none breaks the table.
-fn shown_path(value: &Value) -> String {
-    match crate::names::wire::from_value(value) {
-        Some(path) => crate::names::escaped(&path).to_string(),
-        None => "?".to_owned(),
-    }
-}
-
-/// Rows as left-aligned columns, two spaces apart.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-            cells.join("  ").trim_end().to_owned()
-        })
-        .collect();
-    lines.join("\n")
-}
-
-fn render_status(reply: &Value) -> String {
-    let uptime = reply["uptime_ms"].as_u64().unwrap_or(0) / 1000;
-    let mut out = format!(
-        "instance {} (pid {}, version {})\n",
-        reply["instance"].as_str().unwrap_or("?"),
-        reply["pid"],
-        reply["version"].as_str().unwrap_or("?"),
-    );
-    if let Some(unit) = reply["unit"].as_str() {
-        out.push_str(&format!("unit     {unit}\n"));
-    }
-    let server = &reply["server"];
-    let server = match server["listen"].as_str() {
-        None => "none".to_owned(),
-        Some(listen) => format!(
-            "{listen}{}, LiveReload {}",
-            if server["socket_activated"] == true {
-                " (socket from systemd)"
-            } else {
-                ""
-            },
-            if server["livereload"] == true {
-                format!("on, {} client(s)", server["livereload_clients"])
-            } else {
-                "off".to_owned()
+        Err(error) => {
+            if !json {
+                let code = serde_json::to_value(error.code).unwrap_or_default();
+                eprintln!(
+                    "execlibctl: {}: {}",
+                    code.as_str().unwrap_or("error"),
+                    error.message
+                );
             }
-        ),
-    };
-    out.push_str(&format!(
-        "uptime   {}h{:02}m{:02}s\nlisteners {}/{} running\nserver   {server}",
-        uptime / 3600,
-        uptime / 60 % 60,
-        uptime % 60,
-        reply["listeners"]["running"],
-        reply["listeners"]["total"],
-    ));
-    out
+            EXIT_DAEMON_ERROR
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,61 +1,68 @@
 //! The control protocol: one JSON object per line each way over a stream Unix
-//! socket. Requests are a serde enum tagged by `cmd`; every reply carries `ok`,
-//! and errors carry a machine-readable code. Lines are capped at [`MAX_LINE`].
+//! socket. This module owns every request and reply type, for the daemon and
+//! `execlibctl` alike, and imports nothing else from the crate.
+//!
+//! Requests are [`Request`], a serde enum tagged by `cmd`; its variants are also
+//! `execlibctl`'s subcommands (clap derives them), so the two cannot drift. Every
+//! reply carries `ok`; a success's body is one of [`replies`]' types, chosen by the
+//! request ([`Response::from_line`]); an error is [`ErrorBody`] with a
+//! machine-readable [`ErrorCode`]. Lines are capped at [`MAX_LINE`]. Paths are
+//! carried losslessly ([`wire`]).
 
-use crate::listener::ListenerInfo;
+pub mod replies;
+pub mod wire;
+
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+use std::path::PathBuf;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
 /// The longest request line accepted, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// A request from a client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A request from a client; also `execlibctl`'s subcommands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// List the listeners with their state and counters.
     Listeners,
     /// Start a listener.
     Start {
-        /// Its name.
+        /// The listener's name.
         listener: String,
     },
     /// Stop a listener and its jobs.
     Stop {
-        /// Its name.
+        /// The listener's name.
         listener: String,
     },
-    /// The daemon's summary.
+    /// Show the daemon's status.
     Status,
-    /// Re-read the config.
+    /// Re-read the configuration and apply what changed.
     Reload,
-    /// List the jobs not finished: running and queued.
+    /// List the jobs running and queued.
     Jobs,
-    /// Submit a synthetic `modify` event for a file.
+    /// Run the routes that match PATH as if it had been modified.
     Trigger {
-        /// The listener.
+        /// The listener's name.
         listener: String,
-        /// The file: absolute, or relative to the config directory or a route's path
-        /// (see [`crate::names::wire`] for names that are not UTF-8).
-        #[serde(with = "crate::names::wire")]
-        path: std::path::PathBuf,
+        /// The file: absolute, or relative to the config's directory or a route's path
+        /// (any bytes).
+        #[serde(with = "wire")]
+        path: PathBuf,
     },
-    /// Stop the daemon (answered first).
+    /// Stop the daemon.
     Shutdown,
 }
 
-/// Every `cmd` the daemon knows.
-pub const COMMANDS: [&str; 8] = [
-    "listeners",
-    "start",
-    "stop",
-    "status",
-    "reload",
-    "shutdown",
-    "jobs",
-    "trigger",
-];
+/// Every `cmd` the daemon knows: [`Request`]'s variants, as clap names them.
+pub fn commands() -> Vec<String> {
+    use clap::Subcommand;
+    Request::augment_subcommands(clap::Command::new("execlibctl"))
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect()
+}
 
 /// An error's machine-readable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,78 +119,69 @@ impl ErrorBody {
     }
 }
 
-/// The daemon's summary, for `status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusInfo {
-    /// The instance name.
-    pub instance: String,
-    /// The daemon's version.
-    pub version: String,
-    /// The daemon's pid.
-    pub pid: u32,
-    /// Time since start.
-    pub uptime_ms: u64,
-    /// Listener counts.
-    pub listeners: ListenerCounts,
-    /// The HTTP server, when there is one.
-    pub server: Option<Value>,
-    /// The systemd unit it runs in (from its cgroup), when it runs under systemd.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unit: Option<String>,
-}
-
-/// How many listeners run, of how many.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ListenerCounts {
-    /// Running (or degraded) listeners.
-    pub running: usize,
-    /// All listeners.
-    pub total: usize,
-}
-
-/// A reply.
-#[derive(Debug, Clone, PartialEq)]
+/// A reply: a success's body (which one depends on the request) or an error.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Response {
     /// `listeners`.
-    Listeners(Vec<ListenerInfo>),
-    /// `start` / `stop`: whether the state changed.
-    Changed(bool),
+    Listeners(replies::Listeners),
+    /// `start` / `stop`.
+    Changed(replies::Changed),
     /// `status`.
-    Status(StatusInfo),
-    /// `trigger`: how many routes matched.
-    Triggered(usize),
+    Status(replies::Status),
+    /// `trigger`.
+    Triggered(replies::Triggered),
     /// `jobs`.
-    Jobs(Vec<crate::listener::JobView>),
-    /// `reload`: what changed.
-    Reloaded(crate::daemon::Reloaded),
-    /// Success with nothing to say.
-    Done,
-    /// Failure.
-    Error(ErrorBody),
+    Jobs(replies::Jobs),
+    /// `reload`.
+    Reloaded(replies::Reloaded),
+    /// `shutdown`.
+    Done(replies::Done),
+    /// Any request that failed.
+    Error(replies::Failed),
+}
+
+/// A reply on the wire: `ok`, then the body's fields.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    ok: bool,
+    #[serde(flatten)]
+    body: &'a Response,
 }
 
 impl Response {
     /// An error reply.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Response::Error(ErrorBody::new(code, message))
+        Response::Error(replies::Failed {
+            error: ErrorBody::new(code, message),
+        })
     }
 
     /// The reply as one JSON line, newline included.
     pub fn to_line(&self) -> String {
-        let mut value = match self {
-            Response::Listeners(l) => json!({ "listeners": l }),
-            Response::Changed(changed) => json!({ "changed": changed }),
-            Response::Status(s) => serde_json::to_value(s).expect("status serializes"),
-            Response::Triggered(matched) => json!({ "matched": matched }),
-            Response::Jobs(jobs) => json!({ "jobs": jobs }),
-            Response::Reloaded(r) => serde_json::to_value(r).expect("reload report serializes"),
-            Response::Done => json!({}),
-            Response::Error(e) => json!({ "error": e }),
-        };
-        value["ok"] = Value::Bool(!matches!(self, Response::Error(_)));
-        let mut line = value.to_string();
+        let ok = !matches!(self, Response::Error(_));
+        let mut line = serde_json::to_string(&Envelope { ok, body: self }).expect("replies serialize");
         line.push('\n');
         line
+    }
+
+    /// Reads the reply to `request` from `line`: an error, or the body that request
+    /// answers with.
+    pub fn from_line(request: &Request, line: &str) -> Result<Response, serde_json::Error> {
+        let value: Value = serde_json::from_str(line)?;
+        if value.get("ok") == Some(&Value::Bool(false)) {
+            return serde_json::from_value(value).map(Response::Error);
+        }
+        let body = match request {
+            Request::Listeners => Response::Listeners(serde_json::from_value(value)?),
+            Request::Start { .. } | Request::Stop { .. } => Response::Changed(serde_json::from_value(value)?),
+            Request::Status => Response::Status(serde_json::from_value(value)?),
+            Request::Reload => Response::Reloaded(serde_json::from_value(value)?),
+            Request::Jobs => Response::Jobs(serde_json::from_value(value)?),
+            Request::Trigger { .. } => Response::Triggered(serde_json::from_value(value)?),
+            Request::Shutdown => Response::Done(serde_json::from_value(value)?),
+        };
+        Ok(body)
     }
 }
 
@@ -196,10 +194,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
     };
     match object.get("cmd") {
         None => return Err(bad("missing field `cmd`".into())),
-        Some(Value::String(cmd)) if !COMMANDS.contains(&cmd.as_str()) => {
+        Some(Value::String(cmd)) if !commands().iter().any(|c| c == cmd) => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,
-                format!("unknown command {cmd:?}; known: {}", COMMANDS.join(", ")),
+                format!("unknown command {cmd:?}; known: {}", commands().join(", ")),
             ));
         }
         Some(Value::String(_)) => {}
@@ -244,6 +242,7 @@ pub async fn read_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn code(line: &str) -> ErrorCode {
         parse_request(line.as_bytes()).unwrap_err().code
@@ -271,14 +270,47 @@ mod tests {
     }
 
     #[test]
-    fn replies_carry_ok() {
-        let v: Value = serde_json::from_str(&Response::Changed(false).to_line()).unwrap();
+    fn replies_carry_ok_and_read_back_as_the_request_expects() {
+        let line = Response::Changed(replies::Changed { changed: false }).to_line();
+        let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v, json!({"ok": true, "changed": false}));
-        let v: Value = serde_json::from_str(&Response::error(ErrorCode::TooLarge, "big").to_line()).unwrap();
+        let stop = Request::Stop {
+            listener: "docs".into(),
+        };
+        assert_eq!(
+            Response::from_line(&stop, &line).unwrap(),
+            Response::Changed(replies::Changed { changed: false })
+        );
+        let line = Response::error(ErrorCode::TooLarge, "big").to_line();
+        let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
             v,
             json!({"ok": false, "error": {"code": "too_large", "message": "big"}})
         );
+        assert_eq!(
+            Response::from_line(&Request::Status, &line).unwrap(),
+            Response::error(ErrorCode::TooLarge, "big")
+        );
+        let done = Response::Done(replies::Done {}).to_line();
+        assert_eq!(done, "{\"ok\":true}\n");
+        assert!(
+            Response::from_line(&Request::Listeners, "{\"ok\":true}").is_err(),
+            "a missing field is an error"
+        );
+    }
+
+    #[test]
+    fn every_cli_subcommand_is_a_protocol_command_and_back() {
+        // The CLI's subcommands are Request's variants (clap derives them); each name
+        // must be the `cmd` serde reads, so the two spellings can never drift apart.
+        for name in commands() {
+            let error = parse_request(format!("{{\"cmd\":\"{name}\"}}").as_bytes()).err();
+            assert!(
+                error.as_ref().is_none_or(|e| e.code == ErrorCode::BadRequest && !e.message.contains("unknown variant")),
+                "{name}: {error:?}"
+            );
+        }
+        assert_eq!(commands().len(), 8);
     }
 
     #[tokio::test]
@@ -302,15 +334,12 @@ mod tests {
 
         /// Lines close to real requests: a known or unknown command with fields of any type.
         fn near_request() -> impl Strategy<Value = Vec<u8>> {
-            let cmd = prop_oneof![
-                proptest::sample::select(COMMANDS.to_vec()).prop_map(str::to_owned),
-                ".{0,8}",
-            ];
+            let cmd = prop_oneof![proptest::sample::select(commands()), ".{0,8}",];
             let value = prop_oneof![
                 ".{0,12}".prop_map(Value::String),
                 any::<i64>().prop_map(Value::from),
                 Just(Value::Null),
-                Just(json!([1, "x"])),
+                Just(serde_json::json!([1, "x"])),
             ];
             let field = proptest::sample::select(vec!["listener", "path", "x", "cmd"]);
             (cmd, proptest::collection::vec((field, value), 0..3)).prop_map(|(cmd, fields)| {

@@ -1,0 +1,194 @@
+//! The replies' bodies: what each request answers with on success, as serde types
+//! the daemon writes and `execlibctl` reads.
+
+use super::wire;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `listeners`: every listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Listeners {
+    /// In config order.
+    pub listeners: Vec<ListenerInfo>,
+}
+
+/// A listener's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerState {
+    /// Watching and running jobs.
+    Running,
+    /// Not started, or stopped on request.
+    Stopped,
+    /// Running, but some routes cannot watch or its snapshot cannot be saved.
+    Degraded,
+    /// Could not start or broke; `error` says why.
+    Failed,
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: ListenerState,
+    /// The directories its routes watch.
+    #[serde(with = "wire::list")]
+    pub paths: Vec<PathBuf>,
+    /// How many routes it has.
+    pub routes: usize,
+    /// How many directories it watches.
+    pub watches: u64,
+    /// File events received since the daemon started.
+    pub events: u64,
+    /// Jobs started since the daemon started.
+    pub jobs_started: u64,
+    /// Jobs that failed.
+    pub jobs_failed: u64,
+    /// Jobs running now.
+    pub jobs_running: u64,
+    /// Files whose changes wait for a run.
+    #[serde(default)]
+    pub jobs_queued: u64,
+    /// The most recent failed job.
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
+    /// Why it is not running (or degraded), when it is not by choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A failed job, as `listeners` reports the last one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The route.
+    pub route: String,
+    /// The file (absolute).
+    #[serde(with = "wire")]
+    pub file: PathBuf,
+    /// Why it failed ("exit code 2", "timed out", ...).
+    pub reason: String,
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// `start` and `stop`: whether the listener's state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    /// `false`: it was already running (start) or stopped (stop).
+    pub changed: bool,
+}
+
+/// `status`: the daemon's summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The instance name.
+    pub instance: String,
+    /// The daemon's version.
+    pub version: String,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Time since start.
+    pub uptime_ms: u64,
+    /// Listener counts.
+    pub listeners: ListenerCounts,
+    /// The HTTP server, when there is one.
+    pub server: Option<ServerInfo>,
+    /// The systemd unit it runs in (from its cgroup), when it runs under systemd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// How many listeners run, of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerCounts {
+    /// Running (or degraded) listeners.
+    pub running: usize,
+    /// All listeners.
+    pub total: usize,
+}
+
+/// The HTTP server, in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The address it serves.
+    pub listen: String,
+    /// Whether the socket came from systemd (`LISTEN_FDS`).
+    pub socket_activated: bool,
+    /// Whether the LiveReload endpoint is on.
+    pub livereload: bool,
+    /// LiveReload clients connected now.
+    pub livereload_clients: usize,
+    /// Small files kept in memory.
+    pub cached_files: usize,
+}
+
+/// `jobs`: the jobs not finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Jobs {
+    /// Running ones first, then queued ones.
+    pub jobs: Vec<JobView>,
+}
+
+/// A job that has not finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The listener.
+    pub listener: String,
+    /// The route.
+    pub route: String,
+    /// The file (absolute).
+    #[serde(with = "wire")]
+    pub file: PathBuf,
+    /// `running`, `waiting` (due, for a free slot) or `pending` (debounce, delay, or
+    /// the file's current run).
+    pub state: String,
+    /// The job's pid, once running.
+    pub pid: Option<u32>,
+    /// How long it has been running.
+    pub running_ms: Option<u64>,
+}
+
+/// `trigger`: how many routes matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Triggered {
+    /// Routes the synthetic change was submitted to.
+    pub matched: usize,
+}
+
+/// `reload`: what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// The listeners, by what happened to them.
+    pub listeners: Applied,
+    /// The HTTP server: `unchanged`, `started`, `restarted`, `stopped`, or
+    /// `failed: REASON` (the new `[server]` could not start).
+    pub server: String,
+    /// Sections that changed but apply only at the next start (`[daemon]`, `[control]`).
+    pub restart_needed: Vec<String>,
+}
+
+/// What a reload did to the listeners, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Same definition: left running (or stopped) as they were.
+    pub unchanged: Vec<String>,
+    /// Changed definition: replaced (and restarted if they were up).
+    pub changed: Vec<String>,
+    /// New in the config.
+    pub added: Vec<String>,
+    /// Gone from the config: stopped.
+    pub removed: Vec<String>,
+}
+
+/// A success with nothing more to say (`shutdown`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+/// A failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failed {
+    /// What went wrong.
+    pub error: super::ErrorBody,
+}
