@@ -4,11 +4,7 @@
 //! readiness, then waits for a shutdown (the caller's future or the `shutdown`
 //! command) and stops everything in order: listeners and their jobs first, then
 //! the HTTP server, then the control socket. SIGHUP (or the `reload` command)
-//! reloads the config ([`reload`]).
-
-mod reload;
-
-pub use reload::ReloadError;
+//! reloads the config ([`crate::state`]).
 
 use crate::config::Config;
 use crate::control::ControlServer;
@@ -16,9 +12,9 @@ use crate::control::socket::{self, SocketError};
 use crate::http::HttpServer;
 use crate::listener::Listeners;
 use crate::notify;
+use crate::state::DaemonState;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -33,58 +29,8 @@ pub enum DaemonError {
     Http(#[from] crate::http::HttpError),
 }
 
-/// What the control handlers see of the daemon.
-pub struct DaemonState {
-    /// The config it started with (`[daemon]` and `[control]` apply from this one).
-    pub config: Config,
-    /// Its listeners.
-    pub listeners: Listeners,
-    /// When it started.
-    pub started: Instant,
-    /// The HTTP front end, when `[server]` is configured.
-    server: std::sync::RwLock<Option<Arc<HttpServer>>>,
-    /// The config running now (after reloads); held for the length of a reload.
-    current: tokio::sync::Mutex<Config>,
-    shutdown: CancellationToken,
-}
-
-impl DaemonState {
-    /// The HTTP front end, when one runs.
-    pub fn server(&self) -> Option<Arc<HttpServer>> {
-        self.server.read().expect("server lock").clone()
-    }
-
-    /// Whether a shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    /// Begins the ordered shutdown (idempotent).
-    pub fn request_shutdown(&self, by: &str) {
-        if !self.shutdown.is_cancelled() {
-            info!("shutdown requested by {by}");
-            self.shutdown.cancel();
-        }
-    }
-
-    /// One line for systemd's status: listeners running and watches.
-    pub fn status_line(&self) -> String {
-        let s = self.listeners.summary();
-        format!(
-            "{}/{} listeners running, {} watches",
-            s.running, s.total, s.watches
-        )
-    }
-
-    /// Sends the status line to systemd.
-    pub fn publish_status(&self) {
-        notify::status(&self.status_line());
-    }
-}
-
 /// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let started = Instant::now();
     // Before READY=1: a SIGHUP right after it must reload, not kill (its default action).
     let hangups = hangups();
     let (listener, socket_file) = socket::bind(&config.control)?;
@@ -104,14 +50,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     })
     .await
     .expect("ending leftovers does not panic");
-    let state = Arc::new(DaemonState {
-        listeners: Listeners::new(&config, ledger),
-        server: server.into(),
-        current: config.clone().into(),
-        config,
-        started,
-        shutdown: CancellationToken::new(),
-    });
+    let listeners = Listeners::new(&config, ledger);
+    let state = Arc::new(DaemonState::new(config, listeners, server));
     let control = ControlServer::spawn(listener, state.clone());
     state.listeners.start_autostart().await;
     let status = state.status_line();
@@ -124,12 +64,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     notify::stopping();
     // A reload in progress finishes first: it may be starting listeners that stopping
     // must see. Later ones see the shutdown and are refused with a reply.
-    drop(state.current.lock().await);
+    state.settle_reloads().await;
     info!("stopping listeners");
     state.listeners.stop_all().await;
     info!("listeners stopped");
     // Taken after the listeners stopped: a reload cannot start a server any more.
-    let server = state.server.write().expect("server lock").take();
+    let server = state.take_server();
     match server {
         Some(server) => {
             info!("stopping HTTP server");
@@ -170,7 +110,7 @@ async fn wait_for_shutdown(
     loop {
         tokio::select! {
             _ = &mut shutdown => return state.request_shutdown("a signal"),
-            _ = state.shutdown.cancelled() => return,
+            _ = state.shutdown_requested() => return,
             Some(_) = async { hangups.as_mut()?.next().await }, if hangups.is_some() => {
                 let _ = state.reload("SIGHUP").await;
             }

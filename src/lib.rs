@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod route;
 pub mod scheduler;
 pub mod snapshot;
+pub mod state;
 mod sys;
 pub mod watch;
 

@@ -1,10 +1,10 @@
 //! One handler per control request, reached from one exhaustive `match`.
 
 use crate::config::ConfigError;
-use crate::daemon::{DaemonState, ReloadError};
 use crate::listener::ListenerError;
 use crate::protocol::replies::{self, ListenerCounts};
 use crate::protocol::{ErrorBody, ErrorCode, Request, Response};
+use crate::state::{DaemonState, ReloadError};
 
 /// Answers one request. `Shutdown` only answers; the connection triggers the
 /// shutdown once the reply is written.
@@ -105,4 +105,109 @@ fn listener_error(e: ListenerError) -> Response {
         ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
     };
     Response::error(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::listener::Listeners;
+    use crate::protocol::replies::{Changed, ListenerCounts};
+    use std::sync::Arc;
+
+    /// A daemon's state on a config with listener `docs` watching `src`, nothing started.
+    fn state(dir: &tempfile::TempDir) -> DaemonState {
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        let path = dir.path().join("site.toml");
+        let body = "[daemon]\nstate_dir = \"state\"\n[control]\nsocket = \"c.sock\"\n\
+                    [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"src\"\n  shell = \"true\"\n";
+        std::fs::write(&path, body).unwrap();
+        let config = Config::load(&path, "site", &Default::default()).unwrap();
+        let ledger = Arc::new(crate::ledger::Ledger::new(&config.daemon.state_dir));
+        let listeners = Listeners::new(&config, ledger);
+        DaemonState::new(config, listeners, None)
+    }
+
+    fn code(response: Response) -> ErrorCode {
+        match response {
+            Response::Error(failed) => failed.error.code,
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn status_counts_listeners_and_start_stop_report_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir);
+        let Response::Status(status) = handle(&state, Request::Status).await else {
+            panic!()
+        };
+        assert_eq!((status.instance.as_str(), status.server), ("site", None));
+        assert_eq!(status.listeners, ListenerCounts { running: 0, total: 1 });
+        let start = || Request::Start {
+            listener: "docs".into(),
+        };
+        let stop = || Request::Stop {
+            listener: "docs".into(),
+        };
+        assert_eq!(
+            handle(&state, start()).await,
+            Response::Changed(Changed { changed: true })
+        );
+        assert_eq!(
+            handle(&state, start()).await,
+            Response::Changed(Changed { changed: false })
+        );
+        let Response::Status(status) = handle(&state, Request::Status).await else {
+            panic!()
+        };
+        assert_eq!(status.listeners.running, 1);
+        assert_eq!(
+            handle(&state, stop()).await,
+            Response::Changed(Changed { changed: true })
+        );
+        assert_eq!(
+            handle(&state, stop()).await,
+            Response::Changed(Changed { changed: false })
+        );
+        let unknown = Request::Start {
+            listener: "nope".into(),
+        };
+        assert_eq!(code(handle(&state, unknown).await), ErrorCode::UnknownListener);
+    }
+
+    #[tokio::test]
+    async fn trigger_refuses_nul_and_a_stopped_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir);
+        let trigger = |path: &str| Request::Trigger {
+            listener: "docs".into(),
+            path: path.into(),
+        };
+        assert_eq!(
+            code(handle(&state, trigger("src/a")).await),
+            ErrorCode::NotRunning
+        );
+        assert_eq!(
+            code(handle(&state, trigger("src/a\0b")).await),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(handle(&state, trigger("../a")).await), ErrorCode::BadRequest);
+    }
+
+    #[tokio::test]
+    async fn reload_reports_an_invalid_config_at_its_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir);
+        std::fs::write(dir.path().join("site.toml"), "[daemon]\n  colour = 1\n").unwrap();
+        let Response::Error(failed) = handle(&state, Request::Reload).await else {
+            panic!()
+        };
+        assert_eq!(failed.error.code, ErrorCode::InvalidConfig);
+        assert_eq!((failed.error.line, failed.error.column), (Some(2), Some(3)));
+        assert_eq!(
+            handle(&state, Request::Shutdown).await,
+            Response::Done(Default::default())
+        );
+    }
 }

@@ -8,8 +8,8 @@ pub mod handler;
 mod runtime_dir;
 pub mod socket;
 
-use crate::daemon::DaemonState;
 use crate::protocol::{self, ErrorCode, Frame, Request, Response, read_frame};
+use crate::state::DaemonState;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
