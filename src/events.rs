@@ -1,10 +1,22 @@
-//! File event kinds as routes see them, and small sets of them.
+//! File events as everything downstream of the watcher sees them: a
+//! [`FileEvent`] (a path and what happened to it), the [`EventKind`]s and small
+//! sets of them.
 //!
-//! The watcher turns raw inotify masks into [`EventKind`]s; routes filter on an
+//! The watcher turns raw inotify masks into [`FileEvent`]s; routes filter on an
 //! [`EventSet`]; the scheduler accumulates the kinds seen since a file's last run.
 
 use serde::Deserialize;
 use std::fmt;
+use std::path::PathBuf;
+
+/// A change to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEvent {
+    /// The file's absolute path.
+    pub path: PathBuf,
+    /// What happened.
+    pub kind: EventKind,
+}
 
 /// One kind of change to a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

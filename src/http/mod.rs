@@ -12,7 +12,7 @@ pub mod livereload;
 pub mod path;
 
 use crate::config::ServerConfig;
-use crate::route::{DEFAULT_IGNORES, Matcher};
+use crate::glob::{DEFAULT_IGNORES, Matcher};
 use crate::watch::{DirFilter, Setup};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};

@@ -16,7 +16,6 @@ use crate::watch::{FileEvent, WatchError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tracing::error;
 
 /// Counts for the status line and `status`.
@@ -126,13 +125,43 @@ impl Shared {
     }
 }
 
-/// What every job of the daemon shares.
+impl crate::job::launch::Observer for Shared {
+    fn started(&self, route: &str, file: &Path, pid: &Arc<std::sync::atomic::AtomicU32>) -> u64 {
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let entry = RunningJob {
+            route: route.to_owned(),
+            file: file.to_owned(),
+            pid: pid.clone(),
+            started: std::time::Instant::now(),
+        };
+        self.running.lock().expect("jobs lock").insert(id, entry);
+        self.jobs_started.fetch_add(1, Ordering::Relaxed);
+        self.jobs_running.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    fn ended(&self, id: u64, route: &str, file: &Path, failure: Option<String>) {
+        self.jobs_running.fetch_sub(1, Ordering::Relaxed);
+        self.running.lock().expect("jobs lock").remove(&id);
+        let Some(reason) = failure else { return };
+        self.jobs_failed.fetch_add(1, Ordering::Relaxed);
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        *self.last_failure.lock().expect("failure lock") = Some(Failure {
+            route: route.to_owned(),
+            file: file.to_owned(),
+            reason,
+            at_ms,
+        });
+    }
+}
+
+/// What the daemon's listeners share: what their jobs share, and where snapshots go.
 #[derive(Debug, Clone)]
 pub(crate) struct JobContext {
-    pub instance: String,
-    pub grace: Duration,
+    pub jobs: crate::job::launch::Context,
     pub state_dir: PathBuf,
-    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// The daemon's listeners.
@@ -158,10 +187,12 @@ impl Listeners {
                 .collect::<Vec<_>>()
                 .into(),
             ctx: JobContext {
-                instance: config.instance.clone(),
-                grace: config.daemon.shutdown_grace,
+                jobs: crate::job::launch::Context {
+                    instance: config.instance.clone(),
+                    grace: config.daemon.shutdown_grace,
+                    ledger,
+                },
                 state_dir: config.daemon.state_dir.clone(),
-                ledger,
             },
             closing: std::sync::atomic::AtomicBool::new(false),
             changing: tokio::sync::Mutex::new(()),
@@ -251,7 +282,7 @@ impl Listeners {
                 path: file,
                 kind: crate::events::EventKind::Modify,
             };
-            if let Some(sub) = task::route_match(index, route, &event) {
+            if let Some(sub) = crate::route::submission(index, route, &event) {
                 let _ = submit.send(crate::scheduler::Input::Submit(sub)).await;
                 matched += 1;
             }

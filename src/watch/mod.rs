@@ -21,6 +21,7 @@ mod tree;
 use timers::Overflow;
 
 use crate::events::EventKind;
+pub use crate::events::FileEvent;
 use crate::snapshot::Snapshot;
 use futures::StreamExt;
 use inotify::{EventMask, EventOwned, EventStream, Inotify};
@@ -41,15 +42,6 @@ pub const MOVE_BOUND: Duration = Duration::from_millis(50);
 /// How often missing roots are looked for.
 pub const ROOT_POLL: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// A change to one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileEvent {
-    /// The file's absolute path.
-    pub path: PathBuf,
-    /// What happened.
-    pub kind: EventKind,
-}
 
 /// Why watching failed.
 #[derive(Debug, thiserror::Error)]

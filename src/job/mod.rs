@@ -2,6 +2,8 @@
 //! its output logged line by line, and termination of the whole group
 //! (SIGTERM, a grace period, SIGKILL) when its listener stops.
 
+pub mod launch;
+
 use crate::config::Command;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
