@@ -121,22 +121,37 @@ async fn wait_for_shutdown(
 /// Raises the soft limit of open files to the hard limit: every watch-heavy listener,
 /// job pipe and client costs descriptors, and systemd's default soft limit is 1024.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            crate::job::restore_fd_limit_in_jobs(limit.rlim_cur);
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    if let Ok((soft, hard)) = crate::sys::nofile_limit()
+        && soft < hard
+        && crate::sys::set_nofile_soft(hard).is_ok()
+    {
+        crate::job::restore_fd_limit_in_jobs(soft);
     }
 }
 
-/// The daemon binary's body: a runtime, the signal handlers, [`run`], an exit code.
-pub fn main(config: Config) -> std::process::ExitCode {
+/// `execlibd`'s body: finds and validates the config (`--check` stops there), sets
+/// up logging, then serves until SIGTERM or SIGINT; the exit code says how it went.
+pub fn main(cli: crate::cli::DaemonCli) -> std::process::ExitCode {
+    let env = crate::paths::Environment::from_process();
+    let loaded = crate::config::locate(cli.config, cli.instance, &env)
+        .and_then(|(path, instance)| Ok((Config::load(&path, &instance, &env)?, path)));
+    let (config, path) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("execlibd: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!("{}: ok", crate::names::escaped(&path));
+        return std::process::ExitCode::SUCCESS;
+    }
+    crate::logging::init(cli.log_format);
+    serve(config)
+}
+
+/// The daemon's body: a runtime, the signal handlers, [`run`], an exit code.
+fn serve(config: Config) -> std::process::ExitCode {
     raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

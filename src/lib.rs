@@ -1,31 +1,43 @@
 //! execlib: a file-triggered job service for Linux.
 //!
-//! Data flow: an inotify event ([`watch`]) reaches its [`listener`], which
-//! matches it against its routes ([`route`]) and hands matches to the
-//! [`scheduler`], which starts [`job`]s. Beside it the [`control`] socket
-//! drives the listeners, and [`daemon`] owns every lifecycle.
+//! Data flow, one direction: an inotify event (`watch`) reaches its `listener`,
+//! which matches it against its routes (`route`, with `glob`) and hands matches to
+//! its `scheduler`, which starts `job`s. Beside it the `control` socket and the
+//! `http` front end work on the daemon's shared `state`, and `daemon` owns every
+//! lifecycle. System calls std lacks are wrapped in `sys`, the only module that
+//! may use `unsafe`.
+//!
+//! The public surface is what the binaries and tests use: the command lines
+//! ([`cli`]), the control protocol ([`protocol`]), the two programs' bodies
+//! ([`execlibd`], [`execlibctl`]), and [`run`], which runs a daemon on a
+//! [`Config`] until a future resolves.
 
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod events;
-pub mod glob;
-pub mod http;
-pub mod job;
-pub mod ledger;
-pub mod listener;
-pub mod logging;
-pub mod names;
-pub mod notify;
-pub mod paths;
 pub mod protocol;
-pub mod route;
-pub mod scheduler;
-pub mod snapshot;
-pub mod state;
-mod sys;
-pub mod watch;
 
-pub use daemon::run;
+mod client;
+mod config;
+mod control;
+mod daemon;
+mod events;
+mod glob;
+mod http;
+mod job;
+mod ledger;
+mod listener;
+mod logging;
+mod names;
+mod notify;
+mod paths;
+mod route;
+mod scheduler;
+mod snapshot;
+mod state;
+mod sys;
+mod watch;
+
+pub use client::main as execlibctl;
+pub use config::{Config, ConfigError};
+pub use daemon::{DaemonError, main as execlibd, run};
+pub use logging::LogFormat;
+pub use paths::Environment;

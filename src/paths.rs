@@ -36,8 +36,7 @@ impl Environment {
                 .map(PathBuf::from)
         };
         Environment {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            is_root: unsafe { libc::geteuid() } == 0,
+            is_root: crate::sys::euid() == 0,
             runtime_directory: dir("RUNTIME_DIRECTORY"),
             state_directory: dir("STATE_DIRECTORY"),
             configuration_directory: dir("CONFIGURATION_DIRECTORY"),
@@ -64,8 +63,7 @@ impl Environment {
         }
         match &self.xdg_runtime_dir {
             Some(dir) => dir.join("execlib"),
-            // SAFETY: getuid has no preconditions and cannot fail.
-            None => std::env::temp_dir().join(format!("execlib-{}", unsafe { libc::getuid() })),
+            None => std::env::temp_dir().join(format!("execlib-{}", crate::sys::uid())),
         }
     }
 

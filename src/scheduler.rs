@@ -402,11 +402,6 @@ impl Scheduler {
         self.entries.values().flat_map(files_of).collect()
     }
 
-    /// How many keys have changes waiting (not yet started).
-    pub fn queued(&self) -> usize {
-        self.entries.values().filter(|e| e.pending.is_some()).count()
-    }
-
     /// The keys with changes waiting for their due time.
     pub fn pending(&self) -> impl Iterator<Item = &Key> {
         self.entries

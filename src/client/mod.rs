@@ -189,7 +189,14 @@ pub fn request(
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs one `execlibctl` command: prints the reply (or the error) and returns the exit code.
-pub fn main(socket: Option<PathBuf>, instance: Option<String>, json: bool, req: &Request) -> u8 {
+pub fn main(cli: crate::cli::CtlCli) -> u8 {
+    let crate::cli::CtlCli {
+        socket,
+        instance,
+        json,
+        command,
+    } = cli;
+    let req = &command;
     let env = Environment::from_process();
     let reply = resolve_socket(socket, instance.as_deref(), &env)
         .and_then(|target| request(&target, req, REPLY_TIMEOUT));

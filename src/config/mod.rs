@@ -3,15 +3,11 @@
 //! names the file, line and column.
 
 mod check;
-mod group;
-pub mod raw;
+mod raw;
 mod resolve;
 
-pub use check::{MAX_JOB_NAME, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 pub use raw::Mode;
-pub use resolve::{
-    Command, Config, ControlConfig, DaemonConfig, ListenerConfig, PostConfig, RouteConfig, ServerConfig,
-};
+pub use resolve::{Command, Config, ControlConfig, ListenerConfig, PostConfig, RouteConfig, ServerConfig};
 
 use crate::paths::Environment;
 use std::io::Read;

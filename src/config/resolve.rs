@@ -283,7 +283,7 @@ fn group(ctx: &Ctx, raw: Option<Spanned<String>>) -> Result<Option<u32>, ConfigE
     let at = name.span().start;
     let name = name.get_ref();
     ctx.no_nul(name.as_bytes(), at, &format!("group {name:?}"))?;
-    match super::group::gid(name) {
+    match crate::sys::group_id(name) {
         Ok(Some(gid)) => Ok(Some(gid)),
         Ok(None) => ctx.err(at, format!("group {name:?} does not exist")),
         Err(e) => ctx.err(at, format!("cannot look up group {name:?}: {e}")),

@@ -1,5 +1,6 @@
 //! Unit tests of config parsing and validation.
 
+use super::check::{MAX_JOB_NAME, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 use super::*;
 use crate::events::EventKind;
 use std::path::Path;
@@ -440,9 +441,7 @@ fn load_error(path: &Path) -> String {
 fn load_refuses_what_is_not_a_regular_file() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo.toml");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: `c` is a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    crate::sys::mkfifo(&fifo, 0o600).unwrap();
     let message = load_error(&fifo);
     assert!(
         message.ends_with("cannot read config: is not a regular file (a FIFO)"),

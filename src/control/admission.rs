@@ -81,13 +81,9 @@ impl Admission {
     }
 
     /// How many slots are taken.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.lock().expect("admission lock").slots.len()
-    }
-
-    /// Whether no slot is taken.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

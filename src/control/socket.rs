@@ -84,11 +84,9 @@ pub fn bind(config: &ControlConfig) -> Result<(tokio::net::UnixListener, SocketF
     clear_stale(path)?;
     // Bind with owner-only permissions, then widen to the configured mode: the socket is
     // never more open than asked, even for an instant. Nothing else creates files yet.
-    // SAFETY: umask only swaps the process's file creation mask.
-    let old = unsafe { libc::umask(0o177) };
+    let old = crate::sys::umask(0o177);
     let bound = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    crate::sys::umask(old);
     let listener = bound.map_err(|e| io_err("bind", e))?;
     let file = SocketFile {
         ino: std::fs::symlink_metadata(path)

@@ -141,35 +141,21 @@ impl Cache {
     }
 
     /// How many entries it holds.
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.entries.read().expect("cache lock").map.len()
-    }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// Whether `root` is on NFS, SMB/CIFS or FUSE, where `stat` may answer from an
 /// attribute cache that lags behind the file.
 fn remote(root: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
     const NFS: i64 = 0x6969;
     const SMB: i64 = 0x517B;
     const CIFS: i64 = 0xFF53_4D42;
     const SMB2: i64 = 0xFE53_4D42;
     const FUSE: i64 = 0x6573_5546;
-    let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
-        return true;
-    };
-    // SAFETY: statfs writes only into the struct passed; zeroed is a valid value.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `fs` a live statfs struct.
-    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
-        return false; // a missing root: nothing will be cached from it anyway
-    }
-    matches!(fs.f_type as i64, NFS | SMB | CIFS | SMB2 | FUSE)
+    // A missing root: nothing will be cached from it anyway.
+    crate::sys::fs_type(root).is_ok_and(|t| matches!(t, NFS | SMB | CIFS | SMB2 | FUSE))
 }
 
 #[cfg(test)]
@@ -195,12 +181,12 @@ mod tests {
         let cache = Cache::new(dir.path(), false);
         cache.insert("/a.txt", entry(&meta), SystemTime::now());
         assert!(
-            cache.is_empty(),
+            cache.entries() == 0,
             "two writes in one clock tick could share an mtime"
         );
         let later = SystemTime::now() + QUIET;
         cache.insert("/a.txt", entry(&meta), later);
-        assert_eq!(cache.len(), 1, "quiet for a second when read: kept");
+        assert_eq!(cache.entries(), 1, "quiet for a second when read: kept");
         assert!(cache.get("/a.txt").is_some(), "unchanged: a hit");
         std::os::unix::fs::symlink(&path, dir.path().join("link.txt")).unwrap();
         cache.insert("/link.txt", entry(&meta), later);
@@ -210,7 +196,7 @@ mod tests {
         );
         std::fs::write(&path, "y").unwrap();
         assert!(cache.get("/a.txt").is_none(), "rewritten: dropped");
-        assert!(cache.is_empty());
+        assert_eq!(cache.entries(), 0);
     }
 
     #[test]

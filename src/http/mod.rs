@@ -157,7 +157,7 @@ impl HttpServer {
             socket_activated: self.inherited,
             livereload: self.livereload.is_some(),
             livereload_clients: self.livereload.as_ref().map_or(0, |lr| lr.client_count()),
-            cached_files: self.site.cache.len(),
+            cached_files: self.site.cache.entries(),
         }
     }
 
@@ -175,34 +175,12 @@ impl HttpServer {
     }
 }
 
-/// The socket systemd passed (`LISTEN_FDS`), taken once for the life of the process:
-/// each server (a reload may start a new one) serves a duplicate of it.
-fn inherited() -> Result<Option<&'static std::net::TcpListener>, HttpError> {
-    use std::os::fd::FromRawFd;
-    static INHERITED: std::sync::OnceLock<Result<Option<std::net::TcpListener>, String>> =
-        std::sync::OnceLock::new();
-    let taken = INHERITED.get_or_init(|| {
-        let Some(fd) = sd_notify::listen_fds().ok().and_then(|mut fds| fds.next()) else {
-            return Ok(None);
-        };
-        if !is_listening_tcp(fd) {
-            return Err(format!(
-                "descriptor {fd} from LISTEN_FDS is not a listening TCP socket"
-            ));
-        }
-        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID checked) for us
-        // to own, it was checked to be a listening TCP socket, and it is taken only once.
-        Ok(Some(unsafe { std::net::TcpListener::from_raw_fd(fd) }))
-    });
-    match taken {
-        Ok(socket) => Ok(socket.as_ref()),
-        Err(message) => Err(HttpError::Inherited(std::io::Error::other(message.clone()))),
-    }
-}
-
 /// The socket systemd passed (`LISTEN_FDS`), else a fresh one bound to `listen`.
 fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), HttpError> {
-    if let Some(socket) = inherited()? {
+    // Each server (a reload may start a new one) serves a duplicate of systemd's socket.
+    let inherited = crate::sys::systemd_listener()
+        .map_err(|message| HttpError::Inherited(std::io::Error::other(message)))?;
+    if let Some(socket) = inherited {
         let std = socket.try_clone().map_err(HttpError::Inherited)?;
         std.set_nonblocking(true).map_err(HttpError::Inherited)?;
         return Ok((
@@ -220,22 +198,6 @@ fn listener(config: &ServerConfig) -> Result<(tokio::net::TcpListener, bool), Ht
     crate::sys::set_backlog(std::os::fd::AsFd::as_fd(&std), MAX_CONNECTIONS as i32).map_err(bind)?;
     std.set_nonblocking(true).map_err(bind)?;
     Ok((tokio::net::TcpListener::from_std(std).map_err(bind)?, false))
-}
-
-/// Whether `fd` is an open, listening stream socket of the IPv4 or IPv6 family.
-fn is_listening_tcp(fd: i32) -> bool {
-    let int_opt = |level, name| {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `value`; a bad fd just fails.
-        let rc =
-            unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
-        (rc == 0).then_some(value)
-    };
-    let family = int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN);
-    int_opt(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
-        && int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
-        && matches!(family, Some(libc::AF_INET | libc::AF_INET6))
 }
 
 async fn accept_loop(

@@ -32,10 +32,10 @@ const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 
 /// The soft open-files limit jobs get: the one the daemon started with, before it
 /// raised its own (as systemd advises, so programs that loop over every descriptor stay fast).
-static JOB_FD_LIMIT: std::sync::OnceLock<libc::rlim_t> = std::sync::OnceLock::new();
+static JOB_FD_LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// Makes jobs start with `soft` as their soft open-files limit.
-pub fn restore_fd_limit_in_jobs(soft: libc::rlim_t) {
+pub fn restore_fd_limit_in_jobs(soft: u64) {
     let _ = JOB_FD_LIMIT.set(soft);
 }
 
@@ -194,20 +194,7 @@ fn command(spec: &JobSpec) -> tokio::process::Command {
         cmd.env_remove(inherited);
     }
     if let Some(&soft) = JOB_FD_LIMIT.get() {
-        // SAFETY: between fork and exec only async-signal-safe calls (getrlimit, setrlimit) run.
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut limit = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-                    limit.rlim_cur = soft.min(limit.rlim_max);
-                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-                }
-                Ok(())
-            });
-        }
+        crate::sys::restore_nofile_in_child(&mut cmd, soft);
     }
     cmd
 }

@@ -198,10 +198,10 @@ fn pure_state_machine_tracks_queue_and_stale_timers() {
     assert_eq!(s.next_wakeup(), Some(t0 + MS * 100));
     s.submit(submission("a", EventKind::Modify, t), t0 + MS * 95);
     assert!(s.take_due(t0 + MS * 100).is_empty(), "extended by delay to 105");
-    assert_eq!(s.queued(), 1);
+    assert_eq!(s.pending().count(), 1);
     let due = s.take_due(t0 + MS * 105);
     assert_eq!(due.len(), 1);
-    assert_eq!(s.queued(), 0);
+    assert_eq!(s.pending().count(), 0);
     s.submit(submission("a", EventKind::Create, t), t0 + MS * 106);
     assert!(s.take_due(t0 + MS * 1000).is_empty(), "running: no second run");
     s.finished_with(&due[0].key, FrameStatus::Ok);

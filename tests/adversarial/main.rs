@@ -6,6 +6,10 @@
 //! `EXECLIB_ADVERSARIAL_OUT=FILE` appends each figures line to FILE.
 //! `tests/adversarial/run.sh` runs the full suite and prints a table.
 
+// The tests signal, inspect and limit processes directly (libc), each call with
+// a SAFETY comment; the crate's own unsafe code stays in src/sys/.
+#![allow(unsafe_code)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

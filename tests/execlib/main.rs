@@ -1,6 +1,10 @@
 //! Integration tests: the real `execlibd` and `execlibctl` binaries on temporary
 //! directories, driven over real sockets and real files.
 
+// The tests signal, inspect and limit processes directly (libc), each call with
+// a SAFETY comment; the crate's own unsafe code stays in src/sys/.
+#![allow(unsafe_code)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

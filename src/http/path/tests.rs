@@ -144,9 +144,7 @@ fn hidden_targets_stay_hidden_unless_allowed() {
 #[test]
 fn a_named_pipe_is_not_served_and_does_not_block() {
     let (_dir, root) = site();
-    let fifo = std::ffi::CString::new(root.join("pipe").as_os_str().as_bytes()).unwrap();
-    // SAFETY: mkfifo only creates a file at the given path.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    crate::sys::mkfifo(&root.join("pipe"), 0o644).unwrap();
     symlink("pipe", root.join("pipe_link")).unwrap();
     assert_eq!(answer(open(&root, "/pipe", false)).0, "404");
     assert_eq!(answer(open(&root, "/pipe_link", false)).0, "404");

@@ -1,0 +1,94 @@
+//! Files: opens relative to a directory descriptor (`openat`, `openat2`),
+//! symlinks read through their descriptor, file-system types, FIFOs, the umask.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Wraps a descriptor a system call just returned (or its error).
+fn owned(fd: libc::c_long) -> io::Result<File> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the call returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd as RawFd) })
+}
+
+/// `openat2(dir, path, {flags, resolve})` (see openat2(2)); `dir` `None` is the working
+/// directory. `ENOSYS` on kernels before 5.6.
+pub fn openat2(dir: Option<BorrowedFd<'_>>, path: &OsStr, flags: i32, resolve: u64) -> io::Result<File> {
+    let path = c_string(path.as_bytes())?;
+    // SAFETY: open_how is plain data; all zeroes is a valid value, then fields are set.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: `path` is a valid C string and `how` a live open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd()),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    owned(fd)
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC)`.
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<File> {
+    let name = c_string(name.as_bytes())?;
+    // SAFETY: `name` is a valid C string; a bad descriptor only makes the call fail.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) };
+    owned(fd as libc::c_long)
+}
+
+/// The target of the symlink `fd` was opened on (with `O_PATH | O_NOFOLLOW`):
+/// `readlinkat(fd, "")`, so what is read is the link that was opened, not whatever
+/// has its name now.
+pub fn read_link_fd(fd: BorrowedFd<'_>) -> io::Result<OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: the empty C string is valid and `buf` is writable for its whole length.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(OsString::from_vec(buf))
+}
+
+/// The type of the file system `path` is on (`statfs`'s `f_type`: `0x6969` NFS, ...).
+pub fn fs_type(path: &Path) -> io::Result<i64> {
+    let path = c_string(path.as_os_str().as_bytes())?;
+    // SAFETY: statfs is plain data; all zeroes is a valid value for it to overwrite.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `fs` a live statfs struct.
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fs.f_type as i64)
+}
+
+/// Sets the process's file creation mask; returns the previous one.
+pub fn umask(mask: u32) -> u32 {
+    // SAFETY: umask only swaps the process's mask; it cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+/// Creates a named pipe at `path` (tests: a file that must never block a reader).
+#[cfg(test)]
+pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
+    let path = c_string(path.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a valid C string; mkfifo only creates a file there.
+    if unsafe { libc::mkfifo(path.as_ptr(), mode as libc::mode_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! The one room for `unsafe`: small safe wrappers over the system calls the rest
+//! of the crate needs and std does not offer. Each wrapper keeps its call's
+//! contract itself (valid pointers and sizes, descriptors owned once), documents
+//! it in a `SAFETY` comment, and turns a failure into an [`std::io::Error`]. The
+//! crate denies `unsafe_code` everywhere else (`[lints]` in `Cargo.toml`).
+
+#![allow(unsafe_code)]
+
+mod fs;
+mod net;
+mod proc;
+
+#[cfg(test)]
+pub use fs::mkfifo;
+pub use fs::{fs_type, openat, openat2, read_link_fd, umask};
+pub use net::{peek, peer_credentials, set_backlog, systemd_listener};
+pub use proc::{
+    euid, group_id, kill, kill_group, nofile_limit, restore_nofile_in_child, set_nofile_soft, uid,
+};

@@ -1,0 +1,99 @@
+//! Sockets: the peer's credentials, peeking at what waits, the listen backlog, and
+//! the listening socket systemd passes (`LISTEN_FDS`).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+
+/// The credentials (pid, uid, gid) of the process at the other end of a connected
+/// Unix socket, as the kernel recorded them at `connect` (`SO_PEERCRED`).
+pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
+/// Copies into `buf` what is waiting to be read on socket `fd`, without consuming
+/// it or waiting (`recv(MSG_PEEK | MSG_DONTWAIT)`); `Ok(0)` when nothing is.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        n if n >= 0 => Ok(n as usize),
+        _ => match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            e => Err(e),
+        },
+    }
+}
+
+/// `listen(fd, backlog)` again on a listening socket: sets how many connections the
+/// kernel queues before `accept` (capped by `net.core.somaxconn`).
+pub fn set_backlog(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen only changes the socket's queue length; a bad fd just fails.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The first socket systemd passed this process (`LISTEN_FDS`, `LISTEN_PID` checked),
+/// if it is a listening TCP socket; taken once for the life of the process (later
+/// calls return the same one). `Err` says why the descriptor cannot be used.
+pub fn systemd_listener() -> Result<Option<&'static std::net::TcpListener>, String> {
+    static TAKEN: std::sync::OnceLock<Result<Option<std::net::TcpListener>, String>> =
+        std::sync::OnceLock::new();
+    let taken = TAKEN.get_or_init(|| {
+        let Some(fd) = sd_notify::listen_fds().ok().and_then(|mut fds| fds.next()) else {
+            return Ok(None);
+        };
+        if !is_listening_tcp(fd) {
+            return Err(format!(
+                "descriptor {fd} from LISTEN_FDS is not a listening TCP socket"
+            ));
+        }
+        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID checked) for
+        // it to own; it was checked to be a listening TCP socket; the OnceLock takes it once.
+        Ok(Some(unsafe { std::net::TcpListener::from_raw_fd(fd) }))
+    });
+    taken.as_ref().map(Option::as_ref).map_err(Clone::clone)
+}
+
+/// Whether `fd` is an open, listening stream socket of the IPv4 or IPv6 family.
+fn is_listening_tcp(fd: RawFd) -> bool {
+    let int_opt = |level, name| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`; a bad fd just fails.
+        let rc =
+            unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len) };
+        (rc == 0).then_some(value)
+    };
+    let family = int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN);
+    int_opt(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
+        && matches!(family, Some(libc::AF_INET | libc::AF_INET6))
+}

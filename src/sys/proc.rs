@@ -1,0 +1,123 @@
+//! Processes and users: ids, signals, the open-files limit (the daemon's own and
+//! its jobs'), group lookup.
+
+use std::ffi::CString;
+use std::io;
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The real user id of this process.
+pub fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Sends `signal` to process `pid`; false when it is gone (or not ours).
+pub fn kill(pid: u32, signal: i32) -> bool {
+    // SAFETY: kill only sends a signal; a pid that is gone just fails with ESRCH.
+    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+}
+
+/// Sends `signal` to every process of group `pgid`; false when none is left.
+pub fn kill_group(pgid: u32, signal: i32) -> bool {
+    // SAFETY: killpg only sends a signal; an empty group just fails with ESRCH.
+    unsafe { libc::killpg(pgid as libc::pid_t, signal) == 0 }
+}
+
+/// The open-files limit: (soft, hard).
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
+/// Sets the soft open-files limit (at most the hard one).
+pub fn set_nofile_soft(soft: u64) -> io::Result<()> {
+    let (_, hard) = nofile_limit()?;
+    let limit = libc::rlimit {
+        rlim_cur: soft.min(hard),
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit only reads the struct passed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the process `cmd` starts set its soft open-files limit to `soft` (at most its
+/// hard limit) before it runs. (A `pre_exec` hook: the child is forked rather than
+/// spawned with `posix_spawn`.)
+pub fn restore_nofile_in_child(cmd: &mut tokio::process::Command, soft: u64) {
+    // SAFETY: between fork and exec the hook calls only getrlimit and setrlimit, which
+    // are async-signal-safe, on its own stack values; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur = soft.min(limit.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The largest buffer offered to `getgrnam_r` for one group's entry (its members).
+const MAX_GROUP_BUFFER: usize = 4 << 20;
+
+/// The gid of the group called `name`, or `None` when no such group exists.
+pub fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the name contains a NUL byte"))?;
+    let mut size = 16 * 1024;
+    loop {
+        // SAFETY: `libc::group` is a C struct of integers and raw pointers, for
+        // which all-zero bytes (null pointers) are a valid value; getgrnam_r fills it.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; size];
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: `cname` is NUL-terminated; `group`, `buf` (of `buf.len()` bytes) and
+        // `result` are live, correctly sized storage owned here for the whole call.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        match rc {
+            0 if result.is_null() => return Ok(None),
+            0 => return Ok(Some(group.gr_gid)),
+            libc::ERANGE if size < MAX_GROUP_BUFFER => size *= 4,
+            // getgrnam_r(3): these too may mean that the group was not found.
+            libc::ENOENT | libc::ESRCH | libc::EBADF | libc::EPERM => return Ok(None),
+            rc => return Err(io::Error::from_raw_os_error(rc)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_exists_and_a_made_up_group_does_not() {
+        assert_eq!(super::group_id("root").unwrap(), Some(0));
+        assert_eq!(super::group_id("no-such-group-xyz").unwrap(), None);
+        assert!(super::group_id("a\0b").is_err());
+    }
+}
