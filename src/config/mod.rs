@@ -7,7 +7,10 @@ mod raw;
 mod resolve;
 
 pub use raw::Mode;
-pub use resolve::{Command, Config, ControlConfig, ListenerConfig, PostConfig, RouteConfig, ServerConfig};
+pub use resolve::{
+    Command, Config, ControlConfig, ListenerConfig, MAX_HTTP_CONNECTIONS, PostConfig, RouteConfig,
+    ServerConfig,
+};
 
 use crate::paths::Environment;
 use std::io::Read;

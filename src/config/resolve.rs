@@ -157,7 +157,11 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
 /// LiveReload clients at once, by default.
 const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// The most `max_clients` may be: every client is an HTTP connection too.
-const MAX_CLIENTS_LIMIT: usize = crate::http::MAX_CONNECTIONS;
+const MAX_CLIENTS_LIMIT: usize = MAX_HTTP_CONNECTIONS;
+
+/// At most this many HTTP connections (LiveReload clients included) are served at
+/// once; more are closed as soon as they are accepted.
+pub const MAX_HTTP_CONNECTIONS: usize = 4096;
 
 pub(super) fn resolve(
     raw: RawConfig,

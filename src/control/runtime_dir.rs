@@ -6,12 +6,35 @@
 //! every directory above it, as written and as resolved, owned by this user or
 //! root and writable by nobody else unless sticky (`/tmp`).
 
-use super::socket::SocketError;
+use crate::names::escaped;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a directory may not hold the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// It (or one above it) could be written by another user.
+    #[error("refusing to put the control socket in {}: {reason}", escaped(path))]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is not safe.
+        reason: String,
+    },
+    /// An I/O step failed.
+    #[error("cannot {action} {}: {source}", escaped(path))]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
 
 /// Creates `dir` if missing and checks that it and its ancestors may hold the socket.
-pub fn prepare(dir: &Path) -> Result<(), SocketError> {
+pub fn prepare(dir: &Path) -> Result<(), DirError> {
     let euid = crate::sys::euid();
     if std::fs::symlink_metadata(dir).is_err() {
         let mode = if euid == 0 { 0o755 } else { 0o700 };
@@ -19,13 +42,13 @@ pub fn prepare(dir: &Path) -> Result<(), SocketError> {
             .recursive(true)
             .mode(mode)
             .create(dir)
-            .map_err(|source| SocketError::Io {
+            .map_err(|source| DirError::Io {
                 action: "create the directory of",
                 path: dir.to_owned(),
                 source,
             })?;
     }
-    let real = dir.canonicalize().map_err(|source| SocketError::Io {
+    let real = dir.canonicalize().map_err(|source| DirError::Io {
         action: "resolve",
         path: dir.to_owned(),
         source,
@@ -41,8 +64,8 @@ pub fn prepare(dir: &Path) -> Result<(), SocketError> {
 
 /// Checks one directory (a symlink as written is skipped: the directory holding it
 /// is checked, and its target is in the resolved chain).
-fn check(dir: &Path, euid: u32, own: bool) -> Result<(), SocketError> {
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| SocketError::Io {
+fn check(dir: &Path, euid: u32, own: bool) -> Result<(), DirError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| DirError::Io {
         action: "inspect",
         path: dir.to_owned(),
         source,
@@ -50,7 +73,7 @@ fn check(dir: &Path, euid: u32, own: bool) -> Result<(), SocketError> {
     if meta.file_type().is_symlink() {
         return Ok(());
     }
-    let unsafe_dir = |reason: String| SocketError::UnsafeDirectory {
+    let unsafe_dir = |reason: String| DirError::Unsafe {
         path: dir.to_owned(),
         reason,
     };

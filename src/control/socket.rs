@@ -25,17 +25,9 @@ pub enum SocketError {
         /// The socket path.
         path: PathBuf,
     },
-    /// The socket's directory (or one above it) could be written by another user.
-    #[error(
-        "refusing to put the control socket in {}: {reason}",
-        crate::names::escaped(path)
-    )]
-    UnsafeDirectory {
-        /// The directory.
-        path: PathBuf,
-        /// Why it is not safe.
-        reason: String,
-    },
+    /// The socket's directory may not hold it (see [`super::runtime_dir`]).
+    #[error(transparent)]
+    Directory(#[from] super::runtime_dir::DirError),
     /// An I/O step failed.
     #[error("cannot {action} {}: {source}", crate::names::escaped(path))]
     Io {

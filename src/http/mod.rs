@@ -43,7 +43,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// At most this many connections (LiveReload clients included) are served at once;
 /// more are closed as soon as they are accepted.
-pub const MAX_CONNECTIONS: usize = 4096;
+pub const MAX_CONNECTIONS: usize = crate::config::MAX_HTTP_CONNECTIONS;
 
 /// Why the HTTP server could not start.
 #[derive(Debug, thiserror::Error)]
