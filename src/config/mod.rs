@@ -8,8 +8,8 @@ mod resolve;
 
 pub use raw::Mode;
 pub use resolve::{
-    Command, Config, ControlConfig, ListenerConfig, MAX_HTTP_CONNECTIONS, PostConfig, RouteConfig,
-    ServerConfig,
+    Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, ListenerConfig, MAX_HTTP_CONNECTIONS, PostConfig,
+    RouteConfig, ServerConfig,
 };
 
 use crate::paths::Environment;

@@ -92,6 +92,7 @@ pub struct RawRoute {
     pub events: Option<Vec<EventKind>>,
     pub debounce_ms: Option<u64>,
     pub delay_ms: Option<u64>,
+    pub max_hold_ms: Option<u64>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub mode: Option<Mode>,
     pub stage: Option<u32>,

@@ -126,6 +126,9 @@ pub struct RouteConfig {
     pub debounce: Duration,
     /// Quiet time after a file's last change before its job starts.
     pub delay: Duration,
+    /// How long a file's changes may wait for its writer to close it (none: they are
+    /// reported at once, as written).
+    pub max_hold: Option<Duration>,
     /// One job per file, or one per batch of files.
     pub mode: super::raw::Mode,
     /// Stage among the listener's routes, and what a failure does to later stages.
@@ -154,6 +157,9 @@ pub enum Command {
 const DEFAULT_GRACE_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
+/// How long a file's changes wait for its writer to close it, by default: longer
+/// than any upload or copy should take, short enough that nothing waits forever.
+pub const DEFAULT_MAX_HOLD_MS: u64 = 300_000;
 /// LiveReload clients at once, by default.
 const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// The most `max_clients` may be: every client is an HTTP connection too.
@@ -503,6 +509,10 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
             cancel_on_failure: raw.on_failure.unwrap_or_default() == super::raw::OnFailure::Cancel,
         },
         timeout: ctx.timeout(raw.timeout_ms)?,
+        max_hold: match raw.max_hold_ms.unwrap_or(DEFAULT_MAX_HOLD_MS) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         command,
         env: ctx.env(raw.env)?,

@@ -347,10 +347,11 @@ async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watcher,
     });
     let roots = [root.to_owned()];
     let setup = tokio::task::spawn_blocking(move || Setup::new(&roots, filter, false)).await;
-    match setup
-        .expect("watch setup does not panic")
-        .and_then(Setup::into_watcher)
-    {
+    match setup.expect("watch setup does not panic").and_then(|setup| {
+        // Pages are reported once written whole (see watch::hold), with the routes' default limit.
+        let limit = Some(Duration::from_millis(crate::config::DEFAULT_MAX_HOLD_MS));
+        setup.into_watcher(Arc::new(move |_: &Path| limit))
+    }) {
         Ok(watcher) => Some((watcher, matcher)),
         Err(e) => {
             warn!("LiveReload cannot watch the site root: {e}");

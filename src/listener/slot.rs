@@ -86,7 +86,8 @@ impl Slot {
         })
         .await
         .expect("watch setup does not panic");
-        let ready = setup.and_then(|(s, found)| Ok((s.into_watcher()?, found)));
+        let hold_for = hold_for(&self.config);
+        let ready = setup.and_then(|(s, found)| Ok((s.into_watcher(hold_for)?, found)));
         match ready {
             Ok((watcher, (missed, catch_up, saved))) => Ok(Prepared {
                 watcher,
@@ -305,5 +306,21 @@ fn dir_filter(config: &ListenerConfig) -> DirFilter {
             Ok(rel) => rel.as_os_str().is_empty() || !r.matcher.ignores_dir(rel),
             Err(_) => r.path.starts_with(dir),
         })
+    })
+}
+
+/// How long a file's changes may wait for its writer to close it: the shortest
+/// `max_hold_ms` of the routes it is for; not at all when none is, or when one of
+/// them has `max_hold_ms = 0` (its changes are reported as written).
+fn hold_for(config: &ListenerConfig) -> crate::watch::HoldFor {
+    let routes = config.routes.clone();
+    Arc::new(move |file: &Path| {
+        let mut limits = routes
+            .iter()
+            .filter(|r| file.strip_prefix(&r.path).is_ok_and(|rel| r.matcher.matches(rel)));
+        limits.try_fold(None, |shortest: Option<std::time::Duration>, r| {
+            let limit = r.max_hold?;
+            Some(Some(shortest.map_or(limit, |s| s.min(limit))))
+        })?
     })
 }

@@ -61,19 +61,26 @@ where
         }
         let wakeup = sched.next_wakeup().filter(|_| open);
         tokio::select! {
-            input = inputs.recv(), if open => match input {
-                Some(Input::Submit(sub)) => sched.submit(sub, Instant::now()),
-                Some(Input::Unsettled(reply)) => {
-                    let _ = reply.send(sched.unsettled());
+            input = inputs.recv(), if open => {
+                // What arrived together is taken in together: a file's create and
+                // modify released at its close make one run, even with no delay.
+                let mut input = input;
+                for _ in 0..super::QUEUE {
+                    match input {
+                        Some(i) => take(i, &mut sched, &ready),
+                        None => {
+                            open = false;
+                            stop(&mut sched, &mut ready);
+                            break;
+                        }
+                    }
+                    match inputs.try_recv() {
+                        Ok(next) => input = Some(next),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => input = None,
+                    }
                 }
-                Some(Input::Queued(reply)) => {
-                    let _ = reply.send(queued(&sched, &ready));
-                }
-                None => {
-                    open = false;
-                    stop(&mut sched, &mut ready);
-                }
-            },
+            }
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
                 let (id, ok) = match &done {
                     Ok((id, ok)) => (*id, *ok),
@@ -93,6 +100,19 @@ where
             }
         }
         ready.extend(sched.take_frame_ends().into_iter().map(Work::Post));
+    }
+}
+
+/// Takes one input in: a submission, or a question answered at once.
+fn take(input: Input, sched: &mut Scheduler, ready: &VecDeque<Work>) {
+    match input {
+        Input::Submit(sub) => sched.submit(sub, Instant::now()),
+        Input::Unsettled(reply) => {
+            let _ = reply.send(sched.unsettled());
+        }
+        Input::Queued(reply) => {
+            let _ = reply.send(queued(sched, ready));
+        }
     }
 }
 

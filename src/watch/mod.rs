@@ -11,13 +11,17 @@
 //!   repeated overflows back off; until the rescan, events about files are only read
 //!   (the rescan finds what they say), so a storm costs little more than the reads;
 //! - a root that is missing or goes away makes the watcher report it missing; it is
-//!   polled and, when it is back, scanned and its files reported as created.
+//!   polled and, when it is back, scanned and its files reported as created;
+//! - a file being written is reported when its writer closes it ([`hold`]).
 //!
 //! Symlinks are never followed.
 
+mod hold;
 mod timers;
 mod tree;
 
+pub use hold::HoldFor;
+use hold::Holds;
 use timers::Overflow;
 
 use crate::events::EventKind;
@@ -170,8 +174,9 @@ impl Setup {
         self.tree.snapshot()
     }
 
-    /// Starts delivering events (needs a tokio runtime).
-    pub fn into_watcher(self) -> Result<Watcher, WatchError> {
+    /// Starts delivering events (needs a tokio runtime); files open for writing are
+    /// held as `hold_for` says.
+    pub fn into_watcher(self, hold_for: HoldFor) -> Result<Watcher, WatchError> {
         let stream = self
             .inotify
             .into_event_stream(vec![0u8; 64 * 1024])
@@ -203,6 +208,7 @@ impl Setup {
             next_poll: Instant::now() + ROOT_POLL,
             completion,
             changed_before: self.changed_before,
+            holds: Holds::new(hold_for),
         })
     }
 }
@@ -227,6 +233,8 @@ pub struct Watcher {
     completion: Option<Completion>,
     /// See [`Setup`]: the background pass leaves files changed since then unknown.
     changed_before: i128,
+    /// Files whose writer has not closed them yet.
+    holds: Holds,
 }
 
 type Completion = tokio::sync::mpsc::Receiver<Vec<(PathBuf, tree::Files)>>;
@@ -295,6 +303,7 @@ impl Watcher {
             self.handle(event, &mut out)?;
         }
         for moved in std::mem::take(&mut self.moves) {
+            self.holds.release_under(&moved.path, &mut out);
             let gone = self.tree.drop_dir(&moved.path).into_keys();
             out.extend(gone.map(|path| FileEvent {
                 path,
@@ -304,6 +313,7 @@ impl Watcher {
         if self.overflow.due.is_some() {
             self.rescan(Instant::now(), &mut out)?;
         }
+        self.holds.release_all(&mut out);
         Ok(out)
     }
 
@@ -329,7 +339,11 @@ impl Watcher {
             .iter()
             .any(|r| r.missing.is_some())
             .then_some(self.next_poll);
-        moves.chain(self.overflow.due).chain(poll).min()
+        moves
+            .chain(self.overflow.due)
+            .chain(poll)
+            .chain(self.holds.next_due())
+            .min()
     }
 
     fn handle(&mut self, event: EventOwned, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
@@ -342,7 +356,7 @@ impl Watcher {
             return Ok(());
         };
         let Some(name) = event.name else {
-            return self.self_event(mask, &event.wd, &dir);
+            return self.self_event(mask, &event.wd, &dir, out);
         };
         if self.overflow.due.is_some() {
             // The queue overflowed and a rescan is due: it will find this change (and the
@@ -361,6 +375,11 @@ impl Watcher {
         if mask.contains(EventMask::ISDIR) {
             return self.dir_event(mask, event.cookie, path, out);
         }
+        if mask.contains(EventMask::CLOSE_WRITE) {
+            self.tree.refresh(&path);
+            self.holds.release(&path, out);
+            return Ok(());
+        }
         let kind = if mask.contains(EventMask::CREATE) {
             EventKind::Create
         } else if mask.contains(EventMask::MODIFY) {
@@ -374,13 +393,34 @@ impl Watcher {
         } else {
             return Ok(());
         };
-        if kind == EventKind::Delete {
-            self.tree.remove_file(&path);
-        } else {
-            self.tree.refresh(&path);
+        self.file_event(path, kind, out);
+        Ok(())
+    }
+
+    /// Records a change to a file and reports it, unless it is held (being written).
+    fn file_event(&mut self, path: PathBuf, kind: EventKind, out: &mut Vec<FileEvent>) {
+        let meta = match kind {
+            EventKind::Delete => {
+                // Held changes first: a file written, then deleted, keeps its order.
+                self.holds.release(&path, out);
+                self.tree.remove_file(&path);
+                None
+            }
+            EventKind::Move => {
+                self.holds.release(&path, out);
+                self.tree.refresh(&path)
+            }
+            _ => self.tree.refresh(&path),
+        };
+        let writing = match kind {
+            EventKind::Modify => true,
+            EventKind::Create => meta.as_ref().is_some_and(hold::may_be_written),
+            _ => false,
+        };
+        if writing && self.holds.hold(&path, kind, Instant::now()) {
+            return;
         }
         out.push(FileEvent { path, kind });
-        Ok(())
     }
 
     /// An event about a watched directory itself.
@@ -389,6 +429,7 @@ impl Watcher {
         mask: EventMask,
         wd: &inotify::WatchDescriptor,
         dir: &Path,
+        out: &mut Vec<FileEvent>,
     ) -> Result<(), WatchError> {
         let root = self
             .roots
@@ -406,6 +447,7 @@ impl Watcher {
                 };
                 let path = self.roots[i].path.clone();
                 warn!(path = %crate::names::escaped(&path), "route path {how}; waiting for it to come back");
+                self.holds.release_under(&path, out);
                 self.roots[i].lost = self.tree.drop_dir(&path);
                 self.roots[i].missing = Some(format!("route path {} {how}", crate::names::escaped(&path)));
                 self.next_poll = Instant::now() + ROOT_POLL;
@@ -444,6 +486,7 @@ impl Watcher {
                     .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?;
             }
         } else if mask.contains(EventMask::DELETE) {
+            self.holds.release_under(&path, out);
             out.extend(self.tree.drop_dir(&path).into_keys().map(|path| FileEvent {
                 path,
                 kind: EventKind::Delete,
@@ -458,6 +501,7 @@ impl Watcher {
     fn settle_moves_under(&mut self, path: &Path, out: &mut Vec<FileEvent>) {
         while let Some(i) = self.moves.iter().position(|m| m.path.starts_with(path)) {
             let gone = self.moves.remove(i).path;
+            self.holds.release_under(&gone, out);
             out.extend(self.tree.drop_dir(&gone).into_keys().map(|path| FileEvent {
                 path,
                 kind: EventKind::Delete,
@@ -468,6 +512,7 @@ impl Watcher {
     /// A directory renamed inside the tree: old names deleted, new names moved; its
     /// watches are kept (re-adding returns the same descriptors) under the new path.
     fn rename_dir(&mut self, from: &Path, to: &Path, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        self.holds.release_under(from, out);
         let mut moved = Vec::new();
         let gone = self.tree.rename(from, to, &mut moved)?;
         out.extend(gone.into_keys().map(|path| FileEvent {

@@ -50,6 +50,7 @@ impl Watcher {
     pub(super) fn run_timers(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
         while let Some(i) = self.moves.iter().position(|m| now >= m.at + MOVE_BOUND) {
             let gone = self.moves.remove(i).path;
+            self.holds.release_under(&gone, out);
             for path in self.tree.drop_dir(&gone).into_keys() {
                 out.push(FileEvent {
                     path,
@@ -60,6 +61,7 @@ impl Watcher {
         if self.overflow.due.is_some_and(|due| now >= due) {
             self.rescan(now, out)?;
         }
+        self.holds.release_due(now, out);
         if now >= self.next_poll {
             self.next_poll = now + ROOT_POLL;
             self.poll_roots(out)?;
@@ -71,6 +73,8 @@ impl Watcher {
         self.overflow.due = None;
         self.overflow.last_rescan = Some(now);
         self.moves.clear();
+        // The closes of held files may be among the events the kernel dropped.
+        self.holds.release_all(out);
         let before = out.len();
         for root in self.roots.iter().filter(|r| r.missing.is_none()) {
             out.extend(self.tree.rescan(&root.path)?);

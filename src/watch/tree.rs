@@ -19,6 +19,7 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::ATTRIB)
+    .union(WatchMask::CLOSE_WRITE)
     .union(WatchMask::DELETE_SELF)
     .union(WatchMask::MOVE_SELF)
     .union(WatchMask::ONLYDIR)
@@ -99,14 +100,15 @@ impl Tree {
         Some((&mut self.dirs.get_mut(parent)?.files, name.to_owned()))
     }
 
-    /// Records the current state of a file.
-    pub fn refresh(&mut self, path: &Path) {
-        if let Ok(meta) = std::fs::symlink_metadata(path)
-            && !meta.is_dir()
+    /// Records the current state of a file; returns its metadata (not following a symlink).
+    pub fn refresh(&mut self, path: &Path) -> Option<std::fs::Metadata> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if !meta.is_dir()
             && let Some((files, name)) = self.files_of(path)
         {
             files.insert(name, FileState::of(&meta));
         }
+        Some(meta)
     }
 
     /// Forgets a file.

@@ -21,3 +21,4 @@ mod regression;
 mod reload;
 mod users;
 mod watching;
+mod whole_files;

@@ -1,0 +1,156 @@
+//! Files being written: their changes are held until the writer closes them.
+//!
+//! A regular file's `create` (made by `open`, one link) and its `modify`s are not
+//! reported while a descriptor may still be writing it; `IN_CLOSE_WRITE` releases
+//! them, in order, so every route, batch and LiveReload sees whole files, and
+//! debounce and delay count from the close. A file that stays open and keeps
+//! changing (a log being appended, a writer through `mmap`) is released anyway
+//! once it has been held for its route's `max_hold_ms`, so nothing waits forever.
+//! A close with nothing held (a file opened for writing and left unchanged)
+//! reports nothing. Deleting or renaming a held file away releases what it held
+//! first, so the order of events is kept. A queue overflow releases everything held
+//! (the closes may be among the events the kernel dropped), as does a stop.
+
+use crate::events::{EventKind, FileEvent};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// For a file (absolute path): how long its changes may be held while it is open for
+/// writing; `None` to report them at once.
+pub type HoldFor = Arc<dyn Fn(&Path) -> Option<Duration> + Send + Sync>;
+
+struct Held {
+    /// The kinds seen, in order, each once.
+    kinds: Vec<EventKind>,
+    /// When it is released even if still open.
+    until: Instant,
+}
+
+/// The held files of one watcher.
+pub(super) struct Holds {
+    held: HashMap<PathBuf, Held>,
+    hold_for: HoldFor,
+}
+
+impl Holds {
+    pub(super) fn new(hold_for: HoldFor) -> Self {
+        Holds {
+            held: HashMap::new(),
+            hold_for,
+        }
+    }
+
+    /// A `create` or `modify` of `path`: held (`true`) when a writer may have the file
+    /// open; otherwise the caller reports it at once.
+    pub(super) fn hold(&mut self, path: &Path, kind: EventKind, now: Instant) -> bool {
+        if let Some(held) = self.held.get_mut(path) {
+            if !held.kinds.contains(&kind) {
+                held.kinds.push(kind);
+            }
+            return true;
+        }
+        let Some(limit) = (self.hold_for)(path) else {
+            return false;
+        };
+        let held = Held {
+            kinds: vec![kind],
+            until: now + limit,
+        };
+        self.held.insert(path.to_owned(), held);
+        true
+    }
+
+    /// The writer closed `path`: what it held is reported now.
+    pub(super) fn release(&mut self, path: &Path, out: &mut Vec<FileEvent>) {
+        if let Some(held) = self.held.remove(path) {
+            out.extend(held.kinds.into_iter().map(|kind| FileEvent {
+                path: path.to_owned(),
+                kind,
+            }));
+        }
+    }
+
+    /// Releases every file held under `dir` (a directory moved or deleted).
+    pub(super) fn release_under(&mut self, dir: &Path, out: &mut Vec<FileEvent>) {
+        let under: Vec<PathBuf> = self.held.keys().filter(|p| p.starts_with(dir)).cloned().collect();
+        for path in under {
+            self.release(&path, out);
+        }
+    }
+
+    /// Releases the files held for their whole limit by `now`.
+    pub(super) fn release_due(&mut self, now: Instant, out: &mut Vec<FileEvent>) {
+        let due: Vec<PathBuf> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in due {
+            self.release(&path, out);
+        }
+    }
+
+    /// Releases everything (a listener stopping: nothing may be lost).
+    pub(super) fn release_all(&mut self, out: &mut Vec<FileEvent>) {
+        let all: Vec<PathBuf> = self.held.keys().cloned().collect();
+        for path in all {
+            self.release(&path, out);
+        }
+    }
+
+    /// When the next held file reaches its limit.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.held.values().map(|h| h.until).min()
+    }
+}
+
+/// Whether a `create` of this file may be followed by writes through a descriptor:
+/// a regular file with one link (`open(O_CREAT)`), not a hard link, a symlink or a
+/// device, which are whole as they appear.
+pub(super) fn may_be_written(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.is_file() && meta.nlink() == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holds(limit: Option<u64>) -> Holds {
+        Holds::new(Arc::new(move |_: &Path| limit.map(Duration::from_millis)))
+    }
+
+    fn kinds(out: &[FileEvent]) -> Vec<EventKind> {
+        out.iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn changes_wait_for_the_close_or_the_limit() {
+        let t0 = Instant::now();
+        let mut h = holds(Some(1000));
+        let a = Path::new("/a");
+        assert!(h.hold(a, EventKind::Create, t0));
+        assert!(h.hold(a, EventKind::Modify, t0));
+        assert!(h.hold(a, EventKind::Modify, t0));
+        let mut out = Vec::new();
+        h.release_due(t0 + Duration::from_millis(999), &mut out);
+        assert!(out.is_empty());
+        h.release(a, &mut out);
+        assert_eq!(kinds(&out), [EventKind::Create, EventKind::Modify]);
+        out.clear();
+        h.release(a, &mut out);
+        assert!(out.is_empty(), "a close with nothing held reports nothing");
+        assert!(h.hold(a, EventKind::Modify, t0));
+        assert_eq!(h.next_due(), Some(t0 + Duration::from_millis(1000)));
+        h.release_due(t0 + Duration::from_millis(1000), &mut out);
+        assert_eq!(kinds(&out), [EventKind::Modify], "held no longer than the limit");
+        assert!(
+            !holds(None).hold(a, EventKind::Modify, t0),
+            "no limit: reported at once"
+        );
+    }
+}

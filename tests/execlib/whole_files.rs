@@ -1,0 +1,118 @@
+//! Jobs see whole files: a file being written runs once its writer closes it, a
+//! file that stays open runs at most every `max_hold_ms`, a large copy runs once.
+
+use crate::support::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// A route whose job records the size its file has when the job runs.
+fn sizes_route(extra: &str) -> String {
+    one_route(r#"stat -c %s "$EXECLIB_PATH" >> ../out/sizes"#, extra)
+}
+
+fn sizes(sandbox: &Sandbox) -> Vec<u64> {
+    let text = sandbox.read("out/sizes").unwrap_or_default();
+    text.lines().map(|l| l.parse().unwrap()).collect()
+}
+
+/// Waits until no run has been logged for `quiet` (polling), then returns the sizes.
+fn sizes_once_quiet(sandbox: &Sandbox, quiet: Duration) -> Vec<u64> {
+    let mut last = (sizes(sandbox), Instant::now());
+    eventually_long("the runs to settle", || {
+        let now = sizes(sandbox);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        (last.1.elapsed() >= quiet).then(|| last.0.clone())
+    })
+}
+
+#[test]
+fn a_slow_writer_runs_once_on_the_complete_file() {
+    let sandbox = Sandbox::new();
+    // The defaults (debounce 200 ms, delay 30 ms): each pause below is longer than both.
+    let config = sandbox.config(&sizes_route("").replace("  debounce_ms = 50\n  delay_ms = 10\n", ""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut file = std::fs::File::create(sandbox.path("src/upload.bin")).unwrap();
+    for _ in 0..16 {
+        file.write_all(&chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the writer's pause, not a wait for the daemon
+    }
+    drop(file);
+    sandbox.write("src/sentinel", "x");
+    eventually("the sentinel's run", || {
+        (sizes(&sandbox).contains(&1)).then_some(())
+    });
+    let got = sizes_once_quiet(&sandbox, Duration::from_millis(500));
+    let upload: Vec<u64> = got.into_iter().filter(|&s| s != 1).collect();
+    assert_eq!(upload, [16 * 64 * 1024], "one run, on the whole file");
+}
+
+#[test]
+fn a_file_that_stays_open_runs_about_every_max_hold() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&sizes_route("max_hold_ms = 1000"));
+    let _daemon = Daemon::start(&sandbox, &config);
+    let mut log = std::fs::File::create(sandbox.path("src/app.log")).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(4500) {
+        log.write_all(b"a line\n").unwrap();
+        std::thread::sleep(Duration::from_millis(200)); // the appender's pace
+    }
+    let while_open = sizes(&sandbox).len();
+    assert!(
+        (3..=6).contains(&while_open),
+        "{while_open} runs in 4.5 s of appending"
+    );
+    drop(log);
+    let after = sizes_once_quiet(&sandbox, Duration::from_millis(500));
+    assert_eq!(
+        after.len(),
+        while_open + 1,
+        "the close runs it once more: {after:?}"
+    );
+    let full = std::fs::metadata(sandbox.path("src/app.log")).unwrap().len();
+    assert_eq!(*after.last().unwrap(), full);
+}
+
+#[test]
+fn cp_of_a_large_file_runs_once() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&sizes_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    let source = sandbox.path("big.bin");
+    let block = vec![7u8; 1 << 20];
+    let mut f = std::fs::File::create(&source).unwrap();
+    for _ in 0..1024 {
+        f.write_all(&block).unwrap();
+    }
+    drop(f);
+    let status = std::process::Command::new("cp")
+        .arg("--sparse=never")
+        .arg(&source)
+        .arg(sandbox.path("src/big.bin"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(&source).unwrap();
+    let got = sizes_once_quiet(&sandbox, Duration::from_millis(500));
+    assert_eq!(got, [1 << 30], "one run, on the whole gigabyte");
+}
+
+#[test]
+fn with_zero_delay_a_created_file_never_runs_before_it_is_closed() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&sizes_route("").replace(
+        "debounce_ms = 50\n  delay_ms = 10",
+        "debounce_ms = 0\n  delay_ms = 0",
+    ));
+    let _daemon = Daemon::start(&sandbox, &config);
+    for i in 0..20 {
+        let mut f = std::fs::File::create(sandbox.path(&format!("src/f{i}"))).unwrap();
+        std::thread::sleep(Duration::from_millis(20)); // created, still empty
+        f.write_all(b"content").unwrap();
+    }
+    let got = sizes_once_quiet(&sandbox, Duration::from_millis(500));
+    assert_eq!(got, vec![7; 20], "every run sees the whole file");
+}
