@@ -116,15 +116,17 @@ fn runtime_directory_is_created_private_and_the_owner_is_served() {
     }
     let (sandbox, bin, tmp) = shared_sandbox();
     let config = victim_config(&sandbox, VICTIM);
-    let mut daemon = as_user(
-        VICTIM,
-        &bin.join("execlibd"),
-        &["--config", config.to_str().unwrap()],
-        &[("TMPDIR", &tmp)],
-    )
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let _daemon = Killed(
+        as_user(
+            VICTIM,
+            &bin.join("execlibd"),
+            &["--config", config.to_str().unwrap()],
+            &[("TMPDIR", &tmp)],
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
     let socket = tmp.join(format!("execlib-{VICTIM}/site/control.sock"));
     eventually("the victim's socket", || socket.exists().then_some(()));
     for dir in [
@@ -148,8 +150,6 @@ fn runtime_directory_is_created_private_and_the_owner_is_served() {
         Some(3),
         "another user finds no instance of its own: {out:?}"
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
 }
 
 #[test]
@@ -199,4 +199,14 @@ fn execlibctl_refuses_a_per_user_socket_answered_by_another_user() {
     let out = ctl(&["--socket", socket.to_str().unwrap(), "listeners"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(fake.join().unwrap().contains("listeners"));
+}
+
+/// A process killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
