@@ -10,6 +10,8 @@ use crate::config::Config;
 use crate::control::ControlServer;
 use crate::control::socket::{self, SocketError};
 use crate::http::HttpServer;
+use crate::job;
+use crate::ledger::Ledger;
 use crate::listener::Listeners;
 use crate::notify;
 use crate::state::DaemonState;
@@ -41,18 +43,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         None => None,
     };
-    // Before any job of ours: end what a crashed predecessor left running.
-    let ledger = Arc::new(crate::ledger::Ledger::new(&config.daemon.state_dir));
-    let grace = config.daemon.shutdown_grace;
-    let ledger = tokio::task::spawn_blocking(move || {
-        ledger.end_leftovers(grace);
-        ledger
-    })
-    .await
-    .expect("ending leftovers does not panic");
+    let ledger = ledger(&config).await;
     let listeners = Listeners::new(&config, ledger);
     let state = Arc::new(DaemonState::new(config, listeners, server));
     let control = ControlServer::spawn(listener, state.clone());
+    let reaper_stop = CancellationToken::new();
+    // Adopting before any job starts: a descendant that escapes even the first job is ours.
+    let adopted = job::orphans::adopt();
+    let reaper = tokio::spawn(reap_adoptees(adopted, reaper_stop.clone()));
     state.listeners.start_autostart().await;
     let status = state.status_line();
     notify::ready(&status);
@@ -68,6 +66,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!("stopping listeners");
     state.listeners.stop_all().await;
     info!("listeners stopped");
+    reaper_stop.cancel();
+    let _ = reaper.await;
+    let grace = state.config.daemon.shutdown_grace;
+    let _ = tokio::task::spawn_blocking(move || job::orphans::end_all(grace)).await;
     // Taken after the listeners stopped: a reload cannot start a server any more.
     let server = state.take_server();
     match server {
@@ -86,6 +88,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     info!("shutdown complete");
     Ok(())
+}
+
+/// The ledger of this daemon's jobs, after ending what a crashed predecessor left
+/// running: before any job of ours starts.
+async fn ledger(config: &Config) -> Arc<Ledger> {
+    let ledger = Arc::new(Ledger::new(&config.daemon.state_dir));
+    let grace = config.daemon.shutdown_grace;
+    tokio::task::spawn_blocking(move || {
+        ledger.end_leftovers(grace);
+        ledger
+    })
+    .await
+    .expect("ending leftovers does not panic")
+}
+
+/// Adopts descendants that escape their jobs and reaps those that exit, once a
+/// second, until `stop` (see [`job::orphans`]).
+async fn reap_adoptees(adopted: bool, stop: CancellationToken) {
+    if !adopted {
+        return;
+    }
+    let mut tick = tokio::time::interval(job::orphans::REAP_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let _ = tokio::task::spawn_blocking(job::orphans::reap).await;
+            }
+        }
+    }
 }
 
 /// The SIGHUP stream (none, with a warning, if the handler cannot be installed).

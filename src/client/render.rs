@@ -148,6 +148,9 @@ fn status(s: &Status) -> String {
     if let Some(unit) = &s.unit {
         out.push_str(&format!("unit     {unit}\n"));
     }
+    if let Some(containment) = &s.containment {
+        out.push_str(&format!("jobs     {containment}\n"));
+    }
     out.push_str(&format!(
         "uptime   {}h{:02}m{:02}s\nlisteners {}/{} running\nserver   {}",
         uptime / 3600,

@@ -3,6 +3,7 @@
 //! (SIGTERM, a grace period, SIGKILL) when its listener stops.
 
 pub mod launch;
+pub mod orphans;
 
 use crate::config::Command;
 use std::collections::BTreeMap;
@@ -100,7 +101,7 @@ impl Outcome {
 pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) -> Outcome {
     let started = Instant::now();
     let mut cmd = command(spec);
-    let mut child = match cmd.spawn() {
+    let mut child = match orphans::spawn(&mut cmd) {
         Ok(child) => child,
         Err(e) => {
             let reason = if spec.workdir.is_dir() {
@@ -116,6 +117,7 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
+    let _registered = orphans::Registered(pid);
     // Recorded until its whole group is gone (the last kill below), for a daemon
     // started after a crash of this one.
     let _recorded = spec.ledger.as_ref().and_then(|l| l.record(pid));

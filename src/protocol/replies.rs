@@ -98,6 +98,9 @@ pub struct Status {
     /// The systemd unit it runs in (from its cgroup), when it runs under systemd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// How jobs and their descendants are contained, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<String>,
 }
 
 /// How many listeners run, of how many.

@@ -15,5 +15,6 @@ pub use fs::mkfifo;
 pub use fs::{fs_type, openat, openat2, read_link_fd, umask};
 pub use net::{peek, peer_credentials, set_backlog, systemd_listener};
 pub use proc::{
-    euid, group_id, kill, kill_group, nofile_limit, restore_nofile_in_child, set_nofile_soft, uid,
+    become_subreaper, euid, group_id, kill, kill_group, nofile_limit, reap, restore_nofile_in_child,
+    set_nofile_soft, uid,
 };

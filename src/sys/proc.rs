@@ -121,3 +121,21 @@ mod tests {
         assert!(super::group_id("a\0b").is_err());
     }
 }
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`): a job's grandchild that escapes its process group and
+/// outlives its parent becomes our child instead of init's.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes one integer and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reaps child `pid` if it has exited (`waitpid(pid, WNOHANG)`); true when it was.
+pub fn reap(pid: u32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid writes only `status`; a pid that is not our child just fails.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) == pid as libc::pid_t }
+}

@@ -469,3 +469,58 @@ impl Drop for ReapJobs<'_> {
         }
     }
 }
+
+#[test]
+fn a_grandchild_that_escapes_its_job_is_ended_at_shutdown() {
+    let sandbox = Sandbox::new();
+    // A daemonizing double fork: the grandchild leaves the job's process group (setsid)
+    // and outlives the job; the parent that started it exits at once.
+    let job = "setsid sh -c 'sleep 300 & echo $! > ../out/escaped' & wait";
+    let config = sandbox.config(&one_route(job, ""));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let pid: i32 = sandbox.wait_out("escaped").trim().parse().unwrap();
+    eventually("the job's end", || {
+        daemon.log().contains("job finished").then_some(())
+    });
+    assert!(alive(pid), "process groups cannot catch it: it outlives its job");
+    let status = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(status.contains("subreaper"), "{status}");
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit();
+    assert!(!alive(pid), "adopted and ended at shutdown");
+    assert!(
+        daemon
+            .log()
+            .contains("terminating processes that escaped their jobs")
+    );
+}
+
+#[test]
+fn an_escaped_grandchild_that_exits_is_reaped() {
+    let sandbox = Sandbox::new();
+    let job = "setsid sh -c 'sleep 1 & echo $! > ../out/escaped' & wait";
+    let config = sandbox.config(&one_route(job, ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let pid: i32 = sandbox.wait_out("escaped").trim().parse().unwrap();
+    // Adopted by the daemon when its parent exits; reaped (no zombie) when it exits.
+    let parent = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<i32>()
+                    .ok()
+            })
+    };
+    eventually("adopted by the daemon", || {
+        (parent() == Some(daemon.pid())).then_some(())
+    });
+    eventually("reaped after it exits", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+}

@@ -1,0 +1,137 @@
+//! Descendants that escape their job: a job is its process group, and a process
+//! that calls `setsid` (a daemonizing double fork) leaves it. The daemon is a child
+//! subreaper, so such a process, once its parent is gone, becomes the daemon's
+//! child: it is reaped when it exits (no zombie is left), and at shutdown every one
+//! still running is terminated (SIGTERM to it and its group, SIGKILL after the
+//! grace). Under systemd the unit's cgroup ends them too.
+//!
+//! Jobs' main processes are the daemon's children as well and are waited for by
+//! tokio: they are registered at spawn ([`spawn`]) and never touched here.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Jobs' main processes (waited for by tokio); held while spawning, so an adoptee
+/// is never mistaken for a job that was just started.
+static JOBS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+/// How often exited adoptees are reaped.
+pub const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Spawns `cmd` as a job's main process, registered so the reaper leaves it alone.
+pub fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    let mut jobs = JOBS.lock().expect("jobs lock");
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        jobs.get_or_insert_with(HashSet::new).insert(pid);
+    }
+    Ok(child)
+}
+
+/// A job's main process, registered by [`spawn`] until this is dropped (once it has
+/// been waited for, or the job is abandoned: then it is reaped as an adoptee).
+pub struct Registered(pub u32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(jobs) = JOBS.lock().expect("jobs lock").as_mut() {
+            jobs.remove(&self.0);
+        }
+    }
+}
+
+/// What contains jobs, for `status`: set once by [`adopt`].
+static CONTAINMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes the daemon adopt orphaned descendants; `false` (logged) when it cannot.
+pub fn adopt() -> bool {
+    let (adopted, containment) = match crate::sys::become_subreaper() {
+        Ok(()) => (
+            true,
+            "process groups; descendants that escape them are adopted (subreaper), reaped, and ended at shutdown"
+                .to_owned(),
+        ),
+        Err(e) => {
+            warn!("cannot become a child subreaper ({e}): escaped job descendants go to init");
+            (false, format!("process groups only (not a subreaper: {e})"))
+        }
+    };
+    let _ = CONTAINMENT.set(containment);
+    adopted
+}
+
+/// How jobs are contained, and why (see [`adopt`]); `None` before it was decided.
+pub fn containment() -> Option<String> {
+    CONTAINMENT.get().cloned()
+}
+
+/// The daemon's children that are not jobs' main processes (`jobs`): adoptees.
+fn adoptees_of(jobs: &Option<HashSet<u32>>) -> Vec<u32> {
+    children(std::process::id())
+        .into_iter()
+        .filter(|pid| !jobs.as_ref().is_some_and(|j| j.contains(pid)))
+        .collect()
+}
+
+fn adoptees() -> Vec<u32> {
+    adoptees_of(&JOBS.lock().expect("jobs lock"))
+}
+
+/// The children of `pid`, from `/proc/PID/task/*/children` (every thread's).
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Reaps the adoptees that have exited; returns how many.
+pub fn reap() -> usize {
+    // Held across the check and the reap: a job spawned meanwhile is registered first.
+    let jobs = JOBS.lock().expect("jobs lock");
+    adoptees_of(&jobs)
+        .into_iter()
+        .filter(|&pid| crate::sys::reap(pid))
+        .count()
+}
+
+/// At shutdown: terminates every adoptee still running and its group (SIGTERM,
+/// then SIGKILL after `grace`), and reaps them. Blocking.
+pub fn end_all(grace: Duration) {
+    let left = adoptees();
+    if left.is_empty() {
+        return;
+    }
+    info!(
+        processes = left.len(),
+        "terminating processes that escaped their jobs: {left:?}"
+    );
+    for &pid in &left {
+        crate::sys::kill_group(pid, libc::SIGTERM);
+        crate::sys::kill(pid, libc::SIGTERM);
+    }
+    let end = Instant::now() + grace;
+    while Instant::now() < end && !adoptees().is_empty() {
+        reap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stubborn = adoptees();
+    for &pid in &stubborn {
+        crate::sys::kill_group(pid, libc::SIGKILL);
+        crate::sys::kill(pid, libc::SIGKILL);
+    }
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end && reap() < stubborn.len() && !adoptees().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
