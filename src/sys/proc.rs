@@ -112,16 +112,6 @@ pub fn group_id(name: &str) -> io::Result<Option<u32>> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn root_exists_and_a_made_up_group_does_not() {
-        assert_eq!(super::group_id("root").unwrap(), Some(0));
-        assert_eq!(super::group_id("no-such-group-xyz").unwrap(), None);
-        assert!(super::group_id("a\0b").is_err());
-    }
-}
-
 /// Makes this process the reaper of its orphaned descendants
 /// (`PR_SET_CHILD_SUBREAPER`): a job's grandchild that escapes its process group and
 /// outlives its parent becomes our child instead of init's.
@@ -138,4 +128,14 @@ pub fn reap(pid: u32) -> bool {
     let mut status = 0;
     // SAFETY: waitpid writes only `status`; a pid that is not our child just fails.
     unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) == pid as libc::pid_t }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_exists_and_a_made_up_group_does_not() {
+        assert_eq!(super::group_id("root").unwrap(), Some(0));
+        assert_eq!(super::group_id("no-such-group-xyz").unwrap(), None);
+        assert!(super::group_id("a\0b").is_err());
+    }
 }
