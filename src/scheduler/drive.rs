@@ -64,21 +64,24 @@ where
             input = inputs.recv(), if open => {
                 // What arrived together is taken in together: a file's create and
                 // modify released at its close make one run, even with no delay.
-                let mut input = input;
-                for _ in 0..super::QUEUE {
-                    match input {
-                        Some(i) => take(i, &mut sched, &ready),
-                        None => {
-                            open = false;
-                            stop(&mut sched, &mut ready);
-                            break;
-                        }
+                let mut next = input;
+                let mut taken = 0;
+                loop {
+                    let Some(input) = next else {
+                        open = false;
+                        stop(&mut sched, &mut ready);
+                        break;
+                    };
+                    take(input, &mut sched, &ready);
+                    taken += 1;
+                    if taken == super::QUEUE {
+                        break; // the rest is taken at the next turn
                     }
-                    match inputs.try_recv() {
-                        Ok(next) => input = Some(next),
+                    next = match inputs.try_recv() {
+                        Ok(input) => Some(input),
                         Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => input = None,
-                    }
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
                 }
             }
             Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {

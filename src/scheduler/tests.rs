@@ -614,3 +614,20 @@ fn frames_close_when_no_entry_has_work_for_the_file() {
     );
     assert_eq!(s.frames.as_ref().unwrap().open_count(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn more_inputs_at_once_than_one_turn_takes_are_never_lost() {
+    // Regression: the driver took up to QUEUE inputs a turn and dropped the one it had
+    // just read past the last (5 of 20,000 files never ran after an overflow rescan).
+    let (tx, log, task) = harness(1);
+    let t0 = Instant::now();
+    let count = crate::scheduler::QUEUE * 3 + 7;
+    for i in 0..count {
+        tx.try_send(sub(&format!("f{i}"), EventKind::Create, timing(0, 0)))
+            .unwrap();
+    }
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap();
+    let files: std::collections::BTreeSet<_> = runs.iter().map(|r| r.file.clone()).collect();
+    assert_eq!(files.len(), count, "every submission ran");
+}
