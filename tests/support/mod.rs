@@ -38,6 +38,33 @@ fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> 
     }
 }
 
+/// Samples `sample` until its value has not changed for `quiet`, failing with `what`
+/// when it is still changing after [`DEADLINE`]; returns the settled value. For
+/// checking what must NOT happen: an extra run that comes late is still counted.
+pub fn settled<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    quiet: Duration,
+    mut sample: impl FnMut() -> T,
+) -> T {
+    let end = Instant::now() + DEADLINE + quiet;
+    let mut value = sample();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = sample();
+        if now != value {
+            value = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what} still changing after {DEADLINE:?}: {value:?}"
+        );
+    }
+}
+
 /// A temporary directory with a watched `src/` and an `out/` for job results.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -112,6 +139,32 @@ impl NotifySocket {
             self.messages
                 .push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
+    }
+
+    /// Takes every datagram already queued, without waiting: once the daemon has
+    /// exited, everything it ever sent.
+    pub fn drain(&mut self) {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+    }
+
+    /// Waits up to [`DEADLINE`] for the next datagram; returns it with when it came.
+    pub fn next(&mut self) -> Option<(String, Instant)> {
+        let end = Instant::now() + DEADLINE;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.messages.push(message.clone());
+                return Some((message, Instant::now()));
+            }
+        }
+        None
     }
 
     /// How many datagrams so far contain the line `line`.
@@ -341,8 +394,33 @@ pub fn skip_unless_root(needs: &str) -> bool {
     if is_root() {
         return false;
     }
-    eprintln!("skipped: needs root to {needs}");
+    skip(&format!("needs root to {needs}"));
     true
+}
+
+/// Says why a test skips; fails it instead under `EXECLIB_TESTS_NO_SKIP=1` (set by
+/// `.ci/run`), so CI cannot go green by skipping.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("EXECLIB_TESTS_NO_SKIP").is_none_or(|v| v != "1"),
+        "cannot skip under EXECLIB_TESTS_NO_SKIP=1: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
+/// A field of `/proc/PID/status` given in kB (`VmRSS`, `VmHWM`), in KiB.
+pub fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Resets a process's peak resident memory (`VmHWM`) to its current RSS.
+pub fn reset_peak_rss(pid: i32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }
 
 /// Sets `/proc/sys/fs/inotify/<name>` for the life of the guard, restoring it on drop.
