@@ -112,6 +112,14 @@ impl Sandbox {
     }
 }
 
+/// Waits until the file at `path` has content and returns it: a job's `>` creates
+/// the file empty before it writes, so an empty file is no answer yet.
+pub fn wait_content(path: &Path) -> Vec<u8> {
+    eventually(&format!("content in {}", path.display()), || {
+        std::fs::read(path).ok().filter(|c| !c.is_empty())
+    })
+}
+
 /// A datagram socket standing in for systemd's notify socket.
 pub struct NotifySocket {
     pub path: PathBuf,
