@@ -429,7 +429,9 @@ fn sysctl_out_of_watches_names_the_sysctl_and_others_run_on() {
         return;
     }
     let sandbox = Sandbox::new();
-    for i in 0..50 {
+    // 501 watches against a limit 10 above what this user holds: the start fails even
+    // if the scan of /proc counted hundreds of watches twice.
+    for i in 0..500 {
         std::fs::create_dir_all(sandbox.path(&format!("big/d{i}"))).unwrap();
     }
     let body = format!(
@@ -467,7 +469,7 @@ fn sysctl_out_of_instances_names_the_sysctl_and_others_run_on() {
     let config = sandbox.config(&body);
     let daemon = Daemon::start(&sandbox, &config);
     let reply = {
-        let _limit = Sysctl::set("max_user_instances", inotify_usage().instances);
+        let _limit = instances_at_limit();
         daemon.request(r#"{"cmd":"start","listener":"more"}"#)
     };
     assert_eq!(reply["error"]["code"], "start_failed", "{reply}");
@@ -476,18 +478,47 @@ fn sysctl_out_of_instances_names_the_sysctl_and_others_run_on() {
     settle(&sandbox, "z");
 }
 
+/// Lowers `fs.inotify.max_user_instances` to the number of instances this user holds
+/// now, so that the next one fails. Scanning /proc is the first guess (a descriptor
+/// two processes share counts twice); the kernel settles it: while one more instance
+/// still opens, the limit goes down by one.
+fn instances_at_limit() -> Sysctl {
+    let mut held = inotify_usage().instances;
+    let limit = Sysctl::set("max_user_instances", held);
+    loop {
+        // SAFETY: no preconditions; the descriptor is closed at once.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+            return limit;
+        }
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(fd) };
+        assert!(held > 1, "the daemon holds an instance, yet one more opens");
+        held -= 1;
+        limit.write(held);
+    }
+}
+
 struct Usage {
     instances: u64,
     watches: u64,
 }
 
-/// Inotify instances and watches open now by processes of this user (root).
+/// Inotify instances and watches open now by processes of this user (root): the
+/// kernel counts them against the limits per effective user.
 fn inotify_usage() -> Usage {
     let mut usage = Usage {
         instances: 0,
         watches: 0,
     };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
     for proc in std::fs::read_dir("/proc").unwrap().flatten() {
+        if effective_uid(&proc.path()) != Some(me) {
+            continue;
+        }
         let Ok(fds) = std::fs::read_dir(proc.path().join("fd")) else {
             continue;
         };
@@ -501,6 +532,13 @@ fn inotify_usage() -> Usage {
         }
     }
     usage
+}
+
+/// The effective uid of the process at `/proc/PID`.
+fn effective_uid(proc: &std::path::Path) -> Option<u32> {
+    let status = std::fs::read_to_string(proc.join("status")).ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A tmpfs of `size` mounted at `path` for the life of the guard (root only).

@@ -444,6 +444,11 @@ impl Sysctl {
         std::fs::write(&path, value.to_string()).unwrap();
         Sysctl { path, old }
     }
+
+    /// Sets another value; the one from before [`Sysctl::set`] is still what is restored.
+    pub fn write(&self, value: u64) {
+        std::fs::write(&self.path, value.to_string()).unwrap();
+    }
 }
 
 impl Drop for Sysctl {
