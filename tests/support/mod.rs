@@ -27,7 +27,9 @@ pub fn eventually_long<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     eventually_within(Duration::from_secs(120), what, check)
 }
 
-fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// [`eventually`] with its own deadline, for work whose duration is measured (say
+/// where it is used: measured how, and the margin).
+pub fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
