@@ -127,7 +127,7 @@ fn browser_restyles_on_css_and_reloads_on_html() {
     let daemon = Daemon::start(&sandbox, &config);
     let addr = http_addr(&daemon);
     let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
-        eprintln!("skipped: no chromium (Debian package `chromium`; .ci/run installs it)");
+        skip("no chromium (Debian package `chromium`; .ci/run installs it)");
         return;
     };
     let mut tab = browser.page();

@@ -11,6 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "$(id -u)" != 0 ]; then
+  if [ "${EXECLIB_TESTS_NO_SKIP:-}" = 1 ]; then
+    echo "e2e.sh: FAIL: needs root to boot a throwaway systemd in namespaces (EXECLIB_TESTS_NO_SKIP=1: no skipping)" >&2
+    exit 1
+  fi
   echo "e2e.sh: SKIP: needs root to boot a throwaway systemd in namespaces"
   exit 0
 fi
