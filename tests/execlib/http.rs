@@ -323,6 +323,8 @@ fn serves_on_the_socket_systemd_passes() {
         .arg(&config)
         .arg("--log-format=text")
         .env("NOTIFY_SOCKET", &notify.path)
+        // As Daemon::spawn does: never the host's /var/lib/execlib/site.
+        .env("STATE_DIRECTORY", sandbox.path("state"))
         .stderr(std::fs::File::create(sandbox.path("daemon.log")).unwrap());
     // SAFETY: between fork and exec only dup2, which is async-signal-safe.
     unsafe {
