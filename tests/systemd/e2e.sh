@@ -11,8 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ "$(id -u)" != 0 ]; then
-  if [ "${EXECLIB_TESTS_NO_SKIP:-}" = 1 ]; then
-    echo "e2e.sh: FAIL: needs root to boot a throwaway systemd in namespaces (EXECLIB_TESTS_NO_SKIP=1: no skipping)" >&2
+  if [ "${TESTS_NO_SKIP:-}" = 1 ]; then
+    echo "e2e.sh: FAIL: needs root to boot a throwaway systemd in namespaces (TESTS_NO_SKIP=1: no skipping)" >&2
     exit 1
   fi
   echo "e2e.sh: SKIP: needs root to boot a throwaway systemd in namespaces"

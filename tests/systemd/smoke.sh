@@ -9,8 +9,8 @@ set -euo pipefail
 
 if [[ $EUID -ne 0 ]]; then
     why="needs root (the box uses mount/pid/cgroup namespaces, overlayfs and cgroupfs, which need CAP_SYS_ADMIN on the host)"
-    if [[ ${EXECLIB_TESTS_NO_SKIP:-} == 1 ]]; then
-        echo "smoke.sh: FAIL: $why (EXECLIB_TESTS_NO_SKIP=1: no skipping)" >&2
+    if [[ ${TESTS_NO_SKIP:-} == 1 ]]; then
+        echo "smoke.sh: FAIL: $why (TESTS_NO_SKIP=1: no skipping)" >&2
         exit 1
     fi
     echo "smoke.sh: SKIP: $why"
