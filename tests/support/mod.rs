@@ -289,6 +289,23 @@ impl Daemon {
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
     }
 
+    /// Stops the daemon (SIGSTOP) and waits until it is stopped: from then on it reads
+    /// nothing, so what happens meanwhile queues up.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.pid();
+        eventually("the daemon to be stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit(')').next()?.trim_start().chars().next()?;
+            (state == 'T').then_some(())
+        });
+    }
+
+    /// Lets a frozen daemon run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     /// Waits for the daemon to exit; returns its status and how long that took.
     pub fn wait_exit(&mut self) -> (ExitStatus, Duration) {
         let start = Instant::now();
