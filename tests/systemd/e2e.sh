@@ -63,6 +63,9 @@ echo "warnings: $(echo $got) (README: $readme_warnings, kept: $(echo $kept))"
 
 step "boot a throwaway systemd and install the package"
 box_start "$root/target/debian"
+# As on a fresh machine: the box's lower layer is the host's /, where an execlibd run
+# by hand as root may have left /var/lib/execlib (removed in the box's overlay only).
+in_box rm -rf /var/lib/execlib
 in_box apt install -y "/pkg/$(basename "$deb")" >"$out/apt.log" 2>&1 || { cat "$out/apt.log"; fail "apt install"; }
 in_box getent passwd execlib || fail "the package did not create the execlib user"
 in_box test -f /usr/share/man/man5/execlib.toml.5.gz || fail "no execlib.toml(5)"
@@ -138,6 +141,10 @@ step "a change runs the job; the journal has its lines with their fields"
 in_box sh -c 'echo hello > /srv/www/site/content/index.md'
 eventually grep -q 'v1 hello' /srv/www/site/public/index.html
 eventually sh -c 'journalctl --no-pager -u execlib@site LISTENER=pages ROUTE=convert STREAM=stdout -o verbose | grep -q "MESSAGE=built public/index.html"'
+# Its state directory works: running jobs are recorded, snapshots saved.
+if journal -o cat | grep -E "running jobs are not recorded|cannot record a running job|cannot save the snapshot"; then
+  fail "the service cannot write its state"
+fi
 journal LISTENER=pages ROUTE=convert -o verbose | grep -E '^ *(MESSAGE|LISTENER|ROUTE|EVENT_PATH|EXIT_CODE|DURATION_MS)=' | head -12
 
 step "HTTP: the site is served"
