@@ -13,7 +13,9 @@ trap cleanup EXIT
 cp -r examples/site/. "$work/"
 ctl() { "$bin/execlibctl" --socket "$work/control.sock" "$@"; }
 
-"$bin/execlibd" --config "$work/site.toml" --log-format text 2>"$work/daemon.log" &
+# Its state (running jobs, snapshots) in the temporary directory too: as root it
+# would otherwise go to /var/lib/execlib/site.
+STATE_DIRECTORY="$work/state" "$bin/execlibd" --config "$work/site.toml" --log-format text 2>"$work/daemon.log" &
 pid=$!
 wait_for() { # wait_for DESCRIPTION COMMAND...: poll for up to 10 s
   local what=$1; shift

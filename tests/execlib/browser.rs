@@ -7,6 +7,7 @@ use crate::support::*;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Headless Chromium in its own process group, killed (with its helpers) on drop.
 struct Browser {
@@ -73,6 +74,10 @@ impl Browser {
             page["webSocketDebuggerUrl"].as_str().map(str::to_owned)
         });
         let (ws, _) = tungstenite::connect(url).unwrap();
+        // A browser that stops answering fails the test instead of hanging it.
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+        }
         Page { ws, next_id: 0 }
     }
 }
@@ -113,29 +118,36 @@ impl Page {
     }
 }
 
+/// A page with a stylesheet and a heading `text`.
+fn page(text: &str) -> String {
+    format!(
+        r#"<html><head><link rel="stylesheet" href="/style.css"></head><body><h1 id="t">{text}</h1></body></html>"#
+    )
+}
+
+const NO_CHROMIUM: &str = "no chromium (Debian package `chromium`; .ci/run installs it)";
+
+fn livereload_clients(daemon: &Daemon) -> serde_json::Value {
+    daemon.request(r#"{"cmd":"status"}"#)["server"]["livereload_clients"].clone()
+}
+
 #[test]
 fn browser_restyles_on_css_and_reloads_on_html() {
     let sandbox = Sandbox::new();
     let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
-    let page = |text: &str| {
-        format!(
-            r#"<html><head><link rel="stylesheet" href="/style.css"></head><body><h1 id="t">{text}</h1></body></html>"#
-        )
-    };
     sandbox.write("public/index.html", &page("v1"));
     sandbox.write("public/style.css", "h1 { color: rgb(255, 0, 0); }");
     let daemon = Daemon::start(&sandbox, &config);
     let addr = http_addr(&daemon);
     let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
-        eprintln!("skipped: no chromium (Debian package `chromium`; .ci/run installs it)");
+        skip(NO_CHROMIUM);
         return;
     };
     let mut tab = browser.page();
     let state = "[document.getElementById('t').textContent, getComputedStyle(document.getElementById('t')).color, String(window.marker)].join('|')";
     tab.wait_for("the page to load", state, "v1|rgb(255, 0, 0)|undefined");
     eventually("the LiveReload client", || {
-        let status = daemon.request(r#"{"cmd":"status"}"#);
-        (status["server"]["livereload_clients"] == 1).then_some(())
+        (livereload_clients(&daemon) == 1).then_some(())
     });
     tab.eval("window.marker = 'kept'");
 
@@ -144,4 +156,72 @@ fn browser_restyles_on_css_and_reloads_on_html() {
 
     sandbox.write("public/index.html", &page("v2"));
     tab.wait_for("the page reloaded", state, "v2|rgb(0, 0, 255)|undefined");
+}
+
+/// Stands in for the server on `addr` while it is down: accepts the LiveReload
+/// client's attempts to reconnect and closes each at once; returns when each of
+/// `n` attempts came.
+fn reconnect_attempts(addr: &str, n: usize) -> Vec<Instant> {
+    use std::io::BufRead;
+    let listener = eventually("the port to be free", || std::net::TcpListener::bind(addr).ok());
+    listener.set_nonblocking(true).unwrap();
+    let mut attempts = Vec::new();
+    while attempts.len() < n {
+        let stream = eventually_within(Duration::from_secs(30), "a reconnection attempt", || {
+            listener.accept().ok().map(|(stream, _)| stream)
+        });
+        let at = Instant::now();
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut request_line = String::new();
+        let _ = std::io::BufReader::new(stream).read_line(&mut request_line);
+        if request_line.starts_with("GET /livereload ") {
+            attempts.push(at);
+        }
+    }
+    attempts
+}
+
+#[test]
+fn the_livereload_client_reconnects_with_back_off_after_a_restart() {
+    let sandbox = Sandbox::new();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("127.0.0.1:0", &addr)).unwrap();
+    sandbox.write("public/index.html", &page("v1"));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
+        skip(NO_CHROMIUM);
+        return;
+    };
+    let mut tab = browser.page();
+    let heading = "document.getElementById('t').textContent";
+    tab.wait_for("the page to load", heading, "v1");
+    eventually("the LiveReload client", || {
+        (livereload_clients(&daemon) == 1).then_some(())
+    });
+
+    // Down: the script retries after 0.5 s, then 1, 2, 4 s... (up to 10 s).
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit();
+    let attempts = reconnect_attempts(&addr, 3);
+    let gaps: Vec<f64> = attempts.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    assert!(gaps[0] >= 0.9, "no faster than a second apart: {gaps:?}");
+    assert!(
+        (1.6..=2.5).contains(&(gaps[1] / gaps[0])),
+        "each wait about twice the last: {gaps:?}"
+    );
+
+    // Up again: the client is back within its next wait (4 or 8 s), and it works.
+    let daemon = Daemon::start(&sandbox, &config);
+    eventually_within(Duration::from_secs(20), "the client to reconnect", || {
+        (livereload_clients(&daemon) == 1).then_some(())
+    });
+    sandbox.write("public/index.html", &page("v2"));
+    tab.wait_for("the page reloaded", heading, "v2");
 }

@@ -220,3 +220,51 @@ name = "broken"
     daemon.ctl(&["shutdown"]);
     daemon.wait_exit();
 }
+
+/// The run intervals the jobs recorded: lines "start PID NS" and "end PID NS".
+fn run_intervals(text: &str) -> Vec<(u128, u128)> {
+    let mut starts = std::collections::HashMap::new();
+    let mut runs = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (pid, at) = (fields[1], fields[2].parse::<u128>().unwrap());
+        match fields[0] {
+            "start" => assert!(starts.insert(pid, at).is_none(), "{text}"),
+            _ => runs.push((starts.remove(pid).expect("a start before the end"), at)),
+        }
+    }
+    assert!(starts.is_empty(), "runs without an end: {starts:?}");
+    runs.sort();
+    runs
+}
+
+#[test]
+fn max_jobs_1_never_runs_two_jobs_at_once() {
+    let sandbox = Sandbox::new();
+    // Each run writes its own start and end, in nanoseconds, around a sleep: two runs
+    // at once would show as overlapping intervals.
+    let job = r#"echo "start $$ $(date +%s%N)" >> ../out/runs; sleep 0.05; echo "end $$ $(date +%s%N)" >> ../out/runs"#;
+    let config = sandbox.config(&one_route(job, "").replacen(
+        "name = \"docs\"\n",
+        "name = \"docs\"\nmax_jobs = 1\n",
+        1,
+    ));
+    let _daemon = Daemon::start(&sandbox, &config);
+    for i in 0..20 {
+        sandbox.write(&format!("src/f{i}"), "x");
+    }
+    let text = eventually("20 runs ended", || {
+        let text = sandbox.read("out/runs").unwrap_or_default();
+        (text.lines().filter(|l| l.starts_with("end ")).count() >= 20).then_some(text)
+    });
+    let text = settled("the runs", std::time::Duration::from_millis(500), || {
+        sandbox.read("out/runs").unwrap_or(text.clone())
+    });
+    let runs = run_intervals(&text);
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "a run started before the previous one ended: {pair:?} in\n{text}"
+        );
+    }
+}

@@ -272,7 +272,14 @@ fn bind_failure_is_a_clear_error_and_a_failed_start() {
         "{}",
         daemon.log()
     );
-    assert!(!daemon.notify.messages.iter().any(|m| m.contains("READY=1")));
+    // Everything the daemon sent is queued on the socket by now (it flushes before exit).
+    daemon.notify.drain();
+    assert_eq!(
+        daemon.notify.count("READY=1"),
+        0,
+        "no READY=1 before a failed start: {:?}",
+        daemon.notify.messages
+    );
     assert!(
         !sandbox.socket().exists(),
         "the control socket is removed on a failed start"
@@ -316,6 +323,8 @@ fn serves_on_the_socket_systemd_passes() {
         .arg(&config)
         .arg("--log-format=text")
         .env("NOTIFY_SOCKET", &notify.path)
+        // As Daemon::spawn does: never the host's /var/lib/execlib/site.
+        .env("STATE_DIRECTORY", sandbox.path("state"))
         .stderr(std::fs::File::create(sandbox.path("daemon.log")).unwrap());
     // SAFETY: between fork and exec only dup2, which is async-signal-safe.
     unsafe {
@@ -427,4 +436,58 @@ fn more_than_100_header_fields_get_431_like_an_oversized_head() {
     let head_len: usize = refs.iter().map(|h| h.len() + 2).sum();
     assert!(head_len < 2 * 1024);
     assert_eq!(get(&addr, "/style.css", &refs).status, 431);
+}
+
+/// `GET path`, its status line, and how many body bytes came, read 64 KiB at a time
+/// (never kept) after waiting `pause` with the body unread.
+fn get_counting(addr: &str, path: &str, pause: std::time::Duration) -> (String, u64) {
+    use std::io::{BufRead, Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 2 {
+        line.clear();
+    }
+    std::thread::sleep(pause);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match reader.read(&mut buf).unwrap() {
+            0 => return (status.trim_end().to_owned(), total),
+            n => total += n as u64,
+        }
+    }
+}
+
+#[test]
+fn a_file_over_the_cache_size_is_streamed_and_memory_stays_flat() {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "", &one_route("true", ""));
+    const SIZE: u64 = 100 * 1024 * 1024;
+    // Sparse: 100 MiB of zeros that take no disk.
+    std::fs::File::create(sandbox.path("public/big.bin"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let before = status_kib(daemon.pid(), "VmRSS");
+    reset_peak_rss(daemon.pid());
+    // The body waits unread for a second: a server that read ahead of the client
+    // (the whole file, or chunks without back-pressure) would hold it meanwhile.
+    let (status, got) = get_counting(&addr, "/big.bin", std::time::Duration::from_secs(1));
+    assert_eq!((status.as_str(), got), ("HTTP/1.1 200 OK", SIZE));
+    let peak = status_kib(daemon.pid(), "VmHWM");
+    assert!(
+        peak < before + 20 * 1024,
+        "peak RSS {peak} KiB while serving 100 MiB, from {before} KiB before"
+    );
 }

@@ -20,9 +20,7 @@ fn non_utf8_file_names_reach_jobs_byte_for_byte() {
     let _daemon = Daemon::start(&sandbox, &config);
     let name = std::ffi::OsStr::from_bytes(b"caf\xe9.md");
     std::fs::write(sandbox.path("src").join(name), "x").unwrap();
-    let got = eventually("the job's output", || {
-        std::fs::read(sandbox.path("out/name")).ok()
-    });
+    let got = wait_content(&sandbox.path("out/name"));
     assert_eq!(got, b"caf\xe9.md");
 }
 
@@ -143,14 +141,11 @@ fn non_utf8_names_are_lossless_in_replies_logs_and_trigger() {
         "1 route matched",
         "{out:?}"
     );
-    let got = eventually("the triggered job's name", || {
-        std::fs::read(
-            sandbox
-                .path("out")
-                .join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe.txt.name")),
-        )
-        .ok()
-    });
+    let got = wait_content(
+        &sandbox
+            .path("out")
+            .join(std::ffi::OsStr::from_bytes(b"bad\xff\xfe.txt.name")),
+    );
     assert_eq!(got, a);
     let nul = daemon.request(r#"{"cmd":"trigger","listener":"docs","path":"src/a\u0000b"}"#);
     assert_eq!(nul["error"]["code"], "bad_request", "{nul}");

@@ -3,6 +3,7 @@
 
 use crate::support::web::{LrClient, get};
 use crate::support::*;
+use std::time::Duration;
 
 /// A listener `name` on `src_NAME` whose job appends "`tag` FILE" to `out/log`.
 fn listener(name: &str, tag: &str, debounce_ms: u64) -> String {
@@ -71,7 +72,12 @@ fn reload_applies_only_the_difference() {
     for line in ["new b", "add c", "keep d"] {
         wait_log(&sandbox, line);
     }
-    let lines = log_lines(&sandbox);
+    // A sentinel written after every change above: once its run is logged, and the
+    // log has been quiet for a while, a run of the old or the removed listener
+    // would be there too.
+    sandbox.write("src_keep/sentinel", "x");
+    wait_log(&sandbox, "keep sentinel");
+    let lines = settled("the log", Duration::from_millis(500), || log_lines(&sandbox));
     assert!(
         !lines
             .iter()
@@ -204,4 +210,57 @@ fn a_directory_moved_out_just_before_a_reload_is_reported_gone_by_the_new_listen
     );
     wait_log(&sandbox, "new d/f.md");
     assert_eq!(log_lines(&sandbox), ["new d/f.md"]);
+}
+
+/// A free port on 127.0.0.1 (bound for a moment, then released).
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn a_new_listen_is_bound_before_the_old_server_stops_and_a_failed_bind_keeps_it() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
+    sandbox.write("public/index.html", "<p>hi</p>");
+    let server = |addr: &str| std::format!("[server]\nlisten = \"{addr}\"\nroot = \"public\"\n");
+    let config_for = |addr: &str| sandbox.config(&(server(addr) + &listener("docs", "old", 0)));
+    let old = free_addr();
+    let daemon = Daemon::start(&sandbox, &config_for(&old));
+    let mut client = LrClient::on_page(&old, "/");
+
+    // The new address is taken: the old server is kept, clients and all.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    config_for(&taken_addr);
+    let reply = reload(&daemon);
+    let server_result = reply["server"].as_str().unwrap_or_default();
+    assert!(
+        server_result.starts_with("failed:") && server_result.contains(&taken_addr),
+        "{reply}"
+    );
+    assert_eq!(get(&old, "/", &[]).status, 200);
+    let status = daemon.request(r#"{"cmd":"status"}"#);
+    assert_eq!(status["server"]["listen"], old.as_str(), "{status}");
+    sandbox.write("public/index.html", "<p>changed</p>");
+    let message = client.recv().expect("the client kept its server");
+    assert_eq!(message["command"], "reload", "{message}");
+
+    // A free address: bound first, then the old server stops.
+    let new = free_addr();
+    config_for(&new);
+    assert_eq!(reload(&daemon)["server"], "restarted");
+    assert_eq!(client.close_code(), Some(1001));
+    assert_eq!(get(&new, "/", &[]).status, 200);
+    assert!(
+        std::net::TcpStream::connect(&old).is_err(),
+        "the old port is released"
+    );
+    let log = daemon.log();
+    let at = |s: &str| log.find(s).unwrap_or_else(|| panic!("no {s:?} in {log}"));
+    assert!(
+        at(&std::format!("HTTP server listening listen={new}"))
+            < at("stopping the HTTP server for the new [server]"),
+        "{log}"
+    );
 }

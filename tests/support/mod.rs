@@ -27,7 +27,9 @@ pub fn eventually_long<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
     eventually_within(Duration::from_secs(120), what, check)
 }
 
-fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// [`eventually`] with its own deadline, for work whose duration is measured (say
+/// where it is used: measured how, and the margin).
+pub fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
@@ -35,6 +37,33 @@ fn eventually_within<T>(limit: Duration, what: &str, mut check: impl FnMut() -> 
         }
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Samples `sample` until its value has not changed for `quiet`, failing with `what`
+/// when it is still changing after [`DEADLINE`]; returns the settled value. For
+/// checking what must NOT happen: an extra run that comes late is still counted.
+pub fn settled<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    quiet: Duration,
+    mut sample: impl FnMut() -> T,
+) -> T {
+    let end = Instant::now() + DEADLINE + quiet;
+    let mut value = sample();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = sample();
+        if now != value {
+            value = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what} still changing after {DEADLINE:?}: {value:?}"
+        );
     }
 }
 
@@ -85,6 +114,14 @@ impl Sandbox {
     }
 }
 
+/// Waits until the file at `path` has content and returns it: a job's `>` creates
+/// the file empty before it writes, so an empty file is no answer yet.
+pub fn wait_content(path: &Path) -> Vec<u8> {
+    eventually(&format!("content in {}", path.display()), || {
+        std::fs::read(path).ok().filter(|c| !c.is_empty())
+    })
+}
+
 /// A datagram socket standing in for systemd's notify socket.
 pub struct NotifySocket {
     pub path: PathBuf,
@@ -112,6 +149,32 @@ impl NotifySocket {
             self.messages
                 .push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
+    }
+
+    /// Takes every datagram already queued, without waiting: once the daemon has
+    /// exited, everything it ever sent.
+    pub fn drain(&mut self) {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.messages
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+    }
+
+    /// Waits up to [`DEADLINE`] for the next datagram; returns it with when it came.
+    pub fn next(&mut self) -> Option<(String, Instant)> {
+        let end = Instant::now() + DEADLINE;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < end {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.messages.push(message.clone());
+                return Some((message, Instant::now()));
+            }
+        }
+        None
     }
 
     /// How many datagrams so far contain the line `line`.
@@ -224,6 +287,23 @@ impl Daemon {
     pub fn signal(&self, signal: i32) {
         // SAFETY: sending a signal to our own child.
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Stops the daemon (SIGSTOP) and waits until it is stopped: from then on it reads
+    /// nothing, so what happens meanwhile queues up.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.pid();
+        eventually("the daemon to be stopped", || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let state = stat.rsplit(')').next()?.trim_start().chars().next()?;
+            (state == 'T').then_some(())
+        });
+    }
+
+    /// Lets a frozen daemon run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
     }
 
     /// Waits for the daemon to exit; returns its status and how long that took.
@@ -341,8 +421,34 @@ pub fn skip_unless_root(needs: &str) -> bool {
     if is_root() {
         return false;
     }
-    eprintln!("skipped: needs root to {needs}");
+    skip(&format!("needs root to {needs}"));
     true
+}
+
+/// Says why a test skips; fails it instead under `TESTS_NO_SKIP=1` (set by
+/// `.ci/run`), so CI cannot go green by skipping. (Not an `EXECLIB_` name: the
+/// daemon passes its environment on to jobs, and a test checks their `EXECLIB_*`.)
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("TESTS_NO_SKIP").is_none_or(|v| v != "1"),
+        "cannot skip under TESTS_NO_SKIP=1: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
+/// A field of `/proc/PID/status` given in kB (`VmRSS`, `VmHWM`), in KiB.
+pub fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Resets a process's peak resident memory (`VmHWM`) to its current RSS.
+pub fn reset_peak_rss(pid: i32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
 }
 
 /// Sets `/proc/sys/fs/inotify/<name>` for the life of the guard, restoring it on drop.
@@ -357,6 +463,11 @@ impl Sysctl {
         let old = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, value.to_string()).unwrap();
         Sysctl { path, old }
+    }
+
+    /// Sets another value; the one from before [`Sysctl::set`] is still what is restored.
+    pub fn write(&self, value: u64) {
+        std::fs::write(&self.path, value.to_string()).unwrap();
     }
 }
 

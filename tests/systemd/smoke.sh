@@ -8,8 +8,12 @@
 set -euo pipefail
 
 if [[ $EUID -ne 0 ]]; then
-    echo "smoke.sh: SKIP: needs root (the box uses mount/pid/cgroup namespaces," \
-        "overlayfs and cgroupfs, which need CAP_SYS_ADMIN on the host)"
+    why="needs root (the box uses mount/pid/cgroup namespaces, overlayfs and cgroupfs, which need CAP_SYS_ADMIN on the host)"
+    if [[ ${TESTS_NO_SKIP:-} == 1 ]]; then
+        echo "smoke.sh: FAIL: $why (TESTS_NO_SKIP=1: no skipping)" >&2
+        exit 1
+    fi
+    echo "smoke.sh: SKIP: $why"
     exit 0
 fi
 
