@@ -77,12 +77,7 @@ impl Ledger {
         let me = std::process::id();
         let start = stat(me).map_or(0, |s| s.start);
         let dir = state_dir.join("running").join(format!("{me}-{start}"));
-        use std::os::unix::fs::DirBuilderExt;
-        if let Err(e) = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-        {
+        if let Err(e) = create(state_dir, &dir) {
             warn!(
                 "cannot create {}: {e}; running jobs are not recorded",
                 escaped(&dir)
@@ -182,6 +177,21 @@ impl Ledger {
             _ => Some((pid, start)),
         }
     }
+}
+
+/// Creates the state directory and its parents as any directory (a service's own
+/// state directory under them must stay reachable), then the ledger's folders,
+/// private to this user.
+fn create(state_dir: &Path, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::create_dir_all(state_dir)?;
+    for private in [dir.parent().expect("running/"), dir] {
+        match std::fs::DirBuilder::new().mode(0o700).create(private) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether the daemon a ledger directory (`PID-START`) belongs to still runs. A

@@ -86,7 +86,9 @@ pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
 /// `root`, reached without crossing a symlink (`RESOLVE_NO_SYMLINKS`, from `/`:
 /// `root` is canonical and `..` is refused, so the walk stays beneath it): the check
 /// that a cached answer's path still leads to its file the way it did. `None` when
-/// refused, missing, or without openat2.
+/// refused or missing. Without openat2 (an old kernel, or a systemd unit with
+/// `RestrictSUIDSGID=`, whose filter answers it `ENOSYS`), the path is walked a
+/// component at a time with `O_NOFOLLOW` instead.
 pub fn direct_metadata(root: &Path, raw: &str, hidden: bool) -> Option<std::fs::Metadata> {
     let (decoded, names) = checked(raw, hidden).ok()?;
     let mut path = real_path(root, &names);
@@ -94,8 +96,24 @@ pub fn direct_metadata(root: &Path, raw: &str, hidden: bool) -> Option<std::fs::
         path.push("index.html");
     }
     let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    let file = sys::openat2(None, path.as_os_str(), libc::O_PATH, resolve).ok()?;
-    file.metadata().ok()
+    match sys::openat2(None, path.as_os_str(), libc::O_PATH, resolve) {
+        Ok(file) => file.metadata().ok(),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => direct_walk(&path),
+        Err(_) => None,
+    }
+}
+
+/// The metadata of absolute `path`, reached from `/` one component at a time without
+/// following a symlink (`None` at the first one).
+fn direct_walk(path: &Path) -> Option<std::fs::Metadata> {
+    let mut node = open_root(Path::new("/")).ok()?;
+    for name in path.components().skip(1) {
+        node = sys::openat(node.as_fd(), name.as_os_str(), libc::O_PATH | libc::O_NOFOLLOW).ok()?;
+        if node.metadata().ok()?.file_type().is_symlink() {
+            return None;
+        }
+    }
+    node.metadata().ok()
 }
 
 fn open_root(root: &Path) -> std::io::Result<File> {

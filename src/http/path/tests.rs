@@ -131,6 +131,27 @@ fn symlinks_inside_are_followed_and_outside_refused_on_both_paths() {
 }
 
 #[test]
+fn the_direct_check_refuses_symlinks_with_and_without_openat2() {
+    let (_dir, root) = site();
+    for (raw, direct) in [
+        ("/index.html", true),
+        ("/docs/", true),
+        ("/alias_rel.html", false),
+        ("/docs/deep/page.html", false),
+        ("/missing", false),
+    ] {
+        let with = direct_metadata(&root, raw, false).map(|m| m.ino());
+        let mut path = root.join(raw.trim_start_matches('/'));
+        if raw.ends_with('/') {
+            path.push("index.html");
+        }
+        let without = direct_walk(&path).map(|m| m.ino());
+        assert_eq!(with.is_some(), direct, "{raw}");
+        assert_eq!(with, without, "{raw}: the walk agrees");
+    }
+}
+
+#[test]
 fn hidden_targets_stay_hidden_unless_allowed() {
     let (_dir, root) = site();
     for raw in ["/.env", "/env.txt", "/docs/.hidden/x"] {
