@@ -33,6 +33,9 @@ struct Held {
 pub(super) struct Holds {
     held: HashMap<PathBuf, Held>,
     hold_for: HoldFor,
+    /// Released since last asked: the snapshot records their state then (a held
+    /// file's writes are not looked at one by one).
+    released: Vec<PathBuf>,
 }
 
 impl Holds {
@@ -40,6 +43,7 @@ impl Holds {
         Holds {
             held: HashMap::new(),
             hold_for,
+            released: Vec::new(),
         }
     }
 
@@ -70,7 +74,13 @@ impl Holds {
                 path: path.to_owned(),
                 kind,
             }));
+            self.released.push(path.to_owned());
         }
+    }
+
+    /// The files released since last asked, whose state the snapshot must record.
+    pub(super) fn take_released(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.released)
     }
 
     /// Releases every file held under `dir` (a directory moved or deleted).

@@ -289,6 +289,7 @@ impl Watcher {
             None => {}
         }
         self.run_timers(Instant::now(), &mut out)?;
+        self.record_released();
         Ok(out)
     }
 
@@ -314,6 +315,7 @@ impl Watcher {
             self.rescan(Instant::now(), &mut out)?;
         }
         self.holds.release_all(&mut out);
+        self.record_released();
         Ok(out)
     }
 
@@ -376,7 +378,6 @@ impl Watcher {
             return self.dir_event(mask, event.cookie, path, out);
         }
         if mask.contains(EventMask::CLOSE_WRITE) {
-            self.tree.refresh(&path);
             self.holds.release(&path, out);
             return Ok(());
         }
@@ -398,29 +399,44 @@ impl Watcher {
     }
 
     /// Records a change to a file and reports it, unless it is held (being written).
+    /// A held file's state is recorded once, when it is released.
     fn file_event(&mut self, path: PathBuf, kind: EventKind, out: &mut Vec<FileEvent>) {
-        let meta = match kind {
+        match kind {
             EventKind::Delete => {
                 // Held changes first: a file written, then deleted, keeps its order.
                 self.holds.release(&path, out);
                 self.tree.remove_file(&path);
-                None
+            }
+            EventKind::Modify => {
+                if self.holds.hold(&path, kind, Instant::now()) {
+                    return;
+                }
+                self.tree.refresh(&path);
+            }
+            EventKind::Create => {
+                let meta = self.tree.refresh(&path);
+                if meta.as_ref().is_some_and(hold::may_be_written)
+                    && self.holds.hold(&path, kind, Instant::now())
+                {
+                    return;
+                }
             }
             EventKind::Move => {
                 self.holds.release(&path, out);
-                self.tree.refresh(&path)
+                self.tree.refresh(&path);
             }
-            _ => self.tree.refresh(&path),
-        };
-        let writing = match kind {
-            EventKind::Modify => true,
-            EventKind::Create => meta.as_ref().is_some_and(hold::may_be_written),
-            _ => false,
-        };
-        if writing && self.holds.hold(&path, kind, Instant::now()) {
-            return;
+            EventKind::Attrib => {
+                self.tree.refresh(&path);
+            }
         }
         out.push(FileEvent { path, kind });
+    }
+
+    /// Records the state of the files released since last asked.
+    fn record_released(&mut self) {
+        for path in self.holds.take_released() {
+            self.tree.refresh(&path);
+        }
     }
 
     /// An event about a watched directory itself.
