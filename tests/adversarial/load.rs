@@ -37,12 +37,16 @@ const DOCUMENTED: [&str; 11] = [
 fn control_request(socket: &Path, line: &str) -> Result<Value, String> {
     let stream = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    (&stream)
-        .write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
+    // A daemon turning the connection away (busy) may answer and close before the
+    // request is written: the write fails, but the reply is there to read (as
+    // execlibctl reads it).
+    let written = (&stream).write_all(format!("{line}\n").as_bytes());
     let mut reply = String::new();
     match BufReader::new(&stream).read_line(&mut reply) {
-        Ok(0) => Err("closed without a reply".into()),
+        Ok(0) => Err(match written {
+            Err(e) => format!("write: {e}"),
+            Ok(()) => "closed without a reply".into(),
+        }),
         Ok(_) => serde_json::from_str(&reply).map_err(|e| format!("{e}: {reply:?}")),
         Err(e) => Err(format!("read: {e}")),
     }
