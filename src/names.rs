@@ -28,11 +28,7 @@ impl fmt::Display for Escaped<'_> {
             for c in chunk.valid().chars() {
                 match c {
                     '\\' => f.write_str("\\\\")?,
-                    '\n' => f.write_str("\\n")?,
-                    '\r' => f.write_str("\\r")?,
-                    '\t' => f.write_str("\\t")?,
-                    c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
-                    c => f.write_char(c)?,
+                    c => write_char(f, c)?,
                 }
             }
             for byte in chunk.invalid() {
@@ -51,17 +47,20 @@ pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
+        let _ = write_char(&mut out, c);
     }
     out.into()
+}
+
+/// Writes `c`, a control character as `\n`, `\r`, `\t` or `\u{…}`.
+fn write_char(w: &mut impl Write, c: char) -> fmt::Result {
+    match c {
+        '\n' => w.write_str("\\n"),
+        '\r' => w.write_str("\\r"),
+        '\t' => w.write_str("\\t"),
+        c if c.is_control() => write!(w, "\\u{{{:x}}}", c as u32),
+        c => w.write_char(c),
+    }
 }
 
 #[cfg(test)]

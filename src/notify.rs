@@ -7,8 +7,8 @@
 //! dropped (a status line is superseded by the next anyway) and the loss is logged.
 
 use sd_notify::NotifyState;
+use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -23,8 +23,8 @@ enum Message {
     Flush(SyncSender<()>),
 }
 
-fn sender() -> Option<&'static Mutex<SyncSender<Message>>> {
-    static SENDER: OnceLock<Option<Mutex<SyncSender<Message>>>> = OnceLock::new();
+fn sender() -> Option<&'static SyncSender<Message>> {
+    static SENDER: OnceLock<Option<SyncSender<Message>>> = OnceLock::new();
     SENDER
         .get_or_init(|| {
             std::env::var_os("NOTIFY_SOCKET")?;
@@ -33,7 +33,7 @@ fn sender() -> Option<&'static Mutex<SyncSender<Message>>> {
                 .name("sd-notify".into())
                 .spawn(move || deliver(rx));
             match spawned {
-                Ok(_) => Some(Mutex::new(tx)),
+                Ok(_) => Some(tx),
                 Err(e) => {
                     warn!("cannot start the systemd notification thread: {e}");
                     None
@@ -62,7 +62,7 @@ fn deliver(rx: Receiver<Message>) {
 fn send(states: &[NotifyState]) {
     let Some(sender) = sender() else { return };
     let lines = states.iter().map(|s| s.to_string()).collect();
-    let sent = sender.lock().expect("notify lock").try_send(Message::Send(lines));
+    let sent = sender.try_send(Message::Send(lines));
     if let Err(TrySendError::Full(_)) = sent {
         debug!("systemd's notify socket is not keeping up: a notification was dropped");
     }
@@ -72,12 +72,7 @@ fn send(states: &[NotifyState]) {
 pub fn flush(limit: Duration) {
     let Some(sender) = sender() else { return };
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    if sender
-        .lock()
-        .expect("notify lock")
-        .try_send(Message::Flush(tx))
-        .is_ok()
-    {
+    if sender.try_send(Message::Flush(tx)).is_ok() {
         let _ = rx.recv_timeout(limit);
     }
 }

@@ -312,23 +312,26 @@ fn messages_for<'a>(
 
 /// Whether a change to `path` can be applied without a reload (a stylesheet or image).
 fn live(path: &str) -> bool {
-    let ext = path
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    ["css", "png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico"].contains(&ext.as_str())
+    LIVE.contains(&extension(path).as_str())
 }
 
-/// Whether a client showing `page` should reload for a change to `path`.
-fn wants(page: Option<&str>, path: &str) -> bool {
-    let ext = path
-        .rsplit_once('.')
+/// Stylesheets and images: swapped in place.
+const LIVE: [&str; 9] = ["css", "png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico"];
+
+/// A path's extension, lower case (empty when it has none).
+fn extension(path: &str) -> String {
+    path.rsplit_once('.')
         .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    let everyone = [
-        "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico",
-    ];
-    everyone.contains(&ext.as_str()) || page.is_some_and(|p| page_file(p) == page_file(path))
+        .unwrap_or_default()
+}
+
+/// Whether a client showing `page` should reload for a change to `path`: every
+/// client for stylesheets, images and scripts, which any page may use.
+fn wants(page: Option<&str>, path: &str) -> bool {
+    let ext = extension(path);
+    LIVE.contains(&ext.as_str())
+        || ["js", "mjs"].contains(&ext.as_str())
+        || page.is_some_and(|p| page_file(p) == page_file(path))
 }
 
 #[cfg(test)]

@@ -150,11 +150,11 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         }
     };
     // The job is its main process: whatever it left running in its group is a stray.
-    kill_group(pid, libc::SIGTERM);
+    crate::sys::kill_group(pid, libc::SIGTERM);
     if !output_done {
         let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
     }
-    kill_group(pid, libc::SIGKILL);
+    crate::sys::kill_group(pid, libc::SIGKILL);
     let outcome = match status {
         _ if timed_out => Outcome::TimedOut,
         Ok(status) => Outcome::from_status(status),
@@ -223,7 +223,7 @@ async fn terminate(
     grace: Duration,
 ) -> std::io::Result<ExitStatus> {
     info!(job_pid = pid, "sending SIGTERM to the job's process group");
-    kill_group(pid, libc::SIGTERM);
+    crate::sys::kill_group(pid, libc::SIGTERM);
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
@@ -232,17 +232,12 @@ async fn terminate(
                 grace_ms = grace.as_millis() as u64,
                 "job outlived its grace: SIGKILL"
             );
-            kill_group(pid, libc::SIGKILL);
+            crate::sys::kill_group(pid, libc::SIGKILL);
             child.wait().await
         }
     };
-    kill_group(pid, libc::SIGKILL);
+    crate::sys::kill_group(pid, libc::SIGKILL);
     status
-}
-
-/// Signals the job's group (its own: `process_group(0)`).
-fn kill_group(pgid: u32, signal: i32) {
-    crate::sys::kill_group(pgid, signal);
 }
 
 fn describe(command: &Command) -> String {

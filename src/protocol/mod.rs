@@ -55,13 +55,17 @@ pub enum Request {
     Shutdown,
 }
 
-/// Every `cmd` the daemon knows: [`Request`]'s variants, as clap names them.
-pub fn commands() -> Vec<String> {
+/// Every `cmd` the daemon knows: [`Request`]'s variants, as clap names them
+/// (worked out once: every request line is checked against it).
+pub fn commands() -> &'static [String] {
     use clap::Subcommand;
-    Request::augment_subcommands(clap::Command::new("execlibctl"))
-        .get_subcommands()
-        .map(|c| c.get_name().to_owned())
-        .collect()
+    static COMMANDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        Request::augment_subcommands(clap::Command::new("execlibctl"))
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect()
+    });
+    &COMMANDS
 }
 
 /// An error's machine-readable code.
@@ -334,7 +338,7 @@ mod tests {
 
         /// Lines close to real requests: a known or unknown command with fields of any type.
         fn near_request() -> impl Strategy<Value = Vec<u8>> {
-            let cmd = prop_oneof![proptest::sample::select(commands()), ".{0,8}",];
+            let cmd = prop_oneof![proptest::sample::select(commands().to_vec()), ".{0,8}",];
             let value = prop_oneof![
                 ".{0,12}".prop_map(Value::String),
                 any::<i64>().prop_map(Value::from),

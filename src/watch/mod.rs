@@ -304,12 +304,7 @@ impl Watcher {
             self.handle(event, &mut out)?;
         }
         for moved in std::mem::take(&mut self.moves) {
-            self.holds.release_under(&moved.path, &mut out);
-            let gone = self.tree.drop_dir(&moved.path).into_keys();
-            out.extend(gone.map(|path| FileEvent {
-                path,
-                kind: EventKind::Delete,
-            }));
+            self.dir_gone(&moved.path, &mut out);
         }
         if self.overflow.due.is_some() {
             self.rescan(Instant::now(), &mut out)?;
@@ -502,13 +497,19 @@ impl Watcher {
                     .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?;
             }
         } else if mask.contains(EventMask::DELETE) {
-            self.holds.release_under(&path, out);
-            out.extend(self.tree.drop_dir(&path).into_keys().map(|path| FileEvent {
-                path,
-                kind: EventKind::Delete,
-            }));
+            self.dir_gone(&path, out);
         }
         Ok(())
+    }
+
+    /// A directory has left the tree (deleted, or moved out): what its files held is
+    /// released, its watches dropped, and its files reported deleted.
+    pub(super) fn dir_gone(&mut self, dir: &Path, out: &mut Vec<FileEvent>) {
+        self.holds.release_under(dir, out);
+        out.extend(self.tree.drop_dir(dir).into_keys().map(|path| FileEvent {
+            path,
+            kind: EventKind::Delete,
+        }));
     }
 
     /// A directory appears at `path` while one that stood there (or under it) was moved
@@ -517,11 +518,7 @@ impl Watcher {
     fn settle_moves_under(&mut self, path: &Path, out: &mut Vec<FileEvent>) {
         while let Some(i) = self.moves.iter().position(|m| m.path.starts_with(path)) {
             let gone = self.moves.remove(i).path;
-            self.holds.release_under(&gone, out);
-            out.extend(self.tree.drop_dir(&gone).into_keys().map(|path| FileEvent {
-                path,
-                kind: EventKind::Delete,
-            }));
+            self.dir_gone(&gone, out);
         }
     }
 

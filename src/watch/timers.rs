@@ -50,13 +50,7 @@ impl Watcher {
     pub(super) fn run_timers(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
         while let Some(i) = self.moves.iter().position(|m| now >= m.at + MOVE_BOUND) {
             let gone = self.moves.remove(i).path;
-            self.holds.release_under(&gone, out);
-            for path in self.tree.drop_dir(&gone).into_keys() {
-                out.push(FileEvent {
-                    path,
-                    kind: EventKind::Delete,
-                });
-            }
+            self.dir_gone(&gone, out);
         }
         if self.overflow.due.is_some_and(|due| now >= due) {
             self.rescan(now, out)?;
