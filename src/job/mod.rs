@@ -2,6 +2,7 @@
 //! its output logged line by line, and termination of the whole group
 //! (SIGTERM, a grace period, SIGKILL) when its listener stops.
 
+pub mod child;
 pub mod launch;
 pub mod orphans;
 
@@ -10,21 +11,12 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// Variables systemd gives the daemon that must not leak to jobs.
-const SYSTEMD_VARIABLES: [&str; 6] = [
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-];
 /// A line of job output longer than this is cut, with a marker.
 pub const MAX_LINE: usize = 8 * 1024;
 /// After the job's main process exits, how long its output may still be drained
@@ -100,23 +92,28 @@ impl Outcome {
 /// listener, route and file), recording `job_pid` on it.
 pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) -> Outcome {
     let started = Instant::now();
-    let mut cmd = command(spec);
-    let mut child = match orphans::spawn(&mut cmd) {
-        Ok(child) => child,
+    let launch = child::Launch {
+        command: &spec.command,
+        workdir: &spec.workdir,
+        env: &spec.env,
+        stdin: spec.stdin.is_some(),
+        nofile_soft: JOB_FD_LIMIT.get().copied(),
+        cgroup_procs: None,
+    };
+    let started_job = match orphans::spawn(|| child::start(&launch)) {
+        Ok(started_job) => started_job,
         Err(e) => {
-            let reason = if spec.workdir.is_dir() {
-                format!("cannot start {}: {e}", describe(&spec.command))
-            } else {
-                format!(
-                    "working directory {} does not exist",
-                    crate::names::escaped(&spec.workdir)
-                )
-            };
-            error!(exit_code = "not_started", "job failed: {reason}");
-            return Outcome::NotStarted(reason);
+            error!(exit_code = "not_started", "job failed: {e}");
+            return Outcome::NotStarted(e.to_string());
         }
     };
-    let pid = child.id().expect("a just-spawned child has a pid");
+    let child::Started {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+    } = started_job;
+    let pid = child.pid();
     let _registered = orphans::Registered(pid);
     // Recorded until its whole group is gone (the last kill below), for a daemon
     // started after a crash of this one.
@@ -124,26 +121,26 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     spec.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
     tracing::Span::current().record("job_pid", pid);
     info!(job_pid = pid, "job started");
-    let feed = feed(child.stdin.take(), spec.stdin.as_deref());
-    let drained = drain(child.stdout.take(), child.stderr.take());
+    let feed = feed(stdin, spec.stdin.as_deref());
+    let drained = drain(stdout, stderr);
     let output = async { tokio::join!(feed, drained) };
     tokio::pin!(output);
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
     let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
-    // The main process's status, and whether it was killed for its timeout.
+    // The main process's end, and whether it was killed for its timeout.
     let wait = async {
         tokio::select! {
-            status = child.wait() => (status, false),
-            _ = cancel.cancelled() => (terminate(&mut child, pid, grace).await, false),
+            exit = child.wait() => (exit, false),
+            _ = cancel.cancelled() => (terminate(&mut child, grace).await, false),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 warn!(job_pid = pid, timeout_ms, "job timed out");
-                (terminate(&mut child, pid, spec.kill_grace).await, true)
+                (terminate(&mut child, spec.kill_grace).await, true)
             }
         }
     };
     tokio::pin!(wait);
     let mut output_done = false;
-    let (status, timed_out) = loop {
+    let (exit, timed_out) = loop {
         tokio::select! {
             done = &mut wait => break done,
             _ = &mut output, if !output_done => output_done = true,
@@ -155,77 +152,58 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
     }
     crate::sys::kill_group(pid, libc::SIGKILL);
-    let outcome = match status {
+    let outcome = match &exit {
         _ if timed_out => Outcome::TimedOut,
-        Ok(status) => Outcome::from_status(status),
+        Ok(exit) => Outcome::from_status(ExitStatus::from_raw(exit.status)),
         Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),
     };
-    log_end(&outcome, started.elapsed());
+    let usage = exit.ok().map(|e| Usage {
+        cpu_usec: e.cpu_usec,
+        memory_peak: e.max_rss,
+    });
+    log_end(&outcome, started.elapsed(), usage);
     outcome
 }
 
-/// The process to start: its own process group, stdin from /dev/null, output piped,
-/// the daemon's environment without systemd's variables plus the job's, and the
-/// open-files limit the daemon started with.
-fn command(spec: &JobSpec) -> tokio::process::Command {
-    let mut cmd = match &spec.command {
-        Command::Run(argv) => {
-            let mut c = tokio::process::Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-        Command::Shell(script) => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(script);
-            c
-        }
-    };
-    let stdin = if spec.stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    };
-    cmd.current_dir(&spec.workdir)
-        .envs(&spec.env)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for inherited in SYSTEMD_VARIABLES {
-        cmd.env_remove(inherited);
-    }
-    if let Some(&soft) = JOB_FD_LIMIT.get() {
-        crate::sys::restore_nofile_in_child(&mut cmd, soft);
-    }
-    cmd
+/// What a finished job used.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// CPU time, user plus system, in µs.
+    cpu_usec: u64,
+    /// Peak memory in bytes.
+    memory_peak: u64,
 }
 
-fn log_end(outcome: &Outcome, elapsed: Duration) {
+fn log_end(outcome: &Outcome, elapsed: Duration, usage: Option<Usage>) {
     let duration_ms = elapsed.as_millis() as u64;
+    let cpu_usec = usage.map(|u| u.cpu_usec);
+    let memory_peak = usage.map(|u| u.memory_peak);
     match outcome {
-        Outcome::Exited(0) => info!(exit_code = 0, duration_ms, "job finished"),
-        Outcome::Exited(code) => warn!(exit_code = code, duration_ms, "job failed with exit code {code}"),
-        Outcome::Signaled(sig) => warn!(signal = sig, duration_ms, "job killed by signal {sig}"),
+        Outcome::Exited(0) => info!(exit_code = 0, duration_ms, cpu_usec, memory_peak, "job finished"),
+        Outcome::Exited(code) => warn!(
+            exit_code = code,
+            duration_ms, cpu_usec, memory_peak, "job failed with exit code {code}"
+        ),
+        Outcome::Signaled(sig) => warn!(
+            signal = sig,
+            duration_ms, cpu_usec, memory_peak, "job killed by signal {sig}"
+        ),
         Outcome::NotStarted(reason) => error!(duration_ms, "job failed: {reason}"),
         Outcome::TimedOut => warn!(
             exit_code = "timeout",
-            duration_ms, "job failed: killed after its timeout"
+            duration_ms, cpu_usec, memory_peak, "job failed: killed after its timeout"
         ),
     }
 }
 
 /// SIGTERM to the group, SIGKILL after `grace`; then SIGKILL again to sweep
 /// any process of the group still alive.
-async fn terminate(
-    child: &mut tokio::process::Child,
-    pid: u32,
-    grace: Duration,
-) -> std::io::Result<ExitStatus> {
+async fn terminate(child: &mut child::Child, grace: Duration) -> std::io::Result<crate::sys::Exit> {
+    let pid = child.pid();
     info!(job_pid = pid, "sending SIGTERM to the job's process group");
     crate::sys::kill_group(pid, libc::SIGTERM);
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status,
+    let exit = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(exit) => exit,
         Err(_) => {
             warn!(
                 job_pid = pid,
@@ -237,26 +215,22 @@ async fn terminate(
         }
     };
     crate::sys::kill_group(pid, libc::SIGKILL);
-    status
-}
-
-fn describe(command: &Command) -> String {
-    match command {
-        Command::Run(argv) => format!("{:?}", argv[0]),
-        Command::Shell(_) => "/bin/sh".to_owned(),
-    }
+    exit
 }
 
 /// Writes `data` to the job's stdin, then closes it (a job that stops reading is fine).
-async fn feed(stdin: Option<tokio::process::ChildStdin>, data: Option<&[u8]>) {
+async fn feed(stdin: Option<tokio::net::unix::pipe::Sender>, data: Option<&[u8]>) {
     use tokio::io::AsyncWriteExt;
     if let (Some(mut stdin), Some(data)) = (stdin, data) {
         let _ = stdin.write_all(data).await;
     }
 }
 
-async fn drain(stdout: Option<tokio::process::ChildStdout>, stderr: Option<tokio::process::ChildStderr>) {
-    tokio::join!(log_lines(stdout, "stdout"), log_lines(stderr, "stderr"));
+async fn drain(stdout: tokio::net::unix::pipe::Receiver, stderr: tokio::net::unix::pipe::Receiver) {
+    tokio::join!(
+        log_lines(Some(stdout), "stdout"),
+        log_lines(Some(stderr), "stderr")
+    );
 }
 
 /// Logs each line of `reader`, cutting lines over [`MAX_LINE`]; never holds more than one line.

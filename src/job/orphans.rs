@@ -5,29 +5,29 @@
 //! still running is terminated (SIGTERM to it and its group, SIGKILL after the
 //! grace). Under systemd the unit's cgroup ends them too.
 //!
-//! Jobs' main processes are the daemon's children as well and are waited for by
-//! tokio: they are registered at spawn ([`spawn`]) and never touched here.
+//! Jobs' main processes are the daemon's children as well and are waited for
+//! through their pidfds: they are registered at spawn ([`spawn`]) and never touched here.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-/// Jobs' main processes (waited for by tokio); held while spawning, so an adoptee
+/// Jobs' main processes (waited for by their jobs); held while spawning, so an adoptee
 /// is never mistaken for a job that was just started.
 static JOBS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
 /// How often exited adoptees are reaped.
 pub const REAP_EVERY: Duration = Duration::from_secs(1);
 
-/// Spawns `cmd` as a job's main process, registered so the reaper leaves it alone.
-pub fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+/// Starts a job's main process with `start`, registered so the reaper leaves it alone.
+pub fn spawn<E>(
+    start: impl FnOnce() -> Result<super::child::Started, E>,
+) -> Result<super::child::Started, E> {
     let mut jobs = JOBS.lock().expect("jobs lock");
-    let child = cmd.spawn()?;
-    if let Some(pid) = child.id() {
-        jobs.get_or_insert_with(HashSet::new).insert(pid);
-    }
-    Ok(child)
+    let started = start()?;
+    jobs.get_or_insert_with(HashSet::new).insert(started.child.pid());
+    Ok(started)
 }
 
 /// A job's main process, registered by [`spawn`] until this is dropped (once it has

@@ -55,27 +55,6 @@ pub fn set_nofile_soft(soft: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes the process `cmd` starts set its soft open-files limit to `soft` (at most its
-/// hard limit) before it runs. (A `pre_exec` hook: the child is forked rather than
-/// spawned with `posix_spawn`.)
-pub fn restore_nofile_in_child(cmd: &mut tokio::process::Command, soft: u64) {
-    // SAFETY: between fork and exec the hook calls only getrlimit and setrlimit, which
-    // are async-signal-safe, on its own stack values; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-                limit.rlim_cur = soft.min(limit.rlim_max);
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            }
-            Ok(())
-        });
-    }
-}
-
 /// The largest buffer offered to `getgrnam_r` for one group's entry (its members).
 const MAX_GROUP_BUFFER: usize = 4 << 20;
 

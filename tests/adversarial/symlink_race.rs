@@ -65,7 +65,7 @@ fn swapper(real: PathBuf, link: PathBuf, targets: [PathBuf; 2], stop: Arc<Atomic
             pair.swap().expect("renameat2(RENAME_EXCHANGE)");
             pair.swap().expect("renameat2(RENAME_EXCHANGE)");
             rounds += 1;
-            if rounds % 8 == 0 {
+            if rounds.is_multiple_of(8) {
                 let _ = std::fs::remove_file(&tmp);
                 symlink(&targets[(rounds / 8 % 2) as usize], &tmp).unwrap();
                 std::fs::rename(&tmp, &link).unwrap();

@@ -1,0 +1,310 @@
+//! A job's process: its program found on `PATH`, its environment and pipes made,
+//! started by [`crate::sys::spawn`] (a vfork-style clone, never `fork`, so a start
+//! costs the same whatever the daemon's size) and awaited through its pidfd.
+
+use crate::config::Command;
+use crate::sys::{AsyncProcess, Exit, SpawnError, Spec, Stage};
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use tokio::net::unix::pipe;
+
+/// Variables systemd gives the daemon that must not leak to jobs.
+const SYSTEMD_VARIABLES: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// `PATH` when neither the job nor the daemon has one (glibc's default).
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// What a job's process is started with.
+pub struct Launch<'a> {
+    /// What to run.
+    pub command: &'a Command,
+    /// Its working directory.
+    pub workdir: &'a Path,
+    /// Variables added to the daemon's (without systemd's).
+    pub env: &'a BTreeMap<String, OsString>,
+    /// Whether it gets a pipe on stdin (else `/dev/null`).
+    pub stdin: bool,
+    /// Its soft open-files limit; `None`: the daemon's.
+    pub nofile_soft: Option<u64>,
+    /// The `cgroup.procs` of the cgroup it runs in, if any.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
+}
+
+/// A started job process and the daemon's ends of its pipes.
+pub struct Started {
+    /// The process.
+    pub child: Child,
+    /// Its stdin, when [`Launch::stdin`] asked for one.
+    pub stdin: Option<pipe::Sender>,
+    /// Its stdout.
+    pub stdout: pipe::Receiver,
+    /// Its stderr.
+    pub stderr: pipe::Receiver,
+}
+
+/// Why a job's process could not be started: a sentence for the log and `jobs`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The program is not there, or not executable.
+    #[error("cannot start {program}: {source}")]
+    Program {
+        /// The program as configured, quoted.
+        program: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The working directory cannot be entered.
+    #[error("working directory {dir} {reason}")]
+    Workdir {
+        /// The directory, escaped.
+        dir: String,
+        /// "does not exist", or the error.
+        reason: String,
+    },
+    /// The job could not be moved into its cgroup.
+    #[error("cannot move the job into its cgroup: {0}")]
+    Cgroup(io::Error),
+    /// Anything else (descriptors, process group, a NUL byte in a variable).
+    #[error("cannot start the job: {0}")]
+    Other(io::Error),
+}
+
+/// A job's main process: our child until [`Child::wait`] reaps it; dropped before
+/// that, its process group is killed (it is then reaped as an adoptee).
+pub struct Child {
+    process: AsyncProcess,
+    exit: Option<Exit>,
+}
+
+impl Child {
+    /// Its pid (and process group id).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Waits for it to exit and reaps it (cancel-safe; later calls return the same).
+    pub async fn wait(&mut self) -> io::Result<Exit> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let exit = self.process.wait().await?;
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            crate::sys::kill_group(self.pid(), libc::SIGKILL);
+            crate::sys::kill(self.pid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Starts the job's process (see [`Launch`]). Must run inside the tokio runtime.
+pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
+    let (argv, program) = argv_and_program(launch)?;
+    let envp = environment(launch.env).map_err(StartError::Other)?;
+    let workdir =
+        CString::new(launch.workdir.as_os_str().as_bytes()).map_err(|e| StartError::Other(e.into()))?;
+    let null = std::fs::File::open("/dev/null").map_err(StartError::Other)?;
+    let (stdin_read, stdin_write) = match launch.stdin {
+        true => pipe_pair().map(|(r, w)| (Some(r), Some(w))),
+        false => Ok((None, None)),
+    }
+    .map_err(StartError::Other)?;
+    let (out_read, out_write) = pipe_pair().map_err(StartError::Other)?;
+    let (err_read, err_write) = pipe_pair().map_err(StartError::Other)?;
+    let stdin_fd = stdin_read.as_ref().map_or(null.as_fd(), |r| r.as_fd());
+    let process = crate::sys::spawn(&Spec {
+        program: &program,
+        argv: &argv,
+        envp: &envp,
+        workdir: &workdir,
+        stdio: [stdin_fd, out_write.as_fd(), err_write.as_fd()],
+        nofile_soft: launch.nofile_soft,
+        cgroup_procs: launch.cgroup_procs,
+    })
+    .map_err(|e| spawn_error(e, launch))?;
+    // The child's ends are closed here, so the daemon sees end of output when it is done.
+    drop((stdin_read, out_write, err_write));
+    let child = Child {
+        process: AsyncProcess::new(process).map_err(StartError::Other)?,
+        exit: None,
+    };
+    let receiver = |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd).map_err(StartError::Other);
+    Ok(Started {
+        stdin: stdin_write
+            .map(pipe::Sender::from_owned_fd)
+            .transpose()
+            .map_err(StartError::Other)?,
+        stdout: receiver(out_read)?,
+        stderr: receiver(err_read)?,
+        child,
+    })
+}
+
+/// A pipe's (read, write) ends, both close-on-exec.
+fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = std::io::pipe()?;
+    Ok((read.into(), write.into()))
+}
+
+fn spawn_error(e: SpawnError, launch: &Launch<'_>) -> StartError {
+    match e.stage {
+        Stage::Exec => StartError::Program {
+            program: describe(launch.command),
+            source: e.source,
+        },
+        Stage::Workdir => StartError::Workdir {
+            dir: crate::names::escaped(launch.workdir).to_string(),
+            reason: match e.source.kind() {
+                io::ErrorKind::NotFound => "does not exist".to_owned(),
+                _ => format!("cannot be entered: {}", e.source),
+            },
+        },
+        Stage::Cgroup => StartError::Cgroup(e.source),
+        Stage::Setup | Stage::Stdio => StartError::Other(e.source),
+    }
+}
+
+/// The program as configured, for messages.
+pub fn describe(command: &Command) -> String {
+    match command {
+        Command::Run(argv) => format!("{:?}", argv[0]),
+        Command::Shell(_) => "/bin/sh".to_owned(),
+    }
+}
+
+/// The arguments, and the program's path: `/bin/sh -c SCRIPT`, or the argv with its
+/// first word looked up on `PATH` (the job's, else the daemon's) unless it has a `/`.
+fn argv_and_program(launch: &Launch<'_>) -> Result<(Vec<CString>, CString), StartError> {
+    let words: Vec<&OsStr> = match launch.command {
+        Command::Run(argv) => argv.iter().map(OsStr::new).collect(),
+        Command::Shell(script) => vec!["/bin/sh".as_ref(), "-c".as_ref(), script.as_ref()],
+    };
+    let argv = words
+        .iter()
+        .map(|w| CString::new(w.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Other(e.into()))?;
+    let name = Path::new(words[0]);
+    let program = if name.as_os_str().as_bytes().contains(&b'/') {
+        name.to_path_buf()
+    } else {
+        let path = launch
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        find_on_path(name, &path, launch.workdir).map_err(|source| StartError::Program {
+            program: describe(launch.command),
+            source,
+        })?
+    };
+    let program =
+        CString::new(program.into_os_string().into_vec()).map_err(|e| StartError::Other(e.into()))?;
+    Ok((argv, program))
+}
+
+/// The first executable file called `name` in the directories of `path` (relative
+/// ones taken from `workdir`, as `execvp` would after the job's `chdir`).
+fn find_on_path(name: &Path, path: &OsStr, workdir: &Path) -> io::Result<PathBuf> {
+    let mut denied = false;
+    for dir in path.as_bytes().split(|&b| b == b':') {
+        let dir = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir }));
+        let candidate = workdir.join(dir).join(name);
+        match std::fs::metadata(&candidate) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(candidate),
+            Ok(m) if m.is_file() => denied = true,
+            _ => {}
+        }
+    }
+    Err(match denied {
+        true => io::Error::from(io::ErrorKind::PermissionDenied),
+        false => io::Error::new(io::ErrorKind::NotFound, "not found on PATH"),
+    })
+}
+
+/// The daemon's environment without systemd's variables, with `extra` over it, as
+/// `KEY=value` strings.
+fn environment(extra: &BTreeMap<String, OsString>) -> io::Result<Vec<CString>> {
+    environment_from(std::env::vars_os(), extra)
+}
+
+fn environment_from(
+    daemon: impl Iterator<Item = (OsString, OsString)>,
+    extra: &BTreeMap<String, OsString>,
+) -> io::Result<Vec<CString>> {
+    let mut env: BTreeMap<OsString, OsString> = daemon
+        .filter(|(k, _)| !SYSTEMD_VARIABLES.iter().any(|s| k == s))
+        .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.into(), v.clone())));
+    env.into_iter()
+        .map(|(k, v)| {
+            let mut pair = k.into_vec();
+            pair.push(b'=');
+            pair.extend(v.into_vec());
+            CString::new(pair).map_err(io::Error::other)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_on_path_in_order_and_relative_entries_from_the_workdir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        for (dir, mode) in [(&a, 0o644), (&b, 0o755)] {
+            std::fs::write(dir.join("tool"), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(dir.join("tool"), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let path = OsString::from(format!("{}:{}", a.display(), b.display()));
+        assert_eq!(
+            find_on_path("tool".as_ref(), &path, "/".as_ref()).unwrap(),
+            b.join("tool")
+        );
+        assert_eq!(
+            find_on_path("tool".as_ref(), "b".as_ref(), tmp.path()).unwrap(),
+            b.join("tool")
+        );
+        let e = find_on_path("tool".as_ref(), a.as_os_str(), "/".as_ref()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        let e = find_on_path("nothing".as_ref(), &path, "/".as_ref()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn systemd_variables_stay_with_the_daemon_and_job_variables_win() {
+        let mut extra = BTreeMap::new();
+        extra.insert("HOME".to_owned(), OsString::from("/job/home"));
+        let daemon = [
+            ("HOME", "/root"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LANG", "C"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = environment_from(daemon.into_iter(), &extra).unwrap();
+        let env: Vec<&[u8]> = env.iter().map(|e| e.as_bytes()).collect();
+        assert_eq!(env, [&b"HOME=/job/home"[..], b"LANG=C"]);
+    }
+}
