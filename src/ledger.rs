@@ -1,10 +1,16 @@
 //! The ledger of running jobs: each job is recorded in the state directory while it
-//! runs (`running/DAEMON/PID`: its pid, which is also its process group, its start
-//! time in clock ticks since boot, and the boot's id), so a daemon starting after a
-//! crash (`kill -9`, an OOM kill) can end what its predecessor left running before
-//! it starts any job itself: never two runs of one route for one file at once.
-//! `DAEMON` is the recording daemon's pid and start tick: the jobs of a daemon that
-//! is still running (another one sharing the state directory) are left alone.
+//! runs, so a daemon starting after a crash (`kill -9`, an OOM kill) can end what
+//! its predecessor left running before it starts any job itself: never two runs of
+//! one route for one file at once.
+//!
+//! Each daemon appends to its own file, `running/DAEMON` (`DAEMON` is its pid and
+//! start tick: the jobs of a daemon that still runs, another one sharing the state
+//! directory, are left alone): `+ PID START BOOT` when a job starts (its pid, which
+//! is also its process group, its start time in clock ticks since boot, the boot's
+//! id) and `- PID` when it and its group have ended. One small append per event to a
+//! file kept open, never a file per job (creating and deleting one per job cost
+//! more CPU than starting the job); the file is rewritten with only the running
+//! jobs when it grows past [`COMPACT_AFTER`] lines.
 //!
 //! A leftover is ended only if it is provably the recorded job: the process with
 //! that pid started at the recorded tick of the same boot. If the job's leader is
@@ -12,36 +18,56 @@
 //! leader are ended. A pid reused by another program is never touched.
 
 use crate::names::escaped;
+use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
+
+/// When a job's leader started, in clock ticks since boot (`/proc/PID/stat`'s
+/// field 22): between these two, read before and after it was spawned.
+pub type Ticks = std::ops::RangeInclusive<u64>;
+
+/// Lines in a ledger file beyond which it is rewritten with the running jobs only.
+pub const COMPACT_AFTER: usize = 4096;
 
 /// Where a daemon instance records its running jobs.
 #[derive(Debug)]
 pub struct Ledger {
-    dir: PathBuf,
+    path: PathBuf,
     boot: Option<String>,
-    /// Set after the first failed write, so a full disk logs once, not per job.
-    warned: AtomicBool,
+    file: Mutex<Journal>,
 }
 
-/// One job's entry; dropping it (when the job and its group have ended) removes it.
+/// The open ledger file and what it says.
+#[derive(Debug)]
+struct Journal {
+    /// `None` once writing failed (logged once, not per job) or it could not be made.
+    file: Option<std::fs::File>,
+    /// The running jobs' lines, by pid.
+    running: HashMap<u32, String>,
+    /// Lines in the file.
+    lines: usize,
+}
+
+/// One job's entry; dropping it (when the job and its group have ended) ends it.
 #[derive(Debug)]
 pub struct Entry {
-    path: PathBuf,
+    ledger: Arc<Ledger>,
+    pid: u32,
 }
 
 impl Drop for Ledger {
     fn drop(&mut self) {
-        // Empty once every job has ended: a clean exit leaves nothing behind.
-        let _ = std::fs::remove_dir(&self.dir);
+        // Every job has ended (entries hold the ledger): a clean exit leaves nothing.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.ledger.append(self.pid, None);
     }
 }
 
@@ -76,69 +102,103 @@ impl Ledger {
     pub fn new(state_dir: &Path) -> Self {
         let me = std::process::id();
         let start = stat(me).map_or(0, |s| s.start);
-        let dir = state_dir.join("running").join(format!("{me}-{start}"));
-        if let Err(e) = create(state_dir, &dir) {
-            warn!(
-                "cannot create {}: {e}; running jobs are not recorded",
-                escaped(&dir)
-            );
-        }
+        let path = state_dir.join("running").join(format!("{me}-{start}"));
+        let file = match create(state_dir, &path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                warn!(
+                    "cannot create {}: {e}; running jobs are not recorded",
+                    escaped(&path)
+                );
+                None
+            }
+        };
         Ledger {
-            dir,
+            path,
             boot: boot_id(),
-            warned: AtomicBool::new(false),
+            file: Mutex::new(Journal {
+                file,
+                running: HashMap::new(),
+                lines: 0,
+            }),
         }
     }
 
-    /// Records the job whose process (and group) is `pid`; `None` (logged once) when
-    /// the state directory cannot be written.
-    pub fn record(&self, pid: u32) -> Option<Entry> {
-        let start = stat(pid)?.start;
-        let path = self.dir.join(pid.to_string());
-        let line = format!("{pid} {start} {}\n", self.boot.as_deref().unwrap_or("-"));
-        match std::fs::write(&path, line) {
-            Ok(()) => Some(Entry { path }),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                if !self.warned.swap(true, Ordering::Relaxed) {
-                    warn!("cannot record a running job in {}: {e}", escaped(&self.dir));
-                }
-                None
-            }
+    /// Records the job whose process (and group) is `pid`, started between the clock
+    /// ticks since boot `started` (read before and after its spawn: no need to read
+    /// its `/proc/PID/stat`); `None` when the state directory cannot be written
+    /// (logged once).
+    pub fn record(self: &Arc<Self>, pid: u32, started: Ticks) -> Option<Entry> {
+        let (lo, hi) = (started.start(), started.end());
+        let line = format!("+ {pid} {lo} {hi} {}\n", self.boot.as_deref().unwrap_or("-"));
+        self.append(pid, Some(line)).then(|| Entry {
+            ledger: self.clone(),
+            pid,
+        })
+    }
+
+    /// Appends a job's start (`line`) or end (`None`); false when it is not recorded.
+    fn append(&self, pid: u32, line: Option<String>) -> bool {
+        let mut journal = self.file.lock().expect("ledger lock");
+        let Journal {
+            file: Some(file),
+            running,
+            lines,
+        } = &mut *journal
+        else {
+            return false;
+        };
+        let text = match &line {
+            Some(line) => line.clone(),
+            None if running.remove(&pid).is_some() => format!("- {pid}\n"),
+            None => return false,
+        };
+        let written = file.write_all(text.as_bytes());
+        if let Some(line) = line {
+            running.insert(pid, line);
         }
+        *lines += 1;
+        let result = match written {
+            Ok(()) if *lines > COMPACT_AFTER => compact(&self.path, running).map(|new| {
+                *file = new;
+                *lines = running.len();
+            }),
+            other => other,
+        };
+        if let Err(e) = result {
+            warn!("cannot record running jobs in {}: {e}", escaped(&self.path));
+            journal.file = None;
+            return false;
+        }
+        true
     }
 
     /// Ends the jobs a previous daemon of this instance left running: SIGTERM to each
     /// of their processes, then SIGKILL to those still alive after `grace`. Returns how
     /// many jobs had processes left. Blocking: call it off the async threads.
     pub fn end_leftovers(&self, grace: Duration) -> usize {
-        let mut groups: Vec<(u32, u64)> = Vec::new();
-        let all = self.dir.parent().expect("the ledger has a parent");
+        let mut groups: Vec<(u32, Ticks)> = Vec::new();
+        let all = self.path.parent().expect("the ledger has a parent");
         for daemon in std::fs::read_dir(all).into_iter().flatten().flatten() {
-            let dir = daemon.path();
-            if dir == self.dir || daemon_alive(&daemon.file_name()) {
+            let path = daemon.path();
+            let name = daemon.file_name();
+            let owner = name.to_str().map(|n| n.trim_end_matches(".new"));
+            if path == self.path || owner.is_some_and(daemon_alive) {
                 continue;
             }
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if let Some(group) = std::fs::read_to_string(entry.path())
-                    .ok()
-                    .and_then(|line| self.parse(&line))
-                {
-                    groups.push(group);
-                }
-            }
+            groups.extend(self.read_records(&path));
             // Its records are read: gone with it, whatever follows.
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
         }
-        let left = |groups: &[(u32, u64)]| -> Vec<u32> {
+        let left = |groups: &[(u32, Ticks)]| -> Vec<u32> {
             let census = census();
             groups
                 .iter()
-                .flat_map(|&(pgid, start)| members(pgid, start, &census))
+                .flat_map(|(pgid, started)| members(*pgid, started, &census))
                 .collect()
         };
         let census = census();
-        groups.retain(|&(pgid, start)| !members(pgid, start, &census).is_empty());
+        groups.retain(|(pgid, started)| !members(*pgid, started, &census).is_empty());
         if groups.is_empty() {
             return 0;
         }
@@ -165,39 +225,90 @@ impl Ledger {
         groups.len()
     }
 
-    /// A record's process group and start tick; `None` for a malformed one or one
-    /// from another boot (nothing of it can be left).
-    fn parse(&self, line: &str) -> Option<(u32, u64)> {
-        let mut parts = line.split_whitespace();
-        let pid: u32 = parts.next()?.parse().ok()?;
-        let start: u64 = parts.next()?.parse().ok()?;
-        let boot = parts.next()?;
+    /// The jobs a dead daemon's ledger says were running: its file replayed (or, as
+    /// earlier versions kept it, a directory with a file per job).
+    fn read_records(&self, path: &Path) -> Vec<(u32, Ticks)> {
+        if path.is_dir() {
+            let files = std::fs::read_dir(path).into_iter().flatten().flatten();
+            return files
+                .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                .filter_map(|line| self.parse(&format!("+ {line}")))
+                .map(|(_, group)| group)
+                .collect();
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut running: HashMap<u32, (u32, Ticks)> = HashMap::new();
+        for line in text.lines() {
+            match line.strip_prefix("- ").map(str::parse::<u32>) {
+                Some(Ok(pid)) => drop(running.remove(&pid)),
+                _ => running.extend(self.parse(line)),
+            }
+        }
+        running.into_values().collect()
+    }
+
+    /// A start record's pid, and its process group and start ticks (a range, or one
+    /// tick as earlier versions wrote); `None` for a malformed one or one from another
+    /// boot (nothing of it can be left).
+    fn parse(&self, line: &str) -> Option<(u32, (u32, Ticks))> {
+        let parts: Vec<&str> = line.strip_prefix("+ ")?.split_whitespace().collect();
+        let (pid, lo, hi, boot) = match parts[..] {
+            [pid, lo, hi, boot] => (pid, lo, hi, boot),
+            [pid, start, boot] => (pid, start, start, boot),
+            _ => return None,
+        };
+        let pid: u32 = pid.parse().ok()?;
+        let started = lo.parse().ok()?..=hi.parse().ok()?;
         match &self.boot {
             Some(now) if boot != "-" && now != boot => None,
-            _ => Some((pid, start)),
+            _ => Some((pid, (pid, started))),
         }
     }
+}
+
+/// Writes the running jobs' lines to a new file renamed over `path`; returns it, open
+/// for appending.
+fn compact(path: &Path, running: &HashMap<u32, String>) -> std::io::Result<std::fs::File> {
+    let temp = path.with_extension("new");
+    let mut file = open_new(&temp)?;
+    let text: String = running.values().map(String::as_str).collect();
+    file.write_all(text.as_bytes())?;
+    std::fs::rename(&temp, path)?;
+    Ok(file)
+}
+
+/// A new file, private to this user, open for appending (replacing any old one).
+fn open_new(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .and_then(|f| f.set_len(0).map(|()| f))
 }
 
 /// Creates the state directory and its parents as any directory (a service's own
-/// state directory under them must stay reachable), then the ledger's folders,
-/// private to this user.
-fn create(state_dir: &Path, dir: &Path) -> std::io::Result<()> {
+/// state directory under them must stay reachable), then `running/` private to this
+/// user, then the ledger's file.
+fn create(state_dir: &Path, path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::create_dir_all(state_dir)?;
-    for private in [dir.parent().expect("running/"), dir] {
-        match std::fs::DirBuilder::new().mode(0o700).create(private) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path.parent().expect("running/"))
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
     }
-    Ok(())
+    open_new(path)
 }
 
-/// Whether the daemon a ledger directory (`PID-START`) belongs to still runs. A
+/// Whether the daemon a ledger (`PID-START`) belongs to still runs. A
 /// name that is not of that form is no daemon's.
-fn daemon_alive(name: &std::ffi::OsStr) -> bool {
-    let Some((pid, start)) = name.to_str().and_then(|n| n.split_once('-')) else {
+fn daemon_alive(name: &str) -> bool {
+    let Some((pid, start)) = name.split_once('-') else {
         return false;
     };
     match (pid.parse::<u32>(), start.parse::<u64>()) {
@@ -207,7 +318,7 @@ fn daemon_alive(name: &std::ffi::OsStr) -> bool {
 }
 
 /// Every live process: its pid, group and start tick.
-fn census() -> std::collections::HashMap<u32, Stat> {
+fn census() -> HashMap<u32, Stat> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Default::default();
     };
@@ -218,19 +329,82 @@ fn census() -> std::collections::HashMap<u32, Stat> {
         .collect()
 }
 
-/// The live processes of job group `pgid` whose leader started at tick `start`: the
-/// leader if it is still that process, and every process of the group started no
-/// earlier (a pid reused since then is in another group, or started later alone).
-fn members(pgid: u32, start: u64, census: &std::collections::HashMap<u32, Stat>) -> Vec<u32> {
+/// The live processes of job group `pgid` whose leader started within `started`:
+/// the leader if it is still that process, and every process of the group started
+/// no earlier (a pid reused since then is in another group, or started later alone).
+fn members(pgid: u32, started: &Ticks, census: &HashMap<u32, Stat>) -> Vec<u32> {
     if census
         .get(&pgid)
-        .is_some_and(|l| l.pgrp != pgid || l.start != start)
+        .is_some_and(|l| l.pgrp != pgid || !started.contains(&l.start))
     {
         return Vec::new(); // the pid is another process now, and so is any group it leads
     }
     census
         .iter()
-        .filter(|(_, s)| s.pgrp == pgid && s.start >= start)
+        .filter(|(_, s)| s.pgrp == pgid && s.start >= *started.start())
         .map(|(pid, _)| *pid)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_daemons_ledger_replays_to_the_jobs_it_had_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::new(dir.path());
+        let boot = ledger.boot.clone().unwrap_or("-".into());
+        let other = if boot == "-" { "-" } else { "another-boot" };
+        let text = format!(
+            "+ 10 100 {boot}\n+ 11 110 {boot}\n- 10\n+ 12 120 {other}\n+ 13 129 131 {boot}\n- 99\ngarbage\n"
+        );
+        std::fs::write(dir.path().join("running/1-1"), text).unwrap();
+        let mut left = ledger.read_records(&dir.path().join("running/1-1"));
+        left.sort_by_key(|(pid, _)| *pid);
+        let expected = if other == "-" {
+            vec![(11, 110..=110), (12, 120..=120), (13, 129..=131)]
+        } else {
+            vec![(11, 110..=110), (13, 129..=131)]
+        };
+        assert_eq!(left, expected);
+    }
+
+    #[test]
+    fn the_ledger_file_stays_small_however_many_jobs_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::new(dir.path()));
+        let now = crate::sys::boot_ticks();
+        let kept = ledger.record(std::process::id(), now..=now).expect("recorded");
+        for pid in 1_000_000..1_000_000 + 3 * COMPACT_AFTER as u32 {
+            assert!(ledger.append(pid, Some(format!("+ {pid} 1 -\n"))));
+            assert!(ledger.append(pid, None));
+        }
+        let text = std::fs::read_to_string(&ledger.path).unwrap();
+        assert!(
+            text.lines().count() <= COMPACT_AFTER + 1,
+            "{} lines",
+            text.lines().count()
+        );
+        assert_eq!(ledger.read_records(&ledger.path).len(), 1);
+        drop(kept);
+        let path = ledger.path.clone();
+        drop(ledger);
+        assert!(!path.exists(), "a clean exit leaves no ledger");
+    }
+
+    #[test]
+    fn a_process_started_between_two_readings_of_the_clock_has_its_start_tick_between_them() {
+        let before = crate::sys::boot_ticks();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let after = crate::sys::boot_ticks();
+        let start = stat(child.id()).map(|s| s.start);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let start = start.expect("the child's stat");
+        assert!(
+            (before..=after).contains(&start),
+            "{before} <= {start} <= {after}"
+        );
+    }
 }

@@ -100,6 +100,7 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         nofile_soft: JOB_FD_LIMIT.get().copied(),
         cgroup_procs: None,
     };
+    let before = crate::sys::boot_ticks();
     let started_job = match orphans::spawn(|| child::start(&launch)) {
         Ok(started_job) => started_job,
         Err(e) => {
@@ -117,7 +118,8 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     let _registered = orphans::Registered(pid);
     // Recorded until its whole group is gone (the last kill below), for a daemon
     // started after a crash of this one.
-    let _recorded = spec.ledger.as_ref().and_then(|l| l.record(pid));
+    let ticks = before..=crate::sys::boot_ticks();
+    let _recorded = spec.ledger.as_ref().and_then(|l| l.record(pid, ticks));
     spec.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
     tracing::Span::current().record("job_pid", pid);
     info!(job_pid = pid, "job started");

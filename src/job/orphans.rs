@@ -108,30 +108,71 @@ pub fn reap() -> usize {
 /// At shutdown: terminates every adoptee still running and its group (SIGTERM,
 /// then SIGKILL after `grace`), and reaps them. Blocking.
 pub fn end_all(grace: Duration) {
-    let left = adoptees();
+    end(|_| true, grace, "terminating processes that escaped their jobs");
+}
+
+/// At a listener's stop: terminates, as [`end_all`] does, the adoptees that came from
+/// its jobs: those whose environment still names it (`EXECLIB_LISTENER`, which every
+/// job gets and a daemonizing process keeps). The others wait for the shutdown.
+pub fn end_listener(listener: &str, grace: Duration) {
+    let from_listener = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| names_listener(&environ, listener))
+    };
+    end(
+        from_listener,
+        grace,
+        "terminating processes that escaped this listener's jobs",
+    );
+}
+
+/// Whether a NUL-separated environment has `EXECLIB_LISTENER=listener`.
+fn names_listener(environ: &[u8], listener: &str) -> bool {
+    let wanted = [b"EXECLIB_LISTENER=", listener.as_bytes()].concat();
+    environ.split(|&b| b == 0).any(|var| var == wanted)
+}
+
+/// Terminates the adoptees `select` picks (SIGTERM to each and its group, SIGKILL
+/// after `grace`) and reaps them.
+fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
+    let picked = |pids: Vec<u32>| -> Vec<u32> { pids.into_iter().filter(|&p| select(p)).collect() };
+    let left = picked(adoptees());
     if left.is_empty() {
         return;
     }
-    info!(
-        processes = left.len(),
-        "terminating processes that escaped their jobs: {left:?}"
-    );
+    info!(processes = left.len(), "{message}: {left:?}");
+    let alive = || -> Vec<u32> {
+        let now = adoptees();
+        left.iter().copied().filter(|p| now.contains(p)).collect()
+    };
     for &pid in &left {
         crate::sys::kill_group(pid, libc::SIGTERM);
         crate::sys::kill(pid, libc::SIGTERM);
     }
     let end = Instant::now() + grace;
-    while Instant::now() < end && !adoptees().is_empty() {
+    while Instant::now() < end && !alive().is_empty() {
         reap();
         std::thread::sleep(Duration::from_millis(20));
     }
-    let stubborn = adoptees();
+    let stubborn = alive();
     for &pid in &stubborn {
         crate::sys::kill_group(pid, libc::SIGKILL);
         crate::sys::kill(pid, libc::SIGKILL);
     }
     let end = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < end && reap() < stubborn.len() && !adoptees().is_empty() {
+    while Instant::now() < end && !alive().is_empty() {
+        reap();
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_escapee_is_matched_to_its_listener_by_its_whole_variable() {
+        let environ = b"PATH=/bin\0EXECLIB_LISTENER=site\0EXECLIB_ROUTE=build\0";
+        assert!(super::names_listener(environ, "site"));
+        assert!(!super::names_listener(environ, "sit"));
+        assert!(!super::names_listener(environ, "site2"));
+        assert!(!super::names_listener(b"XEXECLIB_LISTENER=site\0", "site"));
     }
 }

@@ -109,6 +109,8 @@ impl Run {
         if let Err(e) = ended {
             error!("scheduler ended abnormally: {e}");
         }
+        let (name, grace) = (self.config.name.clone(), self.ctx.jobs.grace);
+        let _ = tokio::task::spawn_blocking(move || crate::job::orphans::end_listener(&name, grace)).await;
     }
 
     /// Matches each event against the routes and submits the matches.

@@ -16,6 +16,6 @@ pub use fs::mkfifo;
 pub use fs::{fs_type, openat, openat2, read_link_fd, umask};
 pub use net::{peek, peer_credentials, set_backlog, systemd_listener};
 pub use proc::{
-    become_subreaper, euid, group_id, kill, kill_group, nofile_limit, reap, set_nofile_soft, uid,
+    become_subreaper, boot_ticks, euid, group_id, kill, kill_group, nofile_limit, reap, set_nofile_soft, uid,
 };
 pub use spawn::{AsyncProcess, Exit, SpawnError, Spec, Stage, spawn};

@@ -28,6 +28,28 @@ pub fn kill_group(pgid: u32, signal: i32) -> bool {
     unsafe { libc::killpg(pgid as libc::pid_t, signal) == 0 }
 }
 
+/// Clock ticks since boot (`CLOCK_BOOTTIME` in `/proc/PID/stat`'s unit: a
+/// process's start time there is this, read when it started).
+pub fn boot_ticks() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct passed; CLOCK_BOOTTIME always exists
+    // on Linux. sysconf has no preconditions.
+    let (hz, ok) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64,
+            libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) == 0,
+        )
+    };
+    if !ok {
+        return 0;
+    }
+    let nanos = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    nanos / (1_000_000_000 / hz)
+}
+
 /// The open-files limit: (soft, hard).
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {

@@ -469,8 +469,9 @@ impl Drop for ReapJobs<'_> {
 fn a_grandchild_that_escapes_its_job_is_ended_at_shutdown() {
     let sandbox = Sandbox::new();
     // A daemonizing double fork: the grandchild leaves the job's process group (setsid)
-    // and outlives the job; the parent that started it exits at once.
-    let job = "setsid sh -c 'sleep 300 & echo $! > ../out/escaped' & wait";
+    // and outlives the job; the parent that started it exits at once. It also clears
+    // its environment, so its listener's stop cannot tell it came from there.
+    let job = "setsid env -i sh -c 'sleep 300 & echo $! > ../out/escaped' & wait";
     let config = sandbox.config(&one_route(job, ""));
     let mut daemon = Daemon::start(&sandbox, &config);
     sandbox.write("src/a", "x");
@@ -489,6 +490,30 @@ fn a_grandchild_that_escapes_its_job_is_ended_at_shutdown() {
             .log()
             .contains("terminating processes that escaped their jobs")
     );
+}
+
+#[test]
+fn a_grandchild_that_escapes_its_job_is_ended_when_its_listener_stops() {
+    let sandbox = Sandbox::new();
+    let job = "setsid sh -c 'sleep 300 & echo $! > ../out/escaped' & wait";
+    let config = sandbox.config(&one_route(job, ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let pid: i32 = sandbox.wait_out("escaped").trim().parse().unwrap();
+    eventually("the job's end", || {
+        daemon.log().contains("job finished").then_some(())
+    });
+    assert!(alive(pid), "it outlives its job");
+    assert!(daemon.ctl(&["stop", "docs"]).status.success());
+    eventually("ended with its listener, the daemon still running", || {
+        (!alive(pid)).then_some(())
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("terminating processes that escaped this listener's jobs")
+    );
+    assert!(daemon.ctl(&["status"]).status.success());
 }
 
 #[test]
