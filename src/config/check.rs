@@ -1,9 +1,10 @@
 //! The validation context and the checks on single values that every section
-//! shares: NUL bytes, names, paths, `env` tables and timeouts, each refused with
-//! the position of the offending value.
+//! shares: NUL bytes, names, paths, `env` tables, timeouts and resource limits,
+//! each refused with the position of the offending value.
 
 use super::ConfigError;
-use super::raw::RawEnv;
+use super::raw::{RawEnv, RawSize};
+use super::resources::{self, Limits, MemoryMax};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -124,6 +125,36 @@ impl Ctx<'_> {
             Some(t) => Ok(Some(Duration::from_millis(t.into_inner()))),
             None => Ok(None),
         }
+    }
+
+    /// A route's or post's `memory_max` and `cpu_weight` (systemd's syntax and ranges).
+    pub fn limits(
+        &self,
+        memory_max: Option<Spanned<RawSize>>,
+        cpu_weight: Option<Spanned<i64>>,
+    ) -> Result<Limits, ConfigError> {
+        let memory_max = match memory_max {
+            None => None,
+            Some(m) => {
+                let at = m.span().start;
+                let parsed = match m.into_inner() {
+                    RawSize::Integer(bytes) => MemoryMax::from_integer(bytes),
+                    RawSize::Text(text) => MemoryMax::parse(&text),
+                };
+                Some(parsed.or_else(|message| self.err(at, message))?)
+            }
+        };
+        let cpu_weight = match cpu_weight {
+            None => None,
+            Some(w) => {
+                let at = w.span().start;
+                Some(resources::cpu_weight(w.into_inner()).or_else(|message| self.err(at, message))?)
+            }
+        };
+        Ok(Limits {
+            memory_max,
+            cpu_weight,
+        })
     }
 }
 

@@ -5,12 +5,14 @@
 mod check;
 mod raw;
 mod resolve;
+mod resources;
 
 pub use raw::Mode;
 pub use resolve::{
     Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, ListenerConfig, MAX_HTTP_CONNECTIONS, PostConfig,
     RouteConfig, ServerConfig,
 };
+pub use resources::{Limits, MemoryMax};
 
 use crate::paths::Environment;
 use std::io::Read;

@@ -77,6 +77,8 @@ pub struct RawPost {
     pub workdir: Option<Spanned<PathBuf>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub kill_grace_ms: Option<u64>,
+    pub memory_max: Option<Spanned<RawSize>>,
+    pub cpu_weight: Option<Spanned<i64>>,
     #[serde(default)]
     pub env: RawEnv,
 }
@@ -101,6 +103,8 @@ pub struct RawRoute {
     pub run: Option<Spanned<Vec<Spanned<String>>>>,
     pub shell: Option<Spanned<String>>,
     pub workdir: Option<Spanned<PathBuf>>,
+    pub memory_max: Option<Spanned<RawSize>>,
+    pub cpu_weight: Option<Spanned<i64>>,
     #[serde(default)]
     pub env: RawEnv,
 }
@@ -145,5 +149,37 @@ impl OneOrMany {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
         }
+    }
+}
+
+/// A size as written (`memory_max`): a TOML integer (bytes) or a string in
+/// systemd's syntax, checked later with its position.
+#[derive(Debug)]
+pub enum RawSize {
+    /// An integer.
+    Integer(i64),
+    /// A string.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of bytes or a string like \"512M\", \"50%\" or \"infinity\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Integer(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Integer(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }

@@ -109,6 +109,8 @@ pub struct PostConfig {
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL past its timeout.
     pub kill_grace: Duration,
+    /// `memory_max` and `cpu_weight` for its cgroup (applied with cgroup delegation).
+    pub limits: super::Limits,
 }
 
 /// One `[[listener.route]]`, resolved.
@@ -137,6 +139,8 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL for a job past its timeout.
     pub kill_grace: Duration,
+    /// `memory_max` and `cpu_weight` for each job's cgroup (applied with cgroup delegation).
+    pub limits: super::Limits,
     /// What to run.
     pub command: Command,
     /// The job's working directory (absolute).
@@ -458,6 +462,7 @@ fn post(ctx: &Ctx, raw: RawPost, index: usize, at: usize) -> Result<PostConfig, 
         env: ctx.env(raw.env)?,
         timeout: ctx.timeout(raw.timeout_ms)?,
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
+        limits: ctx.limits(raw.memory_max, raw.cpu_weight)?,
     })
 }
 
@@ -514,6 +519,7 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
             ms => Some(Duration::from_millis(ms)),
         },
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
+        limits: ctx.limits(raw.memory_max, raw.cpu_weight)?,
         command,
         env: ctx.env(raw.env)?,
     })

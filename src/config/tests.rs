@@ -756,3 +756,95 @@ max_jobs = 2
         assert!(sound(&c));
     }
 }
+
+#[test]
+fn memory_max_and_cpu_weight_take_systemd_values() {
+    let limits = |line: &str| parse(&with_route_line(line)).unwrap().listeners[0].routes[0].limits;
+    assert_eq!(
+        parse(MINIMAL).unwrap().listeners[0].routes[0].limits,
+        Limits::default()
+    );
+    assert_eq!(
+        limits("memory_max = 1073741824").memory_max,
+        Some(MemoryMax::Bytes(1 << 30))
+    );
+    assert_eq!(
+        limits("memory_max = \"512M\"").memory_max,
+        Some(MemoryMax::Bytes(512 << 20))
+    );
+    assert_eq!(
+        limits("memory_max = \"1.5G\"").memory_max,
+        Some(MemoryMax::Bytes(3 << 29))
+    );
+    assert_eq!(
+        limits("memory_max = \"2T\"").memory_max,
+        Some(MemoryMax::Bytes(2 << 40))
+    );
+    assert_eq!(
+        limits("memory_max = \"64K\"").memory_max,
+        Some(MemoryMax::Bytes(64 << 10))
+    );
+    assert_eq!(
+        limits("memory_max = \"4096\"").memory_max,
+        Some(MemoryMax::Bytes(4096))
+    );
+    assert_eq!(
+        limits("memory_max = \"50%\"").memory_max,
+        Some(MemoryMax::Permyriad(5000))
+    );
+    assert_eq!(
+        limits("memory_max = \"infinity\"").memory_max,
+        Some(MemoryMax::Infinity)
+    );
+    assert_eq!(limits("cpu_weight = 1").cpu_weight, Some(1));
+    assert_eq!(limits("cpu_weight = 10000").cpu_weight, Some(10_000));
+    let post = parse(&with_post_line("memory_max = \"1G\"\n  cpu_weight = 50")).unwrap();
+    assert_eq!(
+        post.listeners[0].posts[0].limits,
+        Limits {
+            memory_max: Some(MemoryMax::Bytes(1 << 30)),
+            cpu_weight: Some(50),
+        }
+    );
+}
+
+#[test]
+fn bad_memory_max_and_cpu_weight_are_refused_where_written() {
+    let not_a_size = "is not a size";
+    for (line, needle) in [
+        ("memory_max = \"lots\"", not_a_size),
+        ("memory_max = \"1g\"", not_a_size),
+        ("memory_max = \"1.5\"", not_a_size),
+        ("memory_max = \"\"", not_a_size),
+        ("memory_max = \"0\"", "at least 1 byte"),
+        ("memory_max = 0", "at least 1 byte"),
+        ("memory_max = -1", "at least 1 byte"),
+        ("memory_max = \"0%\"", "more than 0%"),
+        ("memory_max = \"150%\"", "at most 100%"),
+        ("memory_max = \"99999999T\"", "too large"),
+        (
+            "memory_max = 1.5",
+            "expected a number of bytes or a string like \"512M\"",
+        ),
+        ("memory_max = true", "expected a number of bytes"),
+    ] {
+        assert_refused(&with_route_line(line), (6, 16), &[needle]);
+    }
+    for (line, needle) in [
+        (
+            "cpu_weight = 0",
+            "`cpu_weight` must be between 1 and 10000, not 0",
+        ),
+        ("cpu_weight = 10001", "between 1 and 10000"),
+        ("cpu_weight = -3", "between 1 and 10000"),
+        ("cpu_weight = \"100\"", "invalid type: string"),
+    ] {
+        assert_refused(&with_route_line(line), (6, 16), &[needle]);
+    }
+    assert_refused(&with_post_line("memory_max = \"1X\""), (9, 16), &[not_a_size]);
+    assert_refused(
+        &with_post_line("cpu_weight = 0"),
+        (9, 16),
+        &["between 1 and 10000"],
+    );
+}

@@ -2,6 +2,7 @@
 //! its output logged line by line, and termination of the whole group
 //! (SIGTERM, a grace period, SIGKILL) when its listener stops.
 
+pub mod cgroup;
 pub mod child;
 pub mod launch;
 pub mod orphans;
