@@ -49,7 +49,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let control = ControlServer::spawn(listener, state.clone());
     let reaper_stop = CancellationToken::new();
     // Adopting before any job starts: a descendant that escapes even the first job is ours.
-    let adopted = job::orphans::adopt();
+    let adopted = tokio::task::spawn_blocking(job::contain::init)
+        .await
+        .unwrap_or(false);
     let reaper = tokio::spawn(reap_adoptees(adopted, reaper_stop.clone()));
     state.listeners.start_autostart().await;
     let status = state.status_line();

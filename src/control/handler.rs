@@ -79,7 +79,7 @@ fn status(state: &DaemonState) -> Response {
         },
         server: state.server().map(|s| s.info()),
         unit: systemd_unit(),
-        containment: crate::job::orphans::containment(),
+        containment: crate::job::contain::describe(),
     })
 }
 

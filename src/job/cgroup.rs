@@ -24,10 +24,6 @@
 //! with `User=`). Without a tree, jobs run as before (process groups) and
 //! limits are not enforced: [`Unavailable`] says why, in a sentence.
 
-// The job wiring (spawner, src/job/mod.rs, the daemon) calls this module; until it
-// lands, only the tests do.
-#![allow(dead_code)]
-
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -432,6 +428,7 @@ impl JobGroup {
     }
 
     /// Its directory.
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -490,6 +487,7 @@ impl JobGroup {
 
     /// Removes the cgroup, killing what is left in it first (waiting at most a
     /// second); a failure is logged. Whether it is gone.
+    #[cfg(test)]
     pub fn remove(mut self) -> bool {
         self.release()
     }

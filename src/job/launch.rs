@@ -155,6 +155,7 @@ impl Launcher {
             pid: Default::default(),
             stdin: Some(path_lines(&frame.files)),
             ledger: Some(self.ctx.ledger.clone()),
+            limits: post.limits,
         }
     }
 
@@ -189,6 +190,7 @@ impl Launcher {
             pid: Default::default(),
             stdin,
             ledger: Some(self.ctx.ledger.clone()),
+            limits: route.limits,
         };
         let span = info_span!(
             "job",

@@ -1,9 +1,12 @@
-//! Running one job: a command in its own process group with its environment,
-//! its output logged line by line, and termination of the whole group
-//! (SIGTERM, a grace period, SIGKILL) when its listener stops.
+//! Running one job: a command in its own process group (and its own cgroup when
+//! the daemon has a delegated tree, see [`contain`]) with its environment, its
+//! output logged line by line, termination of all its processes (SIGTERM, a grace
+//! period, SIGKILL) when its listener stops or its timeout passes, and what it used
+//! (CPU time, peak memory) logged at its end.
 
 pub mod cgroup;
 pub mod child;
+pub mod contain;
 pub mod launch;
 pub mod orphans;
 
@@ -52,6 +55,8 @@ pub struct JobSpec {
     pub stdin: Option<Vec<u8>>,
     /// Where the job is recorded while it runs (see [`crate::ledger`]).
     pub ledger: Option<std::sync::Arc<crate::ledger::Ledger>>,
+    /// Its cgroup's limits (applied when jobs get cgroups: [`contain`]).
+    pub limits: cgroup::Limits,
 }
 
 /// How a job ended.
@@ -65,6 +70,8 @@ pub enum Outcome {
     NotStarted(String),
     /// The job ran past its timeout and was killed.
     TimedOut,
+    /// The job ran out of its `memory_max` (the reason says how).
+    OverMemory(String),
 }
 
 impl Outcome {
@@ -76,6 +83,7 @@ impl Outcome {
             Outcome::Signaled(sig) => Some(format!("killed by signal {sig}")),
             Outcome::NotStarted(reason) => Some(reason.clone()),
             Outcome::TimedOut => Some("timed out".to_owned()),
+            Outcome::OverMemory(reason) => Some(reason.clone()),
         }
     }
 
@@ -93,13 +101,21 @@ impl Outcome {
 /// listener, route and file), recording `job_pid` on it.
 pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) -> Outcome {
     let started = Instant::now();
+    let group = match contain::job_group(&spec.limits) {
+        Ok(group) => group,
+        Err(e) => {
+            let reason = format!("cannot make the job's cgroup: {e}");
+            error!(exit_code = "not_started", "job failed: {reason}");
+            return Outcome::NotStarted(reason);
+        }
+    };
     let launch = child::Launch {
         command: &spec.command,
         workdir: &spec.workdir,
         env: &spec.env,
         stdin: spec.stdin.is_some(),
         nofile_soft: JOB_FD_LIMIT.get().copied(),
-        cgroup_procs: None,
+        cgroup_procs: group.as_ref().map(|g| g.procs_fd()),
     };
     let before = crate::sys::boot_ticks();
     let started_job = match orphans::spawn(|| child::start(&launch)) {
@@ -124,6 +140,10 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     spec.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
     tracing::Span::current().record("job_pid", pid);
     info!(job_pid = pid, "job started");
+    let job = Job {
+        pid,
+        group: group.as_ref(),
+    };
     let feed = feed(stdin, spec.stdin.as_deref());
     let drained = drain(stdout, stderr);
     let output = async { tokio::join!(feed, drained) };
@@ -134,10 +154,10 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     let wait = async {
         tokio::select! {
             exit = child.wait() => (exit, false),
-            _ = cancel.cancelled() => (terminate(&mut child, grace).await, false),
+            _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, false),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                 warn!(job_pid = pid, timeout_ms, "job timed out");
-                (terminate(&mut child, spec.kill_grace).await, true)
+                (terminate(&mut child, job, spec.kill_grace).await, true)
             }
         }
     };
@@ -149,23 +169,60 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
             _ = &mut output, if !output_done => output_done = true,
         }
     };
-    // The job is its main process: whatever it left running in its group is a stray.
-    crate::sys::kill_group(pid, libc::SIGTERM);
+    // The job is its main process: whatever it left running is a stray.
+    job.signal(libc::SIGTERM);
     if !output_done {
         let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
     }
-    crate::sys::kill_group(pid, libc::SIGKILL);
-    let outcome = match &exit {
+    let stats = job.kill().await;
+    let mut outcome = match &exit {
         _ if timed_out => Outcome::TimedOut,
         Ok(exit) => Outcome::from_status(ExitStatus::from_raw(exit.status)),
         Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),
     };
+    if let Some(reason) = stats.and_then(|s| s.memory_failure()) {
+        outcome = Outcome::OverMemory(reason);
+    }
     let usage = exit.ok().map(|e| Usage {
-        cpu_usec: e.cpu_usec,
-        memory_peak: e.max_rss,
+        cpu_usec: stats.and_then(|s| s.cpu_usec).unwrap_or(e.cpu_usec),
+        memory_peak: stats.and_then(|s| s.memory_peak).unwrap_or(e.max_rss),
     });
     log_end(&outcome, started.elapsed(), usage);
+    // `group`, dropped last, removes the job's (now empty) cgroup.
     outcome
+}
+
+/// A running job's processes: its process group and, when jobs get cgroups, its
+/// cgroup (which holds every descendant, `setsid` or not).
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    pid: u32,
+    group: Option<&'a cgroup::JobGroup>,
+}
+
+impl Job<'_> {
+    /// Sends `signal` to the job's process group and every process of its cgroup.
+    fn signal(&self, signal: i32) {
+        crate::sys::kill_group(self.pid, signal);
+        if let Some(group) = self.group {
+            group.signal(signal);
+        }
+    }
+
+    /// SIGKILL to everything of the job; with a cgroup, waits until it is empty and
+    /// returns what it measured.
+    async fn kill(&self) -> Option<cgroup::Stats> {
+        crate::sys::kill_group(self.pid, libc::SIGKILL);
+        let group = self.group?;
+        group.kill();
+        if !group.wait_empty(Duration::from_secs(1)).await {
+            warn!(
+                job_pid = self.pid,
+                "the job's cgroup is not empty a second after SIGKILL"
+            );
+        }
+        Some(group.stats())
+    }
 }
 
 /// What a finished job used.
@@ -192,6 +249,10 @@ fn log_end(outcome: &Outcome, elapsed: Duration, usage: Option<Usage>) {
             duration_ms, cpu_usec, memory_peak, "job killed by signal {sig}"
         ),
         Outcome::NotStarted(reason) => error!(duration_ms, "job failed: {reason}"),
+        Outcome::OverMemory(reason) => warn!(
+            exit_code = "memory_max",
+            duration_ms, cpu_usec, memory_peak, "job failed: {reason}"
+        ),
         Outcome::TimedOut => warn!(
             exit_code = "timeout",
             duration_ms, cpu_usec, memory_peak, "job failed: killed after its timeout"
@@ -199,12 +260,16 @@ fn log_end(outcome: &Outcome, elapsed: Duration, usage: Option<Usage>) {
     }
 }
 
-/// SIGTERM to the group, SIGKILL after `grace`; then SIGKILL again to sweep
-/// any process of the group still alive.
-async fn terminate(child: &mut child::Child, grace: Duration) -> std::io::Result<crate::sys::Exit> {
-    let pid = child.pid();
-    info!(job_pid = pid, "sending SIGTERM to the job's process group");
-    crate::sys::kill_group(pid, libc::SIGTERM);
+/// SIGTERM to the job's processes, SIGKILL after `grace`; then SIGKILL again to
+/// sweep any still alive.
+async fn terminate(
+    child: &mut child::Child,
+    job: Job<'_>,
+    grace: Duration,
+) -> std::io::Result<crate::sys::Exit> {
+    let pid = job.pid;
+    info!(job_pid = pid, "sending SIGTERM to the job's processes");
+    job.signal(libc::SIGTERM);
     let exit = match tokio::time::timeout(grace, child.wait()).await {
         Ok(exit) => exit,
         Err(_) => {
@@ -213,11 +278,11 @@ async fn terminate(child: &mut child::Child, grace: Duration) -> std::io::Result
                 grace_ms = grace.as_millis() as u64,
                 "job outlived its grace: SIGKILL"
             );
-            crate::sys::kill_group(pid, libc::SIGKILL);
+            job.signal(libc::SIGKILL);
             child.wait().await
         }
     };
-    crate::sys::kill_group(pid, libc::SIGKILL);
+    job.signal(libc::SIGKILL);
     exit
 }
 
@@ -325,6 +390,7 @@ mod tests {
             pid: Default::default(),
             stdin: None,
             ledger: None,
+            limits: Default::default(),
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);

@@ -42,29 +42,15 @@ impl Drop for Registered {
     }
 }
 
-/// What contains jobs, for `status`: set once by [`adopt`].
-static CONTAINMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 /// Makes the daemon adopt orphaned descendants; `false` (logged) when it cannot.
 pub fn adopt() -> bool {
-    let (adopted, containment) = match crate::sys::become_subreaper() {
-        Ok(()) => (
-            true,
-            "process groups; descendants that escape them are adopted (subreaper), reaped, and ended at shutdown"
-                .to_owned(),
-        ),
+    match crate::sys::become_subreaper() {
+        Ok(()) => true,
         Err(e) => {
             warn!("cannot become a child subreaper ({e}): escaped job descendants go to init");
-            (false, format!("process groups only (not a subreaper: {e})"))
+            false
         }
-    };
-    let _ = CONTAINMENT.set(containment);
-    adopted
-}
-
-/// How jobs are contained, and why (see [`adopt`]); `None` before it was decided.
-pub fn containment() -> Option<String> {
-    CONTAINMENT.get().cloned()
+    }
 }
 
 /// The daemon's children that are not jobs' main processes (`jobs`): adoptees.

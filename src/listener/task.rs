@@ -46,6 +46,12 @@ impl Run {
         (tx, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
         cancel: CancellationToken,
     ) {
+        for route in &self.config.routes {
+            crate::job::contain::warn_unenforced(&format!("route {}", route.name), &route.limits);
+        }
+        for post in &self.config.posts {
+            crate::job::contain::warn_unenforced(&format!("post command {}", post.name), &post.limits);
+        }
         let jobs_cancel = CancellationToken::new();
         // Posts still run at a stop (for the frames it cancelled too), until the grace
         // is over; they are killed at once if this task is aborted or unwinds.
