@@ -178,39 +178,49 @@ def control(sock_path, request):
     return json.loads(buf)
 
 
-def start_execlibd(work, bin_dir, stamp, sock):
-    d = os.path.join(work, "execlibd")
+def start_execlibd(work, bin_dir, stamp, sock, name="execlibd", big_tree=None):
+    """execlibd watching its own directory; with big_tree, a second listener watches
+    that tree too (a route that never matches: only its snapshot costs)."""
+    d = os.path.join(work, name)
     os.mkdir(d)
-    config = os.path.join(work, "bench.toml")
+    config = os.path.join(work, f"{name}.toml")
+    big = "" if not big_tree else f"""
+[[listener]]
+name = "big"
+  [[listener.route]]
+  path = "{big_tree}"
+  glob = "*.never"
+  run = ["true"]
+"""
     with open(config, "w") as fh:
         fh.write(f"""[daemon]
-state_dir = "state"
+state_dir = "{name}-state"
 [control]
-socket = "control.sock"
+socket = "{name}.sock"
 [[listener]]
 name = "bench"
   [[listener.route]]
-  path = "execlibd"
+  path = "{name}"
   glob = "*.txt"
   events = ["create"]
   debounce_ms = 0
   delay_ms = 0
   run = ["{stamp}", "{sock}"]
-""")
-    notify_path = os.path.join(work, "notify.sock")
+{big}""")
+    notify_path = os.path.join(work, f"{name}-notify.sock")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
-    notify.settimeout(30)
+    notify.settimeout(120)
     env = dict(os.environ, NOTIFY_SOCKET=notify_path)
     env.pop("JOURNAL_STREAM", None)
     env.pop("RUST_LOG", None)  # the default level (info): a line per job start and end, as in production
-    log = open(os.path.join(work, "execlibd.log"), "w")
+    log = open(os.path.join(work, f"{name}.log"), "w")
     proc = subprocess.Popen([os.path.join(bin_dir, "execlibd"), "--config", config, "--log-format=text"],
                             env=env, stderr=log, stdout=log, start_new_session=True)
     while "READY=1" not in notify.recv(4096).decode().splitlines():
         pass
     notify.close()
-    return Contender("execlibd", d, proc, lambda: [proc.pid])
+    return Contender(name, d, proc, lambda: [proc.pid])
 
 
 def start_floor(work, stamp, sock):
@@ -252,14 +262,14 @@ def burst(c, stamps, n, work):
     got = stamps.since(start_count)
     last = max(ns for ns, _ in got) if got else t0
     info = ""
-    if c.name == "execlibd":  # every job ended, nothing queued
-        sock = os.path.join(work, "control.sock")
+    if c.name.startswith("execlibd"):  # every job ended, nothing queued
+        sock = os.path.join(work, f"{c.name}.sock")
         while True:
-            lst = control(sock, {"cmd": "listeners"})["listeners"][0]
+            lst = next(x for x in control(sock, {"cmd": "listeners"})["listeners"] if x["name"] == "bench")
             if lst["jobs_running"] == 0 and lst["jobs_queued"] == 0:
                 break
             time.sleep(0.01)
-        info = f"events {lst['events']}, jobs started {lst['jobs_started']}, failed {lst['jobs_failed']}"
+        info = f"events {lst['events']}, jobs started since start {lst['jobs_started']}, failed {lst['jobs_failed']}"
     time.sleep(0.2)
     after = sum(cpu_ticks(p) for p in pids)
     cpu = (after - before) / TICK
@@ -278,6 +288,7 @@ def main():
     bin_dir, stamp, watchexec = sys.argv[1:4]
     samples = int(sys.argv[4]) if len(sys.argv) > 4 else 200
     burst_n = int(sys.argv[5]) if len(sys.argv) > 5 else 10000
+    big_tree = sys.argv[6] if len(sys.argv) > 6 else None
     work = tempfile.mkdtemp(prefix="execlib-joblat-")
     sock = os.path.join(work, "stamps.sock")
     stamps = Stamps(sock)
@@ -286,6 +297,8 @@ def main():
         contenders.append(start_floor(work, stamp, sock))
         contenders.append(start_execlibd(work, bin_dir, stamp, sock))
         contenders.append(start_watchexec(work, watchexec, stamp, sock))
+        if big_tree:
+            contenders.append(start_execlibd(work, bin_dir, stamp, sock, "execlibd+big", big_tree))
         for c in contenders:
             c.ready(stamps)
         for i in range(samples):
@@ -298,21 +311,25 @@ def main():
         f99 = pct(floor.samples, 0.99)
         print(f"write -> job start, {samples} writes each, interleaved (create+write+close of a new file; "
               f"IN_CREATE; debounce 0, delay 0):")
-        print(f"  {'':<10} {'p50 ms':>7} {'p99 ms':>7} {'min ms':>7} {'p50-floor':>10} {'p50/floor':>10} {'p99/floor':>10}"
+        print(f"  {'':<12} {'p50 ms':>7} {'p99 ms':>7} {'min ms':>7} {'p50-floor':>10} {'p50/floor':>10} {'p99/floor':>10}"
               f"  extra/missed runs")
         for c in contenders:
             p50, p99 = statistics.median(c.samples), pct(c.samples, 0.99)
-            print(f"  {c.name:<10} {p50:7.2f} {p99:7.2f} {min(c.samples):7.2f} {p50 - f50:+7.2f} ms {p50 / f50:9.2f}x"
+            print(f"  {c.name:<12} {p50:7.2f} {p99:7.2f} {min(c.samples):7.2f} {p50 - f50:+7.2f} ms {p50 / f50:9.2f}x"
                   f" {p99 / f99:9.2f}x  {c.extra}/{c.missed}")
         if burst_n:
             print(f"burst of {burst_n} new files (written as fast as possible), until every job has finished:")
-        for name in ["floor", "execlibd", "watchexec"] if burst_n else []:
+        for name in [c.name for c in contenders] if burst_n else []:
             r = burst(by[name], stamps, burst_n, work)
             note = f"  ({r['info']})" if r["info"] else ""
-            print(f"  {name:<10} {r['jobs']:>6} jobs in {r['wall_ms']:8.1f} ms (writes took {r['write_ms']:.0f} ms); "
+            print(f"  {name:<12} {r['jobs']:>6} jobs in {r['wall_ms']:8.1f} ms (writes took {r['write_ms']:.0f} ms); "
                   f"watcher CPU {r['cpu']:.2f} s = {r['cpu_per_1000']:.3f} s per 1,000 files{note}")
         with open(os.path.join(work, "execlibd.log")) as fh:
             overflows = sum("overflowed" in line for line in fh)
+        if big_tree:
+            with open(f"/proc/{by['execlibd+big'].proc.pid}/status") as fh:
+                rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+            print(f"  (execlibd+big: a second listener watching {big_tree}; RSS {rss / 1024:.0f} MiB)")
         if overflows:
             print(f"  (execlibd log: {overflows} inotify queue overflow lines)")
     finally:

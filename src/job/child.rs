@@ -5,7 +5,7 @@
 use crate::config::Command;
 use crate::sys::{AsyncProcess, Exit, SpawnError, Spec, Stage};
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -22,6 +22,10 @@ const SYSTEMD_VARIABLES: [&str; 6] = [
     "LISTEN_PID",
     "LISTEN_FDNAMES",
 ];
+
+/// `/dev/null`, opened once, for jobs' stdin.
+static DEV_NULL: std::sync::LazyLock<io::Result<std::fs::File>> =
+    std::sync::LazyLock::new(|| std::fs::File::open("/dev/null"));
 
 /// `PATH` when neither the job nor the daemon has one (glibc's default).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -117,10 +121,13 @@ impl Drop for Child {
 /// Starts the job's process (see [`Launch`]). Must run inside the tokio runtime.
 pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
     let (argv, program) = argv_and_program(launch)?;
-    let envp = environment(launch.env).map_err(StartError::Other)?;
+    let own = job_environment(launch.env).map_err(StartError::Other)?;
+    let envp = environment(&DAEMON_ENV, launch.env, &own);
     let workdir =
         CString::new(launch.workdir.as_os_str().as_bytes()).map_err(|e| StartError::Other(e.into()))?;
-    let null = std::fs::File::open("/dev/null").map_err(StartError::Other)?;
+    let null = DEV_NULL
+        .as_ref()
+        .map_err(|e| StartError::Other(io::Error::new(e.kind(), e.to_string())))?;
     let (stdin_read, stdin_write) = match launch.stdin {
         true => pipe_pair().map(|(r, w)| (Some(r), Some(w))),
         false => Ok((None, None)),
@@ -240,27 +247,42 @@ fn find_on_path(name: &Path, path: &OsStr, workdir: &Path) -> io::Result<PathBuf
     })
 }
 
-/// The daemon's environment without systemd's variables, with `extra` over it, as
-/// `KEY=value` strings.
-fn environment(extra: &BTreeMap<String, OsString>) -> io::Result<Vec<CString>> {
-    environment_from(std::env::vars_os(), extra)
+/// The daemon's environment without systemd's variables, as `KEY=value`: read once
+/// (the daemon never changes its environment).
+static DAEMON_ENV: std::sync::LazyLock<Vec<(OsString, CString)>> =
+    std::sync::LazyLock::new(|| daemon_environment(std::env::vars_os()));
+
+fn daemon_environment(vars: impl Iterator<Item = (OsString, OsString)>) -> Vec<(OsString, CString)> {
+    vars.filter(|(k, _)| !SYSTEMD_VARIABLES.iter().any(|s| k == s))
+        .filter_map(|(k, v)| Some((k.clone(), pair(k, &v).ok()?)))
+        .collect()
 }
 
-fn environment_from(
-    daemon: impl Iterator<Item = (OsString, OsString)>,
+/// `KEY=value`.
+fn pair(key: impl Into<OsString>, value: &OsStr) -> io::Result<CString> {
+    let mut pair = key.into().into_vec();
+    pair.push(b'=');
+    pair.extend_from_slice(value.as_bytes());
+    CString::new(pair).map_err(io::Error::other)
+}
+
+/// A job's variables as `KEY=value` (its own; the daemon's are in `daemon`).
+fn job_environment(extra: &BTreeMap<String, OsString>) -> io::Result<Vec<CString>> {
+    extra.iter().map(|(k, v)| pair(k.as_str(), v)).collect()
+}
+
+/// The whole environment: the daemon's variables that the job does not set, then
+/// the job's own.
+fn environment<'a>(
+    daemon: &'a [(OsString, CString)],
     extra: &BTreeMap<String, OsString>,
-) -> io::Result<Vec<CString>> {
-    let mut env: BTreeMap<OsString, OsString> = daemon
-        .filter(|(k, _)| !SYSTEMD_VARIABLES.iter().any(|s| k == s))
-        .collect();
-    env.extend(extra.iter().map(|(k, v)| (k.into(), v.clone())));
-    env.into_iter()
-        .map(|(k, v)| {
-            let mut pair = k.into_vec();
-            pair.push(b'=');
-            pair.extend(v.into_vec());
-            CString::new(pair).map_err(io::Error::other)
-        })
+    own: &'a [CString],
+) -> Vec<&'a CStr> {
+    daemon
+        .iter()
+        .filter(|(k, _)| k.to_str().is_none_or(|k| !extra.contains_key(k)))
+        .map(|(_, pair)| pair.as_c_str())
+        .chain(own.iter().map(CString::as_c_str))
         .collect()
 }
 
@@ -303,8 +325,10 @@ mod tests {
             ("LANG", "C"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let env = environment_from(daemon.into_iter(), &extra).unwrap();
-        let env: Vec<&[u8]> = env.iter().map(|e| e.as_bytes()).collect();
-        assert_eq!(env, [&b"HOME=/job/home"[..], b"LANG=C"]);
+        let daemon = daemon_environment(daemon.into_iter());
+        let own = job_environment(&extra).unwrap();
+        let env = environment(&daemon, &extra, &own);
+        let env: Vec<&[u8]> = env.iter().map(|e| e.to_bytes()).collect();
+        assert_eq!(env, [&b"LANG=C"[..], b"HOME=/job/home"]);
     }
 }

@@ -13,9 +13,19 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-/// Jobs' main processes (waited for by their jobs); held while spawning, so an adoptee
-/// is never mistaken for a job that was just started.
-static JOBS: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+/// Jobs' main processes (waited for by their jobs), and how many are being spawned:
+/// while one is (between its clone and its registration) the reaper waits, so a job
+/// that was just started is never mistaken for an adoptee. The lock is held only
+/// briefly: spawns do not wait for each other, or job ends for spawns.
+static JOBS: Mutex<Jobs> = Mutex::new(Jobs {
+    pids: None,
+    spawning: 0,
+});
+
+struct Jobs {
+    pids: Option<HashSet<u32>>,
+    spawning: usize,
+}
 
 /// How often exited adoptees are reaped.
 pub const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -24,9 +34,14 @@ pub const REAP_EVERY: Duration = Duration::from_secs(1);
 pub fn spawn<E>(
     start: impl FnOnce() -> Result<super::child::Started, E>,
 ) -> Result<super::child::Started, E> {
+    JOBS.lock().expect("jobs lock").spawning += 1;
+    let started = start();
     let mut jobs = JOBS.lock().expect("jobs lock");
-    let started = start()?;
-    jobs.get_or_insert_with(HashSet::new).insert(started.child.pid());
+    jobs.spawning -= 1;
+    let started = started?;
+    jobs.pids
+        .get_or_insert_with(HashSet::new)
+        .insert(started.child.pid());
     Ok(started)
 }
 
@@ -36,8 +51,8 @@ pub struct Registered(pub u32);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Some(jobs) = JOBS.lock().expect("jobs lock").as_mut() {
-            jobs.remove(&self.0);
+        if let Some(pids) = JOBS.lock().expect("jobs lock").pids.as_mut() {
+            pids.remove(&self.0);
         }
     }
 }
@@ -53,11 +68,15 @@ pub fn adopt() -> bool {
     }
 }
 
-/// The daemon's children that are not jobs' main processes (`jobs`): adoptees.
-fn adoptees_of(jobs: &Option<HashSet<u32>>) -> Vec<u32> {
+/// The daemon's children that are not jobs' main processes: adoptees. None while a
+/// job is being spawned (it may not be registered yet): callers try again later.
+fn adoptees_of(jobs: &Jobs) -> Vec<u32> {
+    if jobs.spawning > 0 {
+        return Vec::new();
+    }
     children(std::process::id())
         .into_iter()
-        .filter(|pid| !jobs.as_ref().is_some_and(|j| j.contains(pid)))
+        .filter(|pid| !jobs.pids.as_ref().is_some_and(|j| j.contains(pid)))
         .collect()
 }
 
@@ -83,7 +102,7 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Reaps the adoptees that have exited; returns how many.
 pub fn reap() -> usize {
-    // Held across the check and the reap: a job spawned meanwhile is registered first.
+    // Held across the check and the reap: a spawn starting meanwhile waits to count itself.
     let jobs = JOBS.lock().expect("jobs lock");
     adoptees_of(&jobs)
         .into_iter()

@@ -29,7 +29,7 @@ pub struct Spec<'a> {
     /// Its arguments, `argv[0]` first.
     pub argv: &'a [CString],
     /// Its whole environment, as `KEY=value`.
-    pub envp: &'a [CString],
+    pub envp: &'a [&'a CStr],
     /// Its working directory.
     pub workdir: &'a CStr,
     /// Its standard input, output and error.
@@ -153,7 +153,12 @@ struct ChildArgs {
 /// child failed, reaped here, with the stage and error).
 pub fn spawn(spec: &Spec<'_>) -> Result<Process, SpawnError> {
     let argv = null_terminated(spec.argv);
-    let envp = null_terminated(spec.envp);
+    let envp: Vec<*const libc::c_char> = spec
+        .envp
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect();
     let mut args = ChildArgs {
         program: spec.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -371,7 +376,8 @@ mod tests {
 
     fn run(program: &str, argv: &[&str], workdir: &str) -> Result<(Exit, String), SpawnError> {
         let argv: Vec<CString> = argv.iter().map(|a| c(a)).collect();
-        let envp = [c("GREETING=hello"), c("PATH=/usr/bin:/bin")];
+        let (greeting, path) = (c("GREETING=hello"), c("PATH=/usr/bin:/bin"));
+        let envp = [greeting.as_c_str(), path.as_c_str()];
         let (mut reader, writer) = std::io::pipe().unwrap();
         let null = std::fs::File::open("/dev/null").unwrap();
         let (program, workdir) = (c(program), c(workdir));
