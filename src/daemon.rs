@@ -178,6 +178,13 @@ pub fn main(cli: crate::cli::DaemonCli) -> std::process::ExitCode {
     };
     if cli.check {
         println!("{}: ok", crate::names::escaped(&path));
+        for (listener, route, path, target) in config.symlinked_paths() {
+            println!(
+                "listener {listener}, route {route}: {} resolves to {}",
+                crate::names::escaped(&path),
+                crate::names::escaped(&target)
+            );
+        }
         return std::process::ExitCode::SUCCESS;
     }
     crate::logging::init(cli.log_format);

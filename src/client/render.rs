@@ -85,6 +85,14 @@ fn listeners(listeners: &[ListenerInfo]) -> String {
         if let Some(e) = &l.error {
             errors.push(format!("{}: {e}", l.name));
         }
+        for link in &l.links {
+            errors.push(format!(
+                "{}: {} -> {}",
+                l.name,
+                escaped(&link.path),
+                escaped(&link.target)
+            ));
+        }
     }
     let mut out = vec![table(&rows)];
     out.extend(errors);

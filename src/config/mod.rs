@@ -112,6 +112,27 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Config {
+    /// The route paths reached through a symlink: (listener, route, path, where it
+    /// resolves now), for `--check` to say.
+    pub fn symlinked_paths(&self) -> Vec<(String, String, PathBuf, PathBuf)> {
+        let mut out = Vec::new();
+        for listener in &self.listeners {
+            for route in &listener.routes {
+                if let Ok(target) = std::fs::canonicalize(&route.path)
+                    && target != route.path
+                {
+                    out.push((
+                        listener.name.clone(),
+                        route.name.clone(),
+                        route.path.clone(),
+                        target,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Reads and validates the config at `path` for instance `instance`.
     pub fn load(path: &Path, instance: &str, env: &Environment) -> Result<Config, ConfigError> {
         let text = read(path)?;

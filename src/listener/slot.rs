@@ -220,6 +220,13 @@ impl Slot {
             name: self.config.name.clone(),
             state,
             paths: roots(&self.config),
+            links: roots(&self.config)
+                .into_iter()
+                .filter_map(|path| {
+                    let target = std::fs::canonicalize(&path).ok().filter(|t| *t != path)?;
+                    Some(crate::protocol::replies::Link { path, target })
+                })
+                .collect(),
             routes: self.config.routes.len(),
             watches: get(&s.watches),
             events: get(&s.events),

@@ -57,6 +57,20 @@ pub struct ListenerInfo {
     /// Why it is not running (or degraded), when it is not by choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The paths of `paths` reached through symlinks, and where they resolve now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+/// A watched path reached through a symlink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// The path as configured.
+    #[serde(with = "wire")]
+    pub path: PathBuf,
+    /// Where it resolves.
+    #[serde(with = "wire")]
+    pub target: PathBuf,
 }
 
 /// A failed job, as `listeners` reports the last one.

@@ -92,3 +92,29 @@ pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `/proc/self/mountinfo`, open and registered with the tokio reactor for
+/// `EPOLLPRI`: the kernel raises it on this descriptor whenever the mount table of
+/// the process's namespace changes (proc(5)).
+pub struct MountTable(tokio::io::unix::AsyncFd<File>);
+
+impl MountTable {
+    /// Opens and registers it (needs a tokio runtime).
+    pub fn open() -> io::Result<Self> {
+        let file = File::open("/proc/self/mountinfo")?;
+        // SAFETY: the descriptor is owned by `file`, which the AsyncFd owns and never
+        // replaces, so it stays open and the same for the AsyncFd's whole life.
+        let fd =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(file, tokio::io::Interest::PRIORITY) };
+        fd.map(MountTable).map_err(io::Error::from)
+    }
+
+    /// Waits until the mount table changed since the last call (or since it was
+    /// opened), then returns its current text.
+    pub async fn changed(&self) -> io::Result<String> {
+        let mut ready = self.0.ready(tokio::io::Interest::PRIORITY).await?;
+        ready.clear_ready();
+        // A fresh open reads the whole current table (the kept descriptor only signals).
+        std::fs::read_to_string("/proc/self/mountinfo")
+    }
+}

@@ -17,6 +17,7 @@
 //! Symlinks are never followed.
 
 mod hold;
+mod mounts;
 mod timers;
 mod tree;
 
@@ -102,6 +103,41 @@ struct Root {
     missing: Option<String>,
     /// The files it held when it went away, to compare with when it is back.
     lost: Snapshot,
+    /// Where it resolves (symlinks followed), while it is watched.
+    resolved: Option<PathBuf>,
+    /// Whether a symlink is on its way (then where it resolves is checked every
+    /// [`ROOT_POLL`]).
+    via_symlink: bool,
+}
+
+impl Root {
+    fn new(path: &Path, missing: Option<String>) -> Root {
+        let mut root = Root {
+            path: path.to_owned(),
+            missing,
+            lost: Snapshot::new(),
+            resolved: None,
+            via_symlink: false,
+        };
+        if root.missing.is_none() {
+            root.set_resolved(mounts::resolve(path));
+        }
+        root
+    }
+
+    fn set_resolved(&mut self, resolved: Option<PathBuf>) {
+        self.via_symlink = resolved.as_deref().is_some_and(|r| r != self.path);
+        if self.via_symlink
+            && let Some(target) = &resolved
+        {
+            tracing::info!(
+                path = %crate::names::escaped(&self.path),
+                resolves_to = %crate::names::escaped(target),
+                "route path is reached through a symlink: watching where it resolves"
+            );
+        }
+        self.resolved = resolved;
+    }
 }
 
 struct PendingMove {
@@ -155,11 +191,7 @@ impl Setup {
                 )),
                 Err(e) => return Err(e),
             };
-            state.push(Root {
-                path: root.clone(),
-                missing,
-                lost: Snapshot::new(),
-            });
+            state.push(Root::new(root, missing));
         }
         Ok(Setup {
             inotify,
@@ -199,8 +231,17 @@ impl Setup {
             });
             rx
         });
+        // Without the mount table (no /proc), mounts are not followed: said once.
+        let mounts = crate::sys::MountTable::open()
+            .map_err(|e| warn!("cannot follow mounts under the route paths: {e}"))
+            .ok();
+        let mount_points = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|text| mounts::mount_points(&text))
+            .unwrap_or_default();
         Ok(Watcher {
             stream,
+            mounts,
+            mount_points,
             tree: self.tree,
             roots: self.roots,
             moves: Vec::new(),
@@ -224,6 +265,10 @@ fn describe(e: &io::Error) -> String {
 /// A running watcher; dropping it closes the inotify instance.
 pub struct Watcher {
     stream: EventStream<Vec<u8>>,
+    /// The mount table, signalled when it changes.
+    mounts: Option<crate::sys::MountTable>,
+    /// The mount points it listed last.
+    mount_points: std::collections::BTreeSet<PathBuf>,
     tree: Tree,
     roots: Vec<Root>,
     moves: Vec<PendingMove>,
@@ -241,6 +286,14 @@ type Completion = tokio::sync::mpsc::Receiver<Vec<(PathBuf, tree::Files)>>;
 
 /// Directories per chunk of the background stat pass.
 const COMPLETION_CHUNK: usize = 256;
+
+/// The mount table's text once it changed (never without one).
+async fn mount_changes(mounts: &Option<crate::sys::MountTable>) -> io::Result<String> {
+    match mounts {
+        Some(table) => table.changed().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The next chunk of the background stat pass (empty once it is over).
 async fn completed(completion: &mut Option<Completion>) -> Vec<(PathBuf, tree::Files)> {
@@ -268,6 +321,18 @@ impl Watcher {
             found = completed(&mut self.completion) => {
                 self.tree.complete(found, self.changed_before);
                 return Ok(Vec::new());
+            }
+            table = mount_changes(&self.mounts) => {
+                let mut out = Vec::new();
+                match table {
+                    Ok(text) => self.mounts_changed(&text, &mut out)?,
+                    Err(e) => {
+                        warn!("cannot read the mount table: {e}; mounts are no longer followed");
+                        self.mounts = None;
+                    }
+                }
+                self.record_released();
+                return Ok(out);
             }
             _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => None,
         };
@@ -334,7 +399,7 @@ impl Watcher {
         let poll = self
             .roots
             .iter()
-            .any(|r| r.missing.is_some())
+            .any(|r| r.missing.is_some() || r.via_symlink)
             .then_some(self.next_poll);
         moves
             .chain(self.overflow.due)

@@ -59,6 +59,7 @@ impl Watcher {
         if now >= self.next_poll {
             self.next_poll = now + ROOT_POLL;
             self.poll_roots(out)?;
+            self.check_resolutions(out)?;
         }
         Ok(())
     }
@@ -91,7 +92,8 @@ impl Watcher {
                 continue;
             }
             let path = self.roots[i].path.clone();
-            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            // Through symlinks: a route path may be one.
+            if !path.is_dir() {
                 continue;
             }
             if !self.tree.is_watched(&path) {
@@ -109,6 +111,7 @@ impl Watcher {
             info!(path = %crate::names::escaped(&path), "route path is back; watching it again");
             self.roots[i].lost.clear();
             self.roots[i].missing = None;
+            self.roots[i].set_resolved(super::mounts::resolve(&path));
         }
         Ok(())
     }

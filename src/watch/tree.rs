@@ -214,7 +214,17 @@ impl Tree {
                 continue;
             };
             let fresh = self.read(&d, Stat::Full, &mut stack);
-            let old = self.dirs.remove(&d).map(|o| o.files).unwrap_or_default();
+            let old = match self.dirs.remove(&d) {
+                Some(old) => {
+                    // Another inode at this path now (a mount over it, or one gone):
+                    // the old watch is stale.
+                    if old.wd != wd {
+                        self.release(vec![(d.clone(), old.wd)]);
+                    }
+                    old.files
+                }
+                None => Default::default(),
+            };
             for (name, state) in &fresh {
                 match old.get(name) {
                     None => changes.push(FileEvent {
@@ -291,9 +301,15 @@ impl Tree {
     }
 
     /// Adds (or re-adds) the watch of `dir`. `Ok(None)` when it vanished or cannot be
-    /// watched and `strict` is off.
+    /// watched and `strict` is off. A `strict` one (a route path) is watched through a
+    /// symlink it may be; any other is never followed.
     fn watch(&mut self, dir: &Path, strict: bool) -> Result<Option<WatchDescriptor>, WatchError> {
-        match self.watches.add(dir, MASK) {
+        let mask = if strict {
+            MASK.difference(WatchMask::DONT_FOLLOW)
+        } else {
+            MASK
+        };
+        match self.watches.add(dir, mask) {
             Ok(wd) => {
                 // Re-adding a directory known under an old name (a rename) returns its
                 // descriptor: the new path wins; the old entry is reported and dropped by the caller.

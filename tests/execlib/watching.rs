@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-fn sh(script: &str, dir: &std::path::Path) {
+pub(crate) fn sh(script: &str, dir: &std::path::Path) {
     let status = Command::new("sh")
         .arg("-c")
         .arg(script)

@@ -1,0 +1,175 @@
+//! Where a root's files really are: file systems mounted over (or unmounted from)
+//! a watched directory, and route paths that are symlinks (or have one on the way)
+//! whose target changes.
+//!
+//! inotify watches an inode: a file system mounted over a watched directory hides
+//! it, and the watch goes on reporting the hidden directory, which nothing changes.
+//! So the watcher keeps `/proc/self/mountinfo` open; the kernel signals it when the
+//! mount table changes ([`crate::sys::MountTable`]), and every mount point that
+//! appeared or went at or under a root has its directory rescanned: watched anew
+//! (the new file system, or the uncovered directory) and compared with what was
+//! recorded, so exactly the differences are reported (hidden files deleted, new
+//! ones created; an unmount and remount of the same files, nothing). A mount over
+//! a root or one of its ancestors replaces the whole root the same way.
+//!
+//! A route path is watched through its symlinks (the last one included; inside
+//! the tree none is followed). Where it resolves is looked up again every
+//! [`super::ROOT_POLL`]: when it changes (`ln -sfn`, `mv -T`), the new target is
+//! watched and scanned and the differences with the old one are reported under
+//! the configured path.
+
+use super::{FileEvent, Stat, WatchError, Watcher};
+use crate::names::escaped;
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use tracing::{info, warn};
+
+/// The mount points listed in a `mountinfo` text (field 5, octal escapes undone).
+pub(super) fn mount_points(mountinfo: &str) -> BTreeSet<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(std::ffi::OsString::from_vec(unescape(field))))
+        .collect()
+}
+
+/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Where `path` resolves, when it is a directory (through any symlinks).
+pub(super) fn resolve(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok().filter(|p| p.is_dir())
+}
+
+impl Watcher {
+    /// The mount table changed (its new text): rescans what a mount appeared at or
+    /// went from, at or under a root, or replaces a root it covers.
+    pub(super) fn mounts_changed(
+        &mut self,
+        mountinfo: &str,
+        out: &mut Vec<FileEvent>,
+    ) -> Result<(), WatchError> {
+        let now = mount_points(mountinfo);
+        let changed: Vec<PathBuf> = now.symmetric_difference(&self.mount_points).cloned().collect();
+        self.mount_points = now;
+        for point in changed {
+            for i in 0..self.roots.len() {
+                let root = &self.roots[i];
+                let (Some(resolved), None) = (root.resolved.clone(), &root.missing) else {
+                    continue;
+                };
+                if resolved.starts_with(&point) {
+                    // Over the root itself, or one of its ancestors.
+                    self.replace_root(i, &format!("a mount at {} changed", escaped(&point)), out)?;
+                } else if let Ok(rest) = point.strip_prefix(&resolved) {
+                    let dir = root.path.join(rest);
+                    let parent_watched = dir.parent().is_some_and(|p| self.tree.is_watched(p));
+                    if parent_watched && self.tree.wants(&dir) {
+                        let before = out.len();
+                        out.extend(self.tree.rescan(&dir)?);
+                        info!(
+                            path = %escaped(&dir),
+                            changes = out.len() - before,
+                            "a file system was mounted or unmounted here: rescanned"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks again where each symlinked root resolves; replaces those that moved.
+    pub(super) fn check_resolutions(&mut self, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        for i in 0..self.roots.len() {
+            let root = &self.roots[i];
+            if root.missing.is_some() || !root.via_symlink {
+                continue;
+            }
+            let now = resolve(&root.path);
+            if now != root.resolved {
+                let why = match &now {
+                    Some(target) => format!("now resolves to {}", escaped(target)),
+                    None => "no longer resolves to a directory".to_owned(),
+                };
+                self.replace_root(i, &why, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches root `i` anew where it now resolves and reports what differs from what
+    /// was recorded for it; when it is no longer a directory it is missing (polled).
+    pub(super) fn replace_root(
+        &mut self,
+        i: usize,
+        why: &str,
+        out: &mut Vec<FileEvent>,
+    ) -> Result<(), WatchError> {
+        let path = self.roots[i].path.clone();
+        self.holds.release_under(&path, out);
+        let before = self.tree.drop_dir(&path);
+        let resolved = resolve(&path);
+        let added = match &resolved {
+            Some(_) => match self.tree.add(&path, true, Stat::Full, None) {
+                Ok(()) => true,
+                Err(WatchError::Root { .. }) => false,
+                Err(e) => return Err(e),
+            },
+            None => false,
+        };
+        if !added {
+            warn!(path = %escaped(&path), "route path {why}; waiting for it to come back");
+            self.roots[i].lost = before;
+            self.roots[i].missing = Some(format!("route path {} {why}", escaped(&path)));
+            self.roots[i].resolved = None;
+            self.next_poll = tokio::time::Instant::now() + super::ROOT_POLL;
+            return Ok(());
+        }
+        let now = self.tree.subtree_snapshot(&path);
+        let changes = crate::snapshot::diff(&before, &now);
+        info!(
+            path = %escaped(&path),
+            resolves_to = %resolved.as_deref().map(escaped).map(|e| e.to_string()).unwrap_or_default(),
+            changes = changes.len(),
+            "route path {why}: watching it there"
+        );
+        out.extend(changes.into_iter().map(|(path, kind)| FileEvent { path, kind }));
+        self.roots[i].set_resolved(resolved);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_field_five_with_escapes_undone() {
+        let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    90 22 0:50 / /srv/my\\040site\\134x rw - tmpfs tmpfs rw\n";
+        let points: Vec<PathBuf> = mount_points(text).into_iter().collect();
+        assert_eq!(points, [PathBuf::from("/"), PathBuf::from("/srv/my site\\x")]);
+    }
+}

@@ -1,0 +1,201 @@
+//! Where files really are: file systems mounted over watched directories (root
+//! only: real tmpfs mounts), and route paths that are symlinks swapped by deploys.
+
+use crate::support::*;
+use crate::watching::sh;
+use std::path::{Path, PathBuf};
+
+/// A tmpfs mounted at a path; lazily unmounted on drop (if still mounted).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path) -> Tmpfs {
+        run(&["mount", "-t", "tmpfs", "tmpfs", path.to_str().unwrap()]);
+        Tmpfs(path.to_owned())
+    }
+
+    fn unmount(self) {
+        run(&["umount", self.0.to_str().unwrap()]);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn run(argv: &[&str]) {
+    let status = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{argv:?}");
+}
+
+#[test]
+fn a_tmpfs_over_a_subdirectory_is_seen_mounted_unmounted_and_mounted_again() {
+    if skip_unless_root("mount a tmpfs") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write("src/sub/under.txt", "hidden by the mount");
+    let config = sandbox.config(&log_route(""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let mount = Tmpfs::mount(&sandbox.path("src/sub"));
+    wait_log(&sandbox, "sub/under.txt delete");
+    sandbox.write("src/sub/on-tmpfs.txt", "1");
+    wait_log(&sandbox, "sub/on-tmpfs.txt create,modify");
+    mount.unmount();
+    wait_log(&sandbox, "sub/on-tmpfs.txt delete");
+    wait_log(&sandbox, "sub/under.txt create");
+    // Mounted again later (not within a moment): still seen.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _again = Tmpfs::mount(&sandbox.path("src/sub"));
+    sandbox.write("src/sub/second.txt", "2");
+    wait_log(&sandbox, "sub/second.txt create,modify");
+    let status = daemon.listener("docs");
+    assert_eq!(status["state"], "running", "{status}");
+}
+
+#[test]
+fn a_tmpfs_over_the_route_path_itself_replaces_what_is_watched() {
+    if skip_unless_root("mount a tmpfs") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write("src/before.txt", "1");
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    let mount = Tmpfs::mount(&sandbox.path("src"));
+    wait_log(&sandbox, "before.txt delete");
+    sandbox.write("src/mounted.txt", "1");
+    wait_log(&sandbox, "mounted.txt create,modify");
+    mount.unmount();
+    wait_log(&sandbox, "mounted.txt delete");
+    wait_log(&sandbox, "before.txt create");
+}
+
+#[test]
+fn a_route_path_that_is_an_empty_mount_point_at_start_works_once_mounted() {
+    if skip_unless_root("mount a tmpfs") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src")).unwrap();
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    // The data disk arrives after the daemon started (the boot-order case).
+    let staging = sandbox.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let _disk = Tmpfs::mount(&staging);
+    std::fs::write(staging.join("already.txt"), "1").unwrap();
+    run(&[
+        "mount",
+        "--bind",
+        staging.to_str().unwrap(),
+        sandbox.path("src").to_str().unwrap(),
+    ]);
+    let _bind = Tmpfs(sandbox.path("src"));
+    wait_log(&sandbox, "already.txt create");
+    sandbox.write("src/later.txt", "1");
+    wait_log(&sandbox, "later.txt create,modify");
+}
+
+/// `current -> releases/NAME` with a route on `current`.
+fn releases(sandbox: &Sandbox) {
+    sandbox.write("releases/r1/same.txt", "same");
+    sandbox.write("releases/r1/old-only.txt", "1");
+    sandbox.write("releases/r1/changed.txt", "r1");
+    // Unchanged across releases as `rsync --link-dest` or `cp -al` keep it: the same
+    // file (a hard link). A file written anew is another file, and counts as changed.
+    std::fs::create_dir_all(sandbox.path("releases/r2")).unwrap();
+    std::fs::hard_link(
+        sandbox.path("releases/r1/same.txt"),
+        sandbox.path("releases/r2/same.txt"),
+    )
+    .unwrap();
+    sandbox.write("releases/r2/new-only.txt", "2");
+    sandbox.write("releases/r2/changed.txt", "r2 is longer");
+    std::os::unix::fs::symlink("releases/r1", sandbox.path("current")).unwrap();
+    // A file changed within a second of the daemon's start is recorded as unknown (its
+    // timestamps may not tell later changes apart) and compares as changed: let the
+    // releases age past that, as real ones are.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+}
+
+fn swap_config(sandbox: &Sandbox) -> PathBuf {
+    // The job runs in the route path: through the link, `..` is `releases/`.
+    let log = sandbox.path("out/log");
+    let body = log_route("")
+        .replacen("path = \"src\"", "path = \"current\"", 1)
+        .replace("../out/log", log.to_str().unwrap());
+    sandbox.config(&body)
+}
+
+fn assert_swapped(sandbox: &Sandbox) {
+    wait_log(sandbox, "old-only.txt delete");
+    wait_log(sandbox, "new-only.txt create");
+    wait_log(sandbox, "changed.txt modify");
+    // Watched where it now resolves, reported under the configured path.
+    sandbox.write("releases/r2/fresh.txt", "1");
+    wait_log(sandbox, "fresh.txt create,modify");
+    sandbox.write("releases/r1/stale.txt", "1");
+    sandbox.write("releases/r2/z", "sentinel");
+    wait_log(sandbox, "z create,modify");
+    let log = log_lines(sandbox);
+    assert!(
+        !log.iter()
+            .any(|l| l.starts_with("stale.txt") || l.starts_with("same.txt")),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_symlinked_route_path_is_watched_and_an_ln_sfn_swap_reports_the_differences() {
+    let sandbox = Sandbox::new();
+    releases(&sandbox);
+    let config = swap_config(&sandbox);
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_execlibd"))
+        .arg("--check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let check = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        check.contains("current resolves to ") && check.contains("releases/r1"),
+        "{check}"
+    );
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("releases/r1/edit.txt", "1");
+    wait_log(&sandbox, "edit.txt create,modify");
+    assert!(
+        daemon.log().contains("resolves_to="),
+        "the log says where it resolves"
+    );
+    sh("ln -sfn releases/r2 current", &sandbox.path(""));
+    assert_swapped(&sandbox);
+    let listeners = String::from_utf8(daemon.ctl(&["listeners"]).stdout).unwrap();
+    assert!(
+        listeners.contains("current -> ") && listeners.contains("releases/r2"),
+        "{listeners}"
+    );
+}
+
+#[test]
+fn a_symlinked_route_path_swapped_by_rename_reports_the_differences() {
+    let sandbox = Sandbox::new();
+    releases(&sandbox);
+    let config = swap_config(&sandbox);
+    let _daemon = Daemon::start(&sandbox, &config);
+    sh(
+        "ln -s releases/r2 current.new && mv -T current.new current",
+        &sandbox.path(""),
+    );
+    assert_swapped(&sandbox);
+}
