@@ -29,6 +29,9 @@ pub(super) struct Ctx<'a> {
     pub base: PathBuf,
 }
 
+/// The shortest `poll_ms`.
+pub const MIN_POLL_MS: u64 = 100;
+
 impl Ctx<'_> {
     /// An `Invalid` error at byte `offset` of the text.
     pub fn err<T>(&self, offset: usize, message: impl Into<String>) -> Result<T, ConfigError> {
@@ -125,6 +128,28 @@ impl Ctx<'_> {
             Some(t) => Ok(Some(Duration::from_millis(t.into_inner()))),
             None => Ok(None),
         }
+    }
+
+    /// A route's `poll` and `poll_ms`.
+    pub fn poll(
+        &self,
+        mode: Option<crate::watch::PollMode>,
+        ms: Option<Spanned<u64>>,
+    ) -> Result<crate::watch::Poll, ConfigError> {
+        let every = match ms {
+            Some(t) if *t.get_ref() < MIN_POLL_MS => {
+                return self.err(
+                    t.span().start,
+                    format!("`poll_ms` must be at least {MIN_POLL_MS} (each poll rescans the tree)"),
+                );
+            }
+            Some(t) => t.into_inner(),
+            None => super::DEFAULT_POLL_MS,
+        };
+        Ok(crate::watch::Poll {
+            mode: mode.unwrap_or_default(),
+            every: Duration::from_millis(every),
+        })
     }
 
     /// A route's or post's `memory_max` and `cpu_weight` (systemd's syntax and ranges).

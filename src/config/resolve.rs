@@ -131,6 +131,8 @@ pub struct RouteConfig {
     /// How long a file's changes may wait for its writer to close it (none: they are
     /// reported at once, as written).
     pub max_hold: Option<Duration>,
+    /// When and how often its tree is polled (see [`crate::watch`]).
+    pub poll: crate::watch::Poll,
     /// One job per file, or one per batch of files.
     pub mode: super::raw::Mode,
     /// Stage among the listener's routes, and what a failure does to later stages.
@@ -164,6 +166,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
 /// How long a file's changes wait for its writer to close it, by default: longer
 /// than any upload or copy should take, short enough that nothing waits forever.
 pub const DEFAULT_MAX_HOLD_MS: u64 = 300_000;
+/// How often a polled tree is rescanned, by default (see docs/watching.md for its cost).
+pub const DEFAULT_POLL_MS: u64 = 2_000;
 /// LiveReload clients at once, by default.
 const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// The most `max_clients` may be: every client is an HTTP connection too.
@@ -518,6 +522,7 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         },
+        poll: ctx.poll(raw.poll, raw.poll_ms)?,
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         limits: ctx.limits(raw.memory_max, raw.cpu_weight)?,
         command,

@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     next_job: AtomicU64,
     /// Why the last snapshot save failed, until one succeeds.
     save_failure: Mutex<Option<String>>,
+    /// The subtrees polled, and why.
+    polled: Mutex<Vec<(PathBuf, String)>>,
 }
 
 impl Shared {
@@ -101,7 +103,9 @@ impl Shared {
 
     /// Running, or degraded with the reasons when some roots are missing or the last
     /// snapshot save failed.
-    fn set_health(&self, mut reasons: Vec<String>) {
+    fn set_health(&self, watcher: &crate::watch::Watcher) {
+        *self.polled.lock().expect("polled lock") = watcher.polled();
+        let mut reasons = watcher.health();
         reasons.extend(self.save_failure.lock().expect("save failure lock").clone());
         let health = if reasons.is_empty() {
             (State::Running, None)

@@ -10,6 +10,7 @@ use crate::watch::{DirFilter, FileEvent, Setup, WatchError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -86,8 +87,8 @@ impl Slot {
         })
         .await
         .expect("watch setup does not panic");
-        let hold_for = hold_for(&self.config);
-        let ready = setup.and_then(|(s, found)| Ok((s.into_watcher(hold_for)?, found)));
+        let (hold_for, poll_for) = (hold_for(&self.config), poll_for(&self.config));
+        let ready = setup.and_then(|(s, found)| Ok((s.into_watcher(hold_for, poll_for)?, found)));
         match ready {
             Ok((watcher, (missed, catch_up, saved))) => Ok(Prepared {
                 watcher,
@@ -118,9 +119,9 @@ impl Slot {
         let name = self.config.name.clone();
         let watches = watcher.watch_count();
         self.shared.watches.store(watches as u64, Ordering::Relaxed);
-        self.shared.set_health(watcher.missing_roots());
+        self.shared.set_health(&watcher);
         info!(listener = %name, watches, "listener started");
-        for reason in watcher.missing_roots() {
+        for reason in watcher.health() {
             warn!(listener = %name, "{reason}; waiting for it");
         }
         let cancel = CancellationToken::new();
@@ -216,6 +217,11 @@ impl Slot {
         let (state, error) = self.shared.get();
         let s = &self.shared;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let polled = s.polled.lock().expect("polled lock").clone();
+        let polled = polled
+            .into_iter()
+            .map(|(path, reason)| crate::protocol::replies::PolledPath { path, reason })
+            .collect();
         ListenerInfo {
             name: self.config.name.clone(),
             state,
@@ -227,6 +233,7 @@ impl Slot {
                     Some(crate::protocol::replies::Link { path, target })
                 })
                 .collect(),
+            polled,
             routes: self.config.routes.len(),
             watches: get(&s.watches),
             events: get(&s.events),
@@ -302,6 +309,29 @@ fn roots(config: &ListenerConfig) -> Vec<PathBuf> {
         }
     }
     roots
+}
+
+/// How each route path is polled: as its routes say; `always` if one says so, else
+/// `auto` if one does, else `never`; at the shortest `poll_ms` among them.
+fn poll_for(config: &ListenerConfig) -> crate::watch::PollFor {
+    use crate::watch::{Poll, PollMode};
+    let routes = config.routes.clone();
+    Arc::new(move |root: &Path| {
+        let polls = routes.iter().filter(|r| r.path == root).map(|r| r.poll);
+        polls
+            .reduce(|a, b| Poll {
+                mode: match (a.mode, b.mode) {
+                    (PollMode::Always, _) | (_, PollMode::Always) => PollMode::Always,
+                    (PollMode::Auto, _) | (_, PollMode::Auto) => PollMode::Auto,
+                    _ => PollMode::Never,
+                },
+                every: a.every.min(b.every),
+            })
+            .unwrap_or(Poll {
+                mode: PollMode::Auto,
+                every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
+            })
+    })
 }
 
 /// A directory is watched when some route covering it does not ignore it

@@ -82,7 +82,7 @@ impl Run {
                 events = watcher.next() => match events {
                     Ok(events) => {
                         self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
-                        self.shared.set_health(watcher.missing_roots());
+                        self.shared.set_health(&watcher);
                         self.dispatch(events, &tx).await;
                     }
                     Err(e) => break Err(e),
@@ -180,7 +180,7 @@ impl Run {
             Err(e) => Err(format!("cannot save the snapshot: the save task failed: {e}")),
         };
         self.shared.saved(saved);
-        self.shared.set_health(watcher.missing_roots());
+        self.shared.set_health(watcher);
     }
 }
 

@@ -60,6 +60,19 @@ pub struct ListenerInfo {
     /// The paths of `paths` reached through symlinks, and where they resolve now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+    /// The directories polled (where inotify cannot see), and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub polled: Vec<PolledPath>,
+}
+
+/// A directory polled by a listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolledPath {
+    /// The directory (under a route path).
+    #[serde(with = "wire")]
+    pub path: PathBuf,
+    /// Why it is polled.
+    pub reason: String,
 }
 
 /// A watched path reached through a symlink.

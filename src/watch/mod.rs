@@ -18,11 +18,13 @@
 
 mod hold;
 mod mounts;
+mod poll;
 mod timers;
 mod tree;
 
 pub use hold::HoldFor;
 use hold::Holds;
+pub use poll::{Poll, PollFor, PollMode};
 use timers::Overflow;
 
 use crate::events::EventKind;
@@ -57,18 +59,6 @@ pub enum WatchError {
          `sysctl fs.inotify.max_user_instances=<more>` (persist it in /etc/sysctl.d/)"
     )]
     TooManyInstances {
-        /// The current value of the sysctl.
-        limit: String,
-    },
-    /// The per-user limit of inotify watches is reached.
-    #[error(
-        "cannot watch {}: out of inotify watches: fs.inotify.max_user_watches is {limit}; \
-         raise it with `sysctl fs.inotify.max_user_watches=<more>` (persist it in /etc/sysctl.d/)",
-        crate::names::escaped(path)
-    )]
-    TooManyWatches {
-        /// The directory that could not be watched.
-        path: PathBuf,
         /// The current value of the sysctl.
         limit: String,
     },
@@ -207,8 +197,8 @@ impl Setup {
     }
 
     /// Starts delivering events (needs a tokio runtime); files open for writing are
-    /// held as `hold_for` says.
-    pub fn into_watcher(self, hold_for: HoldFor) -> Result<Watcher, WatchError> {
+    /// held as `hold_for` says, route paths polled as `poll_for` says.
+    pub fn into_watcher(self, hold_for: HoldFor, poll_for: PollFor) -> Result<Watcher, WatchError> {
         let stream = self
             .inotify
             .into_event_stream(vec![0u8; 64 * 1024])
@@ -235,13 +225,18 @@ impl Setup {
         let mounts = crate::sys::MountTable::open()
             .map_err(|e| warn!("cannot follow mounts under the route paths: {e}"))
             .ok();
-        let mount_points = std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|text| mounts::mount_points(&text))
+        let mount_table = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|text| mounts::mounts(&text))
             .unwrap_or_default();
-        Ok(Watcher {
+        let mut watcher = Watcher {
             stream,
             mounts,
-            mount_points,
+            mount_points: mounts::mount_points(&mount_table),
+            mount_table,
+            polls: Vec::new(),
+            polls_dirty: true,
+            polled_unwatched: 0,
+            poll_for,
             tree: self.tree,
             roots: self.roots,
             moves: Vec::new(),
@@ -250,7 +245,9 @@ impl Setup {
             completion,
             changed_before: self.changed_before,
             holds: Holds::new(hold_for),
-        })
+        };
+        watcher.refresh_polls();
+        Ok(watcher)
     }
 }
 
@@ -269,6 +266,16 @@ pub struct Watcher {
     mounts: Option<crate::sys::MountTable>,
     /// The mount points it listed last.
     mount_points: std::collections::BTreeSet<PathBuf>,
+    /// The mounts it listed last, with their types.
+    mount_table: Vec<mounts::Mount>,
+    /// The subtrees polled (see [`poll`]).
+    polls: Vec<poll::Polled>,
+    /// Whether what is polled must be worked out again.
+    polls_dirty: bool,
+    /// How many directories had no watch when that was last worked out.
+    polled_unwatched: usize,
+    /// How each route path is polled.
+    poll_for: PollFor,
     tree: Tree,
     roots: Vec<Root>,
     moves: Vec<PendingMove>,
@@ -332,6 +339,7 @@ impl Watcher {
                     }
                 }
                 self.record_released();
+                self.refresh_polls();
                 return Ok(out);
             }
             _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => None,
@@ -355,6 +363,7 @@ impl Watcher {
         }
         self.run_timers(Instant::now(), &mut out)?;
         self.record_released();
+        self.refresh_polls();
         Ok(out)
     }
 
@@ -384,9 +393,20 @@ impl Watcher {
         self.tree.watch_count()
     }
 
-    /// Why some roots are not watched (empty when all are).
-    pub fn missing_roots(&self) -> Vec<String> {
-        self.roots.iter().filter_map(|r| r.missing.clone()).collect()
+    /// What is wrong (empty when all is well): roots not watched, and directories
+    /// polled for want of inotify watches.
+    pub fn health(&self) -> Vec<String> {
+        let mut reasons: Vec<String> = self.roots.iter().filter_map(|r| r.missing.clone()).collect();
+        let unwatched = self.tree.unwatched_count();
+        if unwatched > 0 {
+            reasons.push(format!(
+                "out of inotify watches: fs.inotify.max_user_watches is {}; {unwatched} directories \
+                 are polled instead; raise it with `sysctl fs.inotify.max_user_watches=<more>` \
+                 (persist it in /etc/sysctl.d/)",
+                sysctl("max_user_watches")
+            ));
+        }
+        reasons
     }
 
     /// Every file under the watched directories, by path.
@@ -405,6 +425,7 @@ impl Watcher {
             .chain(self.overflow.due)
             .chain(poll)
             .chain(self.holds.next_due())
+            .chain(self.polls.iter().map(|p| p.next))
             .min()
     }
 

@@ -25,13 +25,33 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
-/// The mount points listed in a `mountinfo` text (field 5, octal escapes undone).
-pub(super) fn mount_points(mountinfo: &str) -> BTreeSet<PathBuf> {
+/// One line of `mountinfo`: where a file system is mounted, and its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Mount {
+    /// The mount point (field 5, octal escapes undone).
+    pub point: PathBuf,
+    /// The file system type (the first field after ` - `).
+    pub fstype: String,
+}
+
+/// The mounts listed in a `mountinfo` text.
+pub(super) fn mounts(mountinfo: &str) -> Vec<Mount> {
     mountinfo
         .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(std::ffi::OsString::from_vec(unescape(field))))
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            Some(Mount {
+                point: PathBuf::from(std::ffi::OsString::from_vec(unescape(point))),
+                fstype: right.split(' ').next()?.to_owned(),
+            })
+        })
         .collect()
+}
+
+/// The mount points of `mounts`.
+pub(super) fn mount_points(mounts: &[Mount]) -> BTreeSet<PathBuf> {
+    mounts.iter().map(|m| m.point.clone()).collect()
 }
 
 /// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
@@ -70,9 +90,12 @@ impl Watcher {
         mountinfo: &str,
         out: &mut Vec<FileEvent>,
     ) -> Result<(), WatchError> {
-        let now = mount_points(mountinfo);
+        let table = mounts(mountinfo);
+        let now = mount_points(&table);
         let changed: Vec<PathBuf> = now.symmetric_difference(&self.mount_points).cloned().collect();
         self.mount_points = now;
+        self.mount_table = table;
+        self.polls_dirty |= !changed.is_empty();
         for point in changed {
             for i in 0..self.roots.len() {
                 let root = &self.roots[i];
@@ -144,6 +167,7 @@ impl Watcher {
             self.roots[i].lost = before;
             self.roots[i].missing = Some(format!("route path {} {why}", escaped(&path)));
             self.roots[i].resolved = None;
+            self.polls_dirty = true;
             self.next_poll = tokio::time::Instant::now() + super::ROOT_POLL;
             return Ok(());
         }
@@ -157,6 +181,7 @@ impl Watcher {
         );
         out.extend(changes.into_iter().map(|(path, kind)| FileEvent { path, kind }));
         self.roots[i].set_resolved(resolved);
+        self.polls_dirty = true;
         Ok(())
     }
 }
@@ -168,8 +193,10 @@ mod tests {
     #[test]
     fn mount_points_are_field_five_with_escapes_undone() {
         let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
-                    90 22 0:50 / /srv/my\\040site\\134x rw - tmpfs tmpfs rw\n";
-        let points: Vec<PathBuf> = mount_points(text).into_iter().collect();
+                    90 22 0:50 / /srv/my\\040site\\134x rw - fuse.sshfs host:/ rw\n";
+        let table = mounts(text);
+        let points: Vec<PathBuf> = mount_points(&table).into_iter().collect();
         assert_eq!(points, [PathBuf::from("/"), PathBuf::from("/srv/my site\\x")]);
+        assert_eq!(table[1].fstype, "fuse.sshfs");
     }
 }

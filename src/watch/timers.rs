@@ -56,6 +56,9 @@ impl Watcher {
             self.rescan(now, out)?;
         }
         self.holds.release_due(now, out);
+        if self.polls.iter().any(|p| now >= p.next) {
+            self.poll_due(now, out)?;
+        }
         if now >= self.next_poll {
             self.next_poll = now + ROOT_POLL;
             self.poll_roots(out)?;
@@ -112,6 +115,7 @@ impl Watcher {
             self.roots[i].lost.clear();
             self.roots[i].missing = None;
             self.roots[i].set_resolved(super::mounts::resolve(&path));
+            self.polls_dirty = true;
         }
         Ok(())
     }

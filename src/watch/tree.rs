@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
-use tracing::debug;
+use tracing::{debug, warn};
 
 const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MODIFY)
@@ -30,8 +30,20 @@ const MASK: WatchMask = WatchMask::CREATE
 pub(super) type Files = HashMap<OsString, FileState>;
 
 struct Dir {
-    wd: WatchDescriptor,
+    /// Its watch; `None` when it has none: out of watches (then it is polled), or
+    /// dropped by the kernel (deleted or unmounted: its parent's event or the mount
+    /// table's change settles it, and its files are kept for that).
+    wd: Option<WatchDescriptor>,
     files: Files,
+}
+
+/// What adding a watch gave.
+enum Watched {
+    Yes(WatchDescriptor),
+    /// Out of watches (`ENOSPC`): recorded, and polled.
+    NoSpace,
+    /// It vanished, or cannot be watched: skipped.
+    No,
 }
 
 /// Whether files found while walking are stat'ed (size and mtime) or only named.
@@ -49,6 +61,10 @@ pub(super) struct Tree {
     by_wd: HashMap<WatchDescriptor, PathBuf>,
     dirs: BTreeMap<PathBuf, Dir>,
     filter: DirFilter,
+    /// Directories recorded without a watch because the watch limit was reached.
+    no_space: std::collections::BTreeSet<PathBuf>,
+    /// Whether running out of watches was logged.
+    warned_no_space: bool,
 }
 
 /// The directories at or under `dir` in a map ordered by path.
@@ -67,6 +83,8 @@ impl Tree {
             by_wd: HashMap::new(),
             dirs: BTreeMap::new(),
             filter,
+            no_space: Default::default(),
+            warned_no_space: false,
         }
     }
 
@@ -86,13 +104,31 @@ impl Tree {
         (self.filter)(dir)
     }
 
-    /// Forgets a descriptor the kernel dropped (`IN_IGNORED`).
+    /// Forgets a descriptor the kernel dropped (`IN_IGNORED`): the directory keeps its
+    /// files until its parent's event or a rescan says what became of them (an unmount
+    /// sends no event to the parent).
     pub fn forget(&mut self, wd: &WatchDescriptor) {
         if let Some(path) = self.by_wd.remove(wd)
-            && self.dirs.get(&path).is_some_and(|d| d.wd == *wd)
+            && let Some(dir) = self.dirs.get_mut(&path)
+            && dir.wd.as_ref() == Some(wd)
         {
-            self.dirs.remove(&path);
+            dir.wd = None;
         }
+    }
+
+    /// The directories recorded without a watch (out of watches) whose parent has
+    /// one: polling each of these subtrees covers them all.
+    pub fn unwatched_tops(&self) -> Vec<PathBuf> {
+        self.no_space
+            .iter()
+            .filter(|d| d.parent().is_none_or(|p| !self.no_space.contains(p)))
+            .cloned()
+            .collect()
+    }
+
+    /// How many directories have no watch for want of one.
+    pub fn unwatched_count(&self) -> usize {
+        self.no_space.len()
     }
 
     fn files_of(&mut self, path: &Path) -> Option<(&mut Files, OsString)> {
@@ -130,8 +166,10 @@ impl Tree {
     ) -> Result<(), WatchError> {
         let mut stack = vec![top.to_owned()];
         while let Some(dir) = stack.pop() {
-            let Some(wd) = self.watch(&dir, strict && dir == top)? else {
-                continue;
+            let wd = match self.watch(&dir, strict && dir == top)? {
+                Watched::Yes(wd) => Some(wd),
+                Watched::NoSpace => None,
+                Watched::No => continue,
             };
             let files = self.read(&dir, stat, &mut stack);
             if let Some((kind, out)) = report.as_mut() {
@@ -154,8 +192,10 @@ impl Tree {
 
     /// Removes the watches that still stand for the directory they were detached as
     /// (a descriptor re-added under another path, after a rename, is kept).
-    fn release(&mut self, wds: Vec<(PathBuf, WatchDescriptor)>) {
+    fn release(&mut self, wds: Vec<(PathBuf, Option<WatchDescriptor>)>) {
         for (path, wd) in wds {
+            self.no_space.remove(&path);
+            let Some(wd) = wd else { continue };
             if self.by_wd.get(&wd) == Some(&path) {
                 self.by_wd.remove(&wd);
                 let _ = self.watches.remove(wd);
@@ -182,7 +222,7 @@ impl Tree {
 
     /// Removes `dir` and the directories under it from the tree (not their watches);
     /// returns each one's path and descriptor, and their files.
-    fn detach(&mut self, dir: &Path) -> (Vec<(PathBuf, WatchDescriptor)>, Snapshot) {
+    fn detach(&mut self, dir: &Path) -> (Vec<(PathBuf, Option<WatchDescriptor>)>, Snapshot) {
         let paths: Vec<PathBuf> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
         let mut wds = Vec::with_capacity(paths.len());
         let mut files = Snapshot::new();
@@ -210,15 +250,17 @@ impl Tree {
         let mut visited = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
-            let Some(wd) = self.watch(&d, false)? else {
-                continue;
+            let wd = match self.watch(&d, false)? {
+                Watched::Yes(wd) => Some(wd),
+                Watched::NoSpace => None,
+                Watched::No => continue,
             };
             let fresh = self.read(&d, Stat::Full, &mut stack);
             let old = match self.dirs.remove(&d) {
                 Some(old) => {
                     // Another inode at this path now (a mount over it, or one gone):
                     // the old watch is stale.
-                    if old.wd != wd {
+                    if old.wd.is_some() && old.wd != wd {
                         self.release(vec![(d.clone(), old.wd)]);
                     }
                     old.files
@@ -255,7 +297,15 @@ impl Tree {
             });
         }
         for (path, d) in visited {
-            self.by_wd.insert(d.wd.clone(), path.clone());
+            match &d.wd {
+                Some(wd) => {
+                    self.by_wd.insert(wd.clone(), path.clone());
+                    self.no_space.remove(&path);
+                }
+                None => {
+                    self.no_space.insert(path.clone());
+                }
+            }
             self.dirs.insert(path, d);
         }
         Ok(changes)
@@ -303,7 +353,7 @@ impl Tree {
     /// Adds (or re-adds) the watch of `dir`. `Ok(None)` when it vanished or cannot be
     /// watched and `strict` is off. A `strict` one (a route path) is watched through a
     /// symlink it may be; any other is never followed.
-    fn watch(&mut self, dir: &Path, strict: bool) -> Result<Option<WatchDescriptor>, WatchError> {
+    fn watch(&mut self, dir: &Path, strict: bool) -> Result<Watched, WatchError> {
         let mask = if strict {
             MASK.difference(WatchMask::DONT_FOLLOW)
         } else {
@@ -314,19 +364,28 @@ impl Tree {
                 // Re-adding a directory known under an old name (a rename) returns its
                 // descriptor: the new path wins; the old entry is reported and dropped by the caller.
                 self.by_wd.insert(wd.clone(), dir.to_owned());
-                Ok(Some(wd))
+                self.no_space.remove(dir);
+                Ok(Watched::Yes(wd))
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Err(WatchError::TooManyWatches {
-                path: dir.to_owned(),
-                limit: sysctl("max_user_watches"),
-            }),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                if !std::mem::replace(&mut self.warned_no_space, true) {
+                    let limit = sysctl("max_user_watches");
+                    warn!(
+                        path = %crate::names::escaped(dir),
+                        "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
+                         without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
+                    );
+                }
+                self.no_space.insert(dir.to_owned());
+                Ok(Watched::NoSpace)
+            }
             Err(e) if strict => Err(WatchError::Root {
                 path: dir.to_owned(),
                 source: e,
             }),
             Err(e) => {
                 debug!(path = %crate::names::escaped(dir), "not watched: {e}");
-                Ok(None)
+                Ok(Watched::No)
             }
         }
     }

@@ -199,3 +199,73 @@ fn a_symlinked_route_path_swapped_by_rename_reports_the_differences() {
     );
     assert_swapped(&sandbox);
 }
+
+/// A bindfs (FUSE) view of one directory at another; unmounted on drop.
+struct Bindfs(PathBuf);
+
+impl Drop for Bindfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount").arg("-uz").arg(&self.0).status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_fuse_mount_is_polled_and_changes_made_beneath_it_are_seen() {
+    if skip_unless_root("mount a FUSE file system") {
+        return;
+    }
+    if std::process::Command::new("bindfs").arg("--version").output().is_err() {
+        skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write("real/before.txt", "1");
+    std::fs::create_dir_all(sandbox.path("src")).unwrap();
+    run(&["bindfs", sandbox.path("real").to_str().unwrap(), sandbox.path("src").to_str().unwrap()]);
+    let _mount = Bindfs(sandbox.path("src"));
+    let config = sandbox.config(&log_route("poll_ms = 200"));
+    let daemon = Daemon::start(&sandbox, &config);
+    let listener = daemon.listener("docs");
+    let polled = listener["polled"].to_string();
+    assert!(polled.contains("inotify does not see changes made elsewhere"), "{listener}");
+    // Written beneath the mount, not through it: inotify on the mount never hears of it.
+    std::fs::write(sandbox.path("real/beneath.txt"), "1").unwrap();
+    wait_log(&sandbox, "beneath.txt create");
+    std::fs::write(sandbox.path("real/before.txt"), "changed").unwrap();
+    wait_log(&sandbox, "before.txt modify");
+    std::fs::remove_file(sandbox.path("real/beneath.txt")).unwrap();
+    wait_log(&sandbox, "beneath.txt delete");
+}
+
+#[test]
+fn poll_never_leaves_a_fuse_mount_unpolled_and_always_polls_a_local_tree() {
+    if skip_unless_root("mount a FUSE file system") {
+        return;
+    }
+    if std::process::Command::new("bindfs").arg("--version").output().is_err() {
+        skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("real")).unwrap();
+    std::fs::create_dir_all(sandbox.path("src")).unwrap();
+    run(&["bindfs", sandbox.path("real").to_str().unwrap(), sandbox.path("src").to_str().unwrap()]);
+    let _mount = Bindfs(sandbox.path("src"));
+    let config = sandbox.config(&log_route("poll = \"never\"\n  poll_ms = 200"));
+    let daemon = Daemon::start(&sandbox, &config);
+    assert!(daemon.listener("docs")["polled"].is_null(), "never: nothing polled");
+    std::fs::write(sandbox.path("real/unseen.txt"), "1").unwrap();
+    // Through the mount inotify does hear: a sentinel written there runs after the
+    // poll interval has passed several times.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    sandbox.write("src/z", "sentinel");
+    wait_log(&sandbox, "z create,modify");
+    assert!(!log_lines(&sandbox).iter().any(|l| l.starts_with("unseen.txt")));
+    drop(daemon);
+    let local = Sandbox::new();
+    let config = local.config(&log_route("poll = \"always\"\n  poll_ms = 200"));
+    let daemon = Daemon::start(&local, &config);
+    let polled = daemon.listener("docs")["polled"].to_string();
+    assert!(polled.contains("poll = \\\"always\\\""), "{polled}");
+}
