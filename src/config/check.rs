@@ -136,6 +136,7 @@ impl Ctx<'_> {
         mode: Option<crate::watch::PollMode>,
         ms: Option<Spanned<u64>>,
     ) -> Result<crate::watch::Poll, ConfigError> {
+        let fixed = ms.is_some();
         let every = match ms {
             Some(t) if *t.get_ref() < MIN_POLL_MS => {
                 return self.err(
@@ -149,6 +150,7 @@ impl Ctx<'_> {
         Ok(crate::watch::Poll {
             mode: mode.unwrap_or_default(),
             every: Duration::from_millis(every),
+            fixed,
         })
     }
 

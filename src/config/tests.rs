@@ -854,11 +854,21 @@ fn poll_options_default_to_auto_and_refuse_short_intervals_and_unknown_modes() {
     use crate::watch::PollMode;
     let c = parse(&with_route_line("debounce_ms = 1")).unwrap();
     let poll = c.listeners[0].routes[0].poll;
-    assert_eq!((poll.mode, poll.every), (PollMode::Auto, Duration::from_millis(super::DEFAULT_POLL_MS)));
+    assert_eq!(
+        (poll.mode, poll.every),
+        (PollMode::Auto, Duration::from_millis(super::DEFAULT_POLL_MS))
+    );
     let c = parse(&with_route_line("poll = \"always\"\n  poll_ms = 100")).unwrap();
     let poll = c.listeners[0].routes[0].poll;
-    assert_eq!((poll.mode, poll.every), (PollMode::Always, Duration::from_millis(100)));
-    assert_refused(&with_route_line("poll_ms = 99"), (6, 13), &["`poll_ms` must be at least 100"]);
+    assert_eq!(
+        (poll.mode, poll.every),
+        (PollMode::Always, Duration::from_millis(100))
+    );
+    assert_refused(
+        &with_route_line("poll_ms = 99"),
+        (6, 13),
+        &["`poll_ms` must be at least 100"],
+    );
     let (line, _, message) = error_at(&with_route_line("poll = \"sometimes\""));
     assert_eq!(line, 6, "{message}");
     assert!(message.contains("auto") && message.contains("never"), "{message}");

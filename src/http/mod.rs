@@ -353,6 +353,7 @@ async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watcher,
         let poll = crate::watch::Poll {
             mode: crate::watch::PollMode::Auto,
             every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
+            fixed: false,
         };
         setup.into_watcher(Arc::new(move |_: &Path| limit), Arc::new(move |_: &Path| poll))
     }) {

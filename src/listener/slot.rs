@@ -326,10 +326,12 @@ fn poll_for(config: &ListenerConfig) -> crate::watch::PollFor {
                     _ => PollMode::Never,
                 },
                 every: a.every.min(b.every),
+                fixed: a.fixed || b.fixed,
             })
             .unwrap_or(Poll {
                 mode: PollMode::Auto,
                 every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
+                fixed: false,
             })
     })
 }

@@ -39,7 +39,14 @@ pub struct Poll {
     pub mode: PollMode,
     /// How often.
     pub every: Duration,
+    /// Whether `every` was configured (`poll_ms`); else it is the default, which
+    /// stretches on a tree whose polls take long (see [`SPREAD`]).
+    pub fixed: bool,
 }
+
+/// Under the default interval, a poll that took T waits at least `SPREAD` × T for
+/// the next: polling a big tree costs at most about 1/`SPREAD` of a core.
+pub const SPREAD: u32 = 25;
 
 /// The polling of each route path (by its configured path).
 pub type PollFor = Arc<dyn Fn(&Path) -> Poll + Send + Sync>;
@@ -51,8 +58,10 @@ pub(super) struct Polled {
     pub path: PathBuf,
     /// Why it is polled, for `listeners` and the log.
     pub why: String,
-    /// How often.
+    /// How often now.
     pub every: Duration,
+    /// How it is polled, as configured.
+    pub poll: Poll,
     /// When next.
     pub next: Instant,
 }
@@ -97,11 +106,16 @@ impl Watcher {
             if now < self.polls[i].next {
                 continue;
             }
-            self.polls[i].next = now + self.polls[i].every;
             let path = self.polls[i].path.clone();
+            let started = std::time::Instant::now();
             if self.tree.is_watched(&path) {
                 out.extend(self.tree.rescan(&path)?);
             }
+            let polled = &mut self.polls[i];
+            if !polled.poll.fixed {
+                polled.every = polled.poll.every.max(started.elapsed() * SPREAD);
+            }
+            polled.next = now + polled.every;
         }
         self.polls_dirty = true; // a rescan may have found or lost directories without a watch
         Ok(())
@@ -115,36 +129,37 @@ impl Watcher {
             return;
         }
         self.polled_unwatched = unwatched;
-        let mut wanted: Vec<(PathBuf, String, Duration)> = Vec::new();
+        let mut wanted: Vec<(PathBuf, String, Poll)> = Vec::new();
         for root in self.roots.iter().filter(|r| r.missing.is_none()) {
             let poll = (self.poll_for)(&root.path);
             let Some(resolved) = &root.resolved else { continue };
             match poll.mode {
                 PollMode::Never => {}
-                PollMode::Always => {
-                    wanted.push((root.path.clone(), "poll = \"always\"".to_owned(), poll.every))
-                }
+                PollMode::Always => wanted.push((root.path.clone(), "poll = \"always\"".to_owned(), poll)),
                 PollMode::Auto => {
                     for (dir, fstype) in self.remote_parts(&root.path, resolved) {
                         let why = format!("on {fstype}: inotify does not see changes made elsewhere");
-                        wanted.push((dir, why, poll.every));
+                        wanted.push((dir, why, poll));
                     }
                 }
             }
         }
         for top in self.tree.unwatched_tops() {
-            let every = self
+            let default = Poll {
+                mode: PollMode::Auto,
+                every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
+                fixed: false,
+            };
+            let poll = self
                 .roots
                 .iter()
                 .find(|r| top.starts_with(&r.path))
-                .map_or(Duration::from_millis(crate::config::DEFAULT_POLL_MS), |r| {
-                    (self.poll_for)(&r.path).every
-                });
+                .map_or(default, |r| (self.poll_for)(&r.path));
             let why = format!("out of inotify watches ({unwatched} directories have none)");
-            wanted.push((top, why, every));
+            wanted.push((top, why, poll));
         }
         // A subtree polled anyway covers the ones inside it.
-        let covered = |dir: &Path, all: &[(PathBuf, String, Duration)]| {
+        let covered = |dir: &Path, all: &[(PathBuf, String, Poll)]| {
             all.iter()
                 .any(|(other, ..)| other != dir && dir.starts_with(other))
         };
@@ -152,19 +167,20 @@ impl Watcher {
         wanted.retain(|(dir, ..)| !covered(dir, &snapshot));
         let now = Instant::now();
         let mut polls = Vec::with_capacity(wanted.len());
-        for (path, why, every) in wanted {
-            let kept = self.polls.iter().find(|p| p.path == path && p.every == every);
-            let next = match kept {
-                Some(p) => p.next,
+        for (path, why, poll) in wanted {
+            let kept = self.polls.iter().find(|p| p.path == path && p.poll == poll);
+            let (every, next) = match kept {
+                Some(p) => (p.every, p.next),
                 None => {
-                    info!(path = %escaped(&path), poll_ms = every.as_millis() as u64, "polling: {why}");
-                    now + every
+                    info!(path = %escaped(&path), poll_ms = poll.every.as_millis() as u64, "polling: {why}");
+                    (poll.every, now + poll.every)
                 }
             };
             polls.push(Polled {
                 path,
                 why,
                 every,
+                poll,
                 next,
             });
         }

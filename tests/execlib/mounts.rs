@@ -205,8 +205,14 @@ struct Bindfs(PathBuf);
 
 impl Drop for Bindfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("fusermount").arg("-uz").arg(&self.0).status();
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("fusermount")
+            .arg("-uz")
+            .arg(&self.0)
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -215,20 +221,31 @@ fn a_fuse_mount_is_polled_and_changes_made_beneath_it_are_seen() {
     if skip_unless_root("mount a FUSE file system") {
         return;
     }
-    if std::process::Command::new("bindfs").arg("--version").output().is_err() {
+    if std::process::Command::new("bindfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
         return;
     }
     let sandbox = Sandbox::new();
     sandbox.write("real/before.txt", "1");
     std::fs::create_dir_all(sandbox.path("src")).unwrap();
-    run(&["bindfs", sandbox.path("real").to_str().unwrap(), sandbox.path("src").to_str().unwrap()]);
+    run(&[
+        "bindfs",
+        sandbox.path("real").to_str().unwrap(),
+        sandbox.path("src").to_str().unwrap(),
+    ]);
     let _mount = Bindfs(sandbox.path("src"));
     let config = sandbox.config(&log_route("poll_ms = 200"));
     let daemon = Daemon::start(&sandbox, &config);
     let listener = daemon.listener("docs");
     let polled = listener["polled"].to_string();
-    assert!(polled.contains("inotify does not see changes made elsewhere"), "{listener}");
+    assert!(
+        polled.contains("inotify does not see changes made elsewhere"),
+        "{listener}"
+    );
     // Written beneath the mount, not through it: inotify on the mount never hears of it.
     std::fs::write(sandbox.path("real/beneath.txt"), "1").unwrap();
     wait_log(&sandbox, "beneath.txt create");
@@ -243,18 +260,29 @@ fn poll_never_leaves_a_fuse_mount_unpolled_and_always_polls_a_local_tree() {
     if skip_unless_root("mount a FUSE file system") {
         return;
     }
-    if std::process::Command::new("bindfs").arg("--version").output().is_err() {
+    if std::process::Command::new("bindfs")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
         return;
     }
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("real")).unwrap();
     std::fs::create_dir_all(sandbox.path("src")).unwrap();
-    run(&["bindfs", sandbox.path("real").to_str().unwrap(), sandbox.path("src").to_str().unwrap()]);
+    run(&[
+        "bindfs",
+        sandbox.path("real").to_str().unwrap(),
+        sandbox.path("src").to_str().unwrap(),
+    ]);
     let _mount = Bindfs(sandbox.path("src"));
     let config = sandbox.config(&log_route("poll = \"never\"\n  poll_ms = 200"));
     let daemon = Daemon::start(&sandbox, &config);
-    assert!(daemon.listener("docs")["polled"].is_null(), "never: nothing polled");
+    assert!(
+        daemon.listener("docs")["polled"].is_null(),
+        "never: nothing polled"
+    );
     std::fs::write(sandbox.path("real/unseen.txt"), "1").unwrap();
     // Through the mount inotify does hear: a sentinel written there runs after the
     // poll interval has passed several times.
