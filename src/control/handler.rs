@@ -84,10 +84,12 @@ fn status(state: &DaemonState) -> Response {
 }
 
 /// The service unit this process runs in: the last component of its cgroup path
-/// when that names a `.service` (systemd puts each service in its own cgroup).
+/// (less the `supervisor` leaf of a delegated tree) when that names a `.service`
+/// (systemd puts each service in its own cgroup).
 fn systemd_unit() -> Option<String> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     cgroups.lines().find_map(|line| {
+        let line = line.strip_suffix("/supervisor").unwrap_or(line);
         let unit = line.rsplit('/').next()?;
         unit.ends_with(".service").then(|| unit.to_owned())
     })
