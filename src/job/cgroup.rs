@@ -186,9 +186,12 @@ impl Tree {
             dir: dir.to_owned(),
             memory: false,
             cpu: false,
-            physical_memory: fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| mem_total(&m)),
+            // sysinfo(2) first: the shipped unit's ProcSubset=pid hides /proc/meminfo.
+            physical_memory: crate::sys::total_memory().or_else(|| {
+                fs::read_to_string("/proc/meminfo")
+                    .ok()
+                    .and_then(|m| mem_total(&m))
+            }),
         };
         tree.read_enabled()?;
         Ok(tree)

@@ -50,6 +50,17 @@ pub fn boot_ticks() -> u64 {
     nanos / (1_000_000_000 / hz)
 }
 
+/// The machine's RAM in bytes (`sysinfo(2)`: readable where `/proc/meminfo` is hidden).
+pub fn total_memory() -> Option<u64> {
+    // SAFETY: sysinfo is plain data; all zeroes is a valid value, and sysinfo fills it.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo only writes the struct passed.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    Some(info.totalram as u64 * info.mem_unit.max(1) as u64)
+}
+
 /// The open-files limit: (soft, hard).
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
@@ -133,6 +144,21 @@ pub fn reap(pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn total_memory_agrees_with_proc_meminfo() {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(super::total_memory(), Some(kib * 1024));
+    }
+
     #[test]
     fn root_exists_and_a_made_up_group_does_not() {
         assert_eq!(super::group_id("root").unwrap(), Some(0));
