@@ -131,6 +131,8 @@ pub struct RouteConfig {
     /// How long a file's changes may wait for its writer to close it (none: they are
     /// reported at once, as written).
     pub max_hold: Option<Duration>,
+    /// What its due runs wait for: a version-control operation at work on its tree.
+    pub vcs_hold: VcsHold,
     /// One job per file, or one per batch of files.
     pub mode: super::raw::Mode,
     /// Stage among the listener's routes, and what a failure does to later stages.
@@ -149,6 +151,26 @@ pub struct RouteConfig {
     pub env: BTreeMap<String, String>,
 }
 
+/// A route's `hold_while` and `max_vcs_hold_ms`: while one of its paths exists, the
+/// route's due runs wait, at most `max` (see [`crate::vcs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VcsHold {
+    /// The paths.
+    pub paths: HoldWhile,
+    /// The longest a hold lasts.
+    pub max: Duration,
+}
+
+/// Which paths hold a route's runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HoldWhile {
+    /// The default: those of the git work tree enclosing the route's path, found when
+    /// the listener starts (its index lock and the markers of an operation in progress).
+    Git,
+    /// These (absolute); none: the route's runs are never held.
+    Paths(Vec<PathBuf>),
+}
+
 /// A job's command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -164,6 +186,13 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
 /// How long a file's changes wait for its writer to close it, by default: longer
 /// than any upload or copy should take, short enough that nothing waits forever.
 pub const DEFAULT_MAX_HOLD_MS: u64 = 300_000;
+/// The longest a version-control operation holds a route's runs, by default: longer
+/// than a checkout, rebase or stash of a large tree takes with its hooks, short
+/// enough that a stopped operation (a merge with conflicts) or a lock a crashed git
+/// left behind delays builds by a minute at most.
+pub const DEFAULT_MAX_VCS_HOLD_MS: u64 = 60_000;
+/// The most `max_vcs_hold_ms` may be: an hour.
+pub const MAX_VCS_HOLD_LIMIT_MS: u64 = 3_600_000;
 /// LiveReload clients at once, by default.
 const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// The most `max_clients` may be: every client is an HTTP connection too.
@@ -518,6 +547,7 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         },
+        vcs_hold: ctx.vcs_hold(raw.hold_while, raw.max_vcs_hold_ms)?,
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         limits: ctx.limits(raw.memory_max, raw.cpu_weight)?,
         command,
