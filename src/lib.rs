@@ -2,7 +2,8 @@
 //!
 //! Data flow, one direction: an inotify event (`watch`) reaches its `listener`,
 //! which matches it against its routes (`route`, with `glob`) and hands matches to
-//! its `scheduler`, which starts `job`s. Beside it the `control` socket and the
+//! its `scheduler`, which starts `job`s (holding them while `vcs` says a
+//! version-control operation is at work on their tree). Beside it the `control` socket and the
 //! `http` front end work on the daemon's shared `state`, and `daemon` owns every
 //! lifecycle. System calls std lacks are wrapped in `sys`, the only module that
 //! may use `unsafe`.
@@ -34,6 +35,7 @@ mod scheduler;
 mod snapshot;
 mod state;
 mod sys;
+mod vcs;
 mod watch;
 
 pub use client::main as execlibctl;

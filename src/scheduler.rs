@@ -10,7 +10,9 @@
 //!   `sed -i`'s temporary: created, then deleted or renamed away) runs nothing;
 //! - a batch route has one key for all its files: one run for every file changed in
 //!   its window (and during its previous run);
-//! - at most `max_jobs` runs at once; due runs wait in arrival order.
+//! - at most `max_jobs` runs at once; due runs wait in arrival order;
+//! - the due runs of a route whose tree a version-control operation is at work on
+//!   wait until it is over (see [`hold`]).
 //!
 //! [`Scheduler`] is the pure state machine; [`drive`] runs it against a channel of
 //! submissions and a launcher, tracking the started jobs in a `JoinSet`. [`frames`]
@@ -18,10 +20,13 @@
 
 mod drive;
 pub mod frames;
+pub mod hold;
 
 pub use drive::{Work, drive};
 use frames::Frames;
 pub use frames::{FrameEnd, FrameStatus};
+use hold::Gates;
+pub use hold::{HoldNotice, HoldSpec, Holds, Probe};
 
 use crate::events::{EventKind, EventSet};
 use std::cmp::Reverse;
@@ -170,6 +175,8 @@ pub struct Scheduler {
     staged: bool,
     /// Open frames, when the listener has post commands.
     frames: Option<Frames>,
+    /// The holds of its routes, when any has one.
+    gates: Option<Gates>,
 }
 
 /// Later-stage work dropped after a failure, for the log.
@@ -192,9 +199,18 @@ impl Scheduler {
         }
     }
 
+    /// The scheduler with `holds` on its routes' due runs (see [`hold`]).
+    pub fn with_holds(mut self, holds: Holds) -> Self {
+        self.gates = (!holds.gates.is_empty()).then(|| Gates::new(holds));
+        self
+    }
+
     /// Records a change at `now`.
     pub fn submit(&mut self, sub: Submission, now: Instant) {
         self.staged |= sub.order.stage != 0;
+        if let Some(gates) = &mut self.gates {
+            gates.changed(sub.key.0, now);
+        }
         let entry = self.entries.entry(sub.key.clone()).or_default();
         entry.order = sub.order;
         if let Some(frames) = &mut self.frames {
@@ -231,14 +247,22 @@ impl Scheduler {
         }
     }
 
-    /// The earliest time something may become due.
+    /// The earliest time something may become due (or a hold looks again).
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let look = self.gates.as_ref().and_then(Gates::next_look);
+        timer.into_iter().chain(look).min()
     }
 
-    /// Takes every run due at `now`, marking its key running.
+    /// Takes every run due at `now`, marking its key running. A due run held by its
+    /// route's hold stays pending until the hold ends.
     pub fn take_due(&mut self, now: Instant) -> Vec<Start> {
         let mut due = Vec::new();
+        if let Some(gates) = &mut self.gates {
+            for key in gates.poll(now) {
+                self.timers.push(Reverse((now, key)));
+            }
+        }
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -259,6 +283,9 @@ impl Scheduler {
             let stage = entry.order.stage;
             if self.staged && self.earlier_stage_busy(stage, &key) {
                 self.held.push(key);
+                continue;
+            }
+            if self.gates.as_mut().is_some_and(|g| g.hold(&key, now)) {
                 continue;
             }
             let entry = self.entries.get_mut(&key).expect("looked up above");
@@ -389,6 +416,19 @@ impl Scheduler {
         self.entries.retain(|_, e| e.running);
         self.timers.clear();
         self.held.clear();
+        if let Some(gates) = &mut self.gates {
+            gates.stop();
+        }
+    }
+
+    /// What the holds did since the last call (for the log).
+    pub fn take_hold_notices(&mut self) -> Vec<HoldNotice> {
+        self.gates.as_mut().map(Gates::take_notices).unwrap_or_default()
+    }
+
+    /// Whether `key`'s due run is held (see [`hold`]).
+    pub fn is_held(&self, key: &Key) -> bool {
+        self.gates.as_ref().is_some_and(|g| g.is_held(key))
     }
 
     /// The frames that ended since the last call (none without frame tracking).

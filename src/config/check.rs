@@ -1,10 +1,11 @@
 //! The validation context and the checks on single values that every section
-//! shares: NUL bytes, names, paths, `env` tables, timeouts and resource limits,
-//! each refused with the position of the offending value.
+//! shares: NUL bytes, names, paths, `env` tables, timeouts, resource limits and
+//! holds, each refused with the position of the offending value.
 
 use super::ConfigError;
 use super::raw::{RawEnv, RawSize};
 use super::resources::{self, Limits, MemoryMax};
+use super::{DEFAULT_MAX_VCS_HOLD_MS, HoldWhile, MAX_VCS_HOLD_LIMIT_MS, VcsHold};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -151,6 +152,48 @@ impl Ctx<'_> {
             mode: mode.unwrap_or_default(),
             every: Duration::from_millis(every),
             fixed,
+        })
+    }
+
+    /// A route's `hold_while` (paths, not empty, made absolute; `[]`: never held; none:
+    /// git's) and `max_vcs_hold_ms` (at least 1, at most an hour).
+    pub fn vcs_hold(
+        &self,
+        paths: Option<Vec<Spanned<PathBuf>>>,
+        max: Option<Spanned<u64>>,
+    ) -> Result<VcsHold, ConfigError> {
+        let paths = match paths {
+            None => HoldWhile::Git,
+            Some(list) => {
+                let mut paths = Vec::with_capacity(list.len());
+                for p in list {
+                    if p.get_ref().as_os_str().is_empty() {
+                        return self.err(p.span().start, "a `hold_while` path is empty");
+                    }
+                    paths.push(self.path(p, "a `hold_while` path")?);
+                }
+                HoldWhile::Paths(paths)
+            }
+        };
+        let max = match max {
+            None => DEFAULT_MAX_VCS_HOLD_MS,
+            Some(m) if *m.get_ref() == 0 => {
+                return self.err(
+                    m.span().start,
+                    "`max_vcs_hold_ms` must be at least 1; to hold nothing, set `hold_while = []`",
+                );
+            }
+            Some(m) if *m.get_ref() > MAX_VCS_HOLD_LIMIT_MS => {
+                return self.err(
+                    m.span().start,
+                    format!("`max_vcs_hold_ms` is at most {MAX_VCS_HOLD_LIMIT_MS} (an hour)"),
+                );
+            }
+            Some(m) => m.into_inner(),
+        };
+        Ok(VcsHold {
+            paths,
+            max: Duration::from_millis(max),
         })
     }
 

@@ -9,8 +9,9 @@ mod resources;
 
 pub use raw::Mode;
 pub use resolve::{
-    Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, DEFAULT_POLL_MS, ListenerConfig,
-    MAX_HTTP_CONNECTIONS, PostConfig, RouteConfig, ServerConfig,
+    Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, DEFAULT_MAX_VCS_HOLD_MS, DEFAULT_POLL_MS, HoldWhile,
+    ListenerConfig, MAX_HTTP_CONNECTIONS, MAX_VCS_HOLD_LIMIT_MS, PostConfig, RouteConfig, ServerConfig,
+    VcsHold,
 };
 pub use resources::{Limits, MemoryMax};
 

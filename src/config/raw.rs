@@ -97,6 +97,8 @@ pub struct RawRoute {
     pub max_hold_ms: Option<u64>,
     pub poll: Option<crate::watch::PollMode>,
     pub poll_ms: Option<Spanned<u64>>,
+    pub hold_while: Option<Vec<Spanned<PathBuf>>>,
+    pub max_vcs_hold_ms: Option<Spanned<u64>>,
     pub timeout_ms: Option<Spanned<u64>>,
     pub mode: Option<Mode>,
     pub stage: Option<u32>,

@@ -133,6 +133,8 @@ pub struct RouteConfig {
     pub max_hold: Option<Duration>,
     /// When and how often its tree is polled (see [`crate::watch`]).
     pub poll: crate::watch::Poll,
+    /// What its due runs wait for: a version-control operation at work on its tree.
+    pub vcs_hold: VcsHold,
     /// One job per file, or one per batch of files.
     pub mode: super::raw::Mode,
     /// Stage among the listener's routes, and what a failure does to later stages.
@@ -149,6 +151,26 @@ pub struct RouteConfig {
     pub workdir: PathBuf,
     /// Extra environment for the job.
     pub env: BTreeMap<String, String>,
+}
+
+/// A route's `hold_while` and `max_vcs_hold_ms`: while one of its paths exists, the
+/// route's due runs wait, at most `max` (see [`crate::vcs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VcsHold {
+    /// The paths.
+    pub paths: HoldWhile,
+    /// The longest a hold lasts.
+    pub max: Duration,
+}
+
+/// Which paths hold a route's runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HoldWhile {
+    /// The default: those of the git work tree enclosing the route's path, found when
+    /// the listener starts (its index lock and the markers of an operation in progress).
+    Git,
+    /// These (absolute); none: the route's runs are never held.
+    Paths(Vec<PathBuf>),
 }
 
 /// A job's command.
@@ -168,6 +190,13 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
 pub const DEFAULT_MAX_HOLD_MS: u64 = 300_000;
 /// How often a polled tree is rescanned, by default (see docs/watching.md for its cost).
 pub const DEFAULT_POLL_MS: u64 = 2_000;
+/// The longest a version-control operation holds a route's runs, by default: longer
+/// than a checkout, rebase or stash of a large tree takes with its hooks, short
+/// enough that a stopped operation (a merge with conflicts) or a lock a crashed git
+/// left behind delays builds by a minute at most.
+pub const DEFAULT_MAX_VCS_HOLD_MS: u64 = 60_000;
+/// The most `max_vcs_hold_ms` may be: an hour.
+pub const MAX_VCS_HOLD_LIMIT_MS: u64 = 3_600_000;
 /// LiveReload clients at once, by default.
 const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// The most `max_clients` may be: every client is an HTTP connection too.
@@ -523,6 +552,7 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
             ms => Some(Duration::from_millis(ms)),
         },
         poll: ctx.poll(raw.poll, raw.poll_ms)?,
+        vcs_hold: ctx.vcs_hold(raw.hold_while, raw.max_vcs_hold_ms)?,
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         limits: ctx.limits(raw.memory_max, raw.cpu_weight)?,
         command,

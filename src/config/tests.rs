@@ -1,4 +1,6 @@
-//! Unit tests of config parsing and validation.
+//! Unit tests of config parsing and validation (holds in [`hold`]).
+
+mod hold;
 
 use super::check::{MAX_JOB_NAME, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 use super::*;
@@ -584,6 +586,19 @@ max_jobs = 2
             && timeout != Some(Duration::ZERO)
     }
 
+    /// A hold's paths are absolute, without NUL; its maximum within its bounds.
+    fn sound_hold(hold: &VcsHold) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let paths = match &hold.paths {
+            HoldWhile::Git => &[][..],
+            HoldWhile::Paths(paths) => paths,
+        };
+        paths
+            .iter()
+            .all(|p| p.is_absolute() && !nul(p.as_os_str().as_bytes()))
+            && (1..=MAX_VCS_HOLD_LIMIT_MS as u128).contains(&hold.max.as_millis())
+    }
+
     /// An accepted config respects every documented limit.
     fn sound(c: &Config) -> bool {
         use std::os::unix::ffi::OsStrExt;
@@ -597,6 +612,7 @@ max_jobs = 2
                         sound_job(&r.name, &r.command, &r.env, r.timeout)
                             && !nul(r.path.as_os_str().as_bytes())
                             && !nul(r.workdir.as_os_str().as_bytes())
+                            && sound_hold(&r.vcs_hold)
                     })
                     && l.posts.iter().all(|p| {
                         sound_job(&p.name, &p.command, &p.env, p.timeout)

@@ -30,6 +30,8 @@ pub(super) struct Prepared {
     catch_up: Option<(PathBuf, snapshot::Snapshot)>,
     /// How saving a fresh baseline went (catch-up without a saved snapshot).
     saved: Result<(), String>,
+    /// What holds the routes' due runs (version-control operations).
+    holds: crate::scheduler::Holds,
 }
 
 /// One listener: its config, its counters, and its task while it runs.
@@ -73,8 +75,10 @@ impl Slot {
         let filter = dir_filter(&self.config);
         let saved = self.config.catch_up.then(|| snapshot_path(ctx, &name));
         let span = info_span!("listener", listener = %name);
+        let config = self.config.clone();
         let setup = tokio::task::spawn_blocking(move || {
             let _entered = span.entered();
+            let holds = crate::vcs::holds(&config);
             let setup = Setup::new(&roots, filter, saved.is_some())?;
             let (missed, catch_up, saved) = match saved {
                 Some(path) => {
@@ -83,18 +87,19 @@ impl Slot {
                 }
                 None => (Vec::new(), None, Ok(())),
             };
-            Ok::<_, WatchError>((setup, (missed, catch_up, saved)))
+            Ok::<_, WatchError>((setup, (missed, catch_up, saved, holds)))
         })
         .await
         .expect("watch setup does not panic");
         let (hold_for, poll_for) = (hold_for(&self.config), poll_for(&self.config));
         let ready = setup.and_then(|(s, found)| Ok((s.into_watcher(hold_for, poll_for)?, found)));
         match ready {
-            Ok((watcher, (missed, catch_up, saved))) => Ok(Prepared {
+            Ok((watcher, (missed, catch_up, saved, holds))) => Ok(Prepared {
                 watcher,
                 missed,
                 catch_up,
                 saved,
+                holds,
             }),
             Err(source) => {
                 self.shared.set(State::Failed, Some(source.to_string()));
@@ -111,6 +116,7 @@ impl Slot {
             mut missed,
             catch_up,
             saved,
+            holds,
         } = prepared;
         if catch_up.is_some() {
             self.shared.saved(saved);
@@ -131,6 +137,7 @@ impl Slot {
             shared: self.shared.clone(),
             catch_up,
             stage_order: stage_order(&self.config),
+            holds: Some(holds),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(crate::scheduler::QUEUE);
         let submit = tx.downgrade();

@@ -32,6 +32,9 @@ pub(super) struct Run {
     pub catch_up: Option<(PathBuf, Snapshot)>,
     /// Route indexes, earlier stages first.
     pub stage_order: Vec<usize>,
+    /// What holds the routes' due runs (version-control operations); taken by the
+    /// scheduler.
+    pub holds: Option<scheduler::Holds>,
 }
 
 impl Run {
@@ -67,8 +70,15 @@ impl Run {
         };
         let max_jobs = self.config.max_jobs;
         let posts = !self.config.posts.is_empty();
+        let mut sched = match posts {
+            true => scheduler::Scheduler::with_frames(),
+            false => scheduler::Scheduler::default(),
+        };
+        if let Some(holds) = self.holds.take() {
+            sched = sched.with_holds(holds);
+        }
         let scheduler = tokio::spawn(
-            scheduler::drive(rx, max_jobs, posts, move |work| launcher.launch(work)).in_current_span(),
+            scheduler::drive(rx, sched, max_jobs, move |work| launcher.launch(work)).in_current_span(),
         );
         self.dispatch(missed, &tx).await;
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);

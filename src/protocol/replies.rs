@@ -171,8 +171,8 @@ pub struct JobView {
     /// The file (absolute).
     #[serde(with = "wire")]
     pub file: PathBuf,
-    /// `running`, `waiting` (due, for a free slot) or `pending` (debounce, delay, or
-    /// the file's current run).
+    /// `running`, `waiting` (due, for a free slot), `pending` (debounce, delay, or
+    /// the file's current run) or `held` (due, for a version-control operation to end).
     pub state: String,
     /// The job's pid, once running.
     pub pid: Option<u32>,

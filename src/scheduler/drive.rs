@@ -1,8 +1,8 @@
 //! The scheduler's driver: feeds it submissions and timer ticks, starts the runs it
-//! decides (and the post commands of ended frames) under `max_jobs`, and reports
-//! each job's end back to it.
+//! decides (and the post commands of ended frames) under `max_jobs`, reports each
+//! job's end back to it, and logs what its holds do.
 
-use super::{FrameEnd, FrameStatus, Input, Key, Queued, Scheduler, Start};
+use super::{FrameEnd, FrameStatus, HoldNotice, Input, Key, Queued, Scheduler, Start};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use tokio::sync::mpsc;
@@ -18,26 +18,25 @@ pub enum Work {
     Post(FrameEnd),
 }
 
-/// Runs the scheduler until `inputs` closes and every started job has ended.
+/// Runs `sched` until `inputs` closes and every started job has ended.
 ///
 /// `launch` turns [`Work`] into the job's future, which yields whether the job
 /// succeeded; each runs as a task of a `JoinSet` owned here, so none outlives this
 /// function. At most `max_jobs` run at once; due work beyond that waits in arrival
-/// order. With `posts`, frames are tracked and each ended frame is handed to `launch`
-/// as [`Work::Post`]. When the channel closes (the listener is stopping), runs not
+/// order. When `sched` tracks frames, each ended frame is handed to `launch` as
+/// [`Work::Post`]. When the channel closes (the listener is stopping), runs not
 /// started are dropped, and their frames, with those of runs that then fail, end
 /// `cancelled`; their posts still run.
-pub async fn drive<F, Fut>(mut inputs: mpsc::Receiver<Input>, max_jobs: usize, posts: bool, mut launch: F)
-where
+pub async fn drive<F, Fut>(
+    mut inputs: mpsc::Receiver<Input>,
+    mut sched: Scheduler,
+    max_jobs: usize,
+    mut launch: F,
+) where
     F: FnMut(Work) -> Fut,
     Fut: Future<Output = bool> + Send + 'static,
 {
     let max_jobs = max_jobs.max(1);
-    let mut sched = if posts {
-        Scheduler::with_frames()
-    } else {
-        Scheduler::default()
-    };
     let mut ready: VecDeque<Work> = VecDeque::new();
     let mut jobs = JoinSet::new();
     // The key of each running route run (posts have none).
@@ -103,6 +102,41 @@ where
             }
         }
         ready.extend(sched.take_frame_ends().into_iter().map(Work::Post));
+        sched.take_hold_notices().into_iter().for_each(log_hold);
+    }
+}
+
+/// Says in the log what a hold did.
+fn log_hold(notice: HoldNotice) {
+    let list = |paths: &[std::path::PathBuf]| {
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| crate::names::escaped(p).to_string())
+            .collect();
+        names.join(", ")
+    };
+    match notice {
+        HoldNotice::Started { label, present } => tracing::info!(
+            paths = %list(&present),
+            "runs held: an operation is at work on {label}"
+        ),
+        HoldNotice::Ended { label, held, runs } => tracing::info!(
+            held_ms = held.as_millis() as u64,
+            runs,
+            "runs released: the operation on {label} is over"
+        ),
+        HoldNotice::Expired {
+            label,
+            held,
+            runs,
+            stale,
+        } => tracing::warn!(
+            held_ms = held.as_millis() as u64,
+            runs,
+            paths = %list(&stale),
+            "held runs go ahead after max_vcs_hold_ms, though the operation on {label} is not \
+             over; its paths still there are ignored until they are gone"
+        ),
     }
 }
 
@@ -149,7 +183,7 @@ fn stop(sched: &mut Scheduler, ready: &mut VecDeque<Work>) {
 fn queued(sched: &Scheduler, ready: &VecDeque<Work>) -> Vec<Queued> {
     let pending = sched.pending().map(|key| Queued {
         key: key.clone(),
-        state: "pending",
+        state: if sched.is_held(key) { "held" } else { "pending" },
     });
     let waiting = ready.iter().filter_map(|w| match w {
         Work::Run(s) => Some(Queued {

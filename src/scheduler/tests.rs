@@ -1,5 +1,7 @@
 //! Scheduler rules on paused tokio time: the pure state machine and the driver
-//! with a fake launcher whose "jobs" sleep for a set time.
+//! with a fake launcher whose "jobs" sleep for a set time. Holds are in [`hold`].
+
+mod hold;
 
 use super::*;
 use std::sync::{Arc, Mutex};
@@ -51,12 +53,17 @@ fn harness(job_ms: u64) -> Harness {
 
 /// [`harness`] with at most `max_jobs` at once.
 fn harness_limited(job_ms: u64, max_jobs: usize) -> Harness {
+    harness_on(Scheduler::default(), job_ms, max_jobs)
+}
+
+/// [`harness_limited`] driving `sched`.
+fn harness_on(sched: Scheduler, job_ms: u64, max_jobs: usize) -> Harness {
     let (tx, rx) = mpsc::channel(1 << 16);
     let log = Arc::new(Mutex::new(Vec::new()));
     let t0 = Instant::now();
     let runs = log.clone();
     let task = tokio::spawn(async move {
-        drive(rx, max_jobs, false, move |work: Work| {
+        drive(rx, sched, max_jobs, move |work: Work| {
             let Work::Run(start) = work else {
                 unreachable!("no posts")
             };
@@ -364,7 +371,7 @@ fn staged_harness_with_posts(fails: fn(usize, u64) -> bool) -> StagedHarness {
     let t0 = Instant::now();
     let (runs, posts) = (log.clone(), post_log.clone());
     let task = tokio::spawn(async move {
-        drive(rx, 100, true, move |work: Work| {
+        drive(rx, Scheduler::with_frames(), 100, move |work: Work| {
             let (runs, posts) = (runs.clone(), posts.clone());
             async move {
                 let start = match work {

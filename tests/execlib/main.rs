@@ -22,5 +22,6 @@ mod protocol_errors;
 mod regression;
 mod reload;
 mod users;
+mod vcs;
 mod watching;
 mod whole_files;

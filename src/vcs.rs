@@ -1,0 +1,254 @@
+//! Version-control operations: which paths hold a route's due runs while an
+//! operation is at work on its tree (see [`crate::scheduler::hold`]).
+//!
+//! By default a route's runs wait while git is at work on the work tree that
+//! encloses its path: the git directory is found when the listener starts, walking up
+//! from the route's path to the first `.git` (a directory, or a `gitdir:` file as in
+//! linked worktrees and submodules), and its hold paths are [`GIT_HOLD`] in it. A
+//! route's `hold_while` names other paths instead (`[]`: none). Routes with the same
+//! paths share one hold. execlib only looks at these paths; it never creates or takes
+//! a lock.
+
+use crate::config::{HoldWhile, ListenerConfig, RouteConfig};
+use crate::names::escaped;
+use crate::scheduler::{HoldSpec, Holds, Probe};
+use std::path::{Path, PathBuf};
+use tracing::{info, warn};
+
+/// In a git directory, what exists while an operation is at work on the tree:
+/// `index.lock` while git writes the work tree and the index (checkout, reset, merge,
+/// stash, `am`, each step of a rebase), `HEAD.lock` while it moves HEAD, and the
+/// markers of a rebase, merge, cherry-pick or revert in progress (also while one is
+/// stopped for the user to resolve conflicts). Not bisect: each of its checkouts is
+/// one to build.
+pub const GIT_HOLD: &[&str] = &[
+    "index.lock",
+    "HEAD.lock",
+    "rebase-merge",
+    "rebase-apply",
+    "MERGE_HEAD",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+    "sequencer",
+];
+
+/// The longest `.git` file read (it holds one `gitdir:` line).
+const MAX_GITFILE: u64 = 4096;
+
+/// A git work tree and its git directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitTree {
+    /// The work tree's top directory.
+    pub work_tree: PathBuf,
+    /// Its git directory (for a linked worktree or a submodule, the one its `.git`
+    /// file names).
+    pub git_dir: PathBuf,
+}
+
+/// The git work tree enclosing `path` (or its nearest existing ancestor, symlinks
+/// resolved, as git sees it), if any. `Err`: a `.git` file that names no git
+/// directory.
+pub fn find_git(path: &Path) -> Result<Option<GitTree>, String> {
+    let start = path
+        .ancestors()
+        .find_map(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_else(|| path.to_owned());
+    for dir in start.ancestors() {
+        let dot_git = dir.join(".git");
+        let Ok(meta) = std::fs::metadata(&dot_git) else {
+            continue;
+        };
+        let git_dir = if meta.is_dir() {
+            dot_git
+        } else {
+            gitfile(&dot_git)?
+        };
+        return Ok(Some(GitTree {
+            work_tree: dir.to_owned(),
+            git_dir,
+        }));
+    }
+    Ok(None)
+}
+
+/// The git directory a `.git` file names (`gitdir: PATH`, relative to its directory).
+fn gitfile(file: &Path) -> Result<PathBuf, String> {
+    use std::io::Read;
+    let bad = |why: String| format!("{} names no git directory: {why}", escaped(file));
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_GITFILE).read_to_string(&mut text))
+        .map_err(|e| bad(e.to_string()))?;
+    let target = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("gitdir:"))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("no `gitdir:` line".to_owned()))?;
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let git_dir = dir.join(target);
+    match std::fs::metadata(&git_dir) {
+        Ok(m) if m.is_dir() => Ok(git_dir),
+        Ok(_) => Err(bad(format!("{} is not a directory", escaped(&git_dir)))),
+        Err(e) => Err(bad(format!("{}: {e}", escaped(&git_dir)))),
+    }
+}
+
+/// A route's hold paths and what they are, for the log; none: never held.
+fn route_paths(route: &RouteConfig) -> Option<(String, Vec<PathBuf>)> {
+    match &route.vcs_hold.paths {
+        HoldWhile::Paths(paths) if paths.is_empty() => None,
+        HoldWhile::Paths(paths) => Some(("hold_while".to_owned(), paths.clone())),
+        HoldWhile::Git => match find_git(&route.path) {
+            Ok(Some(tree)) => {
+                let label = format!("git work tree {}", escaped(&tree.work_tree));
+                Some((label, GIT_HOLD.iter().map(|m| tree.git_dir.join(m)).collect()))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(route = %route.name, "{e}: its runs are not held for git operations");
+                None
+            }
+        },
+    }
+}
+
+/// The holds of a listener's routes, found now (a few `stat`s per route), each
+/// logged; routes with the same paths and maximum share one.
+pub fn holds(config: &ListenerConfig) -> Holds {
+    let mut gates: Vec<(HoldSpec, Vec<usize>)> = Vec::new();
+    for (index, route) in config.routes.iter().enumerate() {
+        let Some((label, paths)) = route_paths(route) else {
+            continue;
+        };
+        let max = route.vcs_hold.max;
+        match gates.iter_mut().find(|(s, _)| s.paths == paths && s.max == max) {
+            Some((_, routes)) => routes.push(index),
+            None => gates.push((HoldSpec { label, paths, max }, vec![index])),
+        }
+    }
+    for (spec, routes) in &mut gates {
+        let names: Vec<&str> = routes.iter().map(|&i| config.routes[i].name.as_str()).collect();
+        let word = if names.len() == 1 { "route" } else { "routes" };
+        spec.label = format!("{} ({word} {})", spec.label, names.join(", "));
+        info!(
+            max_ms = spec.max.as_millis() as u64,
+            "due runs wait while an operation is at work on {}", spec.label
+        );
+    }
+    Holds {
+        gates,
+        probe: probe(),
+    }
+}
+
+/// Whether a path exists, symlinks not followed (a lock may be a dangling symlink,
+/// as Mercurial's are). A path that cannot be looked at counts as absent.
+pub fn probe() -> Probe {
+    Box::new(|path: &Path| std::fs::symlink_metadata(path).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory, symlinks resolved (as [`find_git`] reports paths).
+    fn tmp() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn finds_the_enclosing_work_tree_from_a_subdirectory_or_a_missing_path() {
+        let (_dir, top) = tmp();
+        std::fs::create_dir_all(top.join(".git")).unwrap();
+        std::fs::create_dir_all(top.join("a/b")).unwrap();
+        let expected = GitTree {
+            work_tree: top.clone(),
+            git_dir: top.join(".git"),
+        };
+        assert_eq!(find_git(&top.join("a/b")).unwrap(), Some(expected.clone()));
+        assert_eq!(find_git(&top.join("a/not/yet")).unwrap(), Some(expected));
+    }
+
+    #[test]
+    fn a_linked_worktree_or_submodule_holds_on_the_git_directory_its_gitfile_names() {
+        let (_dir, top) = tmp();
+        let own = top.join("main/.git/worktrees/linked");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::create_dir_all(top.join("linked/src")).unwrap();
+        let gitfile = "gitdir: ../main/.git/worktrees/linked\n";
+        std::fs::write(top.join("linked/.git"), gitfile).unwrap();
+        let found = find_git(&top.join("linked/src")).unwrap().unwrap();
+        assert_eq!(found.work_tree, top.join("linked"));
+        assert_eq!(found.git_dir.canonicalize().unwrap(), own);
+        let absolute = format!("gitdir: {}\n", own.display());
+        std::fs::write(top.join("linked/.git"), absolute).unwrap();
+        assert_eq!(find_git(&top.join("linked")).unwrap().unwrap().git_dir, own);
+    }
+
+    #[test]
+    fn no_work_tree_and_a_broken_gitfile_are_told_apart() {
+        let (_dir, top) = tmp();
+        if find_git(&top).unwrap().is_some() {
+            return; // the temporary directory lies in a work tree: nothing to test here
+        }
+        std::fs::write(top.join(".git"), "gitdir: nowhere\n").unwrap();
+        let e = find_git(&top).unwrap_err();
+        assert!(e.contains("names no git directory"), "{e}");
+        std::fs::write(top.join(".git"), "not a gitfile\n").unwrap();
+        assert!(find_git(&top).unwrap_err().contains("no `gitdir:` line"));
+    }
+
+    #[test]
+    fn the_probe_sees_dangling_symlinks_and_not_missing_paths() {
+        let (_dir, top) = tmp();
+        let lock = top.join("wlock");
+        let exists = probe();
+        assert!(!exists(&lock));
+        std::os::unix::fs::symlink("host:1234", &lock).unwrap();
+        assert!(exists(&lock));
+    }
+
+    #[test]
+    fn routes_with_the_same_paths_share_one_hold_and_an_empty_hold_while_has_none() {
+        let (_dir, top) = tmp();
+        std::fs::create_dir_all(top.join(".git")).unwrap();
+        let route = |name: &str, path: &str, extra: &str| {
+            format!(
+                "  [[listener.route]]\n  name = \"{name}\"\n  path = \"{path}\"\n  {extra}\n  shell = \"true\"\n"
+            )
+        };
+        let text = [
+            "[[listener]]\nname = \"l\"\n".to_owned(),
+            route("a", "src", ""),
+            route("b", "src/sub", ""),
+            route("off", "src", "hold_while = []"),
+            route(
+                "tool",
+                "src",
+                "hold_while = [\"tool.lock\"]\n  max_vcs_hold_ms = 10",
+            ),
+        ]
+        .concat();
+        let env = crate::paths::Environment {
+            xdg_runtime_dir: Some("/run/user/1000".into()),
+            ..Default::default()
+        };
+        let config = crate::config::Config::parse(&top.join("site.toml"), &text, "site", &env).unwrap();
+        let gates = holds(&config.listeners[0]).gates;
+        let git = HoldSpec {
+            label: format!("git work tree {} (routes a, b)", top.display()),
+            paths: GIT_HOLD.iter().map(|m| top.join(".git").join(m)).collect(),
+            max: std::time::Duration::from_secs(60),
+        };
+        let tool = HoldSpec {
+            label: "hold_while (route tool)".to_owned(),
+            paths: vec![top.join("tool.lock")],
+            max: std::time::Duration::from_millis(10),
+        };
+        assert_eq!(gates, [(git, vec![0, 1]), (tool, vec![3])]);
+    }
+}
