@@ -27,6 +27,7 @@ mod job;
 mod ledger;
 mod listener;
 mod logging;
+mod mountinfo;
 mod names;
 mod notify;
 mod paths;

@@ -664,62 +664,14 @@ fn unified_path(proc_cgroup: &str) -> Option<&str> {
     proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
-/// A cgroup2 mount, from `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Mount {
-    /// The cgroup shown at the mount point (`/` unless a subtree is bind-mounted).
-    root: String,
-    /// Where it is mounted.
-    point: PathBuf,
-    /// Whether the mount is read-only.
-    read_only: bool,
-}
+use crate::mountinfo::Mount;
 
-/// Every cgroup2 mount in `mountinfo`, in order. A line is `id parent major:minor
-/// root point options [optional fields] - fstype source super-options`, with
-/// spaces and backslashes in paths escaped as octal (`\040`).
+/// Every cgroup2 mount in `mountinfo`, in order.
 fn cgroup2_mounts(mountinfo: &str) -> Vec<Mount> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let dash = fields.iter().position(|f| *f == "-")?;
-            if dash < 6 || fields.get(dash + 1) != Some(&"cgroup2") {
-                return None;
-            }
-            Some(Mount {
-                root: unescape(fields[3]),
-                point: PathBuf::from(unescape(fields[4])),
-                read_only: fields[5].split(',').any(|o| o == "ro"),
-            })
-        })
+    crate::mountinfo::parse(mountinfo)
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup2")
         .collect()
-}
-
-/// A mountinfo path with its octal escapes (`\040`, `\134`…) decoded.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |n, b| n.wrapping_mul(8).wrapping_add(b - b'0')),
-                );
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The mount holding cgroup `path` (the one with the longest matching root) and

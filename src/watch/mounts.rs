@@ -21,60 +21,14 @@
 use super::{FileEvent, Stat, WatchError, Watcher};
 use crate::names::escaped;
 use std::collections::BTreeSet;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
-/// One line of `mountinfo`: where a file system is mounted, and its type.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Mount {
-    /// The mount point (field 5, octal escapes undone).
-    pub point: PathBuf,
-    /// The file system type (the first field after ` - `).
-    pub fstype: String,
-}
-
-/// The mounts listed in a `mountinfo` text.
-pub(super) fn mounts(mountinfo: &str) -> Vec<Mount> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            Some(Mount {
-                point: PathBuf::from(std::ffi::OsString::from_vec(unescape(point))),
-                fstype: right.split(' ').next()?.to_owned(),
-            })
-        })
-        .collect()
-}
+pub(super) use crate::mountinfo::{Mount, parse as mounts};
 
 /// The mount points of `mounts`.
 pub(super) fn mount_points(mounts: &[Mount]) -> BTreeSet<PathBuf> {
     mounts.iter().map(|m| m.point.clone()).collect()
-}
-
-/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
-fn unescape(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Where `path` resolves, when it is a directory (through any symlinks).
@@ -191,7 +145,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mount_points_are_field_five_with_escapes_undone() {
+    fn mount_points_are_the_points_of_the_table() {
         let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
                     90 22 0:50 / /srv/my\\040site\\134x rw - fuse.sshfs host:/ rw\n";
         let table = mounts(text);

@@ -238,10 +238,11 @@ impl Drop for Bindfs {
     }
 }
 
-#[test]
-fn a_fuse_mount_is_polled_and_changes_made_beneath_it_are_seen() {
+/// A sandbox whose `src` is a bindfs (FUSE) view of its `real`; `None` (after saying
+/// why) when not root or without bindfs.
+fn bindfs_sandbox() -> Option<(Sandbox, Bindfs)> {
     if skip_unless_root("mount a FUSE file system") {
-        return;
+        return None;
     }
     if std::process::Command::new("bindfs")
         .arg("--version")
@@ -249,17 +250,22 @@ fn a_fuse_mount_is_polled_and_changes_made_beneath_it_are_seen() {
         .is_err()
     {
         skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
-        return;
+        return None;
     }
     let sandbox = Sandbox::new();
-    sandbox.write("real/before.txt", "1");
+    std::fs::create_dir_all(sandbox.path("real")).unwrap();
     std::fs::create_dir_all(sandbox.path("src")).unwrap();
-    run(&[
-        "bindfs",
-        sandbox.path("real").to_str().unwrap(),
-        sandbox.path("src").to_str().unwrap(),
-    ]);
-    let _mount = Bindfs(sandbox.path("src"));
+    let (real, src) = (sandbox.path("real"), sandbox.path("src"));
+    run(&["bindfs", real.to_str().unwrap(), src.to_str().unwrap()]);
+    Some((sandbox, Bindfs(src)))
+}
+
+#[test]
+fn a_fuse_mount_is_polled_and_changes_made_beneath_it_are_seen() {
+    let Some((sandbox, _mount)) = bindfs_sandbox() else {
+        return;
+    };
+    sandbox.write("real/before.txt", "1");
     let config = sandbox.config(&log_route("poll_ms = 200"));
     let daemon = Daemon::start(&sandbox, &config);
     let listener = daemon.listener("docs");
@@ -286,26 +292,9 @@ fn a_fuse_mount_is_polled_and_changes_made_beneath_it_are_seen() {
 
 #[test]
 fn poll_never_leaves_a_fuse_mount_unpolled_and_always_polls_a_local_tree() {
-    if skip_unless_root("mount a FUSE file system") {
+    let Some((sandbox, _mount)) = bindfs_sandbox() else {
         return;
-    }
-    if std::process::Command::new("bindfs")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
-        return;
-    }
-    let sandbox = Sandbox::new();
-    std::fs::create_dir_all(sandbox.path("real")).unwrap();
-    std::fs::create_dir_all(sandbox.path("src")).unwrap();
-    run(&[
-        "bindfs",
-        sandbox.path("real").to_str().unwrap(),
-        sandbox.path("src").to_str().unwrap(),
-    ]);
-    let _mount = Bindfs(sandbox.path("src"));
+    };
     let config = sandbox.config(&log_route("poll = \"never\"\n  poll_ms = 200"));
     let daemon = Daemon::start(&sandbox, &config);
     assert!(

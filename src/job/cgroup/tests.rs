@@ -34,17 +34,18 @@ fn cgroup2_mounts_are_found_in_mountinfo() {
             Mount {
                 root: "/".into(),
                 point: "/sys/fs/cgroup/unified".into(),
+                fstype: "cgroup2".into(),
                 read_only: false,
             },
             Mount {
                 root: "/system.slice".into(),
                 point: "/mnt/my cgroups".into(),
+                fstype: "cgroup2".into(),
                 read_only: true,
             },
         ]
     );
     assert!(cgroup2_mounts("garbage\n1 2 3\n- cgroup2\n").is_empty());
-    assert_eq!(unescape("a\\040b\\134c\\011d\\0"), "a b\\c\td\\0");
 }
 
 #[test]
@@ -52,6 +53,7 @@ fn our_directory_is_under_the_mount_with_the_longest_root() {
     let mount = |root: &str, point: &str| Mount {
         root: root.into(),
         point: point.into(),
+        fstype: "cgroup2".into(),
         read_only: false,
     };
     let mounts = [

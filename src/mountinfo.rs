@@ -1,0 +1,97 @@
+//! The mount table as `/proc/self/mountinfo` lists it (proc(5)): where each file
+//! system is mounted, what part of it, its type and whether it is read-only. Read
+//! by the watcher (mounts over watched trees, file systems to poll) and by the
+//! cgroup code (where cgroup2 is mounted).
+
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+/// One line of `mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory of the file system shown at the mount point (`/` unless a
+    /// subtree is bind-mounted), as text.
+    pub root: String,
+    /// Where it is mounted.
+    pub point: PathBuf,
+    /// The file system type (`ext4`, `nfs4`, `fuse.sshfs`, `cgroup2`, …).
+    pub fstype: String,
+    /// Whether the mount is read-only.
+    pub read_only: bool,
+}
+
+/// Every mount in a `mountinfo` text, in order. A line is `id parent major:minor
+/// root point options [optional fields] - fstype source super-options`, with
+/// spaces, tabs, newlines and backslashes in paths escaped as octal (`\040`).
+/// Malformed lines are skipped.
+pub fn parse(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            if dash < 6 {
+                return None;
+            }
+            Some(Mount {
+                root: String::from_utf8_lossy(&unescape(fields[3])).into_owned(),
+                point: PathBuf::from(std::ffi::OsString::from_vec(unescape(fields[4]))),
+                fstype: fields.get(dash + 1)?.to_string(),
+                read_only: fields[5].split(',').any(|o| o == "ro"),
+            })
+        })
+        .collect()
+}
+
+/// A mountinfo path with its octal escapes (`\040`, `\134`…) decoded.
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(d) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |n, b| n.wrapping_mul(8).wrapping_add(b - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_give_root_point_type_and_mode_with_escapes_undone() {
+        let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    50 23 0:38 /system.slice /mnt/my\\040cgroups ro,relatime master:1 shared:2 - cgroup2 none rw\n\
+                    90 22 0:50 / /srv/a\\134b rw - fuse.sshfs host:/ rw\n\
+                    garbage\n1 2 3\n- cgroup2\n";
+        let mounts = parse(text);
+        assert_eq!(mounts.len(), 3);
+        assert_eq!(mounts[1].root, "/system.slice");
+        assert_eq!(mounts[1].point, PathBuf::from("/mnt/my cgroups"));
+        assert_eq!(
+            (mounts[1].fstype.as_str(), mounts[1].read_only),
+            ("cgroup2", true)
+        );
+        assert_eq!(mounts[2].point, PathBuf::from("/srv/a\\b"));
+        assert_eq!(
+            (mounts[2].fstype.as_str(), mounts[2].read_only),
+            ("fuse.sshfs", false)
+        );
+        assert_eq!(unescape("a\\040b\\134c\\011d\\0"), b"a b\\c\td\\0");
+    }
+}
