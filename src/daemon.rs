@@ -37,14 +37,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let hangups = hangups();
     let (listener, socket_file) = socket::bind(&config.control)?;
     info!(socket = %crate::names::escaped(socket_file.path()), "control socket listening");
+    let builds = Arc::new(crate::builds::Builds::default());
+    builds.configure(&config);
     let server = match &config.server {
         Some(server) => Some(Arc::new(
-            HttpServer::start(server, config.daemon.shutdown_grace).await?,
+            HttpServer::start(server, config.daemon.shutdown_grace, builds.clone()).await?,
         )),
         None => None,
     };
     let ledger = ledger(&config).await;
-    let listeners = Listeners::new(&config, ledger);
+    let listeners = Listeners::new(&config, ledger, builds);
     let state = Arc::new(DaemonState::new(config, listeners, server));
     let control = ControlServer::spawn(listener, state.clone());
     let reaper_stop = CancellationToken::new();

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod protocol;
 
+mod builds;
 mod client;
 mod config;
 mod control;

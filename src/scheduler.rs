@@ -177,6 +177,18 @@ pub struct Scheduler {
     frames: Option<Frames>,
     /// The holds of its routes, when any has one.
     gates: Option<Gates>,
+    /// Told whether the listener has work pending or running, on each change.
+    activity: Option<Activity>,
+}
+
+/// A listener's "busy" report (see [`Scheduler::with_activity`]).
+#[derive(Clone)]
+pub struct Activity(pub std::sync::Arc<dyn Fn(bool) + Send + Sync>);
+
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Activity")
+    }
 }
 
 /// Later-stage work dropped after a failure, for the log.
@@ -203,6 +215,18 @@ impl Scheduler {
     pub fn with_holds(mut self, holds: Holds) -> Self {
         self.gates = (!holds.gates.is_empty()).then(|| Gates::new(holds));
         self
+    }
+
+    /// The scheduler telling `activity` whether it has runs pending (or held) or jobs
+    /// running, each time that changes (see [`drive`]).
+    pub fn with_activity(mut self, activity: Activity) -> Self {
+        self.activity = Some(activity);
+        self
+    }
+
+    /// Whether no run is pending, held or running.
+    pub fn is_idle(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Records a change at `now`.

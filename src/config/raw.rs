@@ -51,6 +51,7 @@ pub struct RawServer {
     pub delay_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub max_clients: Option<Spanned<usize>>,
+    pub builds: Option<Vec<Spanned<String>>>,
 }
 
 /// One `[[listener]]`.

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// At most this many LiveReload clients at once; more get 503.
     pub max_clients: usize,
+    /// The listeners whose runs LiveReload waits for (`None`: the default rule, see
+    /// [`crate::builds`]).
+    pub builds: Option<Vec<String>>,
 }
 
 /// One `[[listener]]`, resolved.
@@ -228,7 +231,8 @@ pub(super) fn resolve(
         },
     };
     let control = control(&ctx, raw.control, instance, env)?;
-    let server = raw.server.map(|s| server(&ctx, s)).transpose()?;
+    let builds = raw.server.as_ref().and_then(|s| s.get_ref().builds.clone());
+    let mut server = raw.server.map(|s| server(&ctx, s)).transpose()?;
     let mut names = HashSet::new();
     let mut listeners = Vec::new();
     for l in raw.listener {
@@ -238,6 +242,19 @@ pub(super) fn resolve(
             return ctx.err(span.start, format!("duplicate listener name {:?}", l.name));
         }
         listeners.push(l);
+    }
+    if let (Some(server), Some(builds)) = (server.as_mut(), builds) {
+        let mut named = Vec::new();
+        for name in builds {
+            if !names.contains(name.get_ref()) {
+                return ctx.err(
+                    name.span().start,
+                    format!("`builds` names {:?}, which is not a listener", name.get_ref()),
+                );
+            }
+            named.push(name.into_inner());
+        }
+        server.builds = Some(named);
     }
     Ok(Config {
         path: path.clone(),
@@ -378,6 +395,7 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
         delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(30_000)),
         max_clients,
+        builds: None,
     })
 }
 

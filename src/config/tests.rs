@@ -889,3 +889,16 @@ fn poll_options_default_to_auto_and_refuse_short_intervals_and_unknown_modes() {
     assert_eq!(line, 6, "{message}");
     assert!(message.contains("auto") && message.contains("never"), "{message}");
 }
+
+#[test]
+fn server_builds_names_listeners_and_an_unknown_one_is_refused_where_written() {
+    let c = parse(&format!("[server]\nroot = \"public\"\nbuilds = [\"docs\"]\n{MINIMAL}")).unwrap();
+    assert_eq!(c.server.unwrap().builds, Some(vec!["docs".to_owned()]));
+    let c = parse(&format!("[server]\nroot = \"public\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.server.unwrap().builds, None, "the default rule");
+    assert_refused(
+        &format!("[server]\nroot = \"public\"\nbuilds = [\"docs\", \"nope\"]\n{MINIMAL}"),
+        (3, 19),
+        &["`builds` names \"nope\", which is not a listener"],
+    );
+}

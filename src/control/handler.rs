@@ -127,7 +127,7 @@ mod tests {
         std::fs::write(&path, body).unwrap();
         let config = Config::load(&path, "site", &Default::default()).unwrap();
         let ledger = Arc::new(crate::ledger::Ledger::new(&config.daemon.state_dir));
-        let listeners = Listeners::new(&config, ledger);
+        let listeners = Listeners::new(&config, ledger, Default::default());
         DaemonState::new(config, listeners, None)
     }
 

@@ -95,7 +95,12 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds (or takes the socket systemd passed) and starts serving. Connections get
     /// at most `grace` to finish at shutdown.
-    pub async fn start(config: &ServerConfig, grace: Duration) -> Result<HttpServer, HttpError> {
+    /// LiveReload waits for the busy listeners of `builds` before telling browsers.
+    pub async fn start(
+        config: &ServerConfig,
+        grace: Duration,
+        builds: Arc<crate::builds::Builds>,
+    ) -> Result<HttpServer, HttpError> {
         let (listener, inherited) = listener(config)?;
         let addr = listener.local_addr().map_err(HttpError::Inherited)?;
         let root = config.root.canonicalize().unwrap_or_else(|e| {
@@ -124,14 +129,14 @@ impl HttpServer {
             // Watching before the server counts as started (READY=1): a change made
             // right after must reach the browsers.
             if let Some((watcher, matcher)) = watch_root(&root, config.hidden).await {
-                tasks.spawn(pump(
+                let pump = Pump {
                     root,
-                    watcher,
                     matcher,
-                    lr.clone(),
-                    config.delay,
-                    stop.clone(),
-                ));
+                    lr: lr.clone(),
+                    delay: config.delay,
+                    builds,
+                };
+                tasks.spawn(pump.run(watcher, stop.clone()));
             }
         }
         info!(listen = %addr, inherited, "HTTP server listening");
@@ -365,55 +370,101 @@ async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watcher,
     }
 }
 
-/// Tells LiveReload clients about changes under the root, `delay` after the last one.
-async fn pump(
+/// Tells LiveReload clients about changes under the site's root.
+struct Pump {
     root: PathBuf,
-    mut watcher: crate::watch::Watcher,
     matcher: Matcher,
     lr: Arc<LiveReload>,
+    /// Quiet time after the last change (at most 10 times this after the first).
     delay: Duration,
-    stop: CancellationToken,
-) {
-    let mut pending = BTreeSet::new();
-    // More changed files than this at once (a storm, a whole-site rebuild): every
-    // client reloads its page, and memory stays bounded.
-    const MAX_PENDING: usize = 1024;
-    let mut everything = false;
-    let mut first: Option<Instant> = None;
-    let mut due: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            events = watcher.next() => match events {
-                Ok(events) => {
-                    for e in events.into_iter().filter(|e| !matches!(e.kind, crate::events::EventKind::Delete)) {
-                        let Ok(rel) = e.path.strip_prefix(&root) else { continue };
-                        // A name that is not UTF-8 cannot be requested, so no page shows it.
-                        if let Some(rel) = rel.to_str().filter(|_| matcher.matches(rel)) {
-                            if pending.len() < MAX_PENDING {
-                                pending.insert(format!("/{rel}"));
-                            } else {
-                                everything = true;
-                            }
+    /// The listeners' activity: while a build is busy, changes are held.
+    builds: Arc<crate::builds::Builds>,
+}
+
+/// The longest changes wait for a build to finish; then they go out anyway.
+pub const MAX_BUILD_WAIT: Duration = Duration::from_secs(60);
+
+/// More changed files than this at once (a storm, a whole-site rebuild): every
+/// client reloads its page, and memory stays bounded.
+const MAX_PENDING: usize = 1024;
+
+impl Pump {
+    /// Collects changes and sends them `delay` after the last one; while a build
+    /// listener is busy (a run pending or a job running) they are held, and go out
+    /// together, `delay` after it is done (or after [`MAX_BUILD_WAIT`]).
+    async fn run(self, mut watcher: crate::watch::Watcher, stop: CancellationToken) {
+        let mut pending = BTreeSet::new();
+        let mut everything = false;
+        // The first and the last change since the clients were last told.
+        let mut first: Option<Instant> = None;
+        let mut last = Instant::now();
+        let mut activity = self.builds.subscribe();
+        let mut builds_open = true;
+        loop {
+            let building = builds_open && self.builds.building();
+            let due = first.map(|first| match building {
+                true => first + MAX_BUILD_WAIT,
+                false => (last + self.delay).min(first + self.delay * 10),
+            });
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                events = watcher.next() => match events {
+                    Ok(events) => {
+                        everything |= self.collect(events, &mut pending);
+                        if !pending.is_empty() || everything {
+                            let now = Instant::now();
+                            first.get_or_insert(now);
+                            last = now;
                         }
                     }
-                    if !pending.is_empty() {
-                        let now = Instant::now();
-                        let start = *first.get_or_insert(now);
-                        due = Some((now + delay).min(start + delay * 10));
+                    Err(e) => {
+                        warn!("LiveReload watcher failed: {e}");
+                        return;
                     }
+                },
+                changed = activity.changed(), if builds_open => match changed {
+                    // A build ended: what it wrote goes out `delay` from now, so its
+                    // last writes, still on their way from inotify, join them.
+                    Ok(()) => {
+                        let now = Instant::now();
+                        first = first.map(|_| now);
+                        last = now;
+                    }
+                    Err(_) => builds_open = false,
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    if building {
+                        warn!(waited_ms = MAX_BUILD_WAIT.as_millis() as u64, "a build is still running: telling LiveReload clients anyway");
+                    }
+                    let changed: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+                    debug!(files = changed.len(), everything, "telling LiveReload clients");
+                    self.lr.changed(&changed, std::mem::take(&mut everything));
+                    first = None;
                 }
-                Err(e) => {
-                    warn!("LiveReload watcher failed: {e}");
-                    return;
-                }
-            },
-            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                let changed: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
-                debug!(files = changed.len(), everything, "telling LiveReload clients");
-                lr.changed(&changed, std::mem::take(&mut everything));
-                (first, due) = (None, None);
             }
         }
+    }
+
+    /// Adds the pages and assets `events` changed to `pending`; true when there are
+    /// more than [`MAX_PENDING`] (then every page reloads).
+    fn collect(&self, events: Vec<crate::watch::FileEvent>, pending: &mut BTreeSet<String>) -> bool {
+        let mut overflow = false;
+        for e in events
+            .into_iter()
+            .filter(|e| !matches!(e.kind, crate::events::EventKind::Delete))
+        {
+            let Ok(rel) = e.path.strip_prefix(&self.root) else {
+                continue;
+            };
+            // A name that is not UTF-8 cannot be requested, so no page shows it.
+            if let Some(rel) = rel.to_str().filter(|_| self.matcher.matches(rel)) {
+                if pending.len() < MAX_PENDING {
+                    pending.insert(format!("/{rel}"));
+                } else {
+                    overflow = true;
+                }
+            }
+        }
+        overflow
     }
 }

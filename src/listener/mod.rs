@@ -166,6 +166,8 @@ impl crate::job::launch::Observer for Shared {
 pub(crate) struct JobContext {
     pub jobs: crate::job::launch::Context,
     pub state_dir: PathBuf,
+    /// Where each listener says whether it is busy (for LiveReload).
+    pub builds: Arc<crate::builds::Builds>,
 }
 
 /// The daemon's listeners.
@@ -181,8 +183,18 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// The listeners of `config`, all stopped; their jobs are recorded in `ledger`.
-    pub fn new(config: &Config, ledger: Arc<crate::ledger::Ledger>) -> Self {
+    /// Where the listeners say whether they are busy.
+    pub fn builds(&self) -> Arc<crate::builds::Builds> {
+        self.ctx.builds.clone()
+    }
+
+    /// The listeners of `config`, all stopped; their jobs are recorded in `ledger`,
+    /// and whether they are busy told to `builds`.
+    pub fn new(
+        config: &Config,
+        ledger: Arc<crate::ledger::Ledger>,
+        builds: Arc<crate::builds::Builds>,
+    ) -> Self {
         Listeners {
             slots: config
                 .listeners
@@ -197,6 +209,7 @@ impl Listeners {
                     ledger,
                 },
                 state_dir: config.daemon.state_dir.clone(),
+                builds,
             },
             closing: std::sync::atomic::AtomicBool::new(false),
             changing: tokio::sync::Mutex::new(()),

@@ -77,6 +77,10 @@ impl Run {
         if let Some(holds) = self.holds.take() {
             sched = sched.with_holds(holds);
         }
+        let (builds, config) = (self.ctx.builds.clone(), self.config.clone());
+        sched = sched.with_activity(scheduler::Activity(Arc::new(move |busy| {
+            builds.set(&config, busy)
+        })));
         let scheduler = tokio::spawn(
             scheduler::drive(rx, sched, max_jobs, move |work| launcher.launch(work)).in_current_span(),
         );

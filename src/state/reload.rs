@@ -67,6 +67,7 @@ impl DaemonState {
         // What runs keeps the sections that were not applied, so a later reload still sees them differ.
         new.daemon = current.daemon.clone();
         new.control = current.control.clone();
+        self.listeners.builds().configure(&new);
         let listeners = self
             .listeners
             .apply(&new)
@@ -107,7 +108,9 @@ impl DaemonState {
         let grace = self.config.daemon.shutdown_grace;
         let same_socket = matches!((old, new), (Some(o), Some(n)) if o.listen == n.listen);
         let started = match new {
-            Some(config) if !same_socket => Some(HttpServer::start(config, grace).await?),
+            Some(config) if !same_socket => {
+                Some(HttpServer::start(config, grace, self.listeners.builds()).await?)
+            }
             _ => None,
         };
         if self.server().is_some_and(|s| s.socket_activated()) {
@@ -128,7 +131,7 @@ impl DaemonState {
         }
         let started = match (started, new) {
             (Some(server), _) => Some(server),
-            (None, Some(config)) => Some(HttpServer::start(config, grace).await?),
+            (None, Some(config)) => Some(HttpServer::start(config, grace, self.listeners.builds()).await?),
             (None, None) => None,
         };
         let what = match (old.is_some(), started.is_some()) {

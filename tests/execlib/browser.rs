@@ -225,3 +225,43 @@ fn the_livereload_client_reconnects_with_back_off_after_a_restart() {
     sandbox.write("public/index.html", &page("v2"));
     tab.wait_for("the page reloaded", heading, "v2");
 }
+
+#[test]
+fn a_build_that_rewrites_the_page_for_two_seconds_loads_it_once_more() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("content")).unwrap();
+    // Each load of the page counts itself (sessionStorage survives reloads).
+    let counted = |text: &str| {
+        format!(
+            r#"<html><body><h1 id="t">{text}</h1><script>sessionStorage.loads = Number(sessionStorage.loads || 0) + 1</script></body></html>"#
+        )
+    };
+    let step = counted("v$i").replace('"', "\\\"");
+    let build = format!(
+        r#"for i in $(seq 1 20); do echo "{step}" > ../public/index.html; sleep 0.1; done; touch ../out/done"#
+    );
+    let listener = one_route(&build, "")
+        .replacen("path = \"src\"", "path = \"content\"", 1)
+        .replacen("debounce_ms = 50", "debounce_ms = 0", 1)
+        .replacen("delay_ms = 10", "delay_ms = 0", 1);
+    let config = site_config(&sandbox, "inject = true", &listener);
+    sandbox.write("public/index.html", &counted("v0"));
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
+        skip(NO_CHROMIUM);
+        return;
+    };
+    let mut tab = browser.page();
+    let state = "document.getElementById('t').textContent + '|' + sessionStorage.loads";
+    tab.wait_for("the page to load", state, "v0|1");
+    eventually("the LiveReload client", || {
+        (livereload_clients(&daemon) == 1).then_some(())
+    });
+    sandbox.write("content/post.md", "edited");
+    tab.wait_for("one reload, with the build's last page", state, "v20|2");
+    assert!(sandbox.read("out/done").is_some());
+    // And no other after it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tab.eval(state), "v20|2");
+}

@@ -146,3 +146,45 @@ fn shutdown_closes_clients_with_going_away() {
         daemon.log()
     );
 }
+
+#[test]
+fn a_build_writing_pages_for_two_seconds_reloads_each_client_once_after_it_ends() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("content")).unwrap();
+    // The build rewrites the home page and writes 50 pages over about 2 s, then says
+    // it is done (outside the site).
+    let build = r#"for i in $(seq 1 50); do echo "v$i" > ../public/index.html; echo "$i" > ../public/p$i.html; sleep 0.04; done; touch ../out/done"#;
+    let listener = one_route(build, "")
+        .replacen("path = \"src\"", "path = \"content\"", 1)
+        .replacen("debounce_ms = 50", "debounce_ms = 0", 1)
+        .replacen("delay_ms = 10", "delay_ms = 0", 1);
+    let config = site_config(&sandbox, "", &listener);
+    sandbox.write("public/index.html", "v0");
+    sandbox.write("public/p7.html", "v0");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let mut home = LrClient::on_page(&addr, "/");
+    let mut page = LrClient::on_page(&addr, "/p7.html");
+    eventually("both clients counted", || (clients(&daemon) == 2).then_some(()));
+    sandbox.write("content/post.md", "edited");
+    for (client, path) in [(&mut home, "/index.html"), (&mut page, "/p7.html")] {
+        let message = client.recv().expect("a reload");
+        assert_eq!(message["path"], path, "{message}");
+        assert!(sandbox.read("out/done").is_some(), "told before the build ended");
+    }
+    // Nothing more: the build's changes went out once, together.
+    for client in [&mut home, &mut page] {
+        client.set_timeout(std::time::Duration::from_millis(800));
+        assert_eq!(client.recv(), None, "a second reload");
+    }
+}
+
+#[test]
+fn changes_made_with_no_build_running_go_out_at_once() {
+    let (sandbox, _daemon, addr) = site();
+    let mut on_a = LrClient::on_page(&addr, "/a.html");
+    let started = std::time::Instant::now();
+    let reloaded = until_reload(&mut on_a, || sandbox.write("public/a.html", "v2"));
+    assert_eq!(reloaded, "/a.html");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}

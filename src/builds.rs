@@ -1,0 +1,141 @@
+//! Which listeners are building the site right now, so LiveReload tells browsers
+//! once a build is done rather than while it writes pages.
+//!
+//! A listener counts as a build for the HTTP front end when `[server].builds`
+//! names it, or, without that setting, when at least one of its routes watches a
+//! path outside the site's root (it reacts to sources, so its jobs are what
+//! writes the site; a listener that only watches the site itself reacts to the
+//! site and does not build it). A listener is *busy* while it has a run pending
+//! (in its debounce or delay, or held) or a job running; every listener's
+//! scheduler says so on each change ([`Builds::set`]), and the LiveReload pump
+//! waits while a busy one counts ([`Builds::building`]). The rule is applied
+//! when asked, so a reload that changes `[server]` applies at once.
+
+use crate::config::{Config, ListenerConfig};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// The busy build listeners, and the rule for which listeners are builds.
+#[derive(Debug)]
+pub struct Builds {
+    busy: watch::Sender<BTreeSet<String>>,
+    rule: Mutex<Rule>,
+    /// Each listener that reported, with its route paths (for the default rule).
+    paths: Mutex<HashMap<String, Vec<PathBuf>>>,
+}
+
+/// Which listeners count, from the config.
+#[derive(Debug, Default)]
+struct Rule {
+    /// `[server].builds`, when set.
+    named: Option<Vec<String>>,
+    /// The site's root, when there is a server.
+    root: Option<PathBuf>,
+}
+
+impl Default for Builds {
+    fn default() -> Self {
+        Builds {
+            busy: watch::Sender::new(BTreeSet::new()),
+            rule: Mutex::new(Rule::default()),
+            paths: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Builds {
+    /// Takes the rule from `config` (at start and at each reload).
+    pub fn configure(&self, config: &Config) {
+        let rule = Rule {
+            named: config.server.as_ref().and_then(|s| s.builds.clone()),
+            root: config.server.as_ref().map(|s| s.root.clone()),
+        };
+        *self.rule.lock().expect("builds lock") = rule;
+        // Whoever waits on a build looks again under the new rule.
+        self.busy.send_modify(|_| {});
+    }
+
+    /// Records whether listener `listener` is busy.
+    pub fn set(&self, listener: &ListenerConfig, busy: bool) {
+        let paths = listener.routes.iter().map(|r| r.path.clone()).collect();
+        self.paths
+            .lock()
+            .expect("builds lock")
+            .insert(listener.name.clone(), paths);
+        self.busy.send_if_modified(|set| match busy {
+            true => set.insert(listener.name.clone()),
+            false => set.remove(&listener.name),
+        });
+    }
+
+    /// Whether a listener that counts as a build is busy now.
+    pub fn building(&self) -> bool {
+        let busy = self.busy.borrow().clone();
+        let rule = self.rule.lock().expect("builds lock");
+        let paths = self.paths.lock().expect("builds lock");
+        busy.iter().any(|name| match (&rule.named, &rule.root) {
+            (Some(named), _) => named.contains(name),
+            (None, Some(root)) => paths
+                .get(name)
+                .is_some_and(|p| p.iter().any(|path| !path.starts_with(root))),
+            (None, None) => false,
+        })
+    }
+
+    /// Wakes when a listener becomes busy or idle, or the rule changes.
+    pub fn subscribe(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.busy.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["content", "public"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let body = format!(
+            "{server}\n[[listener]]\nname = \"build\"\n  [[listener.route]]\n  path = \"content\"\n  \
+             shell = \"true\"\n[[listener]]\nname = \"deploy\"\n  [[listener.route]]\n  path = \"public\"\n  \
+             shell = \"true\"\n"
+        );
+        let path = dir.path().join("site.toml");
+        std::fs::write(&path, body).unwrap();
+        let config = Config::load(&path, "site", &Default::default()).unwrap();
+        std::mem::forget(dir);
+        config
+    }
+
+    #[test]
+    fn by_default_a_listener_watching_sources_builds_and_one_watching_the_site_does_not() {
+        let config = config("[server]\nroot = \"public\"");
+        let builds = Builds::default();
+        builds.configure(&config);
+        let (build, deploy) = (&config.listeners[0], &config.listeners[1]);
+        builds.set(deploy, true);
+        assert!(!builds.building(), "the site's own watcher is no build");
+        builds.set(build, true);
+        assert!(builds.building());
+        builds.set(build, false);
+        assert!(!builds.building());
+    }
+
+    #[test]
+    fn builds_names_the_listeners_that_count_and_a_reload_applies_at_once() {
+        let named = config("[server]\nroot = \"public\"\nbuilds = [\"deploy\"]");
+        let builds = Builds::default();
+        builds.configure(&named);
+        let mut rx = builds.subscribe();
+        builds.set(&named.listeners[1], true);
+        assert!(builds.building());
+        rx.borrow_and_update();
+        builds.configure(&config("[server]\nroot = \"public\"\nbuilds = []"));
+        assert!(rx.has_changed().unwrap(), "waiters look again");
+        assert!(!builds.building());
+    }
+}
