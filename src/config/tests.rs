@@ -892,7 +892,10 @@ fn poll_options_default_to_auto_and_refuse_short_intervals_and_unknown_modes() {
 
 #[test]
 fn server_builds_names_listeners_and_an_unknown_one_is_refused_where_written() {
-    let c = parse(&format!("[server]\nroot = \"public\"\nbuilds = [\"docs\"]\n{MINIMAL}")).unwrap();
+    let c = parse(&format!(
+        "[server]\nroot = \"public\"\nbuilds = [\"docs\"]\n{MINIMAL}"
+    ))
+    .unwrap();
     assert_eq!(c.server.unwrap().builds, Some(vec!["docs".to_owned()]));
     let c = parse(&format!("[server]\nroot = \"public\"\n{MINIMAL}")).unwrap();
     assert_eq!(c.server.unwrap().builds, None, "the default rule");

@@ -1,11 +1,27 @@
 // execlib's LiveReload client (protocol 7). Connects to the server it was loaded
-// from, reloads the page when told, swaps stylesheets in place, and reconnects
-// with back-off when the server restarts.
+// from, reloads the page when told (keeping the reader's scroll position), swaps
+// stylesheets in place, and reconnects with back-off when the server restarts.
 (function () {
   var PROTOCOL = "http://livereload.com/protocols/official-7";
   var scheme = location.protocol === "https:" ? "wss:" : "ws:";
   var url = scheme + "//" + location.host + "/livereload";
   var backoff = 500;
+  var SCROLL = "execlib-livereload-scroll:" + location.pathname;
+
+  // After a reload of this page: back to where the reader was, once the page is
+  // tall enough (content may arrive after the load), for at most 2 s.
+  function restoreScroll() {
+    var saved;
+    try { saved = JSON.parse(sessionStorage.getItem(SCROLL)); } catch (e) { return; }
+    if (!saved) return;
+    sessionStorage.removeItem(SCROLL);
+    var until = Date.now() + 2000;
+    (function attempt() {
+      window.scrollTo(saved[0], saved[1]);
+      var there = Math.abs(window.scrollY - saved[1]) < 2 && Math.abs(window.scrollX - saved[0]) < 2;
+      if (!there && Date.now() < until) setTimeout(attempt, 50);
+    })();
+  }
 
   function connect() {
     var ws = new WebSocket(url);
@@ -41,6 +57,7 @@
       (matching.length ? matching : Array.prototype.slice.call(links)).forEach(swap);
       return;
     }
+    try { sessionStorage.setItem(SCROLL, JSON.stringify([window.scrollX, window.scrollY])); } catch (e) {}
     location.reload();
   }
 
@@ -53,5 +70,7 @@
     link.parentNode.insertBefore(clone, link.nextSibling);
   }
 
+  if (document.readyState === "complete") restoreScroll();
+  else window.addEventListener("load", restoreScroll);
   connect();
 })();

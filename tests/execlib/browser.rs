@@ -265,3 +265,34 @@ fn a_build_that_rewrites_the_page_for_two_seconds_loads_it_once_more() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(tab.eval(state), "v20|2");
 }
+
+#[test]
+fn a_reload_keeps_the_readers_place_on_a_page_that_grows_after_loading() {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
+    // The page gets tall 300 ms after it loads (as pages that fetch their content
+    // do): the browser's own restoration, at load, finds nowhere to scroll to.
+    let page = |text: &str| {
+        format!(
+            r#"<html><body><h1 id="t">{text}</h1><div id="c"></div><script>setTimeout(function () {{ document.getElementById('c').style.height = '5000px'; }}, 300)</script></body></html>"#
+        )
+    };
+    sandbox.write("public/index.html", &page("v1"));
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
+        skip(NO_CHROMIUM);
+        return;
+    };
+    let mut tab = browser.page();
+    let height = "String(document.body.scrollHeight > 4000)";
+    tab.wait_for("the page to grow", height, "true");
+    eventually("the LiveReload client", || {
+        (livereload_clients(&daemon) == 1).then_some(())
+    });
+    tab.eval("window.scrollTo(0, 1234)");
+    tab.wait_for("the scroll", "String(window.scrollY)", "1234");
+    sandbox.write("public/index.html", &page("v2"));
+    let state = "document.getElementById('t').textContent + '|' + window.scrollY";
+    tab.wait_for("the reloaded page back at the reader's place", state, "v2|1234");
+}
