@@ -5,15 +5,17 @@
 //!
 //! Each daemon appends to its own file, `running/DAEMON` (`DAEMON` is its pid and
 //! start tick: the jobs of a daemon that still runs, another one sharing the state
-//! directory, are left alone): `+ PID START BOOT` when a job starts (its pid, which
-//! is also its process group, its start time in clock ticks since boot, the boot's
-//! id) and `- PID` when it and its group have ended. One small append per event to a
-//! file kept open, never a file per job (creating and deleting one per job cost
-//! more CPU than starting the job); the file is rewritten with only the running
-//! jobs when it grows past [`COMPACT_AFTER`] lines.
+//! directory, are left alone): `+ PID LO HI BOOT` when a job starts (its pid, which
+//! is also its process group, the clock ticks since boot read before and after its
+//! spawn, between which its start time falls, the boot's id) and `- PID` when it and
+//! its group have ended. One small append per event to a file kept open, never a
+//! file per job (creating and deleting one per job cost more CPU than starting the
+//! job); the file is rewritten with only the running jobs when it grows past
+//! [`COMPACT_AFTER`] lines (or twice the running jobs). After a failed write (a full
+//! disk) the next event rewrites the whole file, so recording resumes by itself.
 //!
 //! A leftover is ended only if it is provably the recorded job: the process with
-//! that pid started at the recorded tick of the same boot. If the job's leader is
+//! that pid started within the recorded ticks of the same boot. If the job's leader is
 //! gone but processes of its group remain, those started no earlier than the
 //! leader are ended. A pid reused by another program is never touched.
 
@@ -43,8 +45,10 @@ pub struct Ledger {
 /// The open ledger file and what it says.
 #[derive(Debug)]
 struct Journal {
-    /// `None` once writing failed (logged once, not per job) or it could not be made.
+    /// `None` when it could not be made.
     file: Option<std::fs::File>,
+    /// Whether the last write failed (logged once; the next event rewrites the file).
+    failing: bool,
     /// The running jobs' lines, by pid.
     running: HashMap<u32, String>,
     /// Lines in the file.
@@ -117,6 +121,7 @@ impl Ledger {
             path,
             boot: boot_id(),
             file: Mutex::new(Journal {
+                failing: file.is_none(),
                 file,
                 running: HashMap::new(),
                 lines: 0,
@@ -140,35 +145,39 @@ impl Ledger {
     /// Appends a job's start (`line`) or end (`None`); false when it is not recorded.
     fn append(&self, pid: u32, line: Option<String>) -> bool {
         let mut journal = self.file.lock().expect("ledger lock");
-        let Journal {
-            file: Some(file),
-            running,
-            lines,
-        } = &mut *journal
-        else {
-            return false;
-        };
+        let journal = &mut *journal;
         let text = match &line {
             Some(line) => line.clone(),
-            None if running.remove(&pid).is_some() => format!("- {pid}\n"),
+            None if journal.running.remove(&pid).is_some() => format!("- {pid}\n"),
             None => return false,
         };
-        let written = file.write_all(text.as_bytes());
         if let Some(line) = line {
-            running.insert(pid, line);
+            journal.running.insert(pid, line);
         }
-        *lines += 1;
-        let result = match written {
-            Ok(()) if *lines > COMPACT_AFTER => compact(&self.path, running).map(|new| {
-                *file = new;
-                *lines = running.len();
+        journal.lines += 1;
+        let rewrite = journal.failing
+            || journal.file.is_none()
+            || journal.lines > COMPACT_AFTER.max(2 * journal.running.len());
+        let result = match (&mut journal.file, rewrite) {
+            (Some(file), false) => file.write_all(text.as_bytes()),
+            _ => compact(&self.path, &journal.running).map(|new| {
+                journal.file = Some(new);
+                journal.lines = journal.running.len();
             }),
-            other => other,
         };
-        if let Err(e) = result {
-            warn!("cannot record running jobs in {}: {e}", escaped(&self.path));
-            journal.file = None;
-            return false;
+        match result {
+            Ok(()) if journal.failing => {
+                info!("running jobs are recorded in {} again", escaped(&self.path));
+                journal.failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !journal.failing {
+                    warn!("cannot record running jobs in {}: {e}", escaped(&self.path));
+                }
+                journal.failing = true;
+                return false;
+            }
         }
         true
     }
@@ -178,6 +187,7 @@ impl Ledger {
     /// many jobs had processes left. Blocking: call it off the async threads.
     pub fn end_leftovers(&self, grace: Duration) -> usize {
         let mut groups: Vec<(u32, Ticks)> = Vec::new();
+        let mut dead = Vec::new();
         let all = self.path.parent().expect("the ledger has a parent");
         for daemon in std::fs::read_dir(all).into_iter().flatten().flatten() {
             let path = daemon.path();
@@ -187,9 +197,11 @@ impl Ledger {
                 continue;
             }
             groups.extend(self.read_records(&path));
-            // Its records are read: gone with it, whatever follows.
-            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            dead.push(path);
         }
+        // Removed once their jobs are ended below: a daemon that dies meanwhile leaves
+        // them for the next one.
+        let _forget = RemoveOnDrop(dead);
         let left = |groups: &[(u32, Ticks)]| -> Vec<u32> {
             let census = census();
             groups
@@ -262,6 +274,17 @@ impl Ledger {
         match &self.boot {
             Some(now) if boot != "-" && now != boot => None,
             _ => Some((pid, (pid, started))),
+        }
+    }
+}
+
+/// The ledgers of dead daemons, removed when dropped (their jobs ended).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
         }
     }
 }
@@ -405,6 +428,48 @@ mod tests {
         assert!(
             (before..=after).contains(&start),
             "{before} <= {start} <= {after}"
+        );
+    }
+
+    #[test]
+    fn regression_recording_resumes_by_itself_after_the_disk_was_full() {
+        if crate::sys::euid() != 0 {
+            assert!(
+                std::env::var("TESTS_NO_SKIP").as_deref() != Ok("1"),
+                "needs root to mount a tmpfs"
+            );
+            eprintln!("SKIP: needs root to mount a full tmpfs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mount = |args: &[&str]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap()
+        };
+        let target = dir.path().to_str().unwrap();
+        assert!(mount(&["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", target]).success());
+        let ledger = Arc::new(Ledger::new(dir.path()));
+        let filler = dir.path().join("filler");
+        let _ = std::fs::write(&filler, vec![0u8; 128 * 1024]); // fills the disk
+        let mut pid = 2_000_000;
+        while ledger.append(pid, Some(format!("+ {pid} 1 1 -\n"))) {
+            pid += 1;
+            assert!(pid < 2_100_000, "the disk never filled");
+        }
+        std::fs::remove_file(&filler).unwrap();
+        assert!(
+            ledger.append(pid + 1, Some(format!("+ {} 1 1 -\n", pid + 1))),
+            "recording resumed"
+        );
+        let running = ledger.read_records(&ledger.path).len();
+        drop(ledger);
+        assert!(mount(&["umount", "-l", target]).success());
+        assert_eq!(
+            running,
+            (pid + 2 - 2_000_000) as usize,
+            "every running job is in the file"
         );
     }
 }

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 /// One line of `mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
+    /// The mount's id (unique while it is mounted; a remount keeps it).
+    pub id: u64,
     /// The directory of the file system shown at the mount point (`/` unless a
     /// subtree is bind-mounted), as text.
     pub root: String,
@@ -34,6 +36,7 @@ pub fn parse(mountinfo: &str) -> Vec<Mount> {
                 return None;
             }
             Some(Mount {
+                id: fields[0].parse().ok()?,
                 root: String::from_utf8_lossy(&unescape(fields[3])).into_owned(),
                 point: PathBuf::from(std::ffi::OsString::from_vec(unescape(fields[4]))),
                 fstype: fields.get(dash + 1)?.to_string(),
@@ -81,7 +84,7 @@ mod tests {
                     garbage\n1 2 3\n- cgroup2\n";
         let mounts = parse(text);
         assert_eq!(mounts.len(), 3);
-        assert_eq!(mounts[1].root, "/system.slice");
+        assert_eq!((mounts[1].id, mounts[1].root.as_str()), (50, "/system.slice"));
         assert_eq!(mounts[1].point, PathBuf::from("/mnt/my cgroups"));
         assert_eq!(
             (mounts[1].fstype.as_str(), mounts[1].read_only),

@@ -59,11 +59,29 @@ pub type Snapshot = BTreeMap<PathBuf, FileState>;
 /// The changes from `old` to `new`: created, modified (inode, size, mtime or ctime differ) and
 /// deleted files, in path order within each kind.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<(PathBuf, EventKind)> {
+    diff_by(old, new, |a, b| a == b)
+}
+
+/// [`diff`] for two trees that may be different directories (a route path's old and
+/// new target): a file is unchanged when it is the same file with the same content
+/// as far as the kernel tells (inode, size, modification time). Its change time is
+/// left out: removing another hard link of it (the old release) changes that alone.
+pub fn diff_files(old: &Snapshot, new: &Snapshot) -> Vec<(PathBuf, EventKind)> {
+    diff_by(old, new, |a, b| {
+        a.is_known() && (a.ino, a.size, a.mtime_ns) == (b.ino, b.size, b.mtime_ns)
+    })
+}
+
+fn diff_by(
+    old: &Snapshot,
+    new: &Snapshot,
+    same: impl Fn(&FileState, &FileState) -> bool,
+) -> Vec<(PathBuf, EventKind)> {
     let mut changes = Vec::new();
     for (path, state) in new {
         match old.get(path) {
             None => changes.push((path.clone(), EventKind::Create)),
-            Some(before) if before != state => changes.push((path.clone(), EventKind::Modify)),
+            Some(before) if !same(before, state) => changes.push((path.clone(), EventKind::Modify)),
             Some(_) => {}
         }
     }

@@ -146,7 +146,12 @@ pub fn holds(config: &ListenerConfig) -> Holds {
 /// Whether a path exists, symlinks not followed (a lock may be a dangling symlink,
 /// as Mercurial's are). A path that cannot be looked at counts as absent.
 pub fn probe() -> Probe {
-    Box::new(|path: &Path| std::fs::symlink_metadata(path).is_ok())
+    Box::new(|path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let ctime = meta.ctime() as u128 * 1_000_000_000 + meta.ctime_nsec() as u128;
+        Some(((meta.dev() as u128) << 96) ^ ((meta.ino() as u128) << 48) ^ ctime)
+    })
 }
 
 #[cfg(test)]
@@ -207,9 +212,12 @@ mod tests {
         let (_dir, top) = tmp();
         let lock = top.join("wlock");
         let exists = probe();
-        assert!(!exists(&lock));
+        assert!(exists(&lock).is_none());
         std::os::unix::fs::symlink("host:1234", &lock).unwrap();
-        assert!(exists(&lock));
+        let first = exists(&lock).expect("a dangling symlink is there");
+        std::fs::remove_file(&lock).unwrap();
+        std::fs::write(&lock, "").unwrap();
+        assert_ne!(exists(&lock), Some(first), "another file, another identity");
     }
 
     #[test]

@@ -241,21 +241,31 @@ impl Tree {
             .filter(|c| available.contains(**c) && !enabled.contains(**c))
             .map(|c| format!("+{c}"))
             .collect();
-        if !missing.is_empty() {
-            let control = self.dir.join("cgroup.subtree_control");
-            write_file(&control, &missing.join(" ")).map_err(|e| {
+        // One at a time: a controller that cannot be enabled (cpu with real-time
+        // tasks about, say) leaves the others on, and is only logged.
+        let control = self.dir.join("cgroup.subtree_control");
+        let mut failures = Vec::new();
+        for controller in &missing {
+            if let Err(e) = write_file(&control, controller) {
                 // The no-internal-processes rule: others share the tree's own cgroup.
                 let others = own_pids(&self.dir);
-                match e.kind() {
+                let e = match e.kind() {
                     io::ErrorKind::ResourceBusy if !others.is_empty() => io::Error::new(
                         e.kind(),
                         format!("{e}; processes outside {SUPERVISOR} hold it: {others:?}"),
                     ),
                     _ => e,
-                }
-            })?;
+                };
+                warn!("cannot enable the {} controller for jobs: {e}", &controller[1..]);
+                failures.push(e);
+            }
         }
-        self.read_enabled()
+        self.read_enabled()?;
+        // Nothing could be enabled for a reason that holds for all: say so to the caller.
+        match failures.len() == missing.len() && !missing.is_empty() {
+            true => Err(failures.swap_remove(0)),
+            false => Ok(()),
+        }
     }
 
     /// Sets the controller flags from `cgroup.subtree_control`.

@@ -136,15 +136,26 @@ pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
     let (out_read, out_write) = pipe_pair().map_err(StartError::Other)?;
     let (err_read, err_write) = pipe_pair().map_err(StartError::Other)?;
     let stdin_fd = stdin_read.as_ref().map_or(null.as_fd(), |r| r.as_fd());
-    let process = crate::sys::spawn(&Spec {
-        program: &program,
-        argv: &argv,
-        envp: &envp,
-        workdir: &workdir,
-        stdio: [stdin_fd, out_write.as_fd(), err_write.as_fd()],
-        nofile_soft: launch.nofile_soft,
-        cgroup_procs: launch.cgroup_procs,
-    })
+    let spawn = |program: &CStr, argv: &[CString]| {
+        crate::sys::spawn(&Spec {
+            program,
+            argv,
+            envp: &envp,
+            workdir: &workdir,
+            stdio: [stdin_fd, out_write.as_fd(), err_write.as_fd()],
+            nofile_soft: launch.nofile_soft,
+            cgroup_procs: launch.cgroup_procs,
+        })
+    };
+    let process = match spawn(&program, &argv) {
+        // A script without `#!`: run by /bin/sh, as execvp(3) and the shells do.
+        Err(e) if e.stage == Stage::Exec && e.source.raw_os_error() == Some(libc::ENOEXEC) => {
+            let mut sh_argv = vec![CString::from(c"/bin/sh"), program.clone()];
+            sh_argv.extend(argv.iter().skip(1).cloned());
+            spawn(c"/bin/sh", &sh_argv)
+        }
+        other => other,
+    }
     .map_err(|e| spawn_error(e, launch))?;
     // The child's ends are closed here, so the daemon sees end of output when it is done.
     drop((stdin_read, out_write, err_write));

@@ -8,7 +8,7 @@
 //! Jobs' main processes are the daemon's children as well and are waited for
 //! through their pidfds: they are registered at spawn ([`spawn`]) and never touched here.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -23,7 +23,9 @@ static JOBS: Mutex<Jobs> = Mutex::new(Jobs {
 });
 
 struct Jobs {
-    pids: Option<HashSet<u32>>,
+    /// Registered pids, each with how many registrations hold it (a pid reused by a
+    /// new job before the old job dropped its registration is held twice).
+    pids: Option<HashMap<u32, usize>>,
     spawning: usize,
 }
 
@@ -39,9 +41,11 @@ pub fn spawn<E>(
     let mut jobs = JOBS.lock().expect("jobs lock");
     jobs.spawning -= 1;
     let started = started?;
-    jobs.pids
-        .get_or_insert_with(HashSet::new)
-        .insert(started.child.pid());
+    *jobs
+        .pids
+        .get_or_insert_with(HashMap::new)
+        .entry(started.child.pid())
+        .or_default() += 1;
     Ok(started)
 }
 
@@ -51,8 +55,13 @@ pub struct Registered(pub u32);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Some(pids) = JOBS.lock().expect("jobs lock").pids.as_mut() {
-            pids.remove(&self.0);
+        if let Some(pids) = JOBS.lock().expect("jobs lock").pids.as_mut()
+            && let Some(count) = pids.get_mut(&self.0)
+        {
+            *count -= 1;
+            if *count == 0 {
+                pids.remove(&self.0);
+            }
         }
     }
 }
@@ -76,12 +85,22 @@ fn adoptees_of(jobs: &Jobs) -> Vec<u32> {
     }
     children(std::process::id())
         .into_iter()
-        .filter(|pid| !jobs.pids.as_ref().is_some_and(|j| j.contains(pid)))
+        .filter(|pid| !jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid)))
         .collect()
 }
 
+/// The adoptees, once no job is being spawned (waiting up to a second for that):
+/// for ending them, where an empty answer must mean none.
 fn adoptees() -> Vec<u32> {
-    adoptees_of(&JOBS.lock().expect("jobs lock"))
+    let end = Instant::now() + Duration::from_secs(1);
+    loop {
+        let jobs = JOBS.lock().expect("jobs lock");
+        if jobs.spawning == 0 || Instant::now() >= end {
+            return adoptees_of(&jobs);
+        }
+        drop(jobs);
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The children of `pid`, from `/proc/PID/task/*/children` (every thread's).

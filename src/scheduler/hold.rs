@@ -9,7 +9,8 @@
 //! come in for its routes, for [`SETTLE`]; the held runs are then due again under
 //! their own timing. A hold lasts at most its `max`: then the runs go ahead, and the
 //! paths still there are ignored ("stale": a stopped merge, a lock a crashed tool left)
-//! until they are seen gone. A gate looks at its paths only when a run of its routes is
+//! until they are seen gone, or replaced by another file (a new lock of a new
+//! operation, told apart by its identity: device, inode and change time). A gate looks at its paths only when a run of its routes is
 //! due, or while it holds: a listener without holds does no I/O here at all.
 
 use super::Key;
@@ -26,8 +27,9 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// several git commands) and lets the listener read the operation's last events.
 pub const SETTLE: Duration = Duration::from_millis(100);
 
-/// Whether a path exists now.
-pub type Probe = Box<dyn Fn(&Path) -> bool + Send + Sync>;
+/// What is at a path now: an identity (device, inode and change time, folded) that
+/// tells one file from a later one at the same path; `None` when nothing is.
+pub type Probe = Box<dyn Fn(&Path) -> Option<u128> + Send + Sync>;
 
 /// What one gate watches.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,12 +96,13 @@ struct Hold {
 #[derive(Debug)]
 struct Gate {
     spec: HoldSpec,
-    /// Per path: found still there when a hold expired; ignored until seen gone.
-    stale: Vec<bool>,
+    /// Per path: the file found still there when a hold expired; ignored until it is
+    /// gone or another file takes its place.
+    stale: Vec<Option<u128>>,
     /// The last change submitted for one of its routes.
     last_change: Option<Instant>,
-    /// The last look: when, and the live paths (not stale) found.
-    looked: Option<(Instant, Vec<PathBuf>)>,
+    /// The last look: when, and the live paths (not stale) found, with their identity.
+    looked: Option<(Instant, Vec<(PathBuf, u128)>)>,
     hold: Option<Hold>,
 }
 
@@ -133,7 +136,7 @@ impl Gates {
                 by_route[route] = Some(index);
             }
             gates.push(Gate {
-                stale: vec![false; spec.paths.len()],
+                stale: vec![None; spec.paths.len()],
                 spec,
                 last_change: None,
                 looked: None,
@@ -225,10 +228,12 @@ impl Gates {
             self.notices.push(if present.is_empty() {
                 HoldNotice::Ended { label, held, runs }
             } else {
+                let found = gate.looked.take().map(|(_, found)| found).unwrap_or_default();
                 for (stale, path) in gate.stale.iter_mut().zip(&gate.spec.paths) {
-                    *stale |= present.contains(path);
+                    if let Some((_, id)) = found.iter().find(|(p, _)| p == path) {
+                        *stale = Some(*id);
+                    }
                 }
-                gate.looked = None;
                 HoldNotice::Expired {
                     label,
                     held,
@@ -242,21 +247,22 @@ impl Gates {
     }
 
     /// The live paths (not stale) of gate `g` that exist at `now`; looked at once per
-    /// instant. A stale path seen gone is live again.
+    /// instant. A stale path seen gone is live again; another file there is live.
     fn look(&mut self, g: usize, now: Instant) -> Vec<PathBuf> {
         let gate = &mut self.gates[g];
-        if let Some((_, present)) = gate.looked.as_ref().filter(|(at, _)| *at == now) {
-            return present.clone();
+        if let Some((_, found)) = gate.looked.as_ref().filter(|(at, _)| *at == now) {
+            return found.iter().map(|(p, _)| p.clone()).collect();
         }
-        let mut present = Vec::new();
+        let mut found = Vec::new();
         for (path, stale) in gate.spec.paths.iter().zip(gate.stale.iter_mut()) {
-            match ((self.probe)(path), *stale) {
-                (false, _) => *stale = false,
-                (true, false) => present.push(path.clone()),
-                (true, true) => {}
+            match (self.probe)(path) {
+                None => *stale = None,
+                Some(id) if *stale == Some(id) => {}
+                Some(id) => found.push((path.clone(), id)),
             }
         }
-        gate.looked = Some((now, present.clone()));
+        let present = found.iter().map(|(p, _)| p.clone()).collect();
+        gate.looked = Some((now, found));
         present
     }
 

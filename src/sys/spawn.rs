@@ -94,14 +94,27 @@ impl AsRawFd for Process {
 pub struct AsyncProcess(tokio::io::unix::AsyncFd<Process>);
 
 impl AsyncProcess {
-    /// Registers `process` with the current tokio runtime.
+    /// Registers `process` with the current tokio runtime. On failure the process is
+    /// killed and reaped (it must not run unsupervised).
     pub fn new(process: Process) -> io::Result<Self> {
         // SAFETY: the pidfd is owned by `process`, a private field never replaced, so
         // it stays open and the same for as long as the AsyncFd owns `process`.
         let fd = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(process, tokio::io::Interest::READABLE)
         };
-        fd.map(AsyncProcess).map_err(io::Error::from)
+        fd.map(AsyncProcess).map_err(|failed| {
+            let (process, error) = failed.into_parts();
+            let pid = process.pid as libc::pid_t;
+            let mut status = 0;
+            // SAFETY: `pid` is our unreaped child (we own its pidfd), so it is still
+            // that process; waitpid writes only `status`.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            error
+        })
     }
 
     /// Its pid.

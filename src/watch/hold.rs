@@ -47,6 +47,11 @@ impl Holds {
         }
     }
 
+    /// Whether `path` is held now (a writer has it open).
+    pub(super) fn is_held(&self, path: &Path) -> bool {
+        self.held.contains_key(path)
+    }
+
     /// A `create` or `modify` of `path`: held (`true`) when a writer may have the file
     /// open; otherwise the caller reports it at once.
     pub(super) fn hold(&mut self, path: &Path, kind: EventKind, now: Instant) -> bool {

@@ -62,6 +62,19 @@ pub enum WatchError {
         /// The current value of the sysctl.
         limit: String,
     },
+    /// Two route paths reach one directory (one through a symlink): inotify has one
+    /// watch for it, which cannot report under both.
+    #[error(
+        "route paths {} and {} are the same directory (through a symlink): give one of them",
+        crate::names::escaped(first),
+        crate::names::escaped(second)
+    )]
+    Alias {
+        /// One route path.
+        first: PathBuf,
+        /// The other, reaching the same directory (or one inside the first).
+        second: PathBuf,
+    },
     /// A route's directory cannot be watched.
     #[error("cannot watch {}: {source}", crate::names::escaped(path))]
     Root {
@@ -168,6 +181,7 @@ impl Setup {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let changed_before = since_epoch.as_nanos() as i128 - 1_000_000_000;
+        check_aliases(roots)?;
         let mut tree = Tree::new(inotify.watches(), filter);
         let mut state = Vec::new();
         for root in roots {
@@ -251,6 +265,26 @@ impl Setup {
     }
 }
 
+/// Refuses two route paths that reach the same directory, or one inside the other,
+/// through a symlink (nested paths as written are fine: one tree covers both).
+fn check_aliases(roots: &[PathBuf]) -> Result<(), WatchError> {
+    let resolved: Vec<Option<PathBuf>> = roots.iter().map(|r| mounts::resolve(r)).collect();
+    for (i, a) in roots.iter().enumerate() {
+        for (j, b) in roots.iter().enumerate() {
+            let (Some(ra), Some(rb)) = (&resolved[i], &resolved[j]) else {
+                continue;
+            };
+            if i != j && ra.starts_with(rb) && !a.starts_with(b) {
+                return Err(WatchError::Alias {
+                    first: b.clone(),
+                    second: a.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn describe(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ENOENT) => "does not exist".to_owned(),
@@ -265,7 +299,7 @@ pub struct Watcher {
     /// The mount table, signalled when it changes.
     mounts: Option<crate::sys::MountTable>,
     /// The mount points it listed last.
-    mount_points: std::collections::BTreeSet<PathBuf>,
+    mount_points: std::collections::BTreeSet<(u64, PathBuf)>,
     /// The mounts it listed last, with their types.
     mount_table: Vec<mounts::Mount>,
     /// The subtrees polled (see [`poll`]).
@@ -438,6 +472,9 @@ impl Watcher {
         let Some(dir) = self.tree.dir_of(&event.wd).cloned() else {
             return Ok(());
         };
+        if self.moved_away(&dir, out)? {
+            return Ok(()); // about the old target of a route path swapped since
+        }
         let Some(name) = event.name else {
             return self.self_event(mask, &event.wd, &dir, out);
         };

@@ -26,9 +26,11 @@ use tracing::{info, warn};
 
 pub(super) use crate::mountinfo::{Mount, parse as mounts};
 
-/// The mount points of `mounts`.
-pub(super) fn mount_points(mounts: &[Mount]) -> BTreeSet<PathBuf> {
-    mounts.iter().map(|m| m.point.clone()).collect()
+/// The mounts of `mounts` by id and point: a file system mounted over another at the
+/// same point, or unmounted and another mounted there between two looks, is a new
+/// pair; a remount keeps its pair.
+pub(super) fn mount_points(mounts: &[Mount]) -> BTreeSet<(u64, PathBuf)> {
+    mounts.iter().map(|m| (m.id, m.point.clone())).collect()
 }
 
 /// Where `path` resolves, when it is a directory (through any symlinks).
@@ -46,7 +48,10 @@ impl Watcher {
     ) -> Result<(), WatchError> {
         let table = mounts(mountinfo);
         let now = mount_points(&table);
-        let changed: Vec<PathBuf> = now.symmetric_difference(&self.mount_points).cloned().collect();
+        let changed: BTreeSet<PathBuf> = now
+            .symmetric_difference(&self.mount_points)
+            .map(|(_, point)| point.clone())
+            .collect();
         self.mount_points = now;
         self.mount_table = table;
         self.polls_dirty |= !changed.is_empty();
@@ -64,7 +69,7 @@ impl Watcher {
                     let parent_watched = dir.parent().is_some_and(|p| self.tree.is_watched(p));
                     if parent_watched && self.tree.wants(&dir) {
                         let before = out.len();
-                        out.extend(self.tree.rescan(&dir)?);
+                        self.rescan_dir(&dir, out)?;
                         info!(
                             path = %escaped(&dir),
                             changes = out.len() - before,
@@ -77,23 +82,65 @@ impl Watcher {
         Ok(())
     }
 
+    /// Rescans `dir` (a route path, or a directory under one) and reports what changed,
+    /// except for files held open by a writer (their close reports them); a route path
+    /// that cannot be read any more is missing from then on, a directory under one is
+    /// gone.
+    pub(super) fn rescan_dir(&mut self, dir: &Path, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
+        let root = self
+            .roots
+            .iter()
+            .position(|r| r.path == dir && r.missing.is_none());
+        match self.tree.rescan(dir, root.is_some())? {
+            Some(changes) => out.extend(changes.into_iter().filter(|e| !self.holds.is_held(&e.path))),
+            None => match root {
+                Some(i) => self.replace_root(i, "can no longer be read", out)?,
+                None => self.dir_gone(dir, out),
+            },
+        }
+        Ok(())
+    }
+
     /// Looks again where each symlinked root resolves; replaces those that moved.
     pub(super) fn check_resolutions(&mut self, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
         for i in 0..self.roots.len() {
-            let root = &self.roots[i];
-            if root.missing.is_some() || !root.via_symlink {
-                continue;
-            }
-            let now = resolve(&root.path);
-            if now != root.resolved {
-                let why = match &now {
-                    Some(target) => format!("now resolves to {}", escaped(target)),
-                    None => "no longer resolves to a directory".to_owned(),
-                };
-                self.replace_root(i, &why, out)?;
-            }
+            self.check_resolution(i, out)?;
         }
         Ok(())
+    }
+
+    /// Before an event from `dir` is taken: when `dir` is under a symlinked root that
+    /// now resolves elsewhere, the root is replaced at once (so a deploy that swaps
+    /// the link and then deletes the old release reports the difference between the
+    /// releases, not the deletion) and `true` says the event is stale.
+    pub(super) fn moved_away(&mut self, dir: &Path, out: &mut Vec<FileEvent>) -> Result<bool, WatchError> {
+        let under = self
+            .roots
+            .iter()
+            .position(|r| r.via_symlink && r.missing.is_none() && dir.starts_with(&r.path));
+        match under {
+            Some(i) => self.check_resolution(i, out),
+            None => Ok(false),
+        }
+    }
+
+    /// Replaces root `i` when it is reached through a symlink and now resolves
+    /// elsewhere; `true` when it did.
+    fn check_resolution(&mut self, i: usize, out: &mut Vec<FileEvent>) -> Result<bool, WatchError> {
+        let root = &self.roots[i];
+        if root.missing.is_some() || !root.via_symlink {
+            return Ok(false);
+        }
+        let now = resolve(&root.path);
+        if now == root.resolved {
+            return Ok(false);
+        }
+        let why = match &now {
+            Some(target) => format!("now resolves to {}", escaped(target)),
+            None => "no longer resolves to a directory".to_owned(),
+        };
+        self.replace_root(i, &why, out)?;
+        Ok(true)
     }
 
     /// Watches root `i` anew where it now resolves and reports what differs from what
@@ -106,6 +153,8 @@ impl Watcher {
     ) -> Result<(), WatchError> {
         let path = self.roots[i].path.clone();
         self.holds.release_under(&path, out);
+        // Directories moved away under the old target are not the new one's.
+        self.moves.retain(|m| !m.path.starts_with(&path));
         let before = self.tree.drop_dir(&path);
         let resolved = resolve(&path);
         let added = match &resolved {
@@ -126,7 +175,7 @@ impl Watcher {
             return Ok(());
         }
         let now = self.tree.subtree_snapshot(&path);
-        let changes = crate::snapshot::diff(&before, &now);
+        let changes = crate::snapshot::diff_files(&before, &now);
         info!(
             path = %escaped(&path),
             resolves_to = %resolved.as_deref().map(escaped).map(|e| e.to_string()).unwrap_or_default(),
@@ -149,8 +198,11 @@ mod tests {
         let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
                     90 22 0:50 / /srv/my\\040site\\134x rw - fuse.sshfs host:/ rw\n";
         let table = mounts(text);
-        let points: Vec<PathBuf> = mount_points(&table).into_iter().collect();
-        assert_eq!(points, [PathBuf::from("/"), PathBuf::from("/srv/my site\\x")]);
+        let points: Vec<(u64, PathBuf)> = mount_points(&table).into_iter().collect();
+        assert_eq!(
+            points,
+            [(22, PathBuf::from("/")), (90, PathBuf::from("/srv/my site\\x"))]
+        );
         assert_eq!(table[1].fstype, "fuse.sshfs");
     }
 }

@@ -109,7 +109,7 @@ impl Watcher {
             let path = self.polls[i].path.clone();
             let started = std::time::Instant::now();
             if self.tree.is_watched(&path) {
-                out.extend(self.tree.rescan(&path)?);
+                self.rescan_dir(&path, out)?;
             }
             let polled = &mut self.polls[i];
             if !polled.poll.fixed {

@@ -74,8 +74,14 @@ impl Watcher {
         // The closes of held files may be among the events the kernel dropped.
         self.holds.release_all(out);
         let before = out.len();
-        for root in self.roots.iter().filter(|r| r.missing.is_none()) {
-            out.extend(self.tree.rescan(&root.path)?);
+        let roots: Vec<_> = self
+            .roots
+            .iter()
+            .filter(|r| r.missing.is_none())
+            .map(|r| r.path.clone())
+            .collect();
+        for root in roots {
+            self.rescan_dir(&root, out)?;
         }
         let found = &out[before..];
         let count = |k| found.iter().filter(|e| e.kind == k).count();

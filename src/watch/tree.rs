@@ -244,15 +244,20 @@ impl Tree {
     }
 
     /// Re-reads `dir` from disk: watches directories that appeared, drops the ones
-    /// that vanished, and returns the file changes against the snapshot.
-    pub fn rescan(&mut self, dir: &Path) -> Result<Vec<FileEvent>, WatchError> {
+    /// that vanished, and returns the file changes against the snapshot. `None`, with
+    /// nothing changed, when `dir` itself cannot be watched (gone, or not a directory):
+    /// the caller says what became of it. A `root` (a route path) is watched through
+    /// the symlink it may be, as when it was added.
+    pub fn rescan(&mut self, dir: &Path, root: bool) -> Result<Option<Vec<FileEvent>>, WatchError> {
         let mut changes = Vec::new();
         let mut visited = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
-            let wd = match self.watch(&d, false)? {
+            let follow = root && d == dir;
+            let wd = match self.watch_as(&d, false, follow)? {
                 Watched::Yes(wd) => Some(wd),
                 Watched::NoSpace => None,
+                Watched::No if d == dir => return Ok(None),
                 Watched::No => continue,
             };
             let fresh = self.read(&d, Stat::Full, &mut stack);
@@ -308,7 +313,7 @@ impl Tree {
             }
             self.dirs.insert(path, d);
         }
-        Ok(changes)
+        Ok(Some(changes))
     }
 
     /// The whole snapshot as one map by absolute path.
@@ -354,7 +359,12 @@ impl Tree {
     /// watched and `strict` is off. A `strict` one (a route path) is watched through a
     /// symlink it may be; any other is never followed.
     fn watch(&mut self, dir: &Path, strict: bool) -> Result<Watched, WatchError> {
-        let mask = if strict {
+        self.watch_as(dir, strict, strict)
+    }
+
+    /// [`Tree::watch`], following a symlink at `dir` itself when `follow`.
+    fn watch_as(&mut self, dir: &Path, strict: bool, follow: bool) -> Result<Watched, WatchError> {
+        let mask = if follow {
             MASK.difference(WatchMask::DONT_FOLLOW)
         } else {
             MASK
@@ -489,7 +499,8 @@ mod tests {
         std::fs::remove_file(dir.path().join("gone")).unwrap();
         std::fs::write(dir.path().join("sub/new"), "1").unwrap();
         let mut got: Vec<String> = t
-            .rescan(dir.path())
+            .rescan(dir.path(), true)
+            .unwrap()
             .unwrap()
             .into_iter()
             .map(|e| {
@@ -503,7 +514,7 @@ mod tests {
         got.sort();
         assert_eq!(got, ["changed modify", "gone delete", "sub/new create"]);
         assert!(
-            t.rescan(dir.path()).unwrap().is_empty(),
+            t.rescan(dir.path(), true).unwrap().unwrap().is_empty(),
             "a second rescan finds nothing"
         );
     }

@@ -249,3 +249,21 @@ name = "docs"
         ]
     );
 }
+
+#[test]
+fn regression_a_script_without_a_shebang_runs_under_sh() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let script = sandbox.path("build");
+    std::fs::write(&script, "echo \"ran $1\" > ../out/ran\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let body = format!(
+        "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"src\"\n  debounce_ms = 0\n  \
+         run = [\"{}\", \"arg\"]\n",
+        script.display()
+    );
+    let config = sandbox.config(&body);
+    let _daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    assert_eq!(sandbox.wait_out("ran").trim(), "ran arg");
+}

@@ -161,9 +161,14 @@ fn releases(sandbox: &Sandbox) {
 }
 
 fn swap_config(sandbox: &Sandbox) -> PathBuf {
+    swap_config_with(sandbox, "")
+}
+
+/// [`swap_config`] with more route options.
+fn swap_config_with(sandbox: &Sandbox, extra: &str) -> PathBuf {
     // The job runs in the route path: through the link, `..` is `releases/`.
     let log = sandbox.path("out/log");
-    let body = log_route("")
+    let body = log_route(extra)
         .replacen("path = \"src\"", "path = \"current\"", 1)
         .replace("../out/log", log.to_str().unwrap());
     sandbox.config(&body)
@@ -324,4 +329,97 @@ fn poll_never_leaves_a_fuse_mount_unpolled_and_always_polls_a_local_tree() {
     let daemon = Daemon::start(&local, &config);
     let polled = daemon.listener("docs")["polled"].to_string();
     assert!(polled.contains("poll = \\\"always\\\""), "{polled}");
+}
+
+#[test]
+fn regression_a_symlinked_route_path_survives_polls_and_keeps_reporting() {
+    let sandbox = Sandbox::new();
+    releases(&sandbox);
+    let config = swap_config_with(&sandbox, "poll = \"always\"\n  poll_ms = 100");
+    let _daemon = Daemon::start(&sandbox, &config);
+    // Several polls: each rescans the route path through its symlink.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    sandbox.write("releases/r1/edit.txt", "1");
+    wait_written(&sandbox, "edit.txt");
+    let log = log_lines(&sandbox);
+    assert!(!log.iter().any(|l| l.ends_with(" delete")), "{log:?}");
+}
+
+#[test]
+fn regression_a_swap_then_removal_of_the_old_release_reports_only_the_differences() {
+    let sandbox = Sandbox::new();
+    releases(&sandbox);
+    let config = swap_config(&sandbox);
+    let daemon = Daemon::start(&sandbox, &config);
+    sh(
+        "ln -sfn releases/r2 current && rm -rf releases/r1",
+        &sandbox.path(""),
+    );
+    assert_swapped_from_r1_gone(&sandbox);
+    assert!(!daemon.log().contains("was deleted"), "{}", daemon.log());
+}
+
+/// As [`assert_swapped`], after `releases/r1` is gone.
+fn assert_swapped_from_r1_gone(sandbox: &Sandbox) {
+    wait_log(sandbox, "old-only.txt delete");
+    wait_log(sandbox, "new-only.txt create");
+    wait_log(sandbox, "changed.txt modify");
+    sandbox.write("releases/r2/z", "sentinel");
+    wait_log(sandbox, "z create,modify");
+    let log = log_lines(sandbox);
+    assert!(!log.iter().any(|l| l.starts_with("same.txt")), "{log:?}");
+    assert_eq!(log.len(), 4, "{log:?}");
+}
+
+#[test]
+fn regression_a_file_system_mounted_over_another_at_the_same_point_is_seen() {
+    if skip_unless_root("mount a tmpfs") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src/sub")).unwrap();
+    let _first = Tmpfs::mount(&sandbox.path("src/sub"));
+    sandbox.write("src/sub/first.txt", "1");
+    let config = sandbox.config(&log_route(""));
+    let _daemon = Daemon::start(&sandbox, &config);
+    let _second = Tmpfs::mount(&sandbox.path("src/sub"));
+    wait_log(&sandbox, "sub/first.txt delete");
+    sandbox.write("src/sub/second.txt", "2");
+    wait_written(&sandbox, "sub/second.txt");
+}
+
+#[test]
+fn regression_polling_leaves_a_file_being_written_to_its_close() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&log_route("poll = \"always\"\n  poll_ms = 100"));
+    let _daemon = Daemon::start(&sandbox, &config);
+    // Written for a second through one descriptor: several polls see it grow.
+    sh(
+        "exec 3>slow.txt; for i in 1 2 3 4 5 6 7 8 9 10; do echo $i >&3; sleep 0.1; done",
+        &sandbox.path("src"),
+    );
+    wait_log(&sandbox, "slow.txt create,modify");
+    sandbox.write("src/z", "sentinel");
+    wait_written(&sandbox, "z");
+    let runs: Vec<String> = log_lines(&sandbox)
+        .into_iter()
+        .filter(|l| l.starts_with("slow.txt"))
+        .collect();
+    assert_eq!(runs, ["slow.txt create,modify"]);
+}
+
+#[test]
+fn regression_two_route_paths_reaching_one_directory_are_refused_clearly() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src")).unwrap();
+    std::os::unix::fs::symlink("src", sandbox.path("alias")).unwrap();
+    let second = "\n  [[listener.route]]\n  name = \"alias\"\n  path = \"alias\"\n  shell = \"true\"\n";
+    let config = sandbox.config(&format!("{}{second}", log_route("")));
+    let daemon = Daemon::start(&sandbox, &config);
+    let docs = daemon.listener("docs");
+    assert_eq!(docs["state"], "failed", "{docs}");
+    assert!(
+        docs["error"].as_str().unwrap().contains("are the same directory"),
+        "{docs}"
+    );
 }

@@ -32,12 +32,14 @@ fn cgroup2_mounts_are_found_in_mountinfo() {
         cgroup2_mounts(mountinfo),
         vec![
             Mount {
+                id: 41,
                 root: "/".into(),
                 point: "/sys/fs/cgroup/unified".into(),
                 fstype: "cgroup2".into(),
                 read_only: false,
             },
             Mount {
+                id: 50,
                 root: "/system.slice".into(),
                 point: "/mnt/my cgroups".into(),
                 fstype: "cgroup2".into(),
@@ -51,6 +53,7 @@ fn cgroup2_mounts_are_found_in_mountinfo() {
 #[test]
 fn our_directory_is_under_the_mount_with_the_longest_root() {
     let mount = |root: &str, point: &str| Mount {
+        id: 1,
         root: root.into(),
         point: point.into(),
         fstype: "cgroup2".into(),

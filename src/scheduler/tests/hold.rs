@@ -4,17 +4,25 @@
 
 use super::*;
 use crate::scheduler::hold::{POLL, SETTLE};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 const LOCK: &str = "/repo/.git/index.lock";
 
-/// The fake disk: the paths that exist, and how many looks were taken.
+/// The fake disk: the paths that exist (each with its file's identity), how many
+/// looks were taken, and the files made so far.
 #[derive(Clone, Default)]
-struct Disk(Arc<Mutex<(HashSet<PathBuf>, usize)>>);
+struct Disk(Arc<Mutex<DiskState>>);
+
+/// The paths that exist, with their files' identities; looks taken; files made.
+type DiskState = (HashMap<PathBuf, u128>, usize, u128);
 
 impl Disk {
+    /// Makes a new file at `path` (another identity each time).
     fn create(&self, path: &str) {
-        self.0.lock().unwrap().0.insert(path.into());
+        let mut disk = self.0.lock().unwrap();
+        disk.2 += 1;
+        let id = disk.2;
+        disk.0.insert(path.into(), id);
     }
 
     fn remove(&self, path: &str) {
@@ -44,7 +52,7 @@ impl Disk {
             probe: Box::new(move |path| {
                 let mut disk = disk.0.lock().unwrap();
                 disk.1 += 1;
-                disk.0.contains(path)
+                disk.0.get(path).copied()
             }),
         })
     }
@@ -154,6 +162,26 @@ async fn a_hold_ends_at_its_maximum_and_its_paths_then_hold_nothing_until_gone()
     disk.remove(LOCK);
     finish(tx, task, t0 + MS * 4000).await;
     let expected = [("a", 1050), ("b", 2050), ("c", 2550), ("d", 2900)];
+    let expected: Vec<(String, u64)> = expected.iter().map(|(f, t)| (f.to_string(), *t)).collect();
+    assert_eq!(starts(&log), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn regression_a_new_lock_where_a_stale_one_was_removed_unseen_holds_again() {
+    let disk = Disk::default();
+    disk.create(LOCK);
+    let (tx, log, task) = harness_on(disk.scheduler(1000), 10, 10);
+    let t0 = Instant::now();
+    tx.try_send(change(0, "a", false)).unwrap(); // due at 50, held until 1050: stale
+    at(t0, 1500).await;
+    // Removed and made again by a new operation, with no run due to see it gone.
+    disk.remove(LOCK);
+    disk.create(LOCK);
+    tx.try_send(change(0, "b", false)).unwrap(); // due at 1550: a new lock, held
+    at(t0, 1790).await;
+    disk.remove(LOCK);
+    finish(tx, task, t0 + MS * 4000).await;
+    let expected = [("a", 1050), ("b", 1900)];
     let expected: Vec<(String, u64)> = expected.iter().map(|(f, t)| (f.to_string(), *t)).collect();
     assert_eq!(starts(&log), expected);
 }
