@@ -12,6 +12,7 @@
 //! when asked, so a reload that changes `[server]` applies at once.
 
 use crate::config::{Config, ListenerConfig};
+use crate::protocol::replies::BuildResult;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -21,6 +22,9 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Builds {
     busy: watch::Sender<BTreeSet<String>>,
+    /// The last build's result; subscribers hear of failures and of the success
+    /// that follows one.
+    last: watch::Sender<Option<BuildResult>>,
     rule: Mutex<Rule>,
     /// Each listener that reported, with its route paths (for the default rule).
     paths: Mutex<HashMap<String, Vec<PathBuf>>>,
@@ -39,6 +43,7 @@ impl Default for Builds {
     fn default() -> Self {
         Builds {
             busy: watch::Sender::new(BTreeSet::new()),
+            last: watch::Sender::new(None),
             rule: Mutex::new(Rule::default()),
             paths: Mutex::new(HashMap::new()),
         }
@@ -68,6 +73,59 @@ impl Builds {
             true => set.insert(listener.name.clone()),
             false => set.remove(&listener.name),
         });
+    }
+
+    /// A run of `listener`'s `route` for `file` ended (`failure`: why it failed; `output`:
+    /// its last lines). Recorded when the listener counts as a build; subscribers are
+    /// told of a failure, and of a success after a failure.
+    pub fn finished(
+        &self,
+        listener: &ListenerConfig,
+        route: &str,
+        file: &std::path::Path,
+        failure: Option<String>,
+        output: Vec<String>,
+    ) {
+        if !self.counts(listener) {
+            return;
+        }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let result = BuildResult {
+            ok: failure.is_none(),
+            listener: listener.name.clone(),
+            route: route.to_owned(),
+            file: file.to_owned(),
+            output: if failure.is_some() { output } else { Vec::new() },
+            reason: failure,
+            at_ms,
+        };
+        self.last.send_if_modified(|last| {
+            let tell = !result.ok || last.as_ref().is_some_and(|l| !l.ok);
+            *last = Some(result);
+            tell
+        });
+    }
+
+    /// The last build's result.
+    pub fn last(&self) -> Option<BuildResult> {
+        self.last.borrow().clone()
+    }
+
+    /// Build results as they are told (see [`Builds::finished`]).
+    pub fn results(&self) -> watch::Receiver<Option<BuildResult>> {
+        self.last.subscribe()
+    }
+
+    /// Whether `listener` counts as a build now.
+    fn counts(&self, listener: &ListenerConfig) -> bool {
+        let rule = self.rule.lock().expect("builds lock");
+        match (&rule.named, &rule.root) {
+            (Some(named), _) => named.contains(&listener.name),
+            (None, Some(root)) => listener.routes.iter().any(|r| !r.path.starts_with(root)),
+            (None, None) => false,
+        }
     }
 
     /// Whether a listener that counts as a build is busy now.

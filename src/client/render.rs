@@ -159,6 +159,21 @@ fn status(s: &Status) -> String {
     if let Some(containment) = &s.containment {
         out.push_str(&format!("jobs     {containment}\n"));
     }
+    if let Some(build) = &s.last_build {
+        let what = format!("{}/{} {}", build.listener, build.route, escaped(&build.file));
+        match &build.reason {
+            None => out.push_str(&format!("build    ok: {what}\n")),
+            Some(reason) => {
+                out.push_str(&format!("build    FAILED: {what}: {reason}\n"));
+                if let Some(last) = build.output.last() {
+                    out.push_str(&format!(
+                        "         last output: {}\n",
+                        crate::names::one_line(last)
+                    ));
+                }
+            }
+        }
+    }
     out.push_str(&format!(
         "uptime   {}h{:02}m{:02}s\nlisteners {}/{} running\nserver   {}",
         uptime / 3600,

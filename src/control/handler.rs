@@ -80,6 +80,7 @@ fn status(state: &DaemonState) -> Response {
         server: state.server().map(|s| s.info()),
         unit: systemd_unit(),
         containment: crate::job::contain::describe(),
+        last_build: state.listeners.builds().last(),
     })
 }
 

@@ -1,6 +1,7 @@
 // execlib's LiveReload client (protocol 7). Connects to the server it was loaded
 // from, reloads the page when told (keeping the reader's scroll position), swaps
-// stylesheets in place, and reconnects with back-off when the server restarts.
+// stylesheets in place, shows a failed build over the page (and clears it when a
+// build succeeds), and reconnects with back-off when the server restarts.
 (function () {
   var PROTOCOL = "http://livereload.com/protocols/official-7";
   var scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -38,6 +39,8 @@
         reload(msg);
       } else if (msg.command === "alert") {
         window.alert(msg.message);
+      } else if (msg.command === "execlib-build") {
+        build(msg);
       }
     };
     ws.onclose = function () {
@@ -59,6 +62,37 @@
     }
     try { sessionStorage.setItem(SCROLL, JSON.stringify([window.scrollX, window.scrollY])); } catch (e) {}
     location.reload();
+  }
+
+  var OVERLAY = "execlib-build-failed";
+
+  // A failed build over the page: every field as text (textContent), never as HTML.
+  function build(msg) {
+    var shown = document.getElementById(OVERLAY);
+    if (shown) shown.remove();
+    if (msg.ok) {
+      if (shown) reload({ path: location.pathname });
+      return;
+    }
+    var box = document.createElement("div");
+    box.id = OVERLAY;
+    box.setAttribute("role", "alert");
+    box.style.cssText = "position:fixed;top:0;left:0;right:0;bottom:0;z-index:2147483647;overflow:auto;" +
+      "margin:0;padding:24px;background:rgba(24,24,24,.95);color:#eee;font:14px/1.45 monospace";
+    function add(tag, text, css) {
+      var e = document.createElement(tag);
+      e.textContent = text;
+      if (css) e.style.cssText = css;
+      box.appendChild(e);
+    }
+    add("div", "Build failed", "font-size:20px;font-weight:bold;color:#ff6b6b;margin-bottom:12px");
+    add("div", "listener " + msg.listener + ", route " + msg.route);
+    add("div", "file " + msg.file);
+    add("div", String(msg.reason || "failed"), "color:#ffb86b;margin:8px 0 12px");
+    add("pre", (msg.output || []).join("\n"), "white-space:pre-wrap;margin:0;font:inherit");
+    add("div", "Cleared by the next build that succeeds. Click to hide.", "margin-top:16px;color:#999");
+    box.onclick = function () { box.remove(); };
+    (document.body || document.documentElement).appendChild(box);
   }
 
   function swap(link) {

@@ -2,7 +2,9 @@
 //! connected browsers with the page each shows, and the targeting rule: stylesheets,
 //! scripts and images reload every client; any other file only the clients showing
 //! it (`/` is `/index.html`, `/a` is `/a.html`). After the handshake clients are sent
-//! only `hello`, `reload` and `alert`.
+//! only `hello`, `reload`, `alert` and `execlib-build` (how the last build ended: a
+//! command the standard livereload.js ignores, execlib's own client shows a failure
+//! over the page; a client connecting after a failure hears of it at once).
 //!
 //! Every limit is explicit: a message or frame over [`MAX_MESSAGE`] (fragments count
 //! toward it) closes the client with 1009; at most `max_clients` are connected (a
@@ -50,6 +52,8 @@ pub struct LiveReload {
     /// Seats taken (upgrading, in the handshake, or connected) and the most there may be.
     seats: AtomicUsize,
     max_clients: usize,
+    /// The `execlib-build` message of the last failed build, until one succeeds.
+    failed_build: Mutex<Option<String>>,
 }
 
 /// One of the `max_clients` seats, held from before the upgrade to the end of the session.
@@ -73,6 +77,7 @@ impl LiveReload {
             hello_timeout,
             seats: AtomicUsize::new(0),
             max_clients,
+            failed_build: Mutex::new(None),
         }
     }
 
@@ -129,6 +134,27 @@ impl LiveReload {
         }
     }
 
+    /// Tells every client how a build ended (`execlib-build`), and remembers a failure
+    /// for the clients that connect until a build succeeds.
+    pub fn build(&self, result: &crate::protocol::replies::BuildResult) {
+        let message = json!({
+            "command": "execlib-build",
+            "ok": result.ok,
+            "listener": result.listener,
+            "route": result.route,
+            "file": crate::names::escaped(&result.file).to_string(),
+            "reason": result.reason,
+            "output": result.output,
+        })
+        .to_string();
+        *self.failed_build.lock().expect("build lock") = (!result.ok).then(|| message.clone());
+        for client in self.clients.lock().expect("clients lock").values() {
+            if client.tx.try_send(message.clone()).is_err() {
+                client.stalled.cancel();
+            }
+        }
+    }
+
     /// Closes every session with 1001 (going away) and waits for them to end, up to `limit`.
     pub async fn close_all(&self, limit: Duration) {
         self.closing.cancel();
@@ -163,6 +189,9 @@ impl LiveReload {
             return;
         }
         let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
+        if let Some(failed) = self.failed_build.lock().expect("build lock").clone() {
+            let _ = tx.try_send(failed);
+        }
         let stalled = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client = Client {

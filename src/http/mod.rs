@@ -129,6 +129,7 @@ impl HttpServer {
             // Watching before the server counts as started (READY=1): a change made
             // right after must reach the browsers.
             if let Some((watcher, matcher)) = watch_root(&root, config.hidden).await {
+                tasks.spawn(tell_builds(builds.results(), lr.clone(), stop.clone()));
                 let pump = Pump {
                     root,
                     matcher,
@@ -366,6 +367,33 @@ async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watcher,
         Err(e) => {
             warn!("LiveReload cannot watch the site root: {e}");
             None
+        }
+    }
+}
+
+/// Tells LiveReload clients how builds end, as they are told (failures, and the
+/// success after one), until `stop`.
+async fn tell_builds(
+    mut results: tokio::sync::watch::Receiver<Option<crate::protocol::replies::BuildResult>>,
+    lr: Arc<LiveReload>,
+    stop: CancellationToken,
+) {
+    // A failure from before this server started is shown too.
+    if let Some(result) = results.borrow_and_update().clone().filter(|r| !r.ok) {
+        lr.build(&result);
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = results.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let result = results.borrow_and_update().clone();
+                if let Some(result) = result {
+                    lr.build(&result);
+                }
+            }
         }
     }
 }

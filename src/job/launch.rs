@@ -48,6 +48,8 @@ pub struct Context {
     pub grace: Duration,
     /// Where running jobs are recorded.
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// Told whether listeners are busy and how builds end (for LiveReload).
+    pub builds: Arc<crate::builds::Builds>,
 }
 
 /// Hears about the jobs a [`Launcher`] runs: the listener keeps its counters, its
@@ -133,7 +135,7 @@ impl Launcher {
         async move {
             let mut ok = true;
             for job in jobs {
-                ok &= job.await;
+                ok &= job.await.is_none();
             }
             ok
         }
@@ -156,6 +158,7 @@ impl Launcher {
             stdin: Some(path_lines(&frame.files)),
             ledger: Some(self.ctx.ledger.clone()),
             limits: post.limits,
+            tail: None,
         }
     }
 
@@ -191,6 +194,7 @@ impl Launcher {
             stdin,
             ledger: Some(self.ctx.ledger.clone()),
             limits: route.limits,
+            tail: Some(Default::default()),
         };
         let span = info_span!(
             "job",
@@ -200,19 +204,33 @@ impl Launcher {
             job_pid = tracing::field::Empty,
         );
         let (observer, grace) = (self.observer.clone(), self.ctx.grace);
-        tracked(
+        let tail = spec.tail.clone().unwrap_or_default();
+        let (builds, listener, name, file) = (
+            self.ctx.builds.clone(),
+            self.config.clone(),
+            route.name.clone(),
+            path.clone(),
+        );
+        let job = tracked(
             observer,
             route.name.clone(),
             path,
             spec,
             grace,
             self.cancel.clone(),
-        )
+        );
+        async move {
+            let failure = job.await;
+            let ok = failure.is_none();
+            builds.finished(&listener, &name, &file, failure, tail.lines());
+            ok
+        }
         .instrument(span)
     }
 }
 
-/// Runs a job, telling the observer of its start and end. Yields whether it succeeded.
+/// Runs a job, telling the observer of its start and end. Yields why it failed
+/// (`None`: it succeeded).
 async fn tracked(
     observer: Arc<dyn Observer>,
     route: String,
@@ -220,13 +238,12 @@ async fn tracked(
     spec: JobSpec,
     grace: Duration,
     cancel: CancellationToken,
-) -> bool {
+) -> Option<String> {
     let id = observer.started(&route, &path, &spec.pid);
     let outcome = super::run(&spec, grace, &cancel).await;
     let failure = outcome.failure();
-    let ok = failure.is_none();
-    observer.ended(id, &route, &path, failure);
-    ok
+    observer.ended(id, &route, &path, failure.clone());
+    failure
 }
 
 /// The paths, one per line, for a job's stdin.

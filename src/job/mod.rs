@@ -57,6 +57,38 @@ pub struct JobSpec {
     pub ledger: Option<std::sync::Arc<crate::ledger::Ledger>>,
     /// Its cgroup's limits (applied when jobs get cgroups: [`contain`]).
     pub limits: cgroup::Limits,
+    /// Where the last lines of its output are kept, when wanted (for a build's
+    /// failure in the browser).
+    pub tail: Option<std::sync::Arc<Tail>>,
+}
+
+/// The last [`TAIL_LINES`] lines of a job's output (stdout and stderr as they came),
+/// each cut at [`TAIL_LINE`] bytes.
+#[derive(Debug, Default)]
+pub struct Tail(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+/// Lines a [`Tail`] keeps.
+pub const TAIL_LINES: usize = 20;
+/// Bytes of a line a [`Tail`] keeps.
+pub const TAIL_LINE: usize = 1024;
+
+impl Tail {
+    fn push(&self, line: &str) {
+        let mut cut = TAIL_LINE.min(line.len());
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut lines = self.0.lock().expect("tail lock");
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line[..cut].to_owned());
+    }
+
+    /// The lines kept, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("tail lock").iter().cloned().collect()
+    }
 }
 
 /// How a job ended.
@@ -145,7 +177,7 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         group: group.as_ref(),
     };
     let feed = feed(stdin, spec.stdin.as_deref());
-    let drained = drain(stdout, stderr);
+    let drained = drain(stdout, stderr, spec.tail.as_deref());
     let output = async { tokio::join!(feed, drained) };
     tokio::pin!(output);
     let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -294,15 +326,19 @@ async fn feed(stdin: Option<tokio::net::unix::pipe::Sender>, data: Option<&[u8]>
     }
 }
 
-async fn drain(stdout: tokio::net::unix::pipe::Receiver, stderr: tokio::net::unix::pipe::Receiver) {
+async fn drain(
+    stdout: tokio::net::unix::pipe::Receiver,
+    stderr: tokio::net::unix::pipe::Receiver,
+    tail: Option<&Tail>,
+) {
     tokio::join!(
-        log_lines(Some(stdout), "stdout"),
-        log_lines(Some(stderr), "stderr")
+        log_lines(Some(stdout), "stdout", tail),
+        log_lines(Some(stderr), "stderr", tail)
     );
 }
 
 /// Logs each line of `reader`, cutting lines over [`MAX_LINE`]; never holds more than one line.
-async fn log_lines(reader: Option<impl AsyncRead + Unpin>, stream: &'static str) {
+async fn log_lines(reader: Option<impl AsyncRead + Unpin>, stream: &'static str, tail: Option<&Tail>) {
     let Some(reader) = reader else { return };
     let mut reader = BufReader::new(reader);
     let mut line = Vec::with_capacity(256);
@@ -314,6 +350,9 @@ async fn log_lines(reader: Option<impl AsyncRead + Unpin>, stream: &'static str)
                 let text = text.trim_end_matches(['\n', '\r']);
                 let marker = if cut { " [line cut at 8 KiB]" } else { "" };
                 info!(stream, "{text}{marker}");
+                if let Some(tail) = tail {
+                    tail.push(text);
+                }
             }
             Err(e) => {
                 warn!(stream, "reading job output: {e}");
@@ -391,6 +430,7 @@ mod tests {
             stdin: None,
             ledger: None,
             limits: Default::default(),
+            tail: None,
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);

@@ -166,8 +166,6 @@ impl crate::job::launch::Observer for Shared {
 pub(crate) struct JobContext {
     pub jobs: crate::job::launch::Context,
     pub state_dir: PathBuf,
-    /// Where each listener says whether it is busy (for LiveReload).
-    pub builds: Arc<crate::builds::Builds>,
 }
 
 /// The daemon's listeners.
@@ -185,7 +183,7 @@ pub struct Listeners {
 impl Listeners {
     /// Where the listeners say whether they are busy.
     pub fn builds(&self) -> Arc<crate::builds::Builds> {
-        self.ctx.builds.clone()
+        self.ctx.jobs.builds.clone()
     }
 
     /// The listeners of `config`, all stopped; their jobs are recorded in `ledger`,
@@ -207,9 +205,9 @@ impl Listeners {
                     instance: config.instance.clone(),
                     grace: config.daemon.shutdown_grace,
                     ledger,
+                    builds,
                 },
                 state_dir: config.daemon.state_dir.clone(),
-                builds,
             },
             closing: std::sync::atomic::AtomicBool::new(false),
             changing: tokio::sync::Mutex::new(()),

@@ -77,7 +77,7 @@ impl Run {
         if let Some(holds) = self.holds.take() {
             sched = sched.with_holds(holds);
         }
-        let (builds, config) = (self.ctx.builds.clone(), self.config.clone());
+        let (builds, config) = (self.ctx.jobs.builds.clone(), self.config.clone());
         sched = sched.with_activity(scheduler::Activity(Arc::new(move |busy| {
             builds.set(&config, busy)
         })));

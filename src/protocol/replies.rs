@@ -128,6 +128,31 @@ pub struct Status {
     /// How jobs and their descendants are contained, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containment: Option<String>,
+    /// How the last build ended (a run of a listener that builds the site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_build: Option<BuildResult>,
+}
+
+/// How a build's run ended: what LiveReload shows in the browser and `status` says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResult {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The listener.
+    pub listener: String,
+    /// The route.
+    pub route: String,
+    /// The file (absolute; the route's path for a batch).
+    #[serde(with = "wire")]
+    pub file: PathBuf,
+    /// Why it failed ("exit code 2", "killed by signal 9", "timed out", …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The last lines of its output, when it failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 /// How many listeners run, of how many.

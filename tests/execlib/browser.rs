@@ -296,3 +296,65 @@ fn a_reload_keeps_the_readers_place_on_a_page_that_grows_after_loading() {
     let state = "document.getElementById('t').textContent + '|' + window.scrollY";
     tab.wait_for("the reloaded page back at the reader's place", state, "v2|1234");
 }
+
+#[test]
+fn a_failed_build_shows_over_the_page_as_text_and_the_next_good_one_clears_it() {
+    let sandbox = Sandbox::new();
+    sandbox.write("content/post.md", "fine");
+    // Fails while the source says "broken", printing markup that must stay text.
+    let build = r#"if grep -q broken ../content/post.md; then echo compiling; echo '<b id="injected">bold</b> error: broken on line 3' >&2; exit 2; fi; cp ../content/post.md ../public/post.txt"#;
+    let listener = one_route(build, "")
+        .replacen("path = \"src\"", "path = \"content\"", 1)
+        .replacen("debounce_ms = 50", "debounce_ms = 0", 1)
+        .replacen("delay_ms = 10", "delay_ms = 0", 1);
+    let config = site_config(&sandbox, "inject = true", &listener);
+    sandbox.write(
+        "public/index.html",
+        r#"<html><body><h1 id="t">v1</h1><script>sessionStorage.loads = Number(sessionStorage.loads || 0) + 1</script></body></html>"#,
+    );
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
+        skip(NO_CHROMIUM);
+        return;
+    };
+    let mut tab = browser.page();
+    tab.wait_for("the page to load", "String(sessionStorage.loads)", "1");
+    eventually("the LiveReload client", || {
+        (livereload_clients(&daemon) == 1).then_some(())
+    });
+    sandbox.write("content/post.md", "broken");
+    let overlay = "(function () { var o = document.getElementById('execlib-build-failed'); \
+                   return o ? o.textContent : 'none'; })()";
+    let text = eventually("the overlay", || {
+        let text = tab.eval(overlay);
+        (text != "none" && !text.is_null()).then_some(text)
+    });
+    let text = text.as_str().unwrap().to_owned();
+    for needle in [
+        "Build failed",
+        "route pages",
+        "exit code 2",
+        "<b id=\"injected\">bold</b> error: broken on line 3",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in {text:?}");
+    }
+    assert_eq!(
+        tab.eval("String(document.getElementById('injected'))"),
+        "null",
+        "markup shown as text"
+    );
+    let status = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        status.contains("build    FAILED") && status.contains("exit code 2"),
+        "{status}"
+    );
+    sandbox.write("content/post.md", "fixed");
+    tab.wait_for(
+        "cleared, and the page reloaded",
+        &format!("{overlay} + '|' + sessionStorage.loads"),
+        "none|2",
+    );
+    let status = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(status.contains("build    ok"), "{status}");
+}

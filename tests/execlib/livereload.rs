@@ -188,3 +188,24 @@ fn changes_made_with_no_build_running_go_out_at_once() {
     assert_eq!(reloaded, "/a.html");
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
+
+#[test]
+fn a_client_connecting_after_a_failed_build_hears_of_it_after_hello() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("content")).unwrap();
+    let listener =
+        one_route("echo 'oops' >&2; exit 3", "").replacen("path = \"src\"", "path = \"content\"", 1);
+    let config = site_config(&sandbox, "", &listener);
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    sandbox.write("content/a.md", "x");
+    eventually("the failure", || {
+        daemon.log().contains("job failed with exit code 3").then_some(())
+    });
+    let mut client = LrClient::on_page(&addr, "/");
+    let build = client.recv().expect("the build's result");
+    assert_eq!(build["command"], "execlib-build", "{build}");
+    assert_eq!(build["ok"], false);
+    assert_eq!(build["reason"], "exit code 3");
+    assert_eq!(build["output"], serde_json::json!(["oops"]));
+}
