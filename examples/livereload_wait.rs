@@ -19,7 +19,8 @@ fn main() {
     let info = format!(r#"{{"command":"info","plugins":{{}},"url":"http://{addr}{page}"}}"#);
     ws.send(tungstenite::Message::text(info)).expect("info");
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
     }
     let end = Instant::now() + Duration::from_secs(10);
     let mut said = false;
@@ -36,7 +37,10 @@ fn main() {
             }
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => {
                 eprintln!("livereload_wait: {e}");
                 std::process::exit(1);

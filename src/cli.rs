@@ -3,15 +3,15 @@
 //! (`examples/package_assets.rs`).
 
 use crate::logging::LogFormat;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// execlib daemon: watches directory trees and runs jobs when files change.
 #[derive(Debug, Parser)]
-#[command(name = "execlibd", version)]
+#[command(name = "execlibd", version, args_conflicts_with_subcommands = true)]
 pub struct DaemonCli {
     /// The config file; the instance name is its stem.
-    #[arg(long, required_unless_present = "instance", conflicts_with = "instance")]
+    #[arg(long, conflicts_with = "instance")]
     pub config: Option<PathBuf>,
     /// The instance: config at $CONFIGURATION_DIRECTORY/NAME.toml, else /etc/execlib/NAME.toml.
     #[arg(long)]
@@ -22,6 +22,34 @@ pub struct DaemonCli {
     /// Log to the journal or as text on stderr (default: journal when stderr is the journal).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Instead of a config: serve a folder (see `execlibd serve --help`).
+    #[command(subcommand)]
+    pub command: Option<DaemonCommand>,
+}
+
+/// What `execlibd` does without a config file.
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Serve a folder on 127.0.0.1 with LiveReload (pages reload when files change),
+    /// optionally rebuilding on changes: no config file, no root, no systemd.
+    Serve(ServeArgs),
+}
+
+/// `execlibd serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The folder to serve (default: the current directory).
+    pub dir: Option<PathBuf>,
+    /// The port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8778)]
+    pub port: u16,
+    /// Open the page in a browser (xdg-open) once it is served.
+    #[arg(long)]
+    pub open: bool,
+    /// Rebuild on change: when a file under the current directory matching GLOB
+    /// changes, run COMMAND (with sh); browsers reload once it is done.
+    #[arg(long, num_args = 2, value_names = ["GLOB", "COMMAND"])]
+    pub run: Option<Vec<String>>,
 }
 
 /// Control a running execlib daemon.

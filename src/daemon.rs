@@ -168,6 +168,13 @@ fn raise_fd_limit() {
 /// `execlibd`'s body: finds and validates the config (`--check` stops there), sets
 /// up logging, then serves until SIGTERM or SIGINT; the exit code says how it went.
 pub fn main(cli: crate::cli::DaemonCli) -> std::process::ExitCode {
+    if let Some(crate::cli::DaemonCommand::Serve(args)) = &cli.command {
+        return serve_folder(args, cli.log_format);
+    }
+    if cli.config.is_none() && cli.instance.is_none() {
+        eprintln!("execlibd: give --config FILE or --instance NAME (or `execlibd serve [DIR]`)");
+        return std::process::ExitCode::FAILURE;
+    }
     let env = crate::paths::Environment::from_process();
     let loaded = crate::config::locate(cli.config, cli.instance, &env)
         .and_then(|(path, instance)| Ok((Config::load(&path, &instance, &env)?, path)));
@@ -191,6 +198,32 @@ pub fn main(cli: crate::cli::DaemonCli) -> std::process::ExitCode {
     }
     crate::logging::init(cli.log_format);
     serve(config)
+}
+
+/// `execlibd serve`: the daemon on a config made from the command line (see
+/// [`crate::serve`]), logging as text unless told otherwise.
+fn serve_folder(
+    args: &crate::cli::ServeArgs,
+    log_format: Option<crate::LogFormat>,
+) -> std::process::ExitCode {
+    let served = match crate::serve::prepare(args) {
+        Ok(served) => served,
+        Err(e) => {
+            eprintln!("execlibd: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    crate::logging::init(Some(log_format.unwrap_or(crate::LogFormat::Text)));
+    let root = served
+        .config
+        .server
+        .as_ref()
+        .map(|s| s.root.clone())
+        .unwrap_or_default();
+    crate::serve::announce(served.addr, &root, &served.config.control.socket, args.open);
+    let code = serve(served.config.clone());
+    drop(served); // its directory, after the daemon is done with it
+    code
 }
 
 /// The daemon's body: a runtime, the signal handlers, [`run`], an exit code.

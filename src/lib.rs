@@ -34,6 +34,7 @@ mod notify;
 mod paths;
 mod route;
 mod scheduler;
+mod serve;
 mod snapshot;
 mod state;
 mod sys;

@@ -21,6 +21,7 @@ mod mounts;
 mod protocol_errors;
 mod regression;
 mod reload;
+mod serve;
 mod users;
 mod vcs;
 mod watching;

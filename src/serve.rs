@@ -1,0 +1,142 @@
+//! `execlibd serve [DIR]`: the daemon on a config made from the command line, for a
+//! web developer who wants a folder served with LiveReload (and, with `--run GLOB
+//! COMMAND`, rebuilt on change) without writing a config. It is the same daemon:
+//! the config goes through the same validation, and the server the same rules.
+//!
+//! The config, the control socket and the state live in a private temporary
+//! directory, removed at exit; the URL (and how to reach the control socket) is
+//! printed once the page is served.
+
+use crate::cli::ServeArgs;
+use crate::config::{Config, ConfigError};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Why `serve` cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The folder is not there.
+    #[error("{}: not a directory", crate::names::escaped(.0))]
+    NotADirectory(PathBuf),
+    /// The port is taken (or cannot be bound).
+    #[error("cannot listen on 127.0.0.1:{port}: {source} (choose another with --port, or --port 0 for any)")]
+    Port {
+        /// The port asked for.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The temporary directory cannot be made.
+    #[error("cannot make a temporary directory: {0}")]
+    Temp(std::io::Error),
+    /// The generated config is refused (a bad glob, say).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+/// A generated config and the private directory that holds it (removed on drop).
+pub struct Served {
+    /// The config.
+    pub config: Config,
+    /// Where the page is served.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// The config for `args`, in a new private temporary directory.
+pub fn prepare(args: &ServeArgs) -> Result<Served, ServeError> {
+    let cwd = std::env::current_dir().map_err(ServeError::Temp)?;
+    let root = cwd.join(args.dir.clone().unwrap_or_else(|| ".".into()));
+    if !root.is_dir() {
+        return Err(ServeError::NotADirectory(root));
+    }
+    // A port of 0 is chosen now, so the URL can be printed before the daemon runs.
+    let probe = TcpListener::bind(("127.0.0.1", args.port)).map_err(|source| ServeError::Port {
+        port: args.port,
+        source,
+    })?;
+    let addr = probe.local_addr().map_err(ServeError::Temp)?;
+    drop(probe);
+    let dir = tempfile::Builder::new()
+        .prefix("execlib-serve-")
+        .tempdir()
+        .map_err(ServeError::Temp)?;
+    let path = dir.path().join("serve.toml");
+    std::fs::write(&path, config_text(&root, &cwd, addr, args.run.as_deref())).map_err(ServeError::Temp)?;
+    let config = Config::load(&path, "serve", &crate::paths::Environment::from_process())?;
+    Ok(Served {
+        config,
+        addr,
+        _dir: dir,
+    })
+}
+
+/// The config's text: a TOML string for every value the user gave.
+fn config_text(root: &Path, cwd: &Path, addr: SocketAddr, run: Option<&[String]>) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let path = |p: &Path| quote(&p.to_string_lossy());
+    let mut text = format!(
+        "[daemon]\nstate_dir = \"state\"\nshutdown_grace_ms = 2000\n\
+         [control]\nsocket = \"control.sock\"\n\
+         [server]\nlisten = {}\nroot = {}\ninject = true\n",
+        quote(&addr.to_string()),
+        path(root),
+    );
+    if let Some([glob, command]) = run {
+        text.push_str(&format!(
+            "[[listener]]\nname = \"run\"\n  [[listener.route]]\n  name = \"run\"\n  path = {}\n  \
+             glob = {}\n  mode = \"batch\"\n  workdir = {}\n  shell = {}\n",
+            path(cwd),
+            quote(glob),
+            path(cwd),
+            quote(command),
+        ));
+    }
+    text
+}
+
+/// Waits (in a thread) until `addr` accepts connections, then prints the URL and,
+/// with `open`, opens it in a browser.
+pub fn announce(addr: SocketAddr, root: &Path, socket: &Path, open: bool) {
+    let (root, socket) = (root.to_owned(), socket.to_owned());
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_err() {
+            if Instant::now() > end {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let url = format!("http://{addr}/");
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
+            "Serving {} at {url} with LiveReload (Ctrl-C stops)\ncontrol: execlibctl --socket {}",
+            crate::names::escaped(&root),
+            crate::names::escaped(&socket),
+        );
+        let _ = out.flush();
+        if open && let Err(e) = std::process::Command::new("xdg-open").arg(&url).spawn() {
+            eprintln!("execlibd: cannot open a browser (xdg-open: {e}); open {url}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_from_the_command_line_are_quoted_as_toml_strings() {
+        let addr: SocketAddr = "127.0.0.1:8778".parse().unwrap();
+        let run = ["a\"b/**".to_owned(), "make \\\n html".to_owned()];
+        let text = config_text(Path::new("/srv/my \"site\""), Path::new("/srv"), addr, Some(&run));
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["server"]["root"].as_str(), Some("/srv/my \"site\""));
+        let route = &value["listener"][0]["route"][0];
+        assert_eq!(route["glob"].as_str(), Some("a\"b/**"));
+        assert_eq!(route["shell"].as_str(), Some("make \\\n html"));
+    }
+}
