@@ -17,6 +17,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 mkdir -p "$work/public" "$work/src"
 head -c 1024 /dev/urandom | base64 | head -c 1024 > "$work/public/small.html"
+head -c $((10 * 1024 * 1024)) /dev/urandom > "$work/public/large.bin"
 
 start_execlibd() { # start_execlibd DELAY_MS; sets $addr to its HTTP address
   cat > "$work/site.toml" <<TOML
@@ -52,7 +53,7 @@ events { worker_connections 1024; }
 http {
   access_log off;
   sendfile on;
-  types { text/html html; }
+  types { text/html html; application/octet-stream bin; }
   server { listen 127.0.0.1:$nginx_port; root $work/public; add_header Cache-Control no-cache; }
 }
 NGINX
@@ -70,6 +71,17 @@ done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 m_ours=$(median "${ours[@]}"); m_theirs=$(median "${theirs[@]}")
 echo "small file (1 KiB), wrk -t2 -c32 -d5s, $rounds rounds each, medians:"
+echo "  execlibd: $m_ours req/s   (rounds: ${ours[*]})"
+echo "  nginx:    $m_theirs req/s   (rounds: ${theirs[*]})"
+python3 -c "print(f'  ratio execlibd / nginx: {$m_ours / $m_theirs:.2f}')"
+rps_large() { wrk -t2 -c8 -d5s "$1" | awk '/Requests\/sec/ {print $2}'; }
+ours=(); theirs=()
+for _ in $(seq "$rounds"); do
+  ours+=("$(rps_large "http://$addr/large.bin")")
+  theirs+=("$(rps_large "http://127.0.0.1:$nginx_port/large.bin")")
+done
+m_ours=$(median "${ours[@]}"); m_theirs=$(median "${theirs[@]}")
+echo "large file (10 MiB), wrk -t2 -c8 -d5s, $rounds rounds each, medians:"
 echo "  execlibd: $m_ours req/s   (rounds: ${ours[*]})"
 echo "  nginx:    $m_theirs req/s   (rounds: ${theirs[*]})"
 python3 -c "print(f'  ratio execlibd / nginx: {$m_ours / $m_theirs:.2f}')"
