@@ -13,9 +13,9 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_util::io::ReaderStream;
 
 /// The tag inserted into served HTML when `inject` is on.

@@ -209,3 +209,38 @@ fn a_client_connecting_after_a_failed_build_hears_of_it_after_hello() {
     assert_eq!(build["reason"], "exit code 3");
     assert_eq!(build["output"], serde_json::json!(["oops"]));
 }
+
+#[test]
+fn a_failed_build_reaches_connected_clients_within_200_ms_of_its_end() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("content")).unwrap();
+    // Its last act: the wall clock, in ns, on its output.
+    let listener = one_route("date +%s%N; exit 1", "").replacen(
+        "path = \"src\"",
+        "path = \"content\"",
+        1,
+    );
+    let config = site_config(&sandbox, "", &listener);
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let mut client = LrClient::on_page(&addr, "/");
+    eventually("the client counted", || (clients(&daemon) == 1).then_some(()));
+    sandbox.write("content/a.md", "x");
+    let build = client.recv().expect("the build's result");
+    let arrived = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert_eq!(build["command"], "execlib-build", "{build}");
+    let ended: u128 = build["output"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ms = (arrived - ended) / 1_000_000;
+    assert!(ms < 200, "{ms} ms from the job's end to the client");
+}
