@@ -22,12 +22,29 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Builds {
     busy: watch::Sender<BTreeSet<String>>,
-    /// The last build's result; subscribers hear of failures and of the success
-    /// that follows one.
-    last: watch::Sender<Option<BuildResult>>,
+    /// What browsers should show: a failure still current (the latest), or the
+    /// success that cleared the last one; subscribers hear of each change.
+    shown: watch::Sender<Option<BuildResult>>,
+    /// The runs failing now, by listener, route and file (a later success of the
+    /// same one clears it), and the latest result of all.
+    results: Mutex<Results>,
     rule: Mutex<Rule>,
     /// Each listener that reported, with its route paths (for the default rule).
     paths: Mutex<HashMap<String, Vec<PathBuf>>>,
+}
+
+/// The runs failing now, and the latest result.
+#[derive(Debug, Default)]
+struct Results {
+    failing: std::collections::BTreeMap<(String, String, PathBuf), BuildResult>,
+    latest: Option<BuildResult>,
+}
+
+impl Results {
+    /// The failure to show: the latest of those still failing.
+    fn shown_failure(&self) -> Option<BuildResult> {
+        self.failing.values().max_by_key(|r| r.at_ms).cloned()
+    }
 }
 
 /// Which listeners count, from the config.
@@ -43,7 +60,8 @@ impl Default for Builds {
     fn default() -> Self {
         Builds {
             busy: watch::Sender::new(BTreeSet::new()),
-            last: watch::Sender::new(None),
+            shown: watch::Sender::new(None),
+            results: Mutex::new(Results::default()),
             rule: Mutex::new(Rule::default()),
             paths: Mutex::new(HashMap::new()),
         }
@@ -76,8 +94,9 @@ impl Builds {
     }
 
     /// A run of `listener`'s `route` for `file` ended (`failure`: why it failed; `output`:
-    /// its last lines). Recorded when the listener counts as a build; subscribers are
-    /// told of a failure, and of a success after a failure.
+    /// its last lines). Recorded when the listener counts as a build. A failure is
+    /// shown until a run of the same route for the same file succeeds; subscribers
+    /// are told of each failure, and of the success that leaves none failing.
     pub fn finished(
         &self,
         listener: &ListenerConfig,
@@ -101,21 +120,39 @@ impl Builds {
             reason: failure,
             at_ms,
         };
-        self.last.send_if_modified(|last| {
-            let tell = !result.ok || last.as_ref().is_some_and(|l| !l.ok);
-            *last = Some(result);
+        let mut results = self.results.lock().expect("builds lock");
+        let key = (result.listener.clone(), result.route.clone(), result.file.clone());
+        if result.ok {
+            results.failing.remove(&key);
+        } else {
+            results.failing.insert(key, result.clone());
+        }
+        results.latest = Some(result.clone());
+        let shown = match results.shown_failure() {
+            Some(failure) => Some(failure),
+            // None failing any more: the success that says so clears what is shown.
+            None => Some(result),
+        };
+        self.shown.send_if_modified(|current| {
+            let tell = *current != shown
+                && (current.as_ref().is_some_and(|c| !c.ok) || shown.as_ref().is_some_and(|s| !s.ok));
+            if tell || current.is_none() {
+                *current = shown;
+            }
             tell
         });
     }
 
-    /// The last build's result.
+    /// The build result for `status`: the latest failure while one is current, else
+    /// the latest result.
     pub fn last(&self) -> Option<BuildResult> {
-        self.last.borrow().clone()
+        let results = self.results.lock().expect("builds lock");
+        results.shown_failure().or_else(|| results.latest.clone())
     }
 
-    /// Build results as they are told (see [`Builds::finished`]).
+    /// What browsers should show, as it changes (see [`Builds::finished`]).
     pub fn results(&self) -> watch::Receiver<Option<BuildResult>> {
-        self.last.subscribe()
+        self.shown.subscribe()
     }
 
     /// Whether `listener` counts as a build now.
@@ -195,5 +232,25 @@ mod tests {
         builds.configure(&config("[server]\nroot = \"public\"\nbuilds = []"));
         assert!(rx.has_changed().unwrap(), "waiters look again");
         assert!(!builds.building());
+    }
+
+    #[test]
+    fn a_failure_stays_shown_until_the_same_run_succeeds() {
+        let config = config("[server]\nroot = \"public\"");
+        let builds = Builds::default();
+        builds.configure(&config);
+        let build = &config.listeners[0];
+        let (a, b) = (std::path::Path::new("/c/a.md"), std::path::Path::new("/c/b.md"));
+        let mut shown = builds.results();
+        builds.finished(build, "pages", a, Some("exit code 2".into()), vec!["oops".into()]);
+        assert!(shown.has_changed().unwrap());
+        assert_eq!(shown.borrow_and_update().as_ref().map(|r| r.ok), Some(false));
+        builds.finished(build, "pages", b, None, vec![]);
+        assert!(!shown.has_changed().unwrap(), "a.md is still broken");
+        assert_eq!(builds.last().and_then(|r| r.reason), Some("exit code 2".into()));
+        builds.finished(build, "pages", a, None, vec![]);
+        assert!(shown.has_changed().unwrap());
+        assert_eq!(shown.borrow_and_update().as_ref().map(|r| r.ok), Some(true));
+        assert_eq!(builds.last().map(|r| r.ok), Some(true));
     }
 }

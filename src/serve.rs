@@ -85,6 +85,9 @@ fn config_text(root: &Path, cwd: &Path, addr: SocketAddr, run: Option<&[String]>
         path(root),
     );
     if let Some([glob, command]) = run {
+        // Its route watches the current directory, which may hold the site: it is
+        // the build whatever the default rule would say.
+        text.push_str("builds = [\"run\"]\n");
         text.push_str(&format!(
             "[[listener]]\nname = \"run\"\n  [[listener.route]]\n  name = \"run\"\n  path = {}\n  \
              glob = {}\n  mode = \"batch\"\n  workdir = {}\n  shell = {}\n",
@@ -134,6 +137,7 @@ mod tests {
         let run = ["a\"b/**".to_owned(), "make \\\n html".to_owned()];
         let text = config_text(Path::new("/srv/my \"site\""), Path::new("/srv"), addr, Some(&run));
         let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["server"]["builds"].as_array().map(Vec::len), Some(1));
         assert_eq!(value["server"]["root"].as_str(), Some("/srv/my \"site\""));
         let route = &value["listener"][0]["route"][0];
         assert_eq!(route["glob"].as_str(), Some("a\"b/**"));

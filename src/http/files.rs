@@ -256,6 +256,7 @@ async fn stream(file: std::fs::File, start: u64, count: u64) -> Body {
         true => BIG_CHUNK,
         false => SMALL_CHUNK,
     };
+    let chunk = chunk.min(usize::try_from(count).unwrap_or(usize::MAX)).max(1);
     let chunks = ReaderStream::with_capacity(file.take(count), chunk);
     let frames = futures::StreamExt::map(chunks, move |chunk| {
         let _counted = &streaming;

@@ -34,6 +34,9 @@
       var msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
       if (msg.command === "hello") {
+        // A failure still current is sent again right after this; an old one goes.
+        var shown = document.getElementById(OVERLAY);
+        if (shown) shown.remove();
         ws.send(JSON.stringify({ command: "info", plugins: {}, url: location.href }));
       } else if (msg.command === "reload") {
         reload(msg);

@@ -147,8 +147,11 @@ impl LiveReload {
             "output": result.output,
         })
         .to_string();
+        // Under the clients' lock: a client connecting now gets the failure from
+        // `failed_build` or from here, never neither nor a stale one.
+        let clients = self.clients.lock().expect("clients lock");
         *self.failed_build.lock().expect("build lock") = (!result.ok).then(|| message.clone());
-        for client in self.clients.lock().expect("clients lock").values() {
+        for client in clients.values() {
             if client.tx.try_send(message.clone()).is_err() {
                 client.stalled.cancel();
             }
@@ -189,9 +192,6 @@ impl LiveReload {
             return;
         }
         let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
-        if let Some(failed) = self.failed_build.lock().expect("build lock").clone() {
-            let _ = tx.try_send(failed);
-        }
         let stalled = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client = Client {
@@ -199,7 +199,13 @@ impl LiveReload {
             tx,
             stalled: stalled.clone(),
         };
-        self.clients.lock().expect("clients lock").insert(id, client);
+        {
+            let mut clients = self.clients.lock().expect("clients lock");
+            if let Some(failed) = self.failed_build.lock().expect("build lock").clone() {
+                let _ = client.tx.try_send(failed);
+            }
+            clients.insert(id, client);
+        }
         loop {
             tokio::select! {
                 _ = self.closing.cancelled() => {

@@ -426,13 +426,18 @@ impl Pump {
         // The first and the last change since the clients were last told.
         let mut first: Option<Instant> = None;
         let mut last = Instant::now();
+        // When the last build ended, if one did since the clients were last told: the
+        // cap of 10 times `delay` counts from there.
+        let mut build_ended: Option<Instant> = None;
         let mut activity = self.builds.subscribe();
         let mut builds_open = true;
         loop {
             let building = builds_open && self.builds.building();
             let due = first.map(|first| match building {
                 true => first + MAX_BUILD_WAIT,
-                false => (last + self.delay).min(first + self.delay * 10),
+                false => (last + self.delay)
+                    .min(build_ended.unwrap_or(first) + self.delay * 10)
+                    .min(first + MAX_BUILD_WAIT),
             });
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -451,13 +456,15 @@ impl Pump {
                     }
                 },
                 changed = activity.changed(), if builds_open => match changed {
-                    // A build ended: what it wrote goes out `delay` from now, so its
-                    // last writes, still on their way from inotify, join them.
-                    Ok(()) => {
+                    // A build ended (not any change of who is busy): what it wrote goes
+                    // out `delay` from now, so its last writes, still on their way from
+                    // inotify, join them.
+                    Ok(()) if building && !self.builds.building() => {
                         let now = Instant::now();
-                        first = first.map(|_| now);
+                        build_ended = Some(now);
                         last = now;
                     }
+                    Ok(()) => {}
                     Err(_) => builds_open = false,
                 },
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
@@ -467,7 +474,7 @@ impl Pump {
                     let changed: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
                     debug!(files = changed.len(), everything, "telling LiveReload clients");
                     self.lr.changed(&changed, std::mem::take(&mut everything));
-                    first = None;
+                    (first, build_ended) = (None, None);
                 }
             }
         }

@@ -205,11 +205,12 @@ impl Launcher {
         );
         let (observer, grace) = (self.observer.clone(), self.ctx.grace);
         let tail = spec.tail.clone().unwrap_or_default();
-        let (builds, listener, name, file) = (
+        let (builds, listener, name, file, cancel) = (
             self.ctx.builds.clone(),
             self.config.clone(),
             route.name.clone(),
             path.clone(),
+            self.cancel.clone(),
         );
         let job = tracked(
             observer,
@@ -222,7 +223,10 @@ impl Launcher {
         async move {
             let failure = job.await;
             let ok = failure.is_none();
-            builds.finished(&listener, &name, &file, failure, tail.lines());
+            // Ended by a stop (SIGTERM from us): no build result.
+            if !cancel.is_cancelled() {
+                builds.finished(&listener, &name, &file, failure, tail.lines());
+            }
             ok
         }
         .instrument(span)

@@ -215,11 +215,7 @@ fn a_failed_build_reaches_connected_clients_within_200_ms_of_its_end() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("content")).unwrap();
     // Its last act: the wall clock, in ns, on its output.
-    let listener = one_route("date +%s%N; exit 1", "").replacen(
-        "path = \"src\"",
-        "path = \"content\"",
-        1,
-    );
+    let listener = one_route("date +%s%N; exit 1", "").replacen("path = \"src\"", "path = \"content\"", 1);
     let config = site_config(&sandbox, "", &listener);
     let daemon = Daemon::start(&sandbox, &config);
     let addr = http_addr(&daemon);
@@ -243,4 +239,61 @@ fn a_failed_build_reaches_connected_clients_within_200_ms_of_its_end() {
         .unwrap();
     let ms = (arrived - ended) / 1_000_000;
     assert!(ms < 200, "{ms} ms from the job's end to the client");
+}
+
+#[test]
+fn regression_a_build_stopped_by_its_listener_is_no_failure() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("content")).unwrap();
+    let listener = one_route("echo yes > ../out/started; sleep 30", "").replacen(
+        "path = \"src\"",
+        "path = \"content\"",
+        1,
+    );
+    let config = site_config(&sandbox, "", &listener);
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("content/a.md", "x");
+    sandbox.wait_out("started");
+    assert!(daemon.ctl(&["stop", "docs"]).status.success());
+    let status = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(!status.contains("build    FAILED"), "{status}");
+}
+
+#[test]
+fn regression_a_busy_listener_that_is_no_build_does_not_hold_reloads() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("noise")).unwrap();
+    // Only "docs" builds; "noisy" runs jobs all the time, and must not matter.
+    let noisy = "\n[[listener]]\nname = \"noisy\"\n  [[listener.route]]\n  path = \"noise\"\n  debounce_ms = 0\n  delay_ms = 0\n  shell = \"true\"\n";
+    let config = site_config(
+        &sandbox,
+        "builds = [\"docs\"]",
+        &format!("{}{noisy}", one_route("true", "")),
+    );
+    sandbox.write("public/index.html", "v1");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let (stop, dir) = (stop.clone(), sandbox.path("noise"));
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                std::fs::write(dir.join("n"), i.to_string()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    let mut client = LrClient::on_page(&addr, "/");
+    let started = std::time::Instant::now();
+    let reloaded = until_reload(&mut client, || sandbox.write("public/index.html", "v2"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    noise.join().unwrap();
+    assert_eq!(reloaded, "/index.html");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
