@@ -127,6 +127,19 @@ fn page(text: &str) -> String {
 
 const NO_CHROMIUM: &str = "no chromium (Debian package `chromium`; .ci/run installs it)";
 
+/// The daemon started on `config` and Chromium on its home page; `None` (after
+/// saying why) without Chromium.
+fn open_site(sandbox: &Sandbox, config: &std::path::Path) -> Option<(Daemon, Browser, Page)> {
+    let daemon = Daemon::start(sandbox, config);
+    let addr = http_addr(&daemon);
+    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
+        skip(NO_CHROMIUM);
+        return None;
+    };
+    let tab = browser.page();
+    Some((daemon, browser, tab))
+}
+
 fn livereload_clients(daemon: &Daemon) -> serde_json::Value {
     daemon.request(r#"{"cmd":"status"}"#)["server"]["livereload_clients"].clone()
 }
@@ -137,13 +150,9 @@ fn browser_restyles_on_css_and_reloads_on_html() {
     let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
     sandbox.write("public/index.html", &page("v1"));
     sandbox.write("public/style.css", "h1 { color: rgb(255, 0, 0); }");
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = http_addr(&daemon);
-    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
-        skip(NO_CHROMIUM);
+    let Some((daemon, _browser, mut tab)) = open_site(&sandbox, &config) else {
         return;
     };
-    let mut tab = browser.page();
     let state = "[document.getElementById('t').textContent, getComputedStyle(document.getElementById('t')).color, String(window.marker)].join('|')";
     tab.wait_for("the page to load", state, "v1|rgb(255, 0, 0)|undefined");
     eventually("the LiveReload client", || {
@@ -240,19 +249,12 @@ fn a_build_that_rewrites_the_page_for_two_seconds_loads_it_once_more() {
     let build = format!(
         r#"for i in $(seq 1 20); do echo "{step}" > ../public/index.html; sleep 0.1; done; touch ../out/done"#
     );
-    let listener = one_route(&build, "")
-        .replacen("path = \"src\"", "path = \"content\"", 1)
-        .replacen("debounce_ms = 50", "debounce_ms = 0", 1)
-        .replacen("delay_ms = 10", "delay_ms = 0", 1);
+    let listener = build_route(&build);
     let config = site_config(&sandbox, "inject = true", &listener);
     sandbox.write("public/index.html", &counted("v0"));
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = http_addr(&daemon);
-    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
-        skip(NO_CHROMIUM);
+    let Some((daemon, _browser, mut tab)) = open_site(&sandbox, &config) else {
         return;
     };
-    let mut tab = browser.page();
     let state = "document.getElementById('t').textContent + '|' + sessionStorage.loads";
     tab.wait_for("the page to load", state, "v0|1");
     eventually("the LiveReload client", || {
@@ -278,13 +280,9 @@ fn a_reload_keeps_the_readers_place_on_a_page_that_grows_after_loading() {
         )
     };
     sandbox.write("public/index.html", &page("v1"));
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = http_addr(&daemon);
-    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
-        skip(NO_CHROMIUM);
+    let Some((daemon, _browser, mut tab)) = open_site(&sandbox, &config) else {
         return;
     };
-    let mut tab = browser.page();
     let height = "String(document.body.scrollHeight > 4000)";
     tab.wait_for("the page to grow", height, "true");
     eventually("the LiveReload client", || {
@@ -303,22 +301,15 @@ fn a_failed_build_shows_over_the_page_as_text_and_the_next_good_one_clears_it() 
     sandbox.write("content/post.md", "fine");
     // Fails while the source says "broken", printing markup that must stay text.
     let build = r#"if grep -q broken ../content/post.md; then echo compiling; echo '<b id="injected">bold</b> error: broken on line 3' >&2; exit 2; fi; cp ../content/post.md ../public/post.txt"#;
-    let listener = one_route(build, "")
-        .replacen("path = \"src\"", "path = \"content\"", 1)
-        .replacen("debounce_ms = 50", "debounce_ms = 0", 1)
-        .replacen("delay_ms = 10", "delay_ms = 0", 1);
+    let listener = build_route(build);
     let config = site_config(&sandbox, "inject = true", &listener);
     sandbox.write(
         "public/index.html",
         r#"<html><body><h1 id="t">v1</h1><script>sessionStorage.loads = Number(sessionStorage.loads || 0) + 1</script></body></html>"#,
     );
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = http_addr(&daemon);
-    let Some(browser) = Browser::open(&format!("http://{addr}/")) else {
-        skip(NO_CHROMIUM);
+    let Some((daemon, _browser, mut tab)) = open_site(&sandbox, &config) else {
         return;
     };
-    let mut tab = browser.page();
     tab.wait_for("the page to load", "String(sessionStorage.loads)", "1");
     eventually("the LiveReload client", || {
         (livereload_clients(&daemon) == 1).then_some(())

@@ -154,10 +154,7 @@ fn a_build_writing_pages_for_two_seconds_reloads_each_client_once_after_it_ends(
     // The build rewrites the home page and writes 50 pages over about 2 s, then says
     // it is done (outside the site).
     let build = r#"for i in $(seq 1 50); do echo "v$i" > ../public/index.html; echo "$i" > ../public/p$i.html; sleep 0.04; done; touch ../out/done"#;
-    let listener = one_route(build, "")
-        .replacen("path = \"src\"", "path = \"content\"", 1)
-        .replacen("debounce_ms = 50", "debounce_ms = 0", 1)
-        .replacen("delay_ms = 10", "delay_ms = 0", 1);
+    let listener = build_route(build);
     let config = site_config(&sandbox, "", &listener);
     sandbox.write("public/index.html", "v0");
     sandbox.write("public/p7.html", "v0");
@@ -193,8 +190,7 @@ fn changes_made_with_no_build_running_go_out_at_once() {
 fn a_client_connecting_after_a_failed_build_hears_of_it_after_hello() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("content")).unwrap();
-    let listener =
-        one_route("echo 'oops' >&2; exit 3", "").replacen("path = \"src\"", "path = \"content\"", 1);
+    let listener = build_route("echo 'oops' >&2; exit 3");
     let config = site_config(&sandbox, "", &listener);
     let daemon = Daemon::start(&sandbox, &config);
     let addr = http_addr(&daemon);
@@ -215,7 +211,7 @@ fn a_failed_build_reaches_connected_clients_within_200_ms_of_its_end() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("content")).unwrap();
     // Its last act: the wall clock, in ns, on its output.
-    let listener = one_route("date +%s%N; exit 1", "").replacen("path = \"src\"", "path = \"content\"", 1);
+    let listener = build_route("date +%s%N; exit 1");
     let config = site_config(&sandbox, "", &listener);
     let daemon = Daemon::start(&sandbox, &config);
     let addr = http_addr(&daemon);

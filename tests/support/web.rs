@@ -14,6 +14,15 @@ pub fn site_config(sandbox: &Sandbox, server_extra: &str, listeners: &str) -> st
     ))
 }
 
+/// A listener `docs` whose route on `content/` runs `shell` at once (no debounce or
+/// delay): a site's build, outside the served `public/`.
+pub fn build_route(shell: &str) -> String {
+    super::one_route(shell, "")
+        .replacen("path = \"src\"", "path = \"content\"", 1)
+        .replacen("debounce_ms = 50", "debounce_ms = 0", 1)
+        .replacen("delay_ms = 10", "delay_ms = 0", 1)
+}
+
 /// The address the daemon's HTTP server listens on, from `status`.
 pub fn http_addr(daemon: &Daemon) -> String {
     let status = daemon.request(r#"{"cmd":"status"}"#);
