@@ -19,8 +19,9 @@ pub struct DaemonCli {
     /// Validate the config and exit 0 (valid) or 1 (invalid) without starting anything.
     #[arg(long)]
     pub check: bool,
-    /// Log to the journal or as text on stderr (default: journal when stderr is the journal).
-    #[arg(long, value_enum)]
+    /// Log to the journal or as text on stderr (default: journal when stderr is the journal;
+    /// text for `serve`).
+    #[arg(long, value_enum, global = true)]
     pub log_format: Option<LogFormat>,
     /// Instead of a config: serve a folder (see `execlibd serve --help`).
     #[command(subcommand)]

@@ -148,6 +148,9 @@ async fn wait_for_shutdown(
             _ = &mut shutdown => return state.request_shutdown("a signal"),
             _ = state.shutdown_requested() => return,
             Some(_) = async { hangups.as_mut()?.next().await }, if hangups.is_some() => {
+                if HANGUP_STOPS.load(std::sync::atomic::Ordering::Relaxed) {
+                    return state.request_shutdown("SIGHUP (its terminal closed)");
+                }
                 let _ = state.reload("SIGHUP").await;
             }
         }
@@ -200,6 +203,10 @@ pub fn main(cli: crate::cli::DaemonCli) -> std::process::ExitCode {
     serve(config)
 }
 
+/// Whether SIGHUP stops the daemon rather than reloading its config: for `serve`,
+/// which has no config file and runs in a terminal that may close.
+static HANGUP_STOPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `execlibd serve`: the daemon on a config made from the command line (see
 /// [`crate::serve`]), logging as text unless told otherwise.
 fn serve_folder(
@@ -214,6 +221,7 @@ fn serve_folder(
         }
     };
     crate::logging::init(Some(log_format.unwrap_or(crate::LogFormat::Text)));
+    HANGUP_STOPS.store(true, std::sync::atomic::Ordering::Relaxed);
     let root = served
         .config
         .server

@@ -20,6 +20,9 @@ pub enum ServeError {
     /// The folder is not there.
     #[error("{}: not a directory", crate::names::escaped(.0))]
     NotADirectory(PathBuf),
+    /// A path that the generated config cannot hold exactly.
+    #[error("{}: not UTF-8; serve a folder with a UTF-8 name (or write a config)", crate::names::escaped(.0))]
+    NotUtf8(PathBuf),
     /// The port is taken (or cannot be bound).
     #[error("cannot listen on 127.0.0.1:{port}: {source} (choose another with --port, or --port 0 for any)")]
     Port {
@@ -31,8 +34,8 @@ pub enum ServeError {
     /// The temporary directory cannot be made.
     #[error("cannot make a temporary directory: {0}")]
     Temp(std::io::Error),
-    /// The generated config is refused (a bad glob, say).
-    #[error("{0}")]
+    /// The generated config is refused (a bad `--run` glob, say).
+    #[error("the folder or --run refused: {0}")]
     Config(#[from] ConfigError),
 }
 
@@ -51,6 +54,12 @@ pub fn prepare(args: &ServeArgs) -> Result<Served, ServeError> {
     let root = cwd.join(args.dir.clone().unwrap_or_else(|| ".".into()));
     if !root.is_dir() {
         return Err(ServeError::NotADirectory(root));
+    }
+    // The generated config is text: names it cannot carry exactly are refused.
+    for dir in [&root, &cwd] {
+        if dir.to_str().is_none() {
+            return Err(ServeError::NotUtf8(dir.clone()));
+        }
     }
     // A port of 0 is chosen now, so the URL can be printed before the daemon runs.
     let probe = TcpListener::bind(("127.0.0.1", args.port)).map_err(|source| ServeError::Port {

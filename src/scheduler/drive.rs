@@ -42,8 +42,12 @@ pub async fn drive<F, Fut>(
     // The key of each running route run (posts have none).
     let mut running: HashMap<tokio::task::Id, Option<Key>> = HashMap::new();
     let mut open = true;
-    let activity = sched.activity.clone();
-    let mut busy = false;
+    // Says idle at the end, even if this panics: a listener left "busy" would hold
+    // LiveReload's reloads.
+    let mut activity = Reported {
+        activity: sched.activity.clone(),
+        busy: false,
+    };
     while open || !jobs.is_empty() || !ready.is_empty() {
         // Runs already due start now: a timer would round up to the next millisecond,
         // which is most of a zero-delay route's latency.
@@ -105,14 +109,28 @@ pub async fn drive<F, Fut>(
         }
         ready.extend(sched.take_frame_ends().into_iter().map(Work::Post));
         sched.take_hold_notices().into_iter().for_each(log_hold);
-        let now_busy = !sched.is_idle() || !jobs.is_empty() || !ready.is_empty();
-        if let Some(activity) = activity.as_ref().filter(|_| now_busy != busy) {
-            (activity.0)(now_busy);
-        }
-        busy = now_busy;
+        activity.report(!sched.is_idle() || !jobs.is_empty() || !ready.is_empty());
     }
-    if let Some(activity) = activity.as_ref().filter(|_| busy) {
-        (activity.0)(false);
+}
+
+/// The driver's busy reports: sent on each change, and idle when dropped.
+struct Reported {
+    activity: Option<super::Activity>,
+    busy: bool,
+}
+
+impl Reported {
+    fn report(&mut self, busy: bool) {
+        if let Some(activity) = self.activity.as_ref().filter(|_| busy != self.busy) {
+            (activity.0)(busy);
+        }
+        self.busy = busy;
+    }
+}
+
+impl Drop for Reported {
+    fn drop(&mut self) {
+        self.report(false);
     }
 }
 

@@ -49,9 +49,10 @@ fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
         client.recv()
     });
     assert_eq!(reload["path"], "/index.html", "{reload}");
+    let rebuilt = get(&addr, "/index.html", &[]).text();
     assert!(
-        get(&addr, "/index.html", &[]).text().contains("v2"),
-        "reloaded after the build"
+        !rebuilt.contains("v0") && rebuilt.contains("<body>v"),
+        "told after the build: {rebuilt}"
     );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGINT) };
@@ -60,4 +61,24 @@ fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
         !socket.parent().unwrap().exists(),
         "its private directory is removed"
     );
+}
+
+#[test]
+fn regression_serve_stops_when_its_terminal_closes() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("site")).unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
+        .args(["serve", "site", "--port", "0"])
+        .current_dir(sandbox.path(""))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(daemon.stdout.take().unwrap()).lines();
+    let served = lines.next().unwrap().unwrap();
+    assert!(served.contains("with LiveReload"), "{served}");
+    // SIGHUP, as when the terminal closes: no config to reload, so it stops.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGHUP) };
+    assert!(daemon.wait().unwrap().success());
 }
