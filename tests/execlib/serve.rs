@@ -4,14 +4,26 @@
 use crate::support::web::*;
 use crate::support::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+
+/// The `serve` daemon, killed if the test ends (fails) before it stopped it.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
 
 #[test]
 fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
     let sandbox = Sandbox::new();
     sandbox.write("src/page.md", "v1");
     sandbox.write("site/index.html", "<html><body>v0</body></html>");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
+    let daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
         .args(["serve", "site", "--port", "0", "--run", "src/*.md"])
         .arg("printf '<html><body>%s</body></html>' \"$(cat src/page.md)\" > site/index.html")
         .current_dir(sandbox.path(""))
@@ -19,7 +31,8 @@ fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
         .stderr(std::fs::File::create(sandbox.path("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(daemon.stdout.take().unwrap()).lines();
+    let mut daemon = Served(daemon);
+    let mut lines = BufReader::new(daemon.0.stdout.take().unwrap()).lines();
     let served = lines.next().unwrap().unwrap();
     let control = lines.next().unwrap().unwrap();
     let addr = served
@@ -55,8 +68,8 @@ fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
         "told after the build: {rebuilt}"
     );
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGINT) };
-    assert!(daemon.wait().unwrap().success());
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGINT) };
+    assert!(daemon.0.wait().unwrap().success());
     assert!(
         !socket.parent().unwrap().exists(),
         "its private directory is removed"
@@ -67,18 +80,19 @@ fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
 fn regression_serve_stops_when_its_terminal_closes() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("site")).unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
+    let daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
         .args(["serve", "site", "--port", "0"])
         .current_dir(sandbox.path(""))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(daemon.stdout.take().unwrap()).lines();
+    let mut daemon = Served(daemon);
+    let mut lines = BufReader::new(daemon.0.stdout.take().unwrap()).lines();
     let served = lines.next().unwrap().unwrap();
     assert!(served.contains("with LiveReload"), "{served}");
     // SIGHUP, as when the terminal closes: no config to reload, so it stops.
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGHUP) };
-    assert!(daemon.wait().unwrap().success());
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
+    assert!(daemon.0.wait().unwrap().success());
 }
