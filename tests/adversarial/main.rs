@@ -18,6 +18,7 @@ mod ws;
 
 mod control_socket;
 mod event_storm;
+mod large_files;
 mod livereload_abuse;
 mod load;
 mod symlink_race;
