@@ -47,6 +47,17 @@ impl Results {
     }
 }
 
+impl Rule {
+    /// Whether listener `name`, whose routes watch `paths`, counts as a build.
+    fn counts<'a>(&self, name: &str, mut paths: impl Iterator<Item = &'a std::path::Path>) -> bool {
+        match (&self.named, &self.root) {
+            (Some(named), _) => named.iter().any(|n| n == name),
+            (None, Some(root)) => paths.any(|path| !path.starts_with(root)),
+            (None, None) => false,
+        }
+    }
+}
+
 /// Which listeners count, from the config.
 #[derive(Debug, Default)]
 struct Rule {
@@ -94,7 +105,8 @@ impl Builds {
     }
 
     /// A run of `listener`'s `route` for `file` ended (`failure`: why it failed; `output`:
-    /// its last lines). Recorded when the listener counts as a build. A failure is
+    /// its last lines). Recorded when the listener counts as a build (the caller asks
+    /// [`Builds::counts`] before keeping a job's output for this). A failure is
     /// shown until a run of the same route for the same file succeeds; subscribers
     /// are told of each failure, and of the success that leaves none failing.
     pub fn finished(
@@ -156,13 +168,12 @@ impl Builds {
     }
 
     /// Whether `listener` counts as a build now.
-    fn counts(&self, listener: &ListenerConfig) -> bool {
-        let rule = self.rule.lock().expect("builds lock");
-        match (&rule.named, &rule.root) {
-            (Some(named), _) => named.contains(&listener.name),
-            (None, Some(root)) => listener.routes.iter().any(|r| !r.path.starts_with(root)),
-            (None, None) => false,
-        }
+    pub fn counts(&self, listener: &ListenerConfig) -> bool {
+        let paths = listener.routes.iter().map(|r| r.path.as_path());
+        self.rule
+            .lock()
+            .expect("builds lock")
+            .counts(&listener.name, paths)
     }
 
     /// Whether a listener that counts as a build is busy now.
@@ -170,12 +181,9 @@ impl Builds {
         let busy = self.busy.borrow().clone();
         let rule = self.rule.lock().expect("builds lock");
         let paths = self.paths.lock().expect("builds lock");
-        busy.iter().any(|name| match (&rule.named, &rule.root) {
-            (Some(named), _) => named.contains(name),
-            (None, Some(root)) => paths
-                .get(name)
-                .is_some_and(|p| p.iter().any(|path| !path.starts_with(root))),
-            (None, None) => false,
+        busy.iter().any(|name| {
+            let routes = paths.get(name).into_iter().flatten().map(PathBuf::as_path);
+            rule.counts(name, routes)
         })
     }
 

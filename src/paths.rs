@@ -98,6 +98,12 @@ impl Environment {
     }
 }
 
+/// Where `path` resolves when that is elsewhere: a symlink is on its way (for
+/// `--check` and `listeners` to say). `None` when it resolves to itself or not at all.
+pub fn resolves_elsewhere(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok().filter(|target| target != path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

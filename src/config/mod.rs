@@ -119,9 +119,7 @@ impl Config {
         let mut out = Vec::new();
         for listener in &self.listeners {
             for route in &listener.routes {
-                if let Ok(target) = std::fs::canonicalize(&route.path)
-                    && target != route.path
-                {
+                if let Some(target) = crate::paths::resolves_elsewhere(&route.path) {
                     out.push((
                         listener.name.clone(),
                         route.name.clone(),

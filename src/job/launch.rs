@@ -194,7 +194,7 @@ impl Launcher {
             stdin,
             ledger: Some(self.ctx.ledger.clone()),
             limits: route.limits,
-            tail: Some(Default::default()),
+            tail: self.ctx.builds.counts(&self.config).then(Default::default),
         };
         let span = info_span!(
             "job",
@@ -204,7 +204,8 @@ impl Launcher {
             job_pid = tracing::field::Empty,
         );
         let (observer, grace) = (self.observer.clone(), self.ctx.grace);
-        let tail = spec.tail.clone().unwrap_or_default();
+        // Only a build's output is kept (for browsers, when it fails).
+        let tail = spec.tail.clone();
         let (builds, listener, name, file, cancel) = (
             self.ctx.builds.clone(),
             self.config.clone(),
@@ -224,7 +225,7 @@ impl Launcher {
             let failure = job.await;
             let ok = failure.is_none();
             // Ended by a stop (SIGTERM from us): no build result.
-            if !cancel.is_cancelled() {
+            if let Some(tail) = tail.filter(|_| !cancel.is_cancelled()) {
                 builds.finished(&listener, &name, &file, failure, tail.lines());
             }
             ok

@@ -236,7 +236,7 @@ impl Slot {
             links: roots(&self.config)
                 .into_iter()
                 .filter_map(|path| {
-                    let target = std::fs::canonicalize(&path).ok().filter(|t| *t != path)?;
+                    let target = crate::paths::resolves_elsewhere(&path)?;
                     Some(crate::protocol::replies::Link { path, target })
                 })
                 .collect(),

@@ -166,12 +166,7 @@ struct ChildArgs {
 /// child failed, reaped here, with the stage and error).
 pub fn spawn(spec: &Spec<'_>) -> Result<Process, SpawnError> {
     let argv = null_terminated(spec.argv);
-    let envp: Vec<*const libc::c_char> = spec
-        .envp
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(ptr::null()))
-        .collect();
+    let envp = null_terminated(spec.envp);
     let mut args = ChildArgs {
         program: spec.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -230,10 +225,10 @@ pub fn spawn(spec: &Spec<'_>) -> Result<Process, SpawnError> {
 }
 
 /// The pointers of `strings`, then a null pointer (argv and envp's layout).
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+fn null_terminated(strings: &[impl AsRef<CStr>]) -> Vec<*const libc::c_char> {
     strings
         .iter()
-        .map(|s| s.as_ptr())
+        .map(|s| s.as_ref().as_ptr())
         .chain(std::iter::once(ptr::null()))
         .collect()
 }
