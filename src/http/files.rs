@@ -18,9 +18,6 @@ use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-/// The tag inserted into served HTML when `inject` is on.
-pub const SCRIPT_TAG: &str = r#"<script src="/livereload.js"></script>"#;
-
 /// What the file server needs to know about the site.
 #[derive(Debug)]
 pub struct Site {
@@ -153,15 +150,24 @@ fn prepare(
     let meta = file.metadata()?;
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let injected = site.inject && mime.essence_str() == "text/html";
+    // Injected HTML names the client's version: a new client is a new page.
+    let lr = format!("-lr{}", &super::livereload::client_version()[..8]);
     let etag = format!(
         "\"{:x}-{:x}-{:x}{}\"",
         meta.ino(),
         meta.len(),
         meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        if injected { "-lr" } else { "" }
+        if injected { lr.as_str() } else { "" }
     );
     let content = if injected || meta.len() <= READ_WHOLE {
-        let mut bytes = Vec::with_capacity(meta.len() as usize + if injected { SCRIPT_TAG.len() } else { 0 });
+        let mut bytes = Vec::with_capacity(
+            meta.len() as usize
+                + if injected {
+                    super::livereload::script_tag().len()
+                } else {
+                    0
+                },
+        );
         file.read_to_end(&mut bytes)?;
         Content::Memory(Bytes::from(if injected { inject(bytes) } else { bytes }))
     } else {
@@ -366,7 +372,7 @@ pub fn inject(mut html: Vec<u8>) -> Vec<u8> {
     let at = find_last(b"</body>")
         .or_else(|| find_last(b"</head>"))
         .unwrap_or(html.len());
-    html.splice(at..at, SCRIPT_TAG.bytes());
+    html.splice(at..at, super::livereload::script_tag().bytes());
     html
 }
 
@@ -395,7 +401,7 @@ mod tests {
 
     #[test]
     fn script_goes_before_body_then_head_then_end() {
-        let tag = SCRIPT_TAG;
+        let tag = crate::http::livereload::script_tag();
         assert_eq!(
             inject(b"<p></BODY></html>".to_vec()),
             format!("<p>{tag}</BODY></html>").into_bytes()

@@ -29,6 +29,31 @@ pub const PROTOCOL: &str = "http://livereload.com/protocols/official-7";
 /// The client script served at `/livereload.js`.
 pub const CLIENT_JS: &str = include_str!("livereload.js");
 
+/// The client's version: a hash of its text. Injected pages ask for
+/// `/livereload.js?v=VERSION`, which browsers may keep for good (the URL changes
+/// when the client does), so reloading a page does not fetch the client again.
+pub fn client_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        CLIENT_JS.hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    })
+}
+
+/// The tag inserted into served HTML when `inject` is on: the versioned client,
+/// `async`, so a page neither waits for it to be parsed nor to be shown.
+pub fn script_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        format!(
+            r#"<script src="/livereload.js?v={}" async></script>"#,
+            client_version()
+        )
+    })
+}
+
 struct Client {
     page: Option<String>,
     tx: mpsc::Sender<String>,

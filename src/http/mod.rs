@@ -10,24 +10,21 @@ pub mod cache;
 pub mod files;
 pub mod livereload;
 pub mod path;
+pub mod pump;
 
 use crate::config::ServerConfig;
-use crate::glob::{DEFAULT_IGNORES, Matcher};
-use crate::watch::{DirFilter, Setup};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use livereload::LiveReload;
-use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::{debug, info, warn};
@@ -128,9 +125,9 @@ impl HttpServer {
         if let Some(lr) = &livereload {
             // Watching before the server counts as started (READY=1): a change made
             // right after must reach the browsers.
-            if let Some((watcher, matcher)) = watch_root(&root, config.hidden).await {
-                tasks.spawn(tell_builds(builds.results(), lr.clone(), stop.clone()));
-                let pump = Pump {
+            if let Some((watcher, matcher)) = pump::watch_root(&root, config.hidden).await {
+                tasks.spawn(pump::tell_builds(builds.results(), lr.clone(), stop.clone()));
+                let pump = pump::Pump {
                     root,
                     matcher,
                     lr: lr.clone(),
@@ -278,6 +275,40 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: Cancella
     let _ = conn.await;
 }
 
+/// `/livereload.js`: kept for good by browsers when asked for by its version (as
+/// injected pages do), revalidated otherwise (a page that names it by hand).
+fn client_script(req: &Request<Incoming>) -> Response<Body> {
+    let version = livereload::client_version();
+    let etag = format!("\"{version}\"");
+    let versioned = req.uri().query() == Some(format!("v={version}").as_str());
+    let fresh = !versioned
+        && req.headers().get(header::IF_NONE_MATCH).is_some_and(|tags| {
+            tags.to_str()
+                .is_ok_and(|tags| tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        });
+    let mut r = match fresh {
+        true => status(StatusCode::NOT_MODIFIED),
+        false => Response::new(full(livereload::CLIENT_JS)),
+    };
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(match versioned {
+            true => "public, max-age=31536000, immutable",
+            false => "no-cache",
+        }),
+    );
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex is a valid header"),
+    );
+    r
+}
+
 async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     if !host_is_valid(&req) {
         return status(StatusCode::BAD_REQUEST);
@@ -293,14 +324,7 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             return response.map(|body| body.map_err(BoxError::from).boxed_unsync());
         }
         if path == "/livereload.js" {
-            let mut r = Response::new(full(livereload::CLIENT_JS));
-            let headers = r.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/javascript; charset=utf-8"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            return r;
+            return client_script(&req);
         }
     }
     if !ctx.static_files {
@@ -332,174 +356,4 @@ fn too_many_clients() -> Response<Body> {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
     r
-}
-
-/// Watches the root and tells LiveReload clients which files changed, once `delay`
-/// has passed since the last change (at most ten times `delay` after the first).
-/// The watcher of the site root for LiveReload, and what in it counts (the default
-/// ignores, less the hidden ones when hidden files are served).
-async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watcher, Matcher)> {
-    let ignores: Vec<String> = DEFAULT_IGNORES
-        .iter()
-        .filter(|g| !(hidden && g.contains("/.")))
-        .map(|g| g.to_string())
-        .collect();
-    let matcher = Matcher::new(&["**".to_owned()], &ignores).expect("default globs compile");
-    let dir_matcher = matcher.clone();
-    let dir_root = root.to_owned();
-    let filter: DirFilter = Arc::new(move |dir: &Path| {
-        dir.strip_prefix(&dir_root)
-            .is_ok_and(|rel| rel.as_os_str().is_empty() || !dir_matcher.ignores_dir(rel))
-    });
-    let roots = [root.to_owned()];
-    let setup = tokio::task::spawn_blocking(move || Setup::new(&roots, filter, false)).await;
-    match setup.expect("watch setup does not panic").and_then(|setup| {
-        // Pages are reported once written whole (see watch::hold), with the routes' default limit.
-        let limit = Some(Duration::from_millis(crate::config::DEFAULT_MAX_HOLD_MS));
-        let poll = crate::watch::Poll {
-            mode: crate::watch::PollMode::Auto,
-            every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
-            fixed: false,
-        };
-        setup.into_watcher(Arc::new(move |_: &Path| limit), Arc::new(move |_: &Path| poll))
-    }) {
-        Ok(watcher) => Some((watcher, matcher)),
-        Err(e) => {
-            warn!("LiveReload cannot watch the site root: {e}");
-            None
-        }
-    }
-}
-
-/// Tells LiveReload clients how builds end, as they are told (failures, and the
-/// success after one), until `stop`.
-async fn tell_builds(
-    mut results: tokio::sync::watch::Receiver<Option<crate::protocol::replies::BuildResult>>,
-    lr: Arc<LiveReload>,
-    stop: CancellationToken,
-) {
-    // A failure from before this server started is shown too.
-    if let Some(result) = results.borrow_and_update().clone().filter(|r| !r.ok) {
-        lr.build(&result);
-    }
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            changed = results.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let result = results.borrow_and_update().clone();
-                if let Some(result) = result {
-                    lr.build(&result);
-                }
-            }
-        }
-    }
-}
-
-/// Tells LiveReload clients about changes under the site's root.
-struct Pump {
-    root: PathBuf,
-    matcher: Matcher,
-    lr: Arc<LiveReload>,
-    /// Quiet time after the last change (at most 10 times this after the first).
-    delay: Duration,
-    /// The listeners' activity: while a build is busy, changes are held.
-    builds: Arc<crate::builds::Builds>,
-}
-
-/// The longest changes wait for a build to finish; then they go out anyway.
-pub const MAX_BUILD_WAIT: Duration = Duration::from_secs(60);
-
-/// More changed files than this at once (a storm, a whole-site rebuild): every
-/// client reloads its page, and memory stays bounded.
-const MAX_PENDING: usize = 1024;
-
-impl Pump {
-    /// Collects changes and sends them `delay` after the last one; while a build
-    /// listener is busy (a run pending or a job running) they are held, and go out
-    /// together, `delay` after it is done (or after [`MAX_BUILD_WAIT`]).
-    async fn run(self, mut watcher: crate::watch::Watcher, stop: CancellationToken) {
-        let mut pending = BTreeSet::new();
-        let mut everything = false;
-        // The first and the last change since the clients were last told.
-        let mut first: Option<Instant> = None;
-        let mut last = Instant::now();
-        // When the last build ended, if one did since the clients were last told: the
-        // cap of 10 times `delay` counts from there.
-        let mut build_ended: Option<Instant> = None;
-        let mut activity = self.builds.subscribe();
-        let mut builds_open = true;
-        loop {
-            let building = builds_open && self.builds.building();
-            let due = first.map(|first| match building {
-                true => first + MAX_BUILD_WAIT,
-                false => (last + self.delay)
-                    .min(build_ended.unwrap_or(first) + self.delay * 10)
-                    .min(first + MAX_BUILD_WAIT),
-            });
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                events = watcher.next() => match events {
-                    Ok(events) => {
-                        everything |= self.collect(events, &mut pending);
-                        if !pending.is_empty() || everything {
-                            let now = Instant::now();
-                            first.get_or_insert(now);
-                            last = now;
-                        }
-                    }
-                    Err(e) => {
-                        warn!("LiveReload watcher failed: {e}");
-                        return;
-                    }
-                },
-                changed = activity.changed(), if builds_open => match changed {
-                    // A build ended (not any change of who is busy): what it wrote goes
-                    // out `delay` from now, so its last writes, still on their way from
-                    // inotify, join them.
-                    Ok(()) if building && !self.builds.building() => {
-                        let now = Instant::now();
-                        build_ended = Some(now);
-                        last = now;
-                    }
-                    Ok(()) => {}
-                    Err(_) => builds_open = false,
-                },
-                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                    if building {
-                        warn!(waited_ms = MAX_BUILD_WAIT.as_millis() as u64, "a build is still running: telling LiveReload clients anyway");
-                    }
-                    let changed: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
-                    debug!(files = changed.len(), everything, "telling LiveReload clients");
-                    self.lr.changed(&changed, std::mem::take(&mut everything));
-                    (first, build_ended) = (None, None);
-                }
-            }
-        }
-    }
-
-    /// Adds the pages and assets `events` changed to `pending`; true when there are
-    /// more than [`MAX_PENDING`] (then every page reloads).
-    fn collect(&self, events: Vec<crate::watch::FileEvent>, pending: &mut BTreeSet<String>) -> bool {
-        let mut overflow = false;
-        for e in events
-            .into_iter()
-            .filter(|e| !matches!(e.kind, crate::events::EventKind::Delete))
-        {
-            let Ok(rel) = e.path.strip_prefix(&self.root) else {
-                continue;
-            };
-            // A name that is not UTF-8 cannot be requested, so no page shows it.
-            if let Some(rel) = rel.to_str().filter(|_| self.matcher.matches(rel)) {
-                if pending.len() < MAX_PENDING {
-                    pending.insert(format!("/{rel}"));
-                } else {
-                    overflow = true;
-                }
-            }
-        }
-        overflow
-    }
 }

@@ -233,14 +233,22 @@ fn injected_html_has_consistent_length_and_its_own_etag() {
     let daemon = Daemon::start(&sandbox, &config);
     let addr = http_addr(&daemon);
     let r = get(&addr, "/", &[]);
-    let expected = "<html><head></head><body>home<script src=\"/livereload.js\"></script></body></html>";
+    // The client by its version, async: the page neither waits for it nor fetches it
+    // again on a reload.
+    let js = get(&addr, "/livereload.js", &[]);
+    let version = js.header("etag").unwrap().trim_matches('"').to_owned();
+    let expected = format!(
+        "<html><head></head><body>home<script src=\"/livereload.js?v={version}\" async></script></body></html>"
+    );
     assert_eq!(r.text(), expected);
     assert_eq!(
         r.header("content-length"),
         Some(expected.len().to_string().as_str())
     );
     assert!(
-        r.header("etag").unwrap().ends_with("-lr\""),
+        r.header("etag")
+            .unwrap()
+            .ends_with(&format!("-lr{}\"", &version[..8])),
         "{:?}",
         r.header("etag")
     );
@@ -249,9 +257,34 @@ fn injected_html_has_consistent_length_and_its_own_etag() {
         "</body>",
         "only HTML is injected"
     );
-    let js = get(&addr, "/livereload.js", &[]);
     assert_eq!(js.status, 200);
     assert!(js.text().contains("official-7"));
+    assert_eq!(js.header("cache-control"), Some("no-cache"));
+}
+
+#[test]
+fn the_client_by_its_version_is_kept_and_without_it_is_revalidated() {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let plain = get(&addr, "/livereload.js", &[]);
+    let etag = plain.header("etag").expect("an ETag").to_owned();
+    let version = etag.trim_matches('"');
+    let versioned = get(&addr, &format!("/livereload.js?v={version}"), &[]);
+    assert_eq!(versioned.status, 200);
+    assert_eq!(versioned.body, plain.body);
+    assert_eq!(
+        versioned.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    // Another version (an old page's) is not promised for good.
+    let other = get(&addr, "/livereload.js?v=0", &[]);
+    assert_eq!(other.header("cache-control"), Some("no-cache"));
+    // Revalidation by the ETag: 304, no body.
+    let again = get(&addr, "/livereload.js", &[&format!("If-None-Match: {etag}")]);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
 }
 
 #[test]

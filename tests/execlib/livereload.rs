@@ -187,6 +187,56 @@ fn changes_made_with_no_build_running_go_out_at_once() {
 }
 
 #[test]
+fn a_save_after_a_quiet_spell_goes_out_at_once_and_saves_right_after_it_are_gathered() {
+    use std::time::{Duration, Instant};
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("public")).unwrap();
+    for file in ["index.html", "a.css", "b.css", "c.css"] {
+        sandbox.write(&format!("public/{file}"), "v1");
+    }
+    let delay = Duration::from_millis(1500);
+    let config = sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"public\"\ndelay_ms = {}\n{}",
+        delay.as_millis(),
+        one_route("true", "")
+    ));
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let mut client = LrClient::on_page(&addr, "/");
+    eventually("the client counted", || (clients(&daemon) == 1).then_some(()));
+    // A save after a quiet spell: written whole, so told at once, not delay_ms later.
+    let saved = Instant::now();
+    sandbox.write("public/a.css", "v2");
+    assert_eq!(client.recv().expect("a reload")["path"], "/a.css");
+    assert!(
+        saved.elapsed() < delay * 2 / 3,
+        "told after {:?}",
+        saved.elapsed()
+    );
+    // Two more saves within delay_ms of it: gathered, and told together once
+    // delay_ms has passed after the last.
+    sandbox.write("public/b.css", "v2");
+    std::thread::sleep(Duration::from_millis(200));
+    sandbox.write("public/c.css", "v2");
+    let last_saved = Instant::now();
+    let mut told: Vec<String> = (0..2)
+        .map(|_| {
+            client.recv().expect("a reload")["path"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let waited = last_saved.elapsed();
+    told.sort();
+    assert_eq!(told, ["/b.css", "/c.css"]);
+    assert!(
+        waited >= delay - Duration::from_millis(100),
+        "told after {waited:?}"
+    );
+}
+
+#[test]
 fn a_client_connecting_after_a_failed_build_hears_of_it_after_hello() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("content")).unwrap();
