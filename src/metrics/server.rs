@@ -1,24 +1,26 @@
 //! `[metrics] listen`: a small HTTP/1.1 listener of its own (never the site's port)
 //! that answers `GET /metrics` with the exposition and anything else with 404 (405
 //! for another method). A client cannot hurt the daemon through it: at most
-//! [`MAX_CONNECTIONS`] are served at once (more are closed as soon as accepted), a
-//! request head must arrive within [`HEAD_TIMEOUT`] and fit [`crate::http::MAX_HEAD`],
-//! and a connection lives at most [`CONNECTION_LIFETIME`], however slowly it reads.
+//! [`MAX_CONNECTIONS`] are open at once (a newcomer takes the place of the oldest,
+//! so silent connections cannot lock a scraper out for long), a request head must
+//! arrive within [`HEAD_TIMEOUT`] and fit [`crate::http::MAX_HEAD`], and a
+//! connection lives at most [`CONNECTION_LIFETIME`], however slowly it reads.
 
 use crate::http::{Body, full, status};
 use crate::state::DaemonState;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Connections served at once; a scraper needs one.
+/// Connections open at once (a scraper needs one); a newcomer closes the oldest.
 pub const MAX_CONNECTIONS: usize = 16;
 /// A request head (or the next one on a kept-alive connection) must arrive within this.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,17 +72,22 @@ impl MetricsServer {
 
 async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<DaemonState>, stop: CancellationToken) {
     let mut connections = JoinSet::new();
+    // The open connections, oldest first: a newcomer takes the oldest one's place.
+    let mut open: VecDeque<AbortHandle> = VecDeque::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
-                    debug!("metrics connection refused: {MAX_CONNECTIONS} already open");
-                    drop(stream);
-                }
                 Ok((stream, _)) => {
+                    open.retain(|c| !c.is_finished());
+                    if open.len() >= MAX_CONNECTIONS
+                        && let Some(oldest) = open.pop_front()
+                    {
+                        debug!("metrics connection closed to make room: {MAX_CONNECTIONS} open");
+                        oldest.abort();
+                    }
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, state.clone(), stop.clone()));
+                    open.push_back(connections.spawn(connection(stream, state.clone(), stop.clone())));
                 }
                 Err(e) => {
                     warn!("metrics accept failed: {e}");
