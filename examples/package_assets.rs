@@ -46,7 +46,10 @@ fn main() -> std::io::Result<()> {
         ".TH EXECLIB-TROUBLESHOOTING 7 \"\" \"execlib {}\" \"Miscellaneous\"\n.SH NAME\nexeclib-troubleshooting \\- why a job did or did not run, limits, permissions, the journal and the metrics\n",
         env!("CARGO_PKG_VERSION")
     );
-    std::fs::write(out.join("man/execlib-troubleshooting.7"), markdown_page(head, &guide))?;
+    std::fs::write(
+        out.join("man/execlib-troubleshooting.7"),
+        markdown_page(head, &guide),
+    )?;
     println!("wrote man pages and completions under {}", out.display());
     Ok(())
 }

@@ -15,17 +15,20 @@
 //! number of series is bounded by the config. [`server`] serves the text at
 //! `/metrics` for `[metrics] listen`.
 
+mod gauges;
+mod labels;
 mod metered;
 pub mod server;
 
+pub use gauges::{Gauges, exposition, max_user_watches};
+pub use labels::{EventCounters, HttpCounters, RunOutcome};
 pub use metered::{Metered, run_outcome};
 
-use crate::events::EventKind;
-use crate::state::DaemonState;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use labels::{
+    ClassLabels, ControlLabels, EventLabels, FinishedLabels, KINDS, ListenerLabels, RouteLabels, route_labels,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -34,67 +37,6 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 /// The upper bounds of the run-duration histogram's buckets, in seconds.
 const DURATION_BUCKETS: [f64; 12] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventLabels {
-    listener: String,
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    listener: String,
-    route: String,
-}
-
-/// How a run ended, as the `outcome` label says it.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum RunOutcome {
-    /// Exit code 0.
-    succeeded,
-    /// A non-zero exit, a signal, over its memory, or it could not start.
-    failed,
-    /// Killed at its `timeout_ms`.
-    timed_out,
-    /// Ended by its listener's stop (or the daemon's).
-    cancelled,
-}
-
-impl RunOutcome {
-    /// The label's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::succeeded => "succeeded",
-            RunOutcome::failed => "failed",
-            RunOutcome::timed_out => "timed_out",
-            RunOutcome::cancelled => "cancelled",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FinishedLabels {
-    listener: String,
-    route: String,
-    outcome: RunOutcome,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClassLabels {
-    class: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ControlLabels {
-    command: String,
-    result: String,
-}
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
@@ -186,44 +128,6 @@ impl Default for Metrics {
     }
 }
 
-/// A listener's event counters, one per kind, taken once when its task starts (so an
-/// event costs one atomic increment).
-#[derive(Clone, Debug)]
-pub struct EventCounters([Counter; 5]);
-
-impl EventCounters {
-    /// Counts one event of `kind`.
-    pub fn count(&self, kind: EventKind) {
-        self.0[kind_index(kind)].inc();
-    }
-}
-
-const KINDS: [EventKind; 5] = [
-    EventKind::Create,
-    EventKind::Modify,
-    EventKind::Delete,
-    EventKind::Move,
-    EventKind::Attrib,
-];
-
-fn kind_index(kind: EventKind) -> usize {
-    KINDS
-        .iter()
-        .position(|k| *k == kind)
-        .expect("every kind is listed")
-}
-
-/// The status class of an HTTP status code: `1xx` to `5xx`.
-fn class_of(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl Metrics {
     /// Listener `listener`'s event counters (for its task, as it starts). Its overflow
     /// and rescan counters are shown from then on too, at 0 until one happens.
@@ -284,8 +188,7 @@ impl Metrics {
     /// The HTTP response counters, by class; [`HttpCounters::count`] picks one.
     pub fn http_responses(&self) -> HttpCounters {
         HttpCounters(
-            ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|class| self.http_responses.get_or_create_owned(&ClassLabels { class })),
+            labels::CLASSES.map(|class| self.http_responses.get_or_create_owned(&ClassLabels { class })),
         )
     }
 
@@ -309,150 +212,6 @@ impl Metrics {
         text::encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }
-}
-
-fn route_labels(listener: &str, route: &str) -> RouteLabels {
-    RouteLabels {
-        listener: listener.to_owned(),
-        route: route.to_owned(),
-    }
-}
-
-/// Counters of HTTP responses by status class, for the HTTP front end.
-#[derive(Clone, Debug)]
-pub struct HttpCounters([Counter; 5]);
-
-impl HttpCounters {
-    /// Counts one response with `status`.
-    pub fn count(&self, status: u16) {
-        let index = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .position(|c| *c == class_of(status))
-            .expect("every class is listed");
-        self.0[index].inc();
-    }
-}
-
-impl Default for HttpCounters {
-    /// Counters registered nowhere (for a server started without metrics).
-    fn default() -> Self {
-        HttpCounters(Default::default())
-    }
-}
-
-/// One listener's gauges at a scrape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListenerGauges {
-    /// The listener's name.
-    pub name: String,
-    /// Directories watched with inotify.
-    pub watches: u64,
-    /// Directories polled.
-    pub polled: u64,
-    /// Files whose changes wait for a run.
-    pub queued: u64,
-    /// Runs going on.
-    pub running: u64,
-}
-
-/// What is read from the daemon's state at each scrape.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Gauges {
-    /// Every listener.
-    pub listeners: Vec<ListenerGauges>,
-    /// `fs.inotify.max_user_watches`, when readable.
-    pub max_user_watches: Option<u64>,
-    /// LiveReload clients connected, when LiveReload is on.
-    pub livereload_clients: Option<u64>,
-}
-
-impl Gauges {
-    /// The gauges in a registry of their own (made at each scrape).
-    fn registry(&self) -> Registry {
-        let mut registry = Registry::with_prefix("execlib");
-        let family = |pick: fn(&ListenerGauges) -> u64| {
-            let family = Family::<ListenerLabels, Gauge>::default();
-            for l in &self.listeners {
-                let labels = ListenerLabels {
-                    listener: l.name.clone(),
-                };
-                family.get_or_create(&labels).set(pick(l) as i64);
-            }
-            family
-        };
-        let r = &mut registry;
-        r.register(
-            "watches",
-            "Directories a listener watches with inotify",
-            family(|l| l.watches),
-        );
-        r.register(
-            "polled_directories",
-            "Directories a listener polls (inotify cannot see them or has no watch)",
-            family(|l| l.polled),
-        );
-        r.register(
-            "runs_queued",
-            "Files whose changes wait for a run",
-            family(|l| l.queued),
-        );
-        r.register("runs_running", "Runs going on", family(|l| l.running));
-        if let Some(limit) = self.max_user_watches {
-            r.register(
-                "inotify_max_user_watches",
-                "fs.inotify.max_user_watches: the watches a user may hold (absent when unreadable)",
-                gauge(limit),
-            );
-        }
-        if let Some(clients) = self.livereload_clients {
-            r.register(
-                "livereload_clients",
-                "LiveReload clients connected",
-                gauge(clients),
-            );
-        }
-        registry
-    }
-}
-
-fn gauge(value: u64) -> Gauge {
-    let gauge = Gauge::default();
-    gauge.set(value as i64);
-    gauge
-}
-
-/// `fs.inotify.max_user_watches`, or `None` where /proc/sys cannot be read (a unit
-/// with `ProcSubset=pid`, for one).
-pub fn max_user_watches() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The exposition for the daemon as it is now.
-pub async fn exposition(state: &DaemonState) -> String {
-    let infos = state.listeners.infos().await;
-    let server = state.server();
-    let gauges = Gauges {
-        listeners: infos
-            .iter()
-            .map(|l| ListenerGauges {
-                name: l.name.clone(),
-                watches: l.watches,
-                polled: l.polled.len() as u64,
-                queued: l.jobs_queued,
-                running: l.jobs_running,
-            })
-            .collect(),
-        max_user_watches: max_user_watches(),
-        livereload_clients: server
-            .as_ref()
-            .filter(|s| s.info().livereload)
-            .map(|s| s.info().livereload_clients as u64),
-    };
-    state.metrics.encode(&gauges)
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! The exposition's shape: names, labels, types, and what moves what.
 
+use super::gauges::ListenerGauges;
+use super::labels::{CLASSES, class_index};
 use super::*;
+use crate::events::EventKind;
 use crate::job::Outcome;
 
 fn gauges() -> Gauges {
@@ -99,7 +102,7 @@ fn outcomes_tell_timeouts_and_stops_from_failures() {
 #[test]
 fn http_statuses_fall_in_their_class() {
     assert_eq!(
-        [101, 200, 304, 431, 503, 999].map(class_of),
+        [101, 200, 304, 431, 503, 999].map(|s| CLASSES[class_index(s)]),
         ["1xx", "2xx", "3xx", "4xx", "5xx", "5xx"]
     );
 }
