@@ -80,7 +80,7 @@ pub fn status(s: &Status) -> String {
     if let Some(w) = &s.watches {
         out.push_str(&format!("\nwatches  {}", watches(w)));
     }
-    out.push_str(&format!("\npolled   {} directories", s.polled));
+    out.push_str(&format!("\npolled   {} directories", s.polled_directories));
     out.push_str(&format!(
         "\noverflows {}",
         overflows(s.overflows, s.last_overflow_ms)

@@ -89,7 +89,7 @@ async fn status(state: &DaemonState) -> Response {
         containment: crate::job::contain::describe(),
         last_build: state.listeners.builds().last(),
         watches: Some(overview.watches),
-        polled: overview.polled,
+        polled_directories: overview.polled,
         overflows: overview.overflows,
         last_overflow_ms: overview.last_overflow_ms,
         jobs_queued: overview.jobs_queued,

@@ -149,7 +149,7 @@ pub struct Status {
     pub watches: Option<Watches>,
     /// Directories polled, all listeners together.
     #[serde(default)]
-    pub polled: u64,
+    pub polled_directories: u64,
     /// inotify queue overflows, all listeners together.
     #[serde(default)]
     pub overflows: u64,

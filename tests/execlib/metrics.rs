@@ -298,7 +298,10 @@ fn status_and_listeners_say_whether_it_keeps_up() {
         .sum();
     assert_eq!(status["watches"]["in_use"], in_use, "{status}");
     assert_eq!(listeners["watches"]["in_use"], in_use, "{listeners}");
-    assert!(status["polled"].as_u64().unwrap() >= 1, "mirror polls: {status}");
+    assert!(
+        status["polled_directories"].as_u64().unwrap() >= 1,
+        "mirror polls: {status}"
+    );
     assert_eq!(status["overflows"], 0);
     assert!(status["last_overflow_ms"].is_null());
     assert_eq!(status["last_runs"]["docs"]["outcome"], "failed", "{status}");
@@ -394,4 +397,34 @@ fn sysctl_overflows_and_rescans_are_counted_and_dated() {
     assert!(text.contains(" s ago") && text.contains("overflows "), "{text}");
     let overflows = daemon.request(r#"{"cmd":"status"}"#)["overflows"].clone();
     assert_eq!(overflows, docs["overflows"]);
+}
+
+#[test]
+fn metrics_listener_refuses_big_heads_and_closes_silent_connections() {
+    use std::io::Read;
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+        one_route("true", "")
+    ));
+    let daemon = Daemon::start(&sandbox, &config);
+    let status = daemon.request(r#"{"cmd":"status"}"#);
+    let addr = status["metrics"].as_str().unwrap().to_owned();
+    // A head over 16 KiB: 431, as on the site's port.
+    let big = format!("GET /metrics HTTP/1.1\r\nX-Big: {}", "a".repeat(20 * 1024));
+    assert_eq!(request(&addr, &big).status, 431);
+    // A connection that sends nothing is closed at the 10 s head timeout.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let opened = std::time::Instant::now();
+    let _ = silent.read_to_end(&mut Vec::new());
+    let took = opened.elapsed();
+    assert!(
+        (9..=13).contains(&took.as_secs()),
+        "closed after {took:?}, not at the 10 s head timeout"
+    );
+    // Meanwhile and after, scrapes are answered.
+    assert_eq!(get(&addr, "/metrics", &[]).status, 200);
 }
