@@ -254,7 +254,7 @@ pub struct Reloaded {
     /// The HTTP server: `unchanged`, `started`, `restarted`, `stopped`, or
     /// `failed: REASON` (the new `[server]` could not start).
     pub server: String,
-    /// Sections that changed but apply only at the next start (`[daemon]`, `[control]`).
+    /// Sections that changed but apply only at the next start (`[daemon]`, `[control]`, `[metrics]`).
     pub restart_needed: Vec<String>,
 }
 
