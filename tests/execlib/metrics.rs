@@ -428,3 +428,25 @@ fn metrics_listener_refuses_big_heads_and_closes_silent_connections() {
     // Meanwhile and after, scrapes are answered.
     assert_eq!(get(&addr, "/metrics", &[]).status, 200);
 }
+
+#[test]
+fn a_changed_metrics_section_applies_at_the_next_start() {
+    let sandbox = Sandbox::new();
+    let listeners = one_route("true", "");
+    let config = sandbox.config(&format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{listeners}"));
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = daemon.request(r#"{"cmd":"status"}"#)["metrics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sandbox.config(&listeners);
+    let reloaded = daemon.request(r#"{"cmd":"reload"}"#);
+    assert_eq!(
+        reloaded["restart_needed"],
+        serde_json::json!(["[metrics]"]),
+        "{reloaded}"
+    );
+    // Still served where it was bound, until the next start.
+    assert_eq!(get(&addr, "/metrics", &[]).status, 200);
+    assert_eq!(daemon.request(r#"{"cmd":"status"}"#)["metrics"], addr.as_str());
+}
