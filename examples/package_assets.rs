@@ -1,6 +1,7 @@
 //! Generates what the Debian package installs besides the binaries: man pages
 //! (`execlibd.8` and `execlibctl.1` from the clap definitions, `execlib.toml.5` from
-//! docs/configuration.md) and bash/zsh/fish completions.
+//! docs/configuration.md, `execlib-troubleshooting.7` from docs/troubleshooting.md)
+//! and bash/zsh/fish completions.
 //!
 //! `cargo run --example package_assets -- OUT_DIR` (packaging/build-deb.sh runs it).
 
@@ -35,17 +36,28 @@ fn main() -> std::io::Result<()> {
         }
     }
     let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md"))?;
-    std::fs::write(out.join("man/execlib.toml.5"), config_page(&reference))?;
+    let head = format!(
+        ".TH EXECLIB.TOML 5 \"\" \"execlib {}\" \"File Formats\"\n.SH NAME\nexeclib.toml \\- configuration of an execlib instance\n.SH SYNOPSIS\n/etc/execlib/\\fINAME\\fR.toml\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    std::fs::write(out.join("man/execlib.toml.5"), markdown_page(head, &reference))?;
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/troubleshooting.md"))?;
+    let head = format!(
+        ".TH EXECLIB-TROUBLESHOOTING 7 \"\" \"execlib {}\" \"Miscellaneous\"\n.SH NAME\nexeclib-troubleshooting \\- why a job did or did not run, limits, permissions, the journal and the metrics\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    std::fs::write(
+        out.join("man/execlib-troubleshooting.7"),
+        markdown_page(head, &guide),
+    )?;
     println!("wrote man pages and completions under {}", out.display());
     Ok(())
 }
 
-/// execlib.toml(5): docs/configuration.md as roff.
-fn config_page(markdown: &str) -> String {
-    let mut roff = format!(
-        ".TH EXECLIB.TOML 5 \"\" \"execlib {}\" \"File Formats\"\n.SH NAME\nexeclib.toml \\- configuration of an execlib instance\n.SH SYNOPSIS\n/etc/execlib/\\fINAME\\fR.toml\n",
-        env!("CARGO_PKG_VERSION")
-    );
+/// A page of docs/ as roff after `head` (its `.TH`, NAME and SYNOPSIS):
+/// execlib.toml(5), execlib-troubleshooting(7).
+fn markdown_page(head: String, markdown: &str) -> String {
+    let mut roff = head;
     let mut code = false;
     let mut table_row = 0;
     for line in markdown.lines() {
@@ -123,13 +135,15 @@ fn inline(text: &str) -> String {
         let label = rest[start + 1..start + mid].to_owned();
         rest = format!("{}{}{}", &rest[..start], label, &rest[start + mid + end + 1..]);
     }
-    let mut bold = false;
+    let (mut bold, mut code) = (false, false);
     let mut chars = rest.chars().peekable();
     while let Some(c) = chars.next() {
-        let toggle = c == '`' || (c == '*' && chars.peek() == Some(&'*'));
+        // `**` inside a code span is text (a glob), not bold.
+        let toggle = c == '`' || (!code && c == '*' && chars.peek() == Some(&'*'));
         if c == '*' && toggle {
             chars.next();
         }
+        code ^= c == '`';
         if toggle {
             out.push_str(if bold { "\\fR" } else { "\\fB" });
             bold = !bold;

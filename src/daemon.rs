@@ -13,6 +13,7 @@ use crate::http::HttpServer;
 use crate::job;
 use crate::ledger::Ledger;
 use crate::listener::Listeners;
+use crate::metrics::server::MetricsServer;
 use crate::notify;
 use crate::state::DaemonState;
 use std::future::Future;
@@ -29,6 +30,9 @@ pub enum DaemonError {
     /// The HTTP server could not start.
     #[error("HTTP server: {0}")]
     Http(#[from] crate::http::HttpError),
+    /// The metrics listener could not start.
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::server::BindError),
 }
 
 /// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
@@ -37,18 +41,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let hangups = hangups();
     let (listener, socket_file) = socket::bind(&config.control)?;
     info!(socket = %crate::names::escaped(socket_file.path()), "control socket listening");
+    let metrics_socket = config
+        .metrics
+        .as_ref()
+        .map(|m| MetricsServer::bind(m.listen))
+        .transpose()?;
     let builds = Arc::new(crate::builds::Builds::default());
     builds.configure(&config);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let server = match &config.server {
         Some(server) => Some(Arc::new(
-            HttpServer::start(server, config.daemon.shutdown_grace, builds.clone()).await?,
+            HttpServer::start(server, config.daemon.shutdown_grace, builds.clone(), &metrics).await?,
         )),
         None => None,
     };
     let ledger = ledger(&config).await;
-    let listeners = Listeners::new(&config, ledger, builds);
+    let listeners = Listeners::new(&config, ledger, builds).with_metrics(metrics);
     let state = Arc::new(DaemonState::new(config, listeners, server));
+    if let Some(addr) = metrics_socket.as_ref().and_then(|s| s.local_addr().ok()) {
+        let _ = state.metrics_listen.set(addr);
+    }
     let control = ControlServer::spawn(listener, state.clone());
+    let metrics_server = metrics_socket.map(|socket| {
+        MetricsServer::spawn(socket, state.clone()).map_err(|source| crate::metrics::server::BindError {
+            addr: state.config.metrics.as_ref().expect("bound for [metrics]").listen,
+            source,
+        })
+    });
+    let metrics_server = metrics_server.transpose()?;
     let reaper_stop = CancellationToken::new();
     // Adopting before any job starts: a descendant that escapes even the first job is ours.
     let adopted = tokio::task::spawn_blocking(job::contain::init)
@@ -82,6 +102,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             server.shutdown(state.config.daemon.shutdown_grace).await;
         }
         None => info!("no HTTP server to stop"),
+    }
+    if let Some(metrics) = metrics_server {
+        metrics.shutdown().await;
+        info!("metrics listener stopped");
     }
     control.shutdown().await;
     drop(socket_file);

@@ -28,6 +28,7 @@ mod job;
 mod ledger;
 mod listener;
 mod logging;
+mod metrics;
 mod mountinfo;
 mod names;
 mod notify;

@@ -2,6 +2,7 @@
 //! one request and renders the typed reply for people ([`render`]), or passes the
 //! JSON through.
 
+mod keeping_up;
 mod render;
 
 use crate::paths::Environment;

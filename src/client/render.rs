@@ -2,6 +2,7 @@
 //! are shown escaped ([`crate::names::escaped`]), so two names never look the same
 //! and none breaks a table.
 
+use super::keeping_up;
 use crate::names::escaped;
 use crate::protocol::replies::{JobView, ListenerInfo, ListenerState, Reloaded, ServerInfo, Status};
 use crate::protocol::{ErrorBody, Request, Response};
@@ -12,7 +13,11 @@ use crate::protocol::{ErrorBody, Request, Response};
 pub fn render(request: &Request, response: &Response) -> Result<String, ErrorBody> {
     Ok(match (request, response) {
         (_, Response::Error(failed)) => return Err(failed.error.clone()),
-        (_, Response::Listeners(l)) => listeners(&l.listeners),
+        (_, Response::Listeners(l)) => {
+            let mut text = listeners(&l.listeners);
+            text.push_str(&keeping_up::listeners(l));
+            text
+        }
         (Request::Start { listener }, Response::Changed(c)) => match c.changed {
             true => format!("started {listener}"),
             false => format!("{listener} was already running"),
@@ -22,7 +27,7 @@ pub fn render(request: &Request, response: &Response) -> Result<String, ErrorBod
             false => format!("{listener} was already stopped"),
         },
         (_, Response::Changed(c)) => format!("changed: {}", c.changed),
-        (_, Response::Status(s)) => status(s),
+        (_, Response::Status(s)) => status(s) + &keeping_up::status(s),
         (_, Response::Reloaded(r)) => reloaded(r),
         (_, Response::Jobs(j)) => jobs(&j.jobs),
         (_, Response::Triggered(t)) => match t.matched {
@@ -30,6 +35,7 @@ pub fn render(request: &Request, response: &Response) -> Result<String, ErrorBod
             n => format!("{n} routes matched"),
         },
         (_, Response::Done(_)) => "shutting down".to_owned(),
+        (_, Response::Metrics(m)) => m.text.trim_end().to_owned(),
     })
 }
 

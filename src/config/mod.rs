@@ -3,6 +3,7 @@
 //! names the file, line and column.
 
 mod check;
+mod metrics;
 mod raw;
 mod resolve;
 mod resources;

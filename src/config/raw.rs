@@ -17,6 +17,14 @@ pub struct RawConfig {
     pub server: Option<Spanned<RawServer>>,
     #[serde(default)]
     pub listener: Vec<Spanned<RawListener>>,
+    pub metrics: Option<Spanned<RawMetrics>>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<Spanned<String>>,
 }
 
 /// `[daemon]`.

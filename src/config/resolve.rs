@@ -29,6 +29,8 @@ pub struct Config {
     pub server: Option<ServerConfig>,
     /// Every `[[listener]]`, in file order.
     pub listeners: Vec<ListenerConfig>,
+    /// `[metrics]`, when present.
+    pub metrics: Option<super::metrics::MetricsConfig>,
 }
 
 /// `[daemon]`, resolved.
@@ -233,6 +235,7 @@ pub(super) fn resolve(
     let control = control(&ctx, raw.control, instance, env)?;
     let builds = raw.server.as_ref().and_then(|s| s.get_ref().builds.clone());
     let mut server = raw.server.map(|s| server(&ctx, s)).transpose()?;
+    let metrics = super::metrics::resolve(&ctx, raw.metrics, server.as_ref())?;
     let mut names = HashSet::new();
     let mut listeners = Vec::new();
     for l in raw.listener {
@@ -263,6 +266,7 @@ pub(super) fn resolve(
         control,
         server,
         listeners,
+        metrics,
     })
 }
 

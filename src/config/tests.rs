@@ -1,6 +1,7 @@
-//! Unit tests of config parsing and validation (holds in [`hold`]).
+//! Unit tests of config parsing and validation (holds in [`hold`], `[metrics]` in [`metrics`]).
 
 mod hold;
+mod metrics;
 
 use super::check::{MAX_JOB_NAME, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
 use super::*;

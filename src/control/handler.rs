@@ -1,5 +1,6 @@
 //! One handler per control request, reached from one exhaustive `match`.
 
+use super::keeping_up;
 use crate::config::ConfigError;
 use crate::listener::ListenerError;
 use crate::protocol::replies::{self, ListenerCounts};
@@ -10,17 +11,22 @@ use crate::state::{DaemonState, ReloadError};
 /// shutdown once the reply is written.
 pub async fn handle(state: &DaemonState, request: Request) -> Response {
     match request {
-        Request::Listeners => Response::Listeners(replies::Listeners {
-            listeners: state.listeners.infos().await,
-        }),
+        Request::Listeners => {
+            let listeners = state.listeners.infos().await;
+            let watches = Some(keeping_up::watches(&listeners));
+            Response::Listeners(replies::Listeners { listeners, watches })
+        }
         Request::Start { listener } => start_or_stop(state, state.listeners.start(&listener)).await,
         Request::Stop { listener } => start_or_stop(state, state.listeners.stop(&listener)).await,
-        Request::Status => status(state),
+        Request::Status => status(state).await,
         Request::Reload => reload(state).await,
         Request::Shutdown => Response::Done(replies::Done {}),
         Request::Trigger { listener, path } => trigger(state, &listener, &path).await,
         Request::Jobs => Response::Jobs(replies::Jobs {
             jobs: state.listeners.jobs().await,
+        }),
+        Request::Metrics => Response::Metrics(replies::Metrics {
+            text: crate::metrics::exposition(state).await,
         }),
     }
 }
@@ -66,9 +72,10 @@ async fn reload(state: &DaemonState) -> Response {
     }
 }
 
-fn status(state: &DaemonState) -> Response {
+async fn status(state: &DaemonState) -> Response {
     let summary = state.listeners.summary();
-    Response::Status(replies::Status {
+    let overview = keeping_up::Overview::of(&state.listeners.infos().await);
+    Response::Status(Box::new(replies::Status {
         instance: state.config.instance.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
@@ -81,7 +88,14 @@ fn status(state: &DaemonState) -> Response {
         unit: systemd_unit(),
         containment: crate::job::contain::describe(),
         last_build: state.listeners.builds().last(),
-    })
+        watches: Some(overview.watches),
+        polled_directories: overview.polled,
+        overflows: overview.overflows,
+        last_overflow_ms: overview.last_overflow_ms,
+        jobs_queued: overview.jobs_queued,
+        last_runs: overview.last_runs,
+        metrics: state.metrics_listen.get().map(|a| a.to_string()),
+    }))
 }
 
 /// The service unit this process runs in: the last component of its cgroup path

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod handler;
+mod keeping_up;
 mod runtime_dir;
 pub mod socket;
 
@@ -126,16 +127,19 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             Frame::Line => deadline = tokio::time::Instant::now() + idle,
         }
         ticket.busy();
-        let (response, shutdown) = match protocol::parse_request(&line) {
+        let (response, shutdown, command) = match protocol::parse_request(&line) {
             Ok(request) => {
                 let shutdown = request == Request::Shutdown;
-                (handler::handle(&state, request).await, shutdown)
+                let command = command_name(&request);
+                (handler::handle(&state, request).await, shutdown, command)
             }
             Err(error) => {
                 debug!(code = ?error.code, "bad control request: {}", error.message);
-                (Response::Error(crate::protocol::replies::Failed { error }), false)
+                let failed = crate::protocol::replies::Failed { error };
+                (Response::Error(failed), false, "invalid".to_owned())
             }
         };
+        state.metrics.control_request(&command, &result_name(&response));
         let sent = send(&mut writer, &response, idle).await;
         if shutdown {
             state.request_shutdown("the control socket");
@@ -145,6 +149,21 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
         }
         ticket.idle(tokio::time::Instant::now());
     }
+}
+
+/// A request's `cmd`, for the metrics.
+fn command_name(request: &Request) -> String {
+    let value = serde_json::to_value(request).unwrap_or_default();
+    value["cmd"].as_str().unwrap_or("invalid").to_owned()
+}
+
+/// `ok`, or the error's code, for the metrics.
+fn result_name(response: &Response) -> String {
+    let Response::Error(failed) = response else {
+        return "ok".to_owned();
+    };
+    let code = serde_json::to_value(failed.error.code).unwrap_or_default();
+    code.as_str().unwrap_or("error").to_owned()
 }
 
 /// Writes a reply, giving up after `limit` (a client that does not read).

@@ -79,6 +79,8 @@ pub struct LiveReload {
     max_clients: usize,
     /// The `execlib-build` message of the last failed build, until one succeeds.
     failed_build: Mutex<Option<String>>,
+    /// Counts the reload messages sent.
+    reloads_sent: prometheus_client::metrics::counter::Counter,
 }
 
 /// One of the `max_clients` seats, held from before the upgrade to the end of the session.
@@ -103,7 +105,14 @@ impl LiveReload {
             seats: AtomicUsize::new(0),
             max_clients,
             failed_build: Mutex::new(None),
+            reloads_sent: Default::default(),
         }
+    }
+
+    /// This registry, counting the reload messages it sends in `reloads_sent`.
+    pub fn counting(mut self, reloads_sent: prometheus_client::metrics::counter::Counter) -> Self {
+        self.reloads_sent = reloads_sent;
+        self
     }
 
     /// A seat for one more client, unless `max_clients` are taken.
@@ -152,8 +161,9 @@ impl LiveReload {
                 let message =
                     json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
                 // Full: the client does not read; its session ends (see `session`).
-                if client.tx.try_send(message).is_err() {
-                    client.stalled.cancel();
+                match client.tx.try_send(message) {
+                    Ok(()) => drop(self.reloads_sent.inc()),
+                    Err(_) => client.stalled.cancel(),
                 }
             }
         }

@@ -77,6 +77,8 @@ struct Ctx {
     static_files: bool,
     livereload: Option<Arc<LiveReload>>,
     idle: Duration,
+    /// Responses counted by status class.
+    responses: crate::metrics::HttpCounters,
 }
 
 /// The running HTTP server.
@@ -97,6 +99,7 @@ impl HttpServer {
         config: &ServerConfig,
         grace: Duration,
         builds: Arc<crate::builds::Builds>,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<HttpServer, HttpError> {
         let (listener, inherited) = listener(config)?;
         let addr = listener.local_addr().map_err(HttpError::Inherited)?;
@@ -104,9 +107,11 @@ impl HttpServer {
             warn!(root = %crate::names::escaped(&config.root), "site root not found ({e}); serving 404 until it exists");
             config.root.clone()
         });
-        let livereload = config
-            .livereload
-            .then(|| Arc::new(LiveReload::new(config.idle_timeout, config.max_clients)));
+        let livereload = config.livereload.then(|| {
+            Arc::new(
+                LiveReload::new(config.idle_timeout, config.max_clients).counting(metrics.reloads_sent()),
+            )
+        });
         let ctx = Arc::new(Ctx {
             site: Arc::new(files::Site {
                 root: root.clone(),
@@ -117,6 +122,7 @@ impl HttpServer {
             static_files: config.static_files,
             livereload: livereload.clone(),
             idle: config.idle_timeout,
+            responses: metrics.http_responses(),
         });
         let site = ctx.site.clone();
         let stop = CancellationToken::new();
@@ -250,7 +256,11 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: Cancella
     let idle = ctx.idle;
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+        async move {
+            let response = route(&ctx, req).await;
+            ctx.responses.count(response.status().as_u16());
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

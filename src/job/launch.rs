@@ -50,6 +50,8 @@ pub struct Context {
     pub ledger: Arc<crate::ledger::Ledger>,
     /// Told whether listeners are busy and how builds end (for LiveReload).
     pub builds: Arc<crate::builds::Builds>,
+    /// The daemon's metrics: runs and events are counted there.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Hears about the jobs a [`Launcher`] runs: the listener keeps its counters, its
@@ -60,6 +62,17 @@ pub trait Observer: Send + Sync {
     fn started(&self, route: &str, file: &Path, pid: &Arc<AtomicU32>) -> u64;
     /// Job `id` ended; `failure` says why when it failed.
     fn ended(&self, id: u64, route: &str, file: &Path, failure: Option<String>);
+    /// A job of `route` for `file` ended with `outcome` after `took`; `cancelled`: ended
+    /// by its listener's stop. Called before [`Observer::ended`]; for metrics and status.
+    fn outcome(
+        &self,
+        _route: &str,
+        _file: &Path,
+        _outcome: &super::Outcome,
+        _took: Duration,
+        _cancelled: bool,
+    ) {
+    }
 }
 
 /// Turns a listener's scheduled work into jobs: the command, the `EXECLIB_*`
@@ -245,7 +258,9 @@ async fn tracked(
     cancel: CancellationToken,
 ) -> Option<String> {
     let id = observer.started(&route, &path, &spec.pid);
+    let began = std::time::Instant::now();
     let outcome = super::run(&spec, grace, &cancel).await;
+    observer.outcome(&route, &path, &outcome, began.elapsed(), cancel.is_cancelled());
     let failure = outcome.failure();
     observer.ended(id, &route, &path, failure.clone());
     failure

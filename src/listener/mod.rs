@@ -4,6 +4,7 @@
 //! (start, stop, snapshot, reload); [`slot`] is one listener's lifecycle, [`task`]
 //! what a running listener does, [`reload`] how a new config is applied.
 
+mod keeping_up;
 mod reload;
 mod slot;
 mod task;
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     save_failure: Mutex<Option<String>>,
     /// The subtrees polled, and why.
     polled: Mutex<Vec<(PathBuf, String)>>,
+    /// Overflows, rescans and the last run, for `listeners` and `status`.
+    pub(crate) keeping_up: keeping_up::KeepingUp,
 }
 
 impl Shared {
@@ -130,6 +133,17 @@ impl Shared {
 }
 
 impl crate::job::launch::Observer for Shared {
+    fn outcome(
+        &self,
+        route: &str,
+        file: &Path,
+        outcome: &crate::job::Outcome,
+        took: std::time::Duration,
+        cancelled: bool,
+    ) {
+        self.keeping_up.ran(route, file, outcome, took, cancelled);
+    }
+
     fn started(&self, route: &str, file: &Path, pid: &Arc<std::sync::atomic::AtomicU32>) -> u64 {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let entry = RunningJob {
@@ -186,6 +200,17 @@ impl Listeners {
         self.ctx.jobs.builds.clone()
     }
 
+    /// These listeners, counting their events and runs in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.ctx.jobs.metrics = metrics;
+        self
+    }
+
+    /// The daemon's metrics, where the listeners count their events and runs.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.ctx.jobs.metrics.clone()
+    }
+
     /// The listeners of `config`, all stopped; their jobs are recorded in `ledger`,
     /// and whether they are busy told to `builds`.
     pub fn new(
@@ -206,6 +231,7 @@ impl Listeners {
                     grace: config.daemon.shutdown_grace,
                     ledger,
                     builds,
+                    metrics: Arc::default(),
                 },
                 state_dir: config.daemon.state_dir.clone(),
             },

@@ -138,6 +138,7 @@ impl Slot {
             catch_up,
             stage_order: stage_order(&self.config),
             holds: Some(holds),
+            events: ctx.jobs.metrics.events(&self.config.name),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(crate::scheduler::QUEUE);
         let submit = tx.downgrade();
@@ -250,6 +251,9 @@ impl Slot {
             jobs_queued: self.queued().await.len() as u64,
             last_failure: s.last_failure.lock().expect("failure lock").clone(),
             error,
+            overflows: s.keeping_up.overflows(),
+            last_overflow_ms: s.keeping_up.last_overflow_ms(),
+            last_run: s.keeping_up.last_run(),
         }
     }
 }

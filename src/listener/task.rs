@@ -35,6 +35,8 @@ pub(super) struct Run {
     /// What holds the routes' due runs (version-control operations); taken by the
     /// scheduler.
     pub holds: Option<scheduler::Holds>,
+    /// Its event counters in the daemon's metrics.
+    pub events: crate::metrics::EventCounters,
 }
 
 impl Run {
@@ -64,7 +66,11 @@ impl Run {
         let launcher = Launcher {
             config: self.config.clone(),
             ctx: self.ctx.jobs.clone(),
-            observer: self.shared.clone(),
+            observer: Arc::new(crate::metrics::Metered::new(
+                self.shared.clone(),
+                self.ctx.jobs.metrics.clone(),
+                &self.config.name,
+            )),
             cancel: jobs_cancel.clone(),
             posts_cancel: posts_cancel.clone(),
         };
@@ -86,6 +92,7 @@ impl Run {
         );
         self.dispatch(missed, &tx).await;
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
+        let mut overflows = crate::watch::OverflowStats::default();
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
@@ -96,6 +103,7 @@ impl Run {
                 events = watcher.next() => match events {
                     Ok(events) => {
                         self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
+                        self.count_overflows(watcher.overflow_stats(), &mut overflows);
                         self.shared.set_health(&watcher);
                         self.dispatch(events, &tx).await;
                     }
@@ -139,12 +147,25 @@ impl Run {
     async fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::Sender<Input>) {
         for event in events {
             self.shared.events.fetch_add(1, Ordering::Relaxed);
+            self.events.count(event.kind);
             for &index in &self.stage_order {
                 if let Some(sub) = crate::route::submission(index, &self.config.routes[index], &event) {
                     let _ = tx.send(Input::Submit(sub)).await;
                 }
             }
         }
+    }
+
+    /// Counts the overflows and rescans since `seen` (in the listener's status and the
+    /// daemon's metrics) and moves `seen` to `now`.
+    fn count_overflows(&self, now: crate::watch::OverflowStats, seen: &mut crate::watch::OverflowStats) {
+        let (overflows, rescans) = (now.overflows - seen.overflows, now.rescans - seen.rescans);
+        if overflows > 0 || rescans > 0 {
+            self.shared.keeping_up.overflowed(overflows, now.last);
+            let metrics = &self.ctx.jobs.metrics;
+            metrics.watcher(&self.config.name, overflows, rescans);
+        }
+        *seen = now;
     }
 
     /// At a stop: what a still healthy watcher held is submitted, and the files whose

@@ -53,6 +53,8 @@ pub enum Request {
     },
     /// Stop the daemon.
     Shutdown,
+    /// Print the metrics in the Prometheus (OpenMetrics) text format.
+    Metrics,
 }
 
 /// Every `cmd` the daemon knows: [`Request`]'s variants, as clap names them
@@ -131,8 +133,8 @@ pub enum Response {
     Listeners(replies::Listeners),
     /// `start` / `stop`.
     Changed(replies::Changed),
-    /// `status`.
-    Status(replies::Status),
+    /// `status` (boxed: by far the largest reply).
+    Status(Box<replies::Status>),
     /// `trigger`.
     Triggered(replies::Triggered),
     /// `jobs`.
@@ -143,6 +145,8 @@ pub enum Response {
     Done(replies::Done),
     /// Any request that failed.
     Error(replies::Failed),
+    /// `metrics`.
+    Metrics(replies::Metrics),
 }
 
 /// A reply on the wire: `ok`, then the body's fields.
@@ -184,6 +188,7 @@ impl Response {
             Request::Jobs => Response::Jobs(serde_json::from_value(value)?),
             Request::Trigger { .. } => Response::Triggered(serde_json::from_value(value)?),
             Request::Shutdown => Response::Done(serde_json::from_value(value)?),
+            Request::Metrics => Response::Metrics(serde_json::from_value(value)?),
         };
         Ok(body)
     }
@@ -314,7 +319,7 @@ mod tests {
                 "{name}: {error:?}"
             );
         }
-        assert_eq!(commands().len(), 8);
+        assert_eq!(commands().len(), 9);
     }
 
     #[tokio::test]

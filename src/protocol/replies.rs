@@ -10,6 +10,9 @@ use std::path::PathBuf;
 pub struct Listeners {
     /// In config order.
     pub listeners: Vec<ListenerInfo>,
+    /// The watches all of them hold, against the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watches: Option<Watches>,
 }
 
 /// A listener's state.
@@ -63,6 +66,16 @@ pub struct ListenerInfo {
     /// The directories polled (where inotify cannot see), and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub polled: Vec<PolledPath>,
+    /// inotify queue overflows since the daemon started (events the kernel dropped;
+    /// each is followed by a rescan).
+    #[serde(default)]
+    pub overflows: u64,
+    /// When the last overflow was read, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_overflow_ms: Option<u64>,
+    /// How its last run ended.
+    #[serde(default)]
+    pub last_run: Option<LastRun>,
 }
 
 /// A directory polled by a listener.
@@ -131,6 +144,27 @@ pub struct Status {
     /// How the last build ended (a run of a listener that builds the site).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build: Option<BuildResult>,
+    /// The watches the listeners hold, against the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watches: Option<Watches>,
+    /// Directories polled, all listeners together.
+    #[serde(default)]
+    pub polled_directories: u64,
+    /// inotify queue overflows, all listeners together.
+    #[serde(default)]
+    pub overflows: u64,
+    /// When the last one was read, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub last_overflow_ms: Option<u64>,
+    /// Files whose changes wait for a run, all listeners together.
+    #[serde(default)]
+    pub jobs_queued: u64,
+    /// How each listener's last run ended, by listener (those that ran).
+    #[serde(default)]
+    pub last_runs: std::collections::BTreeMap<String, LastRun>,
+    /// Where `/metrics` is served (`[metrics] listen`, its port once bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// How a build's run ended: what LiveReload shows in the browser and `status` says.
@@ -220,7 +254,7 @@ pub struct Reloaded {
     /// The HTTP server: `unchanged`, `started`, `restarted`, `stopped`, or
     /// `failed: REASON` (the new `[server]` could not start).
     pub server: String,
-    /// Sections that changed but apply only at the next start (`[daemon]`, `[control]`).
+    /// Sections that changed but apply only at the next start (`[daemon]`, `[control]`, `[metrics]`).
     pub restart_needed: Vec<String>,
 }
 
@@ -246,4 +280,40 @@ pub struct Done {}
 pub struct Failed {
     /// What went wrong.
     pub error: super::ErrorBody,
+}
+
+/// How a listener's last run ended, in `listeners` and `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// The route (or post command).
+    pub route: String,
+    /// The file (absolute; the route's path for a batch).
+    #[serde(with = "wire")]
+    pub file: PathBuf,
+    /// `succeeded`, `failed`, `timed_out` or `cancelled` (ended by a stop).
+    pub outcome: String,
+    /// Why it failed ("exit code 2", "killed by signal 9", …), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Directories watched with inotify against the kernel's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watches {
+    /// Watches the daemon's listeners hold now.
+    pub in_use: u64,
+    /// `fs.inotify.max_user_watches` (for all of the user's processes); `null` when
+    /// unreadable (/proc/sys hidden, as under `ProcSubset=pid`).
+    pub limit: Option<u64>,
+}
+
+/// `metrics`: the Prometheus (OpenMetrics) text exposition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The exposition, `# EOF` line included.
+    pub text: String,
 }

@@ -24,6 +24,10 @@ pub struct DaemonState {
     pub listeners: Listeners,
     /// When it started.
     pub started: Instant,
+    /// Its metrics (the listeners' own, see [`Listeners::metrics`]).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where `/metrics` is served, once bound (`[metrics] listen`).
+    pub metrics_listen: std::sync::OnceLock<std::net::SocketAddr>,
     /// The HTTP front end, when `[server]` is configured.
     server: std::sync::RwLock<Option<Arc<HttpServer>>>,
     /// The config running now (after reloads); held for the length of a reload.
@@ -36,6 +40,8 @@ impl DaemonState {
     /// started) and HTTP `server`.
     pub fn new(config: Config, listeners: Listeners, server: Option<Arc<HttpServer>>) -> Self {
         DaemonState {
+            metrics: listeners.metrics(),
+            metrics_listen: std::sync::OnceLock::new(),
             listeners,
             server: server.into(),
             current: config.clone().into(),

@@ -61,6 +61,9 @@ impl DaemonState {
         if new.control != current.control {
             restart_needed.push("[control]".to_owned());
         }
+        if new.metrics != current.metrics {
+            restart_needed.push("[metrics]".to_owned());
+        }
         for section in &restart_needed {
             warn!("{section} changed: it applies at the next start");
         }
@@ -109,7 +112,7 @@ impl DaemonState {
         let same_socket = matches!((old, new), (Some(o), Some(n)) if o.listen == n.listen);
         let started = match new {
             Some(config) if !same_socket => {
-                Some(HttpServer::start(config, grace, self.listeners.builds()).await?)
+                Some(HttpServer::start(config, grace, self.listeners.builds(), &self.metrics).await?)
             }
             _ => None,
         };
@@ -131,7 +134,9 @@ impl DaemonState {
         }
         let started = match (started, new) {
             (Some(server), _) => Some(server),
-            (None, Some(config)) => Some(HttpServer::start(config, grace, self.listeners.builds()).await?),
+            (None, Some(config)) => {
+                Some(HttpServer::start(config, grace, self.listeners.builds(), &self.metrics).await?)
+            }
             (None, None) => None,
         };
         let what = match (old.is_some(), started.is_some()) {

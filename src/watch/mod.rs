@@ -26,6 +26,7 @@ pub use hold::HoldFor;
 use hold::Holds;
 pub use poll::{Poll, PollFor, PollMode};
 use timers::Overflow;
+pub use timers::OverflowStats;
 
 use crate::events::EventKind;
 pub use crate::events::FileEvent;
@@ -420,6 +421,11 @@ impl Watcher {
         self.holds.release_all(&mut out);
         self.record_released();
         Ok(out)
+    }
+
+    /// Its overflows and rescans so far.
+    pub fn overflow_stats(&self) -> OverflowStats {
+        self.overflow.stats
     }
 
     /// How many directories are watched.

@@ -14,6 +14,19 @@ pub(super) struct Overflow {
     pub(super) due: Option<Instant>,
     last_rescan: Option<Instant>,
     backoff: Duration,
+    /// Overflows and rescans so far, for status and metrics.
+    pub(super) stats: OverflowStats,
+}
+
+/// A watcher's overflows and rescans since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverflowStats {
+    /// Queue overflows read (each means the kernel dropped events).
+    pub overflows: u64,
+    /// Rescans of the tree that followed.
+    pub rescans: u64,
+    /// When the last overflow was read.
+    pub last: Option<std::time::SystemTime>,
 }
 
 impl Overflow {
@@ -39,6 +52,8 @@ impl Overflow {
 
 impl Watcher {
     pub(super) fn overflowed(&mut self, now: Instant) {
+        self.overflow.stats.overflows += 1;
+        self.overflow.stats.last = Some(std::time::SystemTime::now());
         if let Some(delay) = self.overflow.schedule(now) {
             warn!(
                 backoff_ms = delay.as_millis() as u64,
@@ -70,6 +85,7 @@ impl Watcher {
     pub(super) fn rescan(&mut self, now: Instant, out: &mut Vec<FileEvent>) -> Result<(), WatchError> {
         self.overflow.due = None;
         self.overflow.last_rescan = Some(now);
+        self.overflow.stats.rescans += 1;
         self.moves.clear();
         // The closes of held files may be among the events the kernel dropped.
         self.holds.release_all(out);

@@ -21,4 +21,5 @@ mod event_storm;
 mod large_files;
 mod livereload_abuse;
 mod load;
+mod metrics_abuse;
 mod symlink_race;

@@ -17,6 +17,7 @@ mod jobs;
 mod journal;
 mod lifecycle;
 mod livereload;
+mod metrics;
 mod mounts;
 mod protocol_errors;
 mod regression;

@@ -73,6 +73,7 @@ in_box rm -rf /var/lib/execlib
 in_box apt install -y "/pkg/$(basename "$deb")" >"$out/apt.log" 2>&1 || { cat "$out/apt.log"; fail "apt install"; }
 in_box getent passwd execlib || fail "the package did not create the execlib user"
 in_box test -f /usr/share/man/man5/execlib.toml.5.gz || fail "no execlib.toml(5)"
+in_box test -f /usr/share/man/man7/execlib-troubleshooting.7.gz || fail "no execlib-troubleshooting(7)"
 
 step "systemd-analyze verify prints nothing; security exposure as the README says"
 verify=$(in_box systemd-analyze verify execlib@site.service execlib@site.socket 2>&1 || true)

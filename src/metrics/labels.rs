@@ -1,0 +1,121 @@
+//! The metrics' label sets, every value a config name or one of a fixed set, and
+//! the handles the daemon's parts hold to count without a lookup: a listener's
+//! events by kind, the HTTP responses by status class.
+
+use crate::events::EventKind;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ListenerLabels {
+    pub(super) listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct EventLabels {
+    pub(super) listener: String,
+    pub(super) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct RouteLabels {
+    pub(super) listener: String,
+    pub(super) route: String,
+}
+
+/// How a run ended, as the `outcome` label says it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RunOutcome {
+    /// Exit code 0.
+    succeeded,
+    /// A non-zero exit, a signal, over its memory, or it could not start.
+    failed,
+    /// Killed at its `timeout_ms`.
+    timed_out,
+    /// Ended by its listener's stop (or the daemon's).
+    cancelled,
+}
+
+impl RunOutcome {
+    /// The label's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::succeeded => "succeeded",
+            RunOutcome::failed => "failed",
+            RunOutcome::timed_out => "timed_out",
+            RunOutcome::cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct FinishedLabels {
+    pub(super) listener: String,
+    pub(super) route: String,
+    pub(super) outcome: RunOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ClassLabels {
+    pub(super) class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ControlLabels {
+    pub(super) command: String,
+    pub(super) result: String,
+}
+
+/// A listener's event counters, one per kind, taken once when its task starts (so an
+/// event costs one atomic increment).
+#[derive(Clone, Debug)]
+pub struct EventCounters(pub(super) [Counter; 5]);
+
+impl EventCounters {
+    /// Counts one event of `kind`.
+    pub fn count(&self, kind: EventKind) {
+        self.0[kind_index(kind)].inc();
+    }
+}
+
+pub(super) const KINDS: [EventKind; 5] = [
+    EventKind::Create,
+    EventKind::Modify,
+    EventKind::Delete,
+    EventKind::Move,
+    EventKind::Attrib,
+];
+
+pub(super) fn kind_index(kind: EventKind) -> usize {
+    KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every kind is listed")
+}
+
+/// The `class` label's values, in [`HttpCounters`]' order.
+pub(super) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index in [`CLASSES`] of an HTTP status code's class (above 599: `5xx`).
+pub(super) fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+pub(super) fn route_labels(listener: &str, route: &str) -> RouteLabels {
+    RouteLabels {
+        listener: listener.to_owned(),
+        route: route.to_owned(),
+    }
+}
+
+/// Counters of HTTP responses by status class, for the HTTP front end.
+#[derive(Clone, Debug)]
+pub struct HttpCounters(pub(super) [Counter; 5]);
+
+impl HttpCounters {
+    /// Counts one response with `status`.
+    pub fn count(&self, status: u16) {
+        self.0[class_index(status)].inc();
+    }
+}
