@@ -22,6 +22,9 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
         Request::Jobs => Response::Jobs(replies::Jobs {
             jobs: state.listeners.jobs().await,
         }),
+        Request::History(query) => super::observe::history(state, &query),
+        Request::Explain(args) => super::observe::explain(state, &args).await,
+        Request::Events { listener, follow } => super::observe::events(state, listener.as_deref(), follow),
     }
 }
 
@@ -96,11 +99,11 @@ fn systemd_unit() -> Option<String> {
     })
 }
 
-fn shutting_down() -> Response {
+pub(super) fn shutting_down() -> Response {
     Response::error(ErrorCode::ShuttingDown, "the daemon is shutting down")
 }
 
-fn listener_error(e: ListenerError) -> Response {
+pub(super) fn listener_error(e: ListenerError) -> Response {
     let code = match e {
         ListenerError::Unknown(_) => ErrorCode::UnknownListener,
         ListenerError::Closing => ErrorCode::ShuttingDown,

@@ -5,8 +5,10 @@
 
 pub mod admission;
 pub mod handler;
+mod observe;
 mod runtime_dir;
 pub mod socket;
+mod stream;
 
 use crate::protocol::{self, ErrorCode, Frame, Request, Response, read_frame};
 use crate::state::DaemonState;
@@ -127,6 +129,12 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
         }
         ticket.busy();
         let (response, shutdown) = match protocol::parse_request(&line) {
+            Ok(Request::Events {
+                listener,
+                follow: true,
+            }) => {
+                return stream::follow(&state, listener.as_deref(), &mut reader, &mut writer).await;
+            }
             Ok(request) => {
                 let shutdown = request == Request::Shutdown;
                 (handler::handle(&state, request).await, shutdown)

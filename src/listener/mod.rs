@@ -4,6 +4,7 @@
 //! (start, stop, snapshot, reload); [`slot`] is one listener's lifecycle, [`task`]
 //! what a running listener does, [`reload`] how a new config is applied.
 
+mod explain;
 mod reload;
 mod slot;
 mod task;
@@ -166,6 +167,8 @@ impl crate::job::launch::Observer for Shared {
 pub(crate) struct JobContext {
     pub jobs: crate::job::launch::Context,
     pub state_dir: PathBuf,
+    /// Where the events they receive are published (`execlibctl events`).
+    pub feed: Arc<crate::feed::Feed>,
 }
 
 /// The daemon's listeners.
@@ -184,6 +187,36 @@ impl Listeners {
     /// Where the listeners say whether they are busy.
     pub fn builds(&self) -> Arc<crate::builds::Builds> {
         self.ctx.jobs.builds.clone()
+    }
+
+    /// Records their runs in `history` (by default, a history in memory only).
+    pub fn with_history(mut self, history: Arc<crate::history::History>) -> Self {
+        self.ctx.jobs.history = history;
+        self
+    }
+
+    /// Where their finished runs are recorded.
+    pub fn history(&self) -> &crate::history::History {
+        &self.ctx.jobs.history
+    }
+
+    /// Where the events they receive are published.
+    pub fn feed(&self) -> &Arc<crate::feed::Feed> {
+        &self.ctx.feed
+    }
+
+    /// Every route's path, in config order.
+    pub fn route_paths(&self) -> Vec<PathBuf> {
+        let slots = self.slots();
+        slots
+            .iter()
+            .flat_map(|s| s.config.routes.iter().map(|r| r.path.clone()))
+            .collect()
+    }
+
+    /// Whether a listener has that name.
+    pub fn exists(&self, name: &str) -> bool {
+        self.slot(name).is_ok()
     }
 
     /// The listeners of `config`, all stopped; their jobs are recorded in `ledger`,
@@ -206,8 +239,10 @@ impl Listeners {
                     grace: config.daemon.shutdown_grace,
                     ledger,
                     builds,
+                    history: Default::default(),
                 },
                 state_dir: config.daemon.state_dir.clone(),
+                feed: Default::default(),
             },
             closing: std::sync::atomic::AtomicBool::new(false),
             changing: tokio::sync::Mutex::new(()),
