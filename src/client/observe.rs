@@ -97,7 +97,11 @@ pub fn run(r: &RunRecord) -> String {
 
 /// A route's answer on one line.
 fn verdict(v: &RouteVerdict) -> String {
-    let answer = if v.runs { "runs" } else { "does not run" };
+    let answer = match (v.runs, v.reason.as_str()) {
+        (true, "runs") => "runs".to_owned(),
+        (true, reason) => format!("runs ({reason})"),
+        (false, reason) => format!("does not run ({reason})"),
+    };
     let last = match &v.last_run {
         Some(run) => format!(
             "last run {} at {} UTC: {}",
@@ -107,10 +111,7 @@ fn verdict(v: &RouteVerdict) -> String {
         ),
         None => "no run for it in the history".to_owned(),
     };
-    format!(
-        "{}/{}: {answer} ({}): {}; {last}",
-        v.listener, v.route, v.reason, v.detail
-    )
+    format!("{}/{}: {answer}: {}; {last}", v.listener, v.route, v.detail)
 }
 
 /// `explain`: the path, then one line per route.

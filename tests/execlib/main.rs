@@ -18,6 +18,7 @@ mod journal;
 mod lifecycle;
 mod livereload;
 mod mounts;
+mod observe;
 mod protocol_errors;
 mod regression;
 mod reload;
