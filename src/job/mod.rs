@@ -491,11 +491,15 @@ mod tests {
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);
-        let script = "for i in $(seq 1 30); do echo out$i; echo err$i >&2; done; exit 3";
+        // stderr's line comes after stdout's 30 (a pause between): the tail is the last 20 read.
+        let script = "for i in $(seq 1 30); do echo out$i; done; sleep 0.2; echo err >&2; exit 3";
         let ended = run(&spec(Command::Shell(script.into())), grace, &never).await;
         assert_eq!(ended.outcome, Outcome::Exited(3));
-        assert_eq!(ended.output.len(), TAIL_LINES, "{:?}", ended.output);
-        assert_eq!(ended.output.last().map(String::as_str), Some("err30"));
+        let expected: Vec<String> = (12..=30)
+            .map(|i| format!("out{i}"))
+            .chain(["err".into()])
+            .collect();
+        assert_eq!(ended.output, expected);
         assert!(
             ended.usage.is_some(),
             "the job's CPU time and peak memory are known"
