@@ -55,8 +55,10 @@ pub struct Finished {
     pub route: String,
     /// The route's stage (`None`: a post command).
     pub stage: Option<u32>,
-    /// Every file it ran for.
+    /// The files it ran for (only the first [`FILES_KEPT`] are kept).
     pub files: Vec<PathBuf>,
+    /// How many files it ran for.
+    pub count: usize,
     /// When it started, milliseconds since the Unix epoch.
     pub started_ms: u64,
     /// How long it ran.
@@ -105,7 +107,7 @@ impl History {
             listener: run.listener,
             route: run.route,
             stage: run.stage,
-            count: run.files.len(),
+            count: run.count,
             files: run.files,
             started_ms: run.started_ms,
             duration_ms: run.duration_ms,

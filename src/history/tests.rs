@@ -10,6 +10,7 @@ fn finished(listener: &str, route: &str, file: &str, code: i32) -> Finished {
         route: route.into(),
         stage: Some(0),
         files: vec![file.into()],
+        count: 1,
         started_ms: 1,
         duration_ms: 2,
         outcome: RunOutcome::Exited { code },
@@ -36,6 +37,7 @@ fn records_are_bounded_in_runs_files_and_output() {
     );
     let mut batch = finished("docs", "pages", "/s/x", 0);
     batch.files = (0..50).map(|i| PathBuf::from(format!("/s/{i}"))).collect();
+    batch.count = 50;
     batch.output = (0..100).map(|i| format!("{i:>1000}")).collect();
     let id = h.record(batch);
     let run = h.get(id).unwrap();

@@ -128,7 +128,8 @@ impl Launcher {
                     listener: self.config.name.clone(),
                     route: post.name.clone(),
                     stage: None,
-                    files: frame.files.clone(),
+                    files: kept(&frame.files),
+                    count: frame.files.len(),
                 };
                 tracked(
                     (self.observer.clone(), self.ctx.history.clone()),
@@ -179,7 +180,8 @@ impl Launcher {
             listener: self.config.name.clone(),
             route: route.name.clone(),
             stage: Some(route.order.stage),
-            files: start.files.clone(),
+            files: kept(&start.files),
+            count: start.files.len(),
         };
         let (path, stdin) = match route.mode {
             Mode::Each => {
@@ -252,7 +254,14 @@ struct RunInfo {
     listener: String,
     route: String,
     stage: Option<u32>,
+    /// The first files (a batch's may be thousands: not copied whole).
     files: Vec<PathBuf>,
+    count: usize,
+}
+
+/// The files of a run the history keeps.
+fn kept(files: &[PathBuf]) -> Vec<PathBuf> {
+    files[..files.len().min(crate::history::FILES_KEPT)].to_vec()
 }
 
 /// Runs a job, telling the observer of its start and end and recording it in the
@@ -280,15 +289,16 @@ async fn tracked(
         super::Outcome::OverMemory(reason) => RunOutcome::OverMemory { reason },
         super::Outcome::NotStarted(reason) => RunOutcome::NotStarted { reason },
     };
-    let files = match run.files.is_empty() {
-        true => vec![path],
-        false => run.files,
+    let (files, count) = match run.files.is_empty() {
+        true => (vec![path], 1),
+        false => (run.files, run.count),
     };
     history.record(crate::history::Finished {
         listener: run.listener,
         route: run.route,
         stage: run.stage,
         files,
+        count,
         started_ms,
         duration_ms: started.elapsed().as_millis() as u64,
         outcome,

@@ -433,3 +433,46 @@ fn events_lists_recent_events_and_followers_are_capped() {
         (client.reply()?["ok"] == true).then_some(())
     });
 }
+
+#[test]
+fn history_keeps_a_batchs_first_files_and_its_count_and_records_post_commands() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(
+        "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  name = \"all\"\n  path = \"src\"\n  mode = \"batch\"\n  debounce_ms = 300\n  delay_ms = 10\n  shell = \"cat > /dev/null\"\n\
+           [[listener.post]]\n  name = \"publish\"\n  shell = \"echo published\"\n",
+    );
+    let daemon = Daemon::start(&sandbox, &config);
+    for i in 0..12 {
+        sandbox.write(&format!("src/f{i:02}"), "x");
+    }
+    let all = eventually("the batch and its post command recorded", || {
+        let runs = runs(&daemon, &[]);
+        (runs.len() == 2).then_some(runs)
+    });
+    let (post, batch) = (&all[0], &all[1]);
+    assert_eq!(
+        (route_of(batch), batch["count"].clone(), batch["stage"].clone()),
+        ("all", 12.into(), 0.into()),
+        "{batch}"
+    );
+    let files: Vec<&str> = batch["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 8, "the first 8 of the batch's files");
+    assert!(
+        files[0].ends_with("src/f00") && files[7].ends_with("src/f07"),
+        "{files:?}"
+    );
+    assert_eq!(
+        (route_of(post), post["stage"].clone()),
+        ("publish", Value::Null),
+        "{post}"
+    );
+    let shown = json(&daemon, &["history", "show", &post["id"].to_string()]);
+    assert_eq!(shown["run"]["output"], serde_json::json!(["published"]));
+    let table = String::from_utf8_lossy(&daemon.ctl(&["history", "--route", "all"]).stdout).into_owned();
+    assert!(table.contains("src/f00 (+11 more)"), "{table}");
+}
