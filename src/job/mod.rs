@@ -208,36 +208,49 @@ async fn run_job(
         pid,
         group: group.as_ref(),
     };
-    let feed = feed(stdin, spec.stdin.as_deref());
-    let drained = async { *tail = drain(stdout, stderr).await };
-    let output = async { tokio::join!(feed, drained) };
-    tokio::pin!(output);
-    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
-    let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
-    // The main process's end, and whether it was killed for its timeout.
-    let wait = async {
-        tokio::select! {
-            exit = child.wait() => (exit, false),
-            _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, false),
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                warn!(job_pid = pid, timeout_ms, "job timed out");
-                (terminate(&mut child, job, spec.kill_grace).await, true)
+    // Each stream's last lines, kept here: whatever happens to the reading (a stray
+    // holding the pipe open past the drain), the lines read so far are the tail.
+    let (mut out_tail, mut err_tail) = (StreamTail::default(), StreamTail::default());
+    let (exit, timed_out) = {
+        let seq = std::sync::atomic::AtomicU64::new(0);
+        let feed = feed(stdin, spec.stdin.as_deref());
+        let drained = async {
+            tokio::join!(
+                log_lines(stdout, "stdout", &seq, &mut out_tail),
+                log_lines(stderr, "stderr", &seq, &mut err_tail)
+            )
+        };
+        let output = async { tokio::join!(feed, drained) };
+        tokio::pin!(output);
+        let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+        let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
+        // The main process's end, and whether it was killed for its timeout.
+        let wait = async {
+            tokio::select! {
+                exit = child.wait() => (exit, false),
+                _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, false),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    warn!(job_pid = pid, timeout_ms, "job timed out");
+                    (terminate(&mut child, job, spec.kill_grace).await, true)
+                }
             }
+        };
+        tokio::pin!(wait);
+        let mut output_done = false;
+        let ended = loop {
+            tokio::select! {
+                done = &mut wait => break done,
+                _ = &mut output, if !output_done => output_done = true,
+            }
+        };
+        // The job is its main process: whatever it left running is a stray.
+        job.signal(libc::SIGTERM);
+        if !output_done {
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
         }
+        ended
     };
-    tokio::pin!(wait);
-    let mut output_done = false;
-    let (exit, timed_out) = loop {
-        tokio::select! {
-            done = &mut wait => break done,
-            _ = &mut output, if !output_done => output_done = true,
-        }
-    };
-    // The job is its main process: whatever it left running is a stray.
-    job.signal(libc::SIGTERM);
-    if !output_done {
-        let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
-    }
+    *tail = StreamTail::merge(out_tail, err_tail);
     let stats = job.kill().await;
     let mut outcome = match &exit {
         _ if timed_out => Outcome::TimedOut,
@@ -358,32 +371,20 @@ async fn feed(stdin: Option<tokio::net::unix::pipe::Sender>, data: Option<&[u8]>
     }
 }
 
-/// Logs both streams line by line; yields the last lines of both.
-async fn drain(
-    stdout: tokio::net::unix::pipe::Receiver,
-    stderr: tokio::net::unix::pipe::Receiver,
-) -> Vec<String> {
-    let seq = std::sync::atomic::AtomicU64::new(0);
-    let (out, err) = tokio::join!(
-        log_lines(stdout, "stdout", &seq),
-        log_lines(stderr, "stderr", &seq)
-    );
-    StreamTail::merge(out, err)
-}
-
-/// Logs each line of `reader`, cutting lines over [`MAX_LINE`]; never holds more than
-/// one line beyond its tail. Lines are numbered from `seq` (shared by both streams).
+/// Logs each line of `reader`, cutting lines over [`MAX_LINE`], and keeps the last
+/// ones in `tail`; never holds more than one line beyond its tail. Lines are numbered
+/// from `seq` (shared by both streams).
 async fn log_lines(
     reader: impl AsyncRead + Unpin,
     stream: &'static str,
     seq: &std::sync::atomic::AtomicU64,
-) -> StreamTail {
-    let mut tail = StreamTail::default();
+    tail: &mut StreamTail,
+) {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::with_capacity(256);
     loop {
         match read_capped_line(&mut reader, &mut line).await {
-            Ok(None) => return tail,
+            Ok(None) => return,
             Ok(Some(cut)) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
@@ -393,7 +394,7 @@ async fn log_lines(
             }
             Err(e) => {
                 warn!(stream, "reading job output: {e}");
-                return tail;
+                return;
             }
         }
     }
@@ -500,6 +501,13 @@ mod tests {
             .chain(["err".into()])
             .collect();
         assert_eq!(ended.output, expected);
+        // A stray holding the output open past the drain: the lines read are kept.
+        let script = "echo before; sleep 30 & exit 2";
+        let ended = run(&spec(Command::Shell(script.into())), grace, &never).await;
+        assert_eq!(
+            (ended.outcome, ended.output),
+            (Outcome::Exited(2), vec!["before".to_owned()])
+        );
         assert!(
             ended.usage.is_some(),
             "the job's CPU time and peak memory are known"
