@@ -16,8 +16,10 @@ pub fn history(state: &DaemonState, query: &HistoryQuery) -> Response {
             None => Response::error(ErrorCode::UnknownRun, format!("no run {id} in the history")),
         };
     }
+    // A listener removed by a reload keeps its runs until they age out.
     if let Some(listener) = &query.listener
         && !state.listeners.exists(listener)
+        && !history.knows(listener)
     {
         return Response::error(
             ErrorCode::UnknownListener,

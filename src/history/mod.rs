@@ -155,6 +155,12 @@ impl History {
             .collect()
     }
 
+    /// Whether it holds runs of `listener`.
+    pub fn knows(&self, listener: &str) -> bool {
+        let runs = self.runs.lock().expect("history lock");
+        runs.get(listener).is_some_and(|r| !r.is_empty())
+    }
+
     /// Run `id`, with its output.
     pub fn get(&self, id: u64) -> Option<RunRecord> {
         let runs = self.runs.lock().expect("history lock");

@@ -78,6 +78,7 @@ fn queries_filter_and_list_newest_first_without_output() {
     assert_eq!(h.get(2).unwrap().output, ["out"], "show has the output");
     assert_eq!(h.last_for("docs", "pages", Path::new("/s/a")).unwrap().id, 1);
     assert!(h.last_for("docs", "pages", Path::new("/s/c")).is_none());
+    assert!(h.knows("blog") && !h.knows("gone"));
 }
 
 #[tokio::test]

@@ -475,4 +475,16 @@ fn history_keeps_a_batchs_first_files_and_its_count_and_records_post_commands() 
     assert_eq!(shown["run"]["output"], serde_json::json!(["published"]));
     let table = String::from_utf8_lossy(&daemon.ctl(&["history", "--route", "all"]).stdout).into_owned();
     assert!(table.contains("src/f00 (+11 more)"), "{table}");
+    // A listener removed by a reload keeps its runs.
+    sandbox.config(
+        "[[listener]]\nname = \"other\"\n  [[listener.route]]\n  path = \"src\"\n  shell = \"true\"\n",
+    );
+    assert!(daemon.ctl(&["reload"]).status.success());
+    assert_eq!(runs(&daemon, &["docs"]).len(), 2);
+    assert_eq!(
+        daemon.ctl(&["history", "other"]).status.code(),
+        Some(0),
+        "a listener with no runs yet"
+    );
+    assert_eq!(daemon.ctl(&["history", "never"]).status.code(), Some(1));
 }
