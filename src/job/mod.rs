@@ -2,7 +2,8 @@
 //! the daemon has a delegated tree, see [`contain`]) with its environment, its
 //! output logged line by line, termination of all its processes (SIGTERM, a grace
 //! period, SIGKILL) when its listener stops or its timeout passes, and what it used
-//! (CPU time, peak memory) logged at its end.
+//! (CPU time, peak memory) logged at its end and returned with the last lines of its
+//! output ([`Ended`]).
 
 pub mod cgroup;
 pub mod child;
@@ -189,13 +190,7 @@ async fn run_job(
             return (Outcome::NotStarted(e.to_string()), None);
         }
     };
-    let child::Started {
-        mut child,
-        stdin,
-        stdout,
-        stderr,
-    } = started_job;
-    let pid = child.pid();
+    let pid = started_job.child.pid();
     let _registered = orphans::Registered(pid);
     // Recorded until its whole group is gone (the last kill below), for a daemon
     // started after a crash of this one.
@@ -208,6 +203,43 @@ async fn run_job(
         pid,
         group: group.as_ref(),
     };
+    let (exit, timed_out) = supervise(started_job, job, spec, (grace, cancel), tail).await;
+    let stats = job.kill().await;
+    let mut outcome = match &exit {
+        _ if timed_out => Outcome::TimedOut,
+        Ok(exit) => Outcome::from_status(ExitStatus::from_raw(exit.status)),
+        Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),
+    };
+    if let Some(reason) = stats.and_then(|s| s.memory_failure()) {
+        outcome = Outcome::OverMemory(reason);
+    }
+    let usage = exit.ok().map(|e| Usage {
+        cpu_usec: stats.and_then(|s| s.cpu_usec).unwrap_or(e.cpu_usec),
+        memory_peak: stats.and_then(|s| s.memory_peak).unwrap_or(e.max_rss),
+    });
+    log_end(&outcome, started.elapsed(), usage);
+    // `group`, dropped last, removes the job's (now empty) cgroup.
+    (outcome, usage)
+}
+
+/// Feeds the job's stdin, logs its output and waits for its main process (ending it
+/// at `cancel` or its timeout); then SIGTERM to strays and a short drain. Returns how
+/// the main process ended and whether its timeout killed it; `tail` gets the last
+/// lines of its output.
+async fn supervise(
+    started: child::Started,
+    job: Job<'_>,
+    spec: &JobSpec,
+    (grace, cancel): (Duration, &CancellationToken),
+    tail: &mut Vec<String>,
+) -> (std::io::Result<crate::sys::Exit>, bool) {
+    let child::Started {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+    } = started;
+    let pid = job.pid;
     // Each stream's last lines, kept here: whatever happens to the reading (a stray
     // holding the pipe open past the drain), the lines read so far are the tail.
     let (mut out_tail, mut err_tail) = (StreamTail::default(), StreamTail::default());
@@ -251,22 +283,7 @@ async fn run_job(
         ended
     };
     *tail = StreamTail::merge(out_tail, err_tail);
-    let stats = job.kill().await;
-    let mut outcome = match &exit {
-        _ if timed_out => Outcome::TimedOut,
-        Ok(exit) => Outcome::from_status(ExitStatus::from_raw(exit.status)),
-        Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),
-    };
-    if let Some(reason) = stats.and_then(|s| s.memory_failure()) {
-        outcome = Outcome::OverMemory(reason);
-    }
-    let usage = exit.ok().map(|e| Usage {
-        cpu_usec: stats.and_then(|s| s.cpu_usec).unwrap_or(e.cpu_usec),
-        memory_peak: stats.and_then(|s| s.memory_peak).unwrap_or(e.max_rss),
-    });
-    log_end(&outcome, started.elapsed(), usage);
-    // `group`, dropped last, removes the job's (now empty) cgroup.
-    (outcome, usage)
+    (exit, timed_out)
 }
 
 /// A running job's processes: its process group and, when jobs get cgroups, its
