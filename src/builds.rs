@@ -106,7 +106,7 @@ impl Builds {
 
     /// A run of `listener`'s `route` for `file` ended (`failure`: why it failed; `output`:
     /// its last lines). Recorded when the listener counts as a build (the caller asks
-    /// [`Builds::counts`] before keeping a job's output for this). A failure is
+    /// [`Builds::counts`] before passing a job's output here). A failure is
     /// shown until a run of the same route for the same file succeeds; subscribers
     /// are told of each failure, and of the success that leaves none failing.
     pub fn finished(

@@ -56,7 +56,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
     let ledger = ledger(&config).await;
-    let listeners = Listeners::new(&config, ledger, builds).with_metrics(metrics);
+    let (history, history_writer) = history(&config).await;
+    let listeners = Listeners::new(&config, ledger, builds)
+        .with_metrics(metrics)
+        .with_history(history);
+    // Owned here: stopped once the listeners are (their last runs recorded), after
+    // writing what is queued.
+    let history_stop = CancellationToken::new();
+    let history_writer = tokio::spawn(history_writer.run(history_stop.clone()));
     let state = Arc::new(DaemonState::new(config, listeners, server));
     if let Some(addr) = metrics_socket.as_ref().and_then(|s| s.local_addr().ok()) {
         let _ = state.metrics_listen.set(addr);
@@ -90,6 +97,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!("stopping listeners");
     state.listeners.stop_all().await;
     info!("listeners stopped");
+    history_stop.cancel();
+    let _ = history_writer.await;
     reaper_stop.cancel();
     let _ = reaper.await;
     let grace = state.config.daemon.shutdown_grace;
@@ -129,6 +138,14 @@ async fn ledger(config: &Config) -> Arc<Ledger> {
     })
     .await
     .expect("ending leftovers does not panic")
+}
+
+/// The history of runs persisted in the state directory, and its writer.
+async fn history(config: &Config) -> (Arc<crate::history::History>, crate::history::file::Writer) {
+    let state_dir = config.daemon.state_dir.clone();
+    tokio::task::spawn_blocking(move || crate::history::History::open(&state_dir))
+        .await
+        .expect("reading the history does not panic")
 }
 
 /// Adopts descendants that escape their jobs and reaps those that exit, once a

@@ -49,7 +49,24 @@ impl Matcher {
 
     /// Whether a file at `rel` (relative to the route's path) matches.
     pub fn matches(&self, rel: &Path) -> bool {
-        self.include.is_match(rel) && !self.ignore.is_match(rel)
+        self.check(rel) == Check::Matches
+    }
+
+    /// Why a file at `rel` matches or not: the one decision [`Matcher::matches`] is
+    /// made of, with the ignore glob that excluded it.
+    pub fn check(&self, rel: &Path) -> Check<'_> {
+        if let Some(&first) = self.ignore.matches(rel).first() {
+            return Check::Ignored(&self.sources.1[first]);
+        }
+        match self.include.is_match(rel) {
+            true => Check::Matches,
+            false => Check::NotIncluded,
+        }
+    }
+
+    /// The include globs, as written.
+    pub fn includes(&self) -> &[String] {
+        &self.sources.0
     }
 
     /// Whether a directory at `rel` is ignored, so nothing under it can match
@@ -57,6 +74,17 @@ impl Matcher {
     pub fn ignores_dir(&self, rel: &Path) -> bool {
         self.ignore.is_match(rel) || self.ignore.is_match(rel.join("x"))
     }
+}
+
+/// Why a path matches a [`Matcher`] or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check<'a> {
+    /// It matches an include glob and no ignore glob.
+    Matches,
+    /// It matches no include glob.
+    NotIncluded,
+    /// It matches this ignore glob (the first, in config order).
+    Ignored(&'a str),
 }
 
 fn compile(globs: &[String]) -> Result<GlobSet, GlobError> {
@@ -126,6 +154,17 @@ mod tests {
         let m = Matcher::new(&strings(&["**"]), &strings(&["**/draft-*"])).unwrap();
         assert!(!m.matches(Path::new("a/draft-1.md")));
         assert!(m.matches(Path::new(".hidden")));
+    }
+
+    #[test]
+    fn check_names_the_ignore_glob_that_excluded_a_path() {
+        let m = Matcher::new(&strings(&["**/*.md"]), &strings(&["**/draft-*", "**/*.md"])).unwrap();
+        assert_eq!(m.check(Path::new("a/draft-1.md")), Check::Ignored("**/draft-*"));
+        assert_eq!(m.check(Path::new("a.txt")), Check::NotIncluded);
+        let d = default_matcher(&["**/*.md"]);
+        assert_eq!(d.check(Path::new("x/.git/a.md")), Check::Ignored("**/.*/**"));
+        assert_eq!(d.check(Path::new("x/a.md")), Check::Matches);
+        assert_eq!(d.includes(), ["**/*.md"]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! one request and renders the typed reply for people ([`render`]), or passes the
 //! JSON through.
 
+mod follow;
 mod keeping_up;
+mod observe;
 mod render;
 
 use crate::paths::Environment;
@@ -141,6 +143,29 @@ pub fn resolve_socket(
     }
 }
 
+/// Connects to the daemon at `target`, checking who answers when it must be this user.
+fn connect(target: &Target) -> Result<UnixStream, ClientError> {
+    let socket = &target.path;
+    let unreachable = |source| ClientError::Unreachable {
+        path: socket.to_owned(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(unreachable)?;
+    if let Some(ours) = target.same_user {
+        let theirs = crate::sys::peer_credentials(std::os::fd::AsFd::as_fd(&stream))
+            .map_err(unreachable)?
+            .uid;
+        if theirs != ours {
+            return Err(ClientError::NotYours {
+                path: socket.to_owned(),
+                theirs,
+                ours,
+            });
+        }
+    }
+    Ok(stream)
+}
+
 /// Sends one request and returns the daemon's reply line, as sent, and as read.
 pub fn request(
     target: &Target,
@@ -156,19 +181,7 @@ pub fn request(
         path: socket.to_owned(),
         reason,
     };
-    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
-    if let Some(ours) = target.same_user {
-        let theirs = crate::sys::peer_credentials(std::os::fd::AsFd::as_fd(&stream))
-            .map_err(unreachable)?
-            .uid;
-        if theirs != ours {
-            return Err(ClientError::NotYours {
-                path: socket.to_owned(),
-                theirs,
-                ours,
-            });
-        }
-    }
+    let mut stream = connect(target)?;
     stream.set_read_timeout(Some(timeout)).map_err(unreachable)?;
     let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
@@ -197,10 +210,13 @@ pub fn main(cli: crate::cli::CtlCli) -> u8 {
         json,
         command,
     } = cli;
-    let req = &command;
+    let req = &follow::normalize(command);
     let env = Environment::from_process();
-    let reply = resolve_socket(socket, instance.as_deref(), &env)
-        .and_then(|target| request(&target, req, REPLY_TIMEOUT));
+    let target = resolve_socket(socket, instance.as_deref(), &env);
+    if let (Request::Events { follow: true, .. }, Ok(target)) = (req, &target) {
+        return follow::follow(target, req, json);
+    }
+    let reply = target.and_then(|target| request(&target, req, REPLY_TIMEOUT));
     let (line, response) = match reply {
         Ok(reply) => reply,
         Err(e) => {

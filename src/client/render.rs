@@ -36,6 +36,10 @@ pub fn render(request: &Request, response: &Response) -> Result<String, ErrorBod
         },
         (_, Response::Done(_)) => "shutting down".to_owned(),
         (_, Response::Metrics(m)) => m.text.trim_end().to_owned(),
+        (_, Response::History(h)) => super::observe::history(&h.runs),
+        (_, Response::HistoryRun(r)) => super::observe::run(&r.run),
+        (_, Response::Explained(e)) => super::observe::explained(e),
+        (_, Response::Events(e)) => super::observe::events(&e.events, e.following),
     })
 }
 
@@ -125,7 +129,7 @@ fn jobs(jobs: &[JobView]) -> String {
 }
 
 /// Rows as left-aligned columns, two spaces apart.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
+pub(super) fn table<const N: usize>(rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();

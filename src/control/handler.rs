@@ -28,6 +28,9 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
         Request::Metrics => Response::Metrics(replies::Metrics {
             text: crate::metrics::exposition(state).await,
         }),
+        Request::History(query) => super::observe::history(state, &query),
+        Request::Explain(args) => super::observe::explain(state, &args).await,
+        Request::Events { listener, follow } => super::observe::events(state, listener.as_deref(), follow),
     }
 }
 
@@ -110,11 +113,11 @@ fn systemd_unit() -> Option<String> {
     })
 }
 
-fn shutting_down() -> Response {
+pub(super) fn shutting_down() -> Response {
     Response::error(ErrorCode::ShuttingDown, "the daemon is shutting down")
 }
 
-fn listener_error(e: ListenerError) -> Response {
+pub(super) fn listener_error(e: ListenerError) -> Response {
     let code = match e {
         ListenerError::Unknown(_) => ErrorCode::UnknownListener,
         ListenerError::Closing => ErrorCode::ShuttingDown,

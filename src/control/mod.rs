@@ -6,8 +6,10 @@
 pub mod admission;
 pub mod handler;
 mod keeping_up;
+mod observe;
 mod runtime_dir;
 pub mod socket;
+mod stream;
 
 use crate::protocol::{self, ErrorCode, Frame, Request, Response, read_frame};
 use crate::state::DaemonState;
@@ -128,6 +130,13 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
         }
         ticket.busy();
         let (response, shutdown, command) = match protocol::parse_request(&line) {
+            Ok(Request::Events {
+                listener,
+                follow: true,
+            }) => {
+                state.metrics.control_request("events", "ok");
+                return stream::follow(&state, listener.as_deref(), &mut reader, &mut writer).await;
+            }
             Ok(request) => {
                 let shutdown = request == Request::Shutdown;
                 let command = command_name(&request);

@@ -5,6 +5,7 @@
 
 use super::JobSpec;
 use crate::config::{ListenerConfig, Mode, PostConfig};
+use crate::protocol::observe::RunOutcome;
 use crate::scheduler::{FrameEnd, Start, Work};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -52,6 +53,8 @@ pub struct Context {
     pub builds: Arc<crate::builds::Builds>,
     /// The daemon's metrics: runs and events are counted there.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where finished runs are recorded.
+    pub history: Arc<crate::history::History>,
 }
 
 /// Hears about the jobs a [`Launcher`] runs: the listener keeps its counters, its
@@ -134,9 +137,16 @@ impl Launcher {
                     job_pid = tracing::field::Empty,
                 );
                 let cancel = self.posts_cancel.clone();
+                let run = RunInfo {
+                    listener: self.config.name.clone(),
+                    route: post.name.clone(),
+                    stage: None,
+                    files: kept(&frame.files),
+                    count: frame.files.len(),
+                };
                 tracked(
-                    self.observer.clone(),
-                    post.name.clone(),
+                    (self.observer.clone(), self.ctx.history.clone()),
+                    run,
                     file,
                     spec,
                     kill_grace,
@@ -148,7 +158,7 @@ impl Launcher {
         async move {
             let mut ok = true;
             for job in jobs {
-                ok &= job.await.is_none();
+                ok &= job.await.0.is_none();
             }
             ok
         }
@@ -171,7 +181,6 @@ impl Launcher {
             stdin: Some(path_lines(&frame.files)),
             ledger: Some(self.ctx.ledger.clone()),
             limits: post.limits,
-            tail: None,
         }
     }
 
@@ -180,6 +189,13 @@ impl Launcher {
         let mut env = self.base_env(&route.env, &route.name);
         env.insert("EXECLIB_ENDPOINT".into(), route.path.as_os_str().to_owned());
         env.insert("EXECLIB_EVENT".into(), start.kinds.to_string().into());
+        let run = RunInfo {
+            listener: self.config.name.clone(),
+            route: route.name.clone(),
+            stage: Some(route.order.stage),
+            files: kept(&start.files),
+            count: start.files.len(),
+        };
         let (path, stdin) = match route.mode {
             Mode::Each => {
                 let path = start.files.into_iter().next().unwrap_or(start.key.1);
@@ -207,7 +223,6 @@ impl Launcher {
             stdin,
             ledger: Some(self.ctx.ledger.clone()),
             limits: route.limits,
-            tail: self.ctx.builds.counts(&self.config).then(Default::default),
         };
         let span = info_span!(
             "job",
@@ -217,8 +232,8 @@ impl Launcher {
             job_pid = tracing::field::Empty,
         );
         let (observer, grace) = (self.observer.clone(), self.ctx.grace);
-        // Only a build's output is kept (for browsers, when it fails).
-        let tail = spec.tail.clone();
+        // A build's output goes to browsers, when it fails.
+        let build = self.ctx.builds.counts(&self.config);
         let (builds, listener, name, file, cancel) = (
             self.ctx.builds.clone(),
             self.config.clone(),
@@ -227,19 +242,19 @@ impl Launcher {
             self.cancel.clone(),
         );
         let job = tracked(
-            observer,
-            route.name.clone(),
+            (observer, self.ctx.history.clone()),
+            run,
             path,
             spec,
             grace,
             self.cancel.clone(),
         );
         async move {
-            let failure = job.await;
+            let (failure, output) = job.await;
             let ok = failure.is_none();
             // Ended by a stop (SIGTERM from us): no build result.
-            if let Some(tail) = tail.filter(|_| !cancel.is_cancelled()) {
-                builds.finished(&listener, &name, &file, failure, tail.lines());
+            if build && !cancel.is_cancelled() {
+                builds.finished(&listener, &name, &file, failure, output);
             }
             ok
         }
@@ -247,23 +262,70 @@ impl Launcher {
     }
 }
 
-/// Runs a job, telling the observer of its start and end. Yields why it failed
-/// (`None`: it succeeded).
-async fn tracked(
-    observer: Arc<dyn Observer>,
+/// What the history records of a run besides how it ended.
+struct RunInfo {
+    listener: String,
     route: String,
+    stage: Option<u32>,
+    /// The first files (a batch's may be thousands: not copied whole).
+    files: Vec<PathBuf>,
+    count: usize,
+}
+
+/// The files of a run the history keeps.
+fn kept(files: &[PathBuf]) -> Vec<PathBuf> {
+    files[..files.len().min(crate::history::FILES_KEPT)].to_vec()
+}
+
+/// Runs a job, telling the observer of its start and end and recording it in the
+/// history once it has ended. Yields why it failed (`None`: it succeeded) and the
+/// last lines of its output.
+async fn tracked(
+    (observer, history): (Arc<dyn Observer>, Arc<crate::history::History>),
+    run: RunInfo,
     path: PathBuf,
     spec: JobSpec,
     grace: Duration,
     cancel: CancellationToken,
-) -> Option<String> {
-    let id = observer.started(&route, &path, &spec.pid);
-    let began = std::time::Instant::now();
-    let outcome = super::run(&spec, grace, &cancel).await;
-    observer.outcome(&route, &path, &outcome, began.elapsed(), cancel.is_cancelled());
-    let failure = outcome.failure();
-    observer.ended(id, &route, &path, failure.clone());
-    failure
+) -> (Option<String>, Vec<String>) {
+    let id = observer.started(&run.route, &path, &spec.pid);
+    let (started_ms, started) = (crate::history::now_ms(), std::time::Instant::now());
+    let ended = super::run(&spec, grace, &cancel).await;
+    observer.outcome(
+        &run.route,
+        &path,
+        &ended.outcome,
+        started.elapsed(),
+        cancel.is_cancelled(),
+    );
+    let failure = ended.outcome.failure();
+    observer.ended(id, &run.route, &path, failure.clone());
+    let outcome = match ended.outcome {
+        super::Outcome::Exited(0) => RunOutcome::Exited { code: 0 },
+        _ if cancel.is_cancelled() => RunOutcome::Cancelled,
+        super::Outcome::Exited(code) => RunOutcome::Exited { code },
+        super::Outcome::Signaled(signal) => RunOutcome::Signaled { signal },
+        super::Outcome::TimedOut => RunOutcome::Timeout,
+        super::Outcome::OverMemory(reason) => RunOutcome::OverMemory { reason },
+        super::Outcome::NotStarted(reason) => RunOutcome::NotStarted { reason },
+    };
+    let (files, count) = match run.files.is_empty() {
+        true => (vec![path], 1),
+        false => (run.files, run.count),
+    };
+    history.record(crate::history::Finished {
+        listener: run.listener,
+        route: run.route,
+        stage: run.stage,
+        files,
+        count,
+        started_ms,
+        duration_ms: started.elapsed().as_millis() as u64,
+        outcome,
+        usage: ended.usage,
+        output: ended.output.clone(),
+    });
+    (failure, ended.output)
 }
 
 /// The paths, one per line, for a job's stdin.

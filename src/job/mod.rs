@@ -2,7 +2,8 @@
 //! the daemon has a delegated tree, see [`contain`]) with its environment, its
 //! output logged line by line, termination of all its processes (SIGTERM, a grace
 //! period, SIGKILL) when its listener stops or its timeout passes, and what it used
-//! (CPU time, peak memory) logged at its end.
+//! (CPU time, peak memory) logged at its end and returned with the last lines of its
+//! output ([`Ended`]).
 
 pub mod cgroup;
 pub mod child;
@@ -57,38 +58,55 @@ pub struct JobSpec {
     pub ledger: Option<std::sync::Arc<crate::ledger::Ledger>>,
     /// Its cgroup's limits (applied when jobs get cgroups: [`contain`]).
     pub limits: cgroup::Limits,
-    /// Where the last lines of its output are kept, when wanted (for a build's
-    /// failure in the browser).
-    pub tail: Option<std::sync::Arc<Tail>>,
 }
 
-/// The last [`TAIL_LINES`] lines of a job's output (stdout and stderr as they came),
-/// each cut at [`TAIL_LINE`] bytes.
-#[derive(Debug, Default)]
-pub struct Tail(std::sync::Mutex<std::collections::VecDeque<String>>);
-
-/// Lines a [`Tail`] keeps.
+/// Lines of a job's output kept after it ends (for `history show` and a build's
+/// failure in the browser): the last [`TAIL_LINES`], stdout and stderr as they came.
 pub const TAIL_LINES: usize = 20;
-/// Bytes of a line a [`Tail`] keeps.
+/// Bytes of a line the tail keeps (cut at a character boundary).
 pub const TAIL_LINE: usize = 1024;
 
-impl Tail {
-    fn push(&self, line: &str) {
+/// The last lines of one output stream, numbered so that two streams merge in the
+/// order their lines came. Owned by the task reading the stream: no lock, and its
+/// buffers are reused once it holds [`TAIL_LINES`] lines.
+#[derive(Debug, Default)]
+struct StreamTail {
+    lines: std::collections::VecDeque<(u64, String)>,
+}
+
+impl StreamTail {
+    fn push(&mut self, seq: u64, line: &str) {
         let mut cut = TAIL_LINE.min(line.len());
         while !line.is_char_boundary(cut) {
             cut -= 1;
         }
-        let mut lines = self.0.lock().expect("tail lock");
-        if lines.len() == TAIL_LINES {
-            lines.pop_front();
-        }
-        lines.push_back(line[..cut].to_owned());
+        let mut slot = match self.lines.len() == TAIL_LINES {
+            true => self.lines.pop_front().map(|(_, s)| s).unwrap_or_default(),
+            false => String::new(),
+        };
+        slot.clear();
+        slot.push_str(&line[..cut]);
+        self.lines.push_back((seq, slot));
     }
 
-    /// The lines kept, oldest first.
-    pub fn lines(&self) -> Vec<String> {
-        self.0.lock().expect("tail lock").iter().cloned().collect()
+    /// The last [`TAIL_LINES`] lines of both streams, oldest first.
+    fn merge(a: StreamTail, b: StreamTail) -> Vec<String> {
+        let mut all: Vec<(u64, String)> = a.lines.into_iter().chain(b.lines).collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        let skip = all.len().saturating_sub(TAIL_LINES);
+        all.into_iter().skip(skip).map(|(_, line)| line).collect()
     }
+}
+
+/// How a job ended, what it used and the last lines it printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// CPU time and peak memory, when known.
+    pub usage: Option<Usage>,
+    /// The last [`TAIL_LINES`] lines of its output (stdout and stderr), oldest first.
+    pub output: Vec<String>,
 }
 
 /// How a job ended.
@@ -131,14 +149,29 @@ impl Outcome {
 /// Runs the job to its end. When `cancel` fires, its process group gets SIGTERM,
 /// then SIGKILL after `grace`. Logs into the current span (which should carry the
 /// listener, route and file), recording `job_pid` on it.
-pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) -> Outcome {
+pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) -> Ended {
+    let mut output = Vec::new();
+    let (outcome, usage) = run_job(spec, grace, cancel, &mut output).await;
+    Ended {
+        outcome,
+        usage,
+        output,
+    }
+}
+
+async fn run_job(
+    spec: &JobSpec,
+    grace: Duration,
+    cancel: &CancellationToken,
+    tail: &mut Vec<String>,
+) -> (Outcome, Option<Usage>) {
     let started = Instant::now();
     let group = match contain::job_group(&spec.limits) {
         Ok(group) => group,
         Err(e) => {
             let reason = format!("cannot make the job's cgroup: {e}");
             error!(exit_code = "not_started", "job failed: {reason}");
-            return Outcome::NotStarted(reason);
+            return (Outcome::NotStarted(reason), None);
         }
     };
     let launch = child::Launch {
@@ -154,16 +187,10 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         Ok(started_job) => started_job,
         Err(e) => {
             error!(exit_code = "not_started", "job failed: {e}");
-            return Outcome::NotStarted(e.to_string());
+            return (Outcome::NotStarted(e.to_string()), None);
         }
     };
-    let child::Started {
-        mut child,
-        stdin,
-        stdout,
-        stderr,
-    } = started_job;
-    let pid = child.pid();
+    let pid = started_job.child.pid();
     let _registered = orphans::Registered(pid);
     // Recorded until its whole group is gone (the last kill below), for a daemon
     // started after a crash of this one.
@@ -176,36 +203,7 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
         pid,
         group: group.as_ref(),
     };
-    let feed = feed(stdin, spec.stdin.as_deref());
-    let drained = drain(stdout, stderr, spec.tail.as_deref());
-    let output = async { tokio::join!(feed, drained) };
-    tokio::pin!(output);
-    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
-    let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
-    // The main process's end, and whether it was killed for its timeout.
-    let wait = async {
-        tokio::select! {
-            exit = child.wait() => (exit, false),
-            _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, false),
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                warn!(job_pid = pid, timeout_ms, "job timed out");
-                (terminate(&mut child, job, spec.kill_grace).await, true)
-            }
-        }
-    };
-    tokio::pin!(wait);
-    let mut output_done = false;
-    let (exit, timed_out) = loop {
-        tokio::select! {
-            done = &mut wait => break done,
-            _ = &mut output, if !output_done => output_done = true,
-        }
-    };
-    // The job is its main process: whatever it left running is a stray.
-    job.signal(libc::SIGTERM);
-    if !output_done {
-        let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
-    }
+    let (exit, timed_out) = supervise(started_job, job, spec, (grace, cancel), tail).await;
     let stats = job.kill().await;
     let mut outcome = match &exit {
         _ if timed_out => Outcome::TimedOut,
@@ -221,7 +219,71 @@ pub async fn run(spec: &JobSpec, grace: Duration, cancel: &CancellationToken) ->
     });
     log_end(&outcome, started.elapsed(), usage);
     // `group`, dropped last, removes the job's (now empty) cgroup.
-    outcome
+    (outcome, usage)
+}
+
+/// Feeds the job's stdin, logs its output and waits for its main process (ending it
+/// at `cancel` or its timeout); then SIGTERM to strays and a short drain. Returns how
+/// the main process ended and whether its timeout killed it; `tail` gets the last
+/// lines of its output.
+async fn supervise(
+    started: child::Started,
+    job: Job<'_>,
+    spec: &JobSpec,
+    (grace, cancel): (Duration, &CancellationToken),
+    tail: &mut Vec<String>,
+) -> (std::io::Result<crate::sys::Exit>, bool) {
+    let child::Started {
+        mut child,
+        stdin,
+        stdout,
+        stderr,
+    } = started;
+    let pid = job.pid;
+    // Each stream's last lines, kept here: whatever happens to the reading (a stray
+    // holding the pipe open past the drain), the lines read so far are the tail.
+    let (mut out_tail, mut err_tail) = (StreamTail::default(), StreamTail::default());
+    let (exit, timed_out) = {
+        let seq = std::sync::atomic::AtomicU64::new(0);
+        let feed = feed(stdin, spec.stdin.as_deref());
+        let drained = async {
+            tokio::join!(
+                log_lines(stdout, "stdout", &seq, &mut out_tail),
+                log_lines(stderr, "stderr", &seq, &mut err_tail)
+            )
+        };
+        let output = async { tokio::join!(feed, drained) };
+        tokio::pin!(output);
+        let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+        let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
+        // The main process's end, and whether it was killed for its timeout.
+        let wait = async {
+            tokio::select! {
+                exit = child.wait() => (exit, false),
+                _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, false),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    warn!(job_pid = pid, timeout_ms, "job timed out");
+                    (terminate(&mut child, job, spec.kill_grace).await, true)
+                }
+            }
+        };
+        tokio::pin!(wait);
+        let mut output_done = false;
+        let ended = loop {
+            tokio::select! {
+                done = &mut wait => break done,
+                _ = &mut output, if !output_done => output_done = true,
+            }
+        };
+        // The job is its main process: whatever it left running is a stray.
+        job.signal(libc::SIGTERM);
+        if !output_done {
+            let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
+        }
+        ended
+    };
+    *tail = StreamTail::merge(out_tail, err_tail);
+    (exit, timed_out)
 }
 
 /// A running job's processes: its process group and, when jobs get cgroups, its
@@ -258,12 +320,12 @@ impl Job<'_> {
 }
 
 /// What a finished job used.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
     /// CPU time, user plus system, in µs.
-    cpu_usec: u64,
+    pub cpu_usec: u64,
     /// Peak memory in bytes.
-    memory_peak: u64,
+    pub memory_peak: u64,
 }
 
 fn log_end(outcome: &Outcome, elapsed: Duration, usage: Option<Usage>) {
@@ -326,20 +388,15 @@ async fn feed(stdin: Option<tokio::net::unix::pipe::Sender>, data: Option<&[u8]>
     }
 }
 
-async fn drain(
-    stdout: tokio::net::unix::pipe::Receiver,
-    stderr: tokio::net::unix::pipe::Receiver,
-    tail: Option<&Tail>,
+/// Logs each line of `reader`, cutting lines over [`MAX_LINE`], and keeps the last
+/// ones in `tail`; never holds more than one line beyond its tail. Lines are numbered
+/// from `seq` (shared by both streams).
+async fn log_lines(
+    reader: impl AsyncRead + Unpin,
+    stream: &'static str,
+    seq: &std::sync::atomic::AtomicU64,
+    tail: &mut StreamTail,
 ) {
-    tokio::join!(
-        log_lines(Some(stdout), "stdout", tail),
-        log_lines(Some(stderr), "stderr", tail)
-    );
-}
-
-/// Logs each line of `reader`, cutting lines over [`MAX_LINE`]; never holds more than one line.
-async fn log_lines(reader: Option<impl AsyncRead + Unpin>, stream: &'static str, tail: Option<&Tail>) {
-    let Some(reader) = reader else { return };
     let mut reader = BufReader::new(reader);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -350,9 +407,7 @@ async fn log_lines(reader: Option<impl AsyncRead + Unpin>, stream: &'static str,
                 let text = text.trim_end_matches(['\n', '\r']);
                 let marker = if cut { " [line cut at 8 KiB]" } else { "" };
                 info!(stream, "{text}{marker}");
-                if let Some(tail) = tail {
-                    tail.push(text);
-                }
+                tail.push(seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed), text);
             }
             Err(e) => {
                 warn!(stream, "reading job output: {e}");
@@ -394,6 +449,27 @@ pub(crate) async fn read_capped_line(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_tail_keeps_the_last_lines_of_both_streams_in_order_and_cut() {
+        let (mut out, mut err) = (StreamTail::default(), StreamTail::default());
+        for i in 0..30u64 {
+            let tail = if i % 3 == 0 { &mut err } else { &mut out };
+            tail.push(i, &format!("line {i}"));
+        }
+        let long = "é".repeat(TAIL_LINE);
+        out.push(30, &long);
+        let lines = StreamTail::merge(out, err);
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 11");
+        assert_eq!(lines[TAIL_LINES - 2], "line 29");
+        let last = &lines[TAIL_LINES - 1];
+        assert!(
+            last.len() <= TAIL_LINE && last.len() >= TAIL_LINE - 1,
+            "{}",
+            last.len()
+        );
+    }
+
     #[tokio::test]
     async fn long_lines_are_cut_and_the_rest_skipped() {
         let mut input = vec![b'x'; MAX_LINE * 3];
@@ -430,18 +506,36 @@ mod tests {
             stdin: None,
             ledger: None,
             limits: Default::default(),
-            tail: None,
         };
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);
-        let out = run(&spec(Command::Shell("exit 3".into())), grace, &never).await;
-        assert_eq!(out, Outcome::Exited(3));
+        // stderr's line comes after stdout's 30 (a pause between): the tail is the last 20 read.
+        let script = "for i in $(seq 1 30); do echo out$i; done; sleep 0.2; echo err >&2; exit 3";
+        let ended = run(&spec(Command::Shell(script.into())), grace, &never).await;
+        assert_eq!(ended.outcome, Outcome::Exited(3));
+        let expected: Vec<String> = (12..=30)
+            .map(|i| format!("out{i}"))
+            .chain(["err".into()])
+            .collect();
+        assert_eq!(ended.output, expected);
+        // A stray holding the output open past the drain: the lines read are kept.
+        let script = "echo before; sleep 30 & exit 2";
+        let ended = run(&spec(Command::Shell(script.into())), grace, &never).await;
+        assert_eq!(
+            (ended.outcome, ended.output),
+            (Outcome::Exited(2), vec!["before".to_owned()])
+        );
+        assert!(
+            ended.usage.is_some(),
+            "the job's CPU time and peak memory are known"
+        );
         let out = run(
             &spec(Command::Run(vec!["/nonexistent/prog".into()])),
             grace,
             &never,
         )
-        .await;
+        .await
+        .outcome;
         assert!(
             matches!(out, Outcome::NotStarted(ref r) if r.contains("/nonexistent/prog")),
             "{out:?}"

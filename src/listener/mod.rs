@@ -4,6 +4,7 @@
 //! (start, stop, snapshot, reload); [`slot`] is one listener's lifecycle, [`task`]
 //! what a running listener does, [`reload`] how a new config is applied.
 
+mod explain;
 mod keeping_up;
 mod reload;
 mod slot;
@@ -180,6 +181,8 @@ impl crate::job::launch::Observer for Shared {
 pub(crate) struct JobContext {
     pub jobs: crate::job::launch::Context,
     pub state_dir: PathBuf,
+    /// Where the events they receive are published (`execlibctl events`).
+    pub feed: Arc<crate::feed::Feed>,
 }
 
 /// The daemon's listeners.
@@ -211,6 +214,36 @@ impl Listeners {
         self.ctx.jobs.metrics.clone()
     }
 
+    /// Records their runs in `history` (by default, a history in memory only).
+    pub fn with_history(mut self, history: Arc<crate::history::History>) -> Self {
+        self.ctx.jobs.history = history;
+        self
+    }
+
+    /// Where their finished runs are recorded.
+    pub fn history(&self) -> &crate::history::History {
+        &self.ctx.jobs.history
+    }
+
+    /// Where the events they receive are published.
+    pub fn feed(&self) -> &Arc<crate::feed::Feed> {
+        &self.ctx.feed
+    }
+
+    /// Every route's path, in config order.
+    pub fn route_paths(&self) -> Vec<PathBuf> {
+        let slots = self.slots();
+        slots
+            .iter()
+            .flat_map(|s| s.config.routes.iter().map(|r| r.path.clone()))
+            .collect()
+    }
+
+    /// Whether a listener has that name.
+    pub fn exists(&self, name: &str) -> bool {
+        self.slot(name).is_ok()
+    }
+
     /// The listeners of `config`, all stopped; their jobs are recorded in `ledger`,
     /// and whether they are busy told to `builds`.
     pub fn new(
@@ -232,8 +265,10 @@ impl Listeners {
                     ledger,
                     builds,
                     metrics: Arc::default(),
+                    history: Default::default(),
                 },
                 state_dir: config.daemon.state_dir.clone(),
+                feed: Default::default(),
             },
             closing: std::sync::atomic::AtomicBool::new(false),
             changing: tokio::sync::Mutex::new(()),

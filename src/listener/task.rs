@@ -144,15 +144,25 @@ impl Run {
     /// Matches each event against the routes and submits the matches.
     /// Earlier stages first, so a later stage never becomes due before the earlier
     /// stage's submission for the same change has arrived.
+    /// Each event is published with the routes it matched (`execlibctl events`).
     async fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::Sender<Input>) {
         for event in events {
             self.shared.events.fetch_add(1, Ordering::Relaxed);
             self.events.count(event.kind);
+            let mut matched = Vec::new();
             for &index in &self.stage_order {
                 if let Some(sub) = crate::route::submission(index, &self.config.routes[index], &event) {
+                    matched.push(self.config.routes[index].name.clone());
                     let _ = tx.send(Input::Submit(sub)).await;
                 }
             }
+            self.ctx.feed.publish(crate::protocol::observe::SeenEvent {
+                at_ms: crate::history::now_ms(),
+                listener: self.config.name.clone(),
+                kind: event.kind.as_str().to_owned(),
+                path: event.path,
+                routes: matched,
+            });
         }
     }
 

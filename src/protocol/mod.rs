@@ -9,6 +9,7 @@
 //! machine-readable [`ErrorCode`]. Lines are capped at [`MAX_LINE`]. Paths are
 //! carried losslessly ([`wire`]).
 
+pub mod observe;
 pub mod replies;
 pub mod wire;
 
@@ -55,6 +56,22 @@ pub enum Request {
     Shutdown,
     /// Print the metrics in the Prometheus (OpenMetrics) text format.
     Metrics,
+    /// List finished runs, newest first (`history show ID`: one, with its output).
+    History(observe::HistoryQuery),
+    /// Say, for every listener and route, whether a change to PATH would run it, and
+    /// if not why; and when it last ran for it.
+    Explain(observe::ExplainArgs),
+    /// Print the events listeners received (the last 256), each with the routes it
+    /// matched; with --follow, then every new one as it comes, until the daemon stops.
+    Events {
+        /// Only this listener's events.
+        #[serde(default)]
+        listener: Option<String>,
+        /// Keep the connection open and print events as they come.
+        #[arg(long)]
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 /// Every `cmd` the daemon knows: [`Request`]'s variants, as clap names them
@@ -96,6 +113,8 @@ pub enum ErrorCode {
     NotRunning,
     /// `reload`: the new config is invalid; the running one is kept.
     InvalidConfig,
+    /// `history`: no run has that id.
+    UnknownRun,
 }
 
 /// An error reply's body.
@@ -143,6 +162,14 @@ pub enum Response {
     Reloaded(replies::Reloaded),
     /// `shutdown`.
     Done(replies::Done),
+    /// `history`.
+    History(observe::History),
+    /// `history` with an `id`.
+    HistoryRun(observe::HistoryRun),
+    /// `explain`.
+    Explained(observe::Explained),
+    /// `events` (with `follow`, the first line of the stream).
+    Events(observe::Events),
     /// Any request that failed.
     Error(replies::Failed),
     /// `metrics`.
@@ -189,6 +216,10 @@ impl Response {
             Request::Trigger { .. } => Response::Triggered(serde_json::from_value(value)?),
             Request::Shutdown => Response::Done(serde_json::from_value(value)?),
             Request::Metrics => Response::Metrics(serde_json::from_value(value)?),
+            Request::History(q) if q.id.is_some() => Response::HistoryRun(serde_json::from_value(value)?),
+            Request::History(_) => Response::History(serde_json::from_value(value)?),
+            Request::Explain(_) => Response::Explained(serde_json::from_value(value)?),
+            Request::Events { .. } => Response::Events(serde_json::from_value(value)?),
         };
         Ok(body)
     }
@@ -319,7 +350,7 @@ mod tests {
                 "{name}: {error:?}"
             );
         }
-        assert_eq!(commands().len(), 9);
+        assert_eq!(commands().len(), 12);
     }
 
     #[tokio::test]

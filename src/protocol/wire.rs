@@ -66,6 +66,29 @@ pub mod list {
     }
 }
 
+/// An optional path: absent or `null`, or a path in the encoding above.
+pub mod option {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::path::PathBuf;
+
+    #[derive(serde::Serialize, Deserialize)]
+    #[serde(transparent)]
+    struct One(#[serde(with = "super")] PathBuf);
+
+    /// `None` as `null`, a path as [`super::serialize`] writes it.
+    pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        match path {
+            Some(path) => super::serialize(path, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// `null`, or a path as [`super::deserialize`] reads it.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        Ok(Option::<One>::deserialize(d)?.map(|o| o.0))
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -17,6 +17,7 @@ mod common;
 mod ws;
 
 mod control_socket;
+mod event_followers;
 mod event_storm;
 mod large_files;
 mod livereload_abuse;

@@ -19,6 +19,7 @@ mod lifecycle;
 mod livereload;
 mod metrics;
 mod mounts;
+mod observe;
 mod protocol_errors;
 mod regression;
 mod reload;
