@@ -143,6 +143,7 @@ function killAll() {
 }
 process.on("exit", killAll);
 process.on("SIGINT", () => process.exit(130));
+process.on("SIGTERM", () => process.exit(143));
 
 function freePort() {
   return new Promise((resolve, reject) => {
