@@ -86,8 +86,9 @@ impl Listeners {
 }
 
 /// Refuses what no event can carry: NUL, an empty path, `..` (events name files
-/// without it, so a path with it would be explained as some other file).
-fn check_path(path: &Path) -> Result<(), ListenerError> {
+/// without it, so a path with it would be explained, or triggered, as some other
+/// file). `explain` and `trigger` both check with this.
+pub(super) fn check_path(path: &Path) -> Result<(), ListenerError> {
     let bad = |reason| ListenerError::BadPath {
         path: path.to_owned(),
         reason,

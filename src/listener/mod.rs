@@ -320,22 +320,7 @@ impl Listeners {
     /// directory (as every path in the config is); a relative path that lies under
     /// none of the listener's routes that way is taken relative to each route's path.
     pub async fn trigger(&self, name: &str, path: &Path, config_dir: &Path) -> Result<usize, ListenerError> {
-        let bad = |reason| ListenerError::BadPath {
-            path: path.to_owned(),
-            reason,
-        };
-        if path.as_os_str().as_encoded_bytes().contains(&0) {
-            return Err(bad("contains a NUL byte"));
-        }
-        if path.as_os_str().is_empty() {
-            return Err(bad("is empty"));
-        }
-        if path
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(bad("may not contain `..`"));
-        }
+        explain::check_path(path)?;
         let slot = self.slot(name)?;
         let running = slot.running.lock().await;
         let Some(submit) = running.as_ref().and_then(|r| r.submit.upgrade()) else {
