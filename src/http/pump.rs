@@ -135,12 +135,15 @@ impl Gather {
         }
     }
 
-    /// Notes that changes were added at `now`.
-    fn changed(&mut self, now: Instant, delay: Duration) {
+    /// Notes that changes were added at `now` (`building`: a build is busy now; what
+    /// comes while one is never goes out at once, even once it has ended).
+    fn changed(&mut self, now: Instant, delay: Duration, building: bool) {
         if self.pending.is_empty() && !self.everything {
             return;
         }
-        if self.first.is_none() {
+        if building {
+            self.leading = false;
+        } else if self.first.is_none() {
             let quiet = |since: Instant| now.duration_since(since) >= delay;
             self.leading = quiet(self.last) && quiet(self.last_activity);
         }
@@ -192,12 +195,23 @@ impl Pump {
             let building = builds_open && self.builds.building();
             let due = gather.due(building, self.delay);
             tokio::select! {
+                // Who is busy is looked at before the changes that came with it: a
+                // build's end, and its writes read in the same turn, are seen in that
+                // order, so no page of it goes out at once, alone.
+                biased;
                 _ = stop.cancelled() => return,
+                changed = activity.changed(), if builds_open => match changed {
+                    // A build ended (not any change of who is busy).
+                    Ok(()) if building && !self.builds.building() => gather.build_ended(Instant::now()),
+                    Ok(()) => gather.last_activity = Instant::now(),
+                    Err(_) => builds_open = false,
+                },
                 events = watcher.next() => match events {
                     Ok(events) => {
                         gather.everything |= self.collect(events, &mut gather.pending);
-                        gather.changed(Instant::now(), self.delay);
-                        if gather.leading && !(builds_open && self.builds.building()) {
+                        let busy = builds_open && self.builds.building();
+                        gather.changed(Instant::now(), self.delay, busy);
+                        if gather.leading {
                             self.tell(&mut gather, false);
                         }
                     }
@@ -205,12 +219,6 @@ impl Pump {
                         warn!("LiveReload watcher failed: {e}");
                         return;
                     }
-                },
-                changed = activity.changed(), if builds_open => match changed {
-                    // A build ended (not any change of who is busy).
-                    Ok(()) if building && !self.builds.building() => gather.build_ended(Instant::now()),
-                    Ok(()) => gather.last_activity = Instant::now(),
-                    Err(_) => builds_open = false,
                 },
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     self.tell(&mut gather, building);
@@ -265,7 +273,7 @@ mod tests {
 
     fn change(gather: &mut Gather, path: &str, at: Instant) {
         gather.pending.insert(path.to_owned());
-        gather.changed(at, DELAY);
+        gather.changed(at, DELAY, false);
     }
 
     #[test]
@@ -311,9 +319,27 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_change_made_while_a_build_is_busy_never_goes_out_at_once() {
+        // The first page of a long build, after a quiet spell: held for the build,
+        // and once the build is over, gathered with the rest, not sent alone.
+        let mut gather = Gather::new(DELAY);
+        let t0 = Instant::now();
+        gather.pending.insert("/p1.html".to_owned());
+        gather.changed(t0, DELAY, true);
+        assert!(!gather.leading);
+        assert_eq!(gather.due(true, DELAY), Some(t0 + MAX_BUILD_WAIT));
+        let ended = t0 + DELAY * 20;
+        gather.build_ended(ended);
+        gather.pending.insert("/p2.html".to_owned());
+        gather.changed(ended, DELAY, false);
+        assert!(!gather.leading);
+        assert_eq!(gather.due(false, DELAY), Some(ended + DELAY));
+    }
+
+    #[test]
     fn nothing_pending_is_never_due() {
         let mut gather = Gather::new(DELAY);
-        gather.changed(Instant::now(), DELAY);
+        gather.changed(Instant::now(), DELAY, false);
         assert_eq!(gather.due(false, DELAY), None);
     }
 }

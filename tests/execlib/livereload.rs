@@ -177,6 +177,31 @@ fn a_build_writing_pages_for_two_seconds_reloads_each_client_once_after_it_ends(
 }
 
 #[test]
+fn a_quick_build_after_a_quiet_spell_reloads_each_client_once() {
+    // A build that writes its pages at once and exits before they are read: its
+    // first page must not go out alone ahead of the rest (a change after a quiet
+    // spell goes out at once, but not one that came with a build).
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("content")).unwrap();
+    // A stylesheet first: alone, it would reach every client as a message of its own.
+    let build = r#"echo "h1{}" > ../public/a.css; for i in $(seq 1 40); do echo "v$i" > ../public/p$i.html; done; echo v1 > ../public/index.html"#;
+    let config = site_config(&sandbox, "", &build_route(build));
+    sandbox.write("public/index.html", "v0");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let mut home = LrClient::on_page(&addr, "/");
+    eventually("the client counted", || (clients(&daemon) == 1).then_some(()));
+    for round in 0..3 {
+        sandbox.write("content/post.md", &format!("edit {round}"));
+        let message = home.recv().expect("a reload");
+        assert_eq!(message["path"], "/index.html", "{message}");
+        home.set_timeout(std::time::Duration::from_millis(600));
+        assert_eq!(home.recv(), None, "a second reload for one build");
+        home.set_timeout(DEADLINE);
+    }
+}
+
+#[test]
 fn changes_made_with_no_build_running_go_out_at_once() {
     let (sandbox, _daemon, addr) = site();
     let mut on_a = LrClient::on_page(&addr, "/a.html");
