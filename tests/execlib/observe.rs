@@ -161,18 +161,40 @@ fn a_hostile_history_file_is_dropped_with_a_warning() {
     std::fs::create_dir_all(sandbox.path("state/history")).unwrap();
     let mut junk = b"{\"id\":18446744073709551615,\"listener\":\"docs\"}\n\xff\xfe\n[[[[".to_vec();
     junk.extend(vec![b'{'; 300_000]);
+    // Complete records: one whose id would wrap the next ids around, one whose
+    // route and reason carry terminal escapes.
+    let record = |id: &str, route: &str| {
+        format!(
+            "\n{{\"id\":{id},\"listener\":\"docs\",\"route\":\"{route}\",\"stage\":0,\"files\":[\"/x\"],\"count\":1,\"started_ms\":0,\"duration_ms\":1,\"outcome\":{{\"kind\":\"not_started\",\"reason\":\"\\u001b[2Jgone\"}}}}"
+        )
+    };
+    junk.extend(record("18446744073709551615", "wrap").as_bytes());
+    junk.extend(record("5", "\\u001b]0;owned\\u0007").as_bytes());
+    junk.push(b'\n');
     std::fs::write(sandbox.path("state/history/docs.jsonl"), &junk).unwrap();
     let daemon = Daemon::start(&sandbox, &config);
     assert!(
         daemon
             .log()
-            .contains("history file partly unusable: 3 line(s) dropped"),
+            .contains("history file partly unusable: 4 line(s) dropped"),
         "{}",
         daemon.log()
     );
+    let table = daemon.ctl(&["history"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{table:?}");
+    assert!(
+        text.contains("\\u{1b}]0;owned\\u{7}") && !text.contains('\u{1b}'),
+        "{text}"
+    );
     sandbox.write("src/a.ok", "x");
-    let run = eventually("a run", || runs(&daemon, &[]).first().cloned());
-    assert_eq!(run["id"], 1, "ids start afresh");
+    let run = eventually("a run", || {
+        runs(&daemon, &[])
+            .into_iter()
+            .find(|r| route_of(r) != "\u{1b}]0;owned\u{7}")
+    });
+    assert_eq!(run["id"], 6, "ids go on after the usable record's");
+    assert_eq!(runs(&daemon, &[])[0], run, "the new run is the newest");
 }
 
 /// A listener with every case `explain` tells apart.
