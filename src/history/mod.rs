@@ -82,13 +82,6 @@ pub struct Finished {
     pub output: Vec<String>,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl History {
     /// The history persisted under `state_dir`: read back (a file that cannot be
     /// used is dropped with a warning), and the writer that will append to it. Blocks.
@@ -171,6 +164,12 @@ impl History {
     pub fn knows(&self, listener: &str) -> bool {
         let runs = self.runs.lock().expect("history lock");
         runs.get(listener).is_some_and(|r| !r.is_empty())
+    }
+
+    /// The run of `listener` that ended last.
+    pub fn newest(&self, listener: &str) -> Option<Arc<RunRecord>> {
+        let runs = self.runs.lock().expect("history lock");
+        runs.get(listener)?.back().cloned()
     }
 
     /// Run `id`, with its output.

@@ -510,3 +510,65 @@ fn history_keeps_a_batchs_first_files_and_its_count_and_records_post_commands() 
     );
     assert_eq!(daemon.ctl(&["history", "never"]).status.code(), Some(1));
 }
+
+#[test]
+fn status_and_listeners_still_show_the_last_run_after_a_restart() {
+    let sandbox = Sandbox::new();
+    let body = "[[listener]]\nname = \"docs\"\ncatch_up = false\n  [[listener.route]]\n  name = \"pages\"\n  path = \"src\"\n  debounce_ms = 20\n  delay_ms = 10\n  shell = 'exit 3'\n";
+    let config = sandbox.config(body);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.md", "x");
+    let last = eventually("docs's last run", || {
+        let l = daemon.listener("docs");
+        (!l["last_run"].is_null()).then(|| l["last_run"].clone())
+    });
+    assert_eq!(last["outcome"], "failed", "{last}");
+    assert_eq!(last["reason"], "exit code 3", "{last}");
+    assert_eq!(last["file"], sandbox.path("src/a.md").to_str().unwrap());
+    let id = runs(&daemon, &[])[0]["id"].clone();
+    assert_eq!(last["id"], id, "the history's run");
+    assert!(daemon.ctl(&["shutdown"]).status.success());
+    daemon.wait_exit();
+
+    let daemon = Daemon::start(&sandbox, &config);
+    assert_eq!(daemon.listener("docs")["last_run"], last, "listeners");
+    let status = daemon.request(r#"{"cmd":"status"}"#);
+    assert_eq!(status["last_runs"]["docs"], last, "{status}");
+    let text = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "last run docs: pages {}: failed (exit code 3) after ",
+            sandbox.path("src/a.md").display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_job_that_exits_non_zero_just_before_its_listener_stops_is_recorded_as_exited_not_cancelled() {
+    let sandbox = Sandbox::new();
+    // Its main process exits 3 at once, while a stray that ignores SIGTERM holds its
+    // output open: the daemon drains the output for 500 ms after the exit, and the
+    // stop comes in that window.
+    let shell = "echo $$ > ../out/pid; (trap \"\" TERM; exec sleep 5) & exit 3";
+    let config = sandbox.config(&one_route(shell, "glob = \"*.md\""));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.md", "x");
+    let pid = sandbox.wait_out("pid").trim().to_owned();
+    eventually("the main process reaped", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    assert_eq!(daemon.ctl(&["stop", "docs"]).status.code(), Some(0));
+    let run = eventually("the run recorded", || runs(&daemon, &[]).first().cloned());
+    assert_eq!(
+        run["outcome"],
+        serde_json::json!({"kind": "exited", "code": 3}),
+        "{run}"
+    );
+    let last = daemon.listener("docs")["last_run"].clone();
+    assert_eq!(
+        (&last["outcome"], &last["reason"]),
+        (&"failed".into(), &"exit code 3".into()),
+        "{last}"
+    );
+}
