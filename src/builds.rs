@@ -120,9 +120,7 @@ impl Builds {
         if !self.counts(listener) {
             return;
         }
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let at_ms = crate::protocol::epoch_ms(std::time::SystemTime::now());
         let result = BuildResult {
             ok: failure.is_none(),
             listener: listener.name.clone(),

@@ -2,16 +2,14 @@
 //! against the limit, polled directories, overflows and the last one's time, runs
 //! queued, and how each listener's last run ended.
 
-use crate::names::escaped;
+use crate::names::{escaped, one_line};
 use crate::protocol::replies::{LastRun, Listeners, Status, Watches};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// How long ago `at_ms` (milliseconds since the epoch) was, roughly: "4 s ago".
 fn ago(at_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let secs = (now.as_millis() as u64).saturating_sub(at_ms) / 1000;
+    let now = crate::protocol::epoch_ms(SystemTime::now());
+    let secs = now.saturating_sub(at_ms) / 1000;
     match secs {
         0..120 => format!("{secs} s ago"),
         120..7200 => format!("{} min ago", secs / 60),
@@ -31,19 +29,21 @@ fn watches(w: &Watches) -> String {
     }
 }
 
-/// "pages /src/a.md: failed (exit code 2) after 120 ms, 4 s ago".
+/// "pages /src/a.md: failed (exit code 2) after 120 ms, 4 s ago (run 12)". Its
+/// fields come from the history's file: escaped.
 fn last_run(run: &LastRun) -> String {
     let reason = match &run.reason {
-        Some(reason) if run.outcome != "timed_out" => format!(" ({reason})"),
+        Some(reason) if run.outcome != "timed_out" => format!(" ({})", one_line(reason)),
         _ => String::new(),
     };
     format!(
-        "{} {}: {}{reason} after {} ms, {}",
-        run.route,
+        "{} {}: {}{reason} after {} ms, {} (run {})",
+        one_line(&run.route),
         escaped(&run.file),
-        run.outcome,
+        one_line(&run.outcome),
         run.duration_ms,
-        ago(run.at_ms)
+        ago(run.at_ms),
+        run.id
     )
 }
 
@@ -112,6 +112,7 @@ mod tests {
         };
         assert_eq!(watches(&w), "12 in use of 8192 (fs.inotify.max_user_watches)");
         let run = LastRun {
+            id: 12,
             route: "pages".into(),
             file: "/src/a\n.md".into(),
             outcome: "failed".into(),
@@ -124,6 +125,6 @@ mod tests {
             line.starts_with("pages /src/a\\n.md: failed (exit code 2) after 120 ms, "),
             "{line}"
         );
-        assert!(line.ends_with(" d ago"), "{line}");
+        assert!(line.ends_with(" d ago (run 12)"), "{line}");
     }
 }

@@ -3,7 +3,7 @@
 //! job's output (it may hold anything, terminal escapes included).
 
 use crate::names::{escaped, one_line};
-use crate::protocol::observe::{Explained, RouteVerdict, RunRecord, SeenEvent};
+use crate::protocol::observe::{Explained, RouteVerdict, RunOutcome, RunRecord, SeenEvent};
 
 /// `ms` since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn clock(ms: u64) -> String {
@@ -21,6 +21,11 @@ pub fn clock(ms: u64) -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
     format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}")
+}
+
+/// How a run ended, on one line (a history file may hold anything).
+fn outcome(o: &RunOutcome) -> String {
+    one_line(&o.describe()).into_owned()
 }
 
 fn files(run: &RunRecord) -> String {
@@ -57,9 +62,9 @@ pub fn history(runs: &[RunRecord]) -> String {
             r.id.to_string(),
             clock(r.started_ms),
             r.duration_ms.to_string(),
-            r.listener.clone(),
-            r.route.clone(),
-            r.outcome.describe(),
+            one_line(&r.listener).into_owned(),
+            one_line(&r.route).into_owned(),
+            outcome(&r.outcome),
             files(r),
         ]);
     }
@@ -72,9 +77,14 @@ pub fn run(r: &RunRecord) -> String {
         .stage
         .map_or("post command".to_owned(), |s| format!("stage {s}"));
     let mut out = vec![
-        format!("run {}: {}/{} ({stage})", r.id, r.listener, r.route),
+        format!(
+            "run {}: {}/{} ({stage})",
+            r.id,
+            one_line(&r.listener),
+            one_line(&r.route)
+        ),
         format!("  started  {} UTC, ran {} ms", clock(r.started_ms), r.duration_ms),
-        format!("  outcome  {}", r.outcome.describe()),
+        format!("  outcome  {}", outcome(&r.outcome)),
     ];
     if let (Some(cpu), Some(peak)) = (r.cpu_usec, r.memory_peak) {
         out.push(format!(
@@ -107,7 +117,7 @@ fn verdict(v: &RouteVerdict) -> String {
             "last run {} at {} UTC: {}",
             run.id,
             clock(run.started_ms),
-            run.outcome.describe()
+            outcome(&run.outcome)
         ),
         None => "no run for it in the history".to_owned(),
     };
@@ -174,7 +184,7 @@ mod tests {
             count: 1,
             started_ms: 0,
             duration_ms: 5,
-            outcome: crate::protocol::observe::RunOutcome::Exited { code: 2 },
+            outcome: RunOutcome::Exited { code: 2 },
             cpu_usec: None,
             memory_peak: None,
             output: vec!["\u{1b}[2Jboom\rx".into()],
@@ -183,5 +193,47 @@ mod tests {
         assert!(text.contains("    /a\\nb\\xff"), "{text}");
         assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
         assert_eq!(history(std::slice::from_ref(&r)).lines().count(), 2);
+    }
+
+    #[test]
+    fn terminal_escapes_in_a_history_files_route_or_reason_are_not_printed_raw() {
+        let r = RunRecord {
+            id: 3,
+            listener: "docs".into(),
+            route: "pa\u{1b}]0;x\u{7}ges".into(),
+            stage: None,
+            files: Vec::new(),
+            count: 0,
+            started_ms: 0,
+            duration_ms: 5,
+            outcome: RunOutcome::NotStarted {
+                reason: "no\u{1b}[2J\nway".into(),
+            },
+            cpu_usec: None,
+            memory_peak: None,
+            output: Vec::new(),
+        };
+        let text = run(&r);
+        assert!(!text.contains(['\u{1b}', '\u{7}']), "{text}");
+        assert!(
+            text.contains("no\\u{1b}[2J\\nway") && text.contains("pa\\u{1b}]0;x\\u{7}ges"),
+            "{text}"
+        );
+        let table = history(std::slice::from_ref(&r));
+        assert_eq!(table.lines().count(), 2, "{table}");
+        assert!(!table.contains(['\u{1b}', '\u{7}']), "{table}");
+        let verdict = verdict(&RouteVerdict {
+            listener: "docs".into(),
+            route: "pages".into(),
+            runs: true,
+            reason: "runs".into(),
+            detail: "d".into(),
+            last_run: Some(crate::protocol::observe::LastRun {
+                id: 3,
+                started_ms: 0,
+                outcome: r.outcome.clone(),
+            }),
+        });
+        assert!(!verdict.contains('\u{1b}'), "{verdict}");
     }
 }

@@ -16,7 +16,8 @@ pub fn history(state: &DaemonState, query: &HistoryQuery) -> Response {
             None => Response::error(ErrorCode::UnknownRun, format!("no run {id} in the history")),
         };
     }
-    // A listener removed by a reload keeps its runs until they age out.
+    // A listener removed by a reload keeps its runs (they never age out: the
+    // history drops a listener's oldest runs only for its new ones).
     if let Some(listener) = &query.listener
         && !state.listeners.exists(listener)
         && !history.knows(listener)

@@ -2,11 +2,13 @@
 //! appended by the [`Writer`] task and compacted (the last
 //! [`RUNS_PER_LISTENER`] records written to a temporary file, synced, renamed over
 //! it) once it holds twice that many. Reading back trusts nothing: at most
-//! [`MAX_FILE_BYTES`] of a file (its end) are read, a line over [`MAX_RECORD`] bytes
+//! [`MAX_FILE_BYTES`] of a file (its end) and [`MAX_TOTAL_BYTES`] of all files are
+//! read, a line over [`MAX_RECORD`] bytes
 //! or that is not a record of that listener is dropped, and every record is held to
 //! the history's bounds; each such loss is logged as a warning.
 
 use super::{RUNS_PER_LISTENER, bound};
+use crate::config::MAX_LISTENER_NAME;
 use crate::protocol::observe::RunRecord;
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
@@ -21,7 +23,10 @@ pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// The longest record line read back.
 pub const MAX_RECORD: usize = 256 * 1024;
 /// The most history files read back.
-const MAX_FILES: usize = 1024;
+pub const MAX_FILES: usize = 1024;
+/// The most bytes read back from all history files together (the files written
+/// last are read first).
+pub const MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The history's directory under the state directory.
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -33,52 +38,73 @@ fn file(dir: &Path, listener: &str) -> PathBuf {
 }
 
 /// Whether `name` could be a listener's (the config allows letters, digits, `.`,
-/// `_` and `-`, at most 64 bytes).
+/// `_` and `-`, at most [`MAX_LISTENER_NAME`] bytes).
 fn listener_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+    (1..=MAX_LISTENER_NAME).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Every listener's runs found under `dir`, oldest first; what cannot be used is
-/// dropped with a warning. A missing directory is an empty history.
+/// dropped with a warning. A missing directory is an empty history. At most
+/// [`MAX_FILES`] files and [`MAX_TOTAL_BYTES`] in all are read, the most recently
+/// written files first.
 pub fn load_all(dir: &Path) -> HashMap<String, Vec<RunRecord>> {
+    load_within(dir, MAX_TOTAL_BYTES)
+}
+
+fn load_within(dir: &Path, mut budget: u64) -> HashMap<String, Vec<RunRecord>> {
     let mut all = HashMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return all;
     };
-    for entry in entries.flatten().take(MAX_FILES) {
-        let name = entry.file_name();
-        let Some(listener) = name.to_str().and_then(|n| n.strip_suffix(".jsonl")) else {
-            continue;
-        };
-        if !listener_name(listener) {
+    let mut files: Vec<(std::time::SystemTime, String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let listener = name.to_str()?.strip_suffix(".jsonl")?;
+            let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
+            listener_name(listener).then(|| (modified, listener.to_owned(), entry.path()))
+        })
+        .take(MAX_FILES)
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let mut skipped = 0;
+    for (_, listener, path) in files {
+        if budget == 0 {
+            skipped += 1;
             continue;
         }
-        let path = entry.path();
-        match read_end(&path) {
+        match read_end(&path, budget.min(MAX_FILE_BYTES)) {
             Ok((data, cut)) => {
-                let (runs, dropped) = parse(listener, &data, cut);
+                budget -= data.len() as u64;
+                let (runs, dropped) = parse(&listener, &data, cut);
                 if dropped > 0 || cut {
                     warn!(
                         file = %crate::names::escaped(&path),
                         dropped,
                         "history file partly unusable: {dropped} line(s) dropped{}",
-                        if cut { ", only its last 8 MiB read" } else { "" }
+                        if cut { format!(", only its last {} bytes read", data.len()) } else { String::new() }
                     );
                 }
-                all.insert(listener.to_owned(), runs);
+                all.insert(listener, runs);
             }
             Err(e) => warn!(file = %crate::names::escaped(&path), "cannot read the history file: {e}"),
         }
     }
+    if skipped > 0 {
+        warn!(
+            skipped,
+            "{skipped} history file(s) not read: the history read back is held to {MAX_TOTAL_BYTES} bytes"
+        );
+    }
     all
 }
 
-/// The last [`MAX_FILE_BYTES`] of `path` (not following a symlink), and whether
-/// that is not all of it.
-fn read_end(path: &Path) -> std::io::Result<(Vec<u8>, bool)> {
+/// The last `max` bytes of `path` (not following a symlink), and whether that is
+/// not all of it.
+fn read_end(path: &Path, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -88,12 +114,12 @@ fn read_end(path: &Path) -> std::io::Result<(Vec<u8>, bool)> {
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    let cut = meta.len() > MAX_FILE_BYTES;
+    let cut = meta.len() > max;
     if cut {
-        f.seek(std::io::SeekFrom::End(-(MAX_FILE_BYTES as i64)))?;
+        f.seek(std::io::SeekFrom::End(-(max as i64)))?;
     }
     let mut data = Vec::new();
-    f.take(MAX_FILE_BYTES).read_to_end(&mut data)?;
+    f.take(max).read_to_end(&mut data)?;
     Ok((data, cut))
 }
 
@@ -110,7 +136,7 @@ pub fn parse(listener: &str, data: &[u8], cut: bool) -> (Vec<RunRecord>, usize) 
         let record = (line.len() <= MAX_RECORD)
             .then(|| serde_json::from_slice::<RunRecord>(line).ok())
             .flatten()
-            .filter(|r| r.listener == listener);
+            .filter(|r| r.listener == listener && r.id <= super::MAX_ID);
         let Some(mut record) = record else {
             dropped += 1;
             continue;
@@ -137,7 +163,8 @@ pub struct Writer {
 struct Files {
     dir: PathBuf,
     lines: HashMap<String, usize>,
-    failing: bool,
+    /// The listeners whose file could not be written last time.
+    failing: std::collections::HashSet<String>,
 }
 
 impl Writer {
@@ -147,7 +174,7 @@ impl Writer {
             files: Files {
                 dir,
                 lines: HashMap::new(),
-                failing: false,
+                failing: Default::default(),
             },
         }
     }
@@ -197,14 +224,12 @@ impl Files {
         for (listener, data) in by_listener {
             let n = data.iter().filter(|&&b| b == b'\n').count();
             let result = self.append_to(listener, &data, n);
-            match (result, self.failing) {
-                (Ok(()), true) => {
-                    tracing::info!("history saved again");
-                    self.failing = false;
+            match result {
+                Ok(()) if self.failing.remove(listener) => {
+                    tracing::info!(listener, "history saved again");
                 }
-                (Err(e), false) => {
+                Err(e) if self.failing.insert(listener.to_owned()) => {
                     warn!(listener, "cannot save the history (runs stay in memory): {e}");
-                    self.failing = true;
                 }
                 _ => {}
             }
@@ -223,7 +248,7 @@ impl Files {
                 Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
                 _ => {}
             }
-            let known = match read_end(&path) {
+            let known = match read_end(&path, MAX_FILE_BYTES) {
                 Ok((data, false)) => data.iter().filter(|&&b| b == b'\n').count(),
                 Ok((_, true)) => usize::MAX, // too big: compact now
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
@@ -251,7 +276,7 @@ impl Files {
 /// file, fsync, rename); returns how many.
 fn compact(path: &Path, listener: &str) -> std::io::Result<usize> {
     use std::os::unix::fs::OpenOptionsExt;
-    let (data, cut) = read_end(path)?;
+    let (data, cut) = read_end(path, MAX_FILE_BYTES)?;
     let (runs, _) = parse(listener, &data, cut);
     let mut out = Vec::new();
     for r in &runs {
@@ -269,4 +294,76 @@ fn compact(path: &Path, listener: &str) -> std::io::Result<usize> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(runs.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::observe::RunOutcome;
+
+    fn record(listener: &str, id: u64) -> RunRecord {
+        RunRecord {
+            id,
+            listener: listener.into(),
+            route: "pages".into(),
+            stage: Some(0),
+            files: vec!["/s/a".into()],
+            count: 1,
+            started_ms: 1,
+            duration_ms: 2,
+            outcome: RunOutcome::Exited { code: 0 },
+            cpu_usec: None,
+            memory_peak: None,
+            output: vec!["x".repeat(1000)],
+        }
+    }
+
+    #[test]
+    fn the_history_read_back_is_held_to_a_total_budget_newest_files_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sizes = Vec::new();
+        for (i, listener) in ["old", "mid", "new"].into_iter().enumerate() {
+            let mut data = Vec::new();
+            for id in 0..10 {
+                serde_json::to_writer(&mut data, &record(listener, id)).unwrap();
+                data.push(b'\n');
+            }
+            let path = dir.path().join(format!("{listener}.jsonl"));
+            std::fs::write(&path, &data).unwrap();
+            let at =
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 * (i as u64 + 1));
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+            sizes.push(data.len() as u64);
+        }
+        // All of "new", half of "mid", none of "old".
+        let all = load_within(dir.path(), sizes[2] + sizes[1] / 2);
+        assert_eq!(all["new"].len(), 10);
+        assert!((1..10).contains(&all["mid"].len()), "{}", all["mid"].len());
+        assert!(!all.contains_key("old"));
+        assert_eq!(load_within(dir.path(), MAX_TOTAL_BYTES).len(), 3);
+    }
+
+    #[test]
+    fn one_listener_failing_to_save_does_not_flip_the_others_state() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where its file should be: every append to it fails.
+        std::fs::create_dir(dir.path().join("bad.jsonl")).unwrap();
+        let (_tx, rx) = mpsc::channel(1);
+        let mut writer = Writer::new(dir.path().to_owned(), rx);
+        let batch = [Arc::new(record("bad", 1)), Arc::new(record("good", 2))];
+        writer.files.append(&batch);
+        writer.files.append(&batch);
+        assert_eq!(
+            writer.files.failing.iter().collect::<Vec<_>>(),
+            ["bad"],
+            "only the listener whose file fails is failing"
+        );
+        let good = std::fs::read_to_string(dir.path().join("good.jsonl")).unwrap();
+        assert_eq!(good.lines().count(), 2);
+    }
 }

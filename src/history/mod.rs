@@ -24,6 +24,17 @@ pub const OUTPUT_BYTES: usize = 4096;
 /// Records waiting for the writer; when it is this far behind, a record stays in
 /// memory only (with a warning) rather than slow a job down.
 pub const QUEUE: usize = 1024;
+/// The highest run id read back (2^53, the largest integer every JSON reader keeps
+/// exact): ids count runs one by one, so a record above it was not written by the
+/// daemon, and would make the next ids wrap around.
+pub const MAX_ID: u64 = 1 << 53;
+/// Bytes of a record's route (or post command) name kept: the longest the config
+/// allows ([`crate::config::MAX_JOB_NAME`]).
+pub const ROUTE_BYTES: usize = crate::config::MAX_JOB_NAME;
+/// Bytes of an outcome's reason (`over_memory`, `not_started`) kept.
+pub const REASON_BYTES: usize = 1024;
+/// The longest path a record keeps (`PATH_MAX`); a longer one is left out of its files.
+pub const PATH_BYTES: usize = 4096;
 
 /// The daemon's history of runs.
 #[derive(Debug)]
@@ -71,13 +82,6 @@ pub struct Finished {
     pub output: Vec<String>,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl History {
     /// The history persisted under `state_dir`: read back (a file that cannot be
     /// used is dropped with a warning), and the writer that will append to it. Blocks.
@@ -85,6 +89,7 @@ impl History {
         let dir = file::dir(state_dir);
         let loaded = file::load_all(&dir);
         let (tx, rx) = mpsc::channel(QUEUE);
+        // Read back ids are at most MAX_ID: no overflow.
         let next = loaded.values().flatten().map(|r| r.id + 1).max().unwrap_or(1);
         let runs = loaded
             .into_iter()
@@ -161,6 +166,12 @@ impl History {
         runs.get(listener).is_some_and(|r| !r.is_empty())
     }
 
+    /// The run of `listener` that ended last.
+    pub fn newest(&self, listener: &str) -> Option<Arc<RunRecord>> {
+        let runs = self.runs.lock().expect("history lock");
+        runs.get(listener)?.back().cloned()
+    }
+
     /// Run `id`, with its output.
     pub fn get(&self, id: u64) -> Option<RunRecord> {
         let runs = self.runs.lock().expect("history lock");
@@ -190,21 +201,24 @@ fn push(runs: &mut HashMap<String, VecDeque<Arc<RunRecord>>>, record: Arc<RunRec
     list.push_back(record);
 }
 
-/// Holds a record to the bounds: [`FILES_KEPT`] files, the last output lines that
-/// fit [`OUTPUT_BYTES`], each cut at [`crate::job::TAIL_LINE`] bytes. (Also applied to
-/// what is read back from disk, which may have been edited.)
+/// Holds a record to the bounds: [`FILES_KEPT`] files of at most [`PATH_BYTES`]
+/// each, a route of at most [`ROUTE_BYTES`], a reason of at most [`REASON_BYTES`],
+/// the last output lines that fit [`OUTPUT_BYTES`], each cut at
+/// [`crate::job::TAIL_LINE`] bytes. (Also applied to what is read back from disk,
+/// which may have been edited.)
 pub fn bound(record: &mut RunRecord) {
     record.files.truncate(FILES_KEPT);
+    record.files.retain(|f| f.as_os_str().len() <= PATH_BYTES);
+    cut(&mut record.route, ROUTE_BYTES);
+    if let RunOutcome::OverMemory { reason } | RunOutcome::NotStarted { reason } = &mut record.outcome {
+        cut(reason, REASON_BYTES);
+    }
     let lines = record.output.len();
     record
         .output
         .drain(..lines.saturating_sub(crate::job::TAIL_LINES));
     for line in &mut record.output {
-        let mut cut = crate::job::TAIL_LINE.min(line.len());
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        line.truncate(cut);
+        cut(line, crate::job::TAIL_LINE);
     }
     let mut total = 0;
     let keep = record
@@ -218,6 +232,15 @@ pub fn bound(record: &mut RunRecord) {
         .count();
     let skip = record.output.len() - keep;
     record.output.drain(..skip);
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    let mut at = max.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    text.truncate(at);
 }
 
 #[cfg(test)]

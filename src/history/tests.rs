@@ -141,3 +141,53 @@ async fn the_file_is_read_back_compacted_and_survives_hostile_content() {
         "a file read from its middle loses its first line"
     );
 }
+
+#[test]
+fn a_record_whose_id_would_overflow_the_next_id_is_dropped() {
+    let h = History::default();
+    let id = h.record(finished("docs", "pages", "/s/a", 0));
+    let mut record = serde_json::to_value(h.get(id).unwrap()).unwrap();
+    let mut data = Vec::new();
+    for id in [u64::MAX, MAX_ID + 1, MAX_ID] {
+        record["id"] = id.into();
+        data.extend(serde_json::to_vec(&record).unwrap());
+        data.push(b'\n');
+    }
+    let (runs, dropped) = file::parse("docs", &data, false);
+    assert_eq!(dropped, 2, "ids above MAX_ID are not the daemon's");
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [MAX_ID]);
+}
+
+#[test]
+fn hostile_routes_reasons_and_paths_are_held_to_the_bounds() {
+    let h = History::default();
+    let mut run = finished("docs", &"é".repeat(ROUTE_BYTES), "/s/a", 0);
+    run.outcome = RunOutcome::NotStarted {
+        reason: "x".repeat(10 * REASON_BYTES),
+    };
+    let long = PathBuf::from(format!("/{}", "p".repeat(PATH_BYTES)));
+    run.files = vec!["/s/a".into(), long, "/s/b".into()];
+    run.count = 3;
+    let r = h.get(h.record(run)).unwrap();
+    assert!(
+        r.route.len() <= ROUTE_BYTES && r.route.len() >= ROUTE_BYTES - 1,
+        "{}",
+        r.route.len()
+    );
+    let RunOutcome::NotStarted { reason } = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(reason.len(), REASON_BYTES);
+    assert_eq!(
+        r.files,
+        [PathBuf::from("/s/a"), "/s/b".into()],
+        "a path over PATH_MAX is left out"
+    );
+    assert_eq!(r.count, 3);
+    let mut over = r.clone();
+    over.outcome = RunOutcome::OverMemory {
+        reason: "m".repeat(REASON_BYTES + 1),
+    };
+    bound(&mut over);
+    assert_eq!(over.outcome.describe().len(), REASON_BYTES);
+}

@@ -4,8 +4,8 @@
 //! and end through an [`Observer`].
 
 use super::JobSpec;
+use super::Outcome;
 use crate::config::{ListenerConfig, Mode, PostConfig};
-use crate::protocol::observe::RunOutcome;
 use crate::scheduler::{FrameEnd, Start, Work};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -65,17 +65,9 @@ pub trait Observer: Send + Sync {
     fn started(&self, route: &str, file: &Path, pid: &Arc<AtomicU32>) -> u64;
     /// Job `id` ended; `failure` says why when it failed.
     fn ended(&self, id: u64, route: &str, file: &Path, failure: Option<String>);
-    /// A job of `route` for `file` ended with `outcome` after `took`; `cancelled`: ended
-    /// by its listener's stop. Called before [`Observer::ended`]; for metrics and status.
-    fn outcome(
-        &self,
-        _route: &str,
-        _file: &Path,
-        _outcome: &super::Outcome,
-        _took: Duration,
-        _cancelled: bool,
-    ) {
-    }
+    /// A job of `route` for `file` ended with `outcome` after `took`. Called before
+    /// [`Observer::ended`]; for metrics.
+    fn outcome(&self, _route: &str, _file: &Path, _outcome: &super::Outcome, _took: Duration) {}
 }
 
 /// Turns a listener's scheduled work into jobs: the command, the `EXECLIB_*`
@@ -102,6 +94,17 @@ impl Launcher {
         match work {
             Work::Run(start) => Box::pin(self.run(start)),
             Work::Post(frame) => Box::pin(self.post(frame)),
+        }
+    }
+
+    /// What the history records of a run of `route`, without files.
+    fn run_info(&self, route: &str, stage: Option<u32>) -> RunInfo {
+        RunInfo {
+            listener: self.config.name.clone(),
+            route: route.to_owned(),
+            stage,
+            files: Vec::new(),
+            count: 0,
         }
     }
 
@@ -138,11 +141,9 @@ impl Launcher {
                 );
                 let cancel = self.posts_cancel.clone();
                 let run = RunInfo {
-                    listener: self.config.name.clone(),
-                    route: post.name.clone(),
-                    stage: None,
                     files: kept(&frame.files),
                     count: frame.files.len(),
+                    ..self.run_info(&post.name, None)
                 };
                 tracked(
                     (self.observer.clone(), self.ctx.history.clone()),
@@ -158,7 +159,7 @@ impl Launcher {
         async move {
             let mut ok = true;
             for job in jobs {
-                ok &= job.await.0.is_none();
+                ok &= job.await.0.ok();
             }
             ok
         }
@@ -189,12 +190,18 @@ impl Launcher {
         let mut env = self.base_env(&route.env, &route.name);
         env.insert("EXECLIB_ENDPOINT".into(), route.path.as_os_str().to_owned());
         env.insert("EXECLIB_EVENT".into(), start.kinds.to_string().into());
-        let run = RunInfo {
-            listener: self.config.name.clone(),
-            route: route.name.clone(),
-            stage: Some(route.order.stage),
-            files: kept(&start.files),
-            count: start.files.len(),
+        // A run is for at least its key's file.
+        let run = match start.files.is_empty() {
+            true => RunInfo {
+                files: vec![start.key.1.clone()],
+                count: 1,
+                ..self.run_info(&route.name, Some(route.order.stage))
+            },
+            false => RunInfo {
+                files: kept(&start.files),
+                count: start.files.len(),
+                ..self.run_info(&route.name, Some(route.order.stage))
+            },
         };
         let (path, stdin) = match route.mode {
             Mode::Each => {
@@ -234,12 +241,11 @@ impl Launcher {
         let (observer, grace) = (self.observer.clone(), self.ctx.grace);
         // A build's output goes to browsers, when it fails.
         let build = self.ctx.builds.counts(&self.config);
-        let (builds, listener, name, file, cancel) = (
+        let (builds, listener, name, file) = (
             self.ctx.builds.clone(),
             self.config.clone(),
             route.name.clone(),
             path.clone(),
-            self.cancel.clone(),
         );
         let job = tracked(
             (observer, self.ctx.history.clone()),
@@ -250,11 +256,11 @@ impl Launcher {
             self.cancel.clone(),
         );
         async move {
-            let (failure, output) = job.await;
-            let ok = failure.is_none();
+            let (outcome, output) = job.await;
+            let ok = outcome.ok();
             // Ended by a stop (SIGTERM from us): no build result.
-            if build && !cancel.is_cancelled() {
-                builds.finished(&listener, &name, &file, failure, output);
+            if build && outcome != Outcome::Cancelled {
+                builds.finished(&listener, &name, &file, outcome.failure(), output);
             }
             ok
         }
@@ -278,8 +284,7 @@ fn kept(files: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Runs a job, telling the observer of its start and end and recording it in the
-/// history once it has ended. Yields why it failed (`None`: it succeeded) and the
-/// last lines of its output.
+/// history once it has ended. Yields how it ended and the last lines of its output.
 async fn tracked(
     (observer, history): (Arc<dyn Observer>, Arc<crate::history::History>),
     run: RunInfo,
@@ -287,45 +292,27 @@ async fn tracked(
     spec: JobSpec,
     grace: Duration,
     cancel: CancellationToken,
-) -> (Option<String>, Vec<String>) {
+) -> (Outcome, Vec<String>) {
     let id = observer.started(&run.route, &path, &spec.pid);
-    let (started_ms, started) = (crate::history::now_ms(), std::time::Instant::now());
+    let started_ms = crate::protocol::epoch_ms(std::time::SystemTime::now());
+    let started = std::time::Instant::now();
     let ended = super::run(&spec, grace, &cancel).await;
-    observer.outcome(
-        &run.route,
-        &path,
-        &ended.outcome,
-        started.elapsed(),
-        cancel.is_cancelled(),
-    );
-    let failure = ended.outcome.failure();
-    observer.ended(id, &run.route, &path, failure.clone());
-    let outcome = match ended.outcome {
-        super::Outcome::Exited(0) => RunOutcome::Exited { code: 0 },
-        _ if cancel.is_cancelled() => RunOutcome::Cancelled,
-        super::Outcome::Exited(code) => RunOutcome::Exited { code },
-        super::Outcome::Signaled(signal) => RunOutcome::Signaled { signal },
-        super::Outcome::TimedOut => RunOutcome::Timeout,
-        super::Outcome::OverMemory(reason) => RunOutcome::OverMemory { reason },
-        super::Outcome::NotStarted(reason) => RunOutcome::NotStarted { reason },
-    };
-    let (files, count) = match run.files.is_empty() {
-        true => (vec![path], 1),
-        false => (run.files, run.count),
-    };
+    let took = started.elapsed();
+    observer.outcome(&run.route, &path, &ended.outcome, took);
+    observer.ended(id, &run.route, &path, ended.outcome.failure());
     history.record(crate::history::Finished {
         listener: run.listener,
         route: run.route,
         stage: run.stage,
-        files,
-        count,
+        files: run.files,
+        count: run.count,
         started_ms,
-        duration_ms: started.elapsed().as_millis() as u64,
-        outcome,
+        duration_ms: took.as_millis() as u64,
+        outcome: ended.outcome.clone(),
         usage: ended.usage,
         output: ended.output.clone(),
     });
-    (failure, ended.output)
+    (ended.outcome, ended.output)
 }
 
 /// The paths, one per line, for a job's stdin.
@@ -336,4 +323,109 @@ fn path_lines(files: &[PathBuf]) -> Vec<u8> {
         lines.push(b'\n');
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Command;
+
+    struct Quiet;
+
+    impl Observer for Quiet {
+        fn started(&self, _: &str, _: &Path, _: &Arc<AtomicU32>) -> u64 {
+            0
+        }
+        fn ended(&self, _: u64, _: &str, _: &Path, _: Option<String>) {}
+    }
+
+    fn spec(shell: &str) -> JobSpec {
+        JobSpec {
+            command: Command::Shell(shell.into()),
+            workdir: "/".into(),
+            env: BTreeMap::new(),
+            timeout: None,
+            kill_grace: Duration::from_secs(1),
+            pid: Default::default(),
+            stdin: None,
+            ledger: None,
+            limits: Default::default(),
+        }
+    }
+
+    fn info(files: Vec<PathBuf>) -> RunInfo {
+        RunInfo {
+            listener: "docs".into(),
+            route: "pages".into(),
+            stage: None,
+            count: files.len(),
+            files,
+        }
+    }
+
+    /// Runs `shell` tracked; `stop` fires once `when` says so of its main process's pid.
+    async fn stopped_when(
+        shell: &str,
+        when: fn(u32) -> bool,
+    ) -> (Outcome, crate::protocol::observe::RunRecord) {
+        let history = Arc::new(crate::history::History::default());
+        let (spec, stop) = (spec(shell), CancellationToken::new());
+        let pid = spec.pid.clone();
+        let job = tokio::spawn(tracked(
+            (Arc::new(Quiet), history.clone()),
+            info(vec!["/s/a".into()]),
+            "/s/a".into(),
+            spec,
+            Duration::from_secs(5),
+            stop.clone(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = pid.load(std::sync::atomic::Ordering::Relaxed);
+            if p != 0 && when(p) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the job never got there");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.cancel();
+        let (outcome, _) = job.await.unwrap();
+        (outcome, history.newest("docs").map(|r| (*r).clone()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_job_that_exited_on_its_own_before_a_stop_is_recorded_as_exited_not_cancelled() {
+        // The main process exits 3 and is reaped (gone from /proc) while a stray that
+        // ignores SIGTERM holds its output open: the output drain (500 ms) is under
+        // way when the stop comes.
+        let shell = "(trap '' TERM; exec sleep 5) & exit 3";
+        let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists();
+        let (outcome, record) = stopped_when(shell, gone).await;
+        assert_eq!(outcome, Outcome::Exited { code: 3 });
+        assert_eq!(record.outcome, Outcome::Exited { code: 3 });
+        assert_eq!(record.outcome.label(), "failed", "the metrics say so too");
+        // And one the stop ended is cancelled.
+        let (outcome, record) = stopped_when("exec sleep 30", |_| true).await;
+        assert_eq!(
+            (outcome, record.outcome),
+            (Outcome::Cancelled, Outcome::Cancelled)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_post_command_for_no_file_records_no_files() {
+        let history = Arc::new(crate::history::History::default());
+        let (outcome, _) = tracked(
+            (Arc::new(Quiet), history.clone()),
+            info(Vec::new()),
+            PathBuf::new(),
+            spec("exit 0"),
+            Duration::from_secs(1),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(outcome.ok());
+        let record = history.newest("docs").unwrap();
+        assert_eq!((record.files.len(), record.count), (0, 0), "{record:?}");
+    }
 }

@@ -12,6 +12,9 @@ pub mod launch;
 pub mod orphans;
 
 use crate::config::Command;
+/// How a job ended: the history's outcome, the one vocabulary the history, the
+/// metrics' `outcome` label ([`Outcome::label`]) and `status`'s last run share.
+pub use crate::protocol::observe::RunOutcome as Outcome;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -101,7 +104,9 @@ impl StreamTail {
 /// How a job ended, what it used and the last lines it printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
-    /// How it ended.
+    /// How it ended: the one vocabulary the history, the metrics' `outcome` label
+    /// and `status` share. `Cancelled` only when the stop is what ended its main
+    /// process (a job that exited on its own just before a stop keeps its exit).
     pub outcome: Outcome,
     /// CPU time and peak memory, when known.
     pub usage: Option<Usage>,
@@ -109,40 +114,25 @@ pub struct Ended {
     pub output: Vec<String>,
 }
 
-/// How a job ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The main process exited with this code.
-    Exited(i32),
-    /// The main process was killed by this signal.
-    Signaled(i32),
-    /// The job could not be started.
-    NotStarted(String),
-    /// The job ran past its timeout and was killed.
-    TimedOut,
-    /// The job ran out of its `memory_max` (the reason says how).
-    OverMemory(String),
+/// How the main process came to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndedBy {
+    /// It exited, or was killed by a signal it was not sent by us.
+    Itself,
+    /// Its listener's stop terminated it.
+    Stop,
+    /// Its timeout terminated it.
+    Timeout,
 }
 
-impl Outcome {
-    /// Why the job failed, in a few words; `None` on success.
-    pub fn failure(&self) -> Option<String> {
-        match self {
-            Outcome::Exited(0) => None,
-            Outcome::Exited(code) => Some(format!("exit code {code}")),
-            Outcome::Signaled(sig) => Some(format!("killed by signal {sig}")),
-            Outcome::NotStarted(reason) => Some(reason.clone()),
-            Outcome::TimedOut => Some("timed out".to_owned()),
-            Outcome::OverMemory(reason) => Some(reason.clone()),
-        }
-    }
-
-    fn from_status(status: ExitStatus) -> Self {
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Outcome::Exited(code),
-            (None, Some(sig)) => Outcome::Signaled(sig),
-            (None, None) => Outcome::NotStarted("no exit status".into()),
-        }
+/// How a main process that ended by itself ended.
+fn from_status(status: ExitStatus) -> Outcome {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Outcome::Exited { code },
+        (None, Some(signal)) => Outcome::Signaled { signal },
+        (None, None) => Outcome::NotStarted {
+            reason: "no exit status".into(),
+        },
     }
 }
 
@@ -171,7 +161,7 @@ async fn run_job(
         Err(e) => {
             let reason = format!("cannot make the job's cgroup: {e}");
             error!(exit_code = "not_started", "job failed: {reason}");
-            return (Outcome::NotStarted(reason), None);
+            return (Outcome::NotStarted { reason }, None);
         }
     };
     let launch = child::Launch {
@@ -187,7 +177,8 @@ async fn run_job(
         Ok(started_job) => started_job,
         Err(e) => {
             error!(exit_code = "not_started", "job failed: {e}");
-            return (Outcome::NotStarted(e.to_string()), None);
+            let reason = e.to_string();
+            return (Outcome::NotStarted { reason }, None);
         }
     };
     let pid = started_job.child.pid();
@@ -203,15 +194,20 @@ async fn run_job(
         pid,
         group: group.as_ref(),
     };
-    let (exit, timed_out) = supervise(started_job, job, spec, (grace, cancel), tail).await;
+    let (exit, by) = supervise(started_job, job, spec, (grace, cancel), tail).await;
     let stats = job.kill().await;
-    let mut outcome = match &exit {
-        _ if timed_out => Outcome::TimedOut,
-        Ok(exit) => Outcome::from_status(ExitStatus::from_raw(exit.status)),
-        Err(e) => Outcome::NotStarted(format!("waiting for the job: {e}")),
+    let mut outcome = match (&exit, by) {
+        (_, EndedBy::Stop) => Outcome::Cancelled,
+        (_, EndedBy::Timeout) => Outcome::Timeout,
+        (Ok(exit), EndedBy::Itself) => from_status(ExitStatus::from_raw(exit.status)),
+        (Err(e), EndedBy::Itself) => Outcome::NotStarted {
+            reason: format!("waiting for the job: {e}"),
+        },
     };
-    if let Some(reason) = stats.and_then(|s| s.memory_failure()) {
-        outcome = Outcome::OverMemory(reason);
+    if let Some(reason) = stats.and_then(|s| s.memory_failure())
+        && by != EndedBy::Stop
+    {
+        outcome = Outcome::OverMemory { reason };
     }
     let usage = exit.ok().map(|e| Usage {
         cpu_usec: stats.and_then(|s| s.cpu_usec).unwrap_or(e.cpu_usec),
@@ -224,15 +220,15 @@ async fn run_job(
 
 /// Feeds the job's stdin, logs its output and waits for its main process (ending it
 /// at `cancel` or its timeout); then SIGTERM to strays and a short drain. Returns how
-/// the main process ended and whether its timeout killed it; `tail` gets the last
-/// lines of its output.
+/// the main process ended and what ended it (a main process that has exited by the
+/// time `cancel` fires ended by itself); `tail` gets the last lines of its output.
 async fn supervise(
     started: child::Started,
     job: Job<'_>,
     spec: &JobSpec,
     (grace, cancel): (Duration, &CancellationToken),
     tail: &mut Vec<String>,
-) -> (std::io::Result<crate::sys::Exit>, bool) {
+) -> (std::io::Result<crate::sys::Exit>, EndedBy) {
     let child::Started {
         mut child,
         stdin,
@@ -243,7 +239,7 @@ async fn supervise(
     // Each stream's last lines, kept here: whatever happens to the reading (a stray
     // holding the pipe open past the drain), the lines read so far are the tail.
     let (mut out_tail, mut err_tail) = (StreamTail::default(), StreamTail::default());
-    let (exit, timed_out) = {
+    let (exit, by) = {
         let seq = std::sync::atomic::AtomicU64::new(0);
         let feed = feed(stdin, spec.stdin.as_deref());
         let drained = async {
@@ -256,14 +252,15 @@ async fn supervise(
         tokio::pin!(output);
         let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
         let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
-        // The main process's end, and whether it was killed for its timeout.
+        // The main process's end, and what ended it: an exit already there wins.
         let wait = async {
             tokio::select! {
-                exit = child.wait() => (exit, false),
-                _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, false),
+                biased;
+                exit = child.wait() => (exit, EndedBy::Itself),
+                _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, EndedBy::Stop),
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                     warn!(job_pid = pid, timeout_ms, "job timed out");
-                    (terminate(&mut child, job, spec.kill_grace).await, true)
+                    (terminate(&mut child, job, spec.kill_grace).await, EndedBy::Timeout)
                 }
             }
         };
@@ -283,7 +280,7 @@ async fn supervise(
         ended
     };
     *tail = StreamTail::merge(out_tail, err_tail);
-    (exit, timed_out)
+    (exit, by)
 }
 
 /// A running job's processes: its process group and, when jobs get cgroups, its
@@ -333,23 +330,29 @@ fn log_end(outcome: &Outcome, elapsed: Duration, usage: Option<Usage>) {
     let cpu_usec = usage.map(|u| u.cpu_usec);
     let memory_peak = usage.map(|u| u.memory_peak);
     match outcome {
-        Outcome::Exited(0) => info!(exit_code = 0, duration_ms, cpu_usec, memory_peak, "job finished"),
-        Outcome::Exited(code) => warn!(
+        Outcome::Exited { code: 0 } => {
+            info!(exit_code = 0, duration_ms, cpu_usec, memory_peak, "job finished")
+        }
+        Outcome::Exited { code } => warn!(
             exit_code = code,
             duration_ms, cpu_usec, memory_peak, "job failed with exit code {code}"
         ),
-        Outcome::Signaled(sig) => warn!(
-            signal = sig,
-            duration_ms, cpu_usec, memory_peak, "job killed by signal {sig}"
+        Outcome::Signaled { signal } => warn!(
+            signal,
+            duration_ms, cpu_usec, memory_peak, "job killed by signal {signal}"
         ),
-        Outcome::NotStarted(reason) => error!(duration_ms, "job failed: {reason}"),
-        Outcome::OverMemory(reason) => warn!(
+        Outcome::NotStarted { reason } => error!(duration_ms, "job failed: {reason}"),
+        Outcome::OverMemory { reason } => warn!(
             exit_code = "memory_max",
             duration_ms, cpu_usec, memory_peak, "job failed: {reason}"
         ),
-        Outcome::TimedOut => warn!(
+        Outcome::Timeout => warn!(
             exit_code = "timeout",
             duration_ms, cpu_usec, memory_peak, "job failed: killed after its timeout"
+        ),
+        Outcome::Cancelled => info!(
+            exit_code = "cancelled",
+            duration_ms, cpu_usec, memory_peak, "job ended by its listener's stop"
         ),
     }
 }
@@ -512,7 +515,7 @@ mod tests {
         // stderr's line comes after stdout's 30 (a pause between): the tail is the last 20 read.
         let script = "for i in $(seq 1 30); do echo out$i; done; sleep 0.2; echo err >&2; exit 3";
         let ended = run(&spec(Command::Shell(script.into())), grace, &never).await;
-        assert_eq!(ended.outcome, Outcome::Exited(3));
+        assert_eq!(ended.outcome, Outcome::Exited { code: 3 });
         let expected: Vec<String> = (12..=30)
             .map(|i| format!("out{i}"))
             .chain(["err".into()])
@@ -523,7 +526,7 @@ mod tests {
         let ended = run(&spec(Command::Shell(script.into())), grace, &never).await;
         assert_eq!(
             (ended.outcome, ended.output),
-            (Outcome::Exited(2), vec!["before".to_owned()])
+            (Outcome::Exited { code: 2 }, vec!["before".to_owned()])
         );
         assert!(
             ended.usage.is_some(),
@@ -537,7 +540,7 @@ mod tests {
         .await
         .outcome;
         assert!(
-            matches!(out, Outcome::NotStarted(ref r) if r.contains("/nonexistent/prog")),
+            matches!(out, Outcome::NotStarted { ref reason } if reason.contains("/nonexistent/prog")),
             "{out:?}"
         );
     }

@@ -88,7 +88,7 @@ pub(crate) struct Shared {
     save_failure: Mutex<Option<String>>,
     /// The subtrees polled, and why.
     polled: Mutex<Vec<(PathBuf, String)>>,
-    /// Overflows, rescans and the last run, for `listeners` and `status`.
+    /// Overflows, for `listeners` and `status`.
     pub(crate) keeping_up: keeping_up::KeepingUp,
 }
 
@@ -134,17 +134,6 @@ impl Shared {
 }
 
 impl crate::job::launch::Observer for Shared {
-    fn outcome(
-        &self,
-        route: &str,
-        file: &Path,
-        outcome: &crate::job::Outcome,
-        took: std::time::Duration,
-        cancelled: bool,
-    ) {
-        self.keeping_up.ran(route, file, outcome, took, cancelled);
-    }
-
     fn started(&self, route: &str, file: &Path, pid: &Arc<std::sync::atomic::AtomicU32>) -> u64 {
         let id = self.next_job.fetch_add(1, Ordering::Relaxed);
         let entry = RunningJob {
@@ -164,9 +153,7 @@ impl crate::job::launch::Observer for Shared {
         self.running.lock().expect("jobs lock").remove(&id);
         let Some(reason) = failure else { return };
         self.jobs_failed.fetch_add(1, Ordering::Relaxed);
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let at_ms = crate::protocol::epoch_ms(std::time::SystemTime::now());
         *self.last_failure.lock().expect("failure lock") = Some(Failure {
             route: route.to_owned(),
             file: file.to_owned(),
@@ -374,7 +361,7 @@ impl Listeners {
         let slots = self.slots();
         let mut infos = Vec::with_capacity(slots.len());
         for slot in slots {
-            infos.push(slot.info().await);
+            infos.push(slot.info(self.history()).await);
         }
         infos
     }

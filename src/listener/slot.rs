@@ -221,7 +221,8 @@ impl Slot {
         answer.await.unwrap_or_default()
     }
 
-    pub(super) async fn info(&self) -> ListenerInfo {
+    /// What `listeners` says of it; its last run is `history`'s newest.
+    pub(super) async fn info(&self, history: &crate::history::History) -> ListenerInfo {
         let (state, error) = self.shared.get();
         let s = &self.shared;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -253,7 +254,9 @@ impl Slot {
             error,
             overflows: s.keeping_up.overflows(),
             last_overflow_ms: s.keeping_up.last_overflow_ms(),
-            last_run: s.keeping_up.last_run(),
+            last_run: history
+                .newest(&self.config.name)
+                .map(|r| crate::protocol::replies::LastRun::from(&*r)),
         }
     }
 }

@@ -157,7 +157,7 @@ impl Run {
                 }
             }
             self.ctx.feed.publish(crate::protocol::observe::SeenEvent {
-                at_ms: crate::history::now_ms(),
+                at_ms: crate::protocol::epoch_ms(std::time::SystemTime::now()),
                 listener: self.config.name.clone(),
                 kind: event.kind.as_str().to_owned(),
                 path: event.path,

@@ -3,7 +3,7 @@
 //! events by kind, the HTTP responses by status class.
 
 use crate::events::EventKind;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,37 +23,12 @@ pub(super) struct RouteLabels {
     pub(super) route: String,
 }
 
-/// How a run ended, as the `outcome` label says it.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum RunOutcome {
-    /// Exit code 0.
-    succeeded,
-    /// A non-zero exit, a signal, over its memory, or it could not start.
-    failed,
-    /// Killed at its `timeout_ms`.
-    timed_out,
-    /// Ended by its listener's stop (or the daemon's).
-    cancelled,
-}
-
-impl RunOutcome {
-    /// The label's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::succeeded => "succeeded",
-            RunOutcome::failed => "failed",
-            RunOutcome::timed_out => "timed_out",
-            RunOutcome::cancelled => "cancelled",
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct FinishedLabels {
     pub(super) listener: String,
     pub(super) route: String,
-    pub(super) outcome: RunOutcome,
+    /// [`crate::protocol::observe::RunOutcome::label`].
+    pub(super) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -21,9 +21,10 @@ mod metered;
 pub mod server;
 
 pub use gauges::{Gauges, exposition, max_user_watches};
-pub use labels::{EventCounters, HttpCounters, RunOutcome};
-pub use metered::{Metered, run_outcome};
+pub use labels::{EventCounters, HttpCounters};
+pub use metered::Metered;
 
+use crate::protocol::observe::RunOutcome;
 use labels::{
     ClassLabels, ControlLabels, EventLabels, FinishedLabels, KINDS, ListenerLabels, RouteLabels, route_labels,
 };
@@ -154,11 +155,11 @@ impl Metrics {
     }
 
     /// A run of `route` ended with `outcome` after `seconds`.
-    pub fn run_finished(&self, listener: &str, route: &str, outcome: RunOutcome, seconds: f64) {
+    pub fn run_finished(&self, listener: &str, route: &str, outcome: &RunOutcome, seconds: f64) {
         let labels = FinishedLabels {
             listener: listener.to_owned(),
             route: route.to_owned(),
-            outcome,
+            outcome: outcome.label(),
         };
         self.runs_finished.get_or_create(&labels).inc();
         self.run_duration

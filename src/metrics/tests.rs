@@ -4,7 +4,7 @@ use super::gauges::ListenerGauges;
 use super::labels::{CLASSES, class_index};
 use super::*;
 use crate::events::EventKind;
-use crate::job::Outcome;
+use crate::protocol::observe::RunOutcome;
 
 fn gauges() -> Gauges {
     Gauges {
@@ -28,7 +28,7 @@ fn counters_histogram_and_gauges_are_exposed_with_config_names_as_labels() {
     events.count(EventKind::Modify);
     events.count(EventKind::Delete);
     m.run_started("docs", "pages");
-    m.run_finished("docs", "pages", RunOutcome::timed_out, 0.3);
+    m.run_finished("docs", "pages", &RunOutcome::Timeout, 0.3);
     m.watcher("docs", 2, 1);
     m.http_responses().count(404);
     m.reloads_sent().inc();
@@ -87,16 +87,15 @@ fn label_values_are_escaped() {
 }
 
 #[test]
-fn outcomes_tell_timeouts_and_stops_from_failures() {
-    assert_eq!(run_outcome(&Outcome::Exited(0), false), RunOutcome::succeeded);
-    assert_eq!(run_outcome(&Outcome::Exited(0), true), RunOutcome::succeeded);
-    assert_eq!(run_outcome(&Outcome::Exited(2), false), RunOutcome::failed);
-    assert_eq!(run_outcome(&Outcome::Signaled(15), true), RunOutcome::cancelled);
-    assert_eq!(run_outcome(&Outcome::TimedOut, true), RunOutcome::timed_out);
-    assert_eq!(
-        run_outcome(&Outcome::NotStarted("x".into()), false),
-        RunOutcome::failed
-    );
+fn outcome_labels_tell_timeouts_and_stops_from_failures() {
+    let label = |o: RunOutcome| o.label();
+    assert_eq!(label(RunOutcome::Exited { code: 0 }), "succeeded");
+    assert_eq!(label(RunOutcome::Exited { code: 2 }), "failed");
+    assert_eq!(label(RunOutcome::Signaled { signal: 15 }), "failed");
+    assert_eq!(label(RunOutcome::Timeout), "timed_out");
+    assert_eq!(label(RunOutcome::Cancelled), "cancelled");
+    let reason = "x".to_owned();
+    assert_eq!(label(RunOutcome::NotStarted { reason }), "failed");
 }
 
 #[test]

@@ -18,6 +18,13 @@ use serde_json::Value;
 use std::path::PathBuf;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
+/// `at` in milliseconds since the Unix epoch, the unit of every `*_ms` time in the
+/// protocol and the history (0 before the epoch).
+pub fn epoch_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The longest request line accepted, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
 

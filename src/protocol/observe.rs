@@ -132,7 +132,8 @@ pub enum RunOutcome {
         /// Why.
         reason: String,
     },
-    /// Its listener stopped (a `stop`, a reload or the daemon's shutdown) while it ran.
+    /// Its listener stopped (a `stop`, a reload or the daemon's shutdown) while it
+    /// ran, and that is what ended it (a run that had exited by then keeps its exit).
     Cancelled,
 }
 
@@ -140,6 +141,26 @@ impl RunOutcome {
     /// Whether the run succeeded.
     pub fn ok(&self) -> bool {
         *self == RunOutcome::Exited { code: 0 }
+    }
+
+    /// Why it failed, in a few words (as [`RunOutcome::describe`]); `None` on success.
+    pub fn failure(&self) -> Option<String> {
+        (!self.ok()).then(|| self.describe())
+    }
+
+    /// The metrics' `outcome` label, also `status`'s last run: `succeeded`,
+    /// `failed` (a non-zero exit, a signal, over its memory, not started),
+    /// `timed_out` or `cancelled`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunOutcome::Exited { code: 0 } => "succeeded",
+            RunOutcome::Timeout => "timed_out",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::Exited { .. }
+            | RunOutcome::Signaled { .. }
+            | RunOutcome::OverMemory { .. }
+            | RunOutcome::NotStarted { .. } => "failed",
+        }
     }
 
     /// In a few words: `ok`, `exit code 2`, `signal 9`, `timed out`, ….

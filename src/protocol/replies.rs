@@ -282,23 +282,43 @@ pub struct Failed {
     pub error: super::ErrorBody,
 }
 
-/// How a listener's last run ended, in `listeners` and `status`.
+/// How a listener's last run ended, in `listeners` and `status`: the newest run of
+/// the listener in the history (so it survives a restart).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastRun {
+    /// The run's id (`execlibctl history show ID`).
+    #[serde(default)]
+    pub id: u64,
     /// The route (or post command).
     pub route: String,
-    /// The file (absolute; the route's path for a batch).
+    /// The file (absolute; a batch's first; empty for a post command run for no file).
     #[serde(with = "wire")]
     pub file: PathBuf,
-    /// `succeeded`, `failed`, `timed_out` or `cancelled` (ended by a stop).
+    /// `succeeded`, `failed`, `timed_out` or `cancelled` (ended by a stop): the
+    /// metrics' `outcome` label ([`super::observe::RunOutcome::label`]).
     pub outcome: String,
-    /// Why it failed ("exit code 2", "killed by signal 9", …), when it did.
+    /// Why it failed ("exit code 2", "killed by signal 9", …), when it `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// How long it ran.
     pub duration_ms: u64,
     /// When it ended, milliseconds since the Unix epoch.
     pub at_ms: u64,
+}
+
+impl From<&super::observe::RunRecord> for LastRun {
+    fn from(r: &super::observe::RunRecord) -> Self {
+        let label = r.outcome.label();
+        LastRun {
+            id: r.id,
+            route: r.route.clone(),
+            file: r.files.first().cloned().unwrap_or_default(),
+            outcome: label.to_owned(),
+            reason: (label == "failed").then(|| r.outcome.describe()),
+            duration_ms: r.duration_ms,
+            at_ms: r.started_ms.saturating_add(r.duration_ms),
+        }
+    }
 }
 
 /// Directories watched with inotify against the kernel's limit.

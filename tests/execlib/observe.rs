@@ -161,18 +161,40 @@ fn a_hostile_history_file_is_dropped_with_a_warning() {
     std::fs::create_dir_all(sandbox.path("state/history")).unwrap();
     let mut junk = b"{\"id\":18446744073709551615,\"listener\":\"docs\"}\n\xff\xfe\n[[[[".to_vec();
     junk.extend(vec![b'{'; 300_000]);
+    // Complete records: one whose id would wrap the next ids around, one whose
+    // route and reason carry terminal escapes.
+    let record = |id: &str, route: &str| {
+        format!(
+            "\n{{\"id\":{id},\"listener\":\"docs\",\"route\":\"{route}\",\"stage\":0,\"files\":[\"/x\"],\"count\":1,\"started_ms\":0,\"duration_ms\":1,\"outcome\":{{\"kind\":\"not_started\",\"reason\":\"\\u001b[2Jgone\"}}}}"
+        )
+    };
+    junk.extend(record("18446744073709551615", "wrap").as_bytes());
+    junk.extend(record("5", "\\u001b]0;owned\\u0007").as_bytes());
+    junk.push(b'\n');
     std::fs::write(sandbox.path("state/history/docs.jsonl"), &junk).unwrap();
     let daemon = Daemon::start(&sandbox, &config);
     assert!(
         daemon
             .log()
-            .contains("history file partly unusable: 3 line(s) dropped"),
+            .contains("history file partly unusable: 4 line(s) dropped"),
         "{}",
         daemon.log()
     );
+    let table = daemon.ctl(&["history"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{table:?}");
+    assert!(
+        text.contains("\\u{1b}]0;owned\\u{7}") && !text.contains('\u{1b}'),
+        "{text}"
+    );
     sandbox.write("src/a.ok", "x");
-    let run = eventually("a run", || runs(&daemon, &[]).first().cloned());
-    assert_eq!(run["id"], 1, "ids start afresh");
+    let run = eventually("a run", || {
+        runs(&daemon, &[])
+            .into_iter()
+            .find(|r| route_of(r) != "\u{1b}]0;owned\u{7}")
+    });
+    assert_eq!(run["id"], 6, "ids go on after the usable record's");
+    assert_eq!(runs(&daemon, &[])[0], run, "the new run is the newest");
 }
 
 /// A listener with every case `explain` tells apart.
@@ -487,4 +509,66 @@ fn history_keeps_a_batchs_first_files_and_its_count_and_records_post_commands() 
         "a listener with no runs yet"
     );
     assert_eq!(daemon.ctl(&["history", "never"]).status.code(), Some(1));
+}
+
+#[test]
+fn status_and_listeners_still_show_the_last_run_after_a_restart() {
+    let sandbox = Sandbox::new();
+    let body = "[[listener]]\nname = \"docs\"\ncatch_up = false\n  [[listener.route]]\n  name = \"pages\"\n  path = \"src\"\n  debounce_ms = 20\n  delay_ms = 10\n  shell = 'exit 3'\n";
+    let config = sandbox.config(body);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.md", "x");
+    let last = eventually("docs's last run", || {
+        let l = daemon.listener("docs");
+        (!l["last_run"].is_null()).then(|| l["last_run"].clone())
+    });
+    assert_eq!(last["outcome"], "failed", "{last}");
+    assert_eq!(last["reason"], "exit code 3", "{last}");
+    assert_eq!(last["file"], sandbox.path("src/a.md").to_str().unwrap());
+    let id = runs(&daemon, &[])[0]["id"].clone();
+    assert_eq!(last["id"], id, "the history's run");
+    assert!(daemon.ctl(&["shutdown"]).status.success());
+    daemon.wait_exit();
+
+    let daemon = Daemon::start(&sandbox, &config);
+    assert_eq!(daemon.listener("docs")["last_run"], last, "listeners");
+    let status = daemon.request(r#"{"cmd":"status"}"#);
+    assert_eq!(status["last_runs"]["docs"], last, "{status}");
+    let text = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "last run docs: pages {}: failed (exit code 3) after ",
+            sandbox.path("src/a.md").display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_job_that_exits_non_zero_just_before_its_listener_stops_is_recorded_as_exited_not_cancelled() {
+    let sandbox = Sandbox::new();
+    // Its main process exits 3 at once, while a stray that ignores SIGTERM holds its
+    // output open: the daemon drains the output for 500 ms after the exit, and the
+    // stop comes in that window.
+    let shell = "echo $$ > ../out/pid; (trap \"\" TERM; exec sleep 5) & exit 3";
+    let config = sandbox.config(&one_route(shell, "glob = \"*.md\""));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.md", "x");
+    let pid = sandbox.wait_out("pid").trim().to_owned();
+    eventually("the main process reaped", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    assert_eq!(daemon.ctl(&["stop", "docs"]).status.code(), Some(0));
+    let run = eventually("the run recorded", || runs(&daemon, &[]).first().cloned());
+    assert_eq!(
+        run["outcome"],
+        serde_json::json!({"kind": "exited", "code": 3}),
+        "{run}"
+    );
+    let last = daemon.listener("docs")["last_run"].clone();
+    assert_eq!(
+        (&last["outcome"], &last["reason"]),
+        (&"failed".into(), &"exit code 3".into()),
+        "{last}"
+    );
 }
