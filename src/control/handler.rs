@@ -124,6 +124,7 @@ pub(super) fn listener_error(e: ListenerError) -> Response {
         ListenerError::NotRunning(_) => ErrorCode::NotRunning,
         ListenerError::BadPath { .. } => ErrorCode::BadRequest,
         ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
+        ListenerError::Unreachable { .. } => ErrorCode::Unreachable,
     };
     Response::error(code, e.to_string())
 }
