@@ -8,39 +8,42 @@
 //! At most [`crate::feed::MAX_SUBSCRIBERS`] follow at once; more are told `busy`.
 
 use super::observe;
-use crate::feed::Next;
+use crate::feed::{Next, Subscription};
 use crate::protocol::observe::Streamed;
 use crate::protocol::{ErrorCode, Response};
 use crate::state::DaemonState;
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::OwnedWriteHalf;
 
-/// Serves an `events --follow` request on this connection until it ends.
-pub async fn follow(
-    state: &DaemonState,
-    listener: Option<&str>,
-    reader: &mut (impl AsyncRead + Unpin),
-    writer: &mut OwnedWriteHalf,
-) {
-    let idle = state.config.control.idle_timeout;
+/// The first reply to an `events --follow` request, and the follower's place in the
+/// feed when a stream follows it (`None`: the reply is a refusal, `busy`,
+/// `unknown_listener` or `shutting_down`, and the connection ends with it).
+pub fn open(state: &DaemonState, listener: Option<&str>) -> (Response, Option<Subscription>) {
     if state.is_shutting_down() {
-        let _ = write(writer, &super::handler::shutting_down().to_line(), idle).await;
-        return;
+        return (super::handler::shutting_down(), None);
     }
-    let Some(mut subscription) = state.listeners.feed().subscribe() else {
+    // Subscribed before the recent events are taken: none falls between the two.
+    let Some(subscription) = state.listeners.feed().subscribe() else {
         let message = format!(
             "{} event streams are open already (the most at once); try again later",
             crate::feed::MAX_SUBSCRIBERS
         );
-        let _ = write(writer, &Response::error(ErrorCode::Busy, message).to_line(), idle).await;
-        return;
+        return (Response::error(ErrorCode::Busy, message), None);
     };
     let first = observe::events(state, listener, true);
     let streaming = matches!(first, Response::Events(_));
-    if write(writer, &first.to_line(), idle).await.is_err() || !streaming {
-        return;
-    }
+    (first, streaming.then_some(subscription))
+}
+
+/// Streams the events after the first reply (already written) until the stream ends.
+pub async fn follow(
+    state: &DaemonState,
+    listener: Option<&str>,
+    mut subscription: Subscription,
+    reader: &mut (impl AsyncRead + Unpin),
+    writer: &mut OwnedWriteHalf,
+) {
+    let idle = state.config.control.idle_timeout;
     let mut ignored = [0u8; 512];
     loop {
         let line = tokio::select! {
@@ -58,19 +61,8 @@ pub async fn follow(
         let end = matches!(line, Streamed::End(_));
         let mut text = serde_json::to_string(&line).expect("stream lines serialize");
         text.push('\n');
-        if write(writer, &text, idle).await.is_err() || end {
+        if super::send(writer, &text, idle).await.is_err() || end {
             return;
         }
     }
-}
-
-/// Writes a line, giving up after `limit` (a follower that does not read).
-async fn write(writer: &mut OwnedWriteHalf, line: &str, limit: Duration) -> std::io::Result<()> {
-    let write = async {
-        writer.write_all(line.as_bytes()).await?;
-        writer.flush().await
-    };
-    tokio::time::timeout(limit, write)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }

@@ -450,3 +450,34 @@ fn a_changed_metrics_section_applies_at_the_next_start() {
     assert_eq!(get(&addr, "/metrics", &[]).status, 200);
     assert_eq!(daemon.request(r#"{"cmd":"status"}"#)["metrics"], addr.as_str());
 }
+
+#[test]
+fn events_follow_refusals_are_counted_as_refusals_not_ok() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let unknown = daemon.request(r#"{"cmd":"events","listener":"nope","follow":true}"#);
+    assert_eq!(unknown["error"]["code"], "unknown_listener", "{unknown}");
+    let followers: Vec<Client> = (0..8)
+        .map(|_| {
+            let mut client = Client::connect(&daemon.socket);
+            client.send_line(br#"{"cmd":"events","follow":true}"#);
+            let first = client.reply().expect("a first reply");
+            assert_eq!(first["following"], true, "{first}");
+            client
+        })
+        .collect();
+    let busy = daemon.request(r#"{"cmd":"events","follow":true}"#);
+    assert_eq!(busy["error"]["code"], "busy", "{busy}");
+    let text = scrape(&daemon);
+    let events = |result: &str| {
+        value(
+            &text,
+            &format!("execlib_control_requests_total{{command=\"events\",result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(events("ok"), Some(8.0), "{text}");
+    assert_eq!(events("busy"), Some(1.0), "{text}");
+    assert_eq!(events("unknown_listener"), Some(1.0), "{text}");
+    drop(followers);
+}
