@@ -1,10 +1,11 @@
 //! `execlibctl events --follow`: reads the daemon's stream line by line, printing
-//! each event as it comes, until the daemon says it is stopping or closes the
-//! connection (exit 0 either way, with a line saying so). Ctrl-C ends the client; the
-//! daemon sees the connection close and frees the follower's slot. Also the one
-//! rewrite of a command line into its request: `history show ID` is `history` with
-//! `id`, and `explain`'s and `history --file`'s relative paths are made absolute
-//! against the client's current directory.
+//! each event as it comes (never a keepalive line), until the daemon says it is
+//! stopping or closes the connection (exit 0 either way, with a line saying so).
+//! Ctrl-C ends the client; the daemon sees the connection close and frees the
+//! follower's slot. Also the one rewrite of a command line into its request:
+//! `history show ID` is `history` with `id`, and `explain`'s and `history
+//! --file`'s relative paths are made absolute against the client's current
+//! directory.
 
 use super::{ClientError, EXIT_DAEMON_ERROR, EXIT_UNREACHABLE, Target, observe};
 use crate::protocol::observe::{HistoryShow, Streamed};
@@ -127,6 +128,8 @@ fn stream(target: &Target, request: &Request, json: bool) -> Result<u8, ClientEr
         }
         let streamed: Streamed = serde_json::from_str(&line).map_err(|e| bad(format!("{e}: {line:?}")))?;
         let text = match (&streamed, json) {
+            // Only there to tell a follower that stopped reading: not shown, even with --json.
+            (Streamed::Keepalive(_), _) => continue,
             (_, true) => line.trim_end().to_owned(),
             (Streamed::Event(e), false) => observe::event(e),
             (Streamed::Lagged(n), false) => format!("lagged: {n} events not shown (this client fell behind)"),

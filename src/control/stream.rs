@@ -4,16 +4,24 @@
 //! the follower fell more than [`crate::feed::BACKLOG`] events behind (those are
 //! lost, never queued), and an `end` line when the daemon begins to stop; then it
 //! closes. Whatever the client sends meanwhile is read and ignored; its close ends
-//! the stream. A follower that leaves a line unread for the idle timeout is closed.
-//! At most [`crate::feed::MAX_SUBSCRIBERS`] follow at once; more are told `busy`.
+//! the stream. At most [`crate::feed::MAX_SUBSCRIBERS`] follow at once; more are
+//! told `busy`.
+//!
+//! A follower that stops reading gives its slot back within a bound: after the idle
+//! timeout without a line, the daemon checks that the follower has read all it was
+//! sent (else it is closed) and sends a `keepalive` line; so on a quiet daemon a
+//! follower that reads nothing is closed within twice the idle timeout. While lines
+//! flow, its socket buffer fills and a write that waits the idle timeout closes it.
 
 use super::observe;
 use crate::feed::{Next, Subscription};
 use crate::protocol::observe::Streamed;
 use crate::protocol::{ErrorCode, Response};
 use crate::state::DaemonState;
+use std::os::fd::AsFd;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::OwnedWriteHalf;
+use tracing::debug;
 
 /// The first reply to an `events --follow` request, and the follower's place in the
 /// feed when a stream follows it (`None`: the reply is a refusal, `busy`,
@@ -45,6 +53,8 @@ pub async fn follow(
 ) {
     let idle = state.config.control.idle_timeout;
     let mut ignored = [0u8; 512];
+    let quiet = tokio::time::sleep(idle);
+    tokio::pin!(quiet);
     loop {
         let line = tokio::select! {
             next = subscription.next() => match next {
@@ -57,6 +67,14 @@ pub async fn follow(
                 Ok(_) => continue,
             },
             _ = state.shutdown_requested() => Streamed::End("the daemon is shutting down".into()),
+            () = &mut quiet => {
+                // Nothing written for `idle`: whatever is unread has waited that long.
+                if crate::sys::unread_by_peer(writer.as_ref().as_fd()).is_ok_and(|n| n > 0) {
+                    debug!("closing an event follower that left a line unread for {} ms", idle.as_millis());
+                    return;
+                }
+                Streamed::Keepalive(true)
+            }
         };
         let end = matches!(line, Streamed::End(_));
         let mut text = serde_json::to_string(&line).expect("stream lines serialize");
@@ -64,5 +82,6 @@ pub async fn follow(
         if super::send(writer, &text, idle).await.is_err() || end {
             return;
         }
+        quiet.as_mut().reset(tokio::time::Instant::now() + idle);
     }
 }

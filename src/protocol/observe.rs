@@ -261,4 +261,7 @@ pub enum Streamed {
     Lagged(u64),
     /// `{"end":"…"}`: the stream ends (the daemon is stopping); the connection closes.
     End(String),
+    /// `{"keepalive":true}`: nothing to send for the idle timeout; the follower must
+    /// read it (by the next one) or be closed. Carries nothing else.
+    Keepalive(bool),
 }

@@ -470,6 +470,60 @@ fn events_lists_recent_events_and_followers_are_capped() {
     });
 }
 
+/// `[control] idle_timeout_ms` is 1000 in the sandbox: a follower that reads nothing
+/// on a quiet daemon must give its slot back within twice that (it used to keep it
+/// for as long as its socket buffer had room, so forever on a quiet daemon).
+#[test]
+fn followers_that_read_nothing_on_a_quiet_daemon_free_their_slots() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let started = std::time::Instant::now();
+    let stalled: Vec<Client> = (0..8).map(|_| follow(&daemon, None)).collect();
+    let busy = daemon.request(r#"{"cmd":"events","follow":true}"#);
+    assert_eq!(busy["error"]["code"], "busy", "{busy}");
+    let bound = std::time::Duration::from_millis(2 * 1000 + 1000);
+    let mut reader = eventually_within(bound, "a slot freed by a stalled follower", || {
+        let mut client = Client::connect(&daemon.socket);
+        client.send_line(br#"{"cmd":"events","follow":true}"#);
+        (client.reply()?["ok"] == true).then_some(client)
+    });
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1000),
+        "not before the idle timeout"
+    );
+    drop(stalled);
+    // execlibctl does not show keepalives, even with --json.
+    let mut ctl = Command::new(env!("CARGO_BIN_EXE_execlibctl"))
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "--json",
+            "events",
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A follower that reads is kept: a keepalive line after each quiet second.
+    for _ in 0..2 {
+        assert_eq!(reader.reply(), Some(serde_json::json!({"keepalive": true})));
+    }
+    sandbox.write("src/a", "x");
+    let event = reader.reply().expect("still following");
+    assert_eq!(
+        event["event"]["path"],
+        sandbox.path("src/a").to_str().unwrap(),
+        "{event}"
+    );
+    assert!(daemon.ctl(&["shutdown"]).status.success());
+    eventually("execlibctl to exit", || ctl.try_wait().unwrap());
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut ctl.stdout.take().unwrap(), &mut printed).unwrap();
+    assert!(printed.contains("\"event\":{"), "{printed}");
+    assert!(!printed.contains("keepalive"), "{printed}");
+}
+
 #[test]
 fn history_keeps_a_batchs_first_files_and_its_count_and_records_post_commands() {
     let sandbox = Sandbox::new();
