@@ -120,10 +120,10 @@ fn start_site() -> (Sandbox, Daemon, String) {
 fn metrics_move_as_the_daemon_works_and_pass_a_real_parser() {
     let (sandbox, daemon, addr) = start_site();
     let before = scrape(&daemon);
-    let Some(families) = parse_with_python(&before) else {
-        return;
-    };
-    assert!(families >= 12, "{families} families:\n{before}");
+    // Only the parser needs Python: every movement below is checked without it.
+    if let Some(families) = parse_with_python(&before) {
+        assert!(families >= 12, "{families} families:\n{before}");
+    }
     // Gauges: watches, polled directories, the kernel's limit, LiveReload clients.
     assert!(
         value(&before, "execlib_watches{listener=\"docs\"}").unwrap() >= 1.0,
