@@ -8,6 +8,7 @@ mod raw;
 mod resolve;
 mod resources;
 
+pub use metrics::DEFAULT_HEAD_TIMEOUT_MS;
 pub use raw::Mode;
 pub use resolve::{
     Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, DEFAULT_MAX_VCS_HOLD_MS, DEFAULT_POLL_MS, HoldWhile,
