@@ -23,6 +23,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tracing::debug;
 
+/// The shortest quiet spell before a keepalive, whatever the idle timeout.
+const MIN_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The first reply to an `events --follow` request, and the follower's place in the
 /// feed when a stream follows it (`None`: the reply is a refusal, `busy`,
 /// `unknown_listener` or `shutting_down`, and the connection ends with it).
@@ -52,8 +55,10 @@ pub async fn follow(
     writer: &mut OwnedWriteHalf,
 ) {
     let idle = state.config.control.idle_timeout;
+    // A tiny idle timeout must not make a keepalive loop.
+    let quiet_after = idle.max(MIN_QUIET);
     let mut ignored = [0u8; 512];
-    let quiet = tokio::time::sleep(idle);
+    let quiet = tokio::time::sleep(quiet_after);
     tokio::pin!(quiet);
     loop {
         let line = tokio::select! {
@@ -70,7 +75,7 @@ pub async fn follow(
             () = &mut quiet => {
                 // Nothing written for `idle`: whatever is unread has waited that long.
                 if crate::sys::unread_by_peer(writer.as_ref().as_fd()).is_ok_and(|n| n > 0) {
-                    debug!("closing an event follower that left a line unread for {} ms", idle.as_millis());
+                    debug!("closing an event follower that left a line unread for {} ms", quiet_after.as_millis());
                     return;
                 }
                 Streamed::Keepalive(true)
@@ -82,6 +87,6 @@ pub async fn follow(
         if super::send(writer, &text, idle).await.is_err() || end {
             return;
         }
-        quiet.as_mut().reset(tokio::time::Instant::now() + idle);
+        quiet.as_mut().reset(tokio::time::Instant::now() + quiet_after);
     }
 }
