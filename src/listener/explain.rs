@@ -43,8 +43,9 @@ struct Root {
 }
 
 impl Probe {
-    /// Asks the file system about `path` (when absolute) and the route paths `roots`.
-    fn run(path: Option<PathBuf>, roots: Vec<PathBuf>) -> Probe {
+    /// Asks the file system about `path` (when absolute) and the route paths `roots`,
+    /// each once.
+    fn run(path: Option<PathBuf>, roots: std::collections::BTreeSet<PathBuf>) -> Probe {
         let resolved = path.as_deref().and_then(resolve);
         let roots = roots
             .into_iter()
@@ -92,7 +93,9 @@ impl Listeners {
         if !absolute {
             notes.push("a relative path under no route from the config's directory: taken relative to each route's path".into());
         }
-        let roots = routes().map(|r| r.path.clone()).collect();
+        let roots = routes()
+            .map(|r| r.path.clone())
+            .collect::<std::collections::BTreeSet<_>>();
         let asked = absolute.then(|| from_config.clone());
         let probe = bounded(FS_TIMEOUT, move || Probe::run(asked, roots))
             .await
