@@ -63,10 +63,29 @@ pub struct CtlCli {
     /// The instance whose daemon to control (default: the only one running).
     #[arg(long)]
     pub instance: Option<String>,
-    /// Print the daemon's JSON reply.
-    #[arg(long)]
+    /// Print the daemon's JSON reply (before or after the command).
+    #[arg(long, global = true)]
     pub json: bool,
     /// What to do: a control request (its variants are the subcommands).
     #[command(subcommand)]
     pub command: crate::protocol::Request,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_after_the_command_is_accepted_as_the_troubleshooting_page_writes_it() {
+        for args in [
+            ["execlibctl", "listeners", "--json"],
+            ["execlibctl", "--json", "listeners"],
+        ] {
+            let cli = CtlCli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(cli.json, "{args:?}");
+        }
+        let cli = CtlCli::try_parse_from(["execlibctl", "history", "docs", "--failed", "--json"]).unwrap();
+        assert!(cli.json);
+        <CtlCli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -55,27 +55,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         None => None,
     };
-    let ledger = ledger(&config).await;
-    let (history, history_writer) = history(&config).await;
-    let listeners = Listeners::new(&config, ledger, builds)
-        .with_metrics(metrics)
-        .with_history(history);
-    // Owned here: stopped once the listeners are (their last runs recorded), after
-    // writing what is queued.
-    let history_stop = CancellationToken::new();
-    let history_writer = tokio::spawn(history_writer.run(history_stop.clone()));
+    let (listeners, history_writer, history_stop) = observed_listeners(&config, builds, metrics).await;
     let state = Arc::new(DaemonState::new(config, listeners, server));
-    if let Some(addr) = metrics_socket.as_ref().and_then(|s| s.local_addr().ok()) {
-        let _ = state.metrics_listen.set(addr);
-    }
+    // Before the control socket is served: `status` says where /metrics is.
+    let metrics_server = serve_metrics(metrics_socket, &state)?;
     let control = ControlServer::spawn(listener, state.clone());
-    let metrics_server = metrics_socket.map(|socket| {
-        MetricsServer::spawn(socket, state.clone()).map_err(|source| crate::metrics::server::BindError {
-            addr: state.config.metrics.as_ref().expect("bound for [metrics]").listen,
-            source,
-        })
-    });
-    let metrics_server = metrics_server.transpose()?;
     let reaper_stop = CancellationToken::new();
     // Adopting before any job starts: a descendant that escapes even the first job is ours.
     let adopted = tokio::task::spawn_blocking(job::contain::init)
@@ -125,6 +109,45 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     info!("shutdown complete");
     Ok(())
+}
+
+/// The listeners, counting into `metrics` and recording their runs in the history;
+/// and the task that writes the history, with the token that stops it. Owned by
+/// [`run`]: stopped once the listeners are (their last runs recorded), after
+/// writing what is queued.
+async fn observed_listeners(
+    config: &Config,
+    builds: Arc<crate::builds::Builds>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> (Listeners, tokio::task::JoinHandle<()>, CancellationToken) {
+    let ledger = ledger(config).await;
+    let (history, history_writer) = history(config).await;
+    let listeners = Listeners::new(config, ledger, builds)
+        .with_metrics(metrics)
+        .with_history(history);
+    let history_stop = CancellationToken::new();
+    let history_writer = tokio::spawn(history_writer.run(history_stop.clone()));
+    (listeners, history_writer, history_stop)
+}
+
+/// Serves `/metrics` on the socket bound for `[metrics]` (when there is one), and
+/// records its address for `status`.
+fn serve_metrics(
+    socket: Option<std::net::TcpListener>,
+    state: &Arc<DaemonState>,
+) -> Result<Option<MetricsServer>, DaemonError> {
+    let Some(socket) = socket else {
+        return Ok(None);
+    };
+    if let Ok(addr) = socket.local_addr() {
+        let _ = state.metrics_listen.set(addr);
+    }
+    let server =
+        MetricsServer::spawn(socket, state.clone()).map_err(|source| crate::metrics::server::BindError {
+            addr: state.config.metrics.as_ref().expect("bound for [metrics]").listen,
+            source,
+        })?;
+    Ok(Some(server))
 }
 
 /// The ledger of this daemon's jobs, after ending what a crashed predecessor left

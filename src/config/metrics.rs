@@ -13,7 +13,13 @@ use toml::Spanned;
 pub struct MetricsConfig {
     /// Where `/metrics` is served.
     pub listen: SocketAddr,
+    /// A request head (or the next one on a kept-alive connection) must arrive
+    /// within this (`head_timeout_ms`, default [`DEFAULT_HEAD_TIMEOUT_MS`]).
+    pub head_timeout: std::time::Duration,
 }
+
+/// `[metrics].head_timeout_ms` by default.
+pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 
 /// `[metrics]` checked: `listen` is an address, not on the site's port. (Port 0, a
 /// free port the kernel picks, is allowed: `status` tells which.)
@@ -24,7 +30,15 @@ pub(super) fn resolve(
 ) -> Result<Option<MetricsConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
     let at = raw.span().start;
-    let Some(listen) = raw.into_inner().listen else {
+    let raw = raw.into_inner();
+    let head_timeout_ms = match raw.head_timeout_ms {
+        Some(ms) if *ms.get_ref() == 0 => {
+            return ctx.err(ms.span().start, "head_timeout_ms must be at least 1");
+        }
+        Some(ms) => ms.into_inner(),
+        None => DEFAULT_HEAD_TIMEOUT_MS,
+    };
+    let Some(listen) = raw.listen else {
         return ctx.err(at, "[metrics] needs `listen`, an address like \"127.0.0.1:9187\"");
     };
     let at = listen.span().start;
@@ -49,7 +63,10 @@ pub(super) fn resolve(
             ),
         );
     }
-    Ok(Some(MetricsConfig { listen: addr }))
+    Ok(Some(MetricsConfig {
+        listen: addr,
+        head_timeout: std::time::Duration::from_millis(head_timeout_ms),
+    }))
 }
 
 /// Whether two listening addresses would take the same port: the same port on the

@@ -9,6 +9,7 @@ mod resolve;
 mod resources;
 
 pub use check::{MAX_JOB_NAME, MAX_LISTENER_NAME};
+pub use metrics::DEFAULT_HEAD_TIMEOUT_MS;
 pub use raw::Mode;
 pub use resolve::{
     Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, DEFAULT_MAX_VCS_HOLD_MS, DEFAULT_POLL_MS, HoldWhile,

@@ -25,6 +25,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<Spanned<String>>,
+    pub head_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[daemon]`.

@@ -30,7 +30,17 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
         }),
         Request::History(query) => super::observe::history(state, &query),
         Request::Explain(args) => super::observe::explain(state, &args).await,
-        Request::Events { listener, follow } => super::observe::events(state, listener.as_deref(), follow),
+        Request::Events {
+            listener,
+            follow: false,
+        } => super::observe::events(state, listener.as_deref(), false),
+        // The connection serves a follow itself (it outlives one reply: `super::stream`)
+        // and never passes one here; should it ever, the client is told, not misled
+        // with a `following` that no stream backs.
+        Request::Events { follow: true, .. } => Response::error(
+            ErrorCode::Unsupported,
+            "events with follow is served by the connection, not as a single reply",
+        ),
     }
 }
 
@@ -124,6 +134,7 @@ pub(super) fn listener_error(e: ListenerError) -> Response {
         ListenerError::NotRunning(_) => ErrorCode::NotRunning,
         ListenerError::BadPath { .. } => ErrorCode::BadRequest,
         ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
+        ListenerError::Unreachable { .. } => ErrorCode::Unreachable,
     };
     Response::error(code, e.to_string())
 }

@@ -87,7 +87,7 @@ async fn refuse(stream: UnixStream) {
     let message = format!("{MAX_CONNECTIONS} requests are being answered; try again");
     let _ = send(
         &mut writer,
-        &Response::error(ErrorCode::Busy, message),
+        &Response::error(ErrorCode::Busy, message).to_line(),
         REFUSAL_WRITE,
     )
     .await;
@@ -105,7 +105,7 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             read = tokio::time::timeout_at(deadline, read_frame(&mut reader, &mut line)) => read,
             _ = ticket.evicted.cancelled() => {
                 let message = format!("closed to make room: {MAX_CONNECTIONS} connections open and this one idle");
-                let _ = send(&mut writer, &Response::error(ErrorCode::Busy, message), REFUSAL_WRITE).await;
+                let _ = send(&mut writer, &Response::error(ErrorCode::Busy, message).to_line(), REFUSAL_WRITE).await;
                 return;
             }
         };
@@ -114,7 +114,12 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             Ok(Err(_)) => return,
             Err(_) => {
                 let message = format!("no request within {} ms; closing", idle.as_millis());
-                let _ = send(&mut writer, &Response::error(ErrorCode::Timeout, message), idle).await;
+                let _ = send(
+                    &mut writer,
+                    &Response::error(ErrorCode::Timeout, message).to_line(),
+                    idle,
+                )
+                .await;
                 return;
             }
         };
@@ -122,7 +127,12 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             Frame::Eof => return,
             Frame::TooLarge => {
                 let message = format!("request line longer than {} bytes; closing", protocol::MAX_LINE);
-                let _ = send(&mut writer, &Response::error(ErrorCode::TooLarge, message), idle).await;
+                let _ = send(
+                    &mut writer,
+                    &Response::error(ErrorCode::TooLarge, message).to_line(),
+                    idle,
+                )
+                .await;
                 return;
             }
             Frame::Line if line.iter().all(u8::is_ascii_whitespace) => continue,
@@ -134,8 +144,23 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
                 listener,
                 follow: true,
             }) => {
-                state.metrics.control_request("events", "ok");
-                return stream::follow(&state, listener.as_deref(), &mut reader, &mut writer).await;
+                // Counted as its first reply says: `ok` when a stream follows, else the refusal.
+                let (first, subscription) = stream::open(&state, listener.as_deref());
+                state.metrics.control_request("events", &result_name(&first));
+                if send(&mut writer, &first.to_line(), idle).await.is_err() {
+                    return;
+                }
+                if let Some(subscription) = subscription {
+                    stream::follow(
+                        &state,
+                        listener.as_deref(),
+                        subscription,
+                        &mut reader,
+                        &mut writer,
+                    )
+                    .await;
+                }
+                return;
             }
             Ok(request) => {
                 let shutdown = request == Request::Shutdown;
@@ -149,7 +174,7 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             }
         };
         state.metrics.control_request(&command, &result_name(&response));
-        let sent = send(&mut writer, &response, idle).await;
+        let sent = send(&mut writer, &response.to_line(), idle).await;
         if shutdown {
             state.request_shutdown("the control socket");
         }
@@ -175,10 +200,11 @@ fn result_name(response: &Response) -> String {
     code.as_str().unwrap_or("error").to_owned()
 }
 
-/// Writes a reply, giving up after `limit` (a client that does not read).
-async fn send(writer: &mut OwnedWriteHalf, response: &Response, limit: Duration) -> std::io::Result<()> {
+/// Writes a line (a reply, or a line of a stream), giving up after `limit` (a
+/// client that does not read).
+async fn send(writer: &mut OwnedWriteHalf, line: &str, limit: Duration) -> std::io::Result<()> {
     let write = async {
-        writer.write_all(response.to_line().as_bytes()).await?;
+        writer.write_all(line.as_bytes()).await?;
         writer.flush().await
     };
     tokio::time::timeout(limit, write)

@@ -2,12 +2,73 @@
 //! it, and if not why. The route's own decision is [`crate::route::verdict`] (the
 //! one [`crate::route::submission`] acts on); the listener adds its side: stopped or
 //! failed, the route's path missing (unwatched), or the path's directory polled.
+//!
+//! What it asks the file system (where the path's directory and each route's path
+//! resolve, whether each route's path exists) runs on a blocking thread, at most
+//! [`FS_TIMEOUT`] per request and [`MAX_PROBES`] requests at once: a hung network
+//! mount makes `explain` answer `unreachable`, never pins an async worker.
 
 use super::{ListenerError, Listeners, Slot, State};
 use crate::events::EventKind;
 use crate::protocol::observe::{Explained, LastRun, RouteVerdict};
 use crate::route::Verdict;
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// How long `explain` waits for the file system (the path's directory and each
+/// route's path resolved, each route's path looked up) before answering that the
+/// path is unreachable.
+pub const FS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most this many `explain` file-system probes at once (a probe stuck on a
+/// hung mount keeps its thread until the mount answers); more are answered
+/// `unreachable` at once.
+pub const MAX_PROBES: usize = 4;
+
+static PROBES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PROBES);
+
+/// What the file system said: where the path resolves (when it differs), and for
+/// each route's path whether it exists and where it resolves.
+#[derive(Debug, Default)]
+struct Probe {
+    resolved: Option<PathBuf>,
+    roots: HashMap<PathBuf, Root>,
+}
+
+#[derive(Debug, Default)]
+struct Root {
+    exists: bool,
+    canonical: Option<PathBuf>,
+}
+
+impl Probe {
+    /// Asks the file system about `path` (when absolute) and the route paths `roots`,
+    /// each once.
+    fn run(path: Option<PathBuf>, roots: std::collections::BTreeSet<PathBuf>) -> Probe {
+        let resolved = path.as_deref().and_then(resolve);
+        let roots = roots
+            .into_iter()
+            .map(|root| {
+                let exists = std::fs::symlink_metadata(&root).is_ok();
+                let canonical = resolved.as_ref().and_then(|_| root.canonicalize().ok());
+                (root, Root { exists, canonical })
+            })
+            .collect();
+        Probe { resolved, roots }
+    }
+}
+
+/// Runs `work` on a blocking thread, waiting at most `limit` for it; `None` when it
+/// did not finish in time or [`MAX_PROBES`] are running already.
+async fn bounded<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let permit = PROBES.try_acquire().ok()?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    });
+    tokio::time::timeout(limit, task).await.ok()?.ok()
+}
 
 impl Listeners {
     /// Explains a change of `kind` to `path`: absolute, or relative to the config's
@@ -32,8 +93,17 @@ impl Listeners {
         if !absolute {
             notes.push("a relative path under no route from the config's directory: taken relative to each route's path".into());
         }
-        let resolved = absolute.then(|| resolve(&from_config)).flatten();
-        if let Some(resolved) = &resolved {
+        let roots = routes()
+            .map(|r| r.path.clone())
+            .collect::<std::collections::BTreeSet<_>>();
+        let asked = absolute.then(|| from_config.clone());
+        let probe = bounded(FS_TIMEOUT, move || Probe::run(asked, roots))
+            .await
+            .ok_or_else(|| ListenerError::Unreachable {
+                path: shown.clone(),
+                limit: FS_TIMEOUT,
+            })?;
+        if let Some(resolved) = &probe.resolved {
             notes.push(format!(
                 "{} resolves to {}",
                 crate::names::escaped(&from_config),
@@ -48,7 +118,8 @@ impl Listeners {
                 } else {
                     route.path.join(path)
                 };
-                let (file, via) = seen_as(route, &lexical, resolved.as_deref());
+                let root = probe.roots.get(&route.path);
+                let (file, via) = seen_as(route, &lexical, probe.resolved.as_deref(), root);
                 let verdict = crate::route::verdict(route, &file, kind);
                 let mut answer = describe(route, &verdict, kind);
                 if let Some(via) = via {
@@ -59,7 +130,8 @@ impl Listeners {
                     );
                 }
                 if verdict == Verdict::Runs {
-                    answer = listener_side(slot, route, &file).unwrap_or(answer);
+                    let exists = root.is_some_and(|r| r.exists);
+                    answer = listener_side(slot, route, &file, exists).unwrap_or(answer);
                 }
                 let last_run = self.history().last_for(&slot.config.name, &route.name, &file);
                 verdicts.push(RouteVerdict {
@@ -120,12 +192,13 @@ fn seen_as(
     route: &crate::config::RouteConfig,
     lexical: &Path,
     resolved: Option<&Path>,
+    root: Option<&Root>,
 ) -> (PathBuf, Option<PathBuf>) {
     if lexical.starts_with(&route.path) {
         return (lexical.to_owned(), None);
     }
     let via = resolved.and_then(|resolved| {
-        let root = route.path.canonicalize().ok()?;
+        let root = root?.canonical.as_ref()?;
         Some(route.path.join(resolved.strip_prefix(root).ok()?))
     });
     match via {
@@ -160,12 +233,13 @@ fn describe(
     }
 }
 
-/// What the listener says of a route that takes the change: `None` when it runs as
-/// the route says.
+/// What the listener says of a route that takes the change (`exists`: whether the
+/// route's path exists): `None` when it runs as the route says.
 fn listener_side(
     slot: &Slot,
     route: &crate::config::RouteConfig,
     file: &Path,
+    exists: bool,
 ) -> Option<(&'static str, String)> {
     let name = &slot.config.name;
     let (state, error) = slot.shared.get();
@@ -182,7 +256,7 @@ fn listener_side(
         }
         State::Running | State::Degraded => {}
     }
-    if std::fs::symlink_metadata(&route.path).is_err() {
+    if !exists {
         return Some((
             "unwatched",
             format!(
@@ -224,5 +298,41 @@ mod tests {
         let resolved = resolve(&given).expect("it resolves elsewhere");
         assert_eq!(resolved, dir.path().canonicalize().unwrap().join("real/a.md"));
         assert_eq!(resolve(&resolved), None, "already resolved");
+    }
+
+    #[tokio::test]
+    async fn explain_on_a_hung_file_system_answers_instead_of_waiting() {
+        let (release, hung) = std::sync::mpsc::channel::<()>();
+        let started = std::time::Instant::now();
+        let limit = Duration::from_millis(100);
+        let answer = bounded(limit, move || hung.recv().is_ok()).await;
+        assert_eq!(answer, None, "a probe past its limit is given up");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // Stuck probes hold their slots: past MAX_PROBES, the answer comes at once.
+        let mut stuck = Vec::new();
+        for _ in 1..MAX_PROBES {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            assert_eq!(bounded(limit, move || rx.recv().is_ok()).await, None);
+            stuck.push(tx);
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(bounded(Duration::from_secs(60), || true).await, None);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused without waiting"
+        );
+        drop((release, stuck));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while bounded(limit, || true).await != Some(true) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slots come back once the mount answers"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

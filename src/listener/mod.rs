@@ -57,6 +57,18 @@ pub enum ListenerError {
         /// Why not.
         reason: &'static str,
     },
+    /// `explain`: the file system did not answer in time (a hung network mount).
+    #[error(
+        "path {} unreachable: the file system did not answer within {} s",
+        crate::names::escaped(path),
+        limit.as_secs()
+    )]
+    Unreachable {
+        /// The path as explained.
+        path: PathBuf,
+        /// How long it waited.
+        limit: std::time::Duration,
+    },
     /// No listener has that name.
     #[error("no listener named {0:?}")]
     Unknown(String),

@@ -3,7 +3,7 @@
 //! for another method). A client cannot hurt the daemon through it: at most
 //! [`MAX_CONNECTIONS`] are open at once (a newcomer takes the place of the oldest,
 //! so silent connections cannot lock a scraper out for long), a request head must
-//! arrive within [`HEAD_TIMEOUT`] and fit [`crate::http::MAX_HEAD`], and a
+//! arrive within `[metrics].head_timeout_ms` and fit [`crate::http::MAX_HEAD`], and a
 //! connection lives at most [`CONNECTION_LIFETIME`], however slowly it reads.
 
 use crate::http::{Body, full, status};
@@ -22,8 +22,6 @@ use tracing::{debug, info, warn};
 
 /// Connections open at once (a scraper needs one); a newcomer closes the oldest.
 pub const MAX_CONNECTIONS: usize = 16;
-/// A request head (or the next one on a kept-alive connection) must arrive within this.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection is closed this long after it was accepted, whatever it is doing.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
@@ -101,6 +99,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: Arc<DaemonState>,
 }
 
 async fn connection(stream: tokio::net::TcpStream, state: Arc<DaemonState>, stop: CancellationToken) {
+    let head_timeout = state.config.metrics.as_ref().map_or(
+        Duration::from_millis(crate::config::DEFAULT_HEAD_TIMEOUT_MS),
+        |m| m.head_timeout,
+    );
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
         async move { Ok::<_, Infallible>(answer(&state, req).await) }
@@ -108,7 +110,7 @@ async fn connection(stream: tokio::net::TcpStream, state: Arc<DaemonState>, stop
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .max_buf_size(crate::http::MAX_HEAD)
         .max_headers(crate::http::MAX_HEADERS);
     let conn = builder.serve_connection(TokioIo::new(stream), svc);

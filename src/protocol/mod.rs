@@ -122,6 +122,8 @@ pub enum ErrorCode {
     InvalidConfig,
     /// `history`: no run has that id.
     UnknownRun,
+    /// `explain`: the file system did not answer in time (a hung mount).
+    Unreachable,
 }
 
 /// An error reply's body.

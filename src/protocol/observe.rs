@@ -27,8 +27,9 @@ pub struct HistoryQuery {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
     pub failed: bool,
-    /// Only runs for this file: absolute, or relative to the config's directory or a
-    /// route's path (any bytes).
+    /// Only runs for this file (any bytes). execlibctl makes a relative one absolute
+    /// against its current directory; in a raw request it is relative to the config's
+    /// directory or a route's path.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none", with = "wire::option")]
     pub file: Option<PathBuf>,
@@ -181,8 +182,9 @@ impl RunOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainArgs {
-    /// The file: absolute, or relative to the config's directory or a route's path
-    /// (any bytes).
+    /// The file (any bytes). execlibctl makes a relative one absolute against its
+    /// current directory; in a raw request it is relative to the config's directory
+    /// or a route's path.
     #[serde(with = "wire")]
     pub path: PathBuf,
     /// The kind of change to explain.
@@ -280,4 +282,7 @@ pub enum Streamed {
     Lagged(u64),
     /// `{"end":"…"}`: the stream ends (the daemon is stopping); the connection closes.
     End(String),
+    /// `{"keepalive":true}`: nothing to send for the idle timeout; the follower must
+    /// read it (by the next one) or be closed. Carries nothing else.
+    Keepalive(bool),
 }

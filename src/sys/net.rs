@@ -50,6 +50,19 @@ pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// How much of what was written to connected socket `fd` its peer has not read yet
+/// (`SIOCOUTQ`; on a Unix socket, the kernel's accounting of the queued buffers, so
+/// 0 exactly when everything written has been read).
+pub fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (the same request as TIOCOUTQ) writes one int into `queued`,
+    // a live c_int; a bad fd just fails.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(queued.max(0) as usize)
+}
+
 /// `listen(fd, backlog)` again on a listening socket: sets how many connections the
 /// kernel queues before `accept` (capped by `net.core.somaxconn`).
 pub fn set_backlog(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
@@ -96,4 +109,23 @@ fn is_listening_tcp(fd: RawFd) -> bool {
     int_opt(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
         && int_opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
         && matches!(family, Some(libc::AF_INET | libc::AF_INET6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn unread_by_peer_is_zero_once_the_peer_has_read() {
+        let (mut ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(unread_by_peer(ours.as_fd()).unwrap(), 0);
+        ours.write_all(b"{\"keepalive\":true}\n").unwrap();
+        assert!(unread_by_peer(ours.as_fd()).unwrap() > 0, "written, not read");
+        let mut buf = [0u8; 64];
+        let n = theirs.read(&mut buf).unwrap();
+        assert_eq!(n, 19);
+        assert_eq!(unread_by_peer(ours.as_fd()).unwrap(), 0, "read");
+    }
 }

@@ -120,10 +120,10 @@ fn start_site() -> (Sandbox, Daemon, String) {
 fn metrics_move_as_the_daemon_works_and_pass_a_real_parser() {
     let (sandbox, daemon, addr) = start_site();
     let before = scrape(&daemon);
-    let Some(families) = parse_with_python(&before) else {
-        return;
-    };
-    assert!(families >= 12, "{families} families:\n{before}");
+    // Only the parser needs Python: every movement below is checked without it.
+    if let Some(families) = parse_with_python(&before) {
+        assert!(families >= 12, "{families} families:\n{before}");
+    }
     // Gauges: watches, polled directories, the kernel's limit, LiveReload clients.
     assert!(
         value(&before, "execlib_watches{listener=\"docs\"}").unwrap() >= 1.0,
@@ -404,7 +404,7 @@ fn metrics_listener_refuses_big_heads_and_closes_silent_connections() {
     use std::io::Read;
     let sandbox = Sandbox::new();
     let config = sandbox.config(&format!(
-        "[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\nhead_timeout_ms = 1000\n{}",
         one_route("true", "")
     ));
     let daemon = Daemon::start(&sandbox, &config);
@@ -413,7 +413,7 @@ fn metrics_listener_refuses_big_heads_and_closes_silent_connections() {
     // A head over 16 KiB: 431, as on the site's port.
     let big = format!("GET /metrics HTTP/1.1\r\nX-Big: {}", "a".repeat(20 * 1024));
     assert_eq!(request(&addr, &big).status, 431);
-    // A connection that sends nothing is closed at the 10 s head timeout.
+    // A connection that sends nothing is closed at the head timeout (1 s here).
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();
     silent
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -422,8 +422,8 @@ fn metrics_listener_refuses_big_heads_and_closes_silent_connections() {
     let _ = silent.read_to_end(&mut Vec::new());
     let took = opened.elapsed();
     assert!(
-        (9..=13).contains(&took.as_secs()),
-        "closed after {took:?}, not at the 10 s head timeout"
+        (900..=4000).contains(&took.as_millis()),
+        "closed after {took:?}, not at the 1 s head timeout"
     );
     // Meanwhile and after, scrapes are answered.
     assert_eq!(get(&addr, "/metrics", &[]).status, 200);
@@ -449,4 +449,35 @@ fn a_changed_metrics_section_applies_at_the_next_start() {
     // Still served where it was bound, until the next start.
     assert_eq!(get(&addr, "/metrics", &[]).status, 200);
     assert_eq!(daemon.request(r#"{"cmd":"status"}"#)["metrics"], addr.as_str());
+}
+
+#[test]
+fn events_follow_refusals_are_counted_as_refusals_not_ok() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let unknown = daemon.request(r#"{"cmd":"events","listener":"nope","follow":true}"#);
+    assert_eq!(unknown["error"]["code"], "unknown_listener", "{unknown}");
+    let followers: Vec<Client> = (0..8)
+        .map(|_| {
+            let mut client = Client::connect(&daemon.socket);
+            client.send_line(br#"{"cmd":"events","follow":true}"#);
+            let first = client.reply().expect("a first reply");
+            assert_eq!(first["following"], true, "{first}");
+            client
+        })
+        .collect();
+    let busy = daemon.request(r#"{"cmd":"events","follow":true}"#);
+    assert_eq!(busy["error"]["code"], "busy", "{busy}");
+    let text = scrape(&daemon);
+    let events = |result: &str| {
+        value(
+            &text,
+            &format!("execlib_control_requests_total{{command=\"events\",result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(events("ok"), Some(8.0), "{text}");
+    assert_eq!(events("busy"), Some(1.0), "{text}");
+    assert_eq!(events("unknown_listener"), Some(1.0), "{text}");
+    drop(followers);
 }

@@ -40,10 +40,16 @@ fn outcomes() -> String {
 }
 
 /// `execlibctl --json ARGS` parsed.
+/// `execlibctl --json ARGS` run in the config's directory (where the socket is).
 fn json(daemon: &Daemon, args: &[&str]) -> Value {
+    json_in(daemon, daemon.socket.parent().unwrap(), args)
+}
+
+/// `execlibctl --json ARGS` run in `dir`.
+fn json_in(daemon: &Daemon, dir: &std::path::Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let out = daemon.ctl(&all);
+    let out = daemon.ctl_in(dir, &all);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
@@ -139,12 +145,13 @@ fn history_records_every_outcome_and_survives_a_restart() {
         .collect();
     assert_eq!(failed.len(), 5, "{failed:?}");
     assert!(!failed.contains(&"ok".to_owned()));
-    let by_file = runs(&daemon, &["--file", "b.fail"]);
-    assert_eq!(by_file.len(), 1, "relative to the route's path");
+    let by_file = runs(&daemon, &["--file", "src/b.fail"]);
+    assert_eq!(by_file.len(), 1, "relative to execlibctl's directory");
+    let raw = daemon.request(r#"{"cmd":"history","file":"b.fail"}"#);
     assert_eq!(
-        runs(&daemon, &["--file", "src/b.fail"]),
-        by_file,
-        "relative to the config's directory"
+        raw["runs"].as_array().unwrap(),
+        &by_file,
+        "a raw request: relative to the route's path"
     );
     assert_eq!(runs(&daemon, &["docs", "--route", "ok"]).len(), 2);
     assert_eq!(runs(&daemon, &["-n", "1"]), [newest]);
@@ -296,9 +303,10 @@ fn explain_gives_every_reason_and_the_last_run() {
         "{detail}"
     );
 
-    // A relative path under no route from the config's directory: each route's own.
-    let v = explain(&daemon, &["a.md"]);
-    assert_eq!(v["docs/pages"].3["id"], id);
+    // In a raw request, a relative path under no route from the config's directory:
+    // each route's own.
+    let raw = daemon.request(r#"{"cmd":"explain","path":"a.md"}"#);
+    assert_eq!(raw["routes"][0]["last_run"]["id"], id, "{raw}");
     // Through a symlinked directory: the file the route's watcher names.
     std::os::unix::fs::symlink(sandbox.path("src"), sandbox.path("alias")).unwrap();
     let v = explain(&daemon, &[sandbox.path("alias/a.md").to_str().unwrap()]);
@@ -320,20 +328,48 @@ fn explain_gives_every_reason_and_the_last_run() {
     let out = daemon.ctl(&["explain", "src/../src/a.md"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("bad_request: path src/../src/a.md may not contain `..`"),
+        String::from_utf8_lossy(&out.stderr).contains("src/../src/a.md may not contain `..`"),
         "{out:?}"
     );
     for bad in [r#""""#, r#""a\u0000b""#, "3"] {
         let reply = daemon.request(&format!("{{\"cmd\":\"explain\",\"path\":{bad}}}"));
         assert_eq!(reply["error"]["code"], "bad_request", "{bad}: {reply}");
     }
-    let text = String::from_utf8_lossy(&daemon.ctl(&["explain", "src/a.md"]).stdout).into_owned();
+    let here = sandbox.path("");
+    let text = String::from_utf8_lossy(&daemon.ctl_in(&here, &["explain", "src/a.md"]).stdout).into_owned();
     assert!(text.contains("docs/pages: runs: matches **/*.md"), "{text}");
     assert!(
         text.contains("idle/all: does not run (listener_stopped)"),
         "{text}"
     );
+}
+
+/// The config is in the sandbox's root; the user is in `src/sub`, where `a.md` is
+/// `src/sub/a.md` (the daemon alone would take it as `src/a.md`, relative to the
+/// route's path, for it lies under no route from the config's directory).
+#[test]
+fn explain_and_history_file_take_a_relative_path_from_the_users_directory() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("echo x > ../out/ran", "glob = \"**/*.md\""));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a.md", "top");
+    sandbox.wait_out("ran");
+    let top = eventually("the top run", || runs(&daemon, &[]).first().cloned());
+    std::fs::remove_file(sandbox.path("out/ran")).unwrap();
+    sandbox.write("src/sub/a.md", "sub");
+    sandbox.wait_out("ran");
+    let sub = eventually("the sub run", || {
+        let all = runs(&daemon, &[]);
+        (all.len() == 2).then(|| all[0].clone())
+    });
+    let here = sandbox.path("src/sub");
+    let explained = json_in(&daemon, &here, &["explain", "a.md"]);
+    assert_eq!(explained["path"], sandbox.path("src/sub/a.md").to_str().unwrap());
+    assert_eq!(explained["routes"][0]["last_run"]["id"], sub["id"], "{explained}");
+    let up = json_in(&daemon, &here, &["explain", "../a.md"]);
+    assert_eq!(up["routes"][0]["last_run"]["id"], top["id"], "{up}");
+    let history = json_in(&daemon, &here, &["history", "--file", "a.md"]);
+    assert_eq!(history["runs"].as_array().unwrap(), &[sub], "{history}");
 }
 
 /// Starts following over a raw connection: the first reply has been read, so the
@@ -454,6 +490,60 @@ fn events_lists_recent_events_and_followers_are_capped() {
         client.send_line(b"{\"cmd\":\"events\",\"follow\":true}");
         (client.reply()?["ok"] == true).then_some(())
     });
+}
+
+/// `[control] idle_timeout_ms` is 1000 in the sandbox: a follower that reads nothing
+/// on a quiet daemon must give its slot back within twice that (it used to keep it
+/// for as long as its socket buffer had room, so forever on a quiet daemon).
+#[test]
+fn followers_that_read_nothing_on_a_quiet_daemon_free_their_slots() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let started = std::time::Instant::now();
+    let stalled: Vec<Client> = (0..8).map(|_| follow(&daemon, None)).collect();
+    let busy = daemon.request(r#"{"cmd":"events","follow":true}"#);
+    assert_eq!(busy["error"]["code"], "busy", "{busy}");
+    let bound = std::time::Duration::from_millis(2 * 1000 + 1000);
+    let mut reader = eventually_within(bound, "a slot freed by a stalled follower", || {
+        let mut client = Client::connect(&daemon.socket);
+        client.send_line(br#"{"cmd":"events","follow":true}"#);
+        (client.reply()?["ok"] == true).then_some(client)
+    });
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1000),
+        "not before the idle timeout"
+    );
+    drop(stalled);
+    // execlibctl does not show keepalives, even with --json.
+    let mut ctl = Command::new(env!("CARGO_BIN_EXE_execlibctl"))
+        .args([
+            "--socket",
+            daemon.socket.to_str().unwrap(),
+            "--json",
+            "events",
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A follower that reads is kept: a keepalive line after each quiet second.
+    for _ in 0..2 {
+        assert_eq!(reader.reply(), Some(serde_json::json!({"keepalive": true})));
+    }
+    sandbox.write("src/a", "x");
+    let event = reader.reply().expect("still following");
+    assert_eq!(
+        event["event"]["path"],
+        sandbox.path("src/a").to_str().unwrap(),
+        "{event}"
+    );
+    assert!(daemon.ctl(&["shutdown"]).status.success());
+    eventually("execlibctl to exit", || ctl.try_wait().unwrap());
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut ctl.stdout.take().unwrap(), &mut printed).unwrap();
+    assert!(printed.contains("\"event\":{"), "{printed}");
+    assert!(!printed.contains("keepalive"), "{printed}");
 }
 
 #[test]

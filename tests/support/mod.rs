@@ -318,6 +318,16 @@ impl Daemon {
         ctl(&["--socket", self.socket.to_str().unwrap()], args)
     }
 
+    /// `execlibctl --socket <socket> <args>`, run in `dir` (as a user in that directory).
+    pub fn ctl_in(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_execlibctl"))
+            .current_dir(dir)
+            .args(["--socket", self.socket.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// Sends one raw request line and returns the reply.
     pub fn request(&self, json: &str) -> Value {
         let mut client = Client::connect(&self.socket);

@@ -9,7 +9,21 @@ fn metrics_listen_is_optional_and_parsed() {
     let listen = c.metrics.unwrap().listen;
     assert_eq!(listen, "127.0.0.1:9187".parse().unwrap());
     let c = parse(&format!("[metrics]\nlisten = \"[::1]:9187\"\n{MINIMAL}")).unwrap();
-    assert_eq!(c.metrics.unwrap().listen.port(), 9187);
+    let metrics = c.metrics.unwrap();
+    assert_eq!(metrics.listen.port(), 9187);
+    assert_eq!(
+        metrics.head_timeout,
+        std::time::Duration::from_secs(10),
+        "the default"
+    );
+    let c = parse(&format!(
+        "[metrics]\nlisten = \"[::1]:0\"\nhead_timeout_ms = 1500\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.metrics.unwrap().head_timeout,
+        std::time::Duration::from_millis(1500)
+    );
 }
 
 #[test]
@@ -22,6 +36,11 @@ fn bad_metrics_addresses_are_refused_where_written() {
         &["\"localhost\" is not an address"],
     );
     assert_refused(&with("[metrics]\nport = 9\n"), (2, 1), &["unknown field `port`"]);
+    assert_refused(
+        &with("[metrics]\nlisten = \"127.0.0.1:0\"\nhead_timeout_ms = 0\n"),
+        (3, 19),
+        &["head_timeout_ms must be at least 1"],
+    );
 }
 
 #[test]
