@@ -1,5 +1,5 @@
 //! The history on disk: `STATE_DIR/history/LISTENER.jsonl`, one JSON record a line,
-//! appended by the [`Writer`] task and compacted (the last
+//! appended by the [`Writer`] task (in batches: [`WRITE_WINDOW`]) and compacted (the last
 //! [`RUNS_PER_LISTENER`] records written to a temporary file, synced, renamed over
 //! it) once it holds twice that many. Reading back trusts nothing: at most
 //! [`MAX_FILE_BYTES`] of a file (its end) and [`MAX_TOTAL_BYTES`] of all files are
@@ -27,6 +27,11 @@ pub const MAX_FILES: usize = 1024;
 /// The most bytes read back from all history files together (the files written
 /// last are read first).
 pub const MAX_TOTAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How long the writer gathers records after the first before writing them: in a
+/// burst of runs, one write (and one trip to the blocking pool) per window rather
+/// than per run. Records still queued at shutdown are written then.
+pub const WRITE_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The history's directory under the state directory.
 pub fn dir(state_dir: &Path) -> PathBuf {
@@ -163,6 +168,10 @@ pub struct Writer {
 struct Files {
     dir: PathBuf,
     lines: HashMap<String, usize>,
+    /// The lengths of the last lines this writer appended to each file (at most
+    /// [`RUNS_PER_LISTENER`]): once it holds that many, compaction copies the file's
+    /// last bytes as they are instead of parsing and writing every record again.
+    tails: HashMap<String, std::collections::VecDeque<usize>>,
     /// The listeners whose file could not be written last time.
     failing: std::collections::HashSet<String>,
 }
@@ -174,6 +183,7 @@ impl Writer {
             files: Files {
                 dir,
                 lines: HashMap::new(),
+                tails: HashMap::new(),
                 failing: Default::default(),
             },
         }
@@ -183,10 +193,20 @@ impl Writer {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut batch = Vec::new();
         loop {
-            let stopping = tokio::select! {
+            let mut stopping = tokio::select! {
                 n = self.rx.recv_many(&mut batch, 256) => n == 0,
                 _ = stop.cancelled() => true,
             };
+            if !stopping {
+                // More runs may be ending: gather them for a while, then write at once.
+                tokio::select! {
+                    _ = tokio::time::sleep(WRITE_WINDOW) => {}
+                    _ = stop.cancelled() => stopping = true,
+                }
+                while let Ok(record) = self.rx.try_recv() {
+                    batch.push(record);
+                }
+            }
             if stopping {
                 while let Ok(record) = self.rx.try_recv() {
                     batch.push(record);
@@ -215,15 +235,17 @@ impl Writer {
 
 impl Files {
     fn append(&mut self, records: &[Arc<RunRecord>]) {
-        let mut by_listener: HashMap<&str, Vec<u8>> = HashMap::new();
+        // Each listener's lines, and each line's length.
+        let mut by_listener: HashMap<&str, (Vec<u8>, Vec<usize>)> = HashMap::new();
         for r in records {
-            let out = by_listener.entry(&r.listener).or_default();
+            let (out, lengths) = by_listener.entry(&r.listener).or_default();
+            let before = out.len();
             serde_json::to_writer(&mut *out, &**r).expect("records serialize");
             out.push(b'\n');
+            lengths.push(out.len() - before);
         }
-        for (listener, data) in by_listener {
-            let n = data.iter().filter(|&&b| b == b'\n').count();
-            let result = self.append_to(listener, &data, n);
+        for (listener, (data, lengths)) in by_listener {
+            let result = self.append_to(listener, &data, &lengths);
             match result {
                 Ok(()) if self.failing.remove(listener) => {
                     tracing::info!(listener, "history saved again");
@@ -236,7 +258,7 @@ impl Files {
         }
     }
 
-    fn append_to(&mut self, listener: &str, data: &[u8], n: usize) -> std::io::Result<()> {
+    fn append_to(&mut self, listener: &str, data: &[u8], lengths: &[usize]) -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let path = file(&self.dir, listener);
         if !self.lines.contains_key(listener) {
@@ -257,32 +279,53 @@ impl Files {
             self.lines.insert(listener.to_owned(), known);
         }
         let mut f = std::fs::OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)?;
-        f.write_all(data)?;
+        if let Err(e) = f.write_all(data) {
+            // What reached the file is unknown: the next compaction parses it.
+            self.tails.remove(listener);
+            return Err(e);
+        }
+        let tail = self.tails.entry(listener.to_owned()).or_default();
+        for &length in lengths {
+            if tail.len() == RUNS_PER_LISTENER {
+                tail.pop_front();
+            }
+            tail.push_back(length);
+        }
         let lines = self.lines.get_mut(listener).expect("counted above");
-        *lines = lines.saturating_add(n);
+        *lines = lines.saturating_add(lengths.len());
         if *lines > 2 * RUNS_PER_LISTENER {
-            *lines = compact(&path, listener)?;
+            let known = self.tails.get(listener).filter(|t| t.len() == RUNS_PER_LISTENER);
+            *lines = match known.map(|t| t.iter().sum::<usize>() as u64) {
+                Some(bytes) => keep_last_bytes(&f, &path, bytes)?,
+                None => compact(&path, listener)?,
+            };
         }
         Ok(())
     }
 }
 
-/// Rewrites `path` with its last [`RUNS_PER_LISTENER`] usable records (temporary
-/// file, fsync, rename); returns how many.
-fn compact(path: &Path, listener: &str) -> std::io::Result<usize> {
+/// Rewrites `path` (open as `f`) with its last `bytes`: the last
+/// [`RUNS_PER_LISTENER`] lines, which this writer wrote itself (temporary file,
+/// fsync, rename); returns how many lines.
+fn keep_last_bytes(f: &std::fs::File, path: &Path, bytes: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    let keep = bytes.min(len);
+    let mut data = vec![0; keep as usize];
+    f.read_exact_at(&mut data, len - keep)?;
+    write_over(path, &data)?;
+    Ok(RUNS_PER_LISTENER)
+}
+
+/// Replaces `path` with `data`: a temporary file, synced, renamed over it.
+fn write_over(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let (data, cut) = read_end(path, MAX_FILE_BYTES)?;
-    let (runs, _) = parse(listener, &data, cut);
-    let mut out = Vec::new();
-    for r in &runs {
-        serde_json::to_writer(&mut out, r).expect("records serialize");
-        out.push(b'\n');
-    }
     let tmp = path.with_extension("jsonl.tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -290,9 +333,22 @@ fn compact(path: &Path, listener: &str) -> std::io::Result<usize> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(&out)?;
+    f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Rewrites `path` with its last [`RUNS_PER_LISTENER`] usable records (temporary
+/// file, fsync, rename); returns how many.
+fn compact(path: &Path, listener: &str) -> std::io::Result<usize> {
+    let (data, cut) = read_end(path, MAX_FILE_BYTES)?;
+    let (runs, _) = parse(listener, &data, cut);
+    let mut out = Vec::new();
+    for r in &runs {
+        serde_json::to_writer(&mut out, r).expect("records serialize");
+        out.push(b'\n');
+    }
+    write_over(path, &out)?;
     Ok(runs.len())
 }
 
@@ -315,6 +371,48 @@ mod tests {
             cpu_usec: None,
             memory_peak: None,
             output: vec!["x".repeat(1000)],
+        }
+    }
+
+    /// What `dir`'s file for `listener` holds, parsed.
+    fn ids_in(dir: &Path, listener: &str) -> Vec<u64> {
+        let data = std::fs::read(file(dir, listener)).unwrap();
+        let (runs, dropped) = parse(listener, &data, false);
+        assert_eq!(dropped, 0);
+        runs.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn compaction_keeps_the_last_records_whole_whether_it_copies_bytes_or_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file from an earlier daemon: this writer does not know its lines, so its
+        // first compaction parses it; later ones copy the last bytes it wrote.
+        let mut old = Vec::new();
+        for id in 0..150 {
+            serde_json::to_writer(&mut old, &record("docs", id)).unwrap();
+            old.push(b'\n');
+        }
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(file(dir.path(), "docs"), &old).unwrap();
+        let (_tx, rx) = mpsc::channel(1);
+        let mut writer = Writer::new(dir.path().to_owned(), rx);
+        let mut next = 150;
+        for batch in [7, 300, 1, 450, 33] {
+            let records: Vec<_> = (next..next + batch)
+                .map(|id| Arc::new(record("docs", id)))
+                .collect();
+            writer.files.append(&records);
+            next += batch;
+            let ids = ids_in(dir.path(), "docs");
+            assert!(
+                ids.len() <= 2 * RUNS_PER_LISTENER + batch as usize,
+                "{}",
+                ids.len()
+            );
+            // Whole records, in order, ending with the last one written.
+            assert_eq!(ids.last(), Some(&(next - 1)));
+            assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+            assert!(ids.len() >= RUNS_PER_LISTENER.min(next as usize));
         }
     }
 
