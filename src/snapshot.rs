@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 /// What identifies a version of a file. The change time is included because it
 /// cannot be set back: a write that keeps size and mtime (`rsync -t`, `cp -p`) still
 /// changes it.
+///
+/// Times are nanoseconds since the epoch in 64 bits (years 1677 to 2262); a time
+/// outside that range is clamped. Two such times then compare equal, but the change
+/// time, which the kernel sets from its clock, still tells a write apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileState {
     /// Inode number.
@@ -20,10 +24,20 @@ pub struct FileState {
     /// Size in bytes.
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
     /// Status change time, nanoseconds since the epoch.
-    pub ctime_ns: i128,
+    pub ctime_ns: i64,
 }
+
+/// Nanoseconds since the epoch, clamped to 64 bits; never [`UNKNOWN`].
+fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000)
+        .saturating_add(nsec)
+        .max(UNKNOWN + 1)
+}
+
+/// The mtime of a state not known yet.
+const UNKNOWN: i64 = i64::MIN;
 
 impl FileState {
     /// A file whose size and mtime are not known yet: equal to no real state, so a
@@ -32,14 +46,14 @@ impl FileState {
         FileState {
             ino,
             size: 0,
-            mtime_ns: i128::MIN,
-            ctime_ns: i128::MIN,
+            mtime_ns: UNKNOWN,
+            ctime_ns: UNKNOWN,
         }
     }
 
     /// Whether size and mtime are known.
     pub fn is_known(&self) -> bool {
-        self.mtime_ns != i128::MIN
+        self.mtime_ns != UNKNOWN
     }
 
     /// The state recorded in `meta`.
@@ -47,8 +61,8 @@ impl FileState {
         FileState {
             ino: meta.ino(),
             size: meta.size(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            mtime_ns: nanos(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
         }
     }
 }
@@ -127,8 +141,9 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
         out.extend_from_slice(bytes);
         out.extend_from_slice(&state.ino.to_le_bytes());
         out.extend_from_slice(&state.size.to_le_bytes());
-        out.extend_from_slice(&state.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&state.ctime_ns.to_le_bytes());
+        // 128-bit times on disk, as the format has always had them.
+        out.extend_from_slice(&i128::from(state.mtime_ns).to_le_bytes());
+        out.extend_from_slice(&i128::from(state.ctime_ns).to_le_bytes());
     }
     let sum = checksum(&out);
     out.extend_from_slice(&sum.to_le_bytes());
@@ -154,8 +169,8 @@ pub fn decode(data: &[u8]) -> Option<Snapshot> {
         let path = PathBuf::from(std::ffi::OsString::from_vec(take(len)?.to_vec()));
         let ino = u64::from_le_bytes(take(8)?.try_into().ok()?);
         let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
-        let ctime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
+        let mtime_ns = time(take(16)?)?;
+        let ctime_ns = time(take(16)?)?;
         snapshot.insert(
             path,
             FileState {
@@ -168,6 +183,18 @@ pub fn decode(data: &[u8]) -> Option<Snapshot> {
     }
     take(0).filter(|_| rest.is_empty())?;
     Some(snapshot)
+}
+
+/// A saved 128-bit time, clamped to 64 bits (the unknown mark, `i128::MIN` in files
+/// saved before times were 64 bits, stays the unknown mark).
+fn time(bytes: &[u8]) -> Option<i64> {
+    let t = i128::from_le_bytes(bytes.try_into().ok()?);
+    Some(match i64::try_from(t) {
+        Ok(t) => t,
+        Err(_) if t < 0 && t != i128::MIN => UNKNOWN + 1,
+        Err(_) if t < 0 => UNKNOWN,
+        Err(_) => i64::MAX,
+    })
 }
 
 /// FNV-1a, 64 bits: enough to catch torn or damaged files.
@@ -266,6 +293,29 @@ mod tests {
         let mut flipped = data.clone();
         flipped[20] ^= 1;
         assert_eq!(decode(&flipped), None);
+    }
+
+    /// Snapshots saved when times were held in 128 bits load: the unknown mark stays
+    /// unknown, and times beyond 64 bits of nanoseconds are clamped, not refused.
+    #[test]
+    fn snapshots_saved_with_128_bit_times_load() {
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&3u64.to_le_bytes());
+        for (name, mtime) in [(&b"/a"[..], i128::MIN), (b"/b", 5), (b"/c", i128::MAX)] {
+            old.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            old.extend_from_slice(name);
+            old.extend_from_slice(&1u64.to_le_bytes());
+            old.extend_from_slice(&2u64.to_le_bytes());
+            old.extend_from_slice(&mtime.to_le_bytes());
+            old.extend_from_slice(&mtime.to_le_bytes());
+        }
+        let sum = checksum(&old);
+        old.extend_from_slice(&sum.to_le_bytes());
+        let s = decode(&old).expect("an old snapshot loads");
+        assert!(!s[Path::new("/a")].is_known());
+        assert_eq!(s[Path::new("/b")].mtime_ns, 5);
+        assert_eq!(s[Path::new("/c")].mtime_ns, i64::MAX);
+        assert_eq!(decode(&encode(&s)), Some(s), "and saves back the same");
     }
 
     #[test]

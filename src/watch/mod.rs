@@ -16,6 +16,7 @@
 //!
 //! Symlinks are never followed.
 
+mod files;
 mod hold;
 mod mounts;
 mod poll;
@@ -157,7 +158,7 @@ pub struct Setup {
     roots: Vec<Root>,
     /// Files changed from this time on (ns since the epoch) are not filled in by the
     /// background stat pass: a second before the walk began, for coarse timestamps.
-    changed_before: i128,
+    changed_before: i64,
 }
 
 impl Setup {
@@ -181,7 +182,7 @@ impl Setup {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let changed_before = since_epoch.as_nanos() as i128 - 1_000_000_000;
+        let changed_before = since_epoch.as_nanos() as i64 - 1_000_000_000;
         check_aliases(roots)?;
         let mut tree = Tree::new(inotify.watches(), filter);
         let mut state = Vec::new();
@@ -319,7 +320,7 @@ pub struct Watcher {
     /// Chunks of the background pass filling in sizes and mtimes after a fast start.
     completion: Option<Completion>,
     /// See [`Setup`]: the background pass leaves files changed since then unknown.
-    changed_before: i128,
+    changed_before: i64,
     /// Files whose writer has not closed them yet.
     holds: Holds,
 }

@@ -3,12 +3,14 @@
 //! name, not a full path). Watches are always added before a directory is read,
 //! so nothing created meanwhile is missed.
 
+use super::files::Builder;
+pub(super) use super::files::Files;
 use super::{DirFilter, FileEvent, WatchError, sysctl};
 use crate::events::EventKind;
 use crate::snapshot::{FileState, Snapshot};
 use inotify::{WatchDescriptor, WatchMask, Watches};
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use tracing::{debug, warn};
@@ -25,9 +27,6 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::ONLYDIR)
     .union(WatchMask::DONT_FOLLOW)
     .union(WatchMask::EXCL_UNLINK);
-
-/// The files of one directory, by name.
-pub(super) type Files = HashMap<OsString, FileState>;
 
 struct Dir {
     /// Its watch; `None` when it has none: out of watches (then it is polled), or
@@ -131,9 +130,9 @@ impl Tree {
         self.no_space.len()
     }
 
-    fn files_of(&mut self, path: &Path) -> Option<(&mut Files, OsString)> {
+    fn files_of<'a>(&mut self, path: &'a Path) -> Option<(&mut Files, &'a OsStr)> {
         let (parent, name) = (path.parent()?, path.file_name()?);
-        Some((&mut self.dirs.get_mut(parent)?.files, name.to_owned()))
+        Some((&mut self.dirs.get_mut(parent)?.files, name))
     }
 
     /// Records the current state of a file; returns its metadata (not following a symlink).
@@ -150,7 +149,7 @@ impl Tree {
     /// Forgets a file.
     pub fn remove_file(&mut self, path: &Path) {
         if let Some((files, name)) = self.files_of(path) {
-            files.remove(&name);
+            files.remove(name);
         }
     }
 
@@ -173,7 +172,7 @@ impl Tree {
             };
             let files = self.read(&dir, stat, &mut stack);
             if let Some((kind, out)) = report.as_mut() {
-                out.extend(files.keys().map(|name| FileEvent {
+                out.extend(files.iter().map(|(name, _)| FileEvent {
                     path: dir.join(name),
                     kind: *kind,
                 }));
@@ -228,7 +227,7 @@ impl Tree {
         let mut files = Snapshot::new();
         for path in paths {
             let d = self.dirs.remove(&path).expect("listed");
-            files.extend(d.files.into_iter().map(|(name, state)| (path.join(name), state)));
+            files.extend(d.files.iter().map(|(name, state)| (path.join(name), *state)));
             wds.push((path, d.wd));
         }
         (wds, files)
@@ -272,25 +271,7 @@ impl Tree {
                 }
                 None => Default::default(),
             };
-            for (name, state) in &fresh {
-                match old.get(name) {
-                    None => changes.push(FileEvent {
-                        path: d.join(name),
-                        kind: EventKind::Create,
-                    }),
-                    Some(before) if before != state => changes.push(FileEvent {
-                        path: d.join(name),
-                        kind: EventKind::Modify,
-                    }),
-                    Some(_) => {}
-                }
-            }
-            for name in old.keys().filter(|n| !fresh.contains_key(*n)) {
-                changes.push(FileEvent {
-                    path: d.join(name),
-                    kind: EventKind::Delete,
-                });
-            }
+            diff_dir(&d, &old, &fresh, &mut changes);
             visited.push((d, Dir { wd, files: fresh }));
         }
         // Whatever is still recorded under `dir` was not found on disk: gone. (A directory
@@ -329,7 +310,7 @@ impl Tree {
     pub fn unknown_dirs(&self) -> Vec<PathBuf> {
         self.dirs
             .iter()
-            .filter(|(_, d)| d.files.values().any(|s| !s.is_known()))
+            .filter(|(_, d)| d.files.states().any(|s| !s.is_known()))
             .map(|(p, _)| p.clone())
             .collect()
     }
@@ -338,18 +319,18 @@ impl Tree {
     /// (a file an event refreshed or replaced meanwhile keeps its newer state). A file
     /// changed at or after `changed_before` (ns since the epoch, by ctime) stays unknown:
     /// its event may yet be lost to an overflow, and an unknown state never hides it.
-    pub fn complete(&mut self, found: Vec<(PathBuf, Files)>, changed_before: i128) {
+    pub fn complete(&mut self, found: Vec<(PathBuf, Files)>, changed_before: i64) {
         for (dir, states) in found {
             let Some(d) = self.dirs.get_mut(&dir) else {
                 continue;
             };
-            for (name, state) in states {
-                if let Some(current) = d.files.get_mut(&name)
+            for (name, state) in states.iter() {
+                if let Some(current) = d.files.get_mut(name)
                     && !current.is_known()
                     && current.ino == state.ino
                     && state.ctime_ns < changed_before
                 {
-                    *current = state;
+                    *current = *state;
                 }
             }
         }
@@ -402,9 +383,9 @@ impl Tree {
 
     /// Reads one directory: wanted subdirectories go on `stack`, files are returned.
     fn read(&self, dir: &Path, stat: Stat, stack: &mut Vec<PathBuf>) -> Files {
-        let mut files = Files::new();
+        let mut files = Builder::default();
         let Ok(entries) = std::fs::read_dir(dir) else {
-            return files;
+            return files.finish();
         };
         for entry in entries.flatten() {
             let Ok(file_type) = entry.file_type() else {
@@ -424,23 +405,40 @@ impl Tree {
                     Err(_) => continue,
                 },
             };
-            files.insert(entry.file_name(), state);
+            files.push(&entry.file_name(), state);
         }
-        files
+        files.finish()
     }
+}
+
+/// The changes from `old` to `new`, the files of directory `dir`, into `out`:
+/// created, modified (any field of the state differs) and deleted files, in name order.
+fn diff_dir(dir: &Path, old: &Files, new: &Files, out: &mut Vec<FileEvent>) {
+    old.merge(new, |name, before, after| {
+        let kind = match (before, after) {
+            (None, Some(_)) => EventKind::Create,
+            (Some(b), Some(a)) if b != a => EventKind::Modify,
+            (Some(_), None) => EventKind::Delete,
+            _ => return,
+        };
+        out.push(FileEvent {
+            path: dir.join(name),
+            kind,
+        });
+    });
 }
 
 /// Stats the files of one directory (blocking): the deferred half of a fast start.
 pub(super) fn stat_dir(dir: PathBuf) -> (PathBuf, Files) {
-    let mut files = Files::new();
+    let mut files = Builder::default();
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         if let Ok(meta) = entry.metadata()
             && !meta.is_dir()
         {
-            files.insert(entry.file_name(), FileState::of(&meta));
+            files.push(&entry.file_name(), FileState::of(&meta));
         }
     }
-    (dir, files)
+    (dir, files.finish())
 }
 
 #[cfg(test)]
@@ -466,7 +464,7 @@ mod tests {
         // An event refreshed b after the pass read it: its newer state must win.
         std::fs::write(&b, "longer").unwrap();
         t.refresh(&b);
-        t.complete(found, i128::MAX);
+        t.complete(found, i64::MAX);
         let snap = t.snapshot();
         assert_eq!(snap[&a].size, 1);
         assert_eq!(snap[&b].size, 6);
@@ -484,6 +482,56 @@ mod tests {
         // is filled in that could make a later rescan think it unchanged.
         t.complete(found, 0);
         assert!(!t.snapshot()[&dir.path().join("recent")].is_known());
+    }
+
+    fn dir_of(entries: &std::collections::BTreeMap<Vec<u8>, FileState>) -> Files {
+        let mut b = Builder::default();
+        for (name, state) in entries {
+            b.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name), *state);
+        }
+        b.finish()
+    }
+
+    fn flat(dir: &Path, entries: &std::collections::BTreeMap<Vec<u8>, FileState>) -> Snapshot {
+        use std::os::unix::ffi::OsStrExt;
+        entries
+            .iter()
+            .map(|(n, s)| (dir.join(OsStr::from_bytes(n)), *s))
+            .collect()
+    }
+
+    fn entries() -> impl proptest::strategy::Strategy<Value = std::collections::BTreeMap<Vec<u8>, FileState>>
+    {
+        use proptest::prelude::*;
+        // Names of any bytes but `/` and NUL (not UTF-8 included); few distinct states.
+        let name = prop::collection::vec(1u8..=255, 1..5).prop_map(|v| {
+            v.into_iter()
+                .map(|b| if b == b'/' { 0xfe } else { b })
+                .collect::<Vec<u8>>()
+        });
+        let state = (0u64..3, 0u64..3, -2i64..2, -2i64..2).prop_map(|(ino, size, m, c)| FileState {
+            ino,
+            size,
+            mtime_ns: m,
+            ctime_ns: c,
+        });
+        prop::collection::btree_map(name, state, 0..24)
+    }
+
+    proptest::proptest! {
+        /// The per-directory diff of the compact form reports exactly what
+        /// [`crate::snapshot::diff`] reports on the same files by full path.
+        #[test]
+        fn compact_diff_matches_the_flat_diff(old in entries(), new in entries()) {
+            let dir = Path::new(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/w/d\xff"));
+            let mut got = Vec::new();
+            diff_dir(dir, &dir_of(&old), &dir_of(&new), &mut got);
+            let mut got: Vec<(PathBuf, EventKind)> = got.into_iter().map(|e| (e.path, e.kind)).collect();
+            let mut want = crate::snapshot::diff(&flat(dir, &old), &flat(dir, &new));
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
