@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Watch setup benchmark: time from start to READY=1 and RSS of execlibd on a
-tree of 10,000 directories and 100,000 files, next to a floor measured in the
-same run (examples/watch_floor.rs: walk the tree, one watch per directory).
+tree of 10,000 directories and 100,000 files (or FILES files: FILES / 10
+directories of 10 files each), next to a floor measured in the same run
+(examples/watch_floor.rs: walk the tree, one watch per directory).
 
-Usage: python3 bench/watch_setup.py [RUNS]   (from the repository root)
+Usage: python3 bench/watch_setup.py [RUNS] [FILES]   (from the repository root)
+FILES is a multiple of 1,000 (default 100,000); trees other than the default
+live under $TMPDIR/execlib-bench-tree-setup-FILES.
 """
 import os
 import shutil
@@ -15,8 +18,15 @@ import tempfile
 import time
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 7
-TREE = os.path.join(tempfile.gettempdir(), "execlib-bench-tree")
-DIRS_TOP, DIRS_SUB, FILES = 100, 99, 10  # 100 + 100*99 = 10,000 dirs; 10 files each = 100,000 files
+TOTAL = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
+if TOTAL < 1000 or TOTAL % 1000:
+    sys.exit("FILES must be a multiple of 1,000")
+TREE = os.path.join(tempfile.gettempdir(),
+                    "execlib-bench-tree" if TOTAL == 100_000 else f"execlib-bench-tree-setup-{TOTAL}")
+BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release")
+# TOTAL / 1000 top directories, each with 99 subdirectories; 10 files in every directory:
+# 100 + 100*99 = 10,000 dirs and 100,000 files by default.
+DIRS_TOP, DIRS_SUB, FILES = TOTAL // 1000, 99, 10
 
 
 def make_tree():
@@ -43,9 +53,16 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_ticks(pid):
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def run_floor():
     start = time.perf_counter()
-    out = subprocess.run(["target/release/examples/watch_floor", TREE], check=True, capture_output=True, text=True)
+    out = subprocess.run([os.path.join(BIN, "examples", "watch_floor"), TREE], check=True, capture_output=True, text=True)
     wall = (time.perf_counter() - start) * 1000
     dirs, _, rss = out.stdout.split()
     return wall, int(rss), int(dirs)
@@ -62,7 +79,7 @@ def run_daemon(work):
     env.pop("JOURNAL_STREAM", None)
     config = os.path.join(work, "bench.toml")
     start = time.perf_counter()
-    proc = subprocess.Popen(["target/release/execlibd", "--config", config, "--log-format=text"], env=env,
+    proc = subprocess.Popen([os.environ.get("EXECLIBD", os.path.join(BIN, "execlibd")), "--config", config, "--log-format=text"], env=env,
                             stderr=subprocess.DEVNULL)
     while True:
         msg = notify.recv(4096).decode()
@@ -70,7 +87,16 @@ def run_daemon(work):
             break
     ready = (time.perf_counter() - start) * 1000
     rss = rss_kib(proc.pid)
-    time.sleep(2)  # the background stat pass completes after READY: measure the settled size too
+    # The background stat pass completes after READY: measure the settled size too, once
+    # the daemon has used no CPU for a whole second (at least 2 s after READY).
+    time.sleep(2)
+    last = cpu_ticks(proc.pid)
+    while True:
+        time.sleep(1)
+        now = cpu_ticks(proc.pid)
+        if now == last:
+            break
+        last = now
     settled = rss_kib(proc.pid)
     status = msg
     proc.terminate()
@@ -97,7 +123,7 @@ def main():
     print(f"tree: {floor[0][2]} directories watched, {DIRS_TOP * (DIRS_SUB + 1) * FILES} files; {RUNS} runs each, medians")
     print(f"floor   (walk + one watch per dir): {f_ms:7.1f} ms   peak RSS {statistics.median(r[1] for r in floor) / 1024:5.1f} MiB")
     print(f"execlibd start -> READY=1:          {d_ms:7.1f} ms   RSS after READY {statistics.median(r[1] for r in daemon) / 1024:5.1f} MiB")
-    print(f"execlibd RSS 2 s after READY (sizes and mtimes filled in): {statistics.median(r[3] for r in daemon) / 1024:5.1f} MiB")
+    print(f"execlibd RSS settled (sizes and mtimes filled in): {statistics.median(r[3] for r in daemon) / 1024:5.1f} MiB")
     print(f"ratio execlibd / floor: {d_ms / f_ms:.2f}x   (status: {daemon[-1][2].splitlines()[-1]})")
 
 

@@ -40,7 +40,6 @@ impl Files {
     }
 
     /// How many files.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -127,6 +126,14 @@ impl Files {
         }
         self.names.shrink_to_fit();
         self.entries.shrink_to_fit();
+    }
+
+    /// Bytes held on the heap: (entries, name arena), capacities included.
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        (
+            self.entries.capacity() * size_of::<Entry>(),
+            self.names.capacity(),
+        )
     }
 
     /// The files in byte order of their names.

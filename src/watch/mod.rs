@@ -199,6 +199,8 @@ impl Setup {
             };
             state.push(Root::new(root, missing));
         }
+        // The walk's transient buffers are freed: hand their pages back.
+        crate::sys::release_free_memory();
         Ok(Setup {
             inotify,
             tree,
@@ -263,6 +265,9 @@ impl Setup {
             holds: Holds::new(hold_for),
         };
         watcher.refresh_polls();
+        if watcher.completion.is_none() {
+            watcher.log_footprint();
+        }
         Ok(watcher)
     }
 }
@@ -347,6 +352,7 @@ async fn completed(completion: &mut Option<Completion>) -> Vec<(PathBuf, tree::F
         Some(chunk) => chunk,
         None => {
             *completion = None;
+            crate::sys::release_free_memory();
             Vec::new()
         }
     }
@@ -363,6 +369,9 @@ impl Watcher {
             event = self.stream.next() => Some(event),
             found = completed(&mut self.completion) => {
                 self.tree.complete(found, self.changed_before);
+                if self.completion.is_none() {
+                    self.log_footprint();
+                }
                 return Ok(Vec::new());
             }
             table = mount_changes(&self.mounts) => {
@@ -422,6 +431,20 @@ impl Watcher {
         self.holds.release_all(&mut out);
         self.record_released();
         Ok(out)
+    }
+
+    /// Logs (debug) what the snapshot holds in memory, by structure.
+    fn log_footprint(&self) {
+        let f = self.tree.footprint();
+        let mib = |bytes: usize| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+        tracing::debug!(
+            dirs = f.dirs,
+            files = f.files,
+            entries = %mib(f.entry_bytes),
+            names = %mib(f.name_bytes),
+            directories = %mib(f.dir_bytes),
+            "snapshot in memory"
+        );
     }
 
     /// Its overflows and rescans so far.

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tracing::{debug, warn};
 
 const MASK: WatchMask = WatchMask::CREATE
@@ -36,6 +37,9 @@ struct Dir {
     files: Files,
 }
 
+/// A directory taken out of the tree: its path and descriptor.
+type Detached = (Arc<Path>, Option<WatchDescriptor>);
+
 /// What adding a watch gave.
 enum Watched {
     Yes(WatchDescriptor),
@@ -43,6 +47,22 @@ enum Watched {
     NoSpace,
     /// It vanished, or cannot be watched: skipped.
     No,
+}
+
+/// What the tree holds in memory, by structure (bytes are what the structures
+/// reserve, not counting the allocator's own overhead per block).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Footprint {
+    /// Directories recorded.
+    pub dirs: usize,
+    /// Files recorded.
+    pub files: usize,
+    /// File entries (name span and state: 40 bytes each).
+    pub entry_bytes: usize,
+    /// File names (one arena per directory).
+    pub name_bytes: usize,
+    /// Per directory: its path (shared by both maps), its map slots and descriptor.
+    pub dir_bytes: usize,
 }
 
 /// Whether files found while walking are stat'ed (size and mtime) or only named.
@@ -57,8 +77,9 @@ pub(super) enum Stat {
 /// Watch maps and file snapshot of one inotify instance.
 pub(super) struct Tree {
     watches: Watches,
-    by_wd: HashMap<WatchDescriptor, PathBuf>,
-    dirs: BTreeMap<PathBuf, Dir>,
+    /// Each directory's path is one allocation, shared by both maps.
+    by_wd: HashMap<WatchDescriptor, Arc<Path>>,
+    dirs: BTreeMap<Arc<Path>, Dir>,
     filter: DirFilter,
     /// Directories recorded without a watch because the watch limit was reached.
     no_space: std::collections::BTreeSet<PathBuf>,
@@ -68,9 +89,9 @@ pub(super) struct Tree {
 
 /// The directories at or under `dir` in a map ordered by path.
 fn subtree<'a, V>(
-    map: &'a BTreeMap<PathBuf, V>,
+    map: &'a BTreeMap<Arc<Path>, V>,
     dir: &'a Path,
-) -> impl Iterator<Item = (&'a PathBuf, &'a V)> {
+) -> impl Iterator<Item = (&'a Arc<Path>, &'a V)> {
     map.range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
         .take_while(move |(p, _)| p.starts_with(dir))
 }
@@ -91,7 +112,7 @@ impl Tree {
         self.by_wd.len()
     }
 
-    pub fn dir_of(&self, wd: &WatchDescriptor) -> Option<&PathBuf> {
+    pub fn dir_of(&self, wd: &WatchDescriptor) -> Option<&Arc<Path>> {
         self.by_wd.get(wd)
     }
 
@@ -165,7 +186,8 @@ impl Tree {
     ) -> Result<(), WatchError> {
         let mut stack = vec![top.to_owned()];
         while let Some(dir) = stack.pop() {
-            let wd = match self.watch(&dir, strict && dir == top)? {
+            let dir: Arc<Path> = dir.into();
+            let wd = match self.watch(&dir, strict && *dir == *top)? {
                 Watched::Yes(wd) => Some(wd),
                 Watched::NoSpace => None,
                 Watched::No => continue,
@@ -191,9 +213,9 @@ impl Tree {
 
     /// Removes the watches that still stand for the directory they were detached as
     /// (a descriptor re-added under another path, after a rename, is kept).
-    fn release(&mut self, wds: Vec<(PathBuf, Option<WatchDescriptor>)>) {
+    fn release(&mut self, wds: Vec<Detached>) {
         for (path, wd) in wds {
-            self.no_space.remove(&path);
+            self.no_space.remove(&*path);
             let Some(wd) = wd else { continue };
             if self.by_wd.get(&wd) == Some(&path) {
                 self.by_wd.remove(&wd);
@@ -221,8 +243,8 @@ impl Tree {
 
     /// Removes `dir` and the directories under it from the tree (not their watches);
     /// returns each one's path and descriptor, and their files.
-    fn detach(&mut self, dir: &Path) -> (Vec<(PathBuf, Option<WatchDescriptor>)>, Snapshot) {
-        let paths: Vec<PathBuf> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
+    fn detach(&mut self, dir: &Path) -> (Vec<Detached>, Snapshot) {
+        let paths: Vec<Arc<Path>> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
         let mut wds = Vec::with_capacity(paths.len());
         let mut files = Snapshot::new();
         for path in paths {
@@ -252,11 +274,12 @@ impl Tree {
         let mut visited = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
-            let follow = root && d == dir;
+            let d: Arc<Path> = d.into();
+            let follow = root && *d == *dir;
             let wd = match self.watch_as(&d, false, follow)? {
                 Watched::Yes(wd) => Some(wd),
                 Watched::NoSpace => None,
-                Watched::No if d == dir => return Ok(None),
+                Watched::No if *d == *dir => return Ok(None),
                 Watched::No => continue,
             };
             let fresh = self.read(&d, Stat::Full, &mut stack);
@@ -286,10 +309,10 @@ impl Tree {
             match &d.wd {
                 Some(wd) => {
                     self.by_wd.insert(wd.clone(), path.clone());
-                    self.no_space.remove(&path);
+                    self.no_space.remove(&*path);
                 }
                 None => {
-                    self.no_space.insert(path.clone());
+                    self.no_space.insert(path.to_path_buf());
                 }
             }
             self.dirs.insert(path, d);
@@ -306,12 +329,31 @@ impl Tree {
         flat
     }
 
+    /// What the tree holds, by structure.
+    pub fn footprint(&self) -> Footprint {
+        let mut f = Footprint {
+            dirs: self.dirs.len(),
+            ..Footprint::default()
+        };
+        for (path, d) in &self.dirs {
+            let (entries, names) = d.files.heap_bytes();
+            f.files += d.files.len();
+            f.entry_bytes += entries;
+            f.name_bytes += names;
+            // The path's shared allocation (two counters and the bytes), a B-tree slot
+            // (key and value) and a hash-map slot (descriptor and key).
+            f.dir_bytes += 16 + path.as_os_str().len() + size_of::<(Arc<Path>, Dir)>();
+            f.dir_bytes += size_of::<(WatchDescriptor, Arc<Path>)>();
+        }
+        f
+    }
+
     /// The directories holding files whose size and mtime are not known yet.
     pub fn unknown_dirs(&self) -> Vec<PathBuf> {
         self.dirs
             .iter()
             .filter(|(_, d)| d.files.states().any(|s| !s.is_known()))
-            .map(|(p, _)| p.clone())
+            .map(|(p, _)| p.to_path_buf())
             .collect()
     }
 
@@ -321,7 +363,7 @@ impl Tree {
     /// its event may yet be lost to an overflow, and an unknown state never hides it.
     pub fn complete(&mut self, found: Vec<(PathBuf, Files)>, changed_before: i64) {
         for (dir, states) in found {
-            let Some(d) = self.dirs.get_mut(&dir) else {
+            let Some(d) = self.dirs.get_mut(dir.as_path()) else {
                 continue;
             };
             for (name, state) in states.iter() {
@@ -339,43 +381,43 @@ impl Tree {
     /// Adds (or re-adds) the watch of `dir`. `Ok(None)` when it vanished or cannot be
     /// watched and `strict` is off. A `strict` one (a route path) is watched through a
     /// symlink it may be; any other is never followed.
-    fn watch(&mut self, dir: &Path, strict: bool) -> Result<Watched, WatchError> {
+    fn watch(&mut self, dir: &Arc<Path>, strict: bool) -> Result<Watched, WatchError> {
         self.watch_as(dir, strict, strict)
     }
 
     /// [`Tree::watch`], following a symlink at `dir` itself when `follow`.
-    fn watch_as(&mut self, dir: &Path, strict: bool, follow: bool) -> Result<Watched, WatchError> {
+    fn watch_as(&mut self, dir: &Arc<Path>, strict: bool, follow: bool) -> Result<Watched, WatchError> {
         let mask = if follow {
             MASK.difference(WatchMask::DONT_FOLLOW)
         } else {
             MASK
         };
-        match self.watches.add(dir, mask) {
+        match self.watches.add(&**dir, mask) {
             Ok(wd) => {
                 // Re-adding a directory known under an old name (a rename) returns its
                 // descriptor: the new path wins; the old entry is reported and dropped by the caller.
-                self.by_wd.insert(wd.clone(), dir.to_owned());
-                self.no_space.remove(dir);
+                self.by_wd.insert(wd.clone(), dir.clone());
+                self.no_space.remove(&**dir);
                 Ok(Watched::Yes(wd))
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                 if !std::mem::replace(&mut self.warned_no_space, true) {
                     let limit = sysctl("max_user_watches");
                     warn!(
-                        path = %crate::names::escaped(dir),
+                        path = %crate::names::escaped(&**dir),
                         "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
                          without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
                     );
                 }
-                self.no_space.insert(dir.to_owned());
+                self.no_space.insert(dir.to_path_buf());
                 Ok(Watched::NoSpace)
             }
             Err(e) if strict => Err(WatchError::Root {
-                path: dir.to_owned(),
+                path: dir.to_path_buf(),
                 source: e,
             }),
             Err(e) => {
-                debug!(path = %crate::names::escaped(dir), "not watched: {e}");
+                debug!(path = %crate::names::escaped(&**dir), "not watched: {e}");
                 Ok(Watched::No)
             }
         }
