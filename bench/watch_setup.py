@@ -5,7 +5,9 @@ directories of 10 files each), next to a floor measured in the same run
 (examples/watch_floor.rs: walk the tree, one watch per directory).
 
 Usage: python3 bench/watch_setup.py [RUNS] [FILES] [--catch-up] [--events N]
-(from the repository root). FILES is a multiple of 1,000 (default 100,000);
+(from the repository root). On 1,000,000 files two runs' watches may exceed
+fs.inotify.max_user_watches while the kernel still frees the previous run's: raise it.
+FILES is a multiple of 1,000 (default 100,000);
 trees other than the default live under $TMPDIR/execlib-bench-tree-setup-FILES.
 
 --catch-up: the listener has `catch_up = true` (its snapshot saved by the warm-up
@@ -38,6 +40,8 @@ QUEUED = "/proc/sys/fs/inotify/max_queued_events"
 EVENTS = int(sys.argv[sys.argv.index("--events") + 1]) if "--events" in sys.argv else 0
 if EVENTS:
     ARGS.remove(str(EVENTS))
+if EVENTS and OVERFLOW:
+    sys.exit("--events and --overflow go in separate runs (the small queue would overflow on the events)")
 RUNS = int(ARGS[0]) if len(ARGS) > 0 else 7
 TOTAL = int(ARGS[1]) if len(ARGS) > 1 else 100_000
 if TOTAL < 1000 or TOTAL % 1000:
