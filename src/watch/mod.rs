@@ -22,6 +22,7 @@ mod mounts;
 mod poll;
 mod timers;
 mod tree;
+mod walk;
 
 pub use hold::HoldFor;
 use hold::Holds;
@@ -188,7 +189,7 @@ impl Setup {
         let mut state = Vec::new();
         for root in roots {
             let stat = if full_stat { Stat::Full } else { Stat::Deferred };
-            let missing = match tree.add(root, true, stat, None) {
+            let missing = match tree.add_walked(root, stat) {
                 Ok(()) => None,
                 Err(WatchError::Root { source, .. }) => Some(format!(
                     "route path {} {}",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tracing::{debug, warn};
 
-const MASK: WatchMask = WatchMask::CREATE
+pub(super) const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MODIFY)
     .union(WatchMask::DELETE)
     .union(WatchMask::MOVED_FROM)
@@ -417,32 +417,82 @@ impl Tree {
 
     /// Reads one directory: wanted subdirectories go on `stack`, files are returned.
     fn read(&self, dir: &Path, stat: Stat, stack: &mut Vec<PathBuf>) -> Files {
-        let mut files = Builder::default();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return files.finish();
-        };
-        for entry in entries.flatten() {
-            let Ok(file_type) = entry.file_type() else {
-                continue;
-            };
-            if file_type.is_dir() {
-                let path = entry.path();
-                if (self.filter)(&path) {
-                    stack.push(path);
-                }
-                continue;
-            }
-            let state = match stat {
-                Stat::Deferred => FileState::unknown(entry.ino()),
-                Stat::Full => match entry.metadata() {
-                    Ok(meta) => FileState::of(&meta),
-                    Err(_) => continue,
-                },
-            };
-            files.push(&entry.file_name(), state);
-        }
-        files.finish()
+        read_dir(dir, stat, &self.filter, stack)
     }
+
+    /// [`Tree::add`] for a route path at start-up (nothing reported): `top` is watched
+    /// and read here, the directories under it by [`super::walk`] on several threads.
+    pub fn add_walked(&mut self, top: &Path, stat: Stat) -> Result<(), WatchError> {
+        let dir: Arc<Path> = top.into();
+        let wd = match self.watch(&dir, true)? {
+            Watched::Yes(wd) => Some(wd),
+            Watched::NoSpace => None,
+            Watched::No => return Ok(()),
+        };
+        let mut stack = Vec::new();
+        let files = self.read(top, stat, &mut stack);
+        self.dirs.insert(dir, Dir { wd, files });
+        let (watches, filter) = (self.watches.clone(), self.filter.clone());
+        super::walk::walk(&watches, &filter, stat, stack, |found| self.record(found));
+        Ok(())
+    }
+
+    /// Records a directory a walker watched (or found no watch for) and read.
+    fn record(&mut self, found: super::walk::Found) {
+        match &found.wd {
+            Some(wd) => {
+                self.by_wd.insert(wd.clone(), found.dir.clone());
+                self.no_space.remove(&*found.dir);
+            }
+            None => {
+                if !std::mem::replace(&mut self.warned_no_space, true) {
+                    let limit = sysctl("max_user_watches");
+                    warn!(
+                        path = %crate::names::escaped(&*found.dir),
+                        "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
+                         without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
+                    );
+                }
+                self.no_space.insert(found.dir.to_path_buf());
+            }
+        }
+        self.dirs.insert(
+            found.dir,
+            Dir {
+                wd: found.wd,
+                files: found.files,
+            },
+        );
+    }
+}
+
+/// Reads one directory: wanted subdirectories go on `stack`, files are returned.
+pub(super) fn read_dir(dir: &Path, stat: Stat, filter: &DirFilter, stack: &mut Vec<PathBuf>) -> Files {
+    let mut files = Builder::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files.finish();
+    };
+    for entry in entries.flatten() {
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        if file_type.is_dir() {
+            let path = entry.path();
+            if filter(&path) {
+                stack.push(path);
+            }
+            continue;
+        }
+        let state = match stat {
+            Stat::Deferred => FileState::unknown(entry.ino()),
+            Stat::Full => match entry.metadata() {
+                Ok(meta) => FileState::of(&meta),
+                Err(_) => continue,
+            },
+        };
+        files.push(&entry.file_name(), state);
+    }
+    files.finish()
 }
 
 /// The files of `dirs` by full path. Collected, then built at once: the map's own
@@ -576,6 +626,38 @@ mod tests {
             want.sort_by(|a, b| a.0.cmp(&b.0));
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    /// The threaded start-up walk finds exactly what the one-thread walk does: every
+    /// directory watched (hidden ones left out by the filter) and every file's state.
+    #[test]
+    fn threaded_walk_records_what_the_sequential_walk_does() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..6 {
+            for j in 0..5 {
+                let sub = dir.path().join(format!("d{i}/e{j}"));
+                std::fs::create_dir_all(sub.join(".hidden")).unwrap();
+                std::fs::write(sub.join("f.md"), "1").unwrap();
+                std::fs::write(sub.join(OsStr::from_bytes(b"\xff\xfe")), "22").unwrap();
+                std::fs::write(sub.join(".hidden/x"), "1").unwrap();
+            }
+            std::fs::write(dir.path().join(format!("d{i}/top")), "333").unwrap();
+        }
+        let filtered = || {
+            let inotify = inotify::Inotify::init().unwrap();
+            let filter: DirFilter =
+                Arc::new(|p: &Path| !p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".")));
+            (Tree::new(inotify.watches(), filter), inotify)
+        };
+        let ((mut one, _a), (mut many, _b)) = (filtered(), filtered());
+        one.add(dir.path(), true, Stat::Full, None).unwrap();
+        many.add_walked(dir.path(), Stat::Full).unwrap();
+        assert_eq!(many.snapshot(), one.snapshot());
+        assert_eq!(many.snapshot().len(), 6 * 5 * 2 + 6);
+        assert_eq!(many.watch_count(), one.watch_count());
+        assert_eq!(many.watch_count(), 1 + 6 + 6 * 5);
+        assert!(!many.is_watched(&dir.path().join("d0/e0/.hidden")));
     }
 
     #[test]
