@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 /// What identifies a version of a file. The change time is included because it
 /// cannot be set back: a write that keeps size and mtime (`rsync -t`, `cp -p`) still
 /// changes it.
+///
+/// Times are nanoseconds since the epoch in 64 bits (years 1677 to 2262); a time
+/// outside that range is clamped. Two such times then compare equal, but the change
+/// time, which the kernel sets from its clock, still tells a write apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileState {
     /// Inode number.
@@ -20,10 +24,20 @@ pub struct FileState {
     /// Size in bytes.
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
+    pub mtime_ns: i64,
     /// Status change time, nanoseconds since the epoch.
-    pub ctime_ns: i128,
+    pub ctime_ns: i64,
 }
+
+/// Nanoseconds since the epoch, clamped to 64 bits; never [`UNKNOWN`].
+fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000)
+        .saturating_add(nsec)
+        .max(UNKNOWN + 1)
+}
+
+/// The mtime of a state not known yet.
+const UNKNOWN: i64 = i64::MIN;
 
 impl FileState {
     /// A file whose size and mtime are not known yet: equal to no real state, so a
@@ -32,14 +46,14 @@ impl FileState {
         FileState {
             ino,
             size: 0,
-            mtime_ns: i128::MIN,
-            ctime_ns: i128::MIN,
+            mtime_ns: UNKNOWN,
+            ctime_ns: UNKNOWN,
         }
     }
 
     /// Whether size and mtime are known.
     pub fn is_known(&self) -> bool {
-        self.mtime_ns != i128::MIN
+        self.mtime_ns != UNKNOWN
     }
 
     /// The state recorded in `meta`.
@@ -47,8 +61,8 @@ impl FileState {
         FileState {
             ino: meta.ino(),
             size: meta.size(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            mtime_ns: nanos(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
         }
     }
 }
@@ -77,17 +91,33 @@ fn diff_by(
     new: &Snapshot,
     same: impl Fn(&FileState, &FileState) -> bool,
 ) -> Vec<(PathBuf, EventKind)> {
-    let mut changes = Vec::new();
-    for (path, state) in new {
-        match old.get(path) {
-            None => changes.push((path.clone(), EventKind::Create)),
-            Some(before) if !same(before, state) => changes.push((path.clone(), EventKind::Modify)),
-            Some(_) => {}
+    // One merge of the two maps (both in path order): a lookup per file would compare
+    // paths component by component some twenty times each.
+    let (mut changes, mut deleted) = (Vec::new(), Vec::new());
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((x, _)), Some((y, _))) => x.cmp(y),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                deleted.push((a.next().expect("peeked").0.clone(), EventKind::Delete))
+            }
+            std::cmp::Ordering::Greater => {
+                changes.push((b.next().expect("peeked").0.clone(), EventKind::Create))
+            }
+            std::cmp::Ordering::Equal => {
+                let ((_, before), (path, state)) = (a.next().expect("peeked"), b.next().expect("peeked"));
+                if !same(before, state) {
+                    changes.push((path.clone(), EventKind::Modify));
+                }
+            }
         }
     }
-    for path in old.keys().filter(|p| !new.contains_key(*p)) {
-        changes.push((path.clone(), EventKind::Delete));
-    }
+    changes.append(&mut deleted);
     changes
 }
 
@@ -127,8 +157,9 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
         out.extend_from_slice(bytes);
         out.extend_from_slice(&state.ino.to_le_bytes());
         out.extend_from_slice(&state.size.to_le_bytes());
-        out.extend_from_slice(&state.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&state.ctime_ns.to_le_bytes());
+        // 128-bit times on disk, as the format has always had them.
+        out.extend_from_slice(&i128::from(state.mtime_ns).to_le_bytes());
+        out.extend_from_slice(&i128::from(state.ctime_ns).to_le_bytes());
     }
     let sum = checksum(&out);
     out.extend_from_slice(&sum.to_le_bytes());
@@ -142,21 +173,25 @@ pub fn decode(data: &[u8]) -> Option<Snapshot> {
         return None;
     }
     let mut rest = body.strip_prefix(MAGIC.as_slice())?;
+    let most = rest.len() / 44;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (head, tail) = rest.split_at_checked(n)?;
         rest = tail;
         Some(head)
     };
     let count = u64::from_le_bytes(take(8)?.try_into().ok()?);
-    let mut snapshot = Snapshot::new();
+    // Collected, then built at once: entries are saved in path order, so the sort is one
+    // pass and the map is built without a search per entry. A count beyond what the
+    // data can hold (44 bytes an entry at least) is not trusted for the reservation.
+    let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min(most));
     for _ in 0..count {
         let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
         let path = PathBuf::from(std::ffi::OsString::from_vec(take(len)?.to_vec()));
         let ino = u64::from_le_bytes(take(8)?.try_into().ok()?);
         let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
-        let ctime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
-        snapshot.insert(
+        let mtime_ns = time(take(16)?)?;
+        let ctime_ns = time(take(16)?)?;
+        entries.push((
             path,
             FileState {
                 ino,
@@ -164,10 +199,22 @@ pub fn decode(data: &[u8]) -> Option<Snapshot> {
                 mtime_ns,
                 ctime_ns,
             },
-        );
+        ));
     }
     take(0).filter(|_| rest.is_empty())?;
-    Some(snapshot)
+    Some(entries.into_iter().collect())
+}
+
+/// A saved 128-bit time, clamped to 64 bits (the unknown mark, `i128::MIN` in files
+/// saved before times were 64 bits, stays the unknown mark).
+fn time(bytes: &[u8]) -> Option<i64> {
+    let t = i128::from_le_bytes(bytes.try_into().ok()?);
+    Some(match i64::try_from(t) {
+        Ok(t) => t,
+        Err(_) if t < 0 && t != i128::MIN => UNKNOWN + 1,
+        Err(_) if t < 0 => UNKNOWN,
+        Err(_) => i64::MAX,
+    })
 }
 
 /// FNV-1a, 64 bits: enough to catch torn or damaged files.
@@ -251,6 +298,32 @@ mod tests {
         assert!(diff(&new, &new).is_empty());
     }
 
+    proptest::proptest! {
+        /// The one-merge diff reports what a lookup per file does, in the same order.
+        #[test]
+        fn diff_by_merge_matches_diff_by_lookup(
+            old in proptest::collection::btree_map("/[ab]{1,2}(/[ab]{1,2}){0,2}", (0u64..3, 0u64..2), 0..20),
+            new in proptest::collection::btree_map("/[ab]{1,2}(/[ab]{1,2}){0,2}", (0u64..3, 0u64..2), 0..20),
+        ) {
+            let to_snap = |m: &BTreeMap<String, (u64, u64)>| -> Snapshot {
+                m.iter().map(|(p, (i, s))| (PathBuf::from(p), state(*i, *s))).collect()
+            };
+            let (old, new) = (to_snap(&old), to_snap(&new));
+            let mut want = Vec::new();
+            for (path, st) in &new {
+                match old.get(path) {
+                    None => want.push((path.clone(), EventKind::Create)),
+                    Some(before) if before != st => want.push((path.clone(), EventKind::Modify)),
+                    Some(_) => {}
+                }
+            }
+            for path in old.keys().filter(|p| !new.contains_key(*p)) {
+                want.push((path.clone(), EventKind::Delete));
+            }
+            proptest::prop_assert_eq!(diff(&old, &new), want);
+        }
+    }
+
     #[test]
     fn encoding_round_trips_and_detects_damage() {
         let mut s = snap(&[("/a b", state(1, 2))]);
@@ -266,6 +339,29 @@ mod tests {
         let mut flipped = data.clone();
         flipped[20] ^= 1;
         assert_eq!(decode(&flipped), None);
+    }
+
+    /// Snapshots saved when times were held in 128 bits load: the unknown mark stays
+    /// unknown, and times beyond 64 bits of nanoseconds are clamped, not refused.
+    #[test]
+    fn snapshots_saved_with_128_bit_times_load() {
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&3u64.to_le_bytes());
+        for (name, mtime) in [(&b"/a"[..], i128::MIN), (b"/b", 5), (b"/c", i128::MAX)] {
+            old.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            old.extend_from_slice(name);
+            old.extend_from_slice(&1u64.to_le_bytes());
+            old.extend_from_slice(&2u64.to_le_bytes());
+            old.extend_from_slice(&mtime.to_le_bytes());
+            old.extend_from_slice(&mtime.to_le_bytes());
+        }
+        let sum = checksum(&old);
+        old.extend_from_slice(&sum.to_le_bytes());
+        let s = decode(&old).expect("an old snapshot loads");
+        assert!(!s[Path::new("/a")].is_known());
+        assert_eq!(s[Path::new("/b")].mtime_ns, 5);
+        assert_eq!(s[Path::new("/c")].mtime_ns, i64::MAX);
+        assert_eq!(decode(&encode(&s)), Some(s), "and saves back the same");
     }
 
     #[test]

@@ -87,6 +87,8 @@ impl Slot {
                 }
                 None => (Vec::new(), None, Ok(())),
             };
+            // The tree as read and the comparison are freed: hand their pages back.
+            crate::sys::release_free_memory();
             Ok::<_, WatchError>((setup, (missed, catch_up, saved, holds)))
         })
         .await

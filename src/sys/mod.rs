@@ -16,7 +16,7 @@ pub use fs::mkfifo;
 pub use fs::{MountTable, fs_type, openat, openat2, read_link_fd, umask};
 pub use net::{peek, peer_credentials, set_backlog, systemd_listener, unread_by_peer};
 pub use proc::{
-    become_subreaper, boot_ticks, euid, group_id, kill, kill_group, nofile_limit, reap, set_nofile_soft,
-    total_memory, uid,
+    become_subreaper, boot_ticks, euid, group_id, kill, kill_group, nofile_limit, reap, release_free_memory,
+    set_nofile_soft, total_memory, uid,
 };
 pub use spawn::{AsyncProcess, Exit, SpawnError, Spec, Stage, spawn};

@@ -16,11 +16,13 @@
 //!
 //! Symlinks are never followed.
 
+mod files;
 mod hold;
 mod mounts;
 mod poll;
 mod timers;
 mod tree;
+mod walk;
 
 pub use hold::HoldFor;
 use hold::Holds;
@@ -157,7 +159,7 @@ pub struct Setup {
     roots: Vec<Root>,
     /// Files changed from this time on (ns since the epoch) are not filled in by the
     /// background stat pass: a second before the walk began, for coarse timestamps.
-    changed_before: i128,
+    changed_before: i64,
 }
 
 impl Setup {
@@ -181,13 +183,13 @@ impl Setup {
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let changed_before = since_epoch.as_nanos() as i128 - 1_000_000_000;
+        let changed_before = since_epoch.as_nanos() as i64 - 1_000_000_000;
         check_aliases(roots)?;
         let mut tree = Tree::new(inotify.watches(), filter);
         let mut state = Vec::new();
         for root in roots {
             let stat = if full_stat { Stat::Full } else { Stat::Deferred };
-            let missing = match tree.add(root, true, stat, None) {
+            let missing = match tree.add_walked(root, stat) {
                 Ok(()) => None,
                 Err(WatchError::Root { source, .. }) => Some(format!(
                     "route path {} {}",
@@ -198,6 +200,8 @@ impl Setup {
             };
             state.push(Root::new(root, missing));
         }
+        // The walk's transient buffers are freed: hand their pages back.
+        crate::sys::release_free_memory();
         Ok(Setup {
             inotify,
             tree,
@@ -262,6 +266,9 @@ impl Setup {
             holds: Holds::new(hold_for),
         };
         watcher.refresh_polls();
+        if watcher.completion.is_none() {
+            watcher.log_footprint();
+        }
         Ok(watcher)
     }
 }
@@ -319,7 +326,7 @@ pub struct Watcher {
     /// Chunks of the background pass filling in sizes and mtimes after a fast start.
     completion: Option<Completion>,
     /// See [`Setup`]: the background pass leaves files changed since then unknown.
-    changed_before: i128,
+    changed_before: i64,
     /// Files whose writer has not closed them yet.
     holds: Holds,
 }
@@ -346,6 +353,7 @@ async fn completed(completion: &mut Option<Completion>) -> Vec<(PathBuf, tree::F
         Some(chunk) => chunk,
         None => {
             *completion = None;
+            crate::sys::release_free_memory();
             Vec::new()
         }
     }
@@ -362,6 +370,9 @@ impl Watcher {
             event = self.stream.next() => Some(event),
             found = completed(&mut self.completion) => {
                 self.tree.complete(found, self.changed_before);
+                if self.completion.is_none() {
+                    self.log_footprint();
+                }
                 return Ok(Vec::new());
             }
             table = mount_changes(&self.mounts) => {
@@ -421,6 +432,20 @@ impl Watcher {
         self.holds.release_all(&mut out);
         self.record_released();
         Ok(out)
+    }
+
+    /// Logs (debug) what the snapshot holds in memory, by structure.
+    fn log_footprint(&self) {
+        let f = self.tree.footprint();
+        let mib = |bytes: usize| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+        tracing::debug!(
+            dirs = f.dirs,
+            files = f.files,
+            entries = %mib(f.entry_bytes),
+            names = %mib(f.name_bytes),
+            directories = %mib(f.dir_bytes),
+            "snapshot in memory"
+        );
     }
 
     /// Its overflows and rescans so far.

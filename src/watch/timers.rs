@@ -90,6 +90,7 @@ impl Watcher {
         // The closes of held files may be among the events the kernel dropped.
         self.holds.release_all(out);
         let before = out.len();
+        let started = std::time::Instant::now();
         let roots: Vec<_> = self
             .roots
             .iter()
@@ -105,6 +106,7 @@ impl Watcher {
             created = count(EventKind::Create),
             modified = count(EventKind::Modify),
             deleted = count(EventKind::Delete),
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "inotify queue overflowed: rescan found {} changed files",
             found.len()
         );

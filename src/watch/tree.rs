@@ -3,17 +3,20 @@
 //! name, not a full path). Watches are always added before a directory is read,
 //! so nothing created meanwhile is missed.
 
+use super::files::Builder;
+pub(super) use super::files::Files;
 use super::{DirFilter, FileEvent, WatchError, sysctl};
 use crate::events::EventKind;
 use crate::snapshot::{FileState, Snapshot};
 use inotify::{WatchDescriptor, WatchMask, Watches};
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tracing::{debug, warn};
 
-const MASK: WatchMask = WatchMask::CREATE
+pub(super) const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::MODIFY)
     .union(WatchMask::DELETE)
     .union(WatchMask::MOVED_FROM)
@@ -26,9 +29,6 @@ const MASK: WatchMask = WatchMask::CREATE
     .union(WatchMask::DONT_FOLLOW)
     .union(WatchMask::EXCL_UNLINK);
 
-/// The files of one directory, by name.
-pub(super) type Files = HashMap<OsString, FileState>;
-
 struct Dir {
     /// Its watch; `None` when it has none: out of watches (then it is polled), or
     /// dropped by the kernel (deleted or unmounted: its parent's event or the mount
@@ -37,6 +37,9 @@ struct Dir {
     files: Files,
 }
 
+/// A directory taken out of the tree: its path and descriptor.
+type Detached = (Arc<Path>, Option<WatchDescriptor>);
+
 /// What adding a watch gave.
 enum Watched {
     Yes(WatchDescriptor),
@@ -44,6 +47,22 @@ enum Watched {
     NoSpace,
     /// It vanished, or cannot be watched: skipped.
     No,
+}
+
+/// What the tree holds in memory, by structure (bytes are what the structures
+/// reserve, not counting the allocator's own overhead per block).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Footprint {
+    /// Directories recorded.
+    pub dirs: usize,
+    /// Files recorded.
+    pub files: usize,
+    /// File entries (name span and state: 40 bytes each).
+    pub entry_bytes: usize,
+    /// File names (one arena per directory).
+    pub name_bytes: usize,
+    /// Per directory: its path (shared by both maps), its map slots and descriptor.
+    pub dir_bytes: usize,
 }
 
 /// Whether files found while walking are stat'ed (size and mtime) or only named.
@@ -58,8 +77,9 @@ pub(super) enum Stat {
 /// Watch maps and file snapshot of one inotify instance.
 pub(super) struct Tree {
     watches: Watches,
-    by_wd: HashMap<WatchDescriptor, PathBuf>,
-    dirs: BTreeMap<PathBuf, Dir>,
+    /// Each directory's path is one allocation, shared by both maps.
+    by_wd: HashMap<WatchDescriptor, Arc<Path>>,
+    dirs: BTreeMap<Arc<Path>, Dir>,
     filter: DirFilter,
     /// Directories recorded without a watch because the watch limit was reached.
     no_space: std::collections::BTreeSet<PathBuf>,
@@ -69,9 +89,9 @@ pub(super) struct Tree {
 
 /// The directories at or under `dir` in a map ordered by path.
 fn subtree<'a, V>(
-    map: &'a BTreeMap<PathBuf, V>,
+    map: &'a BTreeMap<Arc<Path>, V>,
     dir: &'a Path,
-) -> impl Iterator<Item = (&'a PathBuf, &'a V)> {
+) -> impl Iterator<Item = (&'a Arc<Path>, &'a V)> {
     map.range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
         .take_while(move |(p, _)| p.starts_with(dir))
 }
@@ -92,7 +112,7 @@ impl Tree {
         self.by_wd.len()
     }
 
-    pub fn dir_of(&self, wd: &WatchDescriptor) -> Option<&PathBuf> {
+    pub fn dir_of(&self, wd: &WatchDescriptor) -> Option<&Arc<Path>> {
         self.by_wd.get(wd)
     }
 
@@ -131,9 +151,9 @@ impl Tree {
         self.no_space.len()
     }
 
-    fn files_of(&mut self, path: &Path) -> Option<(&mut Files, OsString)> {
+    fn files_of<'a>(&mut self, path: &'a Path) -> Option<(&mut Files, &'a OsStr)> {
         let (parent, name) = (path.parent()?, path.file_name()?);
-        Some((&mut self.dirs.get_mut(parent)?.files, name.to_owned()))
+        Some((&mut self.dirs.get_mut(parent)?.files, name))
     }
 
     /// Records the current state of a file; returns its metadata (not following a symlink).
@@ -150,7 +170,7 @@ impl Tree {
     /// Forgets a file.
     pub fn remove_file(&mut self, path: &Path) {
         if let Some((files, name)) = self.files_of(path) {
-            files.remove(&name);
+            files.remove(name);
         }
     }
 
@@ -166,14 +186,15 @@ impl Tree {
     ) -> Result<(), WatchError> {
         let mut stack = vec![top.to_owned()];
         while let Some(dir) = stack.pop() {
-            let wd = match self.watch(&dir, strict && dir == top)? {
+            let dir: Arc<Path> = dir.into();
+            let wd = match self.watch(&dir, strict && *dir == *top)? {
                 Watched::Yes(wd) => Some(wd),
                 Watched::NoSpace => None,
                 Watched::No => continue,
             };
             let files = self.read(&dir, stat, &mut stack);
             if let Some((kind, out)) = report.as_mut() {
-                out.extend(files.keys().map(|name| FileEvent {
+                out.extend(files.iter().map(|(name, _)| FileEvent {
                     path: dir.join(name),
                     kind: *kind,
                 }));
@@ -192,9 +213,9 @@ impl Tree {
 
     /// Removes the watches that still stand for the directory they were detached as
     /// (a descriptor re-added under another path, after a rename, is kept).
-    fn release(&mut self, wds: Vec<(PathBuf, Option<WatchDescriptor>)>) {
+    fn release(&mut self, wds: Vec<Detached>) {
         for (path, wd) in wds {
-            self.no_space.remove(&path);
+            self.no_space.remove(&*path);
             let Some(wd) = wd else { continue };
             if self.by_wd.get(&wd) == Some(&path) {
                 self.by_wd.remove(&wd);
@@ -222,13 +243,13 @@ impl Tree {
 
     /// Removes `dir` and the directories under it from the tree (not their watches);
     /// returns each one's path and descriptor, and their files.
-    fn detach(&mut self, dir: &Path) -> (Vec<(PathBuf, Option<WatchDescriptor>)>, Snapshot) {
-        let paths: Vec<PathBuf> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
+    fn detach(&mut self, dir: &Path) -> (Vec<Detached>, Snapshot) {
+        let paths: Vec<Arc<Path>> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
         let mut wds = Vec::with_capacity(paths.len());
         let mut files = Snapshot::new();
         for path in paths {
             let d = self.dirs.remove(&path).expect("listed");
-            files.extend(d.files.into_iter().map(|(name, state)| (path.join(name), state)));
+            files.extend(d.files.iter().map(|(name, state)| (path.join(name), *state)));
             wds.push((path, d.wd));
         }
         (wds, files)
@@ -236,11 +257,7 @@ impl Tree {
 
     /// The files at or under `dir`, by path.
     pub fn subtree_snapshot(&self, dir: &Path) -> Snapshot {
-        let mut flat = Snapshot::new();
-        for (path, d) in subtree(&self.dirs, dir) {
-            flat.extend(d.files.iter().map(|(name, state)| (path.join(name), *state)));
-        }
-        flat
+        flatten(subtree(&self.dirs, dir))
     }
 
     /// Re-reads `dir` from disk: watches directories that appeared, drops the ones
@@ -253,11 +270,12 @@ impl Tree {
         let mut visited = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
-            let follow = root && d == dir;
+            let d: Arc<Path> = d.into();
+            let follow = root && *d == *dir;
             let wd = match self.watch_as(&d, false, follow)? {
                 Watched::Yes(wd) => Some(wd),
                 Watched::NoSpace => None,
-                Watched::No if d == dir => return Ok(None),
+                Watched::No if *d == *dir => return Ok(None),
                 Watched::No => continue,
             };
             let fresh = self.read(&d, Stat::Full, &mut stack);
@@ -272,25 +290,7 @@ impl Tree {
                 }
                 None => Default::default(),
             };
-            for (name, state) in &fresh {
-                match old.get(name) {
-                    None => changes.push(FileEvent {
-                        path: d.join(name),
-                        kind: EventKind::Create,
-                    }),
-                    Some(before) if before != state => changes.push(FileEvent {
-                        path: d.join(name),
-                        kind: EventKind::Modify,
-                    }),
-                    Some(_) => {}
-                }
-            }
-            for name in old.keys().filter(|n| !fresh.contains_key(*n)) {
-                changes.push(FileEvent {
-                    path: d.join(name),
-                    kind: EventKind::Delete,
-                });
-            }
+            diff_dir(&d, &old, &fresh, &mut changes);
             visited.push((d, Dir { wd, files: fresh }));
         }
         // Whatever is still recorded under `dir` was not found on disk: gone. (A directory
@@ -305,10 +305,10 @@ impl Tree {
             match &d.wd {
                 Some(wd) => {
                     self.by_wd.insert(wd.clone(), path.clone());
-                    self.no_space.remove(&path);
+                    self.no_space.remove(&*path);
                 }
                 None => {
-                    self.no_space.insert(path.clone());
+                    self.no_space.insert(path.to_path_buf());
                 }
             }
             self.dirs.insert(path, d);
@@ -318,19 +318,34 @@ impl Tree {
 
     /// The whole snapshot as one map by absolute path.
     pub fn snapshot(&self) -> Snapshot {
-        let mut flat = Snapshot::new();
-        for (dir, d) in &self.dirs {
-            flat.extend(d.files.iter().map(|(name, state)| (dir.join(name), *state)));
+        flatten(self.dirs.iter())
+    }
+
+    /// What the tree holds, by structure.
+    pub fn footprint(&self) -> Footprint {
+        let mut f = Footprint {
+            dirs: self.dirs.len(),
+            ..Footprint::default()
+        };
+        for (path, d) in &self.dirs {
+            let (entries, names) = d.files.heap_bytes();
+            f.files += d.files.len();
+            f.entry_bytes += entries;
+            f.name_bytes += names;
+            // The path's shared allocation (two counters and the bytes), a B-tree slot
+            // (key and value) and a hash-map slot (descriptor and key).
+            f.dir_bytes += 16 + path.as_os_str().len() + size_of::<(Arc<Path>, Dir)>();
+            f.dir_bytes += size_of::<(WatchDescriptor, Arc<Path>)>();
         }
-        flat
+        f
     }
 
     /// The directories holding files whose size and mtime are not known yet.
     pub fn unknown_dirs(&self) -> Vec<PathBuf> {
         self.dirs
             .iter()
-            .filter(|(_, d)| d.files.values().any(|s| !s.is_known()))
-            .map(|(p, _)| p.clone())
+            .filter(|(_, d)| d.files.states().any(|s| !s.is_known()))
+            .map(|(p, _)| p.to_path_buf())
             .collect()
     }
 
@@ -338,18 +353,18 @@ impl Tree {
     /// (a file an event refreshed or replaced meanwhile keeps its newer state). A file
     /// changed at or after `changed_before` (ns since the epoch, by ctime) stays unknown:
     /// its event may yet be lost to an overflow, and an unknown state never hides it.
-    pub fn complete(&mut self, found: Vec<(PathBuf, Files)>, changed_before: i128) {
+    pub fn complete(&mut self, found: Vec<(PathBuf, Files)>, changed_before: i64) {
         for (dir, states) in found {
-            let Some(d) = self.dirs.get_mut(&dir) else {
+            let Some(d) = self.dirs.get_mut(dir.as_path()) else {
                 continue;
             };
-            for (name, state) in states {
-                if let Some(current) = d.files.get_mut(&name)
+            for (name, state) in states.iter() {
+                if let Some(current) = d.files.get_mut(name)
                     && !current.is_known()
                     && current.ino == state.ino
                     && state.ctime_ns < changed_before
                 {
-                    *current = state;
+                    *current = *state;
                 }
             }
         }
@@ -358,43 +373,43 @@ impl Tree {
     /// Adds (or re-adds) the watch of `dir`. `Ok(None)` when it vanished or cannot be
     /// watched and `strict` is off. A `strict` one (a route path) is watched through a
     /// symlink it may be; any other is never followed.
-    fn watch(&mut self, dir: &Path, strict: bool) -> Result<Watched, WatchError> {
+    fn watch(&mut self, dir: &Arc<Path>, strict: bool) -> Result<Watched, WatchError> {
         self.watch_as(dir, strict, strict)
     }
 
     /// [`Tree::watch`], following a symlink at `dir` itself when `follow`.
-    fn watch_as(&mut self, dir: &Path, strict: bool, follow: bool) -> Result<Watched, WatchError> {
+    fn watch_as(&mut self, dir: &Arc<Path>, strict: bool, follow: bool) -> Result<Watched, WatchError> {
         let mask = if follow {
             MASK.difference(WatchMask::DONT_FOLLOW)
         } else {
             MASK
         };
-        match self.watches.add(dir, mask) {
+        match self.watches.add(&**dir, mask) {
             Ok(wd) => {
                 // Re-adding a directory known under an old name (a rename) returns its
                 // descriptor: the new path wins; the old entry is reported and dropped by the caller.
-                self.by_wd.insert(wd.clone(), dir.to_owned());
-                self.no_space.remove(dir);
+                self.by_wd.insert(wd.clone(), dir.clone());
+                self.no_space.remove(&**dir);
                 Ok(Watched::Yes(wd))
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
                 if !std::mem::replace(&mut self.warned_no_space, true) {
                     let limit = sysctl("max_user_watches");
                     warn!(
-                        path = %crate::names::escaped(dir),
+                        path = %crate::names::escaped(&**dir),
                         "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
                          without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
                     );
                 }
-                self.no_space.insert(dir.to_owned());
+                self.no_space.insert(dir.to_path_buf());
                 Ok(Watched::NoSpace)
             }
             Err(e) if strict => Err(WatchError::Root {
-                path: dir.to_owned(),
+                path: dir.to_path_buf(),
                 source: e,
             }),
             Err(e) => {
-                debug!(path = %crate::names::escaped(dir), "not watched: {e}");
+                debug!(path = %crate::names::escaped(&**dir), "not watched: {e}");
                 Ok(Watched::No)
             }
         }
@@ -402,45 +417,122 @@ impl Tree {
 
     /// Reads one directory: wanted subdirectories go on `stack`, files are returned.
     fn read(&self, dir: &Path, stat: Stat, stack: &mut Vec<PathBuf>) -> Files {
-        let mut files = Files::new();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return files;
-        };
-        for entry in entries.flatten() {
-            let Ok(file_type) = entry.file_type() else {
-                continue;
-            };
-            if file_type.is_dir() {
-                let path = entry.path();
-                if (self.filter)(&path) {
-                    stack.push(path);
-                }
-                continue;
-            }
-            let state = match stat {
-                Stat::Deferred => FileState::unknown(entry.ino()),
-                Stat::Full => match entry.metadata() {
-                    Ok(meta) => FileState::of(&meta),
-                    Err(_) => continue,
-                },
-            };
-            files.insert(entry.file_name(), state);
-        }
-        files
+        read_dir(dir, stat, &self.filter, stack)
     }
+
+    /// [`Tree::add`] for a route path at start-up (nothing reported): `top` is watched
+    /// and read here, the directories under it by [`super::walk`] on several threads.
+    pub fn add_walked(&mut self, top: &Path, stat: Stat) -> Result<(), WatchError> {
+        let dir: Arc<Path> = top.into();
+        let wd = match self.watch(&dir, true)? {
+            Watched::Yes(wd) => Some(wd),
+            Watched::NoSpace => None,
+            Watched::No => return Ok(()),
+        };
+        let mut stack = Vec::new();
+        let files = self.read(top, stat, &mut stack);
+        self.dirs.insert(dir, Dir { wd, files });
+        let (watches, filter) = (self.watches.clone(), self.filter.clone());
+        super::walk::walk(&watches, &filter, stat, stack, |found| self.record(found));
+        Ok(())
+    }
+
+    /// Records a directory a walker watched (or found no watch for) and read.
+    fn record(&mut self, found: super::walk::Found) {
+        match &found.wd {
+            Some(wd) => {
+                self.by_wd.insert(wd.clone(), found.dir.clone());
+                self.no_space.remove(&*found.dir);
+            }
+            None => {
+                if !std::mem::replace(&mut self.warned_no_space, true) {
+                    let limit = sysctl("max_user_watches");
+                    warn!(
+                        path = %crate::names::escaped(&*found.dir),
+                        "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
+                         without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
+                    );
+                }
+                self.no_space.insert(found.dir.to_path_buf());
+            }
+        }
+        self.dirs.insert(
+            found.dir,
+            Dir {
+                wd: found.wd,
+                files: found.files,
+            },
+        );
+    }
+}
+
+/// Reads one directory: wanted subdirectories go on `stack`, files are returned.
+pub(super) fn read_dir(dir: &Path, stat: Stat, filter: &DirFilter, stack: &mut Vec<PathBuf>) -> Files {
+    let mut files = Builder::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files.finish();
+    };
+    for entry in entries.flatten() {
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        if file_type.is_dir() {
+            let path = entry.path();
+            if filter(&path) {
+                stack.push(path);
+            }
+            continue;
+        }
+        let state = match stat {
+            Stat::Deferred => FileState::unknown(entry.ino()),
+            Stat::Full => match entry.metadata() {
+                Ok(meta) => FileState::of(&meta),
+                Err(_) => continue,
+            },
+        };
+        files.push(&entry.file_name(), state);
+    }
+    files.finish()
+}
+
+/// The files of `dirs` by full path. Collected, then built at once: the map's own
+/// sort of nearly ordered entries is one pass, where inserting each would search.
+fn flatten<'a>(dirs: impl Iterator<Item = (&'a Arc<Path>, &'a Dir)>) -> Snapshot {
+    let mut flat = Vec::new();
+    for (path, d) in dirs {
+        flat.extend(d.files.iter().map(|(name, state)| (path.join(name), *state)));
+    }
+    flat.into_iter().collect()
+}
+
+/// The changes from `old` to `new`, the files of directory `dir`, into `out`:
+/// created, modified (any field of the state differs) and deleted files, in name order.
+fn diff_dir(dir: &Path, old: &Files, new: &Files, out: &mut Vec<FileEvent>) {
+    old.merge(new, |name, before, after| {
+        let kind = match (before, after) {
+            (None, Some(_)) => EventKind::Create,
+            (Some(b), Some(a)) if b != a => EventKind::Modify,
+            (Some(_), None) => EventKind::Delete,
+            _ => return,
+        };
+        out.push(FileEvent {
+            path: dir.join(name),
+            kind,
+        });
+    });
 }
 
 /// Stats the files of one directory (blocking): the deferred half of a fast start.
 pub(super) fn stat_dir(dir: PathBuf) -> (PathBuf, Files) {
-    let mut files = Files::new();
+    let mut files = Builder::default();
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         if let Ok(meta) = entry.metadata()
             && !meta.is_dir()
         {
-            files.insert(entry.file_name(), FileState::of(&meta));
+            files.push(&entry.file_name(), FileState::of(&meta));
         }
     }
-    (dir, files)
+    (dir, files.finish())
 }
 
 #[cfg(test)]
@@ -466,7 +558,7 @@ mod tests {
         // An event refreshed b after the pass read it: its newer state must win.
         std::fs::write(&b, "longer").unwrap();
         t.refresh(&b);
-        t.complete(found, i128::MAX);
+        t.complete(found, i64::MAX);
         let snap = t.snapshot();
         assert_eq!(snap[&a].size, 1);
         assert_eq!(snap[&b].size, 6);
@@ -484,6 +576,88 @@ mod tests {
         // is filled in that could make a later rescan think it unchanged.
         t.complete(found, 0);
         assert!(!t.snapshot()[&dir.path().join("recent")].is_known());
+    }
+
+    fn dir_of(entries: &std::collections::BTreeMap<Vec<u8>, FileState>) -> Files {
+        let mut b = Builder::default();
+        for (name, state) in entries {
+            b.push(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name), *state);
+        }
+        b.finish()
+    }
+
+    fn flat(dir: &Path, entries: &std::collections::BTreeMap<Vec<u8>, FileState>) -> Snapshot {
+        use std::os::unix::ffi::OsStrExt;
+        entries
+            .iter()
+            .map(|(n, s)| (dir.join(OsStr::from_bytes(n)), *s))
+            .collect()
+    }
+
+    fn entries() -> impl proptest::strategy::Strategy<Value = std::collections::BTreeMap<Vec<u8>, FileState>>
+    {
+        use proptest::prelude::*;
+        // Names of any bytes but `/` and NUL (not UTF-8 included); few distinct states.
+        let name = prop::collection::vec(1u8..=255, 1..5).prop_map(|v| {
+            v.into_iter()
+                .map(|b| if b == b'/' { 0xfe } else { b })
+                .collect::<Vec<u8>>()
+        });
+        let state = (0u64..3, 0u64..3, -2i64..2, -2i64..2).prop_map(|(ino, size, m, c)| FileState {
+            ino,
+            size,
+            mtime_ns: m,
+            ctime_ns: c,
+        });
+        prop::collection::btree_map(name, state, 0..24)
+    }
+
+    proptest::proptest! {
+        /// The per-directory diff of the compact form reports exactly what
+        /// [`crate::snapshot::diff`] reports on the same files by full path.
+        #[test]
+        fn compact_diff_matches_the_flat_diff(old in entries(), new in entries()) {
+            let dir = Path::new(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"/w/d\xff"));
+            let mut got = Vec::new();
+            diff_dir(dir, &dir_of(&old), &dir_of(&new), &mut got);
+            let mut got: Vec<(PathBuf, EventKind)> = got.into_iter().map(|e| (e.path, e.kind)).collect();
+            let mut want = crate::snapshot::diff(&flat(dir, &old), &flat(dir, &new));
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    /// The threaded start-up walk finds exactly what the one-thread walk does: every
+    /// directory watched (hidden ones left out by the filter) and every file's state.
+    #[test]
+    fn threaded_walk_records_what_the_sequential_walk_does() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..6 {
+            for j in 0..5 {
+                let sub = dir.path().join(format!("d{i}/e{j}"));
+                std::fs::create_dir_all(sub.join(".hidden")).unwrap();
+                std::fs::write(sub.join("f.md"), "1").unwrap();
+                std::fs::write(sub.join(OsStr::from_bytes(b"\xff\xfe")), "22").unwrap();
+                std::fs::write(sub.join(".hidden/x"), "1").unwrap();
+            }
+            std::fs::write(dir.path().join(format!("d{i}/top")), "333").unwrap();
+        }
+        let filtered = || {
+            let inotify = inotify::Inotify::init().unwrap();
+            let filter: DirFilter =
+                Arc::new(|p: &Path| !p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".")));
+            (Tree::new(inotify.watches(), filter), inotify)
+        };
+        let ((mut one, _a), (mut many, _b)) = (filtered(), filtered());
+        one.add(dir.path(), true, Stat::Full, None).unwrap();
+        many.add_walked(dir.path(), Stat::Full).unwrap();
+        assert_eq!(many.snapshot(), one.snapshot());
+        assert_eq!(many.snapshot().len(), 6 * 5 * 2 + 6);
+        assert_eq!(many.watch_count(), one.watch_count());
+        assert_eq!(many.watch_count(), 1 + 6 + 6 * 5);
+        assert!(!many.is_watched(&dir.path().join("d0/e0/.hidden")));
     }
 
     #[test]
