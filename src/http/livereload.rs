@@ -56,9 +56,38 @@ pub fn script_tag() -> &'static str {
 
 struct Client {
     page: Option<String>,
+    /// Pages changed before it said which page it shows: it is told of the ones
+    /// that are its page once it does (a change made as a page connects is not lost).
+    unplaced: Unplaced,
     tx: mpsc::Sender<String>,
     /// Fired when its queue is full: it does not read, so it is closed.
     stalled: CancellationToken,
+}
+
+/// The pages changed while a client had not named its page yet.
+#[derive(Default)]
+struct Unplaced {
+    paths: Vec<String>,
+    /// More than [`MAX_UNPLACED`]: its page reloads, whichever it is.
+    everything: bool,
+}
+
+/// The most changed pages kept for a client that has not named its page yet.
+const MAX_UNPLACED: usize = 64;
+
+impl Unplaced {
+    fn note(&mut self, paths: &[String], everything: bool) {
+        self.everything |= everything;
+        for path in paths.iter().filter(|p| !live(p)) {
+            if self.paths.len() == MAX_UNPLACED {
+                self.everything = true;
+                return;
+            }
+            if !self.paths.contains(path) {
+                self.paths.push(path.clone());
+            }
+        }
+    }
 }
 
 /// Messages queued for one client; a client this far behind (not reading) is dropped.
@@ -155,17 +184,25 @@ impl LiveReload {
     /// `/`) changed; with `everything`, too many files changed to list: every client
     /// reloads its page. A client gets at most [`MAX_LIVE`] messages for one change.
     pub fn changed(&self, paths: &[String], everything: bool) {
-        let clients = self.clients.lock().expect("clients lock");
-        for client in clients.values() {
-            for path in messages_for(client.page.as_deref(), paths, everything) {
-                let message =
-                    json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
-                // Full: the client does not read; its session ends (see `session`).
-                match client.tx.try_send(message) {
-                    Ok(()) => drop(self.reloads_sent.inc()),
-                    Err(_) => client.stalled.cancel(),
-                }
+        let mut clients = self.clients.lock().expect("clients lock");
+        for client in clients.values_mut() {
+            if client.page.is_none() {
+                client.unplaced.note(paths, everything);
             }
+            for path in messages_for(client.page.as_deref(), paths, everything) {
+                self.tell(client, &path);
+            }
+        }
+    }
+
+    /// Sends `client` a reload of `path`.
+    fn tell(&self, client: &Client, path: &str) {
+        let message =
+            json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
+        // Full: the client does not read; its session ends (see `session`).
+        match client.tx.try_send(message) {
+            Ok(()) => drop(self.reloads_sent.inc()),
+            Err(_) => client.stalled.cancel(),
         }
     }
 
@@ -231,6 +268,7 @@ impl LiveReload {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client = Client {
             page: None,
+            unplaced: Unplaced::default(),
             tx,
             stalled: stalled.clone(),
         };
@@ -292,7 +330,15 @@ impl LiveReload {
         if let ("info" | "url", Some(url)) = (command, msg["url"].as_str())
             && let Some(client) = self.clients.lock().expect("clients lock").get_mut(&id)
         {
-            client.page = Some(page_path(url));
+            let page = page_path(url);
+            // What changed since it connected, if it is this page.
+            let missed = std::mem::take(&mut client.unplaced);
+            if client.page.is_none() {
+                for path in messages_for(Some(&page), &missed.paths, missed.everything) {
+                    self.tell(client, &path);
+                }
+            }
+            client.page = Some(page);
         }
     }
 }
@@ -407,6 +453,28 @@ fn wants(page: Option<&str>, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_a_page_changed_before_its_client_named_it_is_told_when_it_does() {
+        // A save made as a page's client connected (its `info` on its way) went to
+        // no one, and the page stayed stale.
+        let mut missed = Unplaced::default();
+        missed.note(&["/a.html".to_owned(), "/style.css".to_owned()], false);
+        assert_eq!(missed.paths, ["/a.html"], "stylesheets went out at once");
+        assert_eq!(
+            messages_for(Some("/a"), &missed.paths, missed.everything),
+            ["/a.html"]
+        );
+        assert!(messages_for(Some("/b.html"), &missed.paths, missed.everything).is_empty());
+        // Bounded: past MAX_UNPLACED pages, its page reloads whichever it is.
+        let many: Vec<String> = (0..=MAX_UNPLACED).map(|i| format!("/p{i}.html")).collect();
+        missed.note(&many, false);
+        assert!(missed.everything && missed.paths.len() == MAX_UNPLACED);
+        assert_eq!(
+            messages_for(Some("/b.html"), &missed.paths, missed.everything),
+            ["/b.html"]
+        );
+    }
 
     #[test]
     fn pages_are_targeted_and_assets_go_to_everyone() {

@@ -96,6 +96,23 @@ fn a_page_change_reloads_only_the_clients_showing_it() {
 }
 
 #[test]
+fn regression_a_page_changed_before_its_client_names_it_reloads_when_it_does() {
+    // Seen in the browser test under load: a save right as the page's client
+    // connected (its `info` still on its way) reached no one; the page stayed stale.
+    let (sandbox, _daemon, addr) = site();
+    let mut client = LrClient::connect(&addr);
+    client.send(r#"{"command":"hello","protocols":["http://livereload.com/protocols/official-7"]}"#);
+    assert_eq!(client.recv().expect("the server's hello")["command"], "hello");
+    sandbox.write("public/a.html", "v2");
+    sandbox.write("public/style.css", "v2");
+    // A stylesheet goes to every client: once it is here, the page's change was handled.
+    assert_eq!(client.recv().expect("the stylesheet")["path"], "/style.css");
+    let info = serde_json::json!({"command": "info", "plugins": {}, "url": format!("http://{addr}/a")});
+    client.send(&info.to_string());
+    assert_eq!(client.recv().expect("the page's reload")["path"], "/a.html");
+}
+
+#[test]
 fn a_created_page_reloads_its_client() {
     let (sandbox, _daemon, addr) = site();
     let mut on_new = LrClient::on_page(&addr, "/fresh.html");
