@@ -340,17 +340,7 @@ mod tests {
     }
 
     fn spec(shell: &str) -> JobSpec {
-        JobSpec {
-            command: Command::Shell(shell.into()),
-            workdir: "/".into(),
-            env: BTreeMap::new(),
-            timeout: None,
-            kill_grace: Duration::from_secs(1),
-            pid: Default::default(),
-            stdin: None,
-            ledger: None,
-            limits: Default::default(),
-        }
+        crate::job::tests::test_spec(Command::Shell(shell.into()))
     }
 
     fn info(files: Vec<PathBuf>) -> RunInfo {

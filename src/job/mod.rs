@@ -449,8 +449,23 @@ pub(crate) async fn read_capped_line(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A job running `command` in `/`, no timeout, a 1 s grace, nothing else set.
+    pub(crate) fn test_spec(command: Command) -> JobSpec {
+        JobSpec {
+            command,
+            workdir: "/".into(),
+            env: BTreeMap::new(),
+            timeout: None,
+            kill_grace: Duration::from_secs(1),
+            pid: Default::default(),
+            stdin: None,
+            ledger: None,
+            limits: Default::default(),
+        }
+    }
 
     #[test]
     fn the_tail_keeps_the_last_lines_of_both_streams_in_order_and_cut() {
@@ -499,17 +514,7 @@ mod tests {
 
     #[tokio::test]
     async fn exit_codes_and_missing_programs_are_reported() {
-        let spec = |command| JobSpec {
-            command,
-            workdir: "/".into(),
-            env: BTreeMap::new(),
-            timeout: None,
-            kill_grace: Duration::from_secs(1),
-            pid: Default::default(),
-            stdin: None,
-            ledger: None,
-            limits: Default::default(),
-        };
+        let spec = test_spec;
         let never = CancellationToken::new();
         let grace = Duration::from_secs(1);
         // stderr's line comes after stdout's 30 (a pause between): the tail is the last 20 read.
