@@ -68,18 +68,23 @@ struct Client {
 #[derive(Default)]
 struct Unplaced {
     paths: Vec<String>,
-    /// More than [`MAX_UNPLACED`]: its page reloads, whichever it is.
+    /// More than [`MAX_UNPLACED`] pages or [`MAX_UNPLACED_BYTES`] of names: its
+    /// page reloads, whichever it is.
     everything: bool,
 }
 
 /// The most changed pages kept for a client that has not named its page yet.
 const MAX_UNPLACED: usize = 64;
+/// The most bytes of page names kept for such a client (a client that never names
+/// its page holds at most this, however long the names).
+const MAX_UNPLACED_BYTES: usize = 4096;
 
 impl Unplaced {
     fn note(&mut self, paths: &[String], everything: bool) {
         self.everything |= everything;
         for path in paths.iter().filter(|p| !live(p)) {
-            if self.paths.len() == MAX_UNPLACED {
+            let bytes: usize = self.paths.iter().map(String::len).sum();
+            if self.paths.len() == MAX_UNPLACED || bytes + path.len() > MAX_UNPLACED_BYTES {
                 self.everything = true;
                 return;
             }
@@ -470,6 +475,10 @@ mod tests {
         let many: Vec<String> = (0..=MAX_UNPLACED).map(|i| format!("/p{i}.html")).collect();
         missed.note(&many, false);
         assert!(missed.everything && missed.paths.len() == MAX_UNPLACED);
+        // And in bytes: names a hostile writer made long.
+        let mut long = Unplaced::default();
+        long.note(&[format!("/{}.html", "x".repeat(MAX_UNPLACED_BYTES))], false);
+        assert!(long.everything && long.paths.is_empty());
         assert_eq!(
             messages_for(Some("/b.html"), &missed.paths, missed.everything),
             ["/b.html"]
