@@ -353,7 +353,8 @@ async fn completed(completion: &mut Option<Completion>) -> Vec<(PathBuf, tree::F
         Some(chunk) => chunk,
         None => {
             *completion = None;
-            crate::sys::release_free_memory();
+            // It walks the allocator's arenas under their locks: not on a runtime thread.
+            let _ = tokio::task::spawn_blocking(crate::sys::release_free_memory).await;
             Vec::new()
         }
     }

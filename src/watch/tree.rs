@@ -661,6 +661,35 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_panic_in_the_threaded_walk_reaches_the_caller_instead_of_hanging() {
+        // A walker that panicked never handed its directory back, and the others
+        // waited for it forever: start-up hung with no error.
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..8 {
+            std::fs::create_dir_all(dir.path().join(format!("d{i}/e"))).unwrap();
+        }
+        let root = dir.path().to_owned();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let inotify = inotify::Inotify::init().unwrap();
+            let bad = root.join("d3/e");
+            let filter: DirFilter = Arc::new(move |p: &Path| {
+                assert!(p != bad, "a filter that fails on one directory");
+                true
+            });
+            let mut tree = Tree::new(inotify.watches(), filter);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tree.add_walked(&root, Stat::Full).map(|_| ())
+            }));
+            let _ = done_tx.send(outcome.is_err());
+        });
+        let panicked = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the walk ended (it hung)");
+        assert!(panicked, "the filter's panic reached the caller");
+    }
+
+    #[test]
     fn rescan_reports_exactly_the_differences() {
         let dir = tempfile::tempdir().unwrap();
         for name in ["same", "changed", "gone"] {

@@ -51,12 +51,16 @@ pub(super) fn walk(
             let (tx, queue, mut watches) = (tx.clone(), &queue, watches.clone());
             scope.spawn(move || {
                 while let Some(dir) = next(queue) {
-                    let mut found = Vec::new();
-                    if let Some(done) = visit(&mut watches, filter, stat, dir, &mut found) {
+                    // Hands back the directory (and what it found) even if `visit`
+                    // panics: the other walkers would otherwise wait for it forever.
+                    let mut busy = Busy {
+                        queue,
+                        found: Vec::new(),
+                    };
+                    if let Some(done) = visit(&mut watches, filter, stat, dir, &mut busy.found) {
                         // The receiver lives until every worker is done.
                         let _ = tx.send(done);
                     }
-                    finish(queue, found);
                 }
             });
         }
@@ -82,12 +86,22 @@ fn next((lock, ready): &(Mutex<Queue>, Condvar)) -> Option<PathBuf> {
     }
 }
 
-/// Queues the directories a walker found and wakes the others.
-fn finish((lock, ready): &(Mutex<Queue>, Condvar), found: Vec<PathBuf>) {
-    let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
-    queue.dirs.extend(found);
-    queue.busy -= 1;
-    ready.notify_all();
+/// A walker reading a directory: when it is dropped (done, or unwinding from a
+/// panic, which `thread::scope` then passes to the caller), the directories found
+/// are queued and the others woken.
+struct Busy<'a> {
+    queue: &'a (Mutex<Queue>, Condvar),
+    found: Vec<PathBuf>,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let (lock, ready) = self.queue;
+        let mut queue = lock.lock().unwrap_or_else(|e| e.into_inner());
+        queue.dirs.append(&mut self.found);
+        queue.busy -= 1;
+        ready.notify_all();
+    }
 }
 
 /// Watches and reads one directory; the directories in it go on `found`.
