@@ -1,22 +1,18 @@
 //! Serving static files: GET and HEAD, `Content-Type` (with `charset=utf-8` for
 //! text), `Last-Modified` and a strong `ETag` answered with 304, single byte ranges
 //! (206, 416), `Cache-Control: no-cache`, and optional LiveReload script injection
-//! into HTML. Large files are streamed; small ones are read whole and kept in the
+//! into HTML. Large files are sent with `sendfile` (see [`zerocopy`]); small ones are read whole and kept in the
 //! [`Cache`], answered from memory while their file is unchanged.
 
 use super::cache::{Cache, Entry, FileId};
 use super::path::{self, Opened};
+use super::zerocopy::{self, Regions};
 use super::{Body, full, status};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 /// What the file server needs to know about the site.
 #[derive(Debug)]
@@ -79,6 +75,7 @@ pub async fn serve(
     raw_path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
+    regions: &Regions,
 ) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
@@ -89,13 +86,13 @@ pub async fn serve(
     // A cached small file costs a path walk and an fstat (see `cache`), done here: no
     // disk access while the inodes are in memory, as they are for a file just served.
     if let Some(hit) = site.cache.get(raw_path) {
-        return respond(Source::cached(&hit), method, headers).await;
+        return respond(Source::cached(&hit), method, headers, regions).await;
     }
     // Resolving, opening, stat and (for small files) reading: one trip to the blocking pool.
     let (site2, raw, query) = (site.clone(), raw_path.to_owned(), query.map(str::to_owned));
     let lookup = tokio::task::spawn_blocking(move || lookup(&site2, &raw, query.as_deref())).await;
     match lookup {
-        Ok(Lookup::Found(source)) => respond(source, method, headers).await,
+        Ok(Lookup::Found(source)) => respond(source, method, headers, regions).await,
         Ok(Lookup::Answer(response)) => response,
         Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
@@ -182,7 +179,7 @@ fn prepare(
     Ok((source, meta, read_at))
 }
 
-async fn respond(source: Source, method: &Method, headers: &HeaderMap) -> Response<Body> {
+async fn respond(source: Source, method: &Method, headers: &HeaderMap, regions: &Regions) -> Response<Body> {
     let len = source.len();
     let Source {
         etag,
@@ -224,51 +221,9 @@ async fn respond(source: Source, method: &Method, headers: &HeaderMap) -> Respon
     let body = match content {
         _ if method == Method::HEAD => full(Vec::new()),
         Content::Memory(bytes) => full(bytes.slice(start as usize..(start + count) as usize)),
-        Content::File(file, _) => stream(file, start, count).await,
+        Content::File(file, _) => zerocopy::body(file, start, count, regions.clone()),
     };
     head.body(body).expect("valid response")
-}
-
-/// How much of a large file is read at a time while at most [`BIG_CHUNK_STREAMS`]
-/// are being sent: fewer reads and frames per file, so a large file goes as fast as
-/// from nginx (see BENCHMARKS.md).
-const BIG_CHUNK: usize = 256 * 1024;
-/// How much is read at a time by the streams beyond those.
-const SMALL_CHUNK: usize = 32 * 1024;
-/// Streams that get [`BIG_CHUNK`]s: with at most three chunks in flight each (being
-/// read, queued, being written), they hold at most 96 MiB however many clients
-/// download at once; every other stream holds at most 96 KiB.
-const BIG_CHUNK_STREAMS: usize = 128;
-/// Large-file streams being sent now.
-static STREAMS: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts a large-file stream while it lives.
-struct Streaming;
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        STREAMS.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A large file's body, from `start`, `count` bytes, read in chunks (see [`BIG_CHUNK`]).
-async fn stream(file: std::fs::File, start: u64, count: u64) -> Body {
-    let mut file = tokio::fs::File::from_std(file);
-    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return full(Vec::new());
-    }
-    let streaming = Streaming;
-    let chunk = match STREAMS.fetch_add(1, Ordering::Relaxed) < BIG_CHUNK_STREAMS {
-        true => BIG_CHUNK,
-        false => SMALL_CHUNK,
-    };
-    let chunk = chunk.min(usize::try_from(count).unwrap_or(usize::MAX)).max(1);
-    let chunks = ReaderStream::with_capacity(file.take(count), chunk);
-    let frames = futures::StreamExt::map(chunks, move |chunk| {
-        let _counted = &streaming;
-        chunk.map(Frame::data).map_err(Into::into)
-    });
-    StreamBody::new(frames).boxed_unsync()
 }
 
 fn content_type(mime: &mime_guess::Mime) -> String {

@@ -11,13 +11,14 @@ pub mod files;
 pub mod livereload;
 pub mod path;
 pub mod pump;
+pub mod zerocopy;
 
 use crate::config::ServerConfig;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use livereload::LiveReload;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -254,10 +255,12 @@ async fn accept_loop(
 
 async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: CancellationToken) {
     let idle = ctx.idle;
+    let regions = zerocopy::Regions::default();
+    let io = zerocopy::Io::new(stream, regions.clone());
     let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
+        let (ctx, regions) = (ctx.clone(), regions.clone());
         async move {
-            let response = route(&ctx, req).await;
+            let response = route(&ctx, req, &regions).await;
             ctx.responses.count(response.status().as_u16());
             Ok::<_, Infallible>(response)
         }
@@ -267,10 +270,10 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: Cancella
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .max_buf_size(MAX_HEAD)
-        .max_headers(MAX_HEADERS);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+        .max_headers(MAX_HEADERS)
+        // Body chunks written as given, never copied: `zerocopy` depends on it.
+        .writev(true);
+    let conn = builder.serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -319,7 +322,7 @@ fn client_script(req: &Request<Incoming>) -> Response<Body> {
     r
 }
 
-async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+async fn route(ctx: &Ctx, req: Request<Incoming>, regions: &zerocopy::Regions) -> Response<Body> {
     if !host_is_valid(&req) {
         return status(StatusCode::BAD_REQUEST);
     }
@@ -340,7 +343,15 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     if !ctx.static_files {
         return status(StatusCode::NOT_FOUND);
     }
-    files::serve(&ctx.site, req.method(), &path, req.uri().query(), req.headers()).await
+    files::serve(
+        &ctx.site,
+        req.method(),
+        &path,
+        req.uri().query(),
+        req.headers(),
+        regions,
+    )
+    .await
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and a request never

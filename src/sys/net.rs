@@ -1,5 +1,6 @@
-//! Sockets: the peer's credentials, peeking at what waits, the listen backlog, and
-//! the listening socket systemd passes (`LISTEN_FDS`).
+//! Sockets: the peer's credentials, peeking at what waits, the listen backlog,
+//! the listening socket systemd passes (`LISTEN_FDS`), and `sendfile` from a file
+//! to a socket.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
@@ -61,6 +62,22 @@ pub fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(queued.max(0) as usize)
+}
+
+/// Sends up to `count` bytes of `file`, from byte `offset`, to socket `out`, in the
+/// kernel (`sendfile(2)`: no copy through user space); returns how many were sent,
+/// `Ok(0)` at the file's end. `out` non-blocking gives `WouldBlock` when its buffer
+/// is full. The file's own position is not used or moved.
+pub fn sendfile(out: BorrowedFd<'_>, file: BorrowedFd<'_>, offset: u64, count: usize) -> io::Result<usize> {
+    let mut off =
+        libc::off64_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: sendfile64 reads and updates only `off`, a live off64_t; the kernel
+    // moves the bytes itself, and a bad descriptor just fails.
+    let n = unsafe { libc::sendfile64(out.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+    match n {
+        n if n >= 0 => Ok(n as usize),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// `listen(fd, backlog)` again on a listening socket: sets how many connections the

@@ -524,3 +524,151 @@ fn a_file_over_the_cache_size_is_streamed_and_memory_stays_flat() {
         "peak RSS {peak} KiB while serving 100 MiB, from {before} KiB before"
     );
 }
+
+/// `len` bytes no two runs of which repeat for a long way (xorshift): a server that
+/// sent zeros, or a region twice, or out of order, gives other bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Reads one response from `reader` (a body unless `head_only`): status, headers, body.
+fn read_response(reader: &mut impl std::io::BufRead, head_only: bool) -> Reply {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "connection closed mid-head"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut reply = Reply {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if !head_only {
+        let len: usize = reply.header("content-length").unwrap().parse().unwrap();
+        reply.body = vec![0; len];
+        reader.read_exact(&mut reply.body).unwrap();
+    }
+    reply
+}
+
+#[test]
+fn large_files_ranges_and_head_come_whole_and_in_order_on_one_connection() {
+    use std::io::Write;
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "", &one_route("true", ""));
+    // Past the cache size and over three of the sender's 1 MiB regions.
+    let big = noise(3 * 1024 * 1024 + 12_345, 7);
+    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
+    sandbox.write("public/small.txt", "small");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // All pipelined at once: each body must go out in its request's turn.
+    let requests = [
+        ("GET", "/big.bin", ""),
+        ("GET", "/small.txt", ""),
+        ("GET", "/big.bin", "Range: bytes=1048570-2097160\r\n"),
+        ("HEAD", "/big.bin", ""),
+        ("GET", "/big.bin", "Range: bytes=-100\r\n"),
+        ("GET", "/big.bin", ""),
+    ];
+    let mut raw = String::new();
+    for (method, path, extra) in requests {
+        raw.push_str(&format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n"
+        ));
+    }
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let r = read_response(&mut reader, false);
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "the whole file, byte for byte");
+    assert_eq!(read_response(&mut reader, false).body, b"small");
+    let r = read_response(&mut reader, false);
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 1048570-2097160/{}", big.len()).as_str())
+    );
+    assert!(
+        r.body == big[1048570..=2097160],
+        "a range across regions, byte for byte"
+    );
+    let r = read_response(&mut reader, true);
+    assert_eq!(
+        (r.status, r.header("content-length")),
+        (200, Some(big.len().to_string().as_str()))
+    );
+    let r = read_response(&mut reader, false);
+    assert!(
+        r.status == 206 && r.body == big[big.len() - 100..],
+        "the last 100 bytes"
+    );
+    let r = read_response(&mut reader, false);
+    assert!(r.body == big, "the file again, whole");
+}
+
+#[test]
+fn a_large_file_cut_short_while_sent_closes_the_connection_without_a_hang() {
+    use std::io::{Read, Write};
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "", &one_route("true", ""));
+    let big = noise(64 * 1024 * 1024, 11);
+    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET /big.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let r = read_response(&mut reader, true);
+    assert_eq!(r.header("content-length"), Some(big.len().to_string().as_str()));
+    let mut first = vec![0; 1024 * 1024];
+    reader.read_exact(&mut first).unwrap();
+    // The socket's buffers hold a few MiB at most: what comes later is read after this.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(sandbox.path("public/big.bin"))
+        .unwrap()
+        .set_len(8 * 1024 * 1024)
+        .unwrap();
+    let mut rest = Vec::new();
+    reader
+        .read_to_end(&mut rest)
+        .expect("the connection is closed, not left hanging");
+    let got = first.len() + rest.len();
+    assert!(got < big.len(), "{got} bytes of a file cut to 8 MiB");
+    let mut whole = first;
+    whole.extend_from_slice(&rest);
+    assert!(
+        whole == big[..got],
+        "what came is the file's start, byte for byte"
+    );
+    assert_eq!(
+        get(&addr, "/big.bin", &["Range: bytes=0-3"]).body,
+        &big[..4],
+        "still serving"
+    );
+}
