@@ -1,4 +1,4 @@
-//! The files of one watched directory, kept compactly: every name in one byte
+//! The files of one directory, kept compactly: every name in one byte
 //! arena, and one fixed-size entry (arena span and [`FileState`]) per file in a
 //! vector sorted by name. A file costs its name's bytes plus 40, where a map of
 //! owned names cost about 200 (a hash-table slot, a heap block per name, spare
@@ -53,7 +53,6 @@ impl Files {
     }
 
     /// The state of `name`.
-    #[cfg(test)]
     pub fn get(&self, name: &OsStr) -> Option<&FileState> {
         let i = self.find(name.as_bytes()).ok()?;
         Some(&self.entries[i].state)
