@@ -80,16 +80,19 @@ impl Slot {
             let _entered = span.entered();
             let holds = crate::vcs::holds(&config);
             // The saved snapshot is read on a thread of its own while the tree is walked.
-            let (setup, loaded) = std::thread::scope(|scope| {
-                let loading = saved.as_deref().map(|path| scope.spawn(|| snapshot::load(path)));
-                let setup = Setup::new(&roots, filter, saved.is_some());
+            let (setup, loaded, walk_ms) = std::thread::scope(|scope| {
+                let loading = saved
+                    .as_deref()
+                    .map(|path| scope.spawn(|| timed(|| snapshot::load(path))));
+                let (setup, walk_ms) = timed(|| Setup::new(&roots, filter, saved.is_some()));
                 let loaded = loading.map(|l| l.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-                (setup, loaded)
+                (setup, loaded, walk_ms)
             });
             let setup = setup?;
             let (missed, catch_up, saved) = match (saved, loaded) {
-                (Some(path), Some(loaded)) => {
-                    let (missed, baseline, saved) = catch_up_events(&path, &setup, loaded);
+                (Some(path), Some((loaded, load_ms))) => {
+                    let took = Took { walk_ms, load_ms };
+                    let (missed, baseline, saved) = catch_up_events(&path, &setup, loaded, took);
                     (missed, Some((path, baseline)), saved)
                 }
                 _ => (Vec::new(), None, Ok(())),
@@ -283,12 +286,16 @@ fn catch_up_events(
     path: &Path,
     setup: &Setup,
     loaded: Result<snapshot::Dirs, snapshot::SnapshotError>,
+    took: Took,
 ) -> (Vec<FileEvent>, snapshot::Dirs, Result<(), String>) {
     match loaded {
         Ok(saved) => {
-            let events = setup.changes_since(&saved);
+            let (events, compare_ms) = timed(|| setup.changes_since(&saved));
             info!(
                 changes = events.len(),
+                walk_ms = took.walk_ms,
+                load_ms = took.load_ms,
+                compare_ms,
                 "catching up on changes made while stopped"
             );
             (events, saved, Ok(()))
@@ -306,6 +313,20 @@ fn catch_up_events(
             (Vec::new(), current, saved)
         }
     }
+}
+
+/// How long a catch-up start's steps took: the walk (watching and stat'ing every
+/// file) and, on a thread of its own meanwhile, loading the saved snapshot.
+struct Took {
+    walk_ms: u64,
+    load_ms: u64,
+}
+
+/// `f`'s result and how long it took, in milliseconds.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let start = std::time::Instant::now();
+    let value = f();
+    (value, start.elapsed().as_millis() as u64)
 }
 
 /// Saves the tree as it is, before the daemon reports ready: a crash right after a
