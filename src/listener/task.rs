@@ -208,9 +208,10 @@ impl Run {
         };
         // A copy of the tree in its compact form (no map by full path), written from there.
         let mut baseline = watcher.by_dir();
-        for file in unsettled {
-            baseline.set(&file, persisted.get(&file));
-        }
+        baseline.patch(unsettled.into_iter().map(|file| {
+            let state = persisted.get(&file);
+            (file, state)
+        }));
         // The old baseline is freed before the new one is written (what it held for the
         // unsettled files is in the new one). The new one is the baseline even if the
         // write fails, as the tree is: what was processed since stays processed. If the

@@ -8,9 +8,12 @@
 use super::FileState;
 #[cfg(test)]
 use super::Snapshot;
-use super::files::Files;
+use super::files::{Builder, Files};
 use crate::events::EventKind;
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Files by directory, directories in path order (each once).
@@ -48,24 +51,46 @@ impl Dirs {
         self.dirs[i].1.get(name).copied()
     }
 
-    /// Records `state` for the file at `path`, or forgets it (`None`).
-    pub fn set(&mut self, path: &Path, state: Option<FileState>) {
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return;
-        };
-        match (self.find(dir), state) {
-            (Ok(i), Some(state)) => {
-                self.dirs[i].1.insert(name, state);
+    /// Records each file's state, or forgets the file (`None`); of a path given twice
+    /// the last wins. One pass over each directory touched, and one over the directory
+    /// list if directories are added, however many files change: a file at a time, a
+    /// deleted subtree's files (unsettled, so kept at their saved state) would each move
+    /// a directory's entries, or the whole directory list.
+    pub fn patch(&mut self, changes: impl IntoIterator<Item = (PathBuf, Option<FileState>)>) {
+        let mut by_dir: BTreeMap<PathBuf, Vec<(OsString, Option<FileState>)>> = BTreeMap::new();
+        for (path, state) in changes {
+            if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+                by_dir
+                    .entry(dir.to_owned())
+                    .or_default()
+                    .push((name.to_owned(), state));
             }
-            (Ok(i), None) => {
-                self.dirs[i].1.remove(name);
+        }
+        let mut added = Vec::new();
+        for (dir, edits) in by_dir {
+            match self.find(&dir) {
+                Ok(i) => self.dirs[i].1 = edited(&self.dirs[i].1, edits),
+                Err(_) => {
+                    let files = edited(&Files::default(), edits);
+                    if files.len() > 0 {
+                        added.push((dir, files));
+                    }
+                }
             }
-            (Err(i), Some(state)) => {
-                let mut files = Files::default();
-                files.insert(name, state);
-                self.dirs.insert(i, (dir.to_owned(), files));
+        }
+        if !added.is_empty() {
+            // Both in path order, no directory in both: one merge.
+            let mut dirs = Vec::with_capacity(self.dirs.len() + added.len());
+            let (mut a, mut b) = (
+                std::mem::take(&mut self.dirs).into_iter().peekable(),
+                added.into_iter().peekable(),
+            );
+            while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+                let next = if x.0 < y.0 { a.next() } else { b.next() };
+                dirs.extend(next);
             }
-            (Err(_), None) => {}
+            dirs.extend(a.chain(b));
+            self.dirs = dirs;
         }
     }
 
@@ -90,6 +115,34 @@ impl Dirs {
         }
         flat.into_iter().collect()
     }
+}
+
+/// `files` with `edits` made (in any order; of a name given twice the last wins).
+fn edited(files: &Files, mut edits: Vec<(OsString, Option<FileState>)>) -> Files {
+    // Stable: of equal names the last given stays last, and is the one kept.
+    edits.sort_by(|x, y| x.0.as_bytes().cmp(y.0.as_bytes()));
+    edits.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    let mut out = Builder::default();
+    let mut edits = edits.into_iter().peekable();
+    for (name, state) in files.iter() {
+        while let Some((n, s)) = edits.next_if(|(n, _)| n.as_bytes() < name.as_bytes()) {
+            s.into_iter().for_each(|s| out.push(&n, s));
+        }
+        match edits.next_if(|(n, _)| n.as_bytes() == name.as_bytes()) {
+            Some((n, s)) => s.into_iter().for_each(|s| out.push(&n, s)),
+            None => out.push(name, *state),
+        }
+    }
+    for (n, s) in edits {
+        s.into_iter().for_each(|s| out.push(&n, s));
+    }
+    out.finish()
 }
 
 /// The changes from `old` to `new` (directories in path order, as [`Dirs::iter`]
@@ -269,18 +322,24 @@ mod tests {
         }
 
         #[test]
-        fn set_and_get_behave_like_the_flat_map(old in tree(), new in tree()) {
+        fn patch_and_get_behave_like_the_flat_map(old in tree(), new in tree(), gone in tree()) {
             let mut dirs = Dirs::from_flat(&old);
             let mut want = old.clone();
-            for (p, st) in &new {
-                dirs.set(p, Some(*st));
-                want.insert(p.clone(), *st);
-            }
-            for p in old.keys().step_by(2) {
-                dirs.set(p, None);
+            let mut changes = Vec::new();
+            // Removals of files there and not there, then states set (some twice: the
+            // last wins), in no particular order.
+            for p in old.keys().step_by(2).chain(gone.keys()) {
+                changes.push((p.clone(), None));
                 want.remove(p);
             }
+            for (p, st) in new.iter().rev() {
+                changes.push((p.clone(), Some(FileState { ino: 99, ..*st })));
+                changes.push((p.clone(), Some(*st)));
+                want.insert(p.clone(), *st);
+            }
+            dirs.patch(changes);
             prop_assert_eq!(dirs.to_flat(), want.clone());
+            prop_assert!(dirs.dirs.windows(2).all(|w| w[0].0 < w[1].0), "directories in order");
             for (p, st) in &want {
                 prop_assert_eq!(dirs.get(p), Some(*st));
             }
