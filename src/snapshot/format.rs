@@ -126,7 +126,7 @@ fn decode_v3(data: &[u8]) -> Option<Dirs> {
         if files > r.0.len() / 37 {
             return None;
         }
-        let mut builder = Builder::default();
+        let mut builder = Builder::with_capacity(files);
         for _ in 0..files {
             let len = r.u32()? as usize;
             let name = r.take(len)?;
