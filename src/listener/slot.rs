@@ -27,7 +27,7 @@ pub(super) struct Running {
 pub(super) struct Prepared {
     watcher: crate::watch::Watcher,
     missed: Vec<FileEvent>,
-    catch_up: Option<(PathBuf, snapshot::Snapshot)>,
+    catch_up: Option<(PathBuf, snapshot::Dirs)>,
     /// How saving a fresh baseline went (catch-up without a saved snapshot).
     saved: Result<(), String>,
     /// What holds the routes' due runs (version-control operations).
@@ -79,13 +79,23 @@ impl Slot {
         let setup = tokio::task::spawn_blocking(move || {
             let _entered = span.entered();
             let holds = crate::vcs::holds(&config);
-            let setup = Setup::new(&roots, filter, saved.is_some())?;
-            let (missed, catch_up, saved) = match saved {
-                Some(path) => {
-                    let (missed, baseline, saved) = catch_up_events(&path, setup.snapshot());
+            // The saved snapshot is read on a thread of its own while the tree is walked.
+            let (setup, loaded, walk_ms) = std::thread::scope(|scope| {
+                let loading = saved
+                    .as_deref()
+                    .map(|path| scope.spawn(|| timed(|| snapshot::load(path))));
+                let (setup, walk_ms) = timed(|| Setup::new(&roots, filter, saved.is_some()));
+                let loaded = loading.map(|l| l.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+                (setup, loaded, walk_ms)
+            });
+            let setup = setup?;
+            let (missed, catch_up, saved) = match (saved, loaded) {
+                (Some(path), Some((loaded, load_ms))) => {
+                    let took = Took { walk_ms, load_ms };
+                    let (missed, baseline, saved) = catch_up_events(&path, &setup, loaded, took);
                     (missed, Some((path, baseline)), saved)
                 }
-                None => (Vec::new(), None, Ok(())),
+                _ => (Vec::new(), None, Ok(())),
             };
             // The tree as read and the comparison are freed: hand their pages back.
             crate::sys::release_free_memory();
@@ -268,45 +278,62 @@ fn snapshot_path(ctx: &JobContext, listener: &str) -> PathBuf {
     ctx.state_dir.join(format!("{listener}.snapshot"))
 }
 
-/// The changes between the saved snapshot and the tree as it is now, to be
-/// processed before live events, the baseline to persist from, and how saving went:
-/// the saved snapshot, or (missing or corrupt: a fresh start, with a warning if
-/// corrupt) the tree as it is, saved at once.
+/// The changes between the saved snapshot (`loaded`) and the tree as `setup` found
+/// it, to be processed before live events, the baseline to persist from, and how
+/// saving went: the saved snapshot, or (missing or corrupt: a fresh start, with a
+/// warning if corrupt) the tree as it is, saved at once.
 fn catch_up_events(
     path: &Path,
-    current: snapshot::Snapshot,
-) -> (Vec<FileEvent>, snapshot::Snapshot, Result<(), String>) {
-    match snapshot::load(path) {
+    setup: &Setup,
+    loaded: Result<snapshot::Dirs, snapshot::SnapshotError>,
+    took: Took,
+) -> (Vec<FileEvent>, snapshot::Dirs, Result<(), String>) {
+    match loaded {
         Ok(saved) => {
-            let changes = snapshot::diff(&saved, &current);
+            let (events, compare_ms) = timed(|| setup.changes_since(&saved));
             info!(
-                changes = changes.len(),
+                changes = events.len(),
+                walk_ms = took.walk_ms,
+                load_ms = took.load_ms,
+                compare_ms,
                 "catching up on changes made while stopped"
             );
-            let events = changes
-                .into_iter()
-                .map(|(path, kind)| FileEvent { path, kind })
-                .collect();
             (events, saved, Ok(()))
         }
         Err(snapshot::SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             info!(path = %crate::names::escaped(path), "no saved snapshot: starting fresh");
+            let current = setup.by_dir();
             let saved = fresh_baseline(path, &current);
             (Vec::new(), current, saved)
         }
         Err(e) => {
             warn!("cannot use the saved snapshot, starting fresh: {e}");
+            let current = setup.by_dir();
             let saved = fresh_baseline(path, &current);
             (Vec::new(), current, saved)
         }
     }
 }
 
+/// How long a catch-up start's steps took: the walk (watching and stat'ing every
+/// file) and, on a thread of its own meanwhile, loading the saved snapshot.
+struct Took {
+    walk_ms: u64,
+    load_ms: u64,
+}
+
+/// `f`'s result and how long it took, in milliseconds.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let start = std::time::Instant::now();
+    let value = f();
+    (value, start.elapsed().as_millis() as u64)
+}
+
 /// Saves the tree as it is, before the daemon reports ready: a crash right after a
 /// fresh start still finds a baseline. (A saved snapshot needs no save at start: it is
 /// already the baseline that unprocessed changes are measured from.)
-fn fresh_baseline(path: &Path, current: &snapshot::Snapshot) -> Result<(), String> {
-    snapshot::save(path, &snapshot::encode(current)).map_err(|e| format!("cannot save the snapshot: {e}"))
+fn fresh_baseline(path: &Path, current: &snapshot::Dirs) -> Result<(), String> {
+    snapshot::save(path, current).map_err(|e| format!("cannot save the snapshot: {e}"))
 }
 
 /// Route indexes sorted by stage (stable: config order within a stage).

@@ -7,7 +7,7 @@ use super::{JobContext, Shared, State};
 use crate::config::ListenerConfig;
 use crate::job::launch::Launcher;
 use crate::scheduler::{self, Input};
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Dirs};
 use crate::watch::{FileEvent, Watcher};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ pub(super) struct Run {
     pub shared: Arc<Shared>,
     /// For `catch_up` listeners: where the snapshot is persisted, and what was last
     /// persisted (the baseline that changes not yet processed are kept at).
-    pub catch_up: Option<(PathBuf, Snapshot)>,
+    pub catch_up: Option<(PathBuf, Dirs)>,
     /// Route indexes, earlier stages first.
     pub stage_order: Vec<usize>,
     /// What holds the routes' due runs (version-control operations); taken by the
@@ -206,22 +206,33 @@ impl Run {
         let Some((path, persisted)) = &mut self.catch_up else {
             return;
         };
-        let mut baseline = watcher.snapshot();
-        for file in unsettled {
-            match persisted.get(&file) {
-                Some(state) => baseline.insert(file, *state),
-                None => baseline.remove(&file),
-            };
-        }
-        let data = snapshot::encode(&baseline);
-        *persisted = baseline;
+        // A copy of the tree in its compact form (no map by full path), written from there.
+        let mut baseline = watcher.by_dir();
+        baseline.patch(unsettled.into_iter().map(|file| {
+            let state = persisted.get(&file);
+            (file, state)
+        }));
+        // The old baseline is freed before the new one is written (what it held for the
+        // unsettled files is in the new one). The new one is the baseline even if the
+        // write fails, as the tree is: what was processed since stays processed. If the
+        // writing task itself fails, no baseline is left, and files unsettled at the next
+        // save count as new: run again, never skipped.
+        *persisted = Dirs::default();
         let path = path.clone();
-        let saved = match tokio::task::spawn_blocking(move || snapshot::save(&path, &data)).await {
-            Ok(Ok(())) => {
+        let written = tokio::task::spawn_blocking(move || {
+            let saved = snapshot::save(&path, &baseline);
+            (baseline, saved)
+        });
+        let saved = match written.await {
+            Ok((baseline, Ok(()))) => {
+                *persisted = baseline;
                 debug!("snapshot saved");
                 Ok(())
             }
-            Ok(Err(e)) => Err(format!("cannot save the snapshot: {e}")),
+            Ok((baseline, Err(e))) => {
+                *persisted = baseline;
+                Err(format!("cannot save the snapshot: {e}"))
+            }
             Err(e) => Err(format!("cannot save the snapshot: the save task failed: {e}")),
         };
         self.shared.saved(saved);

@@ -16,7 +16,6 @@
 //!
 //! Symlinks are never followed.
 
-mod files;
 mod hold;
 mod mounts;
 mod poll;
@@ -210,9 +209,19 @@ impl Setup {
         })
     }
 
-    /// The files found, by path.
-    pub fn snapshot(&self) -> Snapshot {
-        self.tree.snapshot()
+    /// The files found, by directory (a copy, in the compact form).
+    pub fn by_dir(&self) -> crate::snapshot::Dirs {
+        self.tree.by_dir()
+    }
+
+    /// The changes from `saved` to the files found, as events: exactly what comparing
+    /// the two by full path would report, compared one directory at a time.
+    pub fn changes_since(&self, saved: &crate::snapshot::Dirs) -> Vec<FileEvent> {
+        let changes = crate::snapshot::diff_dirs(saved.iter(), self.tree.dirs());
+        changes
+            .into_iter()
+            .map(|(path, kind)| FileEvent { path, kind })
+            .collect()
     }
 
     /// Starts delivering events (needs a tokio runtime); files open for writing are
@@ -475,9 +484,9 @@ impl Watcher {
         reasons
     }
 
-    /// Every file under the watched directories, by path.
-    pub fn snapshot(&self) -> Snapshot {
-        self.tree.snapshot()
+    /// Every file under the watched directories, by directory (a copy, in the compact form).
+    pub fn by_dir(&self) -> crate::snapshot::Dirs {
+        self.tree.by_dir()
     }
 
     fn next_wakeup(&self) -> Option<Instant> {

@@ -3,10 +3,10 @@
 //! name, not a full path). Watches are always added before a directory is read,
 //! so nothing created meanwhile is missed.
 
-use super::files::Builder;
-pub(super) use super::files::Files;
 use super::{DirFilter, FileEvent, WatchError, sysctl};
 use crate::events::EventKind;
+use crate::snapshot::files::Builder;
+pub(super) use crate::snapshot::files::Files;
 use crate::snapshot::{FileState, Snapshot};
 use inotify::{WatchDescriptor, WatchMask, Watches};
 use std::collections::{BTreeMap, HashMap};
@@ -317,8 +317,20 @@ impl Tree {
     }
 
     /// The whole snapshot as one map by absolute path.
+    #[cfg(test)]
     pub fn snapshot(&self) -> Snapshot {
         flatten(self.dirs.iter())
+    }
+
+    /// Each directory's path and files, in path order.
+    pub fn dirs(&self) -> impl Iterator<Item = (&Path, &Files)> {
+        self.dirs.iter().map(|(p, d)| (&**p, &d.files))
+    }
+
+    /// A copy of the snapshot by directory (directories without files left out).
+    pub fn by_dir(&self) -> crate::snapshot::Dirs {
+        let dirs = self.dirs().filter(|(_, f)| f.len() > 0);
+        crate::snapshot::Dirs::from_sorted(dirs.map(|(p, f)| (p.to_owned(), f.clone())).collect())
     }
 
     /// What the tree holds, by structure.

@@ -1,8 +1,8 @@
 //! The first walk of a route path at start-up, on several threads: each worker
 //! takes a directory from a shared queue, adds its watch (before reading it, so
 //! nothing created meanwhile is missed), reads it, and queues the directories
-//! found in it. The caller records each directory as it arrives, while the
-//! workers go on. Watches from several threads are safe: one inotify instance,
+//! found in it. The caller records the directories as they arrive (in batches),
+//! while the workers go on. Watches from several threads are safe: one inotify instance,
 //! each `inotify_add_watch` a call of its own.
 
 use super::DirFilter;
@@ -14,6 +14,11 @@ use tracing::debug;
 
 /// At most this many walkers (the cores permitting).
 const MAX_WORKERS: usize = 4;
+
+/// Directories a walker hands to the caller at once. One at a time, the caller's
+/// thread was woken for each (100,000 on a tree of 1,000,000 files): those wake-ups
+/// took about a fifth of the start's CPU.
+const BATCH: usize = 256;
 
 /// A directory a walker watched and read.
 pub(super) struct Found {
@@ -50,6 +55,7 @@ pub(super) fn walk(
         for _ in 0..workers {
             let (tx, queue, mut watches) = (tx.clone(), &queue, watches.clone());
             scope.spawn(move || {
+                let mut batch = Vec::with_capacity(BATCH);
                 while let Some(dir) = next(queue) {
                     // Hands back the directory (and what it found) even if `visit`
                     // panics: the other walkers would otherwise wait for it forever.
@@ -58,14 +64,20 @@ pub(super) fn walk(
                         found: Vec::new(),
                     };
                     if let Some(done) = visit(&mut watches, filter, stat, dir, &mut busy.found) {
-                        // The receiver lives until every worker is done.
-                        let _ = tx.send(done);
+                        batch.push(done);
                     }
+                    if batch.len() >= BATCH {
+                        // The receiver lives until every worker is done.
+                        let _ = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
                 }
             });
         }
         drop(tx);
-        for found in rx {
+        for found in rx.into_iter().flatten() {
             record(found);
         }
     });

@@ -9,6 +9,7 @@
 mod support;
 
 mod browser;
+mod catch_up;
 mod cgroups;
 mod config_errors;
 mod control;

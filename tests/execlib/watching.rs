@@ -18,7 +18,7 @@ pub(crate) fn sh(script: &str, dir: &std::path::Path) {
 
 /// Writes a sentinel file and waits for its run: with [`log_route`]'s `max_jobs = 1`,
 /// every run caused by an earlier change has finished by then.
-fn settle(sandbox: &Sandbox, name: &str) {
+pub(crate) fn settle(sandbox: &Sandbox, name: &str) {
     sandbox.write(&format!("src/{name}"), "sentinel");
     wait_log(sandbox, &format!("{name} create,modify"));
 }
@@ -244,7 +244,7 @@ fn hidden_directories_are_not_watched_and_symlinks_not_followed() {
     assert_eq!(log_lines(&sandbox), ["z create,modify"]);
 }
 
-fn catch_up_config(sandbox: &Sandbox) -> std::path::PathBuf {
+pub(crate) fn catch_up_config(sandbox: &Sandbox) -> std::path::PathBuf {
     let body = format!(
         "[daemon]\nstate_dir = \"state\"\n{}",
         listener_key(&log_route(""), "catch_up = true")

@@ -2,11 +2,19 @@
 //! keeps one in memory to tell exactly what changed after an inotify queue
 //! overflow or a missed interval; listeners with `catch_up` persist it
 //! (temporary file, fsync, rename) to catch up on changes made while stopped.
+//! [`files`] is one directory's files in compact form, [`dirs`] a whole
+//! snapshot by directory (what is saved and loaded), [`format`] the saved bytes.
+
+mod dirs;
+pub(crate) mod files;
+mod format;
+
+pub use dirs::Dirs;
+pub(crate) use dirs::diff as diff_dirs;
 
 use crate::events::EventKind;
 use std::collections::BTreeMap;
-use std::io::{self, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -121,8 +129,6 @@ fn diff_by(
     changes
 }
 
-const MAGIC: &[u8; 12] = b"EXECLIBSNAP2";
-
 /// Why a saved snapshot could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -146,86 +152,9 @@ pub enum SnapshotError {
     },
 }
 
-/// Encodes a snapshot: magic, entries (path length, path bytes, inode, size, mtime, ctime), checksum.
-pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
-    let mut out = Vec::with_capacity(snapshot.len() * 96 + 32);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(snapshot.len() as u64).to_le_bytes());
-    for (path, state) in snapshot {
-        let bytes = path.as_os_str().as_bytes();
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(bytes);
-        out.extend_from_slice(&state.ino.to_le_bytes());
-        out.extend_from_slice(&state.size.to_le_bytes());
-        // 128-bit times on disk, as the format has always had them.
-        out.extend_from_slice(&i128::from(state.mtime_ns).to_le_bytes());
-        out.extend_from_slice(&i128::from(state.ctime_ns).to_le_bytes());
-    }
-    let sum = checksum(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
-    out
-}
-
-/// Decodes [`encode`]'s output; `None` for anything malformed.
-pub fn decode(data: &[u8]) -> Option<Snapshot> {
-    let (body, sum) = data.split_at_checked(data.len().checked_sub(8)?)?;
-    if checksum(body) != u64::from_le_bytes(sum.try_into().ok()?) {
-        return None;
-    }
-    let mut rest = body.strip_prefix(MAGIC.as_slice())?;
-    let most = rest.len() / 44;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let (head, tail) = rest.split_at_checked(n)?;
-        rest = tail;
-        Some(head)
-    };
-    let count = u64::from_le_bytes(take(8)?.try_into().ok()?);
-    // Collected, then built at once: entries are saved in path order, so the sort is one
-    // pass and the map is built without a search per entry. A count beyond what the
-    // data can hold (44 bytes an entry at least) is not trusted for the reservation.
-    let mut entries = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min(most));
-    for _ in 0..count {
-        let len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-        let path = PathBuf::from(std::ffi::OsString::from_vec(take(len)?.to_vec()));
-        let ino = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        let mtime_ns = time(take(16)?)?;
-        let ctime_ns = time(take(16)?)?;
-        entries.push((
-            path,
-            FileState {
-                ino,
-                size,
-                mtime_ns,
-                ctime_ns,
-            },
-        ));
-    }
-    take(0).filter(|_| rest.is_empty())?;
-    Some(entries.into_iter().collect())
-}
-
-/// A saved 128-bit time, clamped to 64 bits (the unknown mark, `i128::MIN` in files
-/// saved before times were 64 bits, stays the unknown mark).
-fn time(bytes: &[u8]) -> Option<i64> {
-    let t = i128::from_le_bytes(bytes.try_into().ok()?);
-    Some(match i64::try_from(t) {
-        Ok(t) => t,
-        Err(_) if t < 0 && t != i128::MIN => UNKNOWN + 1,
-        Err(_) if t < 0 => UNKNOWN,
-        Err(_) => i64::MAX,
-    })
-}
-
-/// FNV-1a, 64 bits: enough to catch torn or damaged files.
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// Writes `data` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.
-pub fn save(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
+/// Writes `dirs` to `path` atomically: a temporary file beside it, fsync, rename, fsync
+/// of the directory.
+pub fn save(path: &Path, dirs: &Dirs) -> Result<(), SnapshotError> {
     let io_err = |action, source| SnapshotError::Io {
         action,
         path: path.to_owned(),
@@ -237,7 +166,7 @@ pub fn save(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
     let written = std::fs::File::create(&tmp)
         .map_err(|e| io_err("creating", e))
         .and_then(|mut file| {
-            file.write_all(data).map_err(|e| io_err("writing", e))?;
+            format::write(dirs, &mut file).map_err(|e| io_err("writing", e))?;
             file.sync_all().map_err(|e| io_err("syncing", e))
         })
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io_err("renaming into", e)));
@@ -252,14 +181,14 @@ pub fn save(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// Reads a saved snapshot.
-pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
+/// Reads a saved snapshot (of any version written so far).
+pub fn load(path: &Path) -> Result<Dirs, SnapshotError> {
     let data = std::fs::read(path).map_err(|source| SnapshotError::Io {
         action: "reading",
         path: path.to_owned(),
         source,
     })?;
-    decode(&data).ok_or_else(|| SnapshotError::Corrupt {
+    format::decode(&data).ok_or_else(|| SnapshotError::Corrupt {
         path: path.to_owned(),
         reason: "bad magic, length or checksum",
     })
@@ -325,53 +254,13 @@ mod tests {
     }
 
     #[test]
-    fn encoding_round_trips_and_detects_damage() {
-        let mut s = snap(&[("/a b", state(1, 2))]);
-        s.insert(
-            PathBuf::from(std::ffi::OsString::from_vec(b"/\xff\xfe".to_vec())),
-            state(3, 4),
-        );
-        let data = encode(&s);
-        assert_eq!(decode(&data), Some(s));
-        for cut in [0, 5, data.len() - 1] {
-            assert_eq!(decode(&data[..cut]), None, "truncated at {cut}");
-        }
-        let mut flipped = data.clone();
-        flipped[20] ^= 1;
-        assert_eq!(decode(&flipped), None);
-    }
-
-    /// Snapshots saved when times were held in 128 bits load: the unknown mark stays
-    /// unknown, and times beyond 64 bits of nanoseconds are clamped, not refused.
-    #[test]
-    fn snapshots_saved_with_128_bit_times_load() {
-        let mut old = MAGIC.to_vec();
-        old.extend_from_slice(&3u64.to_le_bytes());
-        for (name, mtime) in [(&b"/a"[..], i128::MIN), (b"/b", 5), (b"/c", i128::MAX)] {
-            old.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            old.extend_from_slice(name);
-            old.extend_from_slice(&1u64.to_le_bytes());
-            old.extend_from_slice(&2u64.to_le_bytes());
-            old.extend_from_slice(&mtime.to_le_bytes());
-            old.extend_from_slice(&mtime.to_le_bytes());
-        }
-        let sum = checksum(&old);
-        old.extend_from_slice(&sum.to_le_bytes());
-        let s = decode(&old).expect("an old snapshot loads");
-        assert!(!s[Path::new("/a")].is_known());
-        assert_eq!(s[Path::new("/b")].mtime_ns, 5);
-        assert_eq!(s[Path::new("/c")].mtime_ns, i64::MAX);
-        assert_eq!(decode(&encode(&s)), Some(s), "and saves back the same");
-    }
-
-    #[test]
     fn save_replaces_atomically_and_load_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/docs.snapshot");
         let s = snap(&[("/x", state(9, 9))]);
-        save(&path, &encode(&s)).unwrap();
-        save(&path, &encode(&s)).unwrap();
-        assert_eq!(load(&path).unwrap(), s);
+        save(&path, &Dirs::from_flat(&s)).unwrap();
+        save(&path, &Dirs::from_flat(&s)).unwrap();
+        assert_eq!(load(&path).unwrap().to_flat(), s);
         assert!(!path.with_extension("tmp").exists());
         std::fs::write(&path, b"garbage").unwrap();
         assert!(matches!(load(&path), Err(SnapshotError::Corrupt { .. })));

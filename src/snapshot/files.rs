@@ -1,4 +1,4 @@
-//! The files of one watched directory, kept compactly: every name in one byte
+//! The files of one directory, kept compactly: every name in one byte
 //! arena, and one fixed-size entry (arena span and [`FileState`]) per file in a
 //! vector sorted by name. A file costs its name's bytes plus 40, where a map of
 //! owned names cost about 200 (a hash-table slot, a heap block per name, spare
@@ -53,7 +53,6 @@ impl Files {
     }
 
     /// The state of `name`.
-    #[cfg(test)]
     pub fn get(&self, name: &OsStr) -> Option<&FileState> {
         let i = self.find(name.as_bytes()).ok()?;
         Some(&self.entries[i].state)
@@ -196,21 +195,31 @@ impl Builder {
         }
     }
 
-    /// The sorted set, with no spare capacity.
+    /// A builder with room for `files` entries (a saved directory's count).
+    pub fn with_capacity(files: usize) -> Builder {
+        let mut builder = Builder::default();
+        builder.files.entries.reserve_exact(files);
+        builder
+    }
+
+    /// The sorted set, with no spare capacity. Names pushed already in order (a saved
+    /// directory, or a listing that happens to be) are neither sorted nor copied.
     pub fn finish(self) -> Files {
         let mut files = self.files;
         let names = std::mem::take(&mut files.names);
         let name = |e: &Entry| &names[e.start as usize..(e.start + e.len) as usize];
-        // Stable: of equal names the last pushed stays last, and is the one kept.
-        files.entries.sort_by(|x, y| name(x).cmp(name(y)));
-        let mut kept: Vec<Entry> = Vec::with_capacity(files.entries.len());
-        for e in files.entries.drain(..) {
-            match kept.last_mut() {
-                Some(last) if name(last) == name(&e) => *last = e,
-                _ => kept.push(e),
-            }
+        if !files.entries.windows(2).all(|w| name(&w[0]) < name(&w[1])) {
+            // Stable: of equal names the last pushed stays last, and is the one kept
+            // (moved into the place of the first, which `dedup_by` keeps).
+            files.entries.sort_by(|x, y| name(x).cmp(name(y)));
+            files.entries.dedup_by(|later, earlier| {
+                let same = name(later) == name(earlier);
+                if same {
+                    std::mem::swap(later, earlier);
+                }
+                same
+            });
         }
-        files.entries = kept;
         files.names = names;
         files.dead = 0;
         files.shrink_to_fit();
