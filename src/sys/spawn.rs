@@ -24,6 +24,14 @@ use std::ptr;
 /// The child routine's stack: it makes a handful of system calls.
 const CHILD_STACK: usize = 64 * 1024;
 
+thread_local! {
+    /// Each thread's child stack, made once: a 64 KiB allocation per job (zeroed,
+    /// and its free consolidating the allocator's heap) was a tenth of the daemon's
+    /// own work per job in a burst. The child uses it only while this thread is
+    /// suspended in the clone (`CLONE_VFORK`), so one per thread is enough.
+    static CHILD_STACKS: std::cell::Cell<Option<Box<[u128]>>> = const { std::cell::Cell::new(None) };
+}
+
 /// One past the highest signal number (glibc's `_NSIG`).
 const NSIG: c_int = 65;
 
@@ -184,8 +192,12 @@ pub fn spawn(spec: &Spec<'_>) -> Result<Process, SpawnError> {
         failed_stage: 0,
         failed_errno: 0,
     };
-    let mut stack = vec![0u128; CHILD_STACK / 16];
-    let (pid, pidfd) = clone_vfork(&mut args, &mut stack)?;
+    let mut stack = CHILD_STACKS
+        .take()
+        .unwrap_or_else(|| vec![0u128; CHILD_STACK / 16].into_boxed_slice());
+    let cloned = clone_vfork(&mut args, &mut stack);
+    CHILD_STACKS.set(Some(stack));
+    let (pid, pidfd) = cloned?;
     // SAFETY: the child has exec'd or exited (CLONE_VFORK), so nothing writes `args`
     // any more; the volatile reads see what it stored.
     let (failed_stage, failed_errno) = unsafe {
