@@ -640,7 +640,7 @@ async fn more_inputs_at_once_than_one_turn_takes_are_never_lost() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_job_that_panics_counts_as_failed_and_the_driver_runs_on() {
+async fn a_job_that_panics_does_not_stop_the_driver_and_the_next_change_runs() {
     let (tx, rx) = mpsc::channel(16);
     let ends = Arc::new(Mutex::new(Vec::new()));
     let seen = ends.clone();
