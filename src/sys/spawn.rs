@@ -290,7 +290,22 @@ fn clone_vfork(args: &mut ChildArgs, stack: &mut [u128]) -> Result<(libc::pid_t,
     if pid == -1 {
         return Err(error);
     }
-    // SAFETY: the clone succeeded, so `pidfd` is a new descriptor that nothing else owns.
+    if pidfd < 0 {
+        // A kernel older than 5.2 ignores CLONE_PIDFD: the child (exec'd or exited by
+        // now) cannot be waited for as jobs are, so it is ended here.
+        let mut status = 0;
+        // SAFETY: `pid` is our unreaped child, so the pid cannot have been reused;
+        // waitpid writes only `status`.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut status, 0);
+        }
+        return Err(SpawnError {
+            stage: Stage::Setup,
+            source: io::Error::from_raw_os_error(libc::ENOSYS),
+        });
+    }
+    // SAFETY: the clone succeeded and set `pidfd`, a new descriptor nothing else owns.
     Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
