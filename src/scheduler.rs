@@ -15,7 +15,7 @@
 //!   wait until it is over (see [`hold`]).
 //!
 //! [`Scheduler`] is the pure state machine; [`drive`] runs it against a channel of
-//! submissions and a launcher, tracking the started jobs in a `JoinSet`. [`frames`]
+//! submissions and a launcher, polling the started jobs within its own task. [`frames`]
 //! tracks when the work a change caused is over, for `[[listener.post]]`.
 
 mod drive;

@@ -163,10 +163,11 @@ pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
         process: AsyncProcess::new(process).map_err(StartError::Other)?,
         exit: None,
     };
-    let receiver = |fd: OwnedFd| pipe::Receiver::from_owned_fd(fd).map_err(StartError::Other);
+    // The daemon's ends are pipes' non-blocking ends ([`crate::sys::pipe`]): nothing to check.
+    let receiver = |fd: OwnedFd| pipe::Receiver::from_owned_fd_unchecked(fd).map_err(StartError::Other);
     Ok(Started {
         stdin: stdin_write
-            .map(pipe::Sender::from_owned_fd)
+            .map(pipe::Sender::from_owned_fd_unchecked)
             .transpose()
             .map_err(StartError::Other)?,
         stdout: receiver(out_read)?,
@@ -175,10 +176,10 @@ pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
     })
 }
 
-/// A pipe's (read, write) ends, both close-on-exec.
+/// A pipe's (read, write) ends, both close-on-exec and non-blocking (the job's end
+/// is made blocking in the job).
 fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = std::io::pipe()?;
-    Ok((read.into(), write.into()))
+    crate::sys::pipe()
 }
 
 fn spawn_error(e: SpawnError, launch: &Launch<'_>) -> StartError {

@@ -194,8 +194,8 @@ async fn run_job(
         pid,
         group: group.as_ref(),
     };
-    let (exit, by) = supervise(started_job, job, spec, (grace, cancel), tail).await;
-    let stats = job.kill().await;
+    let (exit, by, strays) = supervise(started_job, job, spec, (grace, cancel), tail).await;
+    let stats = job.kill(strays).await;
     let mut outcome = match (&exit, by) {
         (_, EndedBy::Stop) => Outcome::Cancelled,
         (_, EndedBy::Timeout) => Outcome::Timeout,
@@ -221,14 +221,15 @@ async fn run_job(
 /// Feeds the job's stdin, logs its output and waits for its main process (ending it
 /// at `cancel` or its timeout); then SIGTERM to strays and a short drain. Returns how
 /// the main process ended and what ended it (a main process that has exited by the
-/// time `cancel` fires ended by itself); `tail` gets the last lines of its output.
+/// time `cancel` fires ended by itself), and whether its process group still had
+/// processes for that SIGTERM; `tail` gets the last lines of its output.
 async fn supervise(
     started: child::Started,
     job: Job<'_>,
     spec: &JobSpec,
     (grace, cancel): (Duration, &CancellationToken),
     tail: &mut Vec<String>,
-) -> (std::io::Result<crate::sys::Exit>, EndedBy) {
+) -> (std::io::Result<crate::sys::Exit>, EndedBy, bool) {
     let child::Started {
         mut child,
         stdin,
@@ -239,7 +240,7 @@ async fn supervise(
     // Each stream's last lines, kept here: whatever happens to the reading (a stray
     // holding the pipe open past the drain), the lines read so far are the tail.
     let (mut out_tail, mut err_tail) = (StreamTail::default(), StreamTail::default());
-    let (exit, by) = {
+    let (exit, by, strays) = {
         let seq = std::sync::atomic::AtomicU64::new(0);
         let feed = feed(stdin, spec.stdin.as_deref());
         let drained = async {
@@ -273,14 +274,14 @@ async fn supervise(
             }
         };
         // The job is its main process: whatever it left running is a stray.
-        job.signal(libc::SIGTERM);
+        let strays = job.signal(libc::SIGTERM);
         if !output_done {
             let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
         }
-        ended
+        (ended.0, ended.1, strays)
     };
     *tail = StreamTail::merge(out_tail, err_tail);
-    (exit, by)
+    (exit, by, strays)
 }
 
 /// A running job's processes: its process group and, when jobs get cgroups, its
@@ -293,17 +294,22 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Sends `signal` to the job's process group and every process of its cgroup.
-    fn signal(&self, signal: i32) {
-        crate::sys::kill_group(self.pid, signal);
+    /// Returns whether the process group had processes (with a cgroup: true).
+    fn signal(&self, signal: i32) -> bool {
+        let group_left = crate::sys::kill_group(self.pid, signal);
         if let Some(group) = self.group {
             group.signal(signal);
         }
+        group_left || self.group.is_some()
     }
 
-    /// SIGKILL to everything of the job; with a cgroup, waits until it is empty and
-    /// returns what it measured.
-    async fn kill(&self) -> Option<cgroup::Stats> {
-        crate::sys::kill_group(self.pid, libc::SIGKILL);
+    /// SIGKILL to everything of the job (to its process group only when `group_left`:
+    /// a process group found empty once stays empty, nothing can join it); with a
+    /// cgroup, waits until it is empty and returns what it measured.
+    async fn kill(&self, group_left: bool) -> Option<cgroup::Stats> {
+        if group_left {
+            crate::sys::kill_group(self.pid, libc::SIGKILL);
+        }
         let group = self.group?;
         group.kill();
         if !group.wait_empty(Duration::from_secs(1)).await {

@@ -3,10 +3,12 @@
 //! job's end back to it, and logs what its holds do.
 
 use super::{FrameEnd, FrameStatus, HoldNotice, Input, Key, Queued, Scheduler, Start};
-use std::collections::{HashMap, VecDeque};
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::VecDeque;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// What the driver asks its launcher to start.
@@ -21,8 +23,10 @@ pub enum Work {
 /// Runs `sched` until `inputs` closes and every started job has ended.
 ///
 /// `launch` turns [`Work`] into the job's future, which yields whether the job
-/// succeeded; each runs as a task of a `JoinSet` owned here, so none outlives this
-/// function. At most `max_jobs` run at once; due work beyond that waits in arrival
+/// succeeded; the futures are polled here, within this task (a job that panics
+/// counts as failed), so none outlives this function, and a job's start, output and
+/// end wake this one task: no task spawned per job, no wakeup of another worker
+/// thread to run it. At most `max_jobs` run at once; due work beyond that waits in arrival
 /// order. When `sched` tracks frames, each ended frame is handed to `launch` as
 /// [`Work::Post`]. When the channel closes (the listener is stopping), runs not
 /// started are dropped, and their frames, with those of runs that then fail, end
@@ -38,9 +42,8 @@ pub async fn drive<F, Fut>(
 {
     let max_jobs = max_jobs.max(1);
     let mut ready: VecDeque<Work> = VecDeque::new();
-    let mut jobs = JoinSet::new();
-    // The key of each running route run (posts have none).
-    let mut running: HashMap<tokio::task::Id, Option<Key>> = HashMap::new();
+    // Each running job, yielding its key (posts have none) and whether it succeeded.
+    let mut jobs = FuturesUnordered::new();
     let mut open = true;
     // Says idle at the end, even if this panics: a listener left "busy" would hold
     // LiveReload's reloads.
@@ -61,8 +64,8 @@ pub async fn drive<F, Fut>(
                 Work::Run(start) => Some(start.key.clone()),
                 Work::Post(_) => None,
             };
-            let handle = jobs.spawn(launch(work));
-            running.insert(handle.id(), key);
+            let job = AssertUnwindSafe(launch(work)).catch_unwind();
+            jobs.push(job.map(move |ok| (key, ok.unwrap_or(false))));
         }
         let wakeup = sched.next_wakeup().filter(|_| open);
         tokio::select! {
@@ -89,12 +92,8 @@ pub async fn drive<F, Fut>(
                     };
                 }
             }
-            Some(done) = jobs.join_next_with_id(), if !jobs.is_empty() => {
-                let (id, ok) = match &done {
-                    Ok((id, ok)) => (*id, *ok),
-                    Err(e) => (e.id(), false),
-                };
-                if let Some(Some(key)) = running.remove(&id) {
+            Some((key, ok)) = jobs.next(), if !jobs.is_empty() => {
+                if let Some(key) = key {
                     let outcome = match (ok, open) {
                         (true, _) => FrameStatus::Ok,
                         (false, true) => FrameStatus::Failed,

@@ -638,3 +638,41 @@ async fn more_inputs_at_once_than_one_turn_takes_are_never_lost() {
     let files: std::collections::BTreeSet<_> = runs.iter().map(|r| r.file.clone()).collect();
     assert_eq!(files.len(), count, "every submission ran");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_panics_does_not_stop_the_driver_and_the_next_change_runs() {
+    let (tx, rx) = mpsc::channel(16);
+    let ends = Arc::new(Mutex::new(Vec::new()));
+    let seen = ends.clone();
+    let task = tokio::spawn(async move {
+        drive(rx, Scheduler::default(), 10, move |work: Work| {
+            let Work::Run(start) = work else {
+                unreachable!("no posts")
+            };
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(start.key.1.clone());
+                if start.key.1.ends_with("boom") {
+                    panic!("a job panicked");
+                }
+                true
+            }
+        })
+        .await
+    });
+    let t = timing(0, 0);
+    tx.try_send(sub("boom", EventKind::Modify, t)).unwrap();
+    tokio::time::sleep(MS * 10).await;
+    tx.try_send(sub("after", EventKind::Modify, t)).unwrap();
+    tokio::time::sleep(MS * 10).await;
+    drop(tx);
+    task.await.expect("the driver survives a job's panic");
+    let ran: Vec<_> = ends
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(ran[1].ends_with("after"), "{ran:?}");
+}

@@ -19,4 +19,4 @@ pub use proc::{
     become_subreaper, boot_ticks, euid, group_id, kill, kill_group, nofile_limit, reap, release_free_memory,
     set_nofile_soft, total_memory, uid,
 };
-pub use spawn::{AsyncProcess, Exit, SpawnError, Spec, Stage, spawn};
+pub use spawn::{AsyncProcess, Exit, SpawnError, Spec, Stage, pipe, spawn};
