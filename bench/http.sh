@@ -74,16 +74,26 @@ echo "small file (1 KiB), wrk -t2 -c32 -d5s, $rounds rounds each, medians:"
 echo "  execlibd: $m_ours req/s   (rounds: ${ours[*]})"
 echo "  nginx:    $m_theirs req/s   (rounds: ${theirs[*]})"
 python3 -c "print(f'  ratio execlibd / nginx: {$m_ours / $m_theirs:.2f}')"
-rps_large() { wrk -t2 -c8 -d5s "$1" | awk '/Requests\/sec/ {print $2}'; }
-ours=(); theirs=()
+# CPU ticks (utime + stime) of the given processes, summed.
+ticks() { for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{t += $1} END {print t}'; }
+# wrk against URL while PIDS run; prints "REQ/S CPU-MS-PER-REQUEST" for those processes.
+rps_large() {
+  local url=$1; shift
+  local t0 out t1
+  t0=$(ticks "$@"); out=$(wrk -t2 -c8 -d5s "$url" | awk '/Requests\/sec/ {print $2}'); t1=$(ticks "$@")
+  python3 -c "print($out, round(($t1 - $t0) * 1000 / $(getconf CLK_TCK) / ($out * 5), 2))"
+}
+ours=(); theirs=(); ours_cpu=(); theirs_cpu=()
+daemon_pid=${pids[-1]}; nginx_pids="${pids[0]} $(pgrep -P "${pids[0]}" | tr "\n" " ")"
 for _ in $(seq "$rounds"); do
-  ours+=("$(rps_large "http://$addr/large.bin")")
-  theirs+=("$(rps_large "http://127.0.0.1:$nginx_port/large.bin")")
+  read -r r c < <(rps_large "http://$addr/large.bin" "$daemon_pid"); ours+=("$r"); ours_cpu+=("$c")
+  # shellcheck disable=SC2086
+  read -r r c < <(rps_large "http://127.0.0.1:$nginx_port/large.bin" $nginx_pids); theirs+=("$r"); theirs_cpu+=("$c")
 done
 m_ours=$(median "${ours[@]}"); m_theirs=$(median "${theirs[@]}")
 echo "large file (10 MiB), wrk -t2 -c8 -d5s, $rounds rounds each, medians:"
-echo "  execlibd: $m_ours req/s   (rounds: ${ours[*]})"
-echo "  nginx:    $m_theirs req/s   (rounds: ${theirs[*]})"
+echo "  execlibd: $m_ours req/s, $(median "${ours_cpu[@]}") CPU ms per request   (rounds: ${ours[*]})"
+echo "  nginx:    $m_theirs req/s, $(median "${theirs_cpu[@]}") CPU ms per request   (rounds: ${theirs[*]})"
 python3 -c "print(f'  ratio execlibd / nginx: {$m_ours / $m_theirs:.2f}')"
 latency=$(target/release/examples/reload_latency "$addr" "$work/public" 200)
 stop_execlibd
