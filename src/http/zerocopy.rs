@@ -43,6 +43,8 @@ use tokio::net::TcpStream;
 
 /// The most one placeholder stands for: one region, one body frame.
 const CHUNK: usize = 1 << 20;
+/// How much a region is read at a time where `sendfile` is refused.
+const COPY_CHUNK: usize = 64 * 1024;
 
 /// The placeholder's bytes: zeros from the allocator, never touched, so they take
 /// address space but no memory.
@@ -147,7 +149,6 @@ impl Io {
             match sent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
-                    self.copy = Some(vec![0; 64 * 1024].into_boxed_slice());
                     return self.poll_copy(cx, region);
                 }
                 result => return Poll::Ready(result),
@@ -160,7 +161,7 @@ impl Io {
     fn poll_copy(&mut self, cx: &mut Context<'_>, region: &Region) -> Poll<io::Result<usize>> {
         let buf = self
             .copy
-            .get_or_insert_with(|| vec![0; 64 * 1024].into_boxed_slice());
+            .get_or_insert_with(|| vec![0; COPY_CHUNK].into_boxed_slice());
         let want = region.left.min(buf.len());
         let n = region.file.read_at(&mut buf[..want], region.offset)?;
         if n == 0 {
