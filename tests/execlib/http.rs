@@ -672,3 +672,52 @@ fn a_large_file_cut_short_while_sent_closes_the_connection_without_a_hang() {
         "still serving"
     );
 }
+
+#[test]
+fn clients_that_vanish_mid_download_leave_the_daemon_serving() {
+    use std::io::{Read, Write};
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "", &one_route("true", ""));
+    let big = noise(16 * 1024 * 1024, 5);
+    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    // Each takes a little and goes: half close politely, half reset (linger 0), while
+    // `sendfile` is writing to them (EPIPE, ECONNRESET, never SIGPIPE).
+    for i in 0..40 {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(stream, "GET /big.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut some = [0u8; 64 * 1024];
+        stream.read_exact(&mut some).unwrap();
+        if i % 2 == 0 {
+            linger_zero(&stream);
+        }
+        drop(stream);
+    }
+    let r = get(&addr, "/big.bin", &["Range: bytes=100-199"]);
+    assert!(
+        r.status == 206 && r.body == big[100..200],
+        "still serving, byte for byte"
+    );
+}
+
+/// Sets `SO_LINGER` to zero, so closing `stream` resets the connection.
+fn linger_zero(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `linger`, a live struct of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
