@@ -2,6 +2,7 @@
 //! started by [`crate::sys::spawn`] (a vfork-style clone, never `fork`, so a start
 //! costs the same whatever the daemon's size) and awaited through its pidfd.
 
+use super::output::OutputPipe;
 use crate::config::Command;
 use crate::sys::{AsyncProcess, Exit, SpawnError, Spec, Stage};
 use std::collections::BTreeMap;
@@ -53,9 +54,9 @@ pub struct Started {
     /// Its stdin, when [`Launch::stdin`] asked for one.
     pub stdin: Option<pipe::Sender>,
     /// Its stdout.
-    pub stdout: pipe::Receiver,
+    pub stdout: OutputPipe,
     /// Its stderr.
-    pub stderr: pipe::Receiver,
+    pub stderr: OutputPipe,
 }
 
 /// Why a job's process could not be started: a sentence for the log and `jobs`.
@@ -89,7 +90,7 @@ pub enum StartError {
 /// that, its process group is killed (it is then reaped as an adoptee).
 pub struct Child {
     process: AsyncProcess,
-    exit: Option<Exit>,
+    exit: std::sync::OnceLock<Exit>,
 }
 
 impl Child {
@@ -98,20 +99,28 @@ impl Child {
         self.process.pid()
     }
 
+    /// Waits until it has exited, leaving it unreaped (cancel-safe): its pid, and so
+    /// its process group's id, stay its own until [`Child::wait`].
+    pub async fn exited(&self) -> io::Result<()> {
+        match self.exit.get() {
+            Some(_) => Ok(()),
+            None => self.process.exited().await,
+        }
+    }
+
     /// Waits for it to exit and reaps it (cancel-safe; later calls return the same).
-    pub async fn wait(&mut self) -> io::Result<Exit> {
-        if let Some(exit) = self.exit {
-            return Ok(exit);
+    pub async fn wait(&self) -> io::Result<Exit> {
+        if let Some(exit) = self.exit.get() {
+            return Ok(*exit);
         }
         let exit = self.process.wait().await?;
-        self.exit = Some(exit);
-        Ok(exit)
+        Ok(*self.exit.get_or_init(|| exit))
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if self.exit.is_none() {
+        if self.exit.get().is_none() {
             crate::sys::kill_group(self.pid(), libc::SIGKILL);
             crate::sys::kill(self.pid(), libc::SIGKILL);
         }
@@ -161,17 +170,15 @@ pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
     drop((stdin_read, out_write, err_write));
     let child = Child {
         process: AsyncProcess::new(process).map_err(StartError::Other)?,
-        exit: None,
+        exit: std::sync::OnceLock::new(),
     };
-    // The daemon's ends are pipes' non-blocking ends ([`crate::sys::pipe`]): nothing to check.
-    let receiver = |fd: OwnedFd| pipe::Receiver::from_owned_fd_unchecked(fd).map_err(StartError::Other);
     Ok(Started {
         stdin: stdin_write
             .map(pipe::Sender::from_owned_fd_unchecked)
             .transpose()
             .map_err(StartError::Other)?,
-        stdout: receiver(out_read)?,
-        stderr: receiver(err_read)?,
+        stdout: OutputPipe::new(out_read),
+        stderr: OutputPipe::new(err_read),
         child,
     })
 }

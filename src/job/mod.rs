@@ -10,6 +10,7 @@ pub mod child;
 pub mod contain;
 pub mod launch;
 pub mod orphans;
+mod output;
 
 use crate::config::Command;
 /// How a job ended: the history's outcome, the one vocabulary the history, the
@@ -30,6 +31,11 @@ pub const MAX_LINE: usize = 8 * 1024;
 /// After the job's main process exits, how long its output may still be drained
 /// (a background child may hold the pipe open).
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
+/// A job's output is first read when it exits, or once it has run this long: a
+/// short job's pipes are then read to their end without being registered with the
+/// reactor ([`output::OutputPipe`]). A job that writes more than a pipe holds
+/// (64 KiB) sooner waits at most this long once.
+const OUTPUT_LATER: Duration = Duration::from_millis(10);
 
 /// The soft open-files limit jobs get: the one the daemon started with, before it
 /// raised its own (as systemd advises, so programs that loop over every descriptor stay fast).
@@ -231,7 +237,7 @@ async fn supervise(
     tail: &mut Vec<String>,
 ) -> (std::io::Result<crate::sys::Exit>, EndedBy, bool) {
     let child::Started {
-        mut child,
+        child,
         stdin,
         stdout,
         stderr,
@@ -244,6 +250,7 @@ async fn supervise(
         let seq = std::sync::atomic::AtomicU64::new(0);
         let feed = feed(stdin, spec.stdin.as_deref());
         let drained = async {
+            let _ = tokio::time::timeout(OUTPUT_LATER, child.exited()).await;
             tokio::join!(
                 log_lines(stdout, "stdout", &seq, &mut out_tail),
                 log_lines(stderr, "stderr", &seq, &mut err_tail)
@@ -258,10 +265,10 @@ async fn supervise(
             tokio::select! {
                 biased;
                 exit = child.wait() => (exit, EndedBy::Itself),
-                _ = cancel.cancelled() => (terminate(&mut child, job, grace).await, EndedBy::Stop),
+                _ = cancel.cancelled() => (terminate(&child, job, grace).await, EndedBy::Stop),
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                     warn!(job_pid = pid, timeout_ms, "job timed out");
-                    (terminate(&mut child, job, spec.kill_grace).await, EndedBy::Timeout)
+                    (terminate(&child, job, spec.kill_grace).await, EndedBy::Timeout)
                 }
             }
         };
@@ -273,7 +280,10 @@ async fn supervise(
                 _ = &mut output, if !output_done => output_done = true,
             }
         };
-        // The job is its main process: whatever it left running is a stray.
+        // The job is its main process: whatever it left running is a stray. The main
+        // process is reaped: a group left empty stays so, and its id could go to a new
+        // group only once the kernel's pid counter, which hands out pids in turn, has
+        // wrapped around, not in the moment before this signal.
         let strays = job.signal(libc::SIGTERM);
         if !output_done {
             let _ = tokio::time::timeout(OUTPUT_DRAIN, &mut output).await;
@@ -365,11 +375,7 @@ fn log_end(outcome: &Outcome, elapsed: Duration, usage: Option<Usage>) {
 
 /// SIGTERM to the job's processes, SIGKILL after `grace`; then SIGKILL again to
 /// sweep any still alive.
-async fn terminate(
-    child: &mut child::Child,
-    job: Job<'_>,
-    grace: Duration,
-) -> std::io::Result<crate::sys::Exit> {
+async fn terminate(child: &child::Child, job: Job<'_>, grace: Duration) -> std::io::Result<crate::sys::Exit> {
     let pid = job.pid;
     info!(job_pid = pid, "sending SIGTERM to the job's processes");
     job.signal(libc::SIGTERM);

@@ -135,6 +135,15 @@ impl AsyncProcess {
         self.0.get_ref().pid
     }
 
+    /// Waits until it has exited, without reaping it: until it is reaped it stays a
+    /// zombie holding its pid, so its process group's id cannot be reused by another
+    /// process meanwhile (signals to the group are safe). Cancel-safe.
+    pub async fn exited(&self) -> io::Result<()> {
+        // The pidfd becomes readable when the process exits; the readiness is kept
+        // (not cleared) for [`AsyncProcess::wait`].
+        self.0.readable().await.map(|_| ())
+    }
+
     /// Waits for it to exit and reaps it. Cancel-safe; after it returned `Ok` once,
     /// later calls fail (the process is reaped).
     pub async fn wait(&self) -> io::Result<Exit> {
