@@ -38,8 +38,9 @@ fn large_file_stalled_readers_stay_bounded() {
         stalled.len() == n,
         format!("only {} of {n} connections opened", stalled.len()),
     );
-    // 128 streams with 256 KiB chunks, the rest 32 KiB, about three chunks in flight each.
-    case.check(growth < 200.0, format!("RSS grew {growth:.1} MB (limit 200 MB)"));
+    // The file goes out with sendfile: a stalled reader holds no buffer of the file's,
+    // only its connection (the copying build grew by 106 MB at 600 readers).
+    case.check(growth < 40.0, format!("RSS grew {growth:.1} MB (limit 40 MB)"));
     case.check(
         p99 < 100.0,
         format!("HTTP probe p99 {p99:.1} ms meanwhile (limit 100 ms)"),
