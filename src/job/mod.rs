@@ -192,7 +192,7 @@ async fn run_job(
     // Recorded until its whole group is gone (the last kill below), for a daemon
     // started after a crash of this one.
     let ticks = before..=crate::sys::boot_ticks();
-    let _recorded = spec.ledger.as_ref().and_then(|l| l.record(pid, ticks));
+    let _recorded = spec.ledger.as_ref().map(|l| l.record(pid, ticks));
     spec.pid.store(pid, std::sync::atomic::Ordering::Relaxed);
     tracing::Span::current().record("job_pid", pid);
     info!(job_pid = pid, "job started");
@@ -423,6 +423,10 @@ async fn log_lines(
                 let marker = if cut { " [line cut at 8 KiB]" } else { "" };
                 info!(stream, "{text}{marker}");
                 tail.push(seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed), text);
+                // A read can hold thousands of short lines: each logged one counts
+                // against the task's budget, so the task yields every so many lines
+                // and the listener's other jobs, timeouts and stops are not held up.
+                tokio::task::coop::consume_budget().await;
             }
             Err(e) => {
                 warn!(stream, "reading job output: {e}");

@@ -41,9 +41,15 @@ impl AsyncRead for OutputPipe {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let State::Direct(file) = &mut this.0 {
+            // A read takes from the task's budget, as the reactor's reads do: a job that
+            // writes faster than its lines are logged never leaves the pipe empty, and
+            // without this the task reading it (the listener's jobs, their timeouts and
+            // stops) would never yield.
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             loop {
                 match file.read(buf.initialize_unfilled()) {
                     Ok(n) => {
+                        coop.made_progress();
                         buf.advance(n);
                         return Poll::Ready(Ok(()));
                     }

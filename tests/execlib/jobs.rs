@@ -115,6 +115,24 @@ fn job_past_its_timeout_is_killed_with_its_grandchildren() {
 }
 
 #[test]
+fn regression_a_job_printing_without_pause_still_times_out() {
+    // Its output never runs dry, so reading it never has to wait: the reading must
+    // still yield, or the listener's task never gets to the job's timeout.
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("echo $$ > ../out/main; exec yes", "timeout_ms = 500"));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let main: i32 = sandbox.wait_out("main").trim().parse().unwrap();
+    // 0.5 s, and some slack for a loaded machine: the timeout is not held up by the
+    // reading of thousands of lines per read either.
+    eventually_within(Duration::from_secs(3), "the timeout to end the job", || {
+        (daemon.listener("docs")["jobs_failed"] == 1).then_some(())
+    });
+    assert!(!alive(main), "the job is gone");
+    assert!(daemon.log().contains("job timed out"));
+}
+
+#[test]
 fn a_job_writing_100_mb_leaves_the_daemon_memory_flat() {
     let sandbox = Sandbox::new();
     // 100 MB: 7,000 lines of 10,000 bytes (each cut to 8 KiB in the log), then one
