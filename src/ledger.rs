@@ -60,6 +60,9 @@ struct Journal {
 pub struct Entry {
     ledger: Arc<Ledger>,
     pid: u32,
+    /// Its start line: a later job that got the same pid replaced it, and then this
+    /// entry's end leaves that job's record alone.
+    line: String,
 }
 
 impl Drop for Ledger {
@@ -71,8 +74,15 @@ impl Drop for Ledger {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        self.ledger.append(self.pid, None);
+        self.ledger
+            .append(self.pid, Change::End(std::mem::take(&mut self.line)));
     }
+}
+
+/// A change to the ledger: a job's start line, or its end (with its start line).
+enum Change {
+    Start(String),
+    End(String),
 }
 
 /// What `/proc/PID/stat` says about a process: its group and start tick.
@@ -131,29 +141,36 @@ impl Ledger {
 
     /// Records the job whose process (and group) is `pid`, started between the clock
     /// ticks since boot `started` (read before and after its spawn: no need to read
-    /// its `/proc/PID/stat`); `None` when the state directory cannot be written
-    /// (logged once).
-    pub fn record(self: &Arc<Self>, pid: u32, started: Ticks) -> Option<Entry> {
+    /// its `/proc/PID/stat`). When the state directory cannot be written (logged
+    /// once), the record is kept and written with the next write that succeeds.
+    pub fn record(self: &Arc<Self>, pid: u32, started: Ticks) -> Entry {
         let (lo, hi) = (started.start(), started.end());
         let line = format!("+ {pid} {lo} {hi} {}\n", self.boot.as_deref().unwrap_or("-"));
-        self.append(pid, Some(line)).then(|| Entry {
+        self.append(pid, Change::Start(line.clone()));
+        Entry {
             ledger: self.clone(),
             pid,
-        })
+            line,
+        }
     }
 
-    /// Appends a job's start (`line`) or end (`None`); false when it is not recorded.
-    fn append(&self, pid: u32, line: Option<String>) -> bool {
+    /// Appends a job's start or end; false when it is not written (or, for an end,
+    /// when the job's record is not there any more).
+    fn append(&self, pid: u32, change: Change) -> bool {
         let mut journal = self.file.lock().expect("ledger lock");
         let journal = &mut *journal;
-        let text = match &line {
-            Some(line) => line.clone(),
-            None if journal.running.remove(&pid).is_some() => format!("- {pid}\n"),
-            None => return false,
+        let text = match change {
+            Change::Start(line) => {
+                let text = line.clone();
+                journal.running.insert(pid, line);
+                text
+            }
+            Change::End(line) if journal.running.get(&pid) == Some(&line) => {
+                journal.running.remove(&pid);
+                format!("- {pid}\n")
+            }
+            Change::End(_) => return false,
         };
-        if let Some(line) = line {
-            journal.running.insert(pid, line);
-        }
         journal.lines += 1;
         let rewrite = journal.failing
             || journal.file.is_none()
@@ -398,10 +415,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Arc::new(Ledger::new(dir.path()));
         let now = crate::sys::boot_ticks();
-        let kept = ledger.record(std::process::id(), now..=now).expect("recorded");
+        let kept = ledger.record(std::process::id(), now..=now);
         for pid in 1_000_000..1_000_000 + 3 * COMPACT_AFTER as u32 {
-            assert!(ledger.append(pid, Some(format!("+ {pid} 1 -\n"))));
-            assert!(ledger.append(pid, None));
+            let line = format!("+ {pid} 1 -\n");
+            assert!(ledger.append(pid, Change::Start(line.clone())));
+            assert!(ledger.append(pid, Change::End(line)));
         }
         let text = std::fs::read_to_string(&ledger.path).unwrap();
         assert!(
@@ -414,6 +432,20 @@ mod tests {
         let path = ledger.path.clone();
         drop(ledger);
         assert!(!path.exists(), "a clean exit leaves no ledger");
+    }
+
+    #[test]
+    fn regression_a_pid_reused_by_a_new_job_keeps_the_new_jobs_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::new(dir.path()));
+        let pid = 3_000_000;
+        let old = ledger.record(pid, 10..=11);
+        let new = ledger.record(pid, 20..=21);
+        // The old job's end (its group gone only now) must not end the new job's record.
+        drop(old);
+        assert_eq!(ledger.read_records(&ledger.path), vec![(pid, 20..=21)]);
+        drop(new);
+        assert!(ledger.read_records(&ledger.path).is_empty());
     }
 
     #[test]
@@ -454,13 +486,16 @@ mod tests {
         let filler = dir.path().join("filler");
         let _ = std::fs::write(&filler, vec![0u8; 128 * 1024]); // fills the disk
         let mut pid = 2_000_000;
-        while ledger.append(pid, Some(format!("+ {pid} 1 1 -\n"))) {
+        while ledger.append(pid, Change::Start(format!("+ {pid} 1 1 -\n"))) {
             pid += 1;
             assert!(pid < 2_100_000, "the disk never filled");
         }
+        // A job that starts and ends while the disk is full leaves no record behind.
+        let now = crate::sys::boot_ticks();
+        drop(ledger.record(pid + 5, now..=now));
         std::fs::remove_file(&filler).unwrap();
         assert!(
-            ledger.append(pid + 1, Some(format!("+ {} 1 1 -\n", pid + 1))),
+            ledger.append(pid + 1, Change::Start(format!("+ {} 1 1 -\n", pid + 1))),
             "recording resumed"
         );
         let running = ledger.read_records(&ledger.path).len();

@@ -294,10 +294,17 @@ async fn tracked(
     cancel: CancellationToken,
 ) -> (Outcome, Vec<String>) {
     let id = observer.started(&run.route, &path, &spec.pid);
+    let ending = Ending {
+        observer: &*observer,
+        id,
+        route: &run.route,
+        path: &path,
+    };
     let started_ms = crate::protocol::epoch_ms(std::time::SystemTime::now());
     let started = std::time::Instant::now();
     let ended = super::run(&spec, grace, &cancel).await;
     let took = started.elapsed();
+    std::mem::forget(ending);
     observer.outcome(&run.route, &path, &ended.outcome, took);
     observer.ended(id, &run.route, &path, ended.outcome.failure());
     history.record(crate::history::Finished {
@@ -315,6 +322,26 @@ async fn tracked(
     (ended.outcome, ended.output)
 }
 
+/// Tells the observer a job ended when its supervision ends without saying so (a
+/// panic, or the runtime's end), so the listener does not list it as running forever.
+struct Ending<'a> {
+    observer: &'a dyn Observer,
+    id: u64,
+    route: &'a str,
+    path: &'a Path,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        let why = match std::thread::panicking() {
+            true => "the daemon's supervision of the job panicked (see the log)",
+            false => "the daemon stopped supervising the job before it ended",
+        };
+        self.observer
+            .ended(self.id, self.route, self.path, Some(why.to_owned()));
+    }
+}
+
 /// The paths, one per line, for a job's stdin.
 fn path_lines(files: &[PathBuf]) -> Vec<u8> {
     let mut lines = Vec::new();
@@ -329,6 +356,7 @@ fn path_lines(files: &[PathBuf]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::config::Command;
+    use std::panic::AssertUnwindSafe;
 
     struct Quiet;
 
@@ -400,6 +428,35 @@ mod tests {
             (outcome, record.outcome),
             (Outcome::Cancelled, Outcome::Cancelled)
         );
+    }
+
+    #[test]
+    fn regression_a_job_whose_supervision_panics_is_not_listed_as_running_forever() {
+        struct Ends(std::sync::Mutex<Vec<(u64, Option<String>)>>);
+        impl Observer for Ends {
+            fn started(&self, _: &str, _: &Path, _: &Arc<AtomicU32>) -> u64 {
+                7
+            }
+            fn ended(&self, id: u64, _: &str, _: &Path, failure: Option<String>) {
+                self.0.lock().unwrap().push((id, failure));
+            }
+        }
+        let observer = Ends(std::sync::Mutex::new(Vec::new()));
+        let path = PathBuf::from("/s/a");
+        let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _ending = Ending {
+                observer: &observer,
+                id: 7,
+                route: "pages",
+                path: &path,
+            };
+            panic!("a bug");
+        }));
+        assert!(panicked.is_err());
+        let ends = observer.0.lock().unwrap();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].0, 7);
+        assert!(ends[0].1.as_deref().unwrap().contains("panicked"), "{ends:?}");
     }
 
     #[tokio::test]
