@@ -294,14 +294,15 @@ async fn tracked(
     cancel: CancellationToken,
 ) -> (Outcome, Vec<String>) {
     let id = observer.started(&run.route, &path, &spec.pid);
+    let started_ms = crate::protocol::epoch_ms(std::time::SystemTime::now());
+    let started = std::time::Instant::now();
     let ending = Ending {
         observer: &*observer,
         id,
         route: &run.route,
         path: &path,
+        started,
     };
-    let started_ms = crate::protocol::epoch_ms(std::time::SystemTime::now());
-    let started = std::time::Instant::now();
     let ended = super::run(&spec, grace, &cancel).await;
     let took = started.elapsed();
     std::mem::forget(ending);
@@ -329,6 +330,7 @@ struct Ending<'a> {
     id: u64,
     route: &'a str,
     path: &'a Path,
+    started: std::time::Instant,
 }
 
 impl Drop for Ending<'_> {
@@ -337,6 +339,12 @@ impl Drop for Ending<'_> {
             true => "the daemon's supervision of the job panicked (see the log)",
             false => "the daemon stopped supervising the job before it ended",
         };
+        // Counted as a failed run, so the metrics' runs started and finished still agree.
+        let outcome = super::Outcome::NotStarted {
+            reason: why.to_owned(),
+        };
+        let took = self.started.elapsed();
+        self.observer.outcome(self.route, self.path, &outcome, took);
         self.observer
             .ended(self.id, self.route, self.path, Some(why.to_owned()));
     }
@@ -449,6 +457,7 @@ mod tests {
                 id: 7,
                 route: "pages",
                 path: &path,
+                started: std::time::Instant::now(),
             };
             panic!("a bug");
         }));

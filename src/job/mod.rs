@@ -75,16 +75,20 @@ pub const TAIL_LINES: usize = 20;
 /// Bytes of a line the tail keeps (cut at a character boundary).
 pub const TAIL_LINE: usize = 1024;
 
+/// Where a line of output falls among both streams' lines: the number of the read
+/// that completed it, then its number in the order lines were logged.
+type LineKey = (u64, u64);
+
 /// The last lines of one output stream, numbered so that two streams merge in the
 /// order their lines came. Owned by the task reading the stream: no lock, and its
 /// buffers are reused once it holds [`TAIL_LINES`] lines.
 #[derive(Debug, Default)]
 struct StreamTail {
-    lines: std::collections::VecDeque<(u64, String)>,
+    lines: std::collections::VecDeque<(LineKey, String)>,
 }
 
 impl StreamTail {
-    fn push(&mut self, seq: u64, line: &str) {
+    fn push(&mut self, key: LineKey, line: &str) {
         let mut cut = TAIL_LINE.min(line.len());
         while !line.is_char_boundary(cut) {
             cut -= 1;
@@ -95,13 +99,13 @@ impl StreamTail {
         };
         slot.clear();
         slot.push_str(&line[..cut]);
-        self.lines.push_back((seq, slot));
+        self.lines.push_back((key, slot));
     }
 
     /// The last [`TAIL_LINES`] lines of both streams, oldest first.
     fn merge(a: StreamTail, b: StreamTail) -> Vec<String> {
-        let mut all: Vec<(u64, String)> = a.lines.into_iter().chain(b.lines).collect();
-        all.sort_by_key(|(seq, _)| *seq);
+        let mut all: Vec<(LineKey, String)> = a.lines.into_iter().chain(b.lines).collect();
+        all.sort_by_key(|(key, _)| *key);
         let skip = all.len().saturating_sub(TAIL_LINES);
         all.into_iter().skip(skip).map(|(_, line)| line).collect()
     }
@@ -404,15 +408,15 @@ async fn feed(stdin: Option<tokio::net::unix::pipe::Sender>, data: Option<&[u8]>
 }
 
 /// Logs each line of `reader`, cutting lines over [`MAX_LINE`], and keeps the last
-/// ones in `tail`; never holds more than one line beyond its tail. Lines are numbered
-/// from `seq` (shared by both streams).
+/// ones in `tail`; never holds more than one line beyond its tail. Reads and lines
+/// are numbered from `seq` (shared by both streams, see [`output::Stamped`]).
 async fn log_lines(
     reader: impl AsyncRead + Unpin,
     stream: &'static str,
     seq: &std::sync::atomic::AtomicU64,
     tail: &mut StreamTail,
 ) {
-    let mut reader = BufReader::new(reader);
+    let mut reader = BufReader::new(output::Stamped::new(reader, seq));
     let mut line = Vec::with_capacity(256);
     loop {
         match read_capped_line(&mut reader, &mut line).await {
@@ -422,7 +426,8 @@ async fn log_lines(
                 let text = text.trim_end_matches(['\n', '\r']);
                 let marker = if cut { " [line cut at 8 KiB]" } else { "" };
                 info!(stream, "{text}{marker}");
-                tail.push(seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed), text);
+                let logged = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tail.push((reader.get_ref().last(), logged), text);
                 // A read can hold thousands of short lines: each logged one counts
                 // against the task's budget, so the task yields every so many lines
                 // and the listener's other jobs, timeouts and stops are not held up.
@@ -488,10 +493,10 @@ pub(crate) mod tests {
         let (mut out, mut err) = (StreamTail::default(), StreamTail::default());
         for i in 0..30u64 {
             let tail = if i % 3 == 0 { &mut err } else { &mut out };
-            tail.push(i, &format!("line {i}"));
+            tail.push((i, 0), &format!("line {i}"));
         }
         let long = "é".repeat(TAIL_LINE);
-        out.push(30, &long);
+        out.push((30, 0), &long);
         let lines = StreamTail::merge(out, err);
         assert_eq!(lines.len(), TAIL_LINES);
         assert_eq!(lines[0], "line 11");
@@ -502,6 +507,31 @@ pub(crate) mod tests {
             "{}",
             last.len()
         );
+    }
+
+    #[tokio::test]
+    async fn regression_a_line_read_after_a_long_read_ends_the_tail() {
+        use std::io::Write;
+        // stdout's thousand lines come in one read, stderr's line in a later one. The
+        // logging of the thousand yields partway (the task's budget), and stderr's
+        // line is logged before the last of them: it must still end the tail.
+        let (out_read, out_write) = crate::sys::pipe().unwrap();
+        let (err_read, err_write) = crate::sys::pipe().unwrap();
+        let lines: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+        std::fs::File::from(out_write)
+            .write_all(lines.as_bytes())
+            .unwrap();
+        std::fs::File::from(err_write).write_all(b"ERR\n").unwrap();
+        let seq = std::sync::atomic::AtomicU64::new(0);
+        let (mut out_tail, mut err_tail) = (StreamTail::default(), StreamTail::default());
+        tokio::join!(
+            log_lines(output::OutputPipe::new(out_read), "stdout", &seq, &mut out_tail),
+            log_lines(output::OutputPipe::new(err_read), "stderr", &seq, &mut err_tail)
+        );
+        let tail = StreamTail::merge(out_tail, err_tail);
+        assert_eq!(tail.len(), TAIL_LINES);
+        assert_eq!(tail[0], "982");
+        assert_eq!(tail.last().map(String::as_str), Some("ERR"), "{tail:?}");
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::unix::pipe;
@@ -73,6 +74,44 @@ impl AsyncRead for OutputPipe {
                 "the job's output pipe could not be watched",
             ))),
         }
+    }
+}
+
+/// A reader whose reads are numbered from a counter its job's streams share. A line
+/// takes the number of the read that completed it ([`Stamped::last`]), so the lines
+/// of stdout and stderr merge in the order they were read, however the logging of
+/// one read's many lines interleaves with the other stream's.
+pub struct Stamped<'a, R> {
+    inner: R,
+    counter: &'a AtomicU64,
+    last: u64,
+}
+
+impl<'a, R> Stamped<'a, R> {
+    /// Reads `inner`, numbering its reads from `counter`.
+    pub fn new(inner: R, counter: &'a AtomicU64) -> Self {
+        Stamped {
+            inner,
+            counter,
+            last: 0,
+        }
+    }
+
+    /// The number of the last read that returned bytes.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Stamped<'_, R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            this.last = this.counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
