@@ -73,7 +73,14 @@ pub fn prepare(args: &ServeArgs) -> Result<Served, ServeError> {
         .tempdir()
         .map_err(ServeError::Temp)?;
     let path = dir.path().join("serve.toml");
-    std::fs::write(&path, config_text(&root, &cwd, addr, args.run.as_deref())).map_err(ServeError::Temp)?;
+    // The served folder, when it lies under the current directory, is left out of
+    // `--run`'s matching: a build that writes the site must not run itself again.
+    let site = std::fs::canonicalize(&root)
+        .ok()
+        .and_then(|r| r.strip_prefix(&cwd).ok().map(Path::to_path_buf))
+        .filter(|rel| !rel.as_os_str().is_empty());
+    let text = config_text(&root, &cwd, addr, args.run.as_deref(), site.as_deref());
+    std::fs::write(&path, text).map_err(ServeError::Temp)?;
     let config = Config::load(&path, "serve", &crate::paths::Environment::from_process())?;
     Ok(Served {
         config,
@@ -82,8 +89,15 @@ pub fn prepare(args: &ServeArgs) -> Result<Served, ServeError> {
     })
 }
 
-/// The config's text: a TOML string for every value the user gave.
-fn config_text(root: &Path, cwd: &Path, addr: SocketAddr, run: Option<&[String]>) -> String {
+/// The config's text: a TOML string for every value the user gave. `site` is the
+/// served folder relative to `cwd`, when it lies below it: `--run`'s route ignores it.
+fn config_text(
+    root: &Path,
+    cwd: &Path,
+    addr: SocketAddr,
+    run: Option<&[String]>,
+    site: Option<&Path>,
+) -> String {
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let path = |p: &Path| quote(&p.to_string_lossy());
     let mut text = format!(
@@ -105,6 +119,15 @@ fn config_text(root: &Path, cwd: &Path, addr: SocketAddr, run: Option<&[String]>
             path(cwd),
             quote(command),
         ));
+        if let Some(site) = site {
+            let site = globset::escape(&site.to_string_lossy());
+            let ignores: Vec<String> = crate::glob::DEFAULT_IGNORES
+                .iter()
+                .map(|g| quote(g))
+                .chain([quote(&site), quote(&format!("{site}/**"))])
+                .collect();
+            text.push_str(&format!("  ignore = [{}]\n", ignores.join(", ")));
+        }
     }
     text
 }
@@ -144,12 +167,27 @@ mod tests {
     fn values_from_the_command_line_are_quoted_as_toml_strings() {
         let addr: SocketAddr = "127.0.0.1:8778".parse().unwrap();
         let run = ["a\"b/**".to_owned(), "make \\\n html".to_owned()];
-        let text = config_text(Path::new("/srv/my \"site\""), Path::new("/srv"), addr, Some(&run));
+        let site = Path::new("my \"site\"");
+        let text = config_text(
+            Path::new("/srv/my \"site\""),
+            Path::new("/srv"),
+            addr,
+            Some(&run),
+            Some(site),
+        );
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["server"]["builds"].as_array().map(Vec::len), Some(1));
         assert_eq!(value["server"]["root"].as_str(), Some("/srv/my \"site\""));
         let route = &value["listener"][0]["route"][0];
         assert_eq!(route["glob"].as_str(), Some("a\"b/**"));
         assert_eq!(route["shell"].as_str(), Some("make \\\n html"));
+        let ignore: Vec<_> = route["ignore"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(ignore[ignore.len() - 2..], ["my \"site\"", "my \"site\"/**"]);
+        assert!(ignore.contains(&"**/.*"), "the default ignores stay: {ignore:?}");
     }
 }

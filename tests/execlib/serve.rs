@@ -77,6 +77,38 @@ fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
 }
 
 #[test]
+fn regression_serve_run_does_not_run_again_for_the_site_it_wrote() {
+    // `--run '**'` from the folder that holds the site: the build's own writes to the
+    // site must not match, or each build would start the next, for ever.
+    let sandbox = Sandbox::new();
+    sandbox.write("src/page.md", "v1");
+    sandbox.write("site/index.html", "<html><body>v0</body></html>");
+    let daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
+        .args(["serve", "site", "--port", "0", "--run", "**"])
+        .arg("cat src/page.md > site/index.html; echo run >> site/runs")
+        .current_dir(sandbox.path(""))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(sandbox.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Served(daemon);
+    let mut lines = BufReader::new(daemon.0.stdout.take().unwrap()).lines();
+    let _served = lines.next().unwrap().unwrap();
+    let runs = || sandbox.read("site/runs").map_or(0, |r| r.lines().count());
+    eventually("a run for the change", || {
+        sandbox.write("src/page.md", "v2");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        (runs() > 0).then_some(())
+    });
+    let settled_runs = settled("the runs", std::time::Duration::from_secs(2), runs);
+    assert!(settled_runs >= 1);
+    assert_eq!(sandbox.read("site/index.html").as_deref(), Some("v2"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGINT) };
+    assert!(daemon.0.wait().unwrap().success());
+}
+
+#[test]
 fn regression_serve_stops_when_its_terminal_closes() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("site")).unwrap();
