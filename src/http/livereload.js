@@ -69,6 +69,12 @@
 
   var OVERLAY = "execlib-build-failed";
 
+  // Terminal colour and cursor codes (from a build run with FORCE_COLOR, say) would
+  // show as junk: CSI and OSC sequences and stray escapes are dropped.
+  function plain(text) {
+    return String(text).replace(/\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?/g, "");
+  }
+
   // A failed build over the page: every field as text (textContent), never as HTML.
   function build(msg) {
     var shown = document.getElementById(OVERLAY);
@@ -91,8 +97,8 @@
     add("div", "Build failed", "font-size:20px;font-weight:bold;color:#ff6b6b;margin-bottom:12px");
     add("div", "listener " + msg.listener + ", route " + msg.route);
     add("div", "file " + msg.file);
-    add("div", String(msg.reason || "failed"), "color:#ffb86b;margin:8px 0 12px");
-    add("pre", (msg.output || []).join("\n"), "white-space:pre-wrap;margin:0;font:inherit");
+    add("div", plain(msg.reason || "failed"), "color:#ffb86b;margin:8px 0 12px");
+    add("pre", plain((msg.output || []).join("\n")), "white-space:pre-wrap;margin:0;font:inherit");
     add("div", "Cleared by the next build that succeeds. Click to hide.", "margin-top:16px;color:#999");
     box.onclick = function () { box.remove(); };
     (document.body || document.documentElement).appendChild(box);

@@ -308,8 +308,9 @@ fn a_reload_keeps_the_readers_place_on_a_page_that_grows_after_loading() {
 fn a_failed_build_shows_over_the_page_as_text_and_the_next_good_one_clears_it() {
     let sandbox = Sandbox::new();
     sandbox.write("content/post.md", "fine");
-    // Fails while the source says "broken", printing markup that must stay text.
-    let build = r#"if grep -q broken ../content/post.md; then echo compiling; echo '<b id="injected">bold</b> error: broken on line 3' >&2; exit 2; fi; cp ../content/post.md ../public/post.txt"#;
+    // Fails while the source says "broken", printing markup that must stay text, in
+    // colour (terminal codes that must not show).
+    let build = r#"if grep -q broken ../content/post.md; then echo compiling; printf '\033[1;31m<b id="injected">bold</b> error:\033[0m broken on line 3\033]8;;x\007\n' >&2; exit 2; fi; cp ../content/post.md ../public/post.txt"#;
     let listener = build_route(build);
     let config = site_config(&sandbox, "inject = true", &listener);
     sandbox.write(
@@ -339,6 +340,10 @@ fn a_failed_build_shows_over_the_page_as_text_and_the_next_good_one_clears_it() 
     ] {
         assert!(text.contains(needle), "{needle:?} in {text:?}");
     }
+    assert!(
+        !text.contains('\u{1b}') && !text.contains("[1;31m") && !text.contains("8;;x"),
+        "no terminal codes: {text:?}"
+    );
     assert_eq!(
         tab.eval("String(document.getElementById('injected'))"),
         "null",
