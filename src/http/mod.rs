@@ -257,6 +257,7 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: Cancella
     let idle = ctx.idle;
     let regions = zerocopy::Regions::default();
     let io = zerocopy::Io::new(stream, regions.clone());
+    let responses = ctx.responses.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (ctx, regions) = (ctx.clone(), regions.clone());
         async move {
@@ -278,6 +279,11 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: Cancella
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
+                // A head hyper cannot parse it answers itself (400, 414 or 431), without
+                // our service: counted here, so the metrics see every response.
+                if e.is_parse() && !e.is_parse_version_h2() && !e.is_parse_status() {
+                    responses.count(if e.is_parse_too_large() { 431 } else { 400 });
+                }
                 debug!("HTTP connection ended: {e}");
             }
             return;
