@@ -405,15 +405,7 @@ impl Tree {
                 Ok(Watched::Yes(wd))
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                if !std::mem::replace(&mut self.warned_no_space, true) {
-                    let limit = sysctl("max_user_watches");
-                    warn!(
-                        path = %crate::names::escaped(&**dir),
-                        "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
-                         without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
-                    );
-                }
-                self.no_space.insert(dir.to_path_buf());
+                self.out_of_watches(dir);
                 Ok(Watched::NoSpace)
             }
             Err(e) if strict => Err(WatchError::Root {
@@ -425,6 +417,20 @@ impl Tree {
                 Ok(Watched::No)
             }
         }
+    }
+
+    /// Records `dir` as having no watch for want of one (it is polled), and says so
+    /// the first time.
+    fn out_of_watches(&mut self, dir: &Path) {
+        if !std::mem::replace(&mut self.warned_no_space, true) {
+            let limit = sysctl("max_user_watches");
+            warn!(
+                path = %crate::names::escaped(dir),
+                "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
+                 without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
+            );
+        }
+        self.no_space.insert(dir.to_path_buf());
     }
 
     /// Reads one directory: wanted subdirectories go on `stack`, files are returned.
@@ -456,17 +462,7 @@ impl Tree {
                 self.by_wd.insert(wd.clone(), found.dir.clone());
                 self.no_space.remove(&*found.dir);
             }
-            None => {
-                if !std::mem::replace(&mut self.warned_no_space, true) {
-                    let limit = sysctl("max_user_watches");
-                    warn!(
-                        path = %crate::names::escaped(&*found.dir),
-                        "out of inotify watches (fs.inotify.max_user_watches is {limit}): directories \
-                         without a watch are polled; raise it with `sysctl fs.inotify.max_user_watches=<more>`"
-                    );
-                }
-                self.no_space.insert(found.dir.to_path_buf());
-            }
+            None => self.out_of_watches(&found.dir),
         }
         self.dirs.insert(
             found.dir,
