@@ -18,21 +18,32 @@ impl Drop for Served {
     }
 }
 
-#[test]
-fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
-    let sandbox = Sandbox::new();
+/// `execlibd serve site --port 0 --run GLOB COMMAND` in a sandbox holding `src/page.md`
+/// and `site/index.html`; returns it and the lines it prints.
+fn serve_site(
+    sandbox: &Sandbox,
+    glob: &str,
+    command: &str,
+) -> (Served, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     sandbox.write("src/page.md", "v1");
     sandbox.write("site/index.html", "<html><body>v0</body></html>");
     let daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
-        .args(["serve", "site", "--port", "0", "--run", "src/*.md"])
-        .arg("printf '<html><body>%s</body></html>' \"$(cat src/page.md)\" > site/index.html")
+        .args(["serve", "site", "--port", "0", "--run", glob, command])
         .current_dir(sandbox.path(""))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(sandbox.path("daemon.log")).unwrap())
         .spawn()
         .unwrap();
     let mut daemon = Served(daemon);
-    let mut lines = BufReader::new(daemon.0.stdout.take().unwrap()).lines();
+    let lines = BufReader::new(daemon.0.stdout.take().unwrap()).lines();
+    (daemon, lines)
+}
+
+#[test]
+fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
+    let sandbox = Sandbox::new();
+    let build = "printf '<html><body>%s</body></html>' \"$(cat src/page.md)\" > site/index.html";
+    let (mut daemon, mut lines) = serve_site(&sandbox, "src/*.md", build);
     let served = lines.next().unwrap().unwrap();
     let control = lines.next().unwrap().unwrap();
     let addr = served
@@ -81,18 +92,8 @@ fn regression_serve_run_does_not_run_again_for_the_site_it_wrote() {
     // `--run '**'` from the folder that holds the site: the build's own writes to the
     // site must not match, or each build would start the next, for ever.
     let sandbox = Sandbox::new();
-    sandbox.write("src/page.md", "v1");
-    sandbox.write("site/index.html", "<html><body>v0</body></html>");
-    let daemon = Command::new(env!("CARGO_BIN_EXE_execlibd"))
-        .args(["serve", "site", "--port", "0", "--run", "**"])
-        .arg("cat src/page.md > site/index.html; echo run >> site/runs")
-        .current_dir(sandbox.path(""))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(sandbox.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut daemon = Served(daemon);
-    let mut lines = BufReader::new(daemon.0.stdout.take().unwrap()).lines();
+    let build = "cat src/page.md > site/index.html; echo run >> site/runs";
+    let (mut daemon, mut lines) = serve_site(&sandbox, "**", build);
     let _served = lines.next().unwrap().unwrap();
     let runs = || sandbox.read("site/runs").map_or(0, |r| r.lines().count());
     eventually("a run for the change", || {
