@@ -8,7 +8,7 @@ use crate::sys::{AsyncProcess, Exit, SpawnError, Spec, Stage};
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -138,12 +138,12 @@ pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
         .as_ref()
         .map_err(|e| StartError::Other(io::Error::new(e.kind(), e.to_string())))?;
     let (stdin_read, stdin_write) = match launch.stdin {
-        true => pipe_pair().map(|(r, w)| (Some(r), Some(w))),
+        true => crate::sys::pipe().map(|(r, w)| (Some(r), Some(w))),
         false => Ok((None, None)),
     }
     .map_err(StartError::Other)?;
-    let (out_read, out_write) = pipe_pair().map_err(StartError::Other)?;
-    let (err_read, err_write) = pipe_pair().map_err(StartError::Other)?;
+    let (out_read, out_write) = crate::sys::pipe().map_err(StartError::Other)?;
+    let (err_read, err_write) = crate::sys::pipe().map_err(StartError::Other)?;
     let stdin_fd = stdin_read.as_ref().map_or(null.as_fd(), |r| r.as_fd());
     let spawn = |program: &CStr, argv: &[CString]| {
         crate::sys::spawn(&Spec {
@@ -181,12 +181,6 @@ pub fn start(launch: &Launch<'_>) -> Result<Started, StartError> {
         stderr: OutputPipe::new(err_read),
         child,
     })
-}
-
-/// A pipe's (read, write) ends, both close-on-exec and non-blocking (the job's end
-/// is made blocking in the job).
-fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    crate::sys::pipe()
 }
 
 fn spawn_error(e: SpawnError, launch: &Launch<'_>) -> StartError {

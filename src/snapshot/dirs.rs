@@ -8,7 +8,7 @@
 use super::FileState;
 #[cfg(test)]
 use super::Snapshot;
-use super::files::{Builder, Files};
+use super::files::{Builder, Files, sort_keeping_last};
 use crate::events::EventKind;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -119,15 +119,7 @@ impl Dirs {
 
 /// `files` with `edits` made (in any order; of a name given twice the last wins).
 fn edited(files: &Files, mut edits: Vec<(OsString, Option<FileState>)>) -> Files {
-    // Stable: of equal names the last given stays last, and is the one kept.
-    edits.sort_by(|x, y| x.0.as_bytes().cmp(y.0.as_bytes()));
-    edits.dedup_by(|later, earlier| {
-        let same = later.0 == earlier.0;
-        if same {
-            std::mem::swap(later, earlier);
-        }
-        same
-    });
+    sort_keeping_last(&mut edits, |x, y| x.0.as_bytes().cmp(y.0.as_bytes()));
     let mut out = Builder::default();
     let mut edits = edits.into_iter().peekable();
     for (name, state) in files.iter() {

@@ -209,22 +209,27 @@ impl Builder {
         let names = std::mem::take(&mut files.names);
         let name = |e: &Entry| &names[e.start as usize..(e.start + e.len) as usize];
         if !files.entries.windows(2).all(|w| name(&w[0]) < name(&w[1])) {
-            // Stable: of equal names the last pushed stays last, and is the one kept
-            // (moved into the place of the first, which `dedup_by` keeps).
-            files.entries.sort_by(|x, y| name(x).cmp(name(y)));
-            files.entries.dedup_by(|later, earlier| {
-                let same = name(later) == name(earlier);
-                if same {
-                    std::mem::swap(later, earlier);
-                }
-                same
-            });
+            sort_keeping_last(&mut files.entries, |x, y| name(x).cmp(name(y)));
         }
         files.names = names;
         files.dead = 0;
         files.shrink_to_fit();
         files
     }
+}
+
+/// Sorts `items` by `order` and keeps, of items that compare equal, the last one
+/// given (the sort is stable, and the last is moved into the place of the first,
+/// which `dedup_by` keeps).
+pub(crate) fn sort_keeping_last<T>(items: &mut Vec<T>, order: impl Fn(&T, &T) -> Ordering) {
+    items.sort_by(&order);
+    items.dedup_by(|later, earlier| {
+        let same = order(later, earlier) == Ordering::Equal;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
 }
 
 #[cfg(test)]

@@ -572,17 +572,33 @@ fn read_response(reader: &mut impl std::io::BufRead, head_only: bool) -> Reply {
     reply
 }
 
+/// A site whose `public/big.bin` is `noise(len, seed)`, served by a started daemon:
+/// the sandbox, the daemon, its address and the file's bytes.
+fn big_file_site(len: usize, seed: u64) -> (Sandbox, Daemon, String, Vec<u8>) {
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "", &one_route("true", ""));
+    let big = noise(len, seed);
+    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    (sandbox, daemon, addr, big)
+}
+
+/// A connection to `addr` that has asked for `/big.bin` (reads time out after [`DEADLINE`]).
+fn asking_for_big(addr: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET /big.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    stream
+}
+
 #[test]
 fn large_files_ranges_and_head_come_whole_and_in_order_on_one_connection() {
     use std::io::Write;
-    let sandbox = Sandbox::new();
-    let config = site_config(&sandbox, "", &one_route("true", ""));
     // Past the cache size and over three of the sender's 1 MiB regions.
-    let big = noise(3 * 1024 * 1024 + 12_345, 7);
-    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
+    let (sandbox, _daemon, addr, big) = big_file_site(3 * 1024 * 1024 + 12_345, 7);
     sandbox.write("public/small.txt", "small");
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = http_addr(&daemon);
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     // All pipelined at once: each body must go out in its request's turn.
@@ -632,17 +648,9 @@ fn large_files_ranges_and_head_come_whole_and_in_order_on_one_connection() {
 
 #[test]
 fn a_large_file_cut_short_while_sent_closes_the_connection_without_a_hang() {
-    use std::io::{Read, Write};
-    let sandbox = Sandbox::new();
-    let config = site_config(&sandbox, "", &one_route("true", ""));
-    let big = noise(64 * 1024 * 1024, 11);
-    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = http_addr(&daemon);
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET /big.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut reader = std::io::BufReader::new(stream);
+    use std::io::Read;
+    let (sandbox, _daemon, addr, big) = big_file_site(64 * 1024 * 1024, 11);
+    let mut reader = std::io::BufReader::new(asking_for_big(&addr));
     let r = read_response(&mut reader, true);
     assert_eq!(r.header("content-length"), Some(big.len().to_string().as_str()));
     let mut first = vec![0; 1024 * 1024];
@@ -675,19 +683,12 @@ fn a_large_file_cut_short_while_sent_closes_the_connection_without_a_hang() {
 
 #[test]
 fn clients_that_vanish_mid_download_leave_the_daemon_serving() {
-    use std::io::{Read, Write};
-    let sandbox = Sandbox::new();
-    let config = site_config(&sandbox, "", &one_route("true", ""));
-    let big = noise(16 * 1024 * 1024, 5);
-    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = http_addr(&daemon);
+    use std::io::Read;
+    let (_sandbox, _daemon, addr, big) = big_file_site(16 * 1024 * 1024, 5);
     // Each takes a little and goes: half close politely, half reset (linger 0), while
     // `sendfile` is writing to them (EPIPE, ECONNRESET, never SIGPIPE).
     for i in 0..40 {
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        write!(stream, "GET /big.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut stream = asking_for_big(&addr);
         let mut some = [0u8; 64 * 1024];
         stream.read_exact(&mut some).unwrap();
         if i % 2 == 0 {
