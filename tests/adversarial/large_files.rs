@@ -2,7 +2,9 @@
 //! client or job do. Hundreds of connections that ask for a large file and never
 //! read (each stream holds its read chunks: memory must stay bounded), and a build
 //! job that floods its output with huge lines, markup and control characters before
-//! failing (the failure message to browsers must stay small).
+//! failing (the failure message to browsers must stay small), and a job whose output
+//! never runs dry (its listener's other jobs, its own timeout and the control socket
+//! must not wait for the reading of it).
 
 use crate::common::*;
 use crate::ws::{self, Heard};
@@ -100,6 +102,77 @@ fn build_output_flood_makes_a_small_failure_message() {
         size < 160 * 1024,
         format!("the message is {size} bytes (limit 160 KiB)"),
     );
+    case.check(growth < 64.0, format!("RSS grew {growth:.1} MB (limit 64 MB)"));
+    drop(daemon);
+    case.finish();
+}
+
+#[test]
+fn endless_output_cannot_hold_up_its_listener() {
+    let mut case = Case::new("endless_output");
+    // A job that prints without a pause (its pipe never runs dry) beside the same
+    // listener's other jobs: their runs, its own timeout and the control socket must
+    // not wait for the reading of its output.
+    let timeout_ms = scale(3000, 1000) as u64;
+    case.set("timeout_ms", timeout_ms);
+    let job = r#"case "$EXECLIB_NAME" in loud.md) exec yes;; *) echo ran > "../out/$EXECLIB_NAME";; esac"#;
+    let listener = format!(
+        "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"content\"\n  debounce_ms = 0\n  timeout_ms = {timeout_ms}\n  kill_grace_ms = 200\n  shell = '''{job}'''\n"
+    );
+    let site = site("", &listener);
+    std::fs::create_dir_all(site.sandbox.path("content")).unwrap();
+    std::fs::create_dir_all(site.sandbox.path("out")).unwrap();
+    let Some(daemon) = start(&mut case, &site) else {
+        return case.finish();
+    };
+    let watch = Watch::start(&daemon, &site.addr);
+    site.sandbox.write("content/loud.md", "x");
+    let loud = Instant::now();
+    // The flood is under way (its job started) before the other changes come.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.request(r#"{"cmd":"listeners"}"#)["listeners"][0]["jobs_running"] != 1 {
+        assert!(Instant::now() < deadline, "the loud job never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut others = Vec::new();
+    for i in 0..5 {
+        let name = format!("quiet{i}.md");
+        site.sandbox.write(&format!("content/{name}"), "x");
+        let written = Instant::now();
+        let out = site.sandbox.path(&format!("out/{name}"));
+        while !out.exists() && written.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        others.push(written.elapsed());
+    }
+    let mut status_max = Duration::ZERO;
+    let ended = loop {
+        let asked = Instant::now();
+        let failed = daemon.request(r#"{"cmd":"listeners"}"#)["listeners"][0]["jobs_failed"].clone();
+        status_max = status_max.max(asked.elapsed());
+        if failed == 1 || loud.elapsed() > Duration::from_secs(30) {
+            break loud.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let measured = watch.finish(&mut case, Duration::from_millis(500));
+    let other_max = others.iter().max().copied().unwrap_or_default();
+    case.set_ms("other_job_max_ms", crate::common::ms(other_max));
+    case.set_ms("loud_ended_ms", crate::common::ms(ended));
+    case.set_ms("listeners_max_ms", crate::common::ms(status_max));
+    case.check(
+        other_max < Duration::from_secs(2),
+        format!("another job of the listener ran {other_max:?} after its change (limit 2 s)"),
+    );
+    case.check(
+        ended < Duration::from_millis(timeout_ms + 2000),
+        format!("the flooding job ended {ended:?} after its start (timeout {timeout_ms} ms, limit +2 s)"),
+    );
+    case.check(
+        status_max < Duration::from_secs(1),
+        format!("`listeners` took up to {status_max:?} (limit 1 s)"),
+    );
+    let growth = measured.growth_mb();
     case.check(growth < 64.0, format!("RSS grew {growth:.1} MB (limit 64 MB)"));
     drop(daemon);
     case.finish();
