@@ -6,7 +6,7 @@ have finished and the watcher's CPU seconds per 1,000 files.
 
 Run it through bench/job_latency.sh, which builds and installs what this needs:
 
-  python3 bench/job_latency.py BIN_DIR STAMP WATCHEXEC SAMPLES BURST
+  python3 bench/job_latency.py BIN_DIR STAMP WATCHEXEC SAMPLES BURST [BIG_TREE [FULL_DIR]]
 
 BIN_DIR holds execlibd; STAMP is the job: a tiny static program that takes
 CLOCK_MONOTONIC first thing in main() and sends it (with the file's path, if it
@@ -178,11 +178,13 @@ def control(sock_path, request):
     return json.loads(buf)
 
 
-def start_execlibd(work, bin_dir, stamp, sock, name="execlibd", big_tree=None):
+def start_execlibd(work, bin_dir, stamp, sock, name="execlibd", big_tree=None, full_dir=None):
     """execlibd watching its own directory; with big_tree, a second listener watches
-    that tree too (a route that never matches: only its snapshot costs)."""
-    d = os.path.join(work, name)
-    os.mkdir(d)
+    that tree too (a route that never matches: only its snapshot costs); with full_dir,
+    its directory is that one, which already holds many files."""
+    d = full_dir or os.path.join(work, name)
+    if not full_dir:
+        os.mkdir(d)
     config = os.path.join(work, f"{name}.toml")
     big = "" if not big_tree else f"""
 [[listener]]
@@ -200,7 +202,7 @@ socket = "{name}.sock"
 [[listener]]
 name = "bench"
   [[listener.route]]
-  path = "{name}"
+  path = "{d}"
   glob = "*.txt"
   events = ["create"]
   debounce_ms = 0
@@ -243,6 +245,18 @@ def start_watchexec(work, watchexec, stamp, sock):
     log = open(os.path.join(work, "watchexec.log"), "w")
     proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
     return Contender("watchexec", d, proc, lambda: [proc.pid])
+
+
+def wait_quiet(c):
+    """Waits until the contender has used no CPU for a second (execlibd's stat pass
+    over a big directory, after READY, is over)."""
+    last = sum(cpu_ticks(p) for p in c.pid_fn())
+    while True:
+        time.sleep(1.0)
+        now = sum(cpu_ticks(p) for p in c.pid_fn())
+        if now - last <= 1:
+            return
+        last = now
 
 
 def burst(c, stamps, n, work):
@@ -288,7 +302,8 @@ def main():
     bin_dir, stamp, watchexec = sys.argv[1:4]
     samples = int(sys.argv[4]) if len(sys.argv) > 4 else 200
     burst_n = int(sys.argv[5]) if len(sys.argv) > 5 else 10000
-    big_tree = sys.argv[6] if len(sys.argv) > 6 else None
+    big_tree = sys.argv[6] if len(sys.argv) > 6 and sys.argv[6] else None
+    full_dir = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
     work = tempfile.mkdtemp(prefix="execlib-joblat-")
     sock = os.path.join(work, "stamps.sock")
     stamps = Stamps(sock)
@@ -299,8 +314,12 @@ def main():
         contenders.append(start_watchexec(work, watchexec, stamp, sock))
         if big_tree:
             contenders.append(start_execlibd(work, bin_dir, stamp, sock, "execlibd+big", big_tree))
+        if full_dir:
+            contenders.append(start_execlibd(work, bin_dir, stamp, sock, "execlibd+full", full_dir=full_dir))
         for c in contenders:
             c.ready(stamps)
+            if c.name == "execlibd+full":
+                wait_quiet(c)
         for i in range(samples):
             k = i % len(contenders)
             for c in contenders[k:] + contenders[:k]:
@@ -330,11 +349,18 @@ def main():
             with open(f"/proc/{by['execlibd+big'].proc.pid}/status") as fh:
                 rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
             print(f"  (execlibd+big: a second listener watching {big_tree}; RSS {rss / 1024:.0f} MiB)")
+        if full_dir:
+            held = sum(f.endswith(".dat") for f in os.listdir(full_dir))
+            print(f"  (execlibd+full: its directory {full_dir} held {held:,} randomly named files besides)")
         if overflows:
             print(f"  (execlibd log: {overflows} inotify queue overflow lines)")
     finally:
         for c in contenders:
             c.stop()
+            if c.name == "execlibd+full":  # the kept directory: only the files written here go
+                for f in os.listdir(c.dir):
+                    if f.endswith(".txt"):
+                        os.unlink(os.path.join(c.dir, f))
         subprocess.run(["rm", "-rf", work])
 
 

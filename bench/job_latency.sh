@@ -11,6 +11,9 @@
 # BIG_FILES=N adds a fourth contender, execlibd with a second listener on a tree of N
 # files (10 per directory, made once under $TMPDIR and kept): a job's start must not
 # cost more when the daemon holds a big snapshot.
+# FULL_DIR=N adds a fifth, execlibd watching a directory that already holds N randomly
+# named files (made once under $TMPDIR and kept, like the tree): a new file in a big
+# directory must not cost more either.
 # Installs inotify-tools (apt) and watchexec-cli (cargo install --locked) when missing.
 # Honours CARGO_TARGET_DIR (default: target/).
 set -euo pipefail
@@ -74,6 +77,20 @@ open(os.path.join(root, ".complete"), "w").close()
 PY
 fi
 
+full=""
+if [ -n "${FULL_DIR:-}" ]; then
+  full="${TMPDIR:-/tmp}/execlib-bench-dir-$FULL_DIR"
+  [ -e "$full/.complete" ] || python3 - "$full" "$FULL_DIR" <<'PY'
+import os, shutil, sys
+root, files = sys.argv[1], int(sys.argv[2])
+shutil.rmtree(root, ignore_errors=True)
+os.makedirs(root)
+for i in range(files):
+    open(os.path.join(root, os.urandom(16).hex() + ".dat"), "w").close()
+open(os.path.join(root, ".complete"), "w").close()
+PY
+fi
+
 echo "$(date -u +%F) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(watchexec --version | head -n1); inotifywait $(inotifywait --help 2>&1 | head -n1 | awk '{print $2}')"
 hard=$(ulimit -Hn)
 for limit in ${LIMITS:-1024 hard}; do
@@ -86,6 +103,6 @@ for limit in ${LIMITS:-1024 hard}; do
       ulimit -Sn 1024
       echo "== soft open-files limit 1024, hard $(ulimit -Hn): execlibd raises its own and restores 1024 in each job"
     fi
-    python3 bench/job_latency.py "$target/release" "$work/stamp" "$(command -v watchexec)" "$samples" "$burst" $big
+    python3 bench/job_latency.py "$target/release" "$work/stamp" "$(command -v watchexec)" "$samples" "$burst" "$big" "$full"
   )
 done
