@@ -210,39 +210,39 @@ impl Files {
         Some(e.state)
     }
 
-    /// Merges the second run into the first and drops the entries marked gone: the
-    /// second run's entries are placed by binary search, the first's copied in spans.
+    /// Merges the second run into the first and drops the entries marked gone, in
+    /// place (a fresh vector of a big directory cost more in page faults than the
+    /// copy): the gone are squeezed out, then, from the back, each entry of the second
+    /// run is placed by binary search and the first run's entries after it are moved
+    /// up in one span.
     fn merge_runs(&mut self) {
-        let sorted = self.sorted as usize;
-        // Room for the next second run: no reallocation (and copy) right after a merge.
-        let mut merged = Vec::with_capacity(self.len() + tail_limit(self.len()) + 1);
-        let (gone, mut freed) = (self.gone, 0);
-        let mut keep = |run: &[Entry], merged: &mut Vec<Entry>| {
-            if gone == 0 {
-                return merged.extend_from_slice(run);
-            }
-            for e in run {
-                if e.is_gone() {
-                    freed += e.span().len();
-                } else {
-                    merged.push(*e);
-                }
-            }
-        };
-        let (first, second) = self.entries.split_at(sorted);
-        let mut rest = first;
-        for e in second {
-            let at = rest.partition_point(|x| self.name(x) < self.name(e));
-            keep(&rest[..at], &mut merged);
-            merged.push(*e);
-            rest = &rest[at..];
+        let second = self.entries.split_off(self.sorted as usize);
+        if self.gone > 0 {
+            let mut freed = 0;
+            self.entries.retain(|e| {
+                freed += if e.is_gone() { e.span().len() } else { 0 };
+                !e.is_gone()
+            });
+            self.dead += freed;
+            moved(self.entries.len());
         }
-        keep(rest, &mut merged);
-        moved(merged.len());
-        self.entries = merged;
+        let mut rest = self.entries.len();
+        self.entries.extend_from_slice(&second); // room, overwritten below
+        let (names, entries) = (&self.names, &mut self.entries);
+        let name = |e: &Entry| &names[e.span()];
+        let mut end = entries.len();
+        for e in second.iter().rev() {
+            let at = entries[..rest].partition_point(|x| name(x) < name(e));
+            entries.copy_within(at..rest, end - (rest - at));
+            end -= rest - at + 1;
+            entries[end] = *e;
+            moved(rest - at + 1);
+            rest = at;
+        }
         self.sorted = self.entries.len() as u32; // at most u32::MAX: `intern`
         self.gone = 0;
-        self.dead += freed;
+        // Room for the next second run.
+        self.entries.reserve(tail_limit(self.entries.len()) + 1);
         self.compact_if_sparse();
     }
 

@@ -17,6 +17,7 @@ mod common;
 mod ws;
 
 mod control_socket;
+mod drop_folder;
 mod event_followers;
 mod event_storm;
 mod large_files;
