@@ -59,37 +59,30 @@ int main(int argc, char **argv) {
 C
 cc -O2 -static -o "$work/stamp" "$work/stamp.c" 2>/dev/null || cc -O2 -o "$work/stamp" "$work/stamp.c"
 
-big=""
-if [ -n "${BIG_FILES:-}" ]; then
-  big="${TMPDIR:-/tmp}/execlib-bench-tree-$BIG_FILES"
-  [ -e "$big/.complete" ] || python3 - "$big" "$BIG_FILES" <<'PY'
+# kept LAYOUT ROOT N: makes ROOT once (kept under $TMPDIR between runs) with N files:
+# LAYOUT "tree" puts 10 per directory, "flat" all in ROOT with random names.
+kept() {
+  [ -e "$2/.complete" ] || python3 - "$@" <<'PY'
 import os, shutil, sys
-root, files = sys.argv[1], int(sys.argv[2])
-shutil.rmtree(root, ignore_errors=True)
-dirs = max(1, files // 10)
-for i in range(dirs):
-    d = os.path.join(root, f"t{i // 100:04}", f"s{i % 100:02}")
-    os.makedirs(d)
-    for f in range(10):
-        with open(os.path.join(d, f"f{f}.md"), "w") as fh:
-            fh.write("x")
-open(os.path.join(root, ".complete"), "w").close()
-PY
-fi
-
-full=""
-if [ -n "${FULL_DIR:-}" ]; then
-  full="${TMPDIR:-/tmp}/execlib-bench-dir-$FULL_DIR"
-  [ -e "$full/.complete" ] || python3 - "$full" "$FULL_DIR" <<'PY'
-import os, shutil, sys
-root, files = sys.argv[1], int(sys.argv[2])
+layout, root, files = sys.argv[1], sys.argv[2], int(sys.argv[3])
 shutil.rmtree(root, ignore_errors=True)
 os.makedirs(root)
-for i in range(files):
-    open(os.path.join(root, os.urandom(16).hex() + ".dat"), "w").close()
+if layout == "flat":
+    for i in range(files):
+        open(os.path.join(root, os.urandom(16).hex() + ".dat"), "w").close()
+else:
+    for i in range(max(1, files // 10)):
+        d = os.path.join(root, f"t{i // 100:04}", f"s{i % 100:02}")
+        os.makedirs(d)
+        for f in range(10):
+            with open(os.path.join(d, f"f{f}.md"), "w") as fh:
+                fh.write("x")
 open(os.path.join(root, ".complete"), "w").close()
 PY
-fi
+}
+big="" full=""
+[ -z "${BIG_FILES:-}" ] || { big="${TMPDIR:-/tmp}/execlib-bench-tree-$BIG_FILES"; kept tree "$big" "$BIG_FILES"; }
+[ -z "${FULL_DIR:-}" ] || { full="${TMPDIR:-/tmp}/execlib-bench-dir-$FULL_DIR"; kept flat "$full" "$FULL_DIR"; }
 
 echo "$(date -u +%F) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(watchexec --version | head -n1); inotifywait $(inotifywait --help 2>&1 | head -n1 | awk '{print $2}')"
 hard=$(ulimit -Hn)
