@@ -5,15 +5,18 @@
 //! the listener must keep up.
 
 use crate::common::*;
-use crate::support::Daemon;
+use crate::support::{Daemon, proc_stat_field};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The daemon's CPU time so far (all threads), in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    let ticks = |n| {
+        proc_stat_field(pid, n)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap()
+    };
+    ticks(14) + ticks(15)
 }
 
 /// Waits until the daemon has used no CPU for a second (its stat pass after READY

@@ -403,16 +403,8 @@ fn processes_in(groups: &[i32]) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(2)?
-                        .parse::<i32>()
-                        .ok()
-                })
+            proc_stat_field(pid, 5)
+                .and_then(|pgrp| pgrp.parse::<i32>().ok())
                 .is_some_and(|pgrp| groups.contains(&pgrp))
         })
         .filter(|&pid| alive(pid))
@@ -539,18 +531,7 @@ fn an_escaped_grandchild_that_exits_is_reaped() {
     sandbox.write("src/a", "x");
     let pid: i32 = sandbox.wait_out("escaped").trim().parse().unwrap();
     // Adopted by the daemon when its parent exits; reaped (no zombie) when it exits.
-    let parent = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')?
-                    .1
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse::<i32>()
-                    .ok()
-            })
-    };
+    let parent = || proc_stat_field(pid, 4)?.parse::<i32>().ok();
     eventually("adopted by the daemon", || {
         (parent() == Some(daemon.pid())).then_some(())
     });

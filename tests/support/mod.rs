@@ -295,9 +295,7 @@ impl Daemon {
         self.signal(libc::SIGSTOP);
         let pid = self.pid();
         eventually("the daemon to be stopped", || {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let state = stat.rsplit(')').next()?.trim_start().chars().next()?;
-            (state == 'T').then_some(())
+            proc_stat_field(pid, 3)?.starts_with('T').then_some(())
         });
     }
 
@@ -400,17 +398,22 @@ impl Client {
     }
 }
 
+/// Field `n` of `/proc/PID/stat`, numbered as in proc(5) (3 state, 4 parent, 5 process
+/// group, 14 and 15 user and system CPU ticks); `None` once the process is gone. The
+/// command name (field 2) may hold spaces and parentheses: fields are counted after
+/// its last `)`.
+pub fn proc_stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)
+        .map(str::to_owned)
+}
+
 /// Whether process `pid` still exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
+    proc_stat_field(pid, 3).is_some_and(|state| !state.starts_with('Z'))
 }
 
 /// A listener `docs` watching `src` with one route running `shell`.
