@@ -6,11 +6,14 @@ have finished and the watcher's CPU seconds per 1,000 files.
 
 Run it through bench/job_latency.sh, which builds and installs what this needs:
 
-  python3 bench/job_latency.py BIN_DIR STAMP WATCHEXEC SAMPLES BURST [BIG_TREE [FULL_DIR]]
+  python3 bench/job_latency.py BIN_DIR STAMP WATCHEXEC SAMPLES BURST [BIG_TREE [FULL_DIR [SPAWNER]]]
 
 BIN_DIR holds execlibd; STAMP is the job: a tiny static program that takes
 CLOCK_MONOTONIC first thing in main() and sends it (with the file's path, if it
 knows it) as one datagram to the Unix socket named by its first argument.
+SPAWNER is bench/spawn_floor.c compiled: a second floor, the least a watcher that
+starts one process per file can do (inotify, posix_spawn, reaping on SIGCHLD; no
+output capture, no logging, no records), shown as "bare spawn".
 
 Each write is a plain create + write + close of a new file (`s<i>.txt`), the
 timestamp taken (CLOCK_MONOTONIC) just before the open(O_CREAT). Every contender
@@ -234,6 +237,13 @@ def start_floor(work, stamp, sock):
     return Contender("floor", d, proc, lambda: [proc.pid] + descendants(proc.pid))
 
 
+def start_spawner(work, spawner, stamp, sock):
+    d = os.path.join(work, "spawner")
+    os.mkdir(d)
+    proc = subprocess.Popen([spawner, d, stamp, sock], start_new_session=True)
+    return Contender("bare spawn", d, proc, lambda: [proc.pid])
+
+
 def start_watchexec(work, watchexec, stamp, sock):
     d = os.path.join(work, "watchexec")
     os.mkdir(d)
@@ -304,12 +314,15 @@ def main():
     burst_n = int(sys.argv[5]) if len(sys.argv) > 5 else 10000
     big_tree = sys.argv[6] if len(sys.argv) > 6 and sys.argv[6] else None
     full_dir = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
+    spawner = sys.argv[8] if len(sys.argv) > 8 and sys.argv[8] else None
     work = tempfile.mkdtemp(prefix="execlib-joblat-")
     sock = os.path.join(work, "stamps.sock")
     stamps = Stamps(sock)
     contenders = []
     try:
         contenders.append(start_floor(work, stamp, sock))
+        if spawner:
+            contenders.append(start_spawner(work, spawner, stamp, sock))
         contenders.append(start_execlibd(work, bin_dir, stamp, sock))
         contenders.append(start_watchexec(work, watchexec, stamp, sock))
         if big_tree:
@@ -338,11 +351,16 @@ def main():
                   f" {p99 / f99:9.2f}x  {c.extra}/{c.missed}")
         if burst_n:
             print(f"burst of {burst_n} new files (written as fast as possible), until every job has finished:")
+        cpu = {}
         for name in [c.name for c in contenders] if burst_n else []:
             r = burst(by[name], stamps, burst_n, work)
+            cpu[name] = r["cpu_per_1000"]
             note = f"  ({r['info']})" if r["info"] else ""
             print(f"  {name:<12} {r['jobs']:>6} jobs in {r['wall_ms']:8.1f} ms (writes took {r['write_ms']:.0f} ms); "
                   f"watcher CPU {r['cpu']:.2f} s = {r['cpu_per_1000']:.3f} s per 1,000 files{note}")
+        for name in [n for n in cpu if n.startswith("execlibd")]:
+            against = [f"{cpu[name] / cpu[f]:.2f}x {f}" for f in ("floor", "bare spawn") if cpu.get(f)]
+            print(f"  CPU per file, {name}: {', '.join(against)}")
         with open(os.path.join(work, "execlibd.log")) as fh:
             overflows = sum("overflowed" in line for line in fh)
         if big_tree:

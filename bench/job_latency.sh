@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Job latency: time from a file write to its job starting (p50, p99; debounce_ms = 0,
 # delay_ms = 0) for execlibd, next to a floor (inotifywait -m feeding a shell loop that
-# starts the same job) and to watchexec doing the same job, interleaved in the same run;
+# starts the same job), to a bare spawner (bench/spawn_floor.c: inotify + posix_spawn, nothing
+# else) and to watchexec doing the same job, interleaved in the same run;
 # then a burst of new files: time until all their jobs have finished, and the watcher's
 # CPU seconds per 1,000 files. See bench/job_latency.py for the method.
 # Usage: bash bench/job_latency.sh [SAMPLES [BURST]]   (defaults 200 and 10000)
@@ -58,6 +59,8 @@ int main(int argc, char **argv) {
 }
 C
 cc -O2 -static -o "$work/stamp" "$work/stamp.c" 2>/dev/null || cc -O2 -o "$work/stamp" "$work/stamp.c"
+# The bare spawner: the least a watcher that starts a process per file can do (a second floor).
+cc -O2 -o "$work/spawn_floor" bench/spawn_floor.c
 
 # kept LAYOUT ROOT N: makes ROOT once (kept under $TMPDIR between runs) with N files:
 # LAYOUT "tree" puts 10 per directory, "flat" all in ROOT with random names.
@@ -96,6 +99,6 @@ for limit in ${LIMITS:-1024 hard}; do
       ulimit -Sn 1024
       echo "== soft open-files limit 1024, hard $(ulimit -Hn): execlibd raises its own and restores 1024 in each job"
     fi
-    python3 bench/job_latency.py "$target/release" "$work/stamp" "$(command -v watchexec)" "$samples" "$burst" "$big" "$full"
+    python3 bench/job_latency.py "$target/release" "$work/stamp" "$(command -v watchexec)" "$samples" "$burst" "$big" "$full" "$work/spawn_floor"
   )
 done
