@@ -101,42 +101,8 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
     // Only a request moves the deadline: blank lines do not keep a connection alive.
     let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        let read = tokio::select! {
-            read = tokio::time::timeout_at(deadline, read_frame(&mut reader, &mut line)) => read,
-            _ = ticket.evicted.cancelled() => {
-                let message = format!("closed to make room: {MAX_CONNECTIONS} connections open and this one idle");
-                let _ = send(&mut writer, &Response::error(ErrorCode::Busy, message).to_line(), REFUSAL_WRITE).await;
-                return;
-            }
-        };
-        let frame = match read {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(_)) => return,
-            Err(_) => {
-                let message = format!("no request within {} ms; closing", idle.as_millis());
-                let _ = send(
-                    &mut writer,
-                    &Response::error(ErrorCode::Timeout, message).to_line(),
-                    idle,
-                )
-                .await;
-                return;
-            }
-        };
-        match frame {
-            Frame::Eof => return,
-            Frame::TooLarge => {
-                let message = format!("request line longer than {} bytes; closing", protocol::MAX_LINE);
-                let _ = send(
-                    &mut writer,
-                    &Response::error(ErrorCode::TooLarge, message).to_line(),
-                    idle,
-                )
-                .await;
-                return;
-            }
-            Frame::Line if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Frame::Line => deadline = tokio::time::Instant::now() + idle,
+        if !next_request(&mut reader, &mut writer, &mut line, &mut deadline, &ticket, idle).await {
+            return;
         }
         ticket.busy();
         let (response, shutdown, command) = match protocol::parse_request(&line) {
@@ -182,6 +148,48 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             return;
         }
         ticket.idle(tokio::time::Instant::now());
+    }
+}
+
+/// Reads the next request line into `line` and moves `deadline` on. `false` when the
+/// connection is to close: at end of input or a read error, or, each told to the
+/// client first, when it is evicted for a newcomer, is idle past `deadline` or sends
+/// a line over [`protocol::MAX_LINE`]. Blank lines are skipped.
+async fn next_request(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    line: &mut Vec<u8>,
+    deadline: &mut tokio::time::Instant,
+    ticket: &admission::Ticket,
+    idle: Duration,
+) -> bool {
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(*deadline, read_frame(reader, line)) => read,
+            _ = ticket.evicted.cancelled() => {
+                let message = format!("closed to make room: {MAX_CONNECTIONS} connections open and this one idle");
+                let _ = send(writer, &Response::error(ErrorCode::Busy, message).to_line(), REFUSAL_WRITE).await;
+                return false;
+            }
+        };
+        let (code, message) = match read {
+            Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(Ok(Frame::Line)) => {
+                *deadline = tokio::time::Instant::now() + idle;
+                return true;
+            }
+            Ok(Ok(Frame::Eof)) | Ok(Err(_)) => return false,
+            Ok(Ok(Frame::TooLarge)) => (
+                ErrorCode::TooLarge,
+                format!("request line longer than {} bytes; closing", protocol::MAX_LINE),
+            ),
+            Err(_) => (
+                ErrorCode::Timeout,
+                format!("no request within {} ms; closing", idle.as_millis()),
+            ),
+        };
+        let _ = send(writer, &Response::error(code, message).to_line(), idle).await;
+        return false;
     }
 }
 

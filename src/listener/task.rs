@@ -51,45 +51,14 @@ impl Run {
         (tx, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
         cancel: CancellationToken,
     ) {
-        for route in &self.config.routes {
-            crate::job::contain::warn_unenforced(&format!("route {}", route.name), &route.limits);
-        }
-        for post in &self.config.posts {
-            crate::job::contain::warn_unenforced(&format!("post command {}", post.name), &post.limits);
-        }
+        self.warn_unenforced_limits();
         let jobs_cancel = CancellationToken::new();
         // Posts still run at a stop (for the frames it cancelled too), until the grace
         // is over; they are killed at once if this task is aborted or unwinds.
         let posts_cancel = CancellationToken::new();
         let _jobs_guard = jobs_cancel.clone().drop_guard();
         let _posts_guard = posts_cancel.clone().drop_guard();
-        let launcher = Launcher {
-            config: self.config.clone(),
-            ctx: self.ctx.jobs.clone(),
-            observer: Arc::new(crate::metrics::Metered::new(
-                self.shared.clone(),
-                self.ctx.jobs.metrics.clone(),
-                &self.config.name,
-            )),
-            cancel: jobs_cancel.clone(),
-            posts_cancel: posts_cancel.clone(),
-        };
-        let max_jobs = self.config.max_jobs;
-        let posts = !self.config.posts.is_empty();
-        let mut sched = match posts {
-            true => scheduler::Scheduler::with_frames(),
-            false => scheduler::Scheduler::default(),
-        };
-        if let Some(holds) = self.holds.take() {
-            sched = sched.with_holds(holds);
-        }
-        let (builds, config) = (self.ctx.jobs.builds.clone(), self.config.clone());
-        sched = sched.with_activity(scheduler::Activity(Arc::new(move |busy| {
-            builds.set(&config, busy)
-        })));
-        let scheduler = tokio::spawn(
-            scheduler::drive(rx, sched, max_jobs, move |work| launcher.launch(work)).in_current_span(),
-        );
+        let scheduler = self.start_scheduler(rx, &jobs_cancel, &posts_cancel);
         self.dispatch(missed, &tx).await;
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
         let mut overflows = crate::watch::OverflowStats::default();
@@ -120,12 +89,70 @@ impl Run {
             error!("listener failed: {e}");
             self.shared.set(State::Failed, Some(e.to_string()));
         }
+        self.end_jobs(scheduler, jobs_cancel, posts_cancel).await;
+    }
+
+    /// Warns once per route and post command whose resource limits cannot be enforced.
+    fn warn_unenforced_limits(&self) {
+        for route in &self.config.routes {
+            crate::job::contain::warn_unenforced(&format!("route {}", route.name), &route.limits);
+        }
+        for post in &self.config.posts {
+            crate::job::contain::warn_unenforced(&format!("post command {}", post.name), &post.limits);
+        }
+    }
+
+    /// Starts the scheduler's task: it reads `rx` and starts jobs (and post commands)
+    /// through a [`Launcher`] that stops them when the tokens fire.
+    fn start_scheduler(
+        &mut self,
+        rx: mpsc::Receiver<Input>,
+        jobs_cancel: &CancellationToken,
+        posts_cancel: &CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let launcher = Launcher {
+            config: self.config.clone(),
+            ctx: self.ctx.jobs.clone(),
+            observer: Arc::new(crate::metrics::Metered::new(
+                self.shared.clone(),
+                self.ctx.jobs.metrics.clone(),
+                &self.config.name,
+            )),
+            cancel: jobs_cancel.clone(),
+            posts_cancel: posts_cancel.clone(),
+        };
+        let mut sched = match self.config.posts.is_empty() {
+            false => scheduler::Scheduler::with_frames(),
+            true => scheduler::Scheduler::default(),
+        };
+        if let Some(holds) = self.holds.take() {
+            sched = sched.with_holds(holds);
+        }
+        let (builds, config) = (self.ctx.jobs.builds.clone(), self.config.clone());
+        sched = sched.with_activity(scheduler::Activity(Arc::new(move |busy| {
+            builds.set(&config, busy)
+        })));
+        let max_jobs = self.config.max_jobs;
+        tokio::spawn(
+            scheduler::drive(rx, sched, max_jobs, move |work| launcher.launch(work)).in_current_span(),
+        )
+    }
+
+    /// After inotify is closed: terminates the running jobs, lets post commands run
+    /// until the grace is over, waits for the scheduler, then ends any process the
+    /// listener's jobs left behind.
+    async fn end_jobs(
+        &self,
+        mut scheduler: tokio::task::JoinHandle<()>,
+        jobs_cancel: CancellationToken,
+        posts_cancel: CancellationToken,
+    ) {
         let running = self.shared.jobs_running.load(Ordering::Relaxed);
         if running > 0 {
             info!(jobs = running, "terminating running jobs");
         }
         jobs_cancel.cancel();
-        let mut scheduler = scheduler;
+        let posts = !self.config.posts.is_empty();
         let ended = tokio::select! {
             ended = &mut scheduler => ended,
             _ = tokio::time::sleep(self.ctx.jobs.grace), if posts => {
