@@ -9,11 +9,11 @@
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::control::socket::{self, SocketError};
+use crate::exposition::MetricsServer;
 use crate::http::HttpServer;
 use crate::job;
 use crate::ledger::Ledger;
 use crate::listener::Listeners;
-use crate::metrics::server::MetricsServer;
 use crate::notify;
 use crate::state::DaemonState;
 use std::future::Future;
@@ -32,7 +32,7 @@ pub enum DaemonError {
     Http(#[from] crate::http::HttpError),
     /// The metrics listener could not start.
     #[error("metrics: {0}")]
-    Metrics(#[from] crate::metrics::server::BindError),
+    Metrics(#[from] crate::exposition::BindError),
 }
 
 /// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
@@ -143,7 +143,7 @@ fn serve_metrics(
         let _ = state.metrics_listen.set(addr);
     }
     let server =
-        MetricsServer::spawn(socket, state.clone()).map_err(|source| crate::metrics::server::BindError {
+        MetricsServer::spawn(socket, state.clone()).map_err(|source| crate::exposition::BindError {
             addr: state.config.metrics.as_ref().expect("bound for [metrics]").listen,
             source,
         })?;

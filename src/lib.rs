@@ -22,6 +22,7 @@ mod config;
 mod control;
 mod daemon;
 mod events;
+mod exposition;
 mod feed;
 mod glob;
 mod history;

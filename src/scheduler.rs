@@ -14,7 +14,7 @@
 //! - the due runs of a route whose tree a version-control operation is at work on
 //!   wait until it is over (see [`hold`]).
 //!
-//! [`Scheduler`] is the pure state machine; [`drive`] runs it against a channel of
+//! [`Scheduler`] is the pure state machine; [`drive`](fn@drive) runs it against a channel of
 //! submissions and a launcher, polling the started jobs within its own task. [`frames`]
 //! tracks when the work a change caused is over, for `[[listener.post]]`.
 
@@ -218,7 +218,7 @@ impl Scheduler {
     }
 
     /// The scheduler telling `activity` whether it has runs pending (or held) or jobs
-    /// running, each time that changes (see [`drive`]).
+    /// running, each time that changes (see [`drive`](fn@drive)).
     pub fn with_activity(mut self, activity: Activity) -> Self {
         self.activity = Some(activity);
         self

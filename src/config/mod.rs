@@ -8,13 +8,14 @@ mod raw;
 mod resolve;
 mod resources;
 
+/// How often a polled tree is rescanned, by default (the watcher's).
+pub use crate::watch::DEFAULT_POLL_MS;
 pub use check::{MAX_JOB_NAME, MAX_LISTENER_NAME};
 pub use metrics::DEFAULT_HEAD_TIMEOUT_MS;
 pub use raw::Mode;
 pub use resolve::{
-    Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, DEFAULT_MAX_VCS_HOLD_MS, DEFAULT_POLL_MS, HoldWhile,
-    ListenerConfig, MAX_HTTP_CONNECTIONS, MAX_VCS_HOLD_LIMIT_MS, PostConfig, RouteConfig, ServerConfig,
-    VcsHold,
+    Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, DEFAULT_MAX_VCS_HOLD_MS, HoldWhile, ListenerConfig,
+    MAX_HTTP_CONNECTIONS, MAX_VCS_HOLD_LIMIT_MS, PostConfig, RouteConfig, ServerConfig, VcsHold,
 };
 pub use resources::{Limits, MemoryMax};
 
@@ -47,7 +48,7 @@ pub enum ConfigError {
         /// What it is instead, like "a FIFO".
         kind: &'static str,
     },
-    /// The file is larger than [`MAX_CONFIG_SIZE`].
+    /// The file is larger than the limit (1 MiB, `MAX_CONFIG_SIZE`).
     #[error("{path}: cannot read config: is larger than 1 MiB")]
     TooLarge {
         /// The config file.

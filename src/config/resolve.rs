@@ -193,8 +193,6 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
 /// How long a file's changes wait for its writer to close it, by default: longer
 /// than any upload or copy should take, short enough that nothing waits forever.
 pub const DEFAULT_MAX_HOLD_MS: u64 = 300_000;
-/// How often a polled tree is rescanned, by default (see docs/watching.md for its cost).
-pub const DEFAULT_POLL_MS: u64 = 2_000;
 /// The longest a version-control operation holds a route's runs, by default: longer
 /// than a checkout, rebase or stash of a large tree takes with its hooks, short
 /// enough that a stopped operation (a merge with conflicts) or a lock a crashed git

@@ -26,7 +26,7 @@ pub async fn handle(state: &DaemonState, request: Request) -> Response {
             jobs: state.listeners.jobs().await,
         }),
         Request::Metrics => Response::Metrics(replies::Metrics {
-            text: crate::metrics::exposition(state).await,
+            text: crate::exposition::exposition(state).await,
         }),
         Request::History(query) => super::observe::history(state, &query),
         Request::Explain(args) => super::observe::explain(state, &args).await,

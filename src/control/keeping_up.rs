@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub(super) fn watches(listeners: &[ListenerInfo]) -> Watches {
     Watches {
         in_use: listeners.iter().map(|l| l.watches).sum(),
-        limit: crate::metrics::max_user_watches(),
+        limit: crate::watch::max_user_watches(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! [`FILES_KEPT`] of its files and [`OUTPUT_BYTES`] of its output's last lines.
 //! A run's end records it here at once (a lock and a push) and queues it, without
 //! waiting, for the [`file::Writer`] task that appends it to the state directory;
-//! a daemon started later reads those files back ([`file`]).
+//! a daemon started later reads those files back ([`file`](mod@file)).
 
 pub mod file;
 
@@ -14,12 +14,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+/// Lines of a job's output kept after it ends (for `history show` and a build's
+/// failure in the browser): the last [`TAIL_LINES`], stdout and stderr as they came.
+pub const TAIL_LINES: usize = 20;
+/// Bytes of a line the tail keeps (cut at a character boundary).
+pub const TAIL_LINE: usize = 1024;
+
+/// What a finished job used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, user plus system, in µs.
+    pub cpu_usec: u64,
+    /// Peak memory in bytes.
+    pub memory_peak: u64,
+}
+
 /// Runs kept per listener, in memory and on disk.
 pub const RUNS_PER_LISTENER: usize = 200;
 /// Files of a batch's run kept in its record (`count` says how many it had).
 pub const FILES_KEPT: usize = 8;
 /// Bytes of output lines a record keeps: the last lines (at most
-/// [`crate::job::TAIL_LINES`], each at most [`crate::job::TAIL_LINE`] bytes) that fit.
+/// [`TAIL_LINES`], each at most [`TAIL_LINE`] bytes) that fit.
 pub const OUTPUT_BYTES: usize = 4096;
 /// Records waiting for the writer; when it is this far behind, a record stays in
 /// memory only (with a warning) rather than slow a job down.
@@ -77,7 +92,7 @@ pub struct Finished {
     /// How it ended.
     pub outcome: RunOutcome,
     /// What it used, when known.
-    pub usage: Option<crate::job::Usage>,
+    pub usage: Option<Usage>,
     /// The last lines of its output.
     pub output: Vec<String>,
 }
@@ -204,7 +219,7 @@ fn push(runs: &mut HashMap<String, VecDeque<Arc<RunRecord>>>, record: Arc<RunRec
 /// Holds a record to the bounds: [`FILES_KEPT`] files of at most [`PATH_BYTES`]
 /// each, a route of at most [`ROUTE_BYTES`], a reason of at most [`REASON_BYTES`],
 /// the last output lines that fit [`OUTPUT_BYTES`], each cut at
-/// [`crate::job::TAIL_LINE`] bytes. (Also applied to what is read back from disk,
+/// [`TAIL_LINE`] bytes. (Also applied to what is read back from disk,
 /// which may have been edited.)
 pub fn bound(record: &mut RunRecord) {
     record.files.truncate(FILES_KEPT);
@@ -216,9 +231,9 @@ pub fn bound(record: &mut RunRecord) {
     let lines = record.output.len();
     record
         .output
-        .drain(..lines.saturating_sub(crate::job::TAIL_LINES));
+        .drain(..lines.saturating_sub(TAIL_LINES));
     for line in &mut record.output {
-        cut(line, crate::job::TAIL_LINE);
+        cut(line, TAIL_LINE);
     }
     let mut total = 0;
     let keep = record

@@ -44,11 +44,7 @@ pub async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watc
     match setup.expect("watch setup does not panic").and_then(|setup| {
         // Pages are reported once written whole (see watch::hold), with the routes' default limit.
         let limit = Some(Duration::from_millis(crate::config::DEFAULT_MAX_HOLD_MS));
-        let poll = crate::watch::Poll {
-            mode: crate::watch::PollMode::Auto,
-            every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
-            fixed: false,
-        };
+        let poll = crate::watch::Poll::default();
         setup.into_watcher(Arc::new(move |_: &Path| limit), Arc::new(move |_: &Path| poll))
     }) {
         Ok(watcher) => Some((watcher, matcher)),

@@ -12,8 +12,8 @@
 //! not. When the job is over, [`JobGroup::kill`] ends whatever is left
 //! (`cgroup.kill`; on kernels before 5.14, SIGKILL to every member, frozen first
 //! where `cgroup.freeze` exists, until no new one appears), [`JobGroup::stats`]
-//! reads its CPU time, memory peak and OOM events, and [`JobGroup::remove`] (or
-//! dropping it) removes the directory.
+//! reads its CPU time, memory peak and OOM events, and dropping it removes the
+//! directory.
 //!
 //! [`detect`] finds the tree: our cgroup from `/proc/self/cgroup`, the cgroup2
 //! mount from `/proc/self/mountinfo` (`/sys/fs/cgroup`, or
@@ -375,8 +375,8 @@ impl Tree {
     }
 }
 
-/// One job's cgroup. Removed (whatever is left in it killed first) by
-/// [`JobGroup::remove`] or when dropped; both block for at most a second, so call
+/// One job's cgroup. Removed (whatever is left in it killed first) when dropped
+/// (or by `remove`, in tests); that blocks for at most a second, so call
 /// [`JobGroup::kill`] and [`JobGroup::wait_empty`] first.
 #[derive(Debug)]
 pub struct JobGroup {
@@ -505,7 +505,7 @@ impl JobGroup {
         self.release()
     }
 
-    /// [`JobGroup::remove`]'s work, once.
+    /// The removal that dropping (or `remove`, in tests) does, once.
     fn release(&mut self) -> bool {
         if self.procs.take().is_none() {
             return true;

@@ -15,6 +15,7 @@ mod output;
 use crate::config::Command;
 /// How a job ended: the history's outcome, the one vocabulary the history, the
 /// metrics' `outcome` label ([`Outcome::label`]) and `status`'s last run share.
+pub use crate::history::{TAIL_LINE, TAIL_LINES, Usage};
 pub use crate::protocol::observe::RunOutcome as Outcome;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -69,11 +70,6 @@ pub struct JobSpec {
     pub limits: cgroup::Limits,
 }
 
-/// Lines of a job's output kept after it ends (for `history show` and a build's
-/// failure in the browser): the last [`TAIL_LINES`], stdout and stderr as they came.
-pub const TAIL_LINES: usize = 20;
-/// Bytes of a line the tail keeps (cut at a character boundary).
-pub const TAIL_LINE: usize = 1024;
 
 /// Where a line of output falls among both streams' lines: the number of the read
 /// that completed it, then its number in the order lines were logged.
@@ -334,15 +330,6 @@ impl Job<'_> {
         }
         Some(group.stats())
     }
-}
-
-/// What a finished job used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// CPU time, user plus system, in µs.
-    pub cpu_usec: u64,
-    /// Peak memory in bytes.
-    pub memory_peak: u64,
 }
 
 fn log_end(outcome: &Outcome, elapsed: Duration, usage: Option<Usage>) {

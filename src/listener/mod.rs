@@ -6,6 +6,7 @@
 
 mod explain;
 mod keeping_up;
+mod metered;
 mod reload;
 mod slot;
 mod task;

@@ -10,7 +10,6 @@ use crate::watch::{DirFilter, FileEvent, Setup, WatchError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -371,11 +370,7 @@ fn poll_for(config: &ListenerConfig) -> crate::watch::PollFor {
                 every: a.every.min(b.every),
                 fixed: a.fixed || b.fixed,
             })
-            .unwrap_or(Poll {
-                mode: PollMode::Auto,
-                every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
-                fixed: false,
-            })
+            .unwrap_or_default()
     })
 }
 

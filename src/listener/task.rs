@@ -113,7 +113,7 @@ impl Run {
         let launcher = Launcher {
             config: self.config.clone(),
             ctx: self.ctx.jobs.clone(),
-            observer: Arc::new(crate::metrics::Metered::new(
+            observer: Arc::new(super::metered::Metered::new(
                 self.shared.clone(),
                 self.ctx.jobs.metrics.clone(),
                 &self.config.name,

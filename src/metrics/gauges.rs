@@ -1,8 +1,7 @@
-//! The gauges, read from the daemon's state at each scrape into a registry of their
-//! own, and the exposition of the daemon as it is now.
+//! The gauges: what is read from the daemon's state at each scrape
+//! ([`crate::exposition`]), put in a registry of their own.
 
 use super::labels::ListenerLabels;
-use crate::state::DaemonState;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -86,38 +85,4 @@ fn gauge(value: u64) -> Gauge {
     let gauge = Gauge::default();
     gauge.set(value as i64);
     gauge
-}
-
-/// `fs.inotify.max_user_watches`, or `None` where /proc/sys cannot be read (a unit
-/// with `ProcSubset=pid`, for one).
-pub fn max_user_watches() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The exposition for the daemon as it is now.
-pub async fn exposition(state: &DaemonState) -> String {
-    let infos = state.listeners.infos().await;
-    let server = state.server();
-    let gauges = Gauges {
-        listeners: infos
-            .iter()
-            .map(|l| ListenerGauges {
-                name: l.name.clone(),
-                watches: l.watches,
-                polled: l.polled.len() as u64,
-                queued: l.jobs_queued,
-                running: l.jobs_running,
-            })
-            .collect(),
-        max_user_watches: max_user_watches(),
-        livereload_clients: server
-            .as_ref()
-            .filter(|s| s.info().livereload)
-            .map(|s| s.info().livereload_clients as u64),
-    };
-    state.metrics.encode(&gauges)
 }

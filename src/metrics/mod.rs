@@ -3,26 +3,23 @@
 //! [`Metrics`] holds the counters and the run-duration histogram, one registry for
 //! the daemon's life (a reload keeps them): the places where things happen hold
 //! handles into it and increment them (events in the listener task, runs through
-//! [`Metered`], overflows and rescans after each watcher read, HTTP responses and
-//! LiveReload reloads in the HTTP front end, control requests in the control
-//! connection loop). Gauges (watches, polled directories, runs queued and running,
-//! LiveReload clients, the inotify limit) are read from the daemon's state at each
-//! scrape ([`exposition`]) into a registry of their own, so a listener removed by a
-//! reload leaves no stale series.
+//! the listener's metered observer, overflows and rescans after each watcher read,
+//! HTTP responses and LiveReload reloads in the HTTP front end, control requests in
+//! the control connection loop). Gauges (watches, polled directories, runs queued
+//! and running, LiveReload clients, the inotify limit) are read from the daemon's
+//! state at each scrape ([`crate::exposition`]) into a registry of their own
+//! ([`Gauges`]), so a listener removed by a reload leaves no stale series.
 //!
 //! Every label value is a config name (listener, route) or one of a fixed set (event
 //! kind, outcome, status class, command, result): no path is ever a label, so the
-//! number of series is bounded by the config. [`server`] serves the text at
-//! `/metrics` for `[metrics] listen`.
+//! number of series is bounded by the config. [`crate::exposition`] serves the text
+//! at `/metrics` for `[metrics] listen`.
 
 mod gauges;
 mod labels;
-mod metered;
-pub mod server;
 
-pub use gauges::{Gauges, exposition, max_user_watches};
+pub use gauges::{Gauges, ListenerGauges};
 pub use labels::{EventCounters, HttpCounters};
-pub use metered::Metered;
 
 use crate::protocol::observe::RunOutcome;
 use labels::{

@@ -1,6 +1,5 @@
 //! The exposition's shape: names, labels, types, and what moves what.
 
-use super::gauges::ListenerGauges;
 use super::labels::{CLASSES, class_index};
 use super::*;
 use crate::events::EventKind;

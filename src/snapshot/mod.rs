@@ -3,7 +3,7 @@
 //! overflow or a missed interval; listeners with `catch_up` persist it
 //! (temporary file, fsync, rename) to catch up on changes made while stopped.
 //! [`files`] is one directory's files in compact form, [`dirs`] a whole
-//! snapshot by directory (what is saved and loaded), [`format`] the saved bytes.
+//! snapshot by directory (what is saved and loaded), [`format`](mod@format) the saved bytes.
 
 mod dirs;
 pub(crate) mod files;

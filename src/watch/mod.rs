@@ -25,7 +25,7 @@ mod walk;
 
 pub use hold::HoldFor;
 use hold::Holds;
-pub use poll::{Poll, PollFor, PollMode};
+pub use poll::{DEFAULT_POLL_MS, Poll, PollFor, PollMode};
 use timers::Overflow;
 pub use timers::OverflowStats;
 
@@ -93,6 +93,12 @@ pub enum WatchError {
         /// The underlying error.
         source: io::Error,
     },
+}
+
+/// `fs.inotify.max_user_watches`, or `None` where /proc/sys cannot be read (a unit
+/// with `ProcSubset=pid`, for one).
+pub fn max_user_watches() -> Option<u64> {
+    sysctl("max_user_watches").parse().ok()
 }
 
 fn sysctl(name: &str) -> String {

@@ -44,6 +44,21 @@ pub struct Poll {
     pub fixed: bool,
 }
 
+impl Default for Poll {
+    /// Polled only when inotify cannot see the changes, every [`DEFAULT_POLL_MS`]
+    /// (stretched on a tree whose polls take long).
+    fn default() -> Self {
+        Poll {
+            mode: PollMode::Auto,
+            every: Duration::from_millis(DEFAULT_POLL_MS),
+            fixed: false,
+        }
+    }
+}
+
+/// How often a polled tree is rescanned, by default (see docs/watching.md for its cost).
+pub const DEFAULT_POLL_MS: u64 = 2_000;
+
 /// Under the default interval, a poll that took T waits at least `SPREAD` × T for
 /// the next: polling a big tree costs at most about 1/`SPREAD` of a core.
 pub const SPREAD: u32 = 25;
@@ -145,16 +160,11 @@ impl Watcher {
             }
         }
         for top in self.tree.unwatched_tops() {
-            let default = Poll {
-                mode: PollMode::Auto,
-                every: Duration::from_millis(crate::config::DEFAULT_POLL_MS),
-                fixed: false,
-            };
             let poll = self
                 .roots
                 .iter()
                 .find(|r| top.starts_with(&r.path))
-                .map_or(default, |r| (self.poll_for)(&r.path));
+                .map_or(Poll::default(), |r| (self.poll_for)(&r.path));
             let why = format!("out of inotify watches ({unwatched} directories have none)");
             wanted.push((top, why, poll));
         }

@@ -1,9 +1,9 @@
 //! [`Metered`]: a listener's job observer that also counts its runs (started, ended
 //! by outcome, duration) in the daemon's [`Metrics`].
 
-use super::Metrics;
 use crate::job::Outcome;
 use crate::job::launch::Observer;
+use crate::metrics::Metrics;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;

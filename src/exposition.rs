@@ -1,4 +1,6 @@
-//! `[metrics] listen`: a small HTTP/1.1 listener of its own (never the site's port)
+//! The exposition of the daemon as it is now: the counters of [`crate::metrics`] and
+//! the gauges read from the daemon's state at each scrape. It answers the control
+//! socket's `metrics` request and is served by `[metrics] listen`: a small HTTP/1.1 listener of its own (never the site's port)
 //! that answers `GET /metrics` with the exposition and anything else with 404 (405
 //! for another method). A client cannot hurt the daemon through it: at most
 //! [`MAX_CONNECTIONS`] are open at once (a newcomer takes the place of the oldest,
@@ -7,6 +9,7 @@
 //! connection lives at most [`CONNECTION_LIFETIME`], however slowly it reads.
 
 use crate::http::{Body, full, status};
+use crate::metrics::{Gauges, ListenerGauges};
 use crate::state::DaemonState;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -19,6 +22,30 @@ use std::time::Duration;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// The exposition for the daemon as it is now.
+pub async fn exposition(state: &DaemonState) -> String {
+    let infos = state.listeners.infos().await;
+    let server = state.server();
+    let gauges = Gauges {
+        listeners: infos
+            .iter()
+            .map(|l| ListenerGauges {
+                name: l.name.clone(),
+                watches: l.watches,
+                polled: l.polled.len() as u64,
+                queued: l.jobs_queued,
+                running: l.jobs_running,
+            })
+            .collect(),
+        max_user_watches: crate::watch::max_user_watches(),
+        livereload_clients: server
+            .as_ref()
+            .filter(|s| s.info().livereload)
+            .map(|s| s.info().livereload_clients as u64),
+    };
+    state.metrics.encode(&gauges)
+}
 
 /// Connections open at once (a scraper needs one); a newcomer closes the oldest.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -134,12 +161,12 @@ async fn answer(state: &DaemonState, req: Request<Incoming>) -> Response<Body> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let text = super::exposition(state).await;
+    let text = exposition(state).await;
     let mut r = Response::new(full(text));
     let headers = r.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(super::CONTENT_TYPE),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
