@@ -229,9 +229,7 @@ pub fn bound(record: &mut RunRecord) {
         cut(reason, REASON_BYTES);
     }
     let lines = record.output.len();
-    record
-        .output
-        .drain(..lines.saturating_sub(TAIL_LINES));
+    record.output.drain(..lines.saturating_sub(TAIL_LINES));
     for line in &mut record.output {
         cut(line, TAIL_LINE);
     }

@@ -70,7 +70,6 @@ pub struct JobSpec {
     pub limits: cgroup::Limits,
 }
 
-
 /// Where a line of output falls among both streams' lines: the number of the read
 /// that completed it, then its number in the order lines were logged.
 type LineKey = (u64, u64);

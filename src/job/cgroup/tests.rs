@@ -3,11 +3,15 @@
 //! removed at the end, whatever happens). Those need root and a cgroup2 mount:
 //! without them they print SKIP and pass, unless `TESTS_NO_SKIP=1`.
 
+use super::detect::{cgroup2_mounts, delegation, locate, unified_path};
+use super::group::{clear, kill_each, pids_in, read_stats};
 use super::*;
+use crate::mountinfo::Mount;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 // ---- parsing ----
 
