@@ -118,34 +118,7 @@ impl Listeners {
                 } else {
                     route.path.join(path)
                 };
-                let root = probe.roots.get(&route.path);
-                let (file, via) = seen_as(route, &lexical, probe.resolved.as_deref(), root);
-                let verdict = crate::route::verdict(route, &file, kind);
-                let mut answer = describe(route, &verdict, kind);
-                if let Some(via) = via {
-                    answer.1 = format!(
-                        "{} (as {}, through a symlink)",
-                        answer.1,
-                        crate::names::escaped(&via)
-                    );
-                }
-                if verdict == Verdict::Runs {
-                    let exists = root.is_some_and(|r| r.exists);
-                    answer = listener_side(slot, route, &file, exists).unwrap_or(answer);
-                }
-                let last_run = self.history().last_for(&slot.config.name, &route.name, &file);
-                verdicts.push(RouteVerdict {
-                    listener: slot.config.name.clone(),
-                    route: route.name.clone(),
-                    runs: matches!(answer.0, "runs" | "polled"),
-                    reason: answer.0.to_owned(),
-                    detail: answer.1,
-                    last_run: last_run.map(|r| LastRun {
-                        id: r.id,
-                        started_ms: r.started_ms,
-                        outcome: r.outcome.clone(),
-                    }),
-                });
+                verdicts.push(self.route_verdict(slot, route, &lexical, &probe, kind));
             }
         }
         Ok(Explained {
@@ -154,6 +127,48 @@ impl Listeners {
             routes: verdicts,
             notes,
         })
+    }
+}
+
+impl Listeners {
+    /// What `route` of `slot` does with a change of `kind` to `lexical` (the asked
+    /// path made absolute for this route), seen through what `probe` found.
+    fn route_verdict(
+        &self,
+        slot: &Slot,
+        route: &crate::config::RouteConfig,
+        lexical: &Path,
+        probe: &Probe,
+        kind: EventKind,
+    ) -> RouteVerdict {
+        let root = probe.roots.get(&route.path);
+        let (file, via) = seen_as(route, lexical, probe.resolved.as_deref(), root);
+        let verdict = crate::route::verdict(route, &file, kind);
+        let mut answer = describe(route, &verdict, kind);
+        if let Some(via) = via {
+            answer.1 = format!(
+                "{} (as {}, through a symlink)",
+                answer.1,
+                crate::names::escaped(&via)
+            );
+        }
+        if verdict == Verdict::Runs {
+            let exists = root.is_some_and(|r| r.exists);
+            answer = listener_side(slot, route, &file, exists).unwrap_or(answer);
+        }
+        let last_run = self.history().last_for(&slot.config.name, &route.name, &file);
+        RouteVerdict {
+            listener: slot.config.name.clone(),
+            route: route.name.clone(),
+            runs: matches!(answer.0, "runs" | "polled"),
+            reason: answer.0.to_owned(),
+            detail: answer.1,
+            last_run: last_run.map(|r| LastRun {
+                id: r.id,
+                started_ms: r.started_ms,
+                outcome: r.outcome.clone(),
+            }),
+        }
     }
 }
 
