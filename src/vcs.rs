@@ -8,6 +8,15 @@
 //! route's `hold_while` names other paths instead (`[]`: none). Routes with the same
 //! paths share one hold. execlib only looks at these paths; it never creates or takes
 //! a lock.
+//!
+//! A `.git` is a local user's input: one may sit in any directory above a route's
+//! path that others can write to (a shared, sticky folder). Like git's
+//! `safe.directory` rule, a `.git` (and the git directory a `gitdir:` file names) is
+//! trusted only when root, the daemon's user or the owner of the route's path owns
+//! it; anything else, or a `.git` that is neither a directory nor a regular file (a
+//! FIFO, which a plain open would wait on forever), is refused with a warning and
+//! the route's runs are not held. A `.git` file is opened without following a
+//! symlink and without blocking.
 
 use crate::config::{HoldWhile, ListenerConfig, RouteConfig};
 use crate::names::escaped;
@@ -46,22 +55,35 @@ pub struct GitTree {
 }
 
 /// The git work tree enclosing `path` (or its nearest existing ancestor, symlinks
-/// resolved, as git sees it), if any. `Err`: a `.git` file that names no git
-/// directory.
+/// resolved, as git sees it), if any. `Err`: the first `.git` above it is not to be
+/// trusted (see the module's doc), is neither a directory nor a regular file, or is a
+/// `.git` file that names no git directory.
 pub fn find_git(path: &Path) -> Result<Option<GitTree>, String> {
+    use std::os::unix::fs::MetadataExt;
     let start = path
         .ancestors()
         .find_map(|p| std::fs::canonicalize(p).ok())
         .unwrap_or_else(|| path.to_owned());
+    let trust = Trust {
+        euid: crate::sys::euid(),
+        path_owner: std::fs::metadata(&start).ok().map(|m| m.uid()),
+    };
     for dir in start.ancestors() {
         let dot_git = dir.join(".git");
         let Ok(meta) = std::fs::metadata(&dot_git) else {
             continue;
         };
+        trust.check(&dot_git, &meta)?;
         let git_dir = if meta.is_dir() {
             dot_git
+        } else if meta.is_file() {
+            gitfile(&dot_git, &trust)?
         } else {
-            gitfile(&dot_git)?
+            let what = special_kind(meta.file_type());
+            return Err(format!(
+                "{} is a {what}, not a git directory or file",
+                escaped(&dot_git)
+            ));
         };
         return Ok(Some(GitTree {
             work_tree: dir.to_owned(),
@@ -71,13 +93,62 @@ pub fn find_git(path: &Path) -> Result<Option<GitTree>, String> {
     Ok(None)
 }
 
+/// What a file that is neither a directory nor a regular file is, for a message.
+fn special_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "named pipe"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
+/// Whose `.git` is trusted: root's, the daemon's user's, or the route path's owner's.
+struct Trust {
+    euid: u32,
+    path_owner: Option<u32>,
+}
+
+impl Trust {
+    /// `Err` when `path` (with metadata `meta`) belongs to anyone else.
+    fn check(&self, path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = meta.uid();
+        if owner == 0 || owner == self.euid || Some(owner) == self.path_owner {
+            return Ok(());
+        }
+        Err(format!(
+            "{} belongs to uid {owner}, not to root, to this daemon's user or to the route path's owner: not trusted (as git's safe.directory)",
+            escaped(path)
+        ))
+    }
+}
+
 /// The git directory a `.git` file names (`gitdir: PATH`, relative to its directory).
-fn gitfile(file: &Path) -> Result<PathBuf, String> {
+/// The file is opened without following a symlink and without blocking, and must
+/// still be a regular file once open (it may have been swapped since it was looked at).
+fn gitfile(file: &Path, trust: &Trust) -> Result<PathBuf, String> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let bad = |why: String| format!("{} names no git directory: {why}", escaped(file));
     let mut text = String::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_GITFILE).read_to_string(&mut text))
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(file)
+        .map_err(|e| bad(e.to_string()))?;
+    match opened.metadata() {
+        Ok(m) if m.is_file() => trust.check(file, &m)?,
+        Ok(_) => return Err(bad("not a regular file".to_owned())),
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    opened
+        .take(MAX_GITFILE)
+        .read_to_string(&mut text)
         .map_err(|e| bad(e.to_string()))?;
     let target = text
         .lines()
@@ -89,7 +160,7 @@ fn gitfile(file: &Path) -> Result<PathBuf, String> {
     let dir = file.parent().unwrap_or(Path::new("/"));
     let git_dir = dir.join(target);
     match std::fs::metadata(&git_dir) {
-        Ok(m) if m.is_dir() => Ok(git_dir),
+        Ok(m) if m.is_dir() => trust.check(&git_dir, &m).map(|()| git_dir),
         Ok(_) => Err(bad(format!("{} is not a directory", escaped(&git_dir)))),
         Err(e) => Err(bad(format!("{}: {e}", escaped(&git_dir)))),
     }
@@ -205,6 +276,77 @@ mod tests {
         assert!(e.contains("names no git directory"), "{e}");
         std::fs::write(top.join(".git"), "not a gitfile\n").unwrap();
         assert!(find_git(&top).unwrap_err().contains("no `gitdir:` line"));
+    }
+
+    /// `find_git` of `path`, or `None` if it has not answered within 5 s.
+    fn find_git_within_5s(path: PathBuf) -> Option<Result<Option<GitTree>, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(find_git(&path)));
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn regression_a_named_pipe_called_git_above_a_route_is_refused_at_once() {
+        // A local user's `mkfifo .git` in a shared folder above a route's path kept the
+        // listener from starting (an open that waited for a writer), and shutdown with it.
+        let (_dir, top) = tmp();
+        if find_git(&top).unwrap().is_some() {
+            return; // the temporary directory lies in a work tree: nothing to test here
+        }
+        std::fs::create_dir_all(top.join("alice/src")).unwrap();
+        crate::sys::mkfifo(&top.join(".git"), 0o666).unwrap();
+        let found = find_git_within_5s(top.join("alice/src")).expect("find_git answered");
+        let e = found.unwrap_err();
+        assert!(e.contains("is a named pipe"), "{e}");
+        // The same behind a symlink named `.git`, and as the target of a `gitdir:` file.
+        std::fs::remove_file(top.join(".git")).unwrap();
+        crate::sys::mkfifo(&top.join("pipe"), 0o666).unwrap();
+        std::os::unix::fs::symlink("pipe", top.join(".git")).unwrap();
+        let e = find_git_within_5s(top.join("alice/src"))
+            .expect("answered")
+            .unwrap_err();
+        assert!(e.contains("is a named pipe"), "{e}");
+    }
+
+    #[test]
+    fn regression_a_git_directory_another_user_owns_is_not_trusted() {
+        // Another user's `.git/index.lock` above a route's path held its runs for a minute.
+        if crate::sys::euid() != 0 {
+            assert!(
+                std::env::var("TESTS_NO_SKIP").as_deref() != Ok("1"),
+                "needs root to give a file to another user"
+            );
+            eprintln!("SKIP: needs root to give a file to another user");
+            return;
+        }
+        let (_dir, top) = tmp();
+        if find_git(&top).unwrap().is_some() {
+            return; // the temporary directory lies in a work tree: nothing to test here
+        }
+        let nobody = 65534;
+        std::fs::create_dir_all(top.join("alice/src")).unwrap();
+        std::fs::create_dir_all(top.join(".git")).unwrap();
+        std::os::unix::fs::chown(top.join(".git"), Some(nobody), Some(nobody)).unwrap();
+        let e = find_git(&top.join("alice/src")).unwrap_err();
+        assert!(
+            e.contains("belongs to uid 65534") && e.contains("not trusted"),
+            "{e}"
+        );
+        // The route path's owner's own work tree is trusted.
+        std::os::unix::fs::chown(top.join("alice/src"), Some(nobody), Some(nobody)).unwrap();
+        let found = find_git(&top.join("alice/src")).unwrap().expect("a work tree");
+        assert_eq!(found.git_dir, top.join(".git"));
+        // And a `.git` file another user owns is refused before it is read.
+        std::fs::remove_dir(top.join(".git")).unwrap();
+        std::fs::create_dir_all(top.join("repo")).unwrap();
+        std::fs::write(top.join(".git"), "gitdir: repo\n").unwrap();
+        std::os::unix::fs::chown(top.join("alice/src"), Some(0), Some(0)).unwrap();
+        std::os::unix::fs::chown(top.join(".git"), Some(nobody), Some(nobody)).unwrap();
+        assert!(
+            find_git(&top.join("alice/src"))
+                .unwrap_err()
+                .contains("not trusted")
+        );
     }
 
     #[test]
