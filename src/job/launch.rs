@@ -23,21 +23,23 @@ const POST_KILL_GRACE: Duration = Duration::from_secs(1);
 /// Above this, `EXECLIB_PATHS` is left out (stdin always has every path).
 const PATHS_ENV_LIMIT: usize = 64 * 1024;
 
-/// `EXECLIB_COUNT`, and `EXECLIB_PATHS` (newline-separated) or `EXECLIB_PATHS_TRUNCATED=1`.
-fn batch_env(env: &mut BTreeMap<String, OsString>, files: &[PathBuf]) {
+/// Sets `EXECLIB_COUNT` (`files`'s length) and `EXECLIB_PATHS` (their
+/// [`path_lines`] without the last newline) or `EXECLIB_PATHS_TRUNCATED=1`;
+/// returns the lines, for stdin.
+fn batch_env(env: &mut BTreeMap<String, OsString>, files: &[PathBuf]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
     env.insert("EXECLIB_COUNT".into(), files.len().to_string().into());
-    let mut paths = OsString::new();
-    for (i, file) in files.iter().enumerate() {
-        if i > 0 {
-            paths.push("\n");
-        }
-        paths.push(file.as_os_str());
-    }
+    let lines = path_lines(files);
+    let paths = &lines[..lines.len().saturating_sub(1)];
     if paths.len() <= PATHS_ENV_LIMIT {
-        env.insert("EXECLIB_PATHS".into(), paths);
+        env.insert(
+            "EXECLIB_PATHS".into(),
+            std::ffi::OsStr::from_bytes(paths).to_owned(),
+        );
     } else {
         env.insert("EXECLIB_PATHS_TRUNCATED".into(), "1".into());
     }
+    lines
 }
 
 /// What every job of the daemon shares.
@@ -171,7 +173,7 @@ impl Launcher {
         if let [file] = frame.files.as_slice() {
             env.insert("EXECLIB_PATH".into(), file.as_os_str().to_owned());
         }
-        batch_env(&mut env, &frame.files);
+        let lines = batch_env(&mut env, &frame.files);
         JobSpec {
             command: post.command.clone(),
             workdir: post.workdir.clone(),
@@ -179,7 +181,7 @@ impl Launcher {
             timeout: post.timeout,
             kill_grace: post.kill_grace,
             pid: Default::default(),
-            stdin: Some(path_lines(&frame.files)),
+            stdin: Some(lines),
             ledger: Some(self.ctx.ledger.clone()),
             limits: post.limits,
         }
@@ -216,8 +218,8 @@ impl Launcher {
                 (path, None)
             }
             Mode::Batch => {
-                batch_env(&mut env, &start.files);
-                (route.path.clone(), Some(path_lines(&start.files)))
+                let lines = batch_env(&mut env, &start.files);
+                (route.path.clone(), Some(lines))
             }
         };
         let spec = JobSpec {
@@ -350,11 +352,19 @@ impl Drop for Ending<'_> {
     }
 }
 
-/// The paths, one per line, for a job's stdin.
+/// The paths, one per line, for a job's stdin: each as [`crate::names::list_line`]
+/// writes it (quoted when its name holds a line break, so no name adds a line).
 fn path_lines(files: &[PathBuf]) -> Vec<u8> {
     let mut lines = Vec::new();
     for file in files {
-        lines.extend_from_slice(file.as_os_str().as_encoded_bytes());
+        let line = crate::names::list_line(file.as_os_str());
+        if matches!(line, std::borrow::Cow::Owned(_)) {
+            tracing::warn!(
+                path = %crate::names::escaped(file),
+                "a path in a batch's list holds a line break: it is listed quoted, as git quotes paths"
+            );
+        }
+        lines.extend_from_slice(&line);
         lines.push(b'\n');
     }
     lines

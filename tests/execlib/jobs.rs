@@ -181,6 +181,27 @@ fn three_hundred_files_changed_at_once_give_one_batch_run() {
     settle_runs(&sandbox);
 }
 
+#[test]
+fn regression_a_file_name_with_a_newline_cannot_add_a_path_to_a_batch() {
+    // A local user made `src/a\n/etc/passwd`: the batch job, reading its stdin line by
+    // line as documented, was given `/etc/passwd` to work on.
+    let sandbox = Sandbox::new();
+    let job = r#"cat > ../out/stdin; printf '%s' "$EXECLIB_PATHS" > ../out/env; echo "$EXECLIB_COUNT" > ../out/count"#;
+    let config =
+        sandbox.config(&one_route(job, "mode = \"batch\"").replace("debounce_ms = 50", "debounce_ms = 300"));
+    let daemon = Daemon::start(&sandbox, &config);
+    std::fs::create_dir_all(sandbox.path("src/a\n/etc")).unwrap();
+    sandbox.write("src/a\n/etc/passwd", "x");
+    assert_eq!(sandbox.wait_out("count").trim(), "1");
+    let stdin = sandbox.wait_out("stdin");
+    let src = sandbox.path("src").canonicalize().unwrap();
+    let quoted = format!("\"{}/a\\n/etc/passwd\"\n", src.display());
+    assert_eq!(stdin, quoted, "one line, quoted as git quotes it");
+    assert_eq!(sandbox.wait_out("env"), quoted.trim_end());
+    assert!(!stdin.lines().any(|l| l == "/etc/passwd"));
+    assert!(daemon.log().contains("holds a line break"), "{}", daemon.log());
+}
+
 /// Writes a file the batch route also sees, and checks it ran as one more batch.
 fn settle_runs(sandbox: &Sandbox) {
     sandbox.write("src/later.md", "x");
