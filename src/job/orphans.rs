@@ -156,37 +156,50 @@ fn names_listener(environ: &[u8], listener: &str) -> bool {
 }
 
 /// Terminates the adoptees `select` picks (SIGTERM to each and its group, SIGKILL
-/// after `grace`) and reaps them.
+/// after `grace`) and reaps them. Killing one can orphan its own children (in
+/// sessions of their own, out of reach of its group's signal): they become adoptees
+/// in turn, so each round looks again and signals the newcomers, until none is left.
 fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
-    let picked = |pids: Vec<u32>| -> Vec<u32> { pids.into_iter().filter(|&p| select(p)).collect() };
-    let left = picked(adoptees());
-    if left.is_empty() {
+    let picked = || -> Vec<u32> { adoptees().into_iter().filter(|&p| select(p)).collect() };
+    let signal = |pids: &[u32], signal: i32| {
+        for &pid in pids {
+            crate::sys::kill_group(pid, signal);
+            crate::sys::kill(pid, signal);
+        }
+    };
+    let first = picked();
+    if first.is_empty() {
         return;
     }
-    info!(processes = left.len(), "{message}: {left:?}");
-    let alive = || -> Vec<u32> {
-        let now = adoptees();
-        left.iter().copied().filter(|p| now.contains(p)).collect()
-    };
-    for &pid in &left {
-        crate::sys::kill_group(pid, libc::SIGTERM);
-        crate::sys::kill(pid, libc::SIGTERM);
-    }
+    info!(processes = first.len(), "{message}: {first:?}");
+    let mut signalled = std::collections::HashSet::new();
     let end = Instant::now() + grace;
-    while Instant::now() < end && !alive().is_empty() {
+    loop {
+        let fresh: Vec<u32> = picked().into_iter().filter(|p| signalled.insert(*p)).collect();
+        signal(&fresh, libc::SIGTERM);
         reap();
+        if picked().is_empty() {
+            return;
+        }
+        if Instant::now() >= end {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let stubborn = alive();
-    for &pid in &stubborn {
-        crate::sys::kill_group(pid, libc::SIGKILL);
-        crate::sys::kill(pid, libc::SIGKILL);
-    }
+    // After the grace: SIGKILL to every one left, and to those their deaths orphan.
     let end = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < end && !alive().is_empty() {
+    while Instant::now() < end {
+        signal(&picked(), libc::SIGKILL);
         reap();
+        if picked().is_empty() {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    warn!(
+        processes = picked().len(),
+        "{message}: some still running after SIGKILL"
+    );
 }
 
 #[cfg(test)]

@@ -499,6 +499,37 @@ fn a_grandchild_that_escapes_its_job_is_ended_at_shutdown() {
 }
 
 #[test]
+fn regression_processes_several_sessions_deep_are_all_ended_at_shutdown() {
+    // Each level calls `setsid` and starts the next: killing one orphans the next,
+    // in a session of its own. Shutdown collected the escapees once, so each pass
+    // (the listener's stop, then the daemon's) ended one level and the rest lived on.
+    let sandbox = Sandbox::new();
+    let script = sandbox.path("levels.sh");
+    std::fs::write(
+        &script,
+        "echo $$ >> \"$2\"\nif [ \"$1\" -gt 0 ]; then setsid sh \"$0\" $(($1 - 1)) \"$2\" & fi\nexec sleep 300\n",
+    )
+    .unwrap();
+    let pids = sandbox.path("out/pids");
+    let job = format!("setsid -f sh {} 4 {}", script.display(), pids.display());
+    let config = sandbox.config(&one_route(&job, ""));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let levels: Vec<i32> = eventually("five levels running", || {
+        let text = sandbox.read("out/pids")?;
+        let levels: Vec<i32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        (levels.len() == 5 && levels.iter().all(|&p| alive(p))).then_some(levels)
+    });
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit();
+    let left: Vec<i32> = levels.iter().copied().filter(|&p| alive(p)).collect();
+    assert!(
+        left.is_empty(),
+        "still running after shutdown: {left:?} of {levels:?}"
+    );
+}
+
+#[test]
 fn a_grandchild_that_escapes_its_job_is_ended_when_its_listener_stops() {
     let sandbox = Sandbox::new();
     let job = "setsid sh -c 'sleep 300 & echo $! > ../out/escaped' & wait";
