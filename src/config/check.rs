@@ -32,6 +32,9 @@ pub(super) struct Ctx<'a> {
 
 /// The shortest `poll_ms`.
 pub const MIN_POLL_MS: u64 = 100;
+/// The shortest `idle_timeout_ms` (`[control]`, `[server]`): a client must have time to
+/// send its first request, or say its LiveReload hello, after it connects.
+pub const MIN_IDLE_TIMEOUT_MS: u64 = 100;
 
 impl Ctx<'_> {
     /// An `Invalid` error at byte `offset` of the text.
@@ -128,6 +131,21 @@ impl Ctx<'_> {
             ),
             Some(t) => Ok(Some(Duration::from_millis(t.into_inner()))),
             None => Ok(None),
+        }
+    }
+
+    /// An `idle_timeout_ms` (`default_ms` when left out): at least
+    /// [`MIN_IDLE_TIMEOUT_MS`], as 0 would close every connection before its request.
+    pub fn idle_timeout(&self, raw: Option<Spanned<u64>>, default_ms: u64) -> Result<Duration, ConfigError> {
+        match raw {
+            Some(t) if *t.get_ref() < MIN_IDLE_TIMEOUT_MS => self.err(
+                t.span().start,
+                format!(
+                    "`idle_timeout_ms` must be at least {MIN_IDLE_TIMEOUT_MS} (a client needs time to send its first request)"
+                ),
+            ),
+            Some(t) => Ok(Duration::from_millis(t.into_inner())),
+            None => Ok(Duration::from_millis(default_ms)),
         }
     }
 

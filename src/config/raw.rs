@@ -43,7 +43,7 @@ pub struct RawControl {
     pub socket: Option<Spanned<PathBuf>>,
     pub mode: Option<Spanned<String>>,
     pub group: Option<Spanned<String>>,
-    pub idle_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[server]`.
@@ -58,7 +58,7 @@ pub struct RawServer {
     pub hidden: Option<bool>,
     pub inject: Option<bool>,
     pub delay_ms: Option<u64>,
-    pub idle_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<Spanned<u64>>,
     pub max_clients: Option<Spanned<usize>>,
     pub builds: Option<Vec<Spanned<String>>>,
 }

@@ -189,6 +189,7 @@ pub enum Command {
 
 const DEFAULT_GRACE_MS: u64 = 10_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+const DEFAULT_SERVER_IDLE_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
 /// How long a file's changes wait for its writer to close it, by default: longer
 /// than any upload or copy should take, short enough that nothing waits forever.
@@ -295,7 +296,7 @@ fn control(
         socket: socket(ctx, raw.socket, at, instance, env)?,
         mode,
         group: group(ctx, raw.group)?,
-        idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS)),
+        idle_timeout: ctx.idle_timeout(raw.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS)?,
     })
 }
 
@@ -395,7 +396,7 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
         hidden: raw.hidden.unwrap_or(false),
         inject: raw.inject.unwrap_or(false),
         delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
-        idle_timeout: Duration::from_millis(raw.idle_timeout_ms.unwrap_or(30_000)),
+        idle_timeout: ctx.idle_timeout(raw.idle_timeout_ms, DEFAULT_SERVER_IDLE_TIMEOUT_MS)?,
         max_clients,
         builds: None,
     })

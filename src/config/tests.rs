@@ -373,6 +373,27 @@ fn zero_timeouts_are_refused() {
 }
 
 #[test]
+fn regression_an_idle_timeout_of_zero_is_refused() {
+    // It passed `--check`, then closed every connection before its first request:
+    // LiveReload clients before their hello, HTTP and control clients at once.
+    assert_refused(
+        &format!("[control]\nidle_timeout_ms = 0\n{MINIMAL}"),
+        (2, 19),
+        &["`idle_timeout_ms` must be at least 100"],
+    );
+    assert_refused(
+        &format!("[server]\nroot = \"site\"\nidle_timeout_ms = 99\n{MINIMAL}"),
+        (3, 19),
+        &["`idle_timeout_ms` must be at least 100", "first request"],
+    );
+    let c = parse(&format!(
+        "[server]\nroot = \"site\"\nidle_timeout_ms = 100\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.server.unwrap().idle_timeout, Duration::from_millis(100));
+}
+
+#[test]
 fn socket_paths_must_fit_sun_path() {
     assert_refused(
         &format!("[control]\nsocket = \"\"\n{MINIMAL}"),
