@@ -331,6 +331,7 @@ impl Watcher {
                 sysctl("max_user_watches")
             ));
         }
+        reasons.extend(self.tree.unwatchable());
         reasons
     }
 

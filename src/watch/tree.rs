@@ -85,6 +85,57 @@ pub(super) struct Tree {
     no_space: std::collections::BTreeSet<PathBuf>,
     /// Whether running out of watches was logged.
     warned_no_space: bool,
+    /// Directories that could not be watched for another reason than the limit.
+    unwatchable: Arc<Unwatchable>,
+}
+
+/// The directories a tree could not watch for a reason other than the watch limit or
+/// a race (a directory gone or replaced meanwhile): no permission, a path longer
+/// than `PATH_MAX`. Changes under them are not seen: each of the first
+/// [`Unwatchable::WARN`] is a warning, and the count and the first are in the
+/// listener's health (`status`).
+#[derive(Debug, Default)]
+pub(super) struct Unwatchable {
+    count: std::sync::atomic::AtomicUsize,
+    first: std::sync::Mutex<Option<String>>,
+}
+
+impl Unwatchable {
+    /// Directories warned about one by one; the others are logged at debug.
+    const WARN: usize = 10;
+
+    /// Notes that `dir` could not be watched (`e` from `inotify_add_watch`).
+    pub(super) fn record(&self, dir: &Path, e: &std::io::Error) {
+        use std::sync::atomic::Ordering;
+        let path = crate::names::escaped(dir);
+        if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
+            debug!(path = %path, "not watched: {e}");
+            return;
+        }
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert_with(|| format!("{path}: {e}"));
+        match n {
+            n if n < Self::WARN => warn!(path = %path, "not watched, changes under it are not seen: {e}"),
+            Self::WARN => warn!(
+                path = %path,
+                "not watched, changes under it are not seen: {e} (further directories that cannot be watched are logged at debug)"
+            ),
+            _ => debug!(path = %path, "not watched: {e}"),
+        }
+    }
+
+    /// The health line, when a directory could not be watched.
+    pub(super) fn health(&self) -> Option<String> {
+        let n = self.count.load(std::sync::atomic::Ordering::Relaxed);
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        (n > 0).then(|| {
+            format!(
+                "{n} directories could not be watched and changes under them are not seen (the first: {})",
+                first.as_deref().unwrap_or("?")
+            )
+        })
+    }
 }
 
 /// The directories at or under `dir` in a map ordered by path.
@@ -105,6 +156,7 @@ impl Tree {
             filter,
             no_space: Default::default(),
             warned_no_space: false,
+            unwatchable: Default::default(),
         }
     }
 
@@ -149,6 +201,11 @@ impl Tree {
     /// How many directories have no watch for want of one.
     pub fn unwatched_count(&self) -> usize {
         self.no_space.len()
+    }
+
+    /// The health line about directories that could not be watched, if any.
+    pub fn unwatchable(&self) -> Option<String> {
+        self.unwatchable.health()
     }
 
     fn files_of<'a>(&mut self, path: &'a Path) -> Option<(&mut Files, &'a OsStr)> {
@@ -413,7 +470,7 @@ impl Tree {
                 source: e,
             }),
             Err(e) => {
-                debug!(path = %crate::names::escaped(&**dir), "not watched: {e}");
+                self.unwatchable.record(dir, &e);
                 Ok(Watched::No)
             }
         }
@@ -450,8 +507,14 @@ impl Tree {
         let mut stack = Vec::new();
         let files = self.read(top, stat, &mut stack);
         self.dirs.insert(dir, Dir { wd, files });
-        let (watches, filter) = (self.watches.clone(), self.filter.clone());
-        super::walk::walk(&watches, &filter, stat, stack, |found| self.record(found));
+        let (watches, filter, unwatchable) = (
+            self.watches.clone(),
+            self.filter.clone(),
+            self.unwatchable.clone(),
+        );
+        super::walk::walk(&watches, (&filter, &unwatchable), stat, stack, |found| {
+            self.record(found)
+        });
         Ok(())
     }
 

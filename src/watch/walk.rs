@@ -6,11 +6,10 @@
 //! each `inotify_add_watch` a call of its own.
 
 use super::DirFilter;
-use super::tree::{Files, MASK, Stat, read_dir};
+use super::tree::{Files, MASK, Stat, Unwatchable, read_dir};
 use inotify::{WatchDescriptor, Watches};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
-use tracing::debug;
 
 /// At most this many walkers (the cores permitting).
 const MAX_WORKERS: usize = 4;
@@ -38,10 +37,11 @@ struct Queue {
 
 /// Watches and reads `start` and every wanted directory under them, handing each
 /// to `record` on this thread. A directory that vanished or cannot be watched
-/// (other than for want of watches) is skipped, with what is under it.
+/// (other than for want of watches) is skipped, with what is under it (noted in
+/// `unwatchable`, unless it vanished).
 pub(super) fn walk(
     watches: &Watches,
-    filter: &DirFilter,
+    (filter, unwatchable): (&DirFilter, &Unwatchable),
     stat: Stat,
     start: Vec<PathBuf>,
     mut record: impl FnMut(Found),
@@ -63,7 +63,8 @@ pub(super) fn walk(
                         queue,
                         found: Vec::new(),
                     };
-                    if let Some(done) = visit(&mut watches, filter, stat, dir, &mut busy.found) {
+                    if let Some(done) = visit(&mut watches, (filter, unwatchable), stat, dir, &mut busy.found)
+                    {
                         batch.push(done);
                     }
                     if batch.len() >= BATCH {
@@ -119,7 +120,7 @@ impl Drop for Busy<'_> {
 /// Watches and reads one directory; the directories in it go on `found`.
 fn visit(
     watches: &mut Watches,
-    filter: &DirFilter,
+    (filter, unwatchable): (&DirFilter, &Unwatchable),
     stat: Stat,
     dir: PathBuf,
     found: &mut Vec<PathBuf>,
@@ -128,7 +129,7 @@ fn visit(
         Ok(wd) => Some(wd),
         Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => None,
         Err(e) => {
-            debug!(path = %crate::names::escaped(&dir), "not watched: {e}");
+            unwatchable.record(&dir, &e);
             return None;
         }
     };

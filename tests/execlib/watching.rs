@@ -230,6 +230,47 @@ fn root_missing_at_start_or_deleted_degrades_and_resumes_when_back() {
 }
 
 #[test]
+fn regression_a_directory_too_deep_to_watch_is_reported_not_skipped_silently() {
+    // Folders whose path passed PATH_MAX (4096 bytes) were left unwatched with a
+    // debug line only: the listener said `running` and changes there never ran.
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let name = "d".repeat(200);
+    // Made by relative steps (mkdirat, openat), as no absolute path that long can be used.
+    let mut dir = std::fs::File::open(sandbox.path("src")).unwrap();
+    let c_name = std::ffi::CString::new(name).unwrap();
+    for _ in 0..25 {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: a valid directory descriptor and C string; the new descriptor is owned once.
+        unsafe {
+            assert_eq!(libc::mkdirat(dir.as_raw_fd(), c_name.as_ptr(), 0o755), 0);
+            let fd = libc::openat(
+                dir.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            assert!(fd >= 0);
+            dir = std::fs::File::from_raw_fd(fd);
+        }
+    }
+    let docs = eventually("degraded", || {
+        let l = daemon.listener("docs");
+        (l["state"] == "degraded").then_some(l)
+    });
+    let error = docs["error"].as_str().unwrap();
+    assert!(
+        error.contains("could not be watched") && error.contains("name too long"),
+        "{docs}"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("not watched, changes under it are not seen")
+    );
+}
+
+#[test]
 fn hidden_directories_are_not_watched_and_symlinks_not_followed() {
     let sandbox = Sandbox::new();
     sandbox.write("src/.git/objects/a/b", "1");
