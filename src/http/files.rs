@@ -1,7 +1,7 @@
 //! Serving static files: GET and HEAD, `Content-Type` (with `charset=utf-8` for
 //! text), `Last-Modified` and a strong `ETag` answered with 304, single byte ranges
 //! (206, 416), `Cache-Control: no-cache`, and optional LiveReload script injection
-//! into HTML. Large files are sent with `sendfile` (see [`zerocopy`]); small ones are read whole and kept in the
+//! into HTML up to [`MAX_INJECT`]. Large files are sent with `sendfile` (see [`zerocopy`]); small ones are read whole and kept in the
 //! [`Cache`], answered from memory while their file is unchanged.
 
 use super::cache::{Cache, Entry, FileId};
@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 /// What the file server needs to know about the site.
@@ -25,7 +26,19 @@ pub struct Site {
     pub inject: bool,
     /// Small files, kept in memory.
     pub cache: Cache,
+    /// Whether an HTML file over [`MAX_INJECT`] was served without the script yet
+    /// (logged once).
+    pub served_uninjected: AtomicBool,
 }
+
+/// HTML up to this size gets the LiveReload script; a larger page is served as it
+/// is, without it, with `sendfile` like any large file. Injecting means reading the
+/// page whole into memory for each request (the script goes before its last
+/// `</body>`), held until the client has it all: the cap bounds what one request
+/// can make the server hold. Pages are rarely more than a few hundred KiB (HTML of
+/// 1 MiB is a single-page dump of a whole manual), so the cap costs almost no page
+/// its reloads.
+pub const MAX_INJECT: u64 = 1024 * 1024;
 
 /// Files up to this size are read in one go (and cached); larger ones are streamed.
 const READ_WHOLE: u64 = super::cache::MAX_ENTRY as u64;
@@ -135,7 +148,7 @@ fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {
     }
 }
 
-/// Reads a small file (or HTML to inject) whole; a large one is left to stream.
+/// Reads a small file (or HTML to inject, up to [`MAX_INJECT`]) whole; a large one is left to stream.
 fn prepare(
     site: &Site,
     mut file: std::fs::File,
@@ -146,7 +159,15 @@ fn prepare(
     let read_at = SystemTime::now();
     let meta = file.metadata()?;
     let mime = mime_guess::from_path(path).first_or_octet_stream();
-    let injected = site.inject && mime.essence_str() == "text/html";
+    let html = site.inject && mime.essence_str() == "text/html";
+    let injected = html && meta.len() <= MAX_INJECT;
+    if html && !injected && !site.served_uninjected.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            path = %crate::names::escaped(path),
+            size = meta.len(),
+            "HTML over {MAX_INJECT} bytes is served without the LiveReload script (logged once)"
+        );
+    }
     // Injected HTML names the client's version: a new client is a new page.
     let lr = format!("-lr{}", &super::livereload::client_version()[..8]);
     let etag = format!(

@@ -10,7 +10,10 @@
 //! toward it) closes the client with 1009; at most `max_clients` are connected (a
 //! [`Seat`] is taken before the upgrade, so the surplus gets 503); a client must say
 //! hello within the handshake deadline; a client that does not read its messages is
-//! dropped once [`CLIENT_QUEUE`] of them wait.
+//! dropped once [`CLIENT_QUEUE`] of them wait; at most [`MAX_WRITE_BUFFER`] bytes wait
+//! to be written to a client (a message that would go over it closes the client),
+//! and a ping's pong must be out within [`PONG_WAIT`] before the client's next frame
+//! is read (a client that pings and never reads is closed, not read without end).
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -55,6 +58,10 @@ pub fn script_tag() -> &'static str {
 }
 
 struct Client {
+    /// Whether it said which page it shows (`info` or `url`).
+    named: bool,
+    /// The path of the page it shows, percent-decoded; `None` before it says, or when
+    /// its URL names no file the server could serve: no page change is for it.
     page: Option<String>,
     /// Pages changed before it said which page it shows: it is told of the ones
     /// that are its page once it does (a change made as a page connects is not lost).
@@ -100,6 +107,17 @@ pub const CLIENT_QUEUE: usize = 256;
 /// The largest message (and frame) a client may send; LiveReload's are a few hundred
 /// bytes, a page URL included.
 pub const MAX_MESSAGE: usize = 8 * 1024;
+/// The most bytes waiting to be written to one client (tungstenite's
+/// `max_write_buffer_size`; its default is unlimited). It must exceed tungstenite's
+/// `write_buffer_size` (128 KiB, which warp does not let us set; tungstenite panics
+/// otherwise) by the largest message the server sends: an `execlib-build` failure,
+/// 20 lines of at most 1 KiB escaped as JSON, under 160 KiB. A message that would go
+/// over it fails to send, and the client is closed.
+pub const MAX_WRITE_BUFFER: usize = 384 * 1024;
+/// How long the pong to a client's ping may take to go out (into the socket) before
+/// the client is closed: its next frame is not read meanwhile, so a client that
+/// pings and never reads makes the server neither buffer nor read without end.
+pub const PONG_WAIT: Duration = Duration::from_secs(2);
 
 /// The connected browsers.
 pub struct LiveReload {
@@ -172,6 +190,7 @@ impl LiveReload {
                 let seat = seat.lock().expect("seat lock").take();
                 ws.max_message_size(MAX_MESSAGE)
                     .max_frame_size(MAX_MESSAGE)
+                    .max_write_buffer_size(MAX_WRITE_BUFFER)
                     .on_upgrade(move |socket| async move {
                         if let Some(seat) = seat {
                             this.session(socket, seat).await
@@ -191,7 +210,7 @@ impl LiveReload {
     pub fn changed(&self, paths: &[String], everything: bool) {
         let mut clients = self.clients.lock().expect("clients lock");
         for client in clients.values_mut() {
-            if client.page.is_none() {
+            if !client.named {
                 client.unplaced.note(paths, everything);
             }
             for path in messages_for(client.page.as_deref(), paths, everything) {
@@ -272,6 +291,7 @@ impl LiveReload {
         let stalled = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client = Client {
+            named: false,
             page: None,
             unplaced: Unplaced::default(),
             tx,
@@ -308,12 +328,28 @@ impl LiveReload {
                 }
                 incoming = stream.next() => match incoming {
                     Some(Ok(m)) if m.is_close() => break,
-                    Some(Ok(m)) if m.is_ping() || m.is_pong() => {}
+                    Some(Ok(m)) if m.is_ping() => {
+                        // tungstenite queued its pong: it goes out before the next frame
+                        // is read, or the client, which does not read, is closed.
+                        let flushed = tokio::select! {
+                            flushed = tokio::time::timeout(PONG_WAIT, sink.flush()) => {
+                                matches!(flushed, Ok(Ok(())))
+                            }
+                            _ = self.closing.cancelled() => continue,
+                            _ = stalled.cancelled() => false,
+                        };
+                        if !flushed {
+                            debug!("livereload client does not read its pongs; closing");
+                            break;
+                        }
+                    }
+                    Some(Ok(m)) if m.is_pong() => {}
                     Some(Ok(m)) => match parse(&m) {
                         Some(v) => self.learn_page(id, &v),
                         None => {
                             debug!("livereload client sent garbage; closing");
-                            let _ = sink.send(Message::close_with(1003u16, "expected JSON")).await;
+                            let bye = sink.send(Message::close_with(1003u16, "expected JSON"));
+                            let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
                             break;
                         }
                     },
@@ -338,12 +374,13 @@ impl LiveReload {
             let page = page_path(url);
             // What changed since it connected, if it is this page.
             let missed = std::mem::take(&mut client.unplaced);
-            if client.page.is_none() {
-                for path in messages_for(Some(&page), &missed.paths, missed.everything) {
+            if !client.named {
+                for path in messages_for(page.as_deref(), &missed.paths, missed.everything) {
                     self.tell(client, &path);
                 }
             }
-            client.page = Some(page);
+            client.named = true;
+            client.page = page;
         }
     }
 }
@@ -382,15 +419,23 @@ fn is_hello(v: &Value) -> bool {
     v["command"] == "hello"
 }
 
-/// The path of a page URL (`http://host/a/b?x#y` -> `/a/b`).
-fn page_path(url: &str) -> String {
+/// The path of a page URL, percent-decoded as the file server decodes a request
+/// path (`http://host/my%20page.html?x#y` -> `/my page.html`): browsers report
+/// `location.href`, encoded, and changed files are named as they are on disk.
+/// `None` for a path the file server would refuse (it does not decode to UTF-8, is
+/// encoded twice, has a NUL, a backslash, or `.` or `..` segments): it names no
+/// file, so no page change is for it.
+fn page_path(url: &str) -> Option<String> {
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
     let path = match after_scheme.find('/') {
         Some(i) if url.contains("://") => &after_scheme[i..],
         None if url.contains("://") => "/",
         _ => after_scheme,
     };
-    path.split(['?', '#']).next().unwrap_or("/").to_owned()
+    let raw = path.split(['?', '#']).next().unwrap_or("/");
+    let decoded = super::path::decode(raw)?;
+    let dots = decoded.split('/').any(|s| s == "." || s == "..");
+    (!dots).then_some(decoded)
 }
 
 /// The file a page path stands for: `/` and `/dir/` are `index.html`, `/a` is `/a.html`.
@@ -524,10 +569,46 @@ mod tests {
     }
 
     #[test]
+    fn the_write_buffer_cap_leaves_room_for_the_largest_message() {
+        // tungstenite panics at the upgrade unless max_write_buffer_size exceeds
+        // write_buffer_size (which warp leaves at its default); an `execlib-build`
+        // failure, the largest message sent, is under 160 KiB.
+        let config = tungstenite::protocol::WebSocketConfig::default();
+        assert!(MAX_WRITE_BUFFER > config.write_buffer_size + 160 * 1024);
+    }
+
+    #[test]
     fn page_urls_reduce_to_paths() {
-        assert_eq!(page_path("http://127.0.0.1:8778/a/b.html?x=1#top"), "/a/b.html");
-        assert_eq!(page_path("http://localhost:8778"), "/");
-        assert_eq!(page_path("/relative"), "/relative");
+        let path = |url| page_path(url).unwrap();
+        assert_eq!(path("http://127.0.0.1:8778/a/b.html?x=1#top"), "/a/b.html");
+        assert_eq!(path("http://localhost:8778"), "/");
+        assert_eq!(path("/relative"), "/relative");
+    }
+
+    #[test]
+    fn regression_page_urls_are_percent_decoded_before_they_are_matched() {
+        // Browsers report `location.href`, encoded: a page whose name needed encoding
+        // was compared raw with the changed file's name and never reloaded.
+        let page = page_path("http://h/my%20page.html").unwrap();
+        assert_eq!(page, "/my page.html");
+        assert!(wants(Some(&page), "/my page.html"));
+        let page = page_path("http://h/caf%C3%A9?x=%20").unwrap();
+        assert!(wants(Some(&page), "/café.html"));
+        // What the file server refuses names no page: not UTF-8, NUL, `..` (encoded
+        // or not), double encoding, backslashes.
+        for url in [
+            "http://h/%FF.html",
+            "http://h/a%00.html",
+            "http://h/%2e%2e/a.html",
+            "http://h/x/../a.html",
+            "http://h/%252e.html",
+            "http://h/a%5cb.html",
+        ] {
+            assert_eq!(page_path(url), None, "{url}");
+        }
+        // Such a client hears only what every client hears, or a reload of everything.
+        assert!(messages_for(None, &["/a.html".to_owned()], false).is_empty());
+        assert_eq!(messages_for(None, &[], true), ["/"]);
     }
 
     mod fuzz {
@@ -543,8 +624,8 @@ mod tests {
                 prop_assert_eq!(parsed.is_some(), serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object()));
                 prop_assert!(parse(&Message::binary(bytes)).is_none_or(|v| v.is_object()));
                 let page = page_path(&text);
-                prop_assert!(!text.contains("://") || page.starts_with('/'), "{} -> {}", text, page);
-                let _ = wants(Some(&page), &text);
+                prop_assert!(page.as_deref().is_none_or(|p| p.starts_with('/') && !p.contains('\0')), "{} -> {:?}", text, page);
+                let _ = wants(page.as_deref(), &text);
                 let _ = page_file(&text);
             }
         }

@@ -119,6 +119,7 @@ impl HttpServer {
                 hidden: config.hidden,
                 inject: config.inject && config.livereload,
                 cache: cache::Cache::new(&root, config.hidden),
+                served_uninjected: Default::default(),
             }),
             static_files: config.static_files,
             livereload: livereload.clone(),

@@ -267,8 +267,9 @@ fn redirect_to(raw: &str) -> String {
     format!("/{}/", raw.trim_start_matches('/'))
 }
 
-/// Percent-decodes once; `None` for anything that is not a plain UTF-8 path.
-fn decode(raw: &str) -> Option<String> {
+/// Percent-decodes once; `None` for anything that is not a plain UTF-8 path. (Also
+/// how LiveReload reads the page a browser reports, so it names files alike.)
+pub(super) fn decode(raw: &str) -> Option<String> {
     if !raw.starts_with('/') || raw.contains('\\') {
         return None;
     }

@@ -1,6 +1,7 @@
 //! Family 6: what the large-file path and the build-failure message let a hostile
 //! client or job do. Hundreds of connections that ask for a large file and never
-//! read (each stream holds its read chunks: memory must stay bounded), and a build
+//! read (each stream holds its read chunks: memory must stay bounded), the same for
+//! a large HTML page with the LiveReload script injected, and a build
 //! job that floods its output with huge lines, markup and control characters before
 //! failing (the failure message to browsers must stay small), and a job whose output
 //! never runs dry (its listener's other jobs, its own timeout and the control socket
@@ -174,6 +175,74 @@ fn endless_output_cannot_hold_up_its_listener() {
     );
     let growth = measured.growth_mb();
     case.check(growth < 64.0, format!("RSS grew {growth:.1} MB (limit 64 MB)"));
+    drop(daemon);
+    case.finish();
+}
+
+/// Asks for `path` on `n` connections that never read; returns the connections whose
+/// response has begun (its first bytes are waiting to be read) within 10 s: the
+/// server has opened, and for an injected page read, the file for each of those.
+fn stalled_readers(addr: &str, path: &str, n: usize) -> (Vec<TcpStream>, usize) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let stalled: Vec<TcpStream> = (0..n)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .filter_map(|mut s| s.write_all(request.as_bytes()).ok().map(|()| s))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answered = stalled
+        .iter()
+        .filter(|s| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            s.peek(&mut [0u8; 1]).is_ok_and(|n| n == 1)
+        })
+        .count();
+    (stalled, answered)
+}
+
+/// Connections that ask for a large HTML page with `inject = true` and never read:
+/// it was read whole for each (the script goes into it), so 60 readers of an 8 MiB
+/// page took the daemon from 8 to 642 MB. Past `MAX_INJECT` (1 MiB) a page is sent
+/// as it is, with sendfile, like any large file.
+#[test]
+fn regression_large_injected_html_stalled_readers_stay_bounded() {
+    let mut case = Case::new("large_injected_html_stalled_readers");
+    let n = scale(100, 30);
+    let mib = 4;
+    case.set("connections", n);
+    case.set("page_mb", mib);
+    let site = site("inject = true", "");
+    let body = format!("<html><body>{}</body></html>", "x".repeat(mib << 20));
+    site.sandbox.write("public/big.html", &body);
+    let Some(daemon) = start(&mut case, &site) else {
+        return case.finish();
+    };
+    let watch = Watch::start(&daemon, &site.addr);
+    let (stalled, answered) = stalled_readers(&site.addr, "/big.html", n);
+    // The page as a browser gets it, meanwhile: whole, and unchanged.
+    let page = get_once(&site.addr, "/big.html", Duration::from_secs(10));
+    let measured = watch.finish(&mut case, Duration::from_millis(500));
+    case.set("opened", stalled.len());
+    case.set("answered", answered);
+    case.set("errors", measured.probe.errors);
+    let growth = measured.growth_mb();
+    case.check(
+        stalled.len() == n && answered == n,
+        format!("{} of {n} connections opened, {answered} answered", stalled.len()),
+    );
+    // Held whole for each, the page alone is 4 MiB a reader (over 100 MB at CI scale).
+    case.check(growth < 40.0, format!("RSS grew {growth:.1} MB (limit 40 MB)"));
+    case.check(
+        page.as_ref()
+            .is_ok_and(|r| r.status == 200 && r.body == body.as_bytes()),
+        format!(
+            "the page was not served unchanged: {:?}",
+            page.map(|r| (r.status, r.body.len()))
+        ),
+    );
+    case.check(measured.probe.errors == 0, "the probe saw errors");
+    drop(stalled);
     drop(daemon);
     case.finish();
 }

@@ -1,9 +1,10 @@
 //! Family 2: LiveReload clients that abuse the WebSocket: endless fragments without
-//! FIN (a message that never ends), more clients than the cap, and clients that
-//! upgrade but never finish the handshake.
+//! FIN (a message that never ends), pings as fast as they go without ever reading a
+//! pong, more clients than the cap, and clients that upgrade but never finish the
+//! handshake.
 
 use crate::common::*;
-use crate::ws::{self, CONTINUATION, Heard, TEXT, Ws};
+use crate::ws::{self, CONTINUATION, Heard, PING, TEXT, Ws};
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -327,6 +328,123 @@ fn unnamed_clients_and_long_page_names_stay_bounded() {
     let fresh = ws::hello(&site.addr).map(|ws| ws.close());
     case.check(fresh.is_ok(), format!("a new client afterwards: {fresh:?}"));
     drop(clients);
+    drop(daemon);
+    case.finish();
+}
+
+/// How a ping flooder ended: the bytes it sent, and when the server closed it (its
+/// writes failed), if it did before the deadline.
+struct Flooded {
+    sent: u64,
+    closed_after: Option<Duration>,
+}
+
+/// Writes `batch` (back-to-back pings) over and over on `stream`, never reading,
+/// until the server closes it, `until`, or the daemon's RSS passes the ceiling.
+fn flood(
+    stream: TcpStream,
+    batch: Arc<Vec<u8>>,
+    until: Instant,
+    rss_kb: Arc<AtomicU64>,
+    ceiling_kb: u64,
+) -> Flooded {
+    stream
+        .set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = Instant::now();
+    let (mut off, mut sent) = (0, 0u64);
+    while Instant::now() < until && rss_kb.load(Ordering::Relaxed) < ceiling_kb {
+        match (&stream).write(&batch[off..]) {
+            Ok(n) => (off, sent) = ((off + n) % batch.len(), sent + n as u64),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => {
+                return Flooded {
+                    sent,
+                    closed_after: Some(start.elapsed()),
+                };
+            }
+        }
+    }
+    Flooded {
+        sent,
+        closed_after: None,
+    }
+}
+
+/// Clients that say hello, then send 125-byte pings as fast as they can and never
+/// read (a 4 KiB receive buffer): each ping's pong waits in the server. Unbounded,
+/// the daemon grew from 9 to 297 MB for 300 MB of pings; bounded, a client whose
+/// pongs cannot go out is closed, and the others (a page's client) are served.
+#[test]
+fn regression_livereload_ping_flood_without_reading_stays_bounded() {
+    let mut case = Case::new("livereload_ping_flood");
+    let n = scale(16, 4);
+    case.set("clients", n);
+    let site = site(&max_clients_line(n + 16), "");
+    site.sandbox.write("public/page.html", "v0");
+    let Some(daemon) = start(&mut case, &site) else {
+        return case.finish();
+    };
+    let flooders: Vec<Ws> = (0..n)
+        .map(|_| ws::hello_on(ws::connect_small(&site.addr, 4096).unwrap(), &site.addr))
+        .collect::<Result<_, _>>()
+        .expect("LiveReload clients");
+    let watch = Watch::start(&daemon, &site.addr);
+    let ping = ws::frame(PING, true, &[b'p'; 125], [0; 4]);
+    let batch = Arc::new(ping.repeat(512));
+    let (rss_kb, ceiling_kb) = (
+        watch.sampler().peak_handle(),
+        watch.before_kb() + SAFETY_MB * 1024,
+    );
+    let started = Instant::now();
+    let until = started + CLOSE_WITHIN;
+    let attackers: Vec<JoinHandle<Flooded>> = flooders
+        .into_iter()
+        .map(|ws| {
+            let (batch, rss_kb) = (batch.clone(), rss_kb.clone());
+            std::thread::spawn(move || flood(ws.stream, batch, until, rss_kb, ceiling_kb))
+        })
+        .collect();
+    // Meanwhile a page's client connects and must hear its page change.
+    let mut probe = ws::hello(&site.addr).expect("a page's client");
+    let info = format!(r#"{{"command":"info","url":"http://{}/page.html"}}"#, site.addr);
+    probe.send(TEXT, true, info.as_bytes()).unwrap();
+    probe
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut reloaded = None;
+    for i in 0..25 {
+        site.sandbox.write("public/page.html", &format!("v{}", i + 1));
+        if let Ok(Heard::Text(text)) = probe.next() {
+            reloaded = Some(started.elapsed());
+            case.check(
+                text.contains(r#""path":"/page.html""#),
+                format!("the page's client heard {text}"),
+            );
+            break;
+        }
+    }
+    let ended: Vec<Flooded> = attackers.into_iter().map(|h| h.join().unwrap()).collect();
+    let measured = watch.finish(&mut case, Duration::from_millis(500));
+    let open = ended.iter().filter(|f| f.closed_after.is_none()).count();
+    let closed = Latencies(ended.iter().filter_map(|f| f.closed_after).collect());
+    case.set("sent_mb", ended.iter().map(|f| f.sent).sum::<u64>() >> 20);
+    case.set_ms("close_max_ms", closed.max_ms());
+    case.set("not_closed_in_5s", open);
+    case.set_ms("probe_reload_ms", reloaded.map_or(f64::NAN, ms));
+    case.set("errors", open + measured.probe.errors);
+    let grew = measured.growth_mb();
+    case.check(
+        grew <= 16.0,
+        format!("the daemon grew {grew:.1} MB (limit +16 MB)"),
+    );
+    case.check(
+        open == 0,
+        format!("{open} of {n} flooders were not closed within 5 s"),
+    );
+    case.check(reloaded.is_some(), "the page's client heard no reload");
+    case.check(measured.probe.errors == 0, "the HTTP probe saw errors");
     drop(daemon);
     case.finish();
 }

@@ -13,6 +13,7 @@ pub const HELLO: &str = r#"{"command":"hello","protocols":["http://livereload.co
 pub const CONTINUATION: u8 = 0x0;
 pub const TEXT: u8 = 0x1;
 pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
 
 /// A frame larger than this from the server is a protocol error here.
 const MAX_SERVER_FRAME: usize = 16 << 20;
@@ -70,9 +71,63 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A connection to `addr` (IPv4) whose receive buffer is `rcvbuf` bytes, set before
+/// the connect so the window it offers the server stays that small: a client that
+/// does not read backs the server's writes up at once.
+pub fn connect_small(addr: &str, rcvbuf: i32) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    // SAFETY: socket(2) takes no pointers; the descriptor is checked and owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket no one else owns; the stream closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: the option's value is a live i32 whose size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&rcvbuf as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sin` is a valid sockaddr_in, alive across the call, its size passed with it.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 /// Asks `addr` to upgrade `/livereload`: the client on 101, else the status answered.
 pub fn upgrade(addr: &str, timeout: Duration) -> io::Result<Result<Ws, u16>> {
-    let stream = TcpStream::connect(addr)?;
+    upgrade_on(TcpStream::connect(addr)?, addr, timeout)
+}
+
+/// [`upgrade`] on a connection already open to `addr`.
+pub fn upgrade_on(stream: TcpStream, addr: &str, timeout: Duration) -> io::Result<Result<Ws, u16>> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
@@ -106,7 +161,13 @@ pub fn upgrade(addr: &str, timeout: Duration) -> io::Result<Result<Ws, u16>> {
 
 /// Upgrades, says hello and checks the server's hello.
 pub fn hello(addr: &str) -> Result<Ws, String> {
-    let mut ws = match upgrade(addr, Duration::from_secs(10)) {
+    let stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    hello_on(stream, addr)
+}
+
+/// [`hello`] on a connection already open to `addr`.
+pub fn hello_on(stream: TcpStream, addr: &str) -> Result<Ws, String> {
+    let mut ws = match upgrade_on(stream, addr, Duration::from_secs(10)) {
         Ok(Ok(ws)) => ws,
         Ok(Err(status)) => return Err(format!("upgrade answered {status}")),
         Err(e) => return Err(format!("upgrade: {e}")),

@@ -263,6 +263,52 @@ fn injected_html_has_consistent_length_and_its_own_etag() {
 }
 
 #[test]
+fn regression_html_over_the_inject_cap_is_served_unchanged_without_the_script() {
+    // With `inject = true` every HTML file was read whole into memory for each
+    // request, whatever its size: 60 readers of an 8 MiB page held 640 MB. Past the
+    // cap a page is served as it is, with sendfile; up to it, it gets the script.
+    // `MAX_INJECT` (src/http/files.rs), as docs/http.md gives it.
+    let cap = 1024 * 1024;
+    let page = |len: usize| {
+        let (head, tail) = ("<html><body>", "</body></html>");
+        format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+    };
+    let (at_cap, over) = (page(cap), page(cap + 1));
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
+    sandbox.write("public/at.html", &at_cap);
+    sandbox.write("public/over.html", &over);
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    for _ in 0..2 {
+        let r = get(&addr, "/over.html", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-length"), Some((cap + 1).to_string().as_str()));
+        assert!(
+            r.body == over.as_bytes(),
+            "served changed ({} bytes)",
+            r.body.len()
+        );
+        let etag = r.header("etag").unwrap();
+        assert!(!etag.contains("-lr"), "an injected page's ETag: {etag}");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    }
+    let r = get(&addr, "/at.html", &[]);
+    let text = r.text();
+    assert!(
+        text.ends_with("async></script></body></html>") && text.len() > cap,
+        "no script at the cap: {}",
+        &text[text.len() - 80..]
+    );
+    // Said once in the log, not once a request.
+    let said = daemon
+        .log()
+        .matches("served without the LiveReload script")
+        .count();
+    assert_eq!(said, 1, "{}", daemon.log());
+}
+
+#[test]
 fn the_client_by_its_version_is_kept_and_without_it_is_revalidated() {
     let sandbox = Sandbox::new();
     let config = site_config(&sandbox, "inject = true", &one_route("true", ""));

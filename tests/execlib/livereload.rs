@@ -113,6 +113,21 @@ fn regression_a_page_changed_before_its_client_names_it_reloads_when_it_does() {
 }
 
 #[test]
+fn regression_a_page_whose_name_is_percent_encoded_in_its_url_reloads() {
+    // Browsers report `location.href`, encoded; it was compared raw with the changed
+    // file's name, so `my page.html` and `café.html` never reloaded their clients.
+    let (sandbox, _daemon, addr) = site();
+    sandbox.write("public/my page.html", "v1");
+    sandbox.write("public/café.html", "v1");
+    let mut spaced = LrClient::on_page(&addr, "/my%20page.html");
+    let mut accented = LrClient::on_page(&addr, "/caf%C3%A9");
+    let reloaded = until_reload(&mut spaced, || sandbox.write("public/my page.html", "v2"));
+    assert_eq!(reloaded, "/my page.html");
+    let reloaded = until_reload(&mut accented, || sandbox.write("public/café.html", "v2"));
+    assert_eq!(reloaded, "/café.html");
+}
+
+#[test]
 fn a_created_page_reloads_its_client() {
     let (sandbox, _daemon, addr) = site();
     let mut on_new = LrClient::on_page(&addr, "/fresh.html");
