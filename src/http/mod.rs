@@ -156,6 +156,13 @@ impl HttpServer {
         })
     }
 
+    /// Whether `config`'s root now resolves to another directory than the one served
+    /// (a deploy that switched a `current -> releases/N` symlink, a root that did not
+    /// exist at start): a reload then restarts the server on it.
+    pub fn root_moved(&self, config: &ServerConfig) -> bool {
+        config.root.canonicalize().is_ok_and(|now| now != self.site.root)
+    }
+
     /// Whether it serves the socket systemd passed (`LISTEN_FDS`).
     pub fn socket_activated(&self) -> bool {
         self.inherited

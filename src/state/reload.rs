@@ -76,7 +76,14 @@ impl DaemonState {
             .apply(&new)
             .await
             .map_err(|_| ReloadError::ShuttingDown)?;
-        let server = if new.server == current.server {
+        let moved = match (&new.server, self.server()) {
+            (Some(config), Some(running)) => running.root_moved(config),
+            _ => false,
+        };
+        if moved {
+            info!("the site's root resolves to another directory now: restarting the HTTP server on it");
+        }
+        let server = if new.server == current.server && !moved {
             "unchanged".to_owned()
         } else {
             match self

@@ -264,3 +264,29 @@ fn a_new_listen_is_bound_before_the_old_server_stops_and_a_failed_bind_keeps_it(
         "{log}"
     );
 }
+
+#[test]
+fn regression_a_reload_serves_the_release_a_switched_root_symlink_names() {
+    // A site deployed as `public -> releases/1`, switched with `mv -T` to releases/2:
+    // the root was resolved once at start, so the old release was served until a
+    // restart (and every request was 404 once it was deleted), a reload included.
+    let sandbox = Sandbox::new();
+    sandbox.write("releases/1/index.html", "one");
+    sandbox.write("releases/2/index.html", "two");
+    std::os::unix::fs::symlink("releases/1", sandbox.path("public")).unwrap();
+    let server = "[server]\nlisten = \"127.0.0.1:0\"\nroot = \"public\"\nlivereload = false\n";
+    let config = sandbox.config(server);
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = crate::support::web::http_addr(&daemon);
+    assert_eq!(get(&addr, "/index.html", &[]).body, b"one");
+    std::os::unix::fs::symlink("releases/2", sandbox.path("public.new")).unwrap();
+    std::fs::rename(sandbox.path("public.new"), sandbox.path("public")).unwrap();
+    std::fs::remove_dir_all(sandbox.path("releases/1")).unwrap();
+    let reply = reload(&daemon);
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["server"], "restarted", "{reply}");
+    let addr = crate::support::web::http_addr(&daemon);
+    assert_eq!(get(&addr, "/index.html", &[]).body, b"two");
+    // Nothing moved: the next reload leaves the server alone.
+    assert_eq!(reload(&daemon)["server"], "unchanged");
+}
