@@ -57,7 +57,10 @@
       var links = document.querySelectorAll('link[rel~="stylesheet"]');
       var matching = [];
       for (var i = 0; i < links.length; i++) {
-        if (new URL(links[i].href).pathname === msg.path) matching.push(links[i]);
+        // The server names files decoded (`/my style.css`); a link's pathname is encoded.
+        var path = new URL(links[i].href).pathname;
+        try { path = decodeURIComponent(path); } catch (e) {}
+        if (path === msg.path) matching.push(links[i]);
       }
       // No link names it (an @import, say): refresh every stylesheet, still without a reload.
       (matching.length ? matching : Array.prototype.slice.call(links)).forEach(swap);

@@ -167,6 +167,40 @@ fn browser_restyles_on_css_and_reloads_on_html() {
     tab.wait_for("the page reloaded", state, "v2|rgb(0, 0, 255)|undefined");
 }
 
+#[test]
+fn regression_a_stylesheet_whose_name_needs_encoding_is_the_only_one_swapped() {
+    // The client compared a link's pathname (`/my%20style.css`) with the server's
+    // decoded name (`/my style.css`): none matched, so every stylesheet was refreshed.
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
+    let head = r#"<link rel="stylesheet" href="/my%20style.css"><link rel="stylesheet" href="/other.css">"#;
+    sandbox.write(
+        "public/index.html",
+        &format!(r#"<html><head>{head}</head><body><h1 id="t">v1</h1></body></html>"#),
+    );
+    sandbox.write("public/my style.css", "h1 { color: rgb(255, 0, 0); }");
+    sandbox.write("public/other.css", "h1 { background: rgb(0, 0, 0); }");
+    let Some((daemon, _browser, mut tab)) = open_site(&sandbox, &config) else {
+        return;
+    };
+    let state = "[getComputedStyle(document.getElementById('t')).color, \
+                 Array.from(document.querySelectorAll('link')).map(l => new URL(l.href).search).join(',')].join('|')";
+    tab.wait_for("the page to load", state, "rgb(255, 0, 0)|,");
+    eventually("the LiveReload client", || {
+        (livereload_clients(&daemon) == 1).then_some(())
+    });
+    sandbox.write("public/my style.css", "h1 { color: rgb(0, 0, 255); }");
+    let swapped = eventually("the stylesheet swapped", || {
+        let got = tab.eval(state).as_str()?.to_owned();
+        let links = got.split('|').nth(1)?.split(',').count();
+        (got.starts_with("rgb(0, 0, 255)|") && links == 2).then_some(got)
+    });
+    let searches: Vec<&str> = swapped.split('|').nth(1).unwrap().split(',').collect();
+    assert_eq!(searches.len(), 2, "{swapped}");
+    assert!(searches[0].starts_with("?livereload="), "{swapped}");
+    assert_eq!(searches[1], "", "the other stylesheet was left alone: {swapped}");
+}
+
 /// Stands in for the server on `addr` while it is down: accepts the LiveReload
 /// client's attempts to reconnect and closes each at once; returns when each of
 /// `n` attempts came.
