@@ -18,8 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-/// Files larger than this are not cached.
+/// Files larger than this are not cached (nor read whole, unless they are HTML the
+/// LiveReload script goes into).
 pub const MAX_ENTRY: usize = 256 * 1024;
+/// Bodies larger than this are not cached: an injected page may be up to
+/// [`super::files::MAX_INJECT`] and its script tag. Kept once, a page that size is
+/// shared by every request for it instead of read into memory for each.
+const MAX_BODY: usize = super::files::MAX_INJECT as usize + 4096;
 /// When the cache would hold more than this many bytes (bodies and keys), it is emptied.
 const MAX_TOTAL: usize = 32 * 1024 * 1024;
 /// When it would hold more than this many entries, it is emptied.
@@ -125,7 +130,7 @@ impl Cache {
     /// file had been quiet for a second when it was read (`read_at`, taken before its
     /// metadata), and it is small enough.
     pub fn insert(&self, key: &str, entry: Entry, read_at: SystemTime) {
-        let small = entry.body.len() <= MAX_ENTRY && key.len() <= MAX_KEY;
+        let small = entry.body.len() <= MAX_BODY && key.len() <= MAX_KEY;
         if !self.enabled || !small || !entry.id.quiet_at(read_at) {
             return;
         }
