@@ -29,6 +29,62 @@ pub struct Site {
     /// Whether an HTML file over [`MAX_INJECT`] was served without the script yet
     /// (logged once).
     pub served_uninjected: AtomicBool,
+    /// The bytes of bodies held in memory, against [`MAX_BODIES`].
+    pub bodies: Bodies,
+}
+
+/// The most bytes of file bodies held in memory at once: files read whole to be
+/// sent (small ones, and HTML with the script in it) and the cache's, together. Each
+/// request for a file the cache does not answer (every spelling of a path is its own
+/// key: `/a.html`, `/%61.html`) reads it anew, and a client that does not read keeps
+/// its copy: past this, files are sent from disk with `sendfile` instead, and HTML
+/// without the LiveReload script, so however many clients stall, the bodies in
+/// memory stay under it.
+pub const MAX_BODIES: usize = 64 * 1024 * 1024;
+
+/// The bytes of bodies held in memory; see [`MAX_BODIES`].
+#[derive(Debug, Default)]
+pub struct Bodies(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Bodies {
+    /// Takes `n` bytes of the budget until the returned guard is dropped, or `None`
+    /// when that would go over [`MAX_BODIES`].
+    fn reserve(&self, n: usize) -> Option<Held> {
+        let before = self.0.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > MAX_BODIES {
+            self.0.fetch_sub(n, Ordering::Relaxed);
+            return None;
+        }
+        Some(Held(n, self.0.clone()))
+    }
+
+    /// The bytes held now.
+    pub fn held(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes of the budget, given back when dropped.
+#[derive(Debug)]
+struct Held(usize, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.1.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
+
+/// A body in memory, holding its share of the budget for as long as it lives (its
+/// `Bytes` may be shared by the cache and responses).
+struct Budgeted {
+    bytes: Vec<u8>,
+    _held: Held,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 /// HTML up to this size gets the LiveReload script; a larger page is served as it
@@ -160,7 +216,20 @@ fn prepare(
     let meta = file.metadata()?;
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let html = site.inject && mime.essence_str() == "text/html";
-    let injected = html && meta.len() <= MAX_INJECT;
+    let script = super::livereload::script_tag().len();
+    let wanted = match html && meta.len() <= MAX_INJECT {
+        true => Some(meta.len() as usize + script),
+        false => (meta.len() <= READ_WHOLE).then_some(meta.len() as usize),
+    };
+    // In memory only within the budget; else sent from the file (HTML without the script).
+    let held = wanted.and_then(|n| site.bodies.reserve(n));
+    if wanted.is_some() && held.is_none() {
+        tracing::debug!(
+            held = site.bodies.held(),
+            "bodies in memory at their limit: sending from the file"
+        );
+    }
+    let injected = html && meta.len() <= MAX_INJECT && held.is_some();
     if html && !injected && !site.served_uninjected.swap(true, Ordering::Relaxed) {
         tracing::info!(
             path = %crate::names::escaped(path),
@@ -177,19 +246,15 @@ fn prepare(
         meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
         if injected { lr.as_str() } else { "" }
     );
-    let content = if injected || meta.len() <= READ_WHOLE {
-        let mut bytes = Vec::with_capacity(
-            meta.len() as usize
-                + if injected {
-                    super::livereload::script_tag().len()
-                } else {
-                    0
-                },
-        );
-        file.read_to_end(&mut bytes)?;
-        Content::Memory(Bytes::from(if injected { inject(bytes) } else { bytes }))
-    } else {
-        Content::File(file, meta.len())
+    let content = match held {
+        Some(held) => {
+            // At most the length reserved for: a file that grew since is cut there.
+            let mut bytes = Vec::with_capacity(held.0);
+            (&mut file).take(meta.len()).read_to_end(&mut bytes)?;
+            let bytes = if injected { inject(bytes) } else { bytes };
+            Content::Memory(Bytes::from_owner(Budgeted { bytes, _held: held }))
+        }
+        None => Content::File(file, meta.len()),
     };
     let source = Source {
         etag,
@@ -343,8 +408,11 @@ fn byte_range(headers: &HeaderMap, len: u64) -> Range {
 
 /// Inserts the script tag before the last `</body>`, else before `</head>`, else at the end.
 pub fn inject(mut html: Vec<u8>) -> Vec<u8> {
-    let lower = html.to_ascii_lowercase();
-    let find_last = |needle: &[u8]| lower.windows(needle.len()).rposition(|w| w == needle);
+    // Compared in place: a lower-cased copy would double what a request holds.
+    let find_last = |needle: &[u8]| {
+        html.windows(needle.len())
+            .rposition(|w| w.eq_ignore_ascii_case(needle))
+    };
     let at = find_last(b"</body>")
         .or_else(|| find_last(b"</head>"))
         .unwrap_or(html.len());
@@ -355,6 +423,37 @@ pub fn inject(mut html: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_in_memory_stay_under_their_limit_and_are_given_back_when_dropped() {
+        let bodies = Bodies::default();
+        let first = bodies.reserve(MAX_BODIES - 10).expect("within the limit");
+        assert!(bodies.reserve(11).is_none(), "one byte over");
+        let last = bodies.reserve(10).expect("exactly at the limit");
+        assert_eq!(bodies.held(), MAX_BODIES);
+        // A body's share goes back when the last of its `Bytes` is dropped.
+        let body = Bytes::from_owner(Budgeted {
+            bytes: vec![0; 10],
+            _held: last,
+        });
+        let shared = body.clone();
+        drop(body);
+        assert!(bodies.reserve(1).is_none(), "still held by its clone");
+        drop(shared);
+        assert_eq!(bodies.held(), MAX_BODIES - 10);
+        drop(first);
+        assert_eq!(bodies.held(), 0);
+    }
+
+    #[test]
+    fn the_script_goes_before_the_last_body_tag_whatever_its_case() {
+        let page = inject(b"<html><BODY>a</Body><p>x</BoDy></html>".to_vec());
+        let tag = super::super::livereload::script_tag();
+        assert_eq!(
+            String::from_utf8(page).unwrap(),
+            format!("<html><BODY>a</Body><p>x{tag}</BoDy></html>")
+        );
+    }
 
     fn range(value: &str, len: u64) -> Range {
         let mut h = HeaderMap::new();

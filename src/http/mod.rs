@@ -120,6 +120,7 @@ impl HttpServer {
                 inject: config.inject && config.livereload,
                 cache: cache::Cache::new(&root, config.hidden),
                 served_uninjected: Default::default(),
+                bodies: Default::default(),
             }),
             static_files: config.static_files,
             livereload: livereload.clone(),
