@@ -14,9 +14,10 @@
 //! `safe.directory` rule, a `.git` (and the git directory a `gitdir:` file names) is
 //! trusted only when root, the daemon's user or the owner of the route's path owns
 //! it; anything else, or a `.git` that is neither a directory nor a regular file (a
-//! FIFO, which a plain open would wait on forever), is refused with a warning and
-//! the route's runs are not held. A `.git` file is opened without following a
-//! symlink and without blocking.
+//! FIFO, which a plain open would wait on forever), or a symlink (its owner is who
+//! placed it, whatever it names), is refused with a warning and the route's runs
+//! are not held. A `.git` file is opened without following a symlink and without
+//! blocking, and the git directory it names is resolved once.
 
 use crate::config::{HoldWhile, ListenerConfig, RouteConfig};
 use crate::names::escaped;
@@ -70,11 +71,14 @@ pub fn find_git(path: &Path) -> Result<Option<GitTree>, String> {
     };
     for dir in start.ancestors() {
         let dot_git = dir.join(".git");
-        let Ok(meta) = std::fs::metadata(&dot_git) else {
+        // The `.git` itself, not what a symlink there names: its owner is who put it there.
+        let Ok(meta) = std::fs::symlink_metadata(&dot_git) else {
             continue;
         };
         trust.check(&dot_git, &meta)?;
-        let git_dir = if meta.is_dir() {
+        let git_dir = if meta.is_symlink() {
+            return Err(format!("{} is a symbolic link: not followed", escaped(&dot_git)));
+        } else if meta.is_dir() {
             dot_git
         } else if meta.is_file() {
             gitfile(&dot_git, &trust)?
@@ -158,7 +162,9 @@ fn gitfile(file: &Path, trust: &Trust) -> Result<PathBuf, String> {
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("no `gitdir:` line".to_owned()))?;
     let dir = file.parent().unwrap_or(Path::new("/"));
-    let git_dir = dir.join(target);
+    // Resolved once: the hold paths are looked at under this path, so no symlink on
+    // the way can later be pointed elsewhere.
+    let git_dir = std::fs::canonicalize(dir.join(target)).unwrap_or_else(|_| dir.join(target));
     match std::fs::metadata(&git_dir) {
         Ok(m) if m.is_dir() => trust.check(&git_dir, &m).map(|()| git_dir),
         Ok(_) => Err(bad(format!("{} is not a directory", escaped(&git_dir)))),
@@ -298,14 +304,14 @@ mod tests {
         let found = find_git_within_5s(top.join("alice/src")).expect("find_git answered");
         let e = found.unwrap_err();
         assert!(e.contains("is a named pipe"), "{e}");
-        // The same behind a symlink named `.git`, and as the target of a `gitdir:` file.
+        // A symlink named `.git` is not followed, whatever it names.
         std::fs::remove_file(top.join(".git")).unwrap();
         crate::sys::mkfifo(&top.join("pipe"), 0o666).unwrap();
         std::os::unix::fs::symlink("pipe", top.join(".git")).unwrap();
         let e = find_git_within_5s(top.join("alice/src"))
             .expect("answered")
             .unwrap_err();
-        assert!(e.contains("is a named pipe"), "{e}");
+        assert!(e.contains("is a symbolic link"), "{e}");
     }
 
     #[test]
@@ -336,8 +342,19 @@ mod tests {
         std::os::unix::fs::chown(top.join("alice/src"), Some(nobody), Some(nobody)).unwrap();
         let found = find_git(&top.join("alice/src")).unwrap().expect("a work tree");
         assert_eq!(found.git_dir, top.join(".git"));
-        // And a `.git` file another user owns is refused before it is read.
+        // Nor can another user's symlink lend them a trusted directory: `.git -> .`
+        // would make `index.lock` in the shared folder hold the route.
         std::fs::remove_dir(top.join(".git")).unwrap();
+        std::os::unix::fs::symlink(".", top.join(".git")).unwrap();
+        std::os::unix::fs::lchown(top.join(".git"), Some(nobody), Some(nobody)).unwrap();
+        std::os::unix::fs::chown(top.join("alice/src"), Some(0), Some(0)).unwrap();
+        assert!(
+            find_git(&top.join("alice/src"))
+                .unwrap_err()
+                .contains("not trusted")
+        );
+        std::fs::remove_file(top.join(".git")).unwrap();
+        // And a `.git` file another user owns is refused before it is read.
         std::fs::create_dir_all(top.join("repo")).unwrap();
         std::fs::write(top.join(".git"), "gitdir: repo\n").unwrap();
         std::os::unix::fs::chown(top.join("alice/src"), Some(0), Some(0)).unwrap();
