@@ -92,17 +92,22 @@ pub(super) struct Tree {
 /// The directories a tree could not watch for a reason other than the watch limit or
 /// a race (a directory gone or replaced meanwhile): no permission, a path longer
 /// than `PATH_MAX`. Changes under them are not seen: each of the first
-/// [`Unwatchable::WARN`] is a warning, and the count and the first are in the
-/// listener's health (`status`).
+/// [`Unwatchable::WARN`] is a warning, and how many there are and the first are in
+/// the listener's health (`status`). A directory leaves the set once it is watched
+/// (a later rescan or poll succeeds) or is gone; at most [`Unwatchable::KEPT`] are
+/// kept, past which the count is a lower bound.
 #[derive(Debug, Default)]
 pub(super) struct Unwatchable {
-    count: std::sync::atomic::AtomicUsize,
-    first: std::sync::Mutex<Option<String>>,
+    dirs: std::sync::Mutex<BTreeMap<PathBuf, String>>,
+    warned: std::sync::atomic::AtomicUsize,
+    overflowed: std::sync::atomic::AtomicBool,
 }
 
 impl Unwatchable {
     /// Directories warned about one by one; the others are logged at debug.
     const WARN: usize = 10;
+    /// Directories kept at most.
+    const KEPT: usize = 1024;
 
     /// Notes that `dir` could not be watched (`e` from `inotify_add_watch`).
     pub(super) fn record(&self, dir: &Path, e: &std::io::Error) {
@@ -112,10 +117,16 @@ impl Unwatchable {
             debug!(path = %path, "not watched: {e}");
             return;
         }
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        first.get_or_insert_with(|| format!("{path}: {e}"));
-        match n {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if dirs.contains_key(dir) {
+            return; // a retry (a rescan, a poll): said already
+        }
+        if dirs.len() >= Self::KEPT {
+            self.overflowed.store(true, Ordering::Relaxed);
+        } else {
+            dirs.insert(dir.to_path_buf(), e.to_string());
+        }
+        match self.warned.fetch_add(1, Ordering::Relaxed) + 1 {
             n if n < Self::WARN => warn!(path = %path, "not watched, changes under it are not seen: {e}"),
             Self::WARN => warn!(
                 path = %path,
@@ -125,16 +136,41 @@ impl Unwatchable {
         }
     }
 
-    /// The health line, when a directory could not be watched.
+    /// Notes that `dir` is watched now.
+    pub(super) fn watched(&self, dir: &Path) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if !dirs.is_empty() {
+            dirs.remove(dir);
+        }
+    }
+
+    /// Forgets the directories at or under `dir` (removed or renamed from the tree).
+    pub(super) fn forget_under(&self, dir: &Path) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if !dirs.is_empty() {
+            dirs.retain(|d, _| !d.starts_with(dir));
+        }
+    }
+
+    /// The health line, while a directory that could not be watched is still there.
     pub(super) fn health(&self) -> Option<String> {
-        let n = self.count.load(std::sync::atomic::Ordering::Relaxed);
-        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        (n > 0).then(|| {
-            format!(
-                "{n} directories could not be watched and changes under them are not seen (the first: {})",
-                first.as_deref().unwrap_or("?")
-            )
-        })
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if dirs.is_empty() {
+            return None;
+        }
+        // Gone when the system says so; a path too long to look at may still be there.
+        dirs.retain(|dir, _| match std::fs::symlink_metadata(dir) {
+            Ok(meta) => meta.is_dir(),
+            Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)),
+        });
+        let (first, why) = dirs.first_key_value()?;
+        let more = self.overflowed.load(std::sync::atomic::Ordering::Relaxed);
+        Some(format!(
+            "{}{} directories could not be watched and changes under them are not seen (the first: {}: {why})",
+            if more { "at least " } else { "" },
+            dirs.len(),
+            crate::names::escaped(first),
+        ))
     }
 }
 
@@ -301,6 +337,7 @@ impl Tree {
     /// Removes `dir` and the directories under it from the tree (not their watches);
     /// returns each one's path and descriptor, and their files.
     fn detach(&mut self, dir: &Path) -> (Vec<Detached>, Snapshot) {
+        self.unwatchable.forget_under(dir);
         let paths: Vec<Arc<Path>> = subtree(&self.dirs, dir).map(|(p, _)| p.clone()).collect();
         let mut wds = Vec::with_capacity(paths.len());
         let mut files = Snapshot::new();
@@ -459,6 +496,7 @@ impl Tree {
                 // descriptor: the new path wins; the old entry is reported and dropped by the caller.
                 self.by_wd.insert(wd.clone(), dir.clone());
                 self.no_space.remove(&**dir);
+                self.unwatchable.watched(dir);
                 Ok(Watched::Yes(wd))
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
@@ -609,6 +647,29 @@ pub(super) fn stat_dir(dir: PathBuf) -> (PathBuf, Files) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_that_cannot_be_watched_counts_once_and_until_it_is_watched_or_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        let unwatchable = Unwatchable::default();
+        assert_eq!(unwatchable.health(), None);
+        // A rescan or a poll retries it: still one.
+        unwatchable.record(dir.path(), &denied);
+        unwatchable.record(dir.path(), &denied);
+        let health = unwatchable.health().expect("degraded");
+        assert!(
+            health.starts_with("1 directories could not be watched"),
+            "{health}"
+        );
+        unwatchable.watched(dir.path());
+        assert_eq!(unwatchable.health(), None, "watched now");
+        unwatchable.record(&dir.path().join("gone"), &denied);
+        assert_eq!(unwatchable.health(), None, "no longer there");
+        // A race (gone before its watch) is not counted at all.
+        unwatchable.record(dir.path(), &std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(unwatchable.health(), None);
+    }
     use std::sync::Arc;
 
     fn tree() -> Tree {

@@ -239,7 +239,7 @@ fn regression_a_directory_too_deep_to_watch_is_reported_not_skipped_silently() {
     let name = "d".repeat(200);
     // Made by relative steps (mkdirat, openat), as no absolute path that long can be used.
     let mut dir = std::fs::File::open(sandbox.path("src")).unwrap();
-    let c_name = std::ffi::CString::new(name).unwrap();
+    let c_name = std::ffi::CString::new(name.clone()).unwrap();
     for _ in 0..25 {
         use std::os::fd::{AsRawFd, FromRawFd};
         // SAFETY: a valid directory descriptor and C string; the new descriptor is owned once.
@@ -268,6 +268,11 @@ fn regression_a_directory_too_deep_to_watch_is_reported_not_skipped_silently() {
             .log()
             .contains("not watched, changes under it are not seen")
     );
+    // Once they are gone, the listener is running again.
+    std::fs::remove_dir_all(sandbox.path("src").join(&name)).unwrap();
+    eventually("running again", || {
+        (daemon.listener("docs")["state"] == "running").then_some(())
+    });
 }
 
 #[test]
