@@ -353,19 +353,25 @@ impl Drop for Ending<'_> {
 }
 
 /// The paths, one per line, for a job's stdin: each as [`crate::names::list_line`]
-/// writes it (quoted when its name holds a line break, so no name adds a line).
+/// writes it (quoted when its name holds a line break, so no name adds a line). One
+/// warning per list says how many were quoted, and names the first.
 fn path_lines(files: &[PathBuf]) -> Vec<u8> {
     let mut lines = Vec::new();
+    let mut quoted: Option<(&PathBuf, usize)> = None;
     for file in files {
         let line = crate::names::list_line(file.as_os_str());
         if matches!(line, std::borrow::Cow::Owned(_)) {
-            tracing::warn!(
-                path = %crate::names::escaped(file),
-                "a path in a batch's list holds a line break: it is listed quoted, as git quotes paths"
-            );
+            quoted.get_or_insert((file, 0)).1 += 1;
         }
         lines.extend_from_slice(&line);
         lines.push(b'\n');
+    }
+    if let Some((first, count)) = quoted {
+        tracing::warn!(
+            path = %crate::names::escaped(first),
+            quoted = count,
+            "paths in a batch's list hold a line break: they are listed quoted, as git quotes paths"
+        );
     }
     lines
 }

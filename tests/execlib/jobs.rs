@@ -199,7 +199,7 @@ fn regression_a_file_name_with_a_newline_cannot_add_a_path_to_a_batch() {
     assert_eq!(stdin, quoted, "one line, quoted as git quotes it");
     assert_eq!(sandbox.wait_out("env"), quoted.trim_end());
     assert!(!stdin.lines().any(|l| l == "/etc/passwd"));
-    assert!(daemon.log().contains("holds a line break"), "{}", daemon.log());
+    assert!(daemon.log().contains("hold a line break"), "{}", daemon.log());
 }
 
 /// Writes a file the batch route also sees, and checks it ran as one more batch.
