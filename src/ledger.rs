@@ -465,12 +465,7 @@ mod tests {
 
     #[test]
     fn regression_recording_resumes_by_itself_after_the_disk_was_full() {
-        if crate::sys::euid() != 0 {
-            assert!(
-                std::env::var("TESTS_NO_SKIP").as_deref() != Ok("1"),
-                "needs root to mount a tmpfs"
-            );
-            eprintln!("SKIP: needs root to mount a full tmpfs");
+        if !crate::sys::test_as_root("to mount a full tmpfs") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

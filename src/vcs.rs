@@ -317,12 +317,7 @@ mod tests {
     #[test]
     fn regression_a_git_directory_another_user_owns_is_not_trusted() {
         // Another user's `.git/index.lock` above a route's path held its runs for a minute.
-        if crate::sys::euid() != 0 {
-            assert!(
-                std::env::var("TESTS_NO_SKIP").as_deref() != Ok("1"),
-                "needs root to give a file to another user"
-            );
-            eprintln!("SKIP: needs root to give a file to another user");
+        if !crate::sys::test_as_root("to give a file to another user") {
             return;
         }
         let (_dir, top) = tmp();

@@ -20,3 +20,18 @@ pub use proc::{
     set_nofile_soft, total_memory, uid,
 };
 pub use spawn::{AsyncProcess, Exit, SpawnError, Spec, Stage, pipe, spawn};
+
+/// For a unit test that needs root: whether it runs as root. Otherwise it says why
+/// it skips, or, under `TESTS_NO_SKIP=1` (as in CI), fails.
+#[cfg(test)]
+pub fn test_as_root(why: &str) -> bool {
+    if euid() == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("TESTS_NO_SKIP").as_deref() != Ok("1"),
+        "needs root {why}"
+    );
+    eprintln!("SKIP: needs root {why}");
+    false
+}
