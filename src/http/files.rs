@@ -217,7 +217,8 @@ fn prepare(
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let html = site.inject && mime.essence_str() == "text/html";
     let script = super::livereload::script_tag().len();
-    let wanted = match html && meta.len() <= MAX_INJECT {
+    let injectable = html && meta.len() <= MAX_INJECT;
+    let wanted = match injectable {
         true => Some(meta.len() as usize + script),
         false => (meta.len() <= READ_WHOLE).then_some(meta.len() as usize),
     };
@@ -229,8 +230,8 @@ fn prepare(
             "bodies in memory at their limit: sending from the file"
         );
     }
-    let injected = html && meta.len() <= MAX_INJECT && held.is_some();
-    if html && !injected && !site.served_uninjected.swap(true, Ordering::Relaxed) {
+    let injected = injectable && held.is_some();
+    if html && !injectable && !site.served_uninjected.swap(true, Ordering::Relaxed) {
         tracing::info!(
             path = %crate::names::escaped(path),
             size = meta.len(),
