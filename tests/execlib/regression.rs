@@ -511,7 +511,13 @@ fn regression_processes_several_sessions_deep_are_all_ended_at_shutdown() {
     )
     .unwrap();
     let pids = sandbox.path("out/pids");
-    let job = format!("setsid -f sh {} 4 {}", script.display(), pids.display());
+    // The job waits (at most 5 s) until every level has its own session: one still in
+    // the job's process group when the job ends is ended with it, as it should be.
+    let job = format!(
+        "setsid -f sh {script} 4 {pids}; for i in $(seq 500); do [ \"$(cat {pids} 2>/dev/null | wc -l)\" -ge 5 ] && break; sleep 0.01; done",
+        script = script.display(),
+        pids = pids.display()
+    );
     let config = sandbox.config(&one_route(&job, ""));
     let mut daemon = Daemon::start(&sandbox, &config);
     sandbox.write("src/a", "x");
