@@ -76,18 +76,16 @@ pub fn find_git(path: &Path) -> Result<Option<GitTree>, String> {
             continue;
         };
         trust.check(&dot_git, &meta)?;
-        let git_dir = if meta.is_symlink() {
-            return Err(format!("{} is a symbolic link: not followed", escaped(&dot_git)));
-        } else if meta.is_dir() {
-            dot_git
-        } else if meta.is_file() {
-            gitfile(&dot_git, &trust)?
-        } else {
-            let what = special_kind(meta.file_type());
-            return Err(format!(
-                "{} is a {what}, not a git directory or file",
-                escaped(&dot_git)
-            ));
+        let git_dir = match meta.file_type() {
+            t if t.is_dir() => dot_git,
+            t if t.is_file() => gitfile(&dot_git, &trust)?,
+            t => {
+                let what = special_kind(t);
+                return Err(format!(
+                    "{} is a {what}, not a git directory or file",
+                    escaped(&dot_git)
+                ));
+            }
         };
         return Ok(Some(GitTree {
             work_tree: dir.to_owned(),
@@ -97,10 +95,12 @@ pub fn find_git(path: &Path) -> Result<Option<GitTree>, String> {
     Ok(None)
 }
 
-/// What a file that is neither a directory nor a regular file is, for a message.
+/// What a `.git` that is neither a directory nor a regular file is, for a message.
 fn special_kind(t: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    if t.is_fifo() {
+    if t.is_symlink() {
+        "symbolic link (not followed)"
+    } else if t.is_fifo() {
         "named pipe"
     } else if t.is_socket() {
         "socket"

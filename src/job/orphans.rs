@@ -167,18 +167,20 @@ fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
             crate::sys::kill(pid, signal);
         }
     };
-    let first = picked();
-    if first.is_empty() {
+    let mut left = picked();
+    if left.is_empty() {
         return;
     }
-    info!(processes = first.len(), "{message}: {first:?}");
+    info!(processes = left.len(), "{message}: {left:?}");
+    // One look at the adoptees a round: those a kill orphaned show up in the next.
     let mut signalled = std::collections::HashSet::new();
     let end = Instant::now() + grace;
     loop {
-        let fresh: Vec<u32> = picked().into_iter().filter(|p| signalled.insert(*p)).collect();
+        let fresh: Vec<u32> = left.into_iter().filter(|p| signalled.insert(*p)).collect();
         signal(&fresh, libc::SIGTERM);
         reap();
-        if picked().is_empty() {
+        left = picked();
+        if left.is_empty() {
             return;
         }
         if Instant::now() >= end {
@@ -189,15 +191,16 @@ fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
     // After the grace: SIGKILL to every one left, and to those their deaths orphan.
     let end = Instant::now() + Duration::from_secs(1);
     while Instant::now() < end {
-        signal(&picked(), libc::SIGKILL);
+        signal(&left, libc::SIGKILL);
         reap();
-        if picked().is_empty() {
+        left = picked();
+        if left.is_empty() {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     warn!(
-        processes = picked().len(),
+        processes = left.len(),
         "{message}: some still running after SIGKILL"
     );
 }
