@@ -35,6 +35,10 @@ pub enum DaemonError {
     Metrics(#[from] crate::exposition::BindError),
 }
 
+/// How long the runtime's shutdown waits for blocking calls still running once
+/// [`run`] has returned (only stuck ones are left then).
+const STUCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     // Before READY=1: a SIGHUP right after it must reload, not kill (its default action).
@@ -66,14 +70,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .unwrap_or(false);
     let reaper = tokio::spawn(reap_adoptees(adopted, reaper_stop.clone()));
-    state.listeners.start_autostart().await;
-    let status = state.status_line();
-    notify::ready(&status);
-    info!(instance = %state.config.instance, "ready: {status}");
+    tokio::pin!(shutdown);
     let watchdog_stop = CancellationToken::new();
-    let watchdog = notify::spawn_watchdog(watchdog_stop.clone());
-
-    wait_for_shutdown(&state, shutdown, hangups).await;
+    let mut watchdog = None;
+    if start_listeners(&state, &mut shutdown).await {
+        let status = state.status_line();
+        notify::ready(&status);
+        info!(instance = %state.config.instance, "ready: {status}");
+        watchdog = notify::spawn_watchdog(watchdog_stop.clone());
+        wait_for_shutdown(&state, shutdown, hangups).await;
+    }
     notify::stopping();
     // A reload in progress finishes first: it may be starting listeners that stopping
     // must see. Later ones see the shutdown and are refused with a reply.
@@ -199,6 +205,23 @@ fn hangups() -> Option<signal_hook_tokio::Signals> {
     }
 }
 
+/// Starts the autostart listeners; `false` when a shutdown was asked for meanwhile
+/// (a signal or a client): the starts still setting up their watches, perhaps stuck
+/// on a hung file system, are then abandoned, and the daemon never reports ready.
+async fn start_listeners(state: &DaemonState, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
+    let starting = state.listeners.start_autostart();
+    tokio::pin!(starting);
+    tokio::select! {
+        _ = &mut starting => return true,
+        _ = shutdown => state.request_shutdown("a signal"),
+        _ = state.shutdown_requested() => {}
+    }
+    info!("shutting down while listeners start: abandoning their starts");
+    state.listeners.abandon_starts();
+    starting.await;
+    false
+}
+
 /// Serves reloads (SIGHUP) until `shutdown` resolves or a client asks for a shutdown.
 async fn wait_for_shutdown(
     state: &DaemonState,
@@ -308,14 +331,14 @@ fn serve(config: Config) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let grace = config.daemon.shutdown_grace;
     let result = runtime.block_on(async {
         let signal = termination_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         run(config, signal).await.map_err(|e| e.to_string())
     });
-    // Every task was stopped in order; a blocking call still stuck (a hung filesystem)
-    // must not keep the process from exiting.
-    runtime.shutdown_timeout(grace);
+    // Every task was stopped in order and every blocking call it made awaited; what
+    // is left is stuck (an abandoned listener start on a hung file system) and must
+    // not keep the process from exiting.
+    runtime.shutdown_timeout(STUCK_WAIT);
     // STOPPING=1 and the last status reach systemd before the process is gone.
     notify::flush(std::time::Duration::from_secs(1));
     match result {

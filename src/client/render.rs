@@ -67,6 +67,7 @@ fn state_name(state: ListenerState) -> &'static str {
     match state {
         ListenerState::Running => "running",
         ListenerState::Stopped => "stopped",
+        ListenerState::Starting => "starting",
         ListenerState::Degraded => "degraded",
         ListenerState::Failed => "failed",
     }

@@ -12,7 +12,7 @@ use crate::state::{DaemonState, ReloadError};
 pub async fn handle(state: &DaemonState, request: Request) -> Response {
     match request {
         Request::Listeners => {
-            let listeners = state.listeners.infos().await;
+            let listeners = state.listeners.infos_with_links().await;
             let watches = Some(keeping_up::watches(&listeners));
             Response::Listeners(replies::Listeners { listeners, watches })
         }
@@ -133,7 +133,7 @@ pub(super) fn listener_error(e: ListenerError) -> Response {
         ListenerError::Closing => ErrorCode::ShuttingDown,
         ListenerError::NotRunning(_) => ErrorCode::NotRunning,
         ListenerError::BadPath { .. } => ErrorCode::BadRequest,
-        ListenerError::StartFailed { .. } => ErrorCode::StartFailed,
+        ListenerError::StartFailed { .. } | ListenerError::Abandoned { .. } => ErrorCode::StartFailed,
         ListenerError::Unreachable { .. } => ErrorCode::Unreachable,
     };
     Response::error(code, e.to_string())

@@ -61,7 +61,10 @@ impl Probe {
 
 /// Runs `work` on a blocking thread, waiting at most `limit` for it; `None` when it
 /// did not finish in time or [`MAX_PROBES`] are running already.
-async fn bounded<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub(super) async fn bounded<T: Send + 'static>(
+    limit: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let permit = PROBES.try_acquire().ok()?;
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -268,6 +271,13 @@ fn listener_side(
         State::Failed => {
             let why = error.unwrap_or_default();
             return Some(("listener_stopped", format!("listener {name} failed: {why}")));
+        }
+        State::Starting => {
+            let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Some((
+                "listener_starting",
+                format!("listener {name} is still setting up its watches{why}"),
+            ));
         }
         State::Running | State::Degraded => {}
     }

@@ -19,6 +19,7 @@ use crate::watch::{FileEvent, WatchError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 /// Counts for the status line and `status`.
@@ -73,6 +74,21 @@ pub enum ListenerError {
     /// No listener has that name.
     #[error("no listener named {0:?}")]
     Unknown(String),
+    /// The listener was stopped, or the daemon began shutting down, while it was
+    /// still setting up its watches.
+    #[error(
+        "listener {name:?}: start abandoned after {} s setting up its watches ({why}); \
+         the setup is left to finish on its own",
+        waited.as_secs()
+    )]
+    Abandoned {
+        /// The listener.
+        name: String,
+        /// How long its setup had run.
+        waited: std::time::Duration,
+        /// What abandoned it.
+        why: &'static str,
+    },
     /// The listener could not start.
     #[error("listener {name:?} failed to start: {source}")]
     StartFailed {
@@ -190,8 +206,9 @@ pub struct Listeners {
     /// In config order; replaced as a whole by a reload.
     slots: std::sync::RwLock<Vec<Arc<Slot>>>,
     ctx: JobContext,
-    /// Set by [`Listeners::stop_all`]: no listener may start after it.
-    closing: std::sync::atomic::AtomicBool,
+    /// Cancelled by [`Listeners::stop_all`]: no listener may start after it, and
+    /// starts still setting up their watches are abandoned.
+    closing: CancellationToken,
     /// Held by whatever starts or stops listeners (requests, autostart, reload,
     /// shutdown), so a reload never races a start or stop of a slot it replaces.
     changing: tokio::sync::Mutex<()>,
@@ -270,7 +287,7 @@ impl Listeners {
                 state_dir: config.daemon.state_dir.clone(),
                 feed: Default::default(),
             },
-            closing: std::sync::atomic::AtomicBool::new(false),
+            closing: CancellationToken::new(),
             changing: tokio::sync::Mutex::new(()),
         }
     }
@@ -297,10 +314,18 @@ impl Listeners {
             .filter(|s| s.config.autostart)
             .map(|s| s.start(&self.ctx, &self.closing));
         for result in futures::future::join_all(starts).await {
-            if let Err(e) = result {
-                error!("{e}");
+            match result {
+                Err(e @ ListenerError::Abandoned { .. }) => tracing::warn!("{e}"),
+                Err(e) => error!("{e}"),
+                Ok(_) => {}
             }
         }
+    }
+
+    /// Abandons every start still setting up its watches; none may start after this
+    /// (the daemon is shutting down).
+    pub fn abandon_starts(&self) {
+        self.closing.cancel();
     }
 
     /// Starts a listener; `Ok(false)` when it was already running.
@@ -309,10 +334,13 @@ impl Listeners {
         self.slot(name)?.start(&self.ctx, &self.closing).await
     }
 
-    /// Stops a listener and its jobs; `Ok(false)` when it was not running.
+    /// Stops a listener and its jobs; `Ok(false)` when it was not running. A start
+    /// still setting up its watches is abandoned first (it holds what stopping waits
+    /// for, and may be stuck on a hung file system).
     pub async fn stop(&self, name: &str) -> Result<bool, ListenerError> {
+        let abandoned = self.slot(name)?.abandon_start();
         let _changing = self.changing.lock().await;
-        Ok(self.slot(name)?.stop().await)
+        Ok(self.slot(name)?.stop().await || abandoned)
     }
 
     /// Submits a synthetic `modify` of `path` to listener `name`'s routes; returns how
@@ -363,18 +391,49 @@ impl Listeners {
     /// Stops every listener at once: watches closed, then jobs terminated within the grace.
     /// No listener starts after this begins.
     pub async fn stop_all(&self) {
-        self.closing.store(true, Ordering::SeqCst);
+        self.closing.cancel();
         let _changing = self.changing.lock().await;
         let slots = self.slots();
         futures::future::join_all(slots.iter().map(|s| s.stop())).await;
     }
 
-    /// A snapshot of every listener.
+    /// A snapshot of every listener, without `links` (which ask the file system).
     pub async fn infos(&self) -> Vec<ListenerInfo> {
         let slots = self.slots();
         let mut infos = Vec::with_capacity(slots.len());
         for slot in slots {
             infos.push(slot.info(self.history()).await);
+        }
+        infos
+    }
+
+    /// [`Listeners::infos`] with each listener's `links`: the route paths reached
+    /// through symlinks and where they resolve now. Resolving runs on a blocking
+    /// thread, bounded as `explain`'s probes are: when the file system does not answer
+    /// in time (a hung mount) the links are left out, and the reply still comes.
+    pub async fn infos_with_links(&self) -> Vec<ListenerInfo> {
+        let mut infos = self.infos().await;
+        let roots: Vec<PathBuf> = infos.iter().flat_map(|i| i.paths.clone()).collect();
+        let resolve = move || {
+            let links = roots.into_iter().filter_map(|path| {
+                let target = crate::paths::resolves_elsewhere(&path)?;
+                Some(crate::protocol::replies::Link { path, target })
+            });
+            links.collect::<Vec<_>>()
+        };
+        let Some(links) = explain::bounded(explain::FS_TIMEOUT, resolve).await else {
+            tracing::warn!(
+                "listeners: route paths not resolved within {:?}: links left out",
+                explain::FS_TIMEOUT
+            );
+            return infos;
+        };
+        for info in &mut infos {
+            info.links = links
+                .iter()
+                .filter(|l| info.paths.contains(&l.path))
+                .cloned()
+                .collect();
         }
         infos
     }

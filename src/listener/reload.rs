@@ -13,7 +13,6 @@ use crate::events::EventKind;
 use crate::protocol::replies::Applied;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tracing::{error, info};
 
 impl Listeners {
@@ -21,7 +20,7 @@ impl Listeners {
     /// shutting down; a listener that cannot start is left `failed` and logged.
     pub async fn apply(&self, config: &Config) -> Result<Applied, ListenerError> {
         let _changing = self.changing.lock().await;
-        if self.closing.load(Ordering::SeqCst) {
+        if self.closing.is_cancelled() {
             return Err(ListenerError::Closing);
         }
         let old = self.slots();
@@ -76,11 +75,11 @@ impl Listeners {
             return new;
         }
         let mut running = new.running.lock().await;
-        let prepared = new.prepare(&self.ctx).await;
+        let prepared = new.prepare(&self.ctx, &self.closing).await;
         old.stop().await;
         let unsettled = std::mem::take(&mut *old.shared.handover.lock().expect("handover lock"));
         match prepared {
-            Ok(prepared) if !self.closing.load(Ordering::SeqCst) => {
+            Ok(prepared) if !self.closing.is_cancelled() => {
                 *running = Some(new.launch(&self.ctx, prepared, handed_over(unsettled)));
             }
             Ok(_) => {}

@@ -38,7 +38,13 @@ pub(super) struct Slot {
     pub(super) config: Arc<ListenerConfig>,
     pub(super) shared: Arc<Shared>,
     pub(super) running: tokio::sync::Mutex<Option<Running>>,
+    /// Cancels the start in progress (its watch setup), if one is.
+    starting: std::sync::Mutex<Option<CancellationToken>>,
 }
+
+/// How long a listener's watch setup runs before it is reported slow (a warning,
+/// and the reason in `listeners`), and again at each doubling.
+pub(super) const SLOW_START: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Slot {
     pub(super) fn new(config: &ListenerConfig) -> Slot {
@@ -46,35 +52,51 @@ impl Slot {
             config: Arc::new(config.clone()),
             shared: Arc::default(),
             running: tokio::sync::Mutex::new(None),
+            starting: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Abandons the start in progress, if one is: its watch setup (perhaps stuck on a
+    /// hung file system) is left to finish on its own and its result dropped.
+    /// Whether there was one.
+    pub(super) fn abandon_start(&self) -> bool {
+        let starting = self.starting.lock().expect("starting lock");
+        starting.as_ref().inspect(|token| token.cancel()).is_some()
     }
 
     pub(super) async fn start(
         &self,
         ctx: &JobContext,
-        closing: &std::sync::atomic::AtomicBool,
+        closing: &CancellationToken,
     ) -> Result<bool, ListenerError> {
         let mut running = self.running.lock().await;
-        if closing.load(Ordering::SeqCst) {
+        if closing.is_cancelled() {
             return Err(ListenerError::Closing);
         }
         if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return Ok(false);
         }
-        let prepared = self.prepare(ctx).await?;
+        let prepared = self.prepare(ctx, closing).await?;
         *running = Some(self.launch(ctx, prepared, Vec::new()));
         Ok(true)
     }
 
     /// Sets up the watches (and, for `catch_up`, finds the changes made while stopped).
     /// From here on no change is missed: events queue in the new inotify instance.
-    pub(super) async fn prepare(&self, ctx: &JobContext) -> Result<Prepared, ListenerError> {
+    /// Abandoned when `closing` is cancelled or the listener is stopped meanwhile.
+    pub(super) async fn prepare(
+        &self,
+        ctx: &JobContext,
+        closing: &CancellationToken,
+    ) -> Result<Prepared, ListenerError> {
         let name = self.config.name.clone();
         let roots = roots(&self.config);
         let filter = dir_filter(&self.config);
         let saved = self.config.catch_up.then(|| snapshot_path(ctx, &name));
         let span = info_span!("listener", listener = %name);
         let config = self.config.clone();
+        let abandon = closing.child_token();
+        let abandoned = abandon.clone();
         let setup = tokio::task::spawn_blocking(move || {
             let _entered = span.entered();
             let holds = crate::vcs::holds(&config);
@@ -89,7 +111,9 @@ impl Slot {
             });
             let setup = setup?;
             let (missed, catch_up, saved) = match (saved, loaded) {
-                (Some(path), Some((loaded, load_ms))) => {
+                // Abandoned: its result is dropped, and a baseline saved now could
+                // overwrite one saved since by a later start.
+                (Some(path), Some((loaded, load_ms))) if !abandoned.is_cancelled() => {
                     let took = Took { walk_ms, load_ms };
                     let (missed, baseline, saved) = catch_up_events(&path, &setup, loaded, took);
                     (missed, Some((path, baseline)), saved)
@@ -99,9 +123,8 @@ impl Slot {
             // The tree as read and the comparison are freed: hand their pages back.
             crate::sys::release_free_memory();
             Ok::<_, WatchError>((setup, (missed, catch_up, saved, holds)))
-        })
-        .await
-        .expect("watch setup does not panic");
+        });
+        let setup = self.await_setup(setup, closing, abandon).await?;
         let (hold_for, poll_for) = (hold_for(&self.config), poll_for(&self.config));
         let ready = setup.and_then(|(s, found)| Ok((s.into_watcher(hold_for, poll_for)?, found)));
         match ready {
@@ -117,6 +140,50 @@ impl Slot {
                 Err(ListenerError::StartFailed { name, source })
             }
         }
+    }
+
+    /// Waits for the watch setup `setup`, saying so when it is slow, and gives up when
+    /// `abandon` (a child of `closing`) is cancelled: the daemon is shutting down, or
+    /// the listener was stopped ([`Slot::abandon_start`]). The listener is `starting`
+    /// meanwhile; abandoned, it is `stopped`.
+    async fn await_setup<T>(
+        &self,
+        setup: tokio::task::JoinHandle<T>,
+        closing: &CancellationToken,
+        abandon: CancellationToken,
+    ) -> Result<T, ListenerError> {
+        let name = &self.config.name;
+        *self.starting.lock().expect("starting lock") = Some(abandon.clone());
+        self.shared.set(State::Starting, None);
+        let started = tokio::time::Instant::now();
+        let mut slow_at = SLOW_START;
+        tokio::pin!(setup);
+        let outcome = loop {
+            tokio::select! {
+                done = &mut setup => break Ok(done.expect("watch setup does not panic")),
+                _ = abandon.cancelled() => {
+                    let why = if closing.is_cancelled() { "the daemon is shutting down" } else { "stopped" };
+                    break Err(ListenerError::Abandoned { name: name.clone(), waited: started.elapsed(), why });
+                }
+                _ = tokio::time::sleep_until(started + slow_at) => {
+                    let paths: Vec<String> =
+                        roots(&self.config).iter().map(|p| crate::names::escaped(p).to_string()).collect();
+                    let reason = format!(
+                        "setting up its watches for {} s so far: is a file system under {} slow or hung?",
+                        slow_at.as_secs(),
+                        paths.join(", ")
+                    );
+                    warn!(listener = %name, "{reason}");
+                    self.shared.set(State::Starting, Some(reason));
+                    slow_at *= 2;
+                }
+            }
+        };
+        *self.starting.lock().expect("starting lock") = None;
+        if outcome.is_err() {
+            self.shared.set(State::Stopped, None);
+        }
+        outcome
     }
 
     /// Starts the listener's task on prepared watches; `extra` changes (from a listener
@@ -232,7 +299,7 @@ impl Slot {
         answer.await.unwrap_or_default()
     }
 
-    /// What `listeners` says of it; its last run is `history`'s newest.
+    /// What `listeners` says of it, but its `links`; its last run is `history`'s newest.
     pub(super) async fn info(&self, history: &crate::history::History) -> ListenerInfo {
         let (state, error) = self.shared.get();
         let s = &self.shared;
@@ -246,13 +313,7 @@ impl Slot {
             name: self.config.name.clone(),
             state,
             paths: roots(&self.config),
-            links: roots(&self.config)
-                .into_iter()
-                .filter_map(|path| {
-                    let target = crate::paths::resolves_elsewhere(&path)?;
-                    Some(crate::protocol::replies::Link { path, target })
-                })
-                .collect(),
+            links: Vec::new(),
             polled,
             routes: self.config.routes.len(),
             watches: get(&s.watches),

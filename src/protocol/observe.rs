@@ -222,7 +222,8 @@ pub struct RouteVerdict {
     /// Whether a change to the path would run it now.
     pub runs: bool,
     /// `runs`, `outside_path`, `route_dir`, `ignored`, `not_included`, `event_kind`,
-    /// `listener_stopped`, `unwatched` or `polled` (runs, at the next poll).
+    /// `listener_stopped`, `listener_starting`, `unwatched` or `polled` (runs, at the
+    /// next poll).
     pub reason: String,
     /// The reason for people: the glob, the kinds the route takes, the listener's state.
     pub detail: String,

@@ -23,6 +23,9 @@ pub enum ListenerState {
     Running,
     /// Not started, or stopped on request.
     Stopped,
+    /// Setting up its watches (walking its tree); `error` says for how long once that
+    /// is slow (a slow or hung file system under it).
+    Starting,
     /// Running, but some routes cannot watch or its snapshot cannot be saved.
     Degraded,
     /// Could not start or broke; `error` says why.

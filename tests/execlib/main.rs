@@ -14,6 +14,7 @@ mod cgroups;
 mod config_errors;
 mod control;
 mod http;
+mod hung;
 mod jobs;
 mod journal;
 mod lifecycle;

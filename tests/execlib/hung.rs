@@ -1,0 +1,185 @@
+//! A file system that stops answering under a route (a dead NFS server; here a
+//! FUSE server stopped with SIGSTOP, root only): the listener's start waits on it,
+//! but the daemon stays reachable, says which listener is stuck and why, and
+//! stops at once when asked.
+
+use crate::support::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A bindfs (FUSE) view of `real` at `src` whose server can be stopped: every access
+/// under `src` then waits for it. Let go, unmounted and ended on drop.
+struct HungMount {
+    server: Child,
+    at: PathBuf,
+}
+
+impl HungMount {
+    /// Mounts `sandbox`'s `real` at `src`; `None` (after saying why) when not root
+    /// or without bindfs.
+    fn mount(sandbox: &Sandbox) -> Option<HungMount> {
+        if skip_unless_root("mount a FUSE file system") {
+            return None;
+        }
+        let (real, at) = (sandbox.path("real"), sandbox.path("src"));
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::create_dir_all(&at).unwrap();
+        let Ok(server) = Command::new("bindfs")
+            .arg("-f")
+            .arg(&real)
+            .arg(&at)
+            .stdout(Stdio::null())
+            .spawn()
+        else {
+            skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
+            return None;
+        };
+        let mount = HungMount { server, at };
+        let point = mount.at.to_str().unwrap().to_owned();
+        eventually("the bindfs mount", || {
+            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            table
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(&point))
+                .then_some(())
+        });
+        Some(mount)
+    }
+
+    /// Stops the server: from now on every lookup under the mount waits.
+    fn hang(&self) {
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(self.server.id() as i32, libc::SIGSTOP) }, 0);
+    }
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGCONT) };
+        let _ = Command::new("fusermount").arg("-uz").arg(&self.at).status();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Two listeners: `nfs` on a folder under the hung mount, `docs` on a plain one.
+fn two_listeners(sandbox: &Sandbox) -> PathBuf {
+    std::fs::create_dir_all(sandbox.path("plain")).unwrap();
+    sandbox.config(
+        "[[listener]]\nname = \"nfs\"\n  [[listener.route]]\n  path = \"src/sub\"\n  run = [\"true\"]\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain\"\n  run = [\"true\"]\n",
+    )
+}
+
+/// The daemon, once its control socket answers (before it is ready).
+fn spawned(sandbox: &Sandbox, config: &std::path::Path) -> Daemon {
+    let daemon = Daemon::spawn(sandbox, config);
+    eventually("the control socket", || {
+        ask(&daemon, r#"{"cmd":"status"}"#, Duration::from_secs(5))
+    });
+    daemon
+}
+
+/// The reply to `request`, which must come within `limit` (a daemon stuck on the file
+/// system fails the test, it does not hang it); `None` when the socket refused it.
+fn ask(daemon: &Daemon, request: &'static str, limit: Duration) -> Option<serde_json::Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let socket = daemon.socket.clone();
+    std::thread::spawn(move || {
+        let mut client = std::os::unix::net::UnixStream::connect(&socket).map(|_| Client::connect(&socket));
+        if let Ok(client) = &mut client {
+            client.send_line(request.as_bytes());
+            let _ = tx.send(client.reply());
+        }
+    });
+    match rx.recv_timeout(limit) {
+        Ok(reply) => Some(reply.expect("a reply")),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+        Err(_) => panic!("{request} not answered within {limit:?}"),
+    }
+}
+
+/// `listeners`, answered within `limit`, as (name, state, error) triples.
+fn states(daemon: &Daemon, limit: Duration) -> Vec<(String, String, String)> {
+    let reply = ask(daemon, r#"{"cmd":"listeners"}"#, limit).expect("the control socket");
+    let field = |l: &serde_json::Value, k: &str| l[k].as_str().unwrap_or_default().to_owned();
+    let listeners = reply["listeners"].as_array().unwrap_or_else(|| panic!("{reply}"));
+    listeners
+        .iter()
+        .map(|l| (field(l, "name"), field(l, "state"), field(l, "error")))
+        .collect()
+}
+
+#[test]
+fn a_listener_stuck_on_a_hung_file_system_is_reported_and_shutdown_does_not_wait_for_it() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    mount.hang();
+    let config = two_listeners(&sandbox);
+    let mut daemon = spawned(&sandbox, &config);
+    // The other listener runs; the stuck one says it is starting, then that it is slow.
+    // `listeners` answers although a route path cannot be resolved (links left out).
+    let slow = eventually_within(Duration::from_secs(30), "nfs reported slow", || {
+        let states = states(&daemon, Duration::from_secs(5));
+        let docs = states.iter().any(|(n, s, _)| n == "docs" && s == "running");
+        let (_, state, error) = states.into_iter().find(|(n, ..)| n == "nfs").unwrap();
+        (docs && state == "starting" && error.contains("slow or hung")).then_some(error)
+    });
+    assert!(slow.contains("src/sub"), "{slow}");
+    assert!(daemon.log().contains("slow or hung?"), "{}", daemon.log());
+    // Not ready while a listener is still starting.
+    daemon.notify.drain();
+    assert_eq!(daemon.notify.count("READY=1"), 0);
+    // SIGTERM is not held up by the stuck start: it is abandoned, the rest stops.
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let log = daemon.log();
+    assert!(
+        log.contains("start abandoned") && log.contains("shutdown complete"),
+        "{log}"
+    );
+}
+
+#[test]
+fn stopping_a_listener_stuck_on_a_hung_file_system_abandons_its_start() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    mount.hang();
+    let config = two_listeners(&sandbox);
+    let mut daemon = spawned(&sandbox, &config);
+    eventually("nfs starting", || {
+        let states = states(&daemon, Duration::from_secs(5));
+        states
+            .iter()
+            .any(|(n, s, _)| n == "nfs" && s == "starting")
+            .then_some(())
+    });
+    let stopped = ask(
+        &daemon,
+        r#"{"cmd":"stop","listener":"nfs"}"#,
+        Duration::from_secs(2),
+    );
+    assert_eq!(stopped, Some(serde_json::json!({"ok": true, "changed": true})));
+    // Every autostart listener has started or been let go: the daemon is ready.
+    daemon.notify.wait_for("READY=1");
+    let states = states(&daemon, Duration::from_secs(5));
+    assert!(
+        states.iter().any(|(n, s, _)| n == "nfs" && s == "stopped"),
+        "{states:?}"
+    );
+    assert!(daemon.log().contains("start abandoned"), "{}", daemon.log());
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    assert!(
+        status.success() && took < Duration::from_secs(5),
+        "{status:?} {took:?}"
+    );
+}
