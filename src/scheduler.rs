@@ -84,6 +84,10 @@ pub const QUEUE: usize = 1024;
 pub enum Input {
     /// A matched change.
     Submit(Submission),
+    /// Matched changes reported together, in order: taken in together, so a file's
+    /// create and modify released at its close make one run however the listener's
+    /// threads are timed.
+    Batch(Vec<Submission>),
     /// Asks for the files with work not yet done (see [`Scheduler::unsettled`]).
     Unsettled(tokio::sync::oneshot::Sender<HashSet<PathBuf>>),
     /// Asks for the runs not started yet.

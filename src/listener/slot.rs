@@ -3,6 +3,7 @@
 //! task; stopping cancels it and waits for its jobs to end.
 
 use super::task;
+use super::watching::Watching;
 use super::{JobContext, JobView, ListenerError, ListenerInfo, Shared, State};
 use crate::config::ListenerConfig;
 use crate::snapshot;
@@ -24,7 +25,7 @@ pub(super) struct Running {
 
 /// Watches set up for a listener, not yet read by its task.
 pub(super) struct Prepared {
-    watcher: crate::watch::Watcher,
+    watching: Watching,
     missed: Vec<FileEvent>,
     catch_up: Option<(PathBuf, snapshot::Dirs)>,
     /// How saving a fresh baseline went (catch-up without a saved snapshot).
@@ -126,10 +127,10 @@ impl Slot {
         });
         let setup = self.await_setup(setup, closing, abandon).await?;
         let (hold_for, poll_for) = (hold_for(&self.config), poll_for(&self.config));
-        let ready = setup.and_then(|(s, found)| Ok((s.into_watcher(hold_for, poll_for)?, found)));
+        let ready = setup.and_then(|(s, found)| Ok((Watching::new(s, hold_for, poll_for)?, found)));
         match ready {
-            Ok((watcher, (missed, catch_up, saved, holds))) => Ok(Prepared {
-                watcher,
+            Ok((watching, (missed, catch_up, saved, holds))) => Ok(Prepared {
+                watching,
                 missed,
                 catch_up,
                 saved,
@@ -190,7 +191,7 @@ impl Slot {
     /// this one replaces) are submitted first, with the catch-up ones.
     pub(super) fn launch(&self, ctx: &JobContext, prepared: Prepared, extra: Vec<FileEvent>) -> Running {
         let Prepared {
-            watcher,
+            watching,
             mut missed,
             catch_up,
             saved,
@@ -201,9 +202,10 @@ impl Slot {
         }
         missed.extend(extra);
         let name = self.config.name.clone();
+        let watcher = watching.watcher();
         let watches = watcher.watch_count();
         self.shared.watches.store(watches as u64, Ordering::Relaxed);
-        self.shared.set_health(&watcher);
+        self.shared.set_health(watcher);
         info!(listener = %name, watches, "listener started");
         for reason in watcher.health() {
             warn!(listener = %name, "{reason}; waiting for it");
@@ -221,7 +223,7 @@ impl Slot {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::scheduler::QUEUE);
         let submit = tx.downgrade();
         let task = run
-            .spawn(watcher, missed, (tx, rx), cancel.clone())
+            .spawn(watching, missed, (tx, rx), cancel.clone())
             .instrument(info_span!("listener", listener = %name));
         Running {
             cancel,

@@ -3,6 +3,7 @@
 //! jobs it decides through a [`Launcher`]. On stop it closes inotify first, then
 //! terminates its running jobs.
 
+use super::watching::{self, Watching};
 use super::{JobContext, Shared, State};
 use crate::config::ListenerConfig;
 use crate::job::launch::Launcher;
@@ -18,6 +19,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
+
+/// About how many submissions go to the scheduler in one message (see `dispatch`).
+const BATCH: usize = 256;
 
 /// How often a `catch_up` listener saves its snapshot while running.
 const SAVE_EVERY: Duration = Duration::from_secs(30);
@@ -40,13 +44,14 @@ pub(super) struct Run {
 }
 
 impl Run {
-    /// Runs the listener until `cancel` fires or its watcher fails. `missed` (catch-up
-    /// changes) are submitted before any live event.
+    /// Runs the listener until `cancel` fires or its watcher fails: the scheduler and
+    /// its jobs on this runtime, the watcher on a thread of its own ([`Watching`]).
+    /// `missed` (catch-up changes) are submitted before any live event.
     /// `tx`/`rx` are the scheduler's channel; the slot keeps a weak sender (for
-    /// `trigger`), so the channel closes when this task drops `tx`.
+    /// `trigger`), so the channel closes when the watcher's side drops `tx`.
     pub(super) async fn spawn(
         mut self,
-        mut watcher: Watcher,
+        watching: Watching,
         missed: Vec<FileEvent>,
         (tx, rx): (mpsc::Sender<Input>, mpsc::Receiver<Input>),
         cancel: CancellationToken,
@@ -59,37 +64,91 @@ impl Run {
         let _jobs_guard = jobs_cancel.clone().drop_guard();
         let _posts_guard = posts_cancel.clone().drop_guard();
         let scheduler = self.start_scheduler(rx, &jobs_cancel, &posts_cancel);
+        let ending = Ending {
+            config: self.config.clone(),
+            ctx: self.ctx.clone(),
+            shared: self.shared.clone(),
+        };
+        let name = self.config.name.clone();
+        let (weak, watch_cancel) = (tx.downgrade(), cancel.clone());
+        let watched = watching.run(&name, &cancel, move |watcher| {
+            self.watch(watcher, missed, weak, watch_cancel)
+        });
+        let stuck = |quiet: std::time::Duration| {
+            const STUCK: &str = "its watcher has been busy in one step";
+            let said = ending.shared.get().1.is_some_and(|e| e.starts_with(STUCK));
+            let why = format!(
+                "{STUCK} for {} s: is a file system under it not answering?",
+                quiet.as_secs()
+            );
+            if !said {
+                warn!("{why}");
+            }
+            ending.shared.set(State::Degraded, Some(why));
+        };
+        let watched = tokio::select! {
+            watched = watched => watched,
+            never = watching::watch_beats(&ending.shared.beats, stuck) => match never {},
+        };
+        // The watcher's side holds the channel only while it submits: a watcher left
+        // stuck on a file system does not keep the scheduler from ending.
+        drop(tx);
+        if watched.is_none() {
+            let why = "its watcher did not stop: stuck on a file system that does not answer";
+            ending.shared.set(State::Failed, Some(why.into()));
+        }
+        ending.end_jobs(scheduler, jobs_cancel, posts_cancel).await;
+    }
+
+    /// The watcher's side, on its own thread: reads `watcher` and submits what it
+    /// reports through `tx` until `cancel` fires or it fails, then hands over, saves
+    /// and closes it. The channel is upgraded for each use, never held across a read
+    /// of the tree.
+    async fn watch(
+        mut self,
+        mut watcher: Watcher,
+        missed: Vec<FileEvent>,
+        tx: mpsc::WeakSender<Input>,
+        cancel: CancellationToken,
+    ) {
         self.dispatch(missed, &tx).await;
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
         let mut overflows = crate::watch::OverflowStats::default();
+        let mut beat = tokio::time::interval(watching::BEAT);
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
-                _ = save.tick(), if self.catch_up.is_some() => {
-                    let unsettled = unsettled(&tx).await;
-                    self.save(&watcher, unsettled).await;
+                _ = beat.tick() => {
+                    self.shared.beats.fetch_add(1, Ordering::Relaxed);
+                    self.shared.set_health(&watcher);
                 }
-                events = watcher.next() => match events {
-                    Ok(events) => {
-                        self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
-                        self.count_overflows(watcher.overflow_stats(), &mut overflows);
-                        self.shared.set_health(&watcher);
-                        self.dispatch(events, &tx).await;
+                _ = save.tick(), if self.catch_up.is_some() => {
+                    if let Some(unsettled) = unsettled(&tx).await {
+                        self.save(&watcher, unsettled).await;
                     }
-                    Err(e) => break Err(e),
-                },
+                }
+                events = watcher.next() => {
+                    let (events, failed) = more_ready(&mut watcher, events);
+                    self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
+                    self.count_overflows(watcher.overflow_stats(), &mut overflows);
+                    self.shared.set_health(&watcher);
+                    self.dispatch(events, &tx).await;
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
+                }
             }
         };
-        let unsettled = self.hand_over(&mut watcher, &tx, result.is_ok()).await;
-        self.save(&watcher, unsettled).await;
+        match self.hand_over(&mut watcher, &tx, result.is_ok()).await {
+            Some(unsettled) => self.save(&watcher, unsettled).await,
+            None => warn!("the listener let this watcher go: nothing handed over, its snapshot not saved"),
+        }
         drop(watcher);
-        drop(tx);
         info!("inotify closed: no new events");
         if let Err(e) = result {
             error!("listener failed: {e}");
             self.shared.set(State::Failed, Some(e.to_string()));
         }
-        self.end_jobs(scheduler, jobs_cancel, posts_cancel).await;
     }
 
     /// Warns once per route and post command whose resource limits cannot be enforced.
@@ -138,50 +197,34 @@ impl Run {
         )
     }
 
-    /// After inotify is closed: terminates the running jobs, lets post commands run
-    /// until the grace is over, waits for the scheduler, then ends any process the
-    /// listener's jobs left behind.
-    async fn end_jobs(
-        &self,
-        mut scheduler: tokio::task::JoinHandle<()>,
-        jobs_cancel: CancellationToken,
-        posts_cancel: CancellationToken,
-    ) {
-        let running = self.shared.jobs_running.load(Ordering::Relaxed);
-        if running > 0 {
-            info!(jobs = running, "terminating running jobs");
-        }
-        jobs_cancel.cancel();
-        let posts = !self.config.posts.is_empty();
-        let ended = tokio::select! {
-            ended = &mut scheduler => ended,
-            _ = tokio::time::sleep(self.ctx.jobs.grace), if posts => {
-                info!("grace over: terminating post commands");
-                posts_cancel.cancel();
-                scheduler.await
-            }
-        };
-        if let Err(e) = ended {
-            error!("scheduler ended abnormally: {e}");
-        }
-        let (name, grace) = (self.config.name.clone(), self.ctx.jobs.grace);
-        let _ = tokio::task::spawn_blocking(move || crate::job::orphans::end_listener(&name, grace)).await;
-    }
-
     /// Matches each event against the routes and submits the matches.
     /// Earlier stages first, so a later stage never becomes due before the earlier
     /// stage's submission for the same change has arrived.
+    /// What one read of the watcher reports goes in batches of about [`BATCH`]
+    /// submissions, cut only between files: the scheduler (on another thread) takes a
+    /// file's create and modify released at its close together, however it is timed.
     /// Each event is published with the routes it matched (`execlibctl events`).
-    async fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::Sender<Input>) {
-        for event in events {
+    async fn dispatch(&self, events: Vec<FileEvent>, tx: &mpsc::WeakSender<Input>) {
+        if events.is_empty() {
+            return;
+        }
+        // Closed: the listener is ending; what it reports now has no scheduler to go to.
+        let Some(tx) = tx.upgrade() else { return };
+        let mut batch = Vec::new();
+        let mut events = events.into_iter().peekable();
+        while let Some(event) = events.next() {
             self.shared.events.fetch_add(1, Ordering::Relaxed);
             self.events.count(event.kind);
             let mut matched = Vec::new();
             for &index in &self.stage_order {
                 if let Some(sub) = crate::route::submission(index, &self.config.routes[index], &event) {
                     matched.push(self.config.routes[index].name.clone());
-                    let _ = tx.send(Input::Submit(sub)).await;
+                    batch.push(sub);
                 }
+            }
+            let next_file = events.peek().is_none_or(|next| next.path != event.path);
+            if batch.len() >= BATCH && next_file {
+                let _ = tx.send(Input::Batch(std::mem::take(&mut batch))).await;
             }
             self.ctx.feed.publish(crate::protocol::observe::SeenEvent {
                 at_ms: crate::protocol::epoch_ms(std::time::SystemTime::now()),
@@ -190,6 +233,9 @@ impl Run {
                 path: event.path,
                 routes: matched,
             });
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(Input::Batch(batch)).await;
         }
     }
 
@@ -208,22 +254,24 @@ impl Run {
     /// At a stop: what a still healthy watcher held is submitted, and the files whose
     /// changes are not processed are left in `shared.handover` (for a listener
     /// replacing this one on reload: their runs are about to be dropped or terminated)
-    /// and returned (for the snapshot).
+    /// and returned (for the snapshot); `None` when the listener's side has let this
+    /// watcher go (it was stuck): nothing is handed over then, and nothing may be saved.
     async fn hand_over(
         &self,
         watcher: &mut Watcher,
-        tx: &mpsc::Sender<Input>,
+        tx: &mpsc::WeakSender<Input>,
         healthy: bool,
-    ) -> HashSet<PathBuf> {
+    ) -> Option<HashSet<PathBuf>> {
+        tx.upgrade()?;
         if healthy {
             match watcher.flush() {
                 Ok(events) => self.dispatch(events, tx).await,
                 Err(e) => warn!("cannot flush the watcher at stop: {e}"),
             }
         }
-        let files = unsettled(tx).await;
+        let files = unsettled(tx).await?;
         *self.shared.handover.lock().expect("handover lock") = files.iter().cloned().collect();
-        files
+        Some(files)
     }
 
     /// Persists the snapshot (catch-up listeners only). Files whose changes are not
@@ -267,12 +315,74 @@ impl Run {
     }
 }
 
-/// The files with changes not processed yet, from the scheduler (asked in order, after
-/// every submission sent before).
-async fn unsettled(tx: &mpsc::Sender<Input>) -> HashSet<PathBuf> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    match tx.send(Input::Unsettled(reply)).await {
-        Ok(()) => answer.await.unwrap_or_default(),
-        Err(_) => HashSet::new(),
+/// `first` (one read of the watcher) and whatever else it has ready now, up to about
+/// [`BATCH`] events: dispatched together, they cost the scheduler's thread one
+/// wake-up, not one per event. The error, if a read failed (what came before it
+/// is still returned).
+fn more_ready(
+    watcher: &mut Watcher,
+    first: Result<Vec<FileEvent>, crate::watch::WatchError>,
+) -> (Vec<FileEvent>, Option<crate::watch::WatchError>) {
+    use futures::FutureExt;
+    let mut events = match first {
+        Ok(events) => events,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    while events.len() < BATCH {
+        match watcher.next().now_or_never() {
+            Some(Ok(more)) => events.extend(more),
+            Some(Err(e)) => return (events, Some(e)),
+            None => break,
+        }
     }
+    (events, None)
+}
+
+/// What ending a listener's jobs needs (the rest of its [`Run`] went to its watcher's thread).
+struct Ending {
+    config: Arc<ListenerConfig>,
+    ctx: JobContext,
+    shared: Arc<Shared>,
+}
+
+impl Ending {
+    /// After inotify is closed (or its watcher left behind): terminates the running
+    /// jobs, lets post commands run until the grace is over, waits for the scheduler,
+    /// then ends any process the listener's jobs left behind.
+    async fn end_jobs(
+        &self,
+        mut scheduler: tokio::task::JoinHandle<()>,
+        jobs_cancel: CancellationToken,
+        posts_cancel: CancellationToken,
+    ) {
+        let running = self.shared.jobs_running.load(Ordering::Relaxed);
+        if running > 0 {
+            info!(jobs = running, "terminating running jobs");
+        }
+        jobs_cancel.cancel();
+        let posts = !self.config.posts.is_empty();
+        let ended = tokio::select! {
+            ended = &mut scheduler => ended,
+            _ = tokio::time::sleep(self.ctx.jobs.grace), if posts => {
+                info!("grace over: terminating post commands");
+                posts_cancel.cancel();
+                scheduler.await
+            }
+        };
+        if let Err(e) = ended {
+            error!("scheduler ended abnormally: {e}");
+        }
+        let (name, grace) = (self.config.name.clone(), self.ctx.jobs.grace);
+        let _ = tokio::task::spawn_blocking(move || crate::job::orphans::end_listener(&name, grace)).await;
+    }
+}
+
+/// The files with changes not processed yet, from the scheduler (asked in order, after
+/// every submission sent before); `None` when the scheduler is gone or going (then
+/// what the watcher saw may not have been run, and must not be saved as processed).
+async fn unsettled(tx: &mpsc::WeakSender<Input>) -> Option<HashSet<PathBuf>> {
+    let tx = tx.upgrade()?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.send(Input::Unsettled(reply)).await.ok()?;
+    answer.await.ok()
 }

@@ -171,6 +171,10 @@ fn log_hold(notice: HoldNotice) {
 fn take(input: Input, sched: &mut Scheduler, ready: &VecDeque<Work>) {
     match input {
         Input::Submit(sub) => sched.submit(sub, Instant::now()),
+        Input::Batch(subs) => {
+            let now = Instant::now();
+            subs.into_iter().for_each(|sub| sched.submit(sub, now));
+        }
         Input::Unsettled(reply) => {
             let _ = reply.send(sched.unsettled());
         }

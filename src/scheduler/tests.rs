@@ -676,3 +676,37 @@ async fn a_job_that_panics_does_not_stop_the_driver_and_the_next_change_runs() {
     assert_eq!(ran.len(), 2, "{ran:?}");
     assert!(ran[1].ends_with("after"), "{ran:?}");
 }
+
+/// Regression: the listener's watcher moved to a thread of its own, and a file's
+/// create and modify released at its close, sent one by one, reached the driver
+/// apart: two runs with zero delay. Sent as one batch, they make one run however the
+/// driver is timed.
+#[tokio::test(start_paused = true)]
+async fn a_files_create_and_modify_sent_as_one_batch_make_one_run_whatever_the_timing() {
+    let zero = timing(0, 0);
+    let apart = |file: &'static str| async move {
+        let (tx, log, task) = harness(10);
+        tx.try_send(sub(file, EventKind::Create, zero)).unwrap();
+        // The driver takes the create (and starts its run) before the modify arrives.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tx.try_send(sub(file, EventKind::Modify, zero)).unwrap();
+        finish(tx, task, Instant::now() + MS * 100).await;
+        log.lock().unwrap().clone()
+    };
+    assert_eq!(apart("a").await.len(), 2, "sent apart, they are two runs");
+    let (tx, log, task) = harness(10);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let both = vec![
+        submission("a", EventKind::Create, zero),
+        submission("a", EventKind::Modify, zero),
+    ];
+    tx.try_send(Input::Batch(both)).unwrap();
+    finish(tx, task, Instant::now() + MS * 100).await;
+    let runs = log.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].kinds, "create,modify");
+}

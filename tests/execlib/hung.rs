@@ -183,3 +183,43 @@ fn stopping_a_listener_stuck_on_a_hung_file_system_abandons_its_start() {
         "{status:?} {took:?}"
     );
 }
+
+#[test]
+fn a_watcher_stuck_on_a_hung_file_system_stalls_only_its_own_listener() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    std::fs::create_dir_all(sandbox.path("plain")).unwrap();
+    std::fs::create_dir_all(sandbox.path("out")).unwrap();
+    // `nfs` is polled (a FUSE mount) every 200 ms: its watcher soon runs into the hang.
+    let config = sandbox.config(
+        "[[listener]]\nname = \"nfs\"\n  [[listener.route]]\n  path = \"src/sub\"\n  poll_ms = 200\n  run = [\"true\"]\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain\"\n  debounce_ms = 0\n  \
+         shell = 'echo \"$EXECLIB_NAME\" >> ../out/log'\n",
+    );
+    let mut daemon = Daemon::start(&sandbox, &config);
+    mount.hang();
+    // The stuck listener says so; the daemon answers meanwhile and the other listener
+    // runs its jobs.
+    let stuck = eventually_within(Duration::from_secs(30), "nfs reported stuck", || {
+        let states = states(&daemon, Duration::from_secs(5));
+        let (_, state, error) = states.into_iter().find(|(n, ..)| n == "nfs").unwrap();
+        (state == "degraded" && error.contains("busy in one step")).then_some(error)
+    });
+    assert!(stuck.contains("not answering"), "{stuck}");
+    sandbox.write("plain/a.txt", "1");
+    eventually("docs's job", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+    // SIGTERM: the stuck watcher is left behind after STUCK_WATCH (2 s), the rest stops.
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let log = daemon.log();
+    assert!(
+        log.contains("did not stop within 2 s") && log.contains("shutdown complete"),
+        "{log}"
+    );
+}
