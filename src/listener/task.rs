@@ -93,8 +93,7 @@ impl Run {
         // The watcher's side holds the channel only while it submits: a watcher left
         // stuck on a file system does not keep the scheduler from ending.
         drop(tx);
-        if watched.is_none() {
-            let why = "its watcher did not stop: stuck on a file system that does not answer";
+        if let Err(why) = watched {
             ending.shared.set(State::Failed, Some(why.into()));
         }
         ending.end_jobs(scheduler, jobs_cancel, posts_cancel).await;

@@ -24,10 +24,20 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// left to end on its own, its result dropped.
 pub const STUCK_WATCH: Duration = Duration::from_secs(2);
 
-/// A watcher and the runtime it is registered with, not yet running.
+/// A watcher and the runtime it is registered with, not yet running. Dropped
+/// unrun (a reload cut short by a shutdown), its runtime is shut down without
+/// waiting, which is allowed on an async thread, as a plain drop is not.
 pub(super) struct Watching {
-    watcher: Watcher,
-    runtime: tokio::runtime::Runtime,
+    parts: Option<(Watcher, tokio::runtime::Runtime)>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        if let Some((watcher, runtime)) = self.parts.take() {
+            drop(watcher);
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Watching {
@@ -43,60 +53,85 @@ impl Watching {
         // Its inotify stream, timers and background pass belong to that runtime.
         let watcher = {
             let _entered = runtime.enter();
-            setup.into_watcher(hold_for, poll_for)?
+            setup.into_watcher(hold_for, poll_for)
         };
-        Ok(Watching { watcher, runtime })
+        match watcher {
+            Ok(watcher) => Ok(Watching {
+                parts: Some((watcher, runtime)),
+            }),
+            Err(e) => {
+                runtime.shutdown_background();
+                Err(e)
+            }
+        }
     }
 
     /// The watcher, for what the listener reports before it runs.
     pub(super) fn watcher(&self) -> &Watcher {
-        &self.watcher
+        &self.parts.as_ref().expect("a watcher not yet run").0
     }
 
     /// Runs `work(watcher)` on a thread named after `listener` (in the current
-    /// tracing span) and returns its result; `None` when the thread could not start,
-    /// or when `cancel` fired and the thread did not end within [`STUCK_WATCH`].
+    /// tracing span) and returns its result; or why not, once logged: the thread could
+    /// not start or failed, or `cancel` fired and the thread did not end within
+    /// [`STUCK_WATCH`].
     pub(super) async fn run<W, F>(
-        self,
+        mut self,
         listener: &str,
         cancel: &CancellationToken,
         work: W,
-    ) -> Option<F::Output>
+    ) -> Result<F::Output, &'static str>
     where
         W: FnOnce(Watcher) -> F + Send + 'static,
         F: Future + 'static,
         F::Output: Send + 'static,
     {
         let (done, mut finished) = tokio::sync::oneshot::channel();
+        // The watcher and its runtime are handed over once the thread is there: if it
+        // cannot start, they are still ours, and dropped as above.
+        let (hand, handed) = std::sync::mpsc::sync_channel::<(Watcher, tokio::runtime::Runtime)>(1);
         let span = tracing::Span::current();
-        let Watching { watcher, runtime } = self;
         let thread = std::thread::Builder::new()
             .name(thread_name(listener))
             .spawn(move || {
+                let Ok((watcher, runtime)) = handed.recv() else {
+                    return;
+                };
                 let _ = done.send(runtime.block_on(work(watcher).instrument(span)));
                 // What its runtime still runs (a stuck background pass) is not waited for.
                 runtime.shutdown_background();
             });
         if let Err(e) = thread {
             tracing::error!("cannot start the watcher's thread: {e}");
-            return None;
+            return Err("its watcher's thread could not start");
+        }
+        let parts = self.parts.take().expect("a watcher runs once");
+        if let Err(back) = hand.send(parts) {
+            self.parts = Some(back.0);
+            return Err(lost());
         }
         tokio::select! {
-            result = &mut finished => return result.ok(),
+            result = &mut finished => return result.map_err(|_| lost()),
             _ = cancel.cancelled() => {}
         }
         match tokio::time::timeout(STUCK_WATCH, finished).await {
-            Ok(result) => result.ok(),
+            Ok(result) => result.map_err(|_| lost()),
             Err(_) => {
                 tracing::error!(
                     "the watcher did not stop within {} s: it is stuck on a file system that \
                      does not answer; left behind",
                     STUCK_WATCH.as_secs()
                 );
-                None
+                Err("its watcher did not stop: stuck on a file system that does not answer")
             }
         }
     }
+}
+
+/// The watcher's thread ended without a result: it panicked (the panic is logged).
+fn lost() -> &'static str {
+    tracing::error!("the watcher's thread ended abnormally");
+    "its watcher's thread ended abnormally"
 }
 
 /// Watches `beats` (counted up by a watcher's thread every [`BEAT`] while it is free)

@@ -20,6 +20,7 @@ mod control_socket;
 mod drop_folder;
 mod event_followers;
 mod event_storm;
+mod hung_mount;
 mod large_files;
 mod livereload_abuse;
 mod load;

@@ -5,64 +5,7 @@
 
 use crate::support::*;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// A bindfs (FUSE) view of `real` at `src` whose server can be stopped: every access
-/// under `src` then waits for it. Let go, unmounted and ended on drop.
-struct HungMount {
-    server: Child,
-    at: PathBuf,
-}
-
-impl HungMount {
-    /// Mounts `sandbox`'s `real` at `src`; `None` (after saying why) when not root
-    /// or without bindfs.
-    fn mount(sandbox: &Sandbox) -> Option<HungMount> {
-        if skip_unless_root("mount a FUSE file system") {
-            return None;
-        }
-        let (real, at) = (sandbox.path("real"), sandbox.path("src"));
-        std::fs::create_dir_all(real.join("sub")).unwrap();
-        std::fs::create_dir_all(&at).unwrap();
-        let Ok(server) = Command::new("bindfs")
-            .arg("-f")
-            .arg(&real)
-            .arg(&at)
-            .stdout(Stdio::null())
-            .spawn()
-        else {
-            skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
-            return None;
-        };
-        let mount = HungMount { server, at };
-        let point = mount.at.to_str().unwrap().to_owned();
-        eventually("the bindfs mount", || {
-            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            table
-                .lines()
-                .any(|l| l.split(' ').nth(4) == Some(&point))
-                .then_some(())
-        });
-        Some(mount)
-    }
-
-    /// Stops the server: from now on every lookup under the mount waits.
-    fn hang(&self) {
-        // SAFETY: signalling our own child.
-        assert_eq!(unsafe { libc::kill(self.server.id() as i32, libc::SIGSTOP) }, 0);
-    }
-}
-
-impl Drop for HungMount {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.server.id() as i32, libc::SIGCONT) };
-        let _ = Command::new("fusermount").arg("-uz").arg(&self.at).status();
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
 
 /// Two listeners: `nfs` on a folder under the hung mount, `docs` on a plain one.
 fn two_listeners(sandbox: &Sandbox) -> PathBuf {
@@ -84,20 +27,11 @@ fn spawned(sandbox: &Sandbox, config: &std::path::Path) -> Daemon {
 
 /// The reply to `request`, which must come within `limit` (a daemon stuck on the file
 /// system fails the test, it does not hang it); `None` when the socket refused it.
-fn ask(daemon: &Daemon, request: &'static str, limit: Duration) -> Option<serde_json::Value> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let socket = daemon.socket.clone();
-    std::thread::spawn(move || {
-        let mut client = std::os::unix::net::UnixStream::connect(&socket).map(|_| Client::connect(&socket));
-        if let Ok(client) = &mut client {
-            client.send_line(request.as_bytes());
-            let _ = tx.send(client.reply());
-        }
-    });
-    match rx.recv_timeout(limit) {
-        Ok(reply) => Some(reply.expect("a reply")),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
-        Err(_) => panic!("{request} not answered within {limit:?}"),
+fn ask(daemon: &Daemon, request: &str, limit: Duration) -> Option<serde_json::Value> {
+    match daemon.request_within(request, limit) {
+        Ok(reply) => Some(reply),
+        Err(e) if e.contains("not answered") => panic!("{e}"),
+        Err(_) => None,
     }
 }
 

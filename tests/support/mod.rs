@@ -333,6 +333,11 @@ impl Daemon {
         client.reply().expect("a reply")
     }
 
+    /// [`request_within`] on this daemon's socket.
+    pub fn request_within(&self, json: &str, limit: Duration) -> Result<Value, String> {
+        request_within(&self.socket, json, limit)
+    }
+
     /// `listeners` entry for `name`.
     pub fn listener(&self, name: &str) -> Value {
         let reply = self.request(r#"{"cmd":"listeners"}"#);
@@ -516,4 +521,85 @@ pub fn log_route(extra: &str) -> String {
         "name = \"docs\"\nmax_jobs = 1\n",
         1,
     )
+}
+
+/// A bindfs (FUSE) view of `real` at `src` whose server can be stopped: every access
+/// under `src` then waits for it. Let go, unmounted and ended on drop.
+pub struct HungMount {
+    server: std::process::Child,
+    at: PathBuf,
+}
+
+impl HungMount {
+    /// Mounts `sandbox`'s `real` at `src`; `None` (after saying why) when not root
+    /// or without bindfs.
+    pub fn mount(sandbox: &Sandbox) -> Option<HungMount> {
+        if skip_unless_root("mount a FUSE file system") {
+            return None;
+        }
+        let (real, at) = (sandbox.path("real"), sandbox.path("src"));
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::create_dir_all(&at).unwrap();
+        let Ok(server) = std::process::Command::new("bindfs")
+            .arg("-f")
+            .arg(&real)
+            .arg(&at)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+        else {
+            skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
+            return None;
+        };
+        let mount = HungMount { server, at };
+        let point = mount.at.to_str().unwrap().to_owned();
+        eventually("the bindfs mount", || {
+            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            table
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(&point))
+                .then_some(())
+        });
+        Some(mount)
+    }
+
+    /// Stops the server: from now on every lookup under the mount waits.
+    pub fn hang(&self) {
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(self.server.id() as i32, libc::SIGSTOP) }, 0);
+    }
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.server.id() as i32, libc::SIGCONT) };
+        let _ = std::process::Command::new("fusermount")
+            .arg("-uz")
+            .arg(&self.at)
+            .status();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Sends one request line to `socket`, on a thread of its own, and waits at most
+/// `limit` for the reply: a daemon stuck fails the caller, it does not hang it. `Err`
+/// says why (refused, no reply, or not in time).
+pub fn request_within(socket: &Path, json: &str, limit: Duration) -> Result<Value, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (socket, line) = (socket.to_owned(), json.to_owned());
+    std::thread::spawn(move || {
+        let reply = UnixStream::connect(&socket).map(|_| {
+            let mut client = Client::connect(&socket);
+            client.send_line(line.as_bytes());
+            client.reply()
+        });
+        let _ = tx.send(reply);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(Some(reply))) => Ok(reply),
+        Ok(Ok(None)) => Err(format!("{json}: no reply")),
+        Ok(Err(e)) => Err(format!("{json}: {e}")),
+        Err(_) => Err(format!("{json} not answered within {limit:?}")),
+    }
 }
