@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
@@ -31,6 +32,10 @@ pub struct Site {
     pub served_uninjected: AtomicBool,
     /// The bytes of bodies held in memory, against [`MAX_BODIES`].
     pub bodies: Bodies,
+    /// Places for lookups on the blocking pool, [`MAX_LOOKUPS`] of them.
+    pub lookups: Arc<tokio::sync::Semaphore>,
+    /// Whether requests were refused for want of a place (logged once).
+    pub said_not_answering: AtomicBool,
 }
 
 /// The most bytes of file bodies held in memory at once: files read whole to be
@@ -96,6 +101,17 @@ impl AsRef<[u8]> for Budgeted {
 /// its reloads.
 pub const MAX_INJECT: u64 = 1024 * 1024;
 
+/// At most this many lookups (resolve, open, stat, read a small file) on the
+/// blocking pool at once. A lookup stuck on a root that stops answering (a dead NFS
+/// server) keeps its thread and its place until the file system answers: the cap
+/// keeps such requests from taking every blocking thread, which the listeners, the
+/// history and the job bookkeeping need too.
+pub const MAX_LOOKUPS: usize = 64;
+
+/// How long a request waits for a place among [`MAX_LOOKUPS`]; then it gets 503
+/// (the places are all taken by lookups the file system has not answered).
+pub const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Files up to this size are read in one go (and cached); larger ones are streamed.
 const READ_WHOLE: u64 = super::cache::MAX_ENTRY as u64;
 
@@ -157,14 +173,40 @@ pub async fn serve(
     if let Some(hit) = site.cache.get(raw_path) {
         return respond(Source::cached(&hit), method, headers, regions).await;
     }
-    // Resolving, opening, stat and (for small files) reading: one trip to the blocking pool.
+    // Resolving, opening, stat and (for small files) reading: one trip to the blocking
+    // pool, holding one of the places for lookups until it is done.
+    let Ok(Ok(place)) = tokio::time::timeout(LOOKUP_WAIT, site.lookups.clone().acquire_owned()).await else {
+        return not_answering(site);
+    };
     let (site2, raw, query) = (site.clone(), raw_path.to_owned(), query.map(str::to_owned));
-    let lookup = tokio::task::spawn_blocking(move || lookup(&site2, &raw, query.as_deref())).await;
+    let lookup = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        lookup(&site2, &raw, query.as_deref())
+    })
+    .await;
     match lookup {
         Ok(Lookup::Found(source)) => respond(source, method, headers, regions).await,
         Ok(Lookup::Answer(response)) => response,
         Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
+}
+
+/// 503: every place for lookups is held by one the file system has not answered.
+fn not_answering(site: &Site) -> Response<Body> {
+    if !site
+        .said_not_answering
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            "{MAX_LOOKUPS} file lookups under the site root have not been answered for {} s: is its file \
+             system hung? Requests get 503 meanwhile (said once)",
+            LOOKUP_WAIT.as_secs()
+        );
+    }
+    let mut r = status(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
 }
 
 fn lookup(site: &Site, raw_path: &str, query: Option<&str>) -> Lookup {

@@ -121,6 +121,8 @@ impl HttpServer {
                 cache: cache::Cache::new(&root, config.hidden),
                 served_uninjected: Default::default(),
                 bodies: Default::default(),
+                lookups: Arc::new(tokio::sync::Semaphore::new(files::MAX_LOOKUPS)),
+                said_not_answering: Default::default(),
             }),
             static_files: config.static_files,
             livereload: livereload.clone(),

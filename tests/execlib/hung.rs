@@ -5,7 +5,7 @@
 
 use crate::support::*;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Two listeners: `nfs` on a folder under the hung mount, `docs` on a plain one.
 fn two_listeners(sandbox: &Sandbox) -> PathBuf {
@@ -155,5 +155,76 @@ fn a_watcher_stuck_on_a_hung_file_system_stalls_only_its_own_listener() {
     assert!(
         log.contains("did not stop within 2 s") && log.contains("shutdown complete"),
         "{log}"
+    );
+}
+
+#[test]
+fn requests_under_a_hung_site_root_get_503_once_the_lookup_places_are_taken() {
+    use std::io::{Read, Write};
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    sandbox.write("real/page.html", "page");
+    std::fs::create_dir_all(sandbox.path("plain")).unwrap();
+    std::fs::create_dir_all(sandbox.path("out")).unwrap();
+    let config = sandbox.config(
+        "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"src\"\nlivereload = false\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain\"\n  debounce_ms = 0\n  \
+         shell = 'echo \"$EXECLIB_NAME\" >> ../out/log'\n",
+    );
+    let mut daemon = Daemon::start(&sandbox, &config);
+    let addr = crate::support::web::http_addr(&daemon);
+    assert_eq!(crate::support::web::get(&addr, "/page.html", &[]).status, 200);
+    mount.hang();
+    // More requests than there are places (64): those holding one wait for the file
+    // system; the rest are told 503 once they have waited 2 s for a place.
+    let asked = Instant::now();
+    let requests: Vec<_> = (0..72)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+                let head =
+                    format!("GET /page.html?{i} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                stream.write_all(head.as_bytes()).unwrap();
+                let mut reply = [0u8; 12];
+                match stream.read_exact(&mut reply) {
+                    Ok(()) => Some(String::from_utf8_lossy(&reply[9..]).into_owned()),
+                    Err(_) => None, // still waiting on the file system
+                }
+            })
+        })
+        .collect();
+    // Meanwhile the daemon answers and the other listener runs its jobs.
+    sandbox.write("plain/a.txt", "1");
+    eventually("docs's job", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+    assert!(
+        daemon
+            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(2))
+            .is_ok()
+    );
+    let replies: Vec<Option<String>> = requests.into_iter().map(|r| r.join().unwrap()).collect();
+    let refused = replies.iter().filter(|r| r.as_deref() == Some("503")).count();
+    let waiting = replies.iter().filter(|r| r.is_none()).count();
+    assert_eq!(
+        (refused, waiting),
+        (8, 64),
+        "{replies:?} after {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        daemon.log().contains("have not been answered"),
+        "{}",
+        daemon.log()
+    );
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    assert!(
+        status.success() && took < Duration::from_secs(6),
+        "{status:?} {took:?}"
     );
 }
