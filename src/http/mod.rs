@@ -136,7 +136,7 @@ impl HttpServer {
         if let Some(lr) = &livereload {
             // Watching before the server counts as started (READY=1): a change made
             // right after must reach the browsers.
-            if let Some((watcher, matcher)) = pump::watch_root(&root, config.hidden).await {
+            if let Some((watching, matcher)) = pump::watch_root(&root, config.hidden).await {
                 tasks.spawn(pump::tell_builds(builds.results(), lr.clone(), stop.clone()));
                 let pump = pump::Pump {
                     root,
@@ -145,7 +145,7 @@ impl HttpServer {
                     delay: config.delay,
                     builds,
                 };
-                tasks.spawn(pump.run(watcher, stop.clone()));
+                tasks.spawn(pump.run(watching, stop.clone()));
             }
         }
         info!(listen = %addr, inherited, "HTTP server listening");

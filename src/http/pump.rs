@@ -8,6 +8,7 @@
 
 use super::livereload::LiveReload;
 use crate::glob::{DEFAULT_IGNORES, Matcher};
+use crate::watch::threaded::Watching;
 use crate::watch::{DirFilter, Setup};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,10 @@ pub const MAX_BUILD_WAIT: Duration = Duration::from_secs(60);
 /// client reloads its page, and memory stays bounded.
 const MAX_PENDING: usize = 1024;
 
-/// The watcher of the site root for LiveReload, and what in it counts (the default
-/// ignores, less the hidden ones when hidden files are served).
-pub async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watcher, Matcher)> {
+/// The watcher of the site root for LiveReload, registered with a runtime of its own
+/// (it runs on a thread of its own, [`Pump::run`]), and what in it counts (the
+/// default ignores, less the hidden ones when hidden files are served).
+pub async fn watch_root(root: &Path, hidden: bool) -> Option<(Watching, Matcher)> {
     let ignores: Vec<String> = DEFAULT_IGNORES
         .iter()
         .filter(|g| !(hidden && g.contains("/.")))
@@ -45,9 +47,13 @@ pub async fn watch_root(root: &Path, hidden: bool) -> Option<(crate::watch::Watc
         // Pages are reported once written whole (see watch::hold), with the routes' default limit.
         let limit = Some(Duration::from_millis(crate::config::DEFAULT_MAX_HOLD_MS));
         let poll = crate::watch::Poll::default();
-        setup.into_watcher(Arc::new(move |_: &Path| limit), Arc::new(move |_: &Path| poll))
+        Watching::new(
+            setup,
+            Arc::new(move |_: &Path| limit),
+            Arc::new(move |_: &Path| poll),
+        )
     }) {
-        Ok(watcher) => Some((watcher, matcher)),
+        Ok(watching) => Some((watching, matcher)),
         Err(e) => {
             warn!("LiveReload cannot watch the site root: {e}");
             None
@@ -183,7 +189,20 @@ impl Pump {
     /// `delay` after the last one. While a build listener is busy (a run pending or
     /// a job running) they are held, and go out together, `delay` after it is done
     /// (or after [`MAX_BUILD_WAIT`]).
-    pub async fn run(self, mut watcher: crate::watch::Watcher, stop: CancellationToken) {
+    ///
+    /// All this runs with the watcher, on its thread: a root that stops answering
+    /// stops LiveReload's reloads, nothing else; at `stop` a stuck watcher is left
+    /// behind after [`crate::watch::threaded::STUCK_WATCH`].
+    pub async fn run(self, watching: Watching, stop: CancellationToken) {
+        let gathering = stop.clone();
+        let _ = watching
+            .run("livereload", &stop, move |watcher| {
+                self.gather(watcher, gathering)
+            })
+            .await;
+    }
+
+    async fn gather(self, mut watcher: crate::watch::Watcher, stop: CancellationToken) {
         let mut gather = Gather::new(self.delay);
         let mut activity = self.builds.subscribe();
         let mut builds_open = true;

@@ -2,8 +2,8 @@
 //!
 //! [`Listeners`] is the registry the daemon and the control socket drive
 //! (start, stop, snapshot, reload); [`slot`] is one listener's lifecycle, [`task`]
-//! what a running listener does, [`watching`] the thread its watcher works on,
-//! [`reload`] how a new config is applied.
+//! what a running listener does (its watcher on a thread of its own:
+//! [`crate::watch::threaded`]), [`reload`] how a new config is applied.
 
 mod explain;
 mod keeping_up;
@@ -11,7 +11,6 @@ mod metered;
 mod reload;
 mod slot;
 mod task;
-mod watching;
 
 use slot::Slot;
 
@@ -121,7 +120,7 @@ pub(crate) struct Shared {
     polled: Mutex<Vec<(PathBuf, String)>>,
     /// Overflows, for `listeners` and `status`.
     pub(crate) keeping_up: keeping_up::KeepingUp,
-    /// Counted up by the watcher's thread every [`watching::BEAT`] while it is free.
+    /// Counted up by the watcher's thread every [`crate::watch::threaded::BEAT`] while it is free.
     beats: AtomicU64,
 }
 

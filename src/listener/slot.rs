@@ -3,10 +3,10 @@
 //! task; stopping cancels it and waits for its jobs to end.
 
 use super::task;
-use super::watching::Watching;
 use super::{JobContext, JobView, ListenerError, ListenerInfo, Shared, State};
 use crate::config::ListenerConfig;
 use crate::snapshot;
+use crate::watch::threaded::Watching;
 use crate::watch::{DirFilter, FileEvent, Setup, WatchError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,12 +3,12 @@
 //! jobs it decides through a [`Launcher`]. On stop it closes inotify first, then
 //! terminates its running jobs.
 
-use super::watching::{self, Watching};
 use super::{JobContext, Shared, State};
 use crate::config::ListenerConfig;
 use crate::job::launch::Launcher;
 use crate::scheduler::{self, Input};
 use crate::snapshot::{self, Dirs};
+use crate::watch::threaded::{self, Watching};
 use crate::watch::{FileEvent, Watcher};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -88,7 +88,7 @@ impl Run {
         };
         let watched = tokio::select! {
             watched = watched => watched,
-            never = watching::watch_beats(&ending.shared.beats, stuck) => match never {},
+            never = threaded::watch_beats(&ending.shared.beats, stuck) => match never {},
         };
         // The watcher's side holds the channel only while it submits: a watcher left
         // stuck on a file system does not keep the scheduler from ending.
@@ -113,7 +113,7 @@ impl Run {
         self.dispatch(missed, &tx).await;
         let mut save = tokio::time::interval_at(Instant::now() + SAVE_EVERY, SAVE_EVERY);
         let mut overflows = crate::watch::OverflowStats::default();
-        let mut beat = tokio::time::interval(watching::BEAT);
+        let mut beat = tokio::time::interval(threaded::BEAT);
         let result = loop {
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),

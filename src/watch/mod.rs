@@ -21,6 +21,7 @@ mod hold;
 mod mounts;
 mod poll;
 mod setup;
+pub mod threaded;
 mod timers;
 mod tree;
 mod walk;

@@ -228,3 +228,49 @@ fn requests_under_a_hung_site_root_get_503_once_the_lookup_places_are_taken() {
         "{status:?} {took:?}"
     );
 }
+
+/// Whether one of `pid`'s threads waits on a FUSE request (its server stopped).
+fn waits_on_fuse(pid: i32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok())
+        .any(|wchan| wchan == "request_wait_answer")
+}
+
+#[test]
+fn livereload_watching_a_hung_site_root_does_not_hold_up_the_daemon() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    sandbox.write("real/page.html", "page");
+    let config = sandbox.config(
+        "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"src\"\nlivereload = true\n",
+    );
+    let mut daemon = Daemon::start(&sandbox, &config);
+    mount.hang();
+    // LiveReload's watcher polls the FUSE root: it is soon waiting on it.
+    eventually_within(Duration::from_secs(15), "a thread waiting on the mount", || {
+        waits_on_fuse(daemon.pid()).then_some(())
+    });
+    assert!(
+        daemon
+            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(2))
+            .is_ok()
+    );
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    assert!(
+        status.success() && took < Duration::from_secs(7),
+        "{status:?} {took:?}\n{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("did not stop within 2 s"),
+        "{}",
+        daemon.log()
+    );
+}

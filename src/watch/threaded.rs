@@ -1,12 +1,12 @@
-//! Where a running listener's watcher works: on a thread of its own, with a
-//! single-threaded runtime of its own, so every system call it makes on the tree
-//! (`statx`, directory reads, polls, rescans) blocks only that thread. A file
-//! system that stops answering (a dead NFS server) then stops one listener, never
-//! the daemon's runtime: the control socket, the other listeners, their jobs and
-//! SIGTERM go on. A stop waits [`STUCK_WATCH`] for the thread to notice, then
+//! Where a running watcher works (a listener's, LiveReload's): on a thread of its
+//! own, with a single-threaded runtime of its own, so every system call it makes on
+//! the tree (`statx`, directory reads, polls, rescans) blocks only that thread. A
+//! file system that stops answering (a dead NFS server) then stops one watcher,
+//! never the daemon's runtime: the control socket, the other listeners, their jobs
+//! and SIGTERM go on. A stop waits [`STUCK_WATCH`] for the thread to notice, then
 //! leaves it behind.
 
-use crate::watch::{HoldFor, PollFor, Setup, WatchError, Watcher};
+use super::{HoldFor, PollFor, Setup, WatchError, Watcher};
 use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ pub const STUCK_WATCH: Duration = Duration::from_secs(2);
 /// A watcher and the runtime it is registered with, not yet running. Dropped
 /// unrun (a reload cut short by a shutdown), its runtime is shut down without
 /// waiting, which is allowed on an async thread, as a plain drop is not.
-pub(super) struct Watching {
+pub struct Watching {
     parts: Option<(Watcher, tokio::runtime::Runtime)>,
 }
 
@@ -42,7 +42,7 @@ impl Drop for Watching {
 
 impl Watching {
     /// The watcher over `setup`, registered with a new runtime of its own.
-    pub(super) fn new(setup: Setup, hold_for: HoldFor, poll_for: PollFor) -> Result<Watching, WatchError> {
+    pub fn new(setup: Setup, hold_for: HoldFor, poll_for: PollFor) -> Result<Watching, WatchError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -67,17 +67,17 @@ impl Watching {
     }
 
     /// The watcher, for what the listener reports before it runs.
-    pub(super) fn watcher(&self) -> &Watcher {
+    pub fn watcher(&self) -> &Watcher {
         &self.parts.as_ref().expect("a watcher not yet run").0
     }
 
-    /// Runs `work(watcher)` on a thread named after `listener` (in the current
+    /// Runs `work(watcher)` on a thread named after `name` (in the current
     /// tracing span) and returns its result; or why not, once logged: the thread could
     /// not start or failed, or `cancel` fired and the thread did not end within
     /// [`STUCK_WATCH`].
-    pub(super) async fn run<W, F>(
+    pub async fn run<W, F>(
         mut self,
-        listener: &str,
+        name: &str,
         cancel: &CancellationToken,
         work: W,
     ) -> Result<F::Output, &'static str>
@@ -92,7 +92,7 @@ impl Watching {
         let (hand, handed) = std::sync::mpsc::sync_channel::<(Watcher, tokio::runtime::Runtime)>(1);
         let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
-            .name(thread_name(listener))
+            .name(thread_name(name))
             .spawn(move || {
                 let Ok((watcher, runtime)) = handed.recv() else {
                     return;
@@ -137,7 +137,7 @@ fn lost() -> &'static str {
 /// Watches `beats` (counted up by a watcher's thread every [`BEAT`] while it is free)
 /// and calls `stuck(for)` each time it has not moved for [`STUCK_AFTER`] or more;
 /// never returns.
-pub(super) async fn watch_beats(
+pub async fn watch_beats(
     beats: &std::sync::atomic::AtomicU64,
     stuck: impl Fn(Duration),
 ) -> std::convert::Infallible {
@@ -156,8 +156,8 @@ pub(super) async fn watch_beats(
 }
 
 /// `watch NAME`, cut to the 15 bytes a Linux thread name holds (on a character boundary).
-fn thread_name(listener: &str) -> String {
-    let mut name = format!("watch {listener}");
+fn thread_name(watcher: &str) -> String {
+    let mut name = format!("watch {watcher}");
     while name.len() > 15 {
         name.pop();
     }
