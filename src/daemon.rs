@@ -82,7 +82,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     notify::stopping();
     // A reload in progress finishes first: it may be starting listeners that stopping
-    // must see. Later ones see the shutdown and are refused with a reply.
+    // must see. Later ones see the shutdown and are refused with a reply. Its starts
+    // still setting up watches are abandoned, so it finishes at once.
+    state.listeners.abandon_starts();
     state.settle_reloads().await;
     info!("stopping listeners");
     state.listeners.stop_all().await;
@@ -238,7 +240,19 @@ async fn wait_for_shutdown(
                 if HANGUP_STOPS.load(std::sync::atomic::Ordering::Relaxed) {
                     return state.request_shutdown("SIGHUP (its terminal closed)");
                 }
-                let _ = state.reload("SIGHUP").await;
+                // A shutdown is heard during the reload too (one of its listeners may be
+                // stuck starting on a file system that does not answer): its starts are
+                // abandoned, and it is let finish (never dropped half applied).
+                let reload = state.reload("SIGHUP");
+                tokio::pin!(reload);
+                tokio::select! {
+                    _ = &mut reload => continue,
+                    _ = &mut shutdown => state.request_shutdown("a signal"),
+                    _ = state.shutdown_requested() => {}
+                }
+                state.listeners.abandon_starts();
+                let _ = reload.await;
+                return;
             }
         }
     }

@@ -131,6 +131,7 @@ pub(super) fn listener_error(e: ListenerError) -> Response {
     let code = match e {
         ListenerError::Unknown(_) => ErrorCode::UnknownListener,
         ListenerError::Closing => ErrorCode::ShuttingDown,
+        ListenerError::Replaced(_) => ErrorCode::StartFailed,
         ListenerError::NotRunning(_) => ErrorCode::NotRunning,
         ListenerError::BadPath { .. } => ErrorCode::BadRequest,
         ListenerError::StartFailed { .. } | ListenerError::Abandoned { .. } => ErrorCode::StartFailed,

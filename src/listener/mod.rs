@@ -49,6 +49,9 @@ pub enum ListenerError {
     /// The daemon is stopping its listeners.
     #[error("the daemon is shutting down")]
     Closing,
+    /// A reload replaced or removed the listener while it was being started.
+    #[error("listener {0:?} was replaced by a reload while starting; start it again")]
+    Replaced(String),
     /// The listener is not running.
     #[error("listener {0:?} is not running")]
     NotRunning(String),
@@ -212,8 +215,9 @@ pub struct Listeners {
     /// Cancelled by [`Listeners::stop_all`]: no listener may start after it, and
     /// starts still setting up their watches are abandoned.
     closing: CancellationToken,
-    /// Held by whatever starts or stops listeners (requests, autostart, reload,
-    /// shutdown), so a reload never races a start or stop of a slot it replaces.
+    /// Held by whatever changes which listeners run, so a reload never races a stop
+    /// of a slot it replaces; a start holds it only to find its slot (a slot a reload
+    /// replaced is retired, and refuses to start).
     changing: tokio::sync::Mutex<()>,
 }
 
@@ -310,8 +314,12 @@ impl Listeners {
     /// Starts every listener with `autostart`; failures are logged and leave it `failed`.
     /// Returns once each has its watches in place.
     pub async fn start_autostart(&self) {
-        let _changing = self.changing.lock().await;
-        let slots = self.slots();
+        // Not held across the starts (one may wait on a file system that does not
+        // answer): a reload meanwhile retires the slots it replaces, which then refuse.
+        let slots = {
+            let _changing = self.changing.lock().await;
+            self.slots()
+        };
         let starts = slots
             .iter()
             .filter(|s| s.config.autostart)
@@ -333,8 +341,12 @@ impl Listeners {
 
     /// Starts a listener; `Ok(false)` when it was already running.
     pub async fn start(&self, name: &str) -> Result<bool, ListenerError> {
-        let _changing = self.changing.lock().await;
-        self.slot(name)?.start(&self.ctx, &self.closing).await
+        // As in `start_autostart`: other requests are not held up by a slow start.
+        let slot = {
+            let _changing = self.changing.lock().await;
+            self.slot(name)?
+        };
+        slot.start(&self.ctx, &self.closing).await
     }
 
     /// Stops a listener and its jobs; `Ok(false)` when it was not running. A start

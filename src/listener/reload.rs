@@ -35,6 +35,7 @@ impl Listeners {
                 }
                 Some(slot) => {
                     applied.changed.push(name);
+                    slot.retire();
                     self.replace(slot, l).await
                 }
                 None => {
@@ -53,6 +54,7 @@ impl Listeners {
             .filter(|s| !config.listeners.iter().any(|l| l.name == s.config.name))
         {
             applied.removed.push(slot.config.name.clone());
+            slot.retire();
             slot.stop().await;
         }
         *self.slots.write().expect("slots lock") = next;
@@ -80,7 +82,8 @@ impl Listeners {
         let unsettled = std::mem::take(&mut *old.shared.handover.lock().expect("handover lock"));
         match prepared {
             Ok(prepared) if !self.closing.is_cancelled() => {
-                *running = Some(new.launch(&self.ctx, prepared, handed_over(unsettled)));
+                let extra = handed_over(unsettled).await;
+                *running = Some(new.launch(&self.ctx, prepared, extra));
             }
             Ok(_) => {}
             Err(e) => error!("{e}"),
@@ -97,17 +100,34 @@ impl Listeners {
 }
 
 /// Synthetic events for files a replaced listener had not finished: `modify` if the
-/// file is there, else `delete`.
-fn handed_over(files: Vec<PathBuf>) -> Vec<FileEvent> {
-    files
-        .into_iter()
-        .map(|path| {
-            let kind = if path.symlink_metadata().is_ok() {
-                EventKind::Modify
-            } else {
-                EventKind::Delete
-            };
-            FileEvent { path, kind }
-        })
-        .collect()
+/// file is there, else `delete`. Looked at on a blocking thread, bounded as
+/// `explain`'s probes are: if the file system does not answer in time, every one is
+/// a `modify` (a run that finds its file gone, rather than a run lost).
+async fn handed_over(files: Vec<PathBuf>) -> Vec<FileEvent> {
+    let asked = files.clone();
+    let kinds = move || {
+        asked
+            .into_iter()
+            .map(|path| match path.symlink_metadata() {
+                Ok(_) => FileEvent {
+                    path,
+                    kind: EventKind::Modify,
+                },
+                Err(_) => FileEvent {
+                    path,
+                    kind: EventKind::Delete,
+                },
+            })
+            .collect()
+    };
+    match super::explain::bounded(super::explain::FS_TIMEOUT, kinds).await {
+        Some(events) => events,
+        None => files
+            .into_iter()
+            .map(|path| FileEvent {
+                path,
+                kind: EventKind::Modify,
+            })
+            .collect(),
+    }
 }

@@ -41,6 +41,8 @@ pub(super) struct Slot {
     pub(super) running: tokio::sync::Mutex<Option<Running>>,
     /// Cancels the start in progress (its watch setup), if one is.
     starting: std::sync::Mutex<Option<CancellationToken>>,
+    /// Set when a reload replaces or removes it: it never starts again.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// How long a listener's watch setup runs before it is reported slow (a warning,
@@ -54,7 +56,15 @@ impl Slot {
             shared: Arc::default(),
             running: tokio::sync::Mutex::new(None),
             starting: std::sync::Mutex::new(None),
+            retired: Default::default(),
         }
+    }
+
+    /// Marks it replaced or removed by a reload: a start in progress is abandoned and
+    /// none begins after this (the reload then stops it).
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.abandon_start();
     }
 
     /// Abandons the start in progress, if one is: its watch setup (perhaps stuck on a
@@ -73,6 +83,9 @@ impl Slot {
         let mut running = self.running.lock().await;
         if closing.is_cancelled() {
             return Err(ListenerError::Closing);
+        }
+        if self.retired.load(Ordering::SeqCst) {
+            return Err(ListenerError::Replaced(self.config.name.clone()));
         }
         if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return Ok(false);

@@ -90,12 +90,17 @@ impl Run {
             watched = watched => watched,
             never = threaded::watch_beats(&ending.shared.beats, stuck) => match never {},
         };
-        // The watcher's side holds the channel only while it submits: a watcher left
-        // stuck on a file system does not keep the scheduler from ending.
-        drop(tx);
         if let Err(why) = watched {
+            // Left behind (or lost): what it would have handed over is taken from the
+            // scheduler here, for a listener replacing this one on reload.
+            let files = unsettled(&tx.downgrade()).await.unwrap_or_default();
+            *ending.shared.handover.lock().expect("handover lock") = files.into_iter().collect();
             ending.shared.set(State::Failed, Some(why.into()));
         }
+        // The watcher's side holds the channel only while it submits: a watcher left
+        // stuck on a file system does not keep the scheduler from ending, and once this
+        // is dropped it writes nothing more where the listener's state is kept.
+        drop(tx);
         ending.end_jobs(scheduler, jobs_cancel, posts_cancel).await;
     }
 
@@ -115,7 +120,11 @@ impl Run {
         let mut overflows = crate::watch::OverflowStats::default();
         let mut beat = tokio::time::interval(threaded::BEAT);
         let result = loop {
+            // A stop first; and a read that returns after one (the watcher was stuck and
+            // may have been left behind) reports nothing, as the listener may be another
+            // one by now.
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break Ok(()),
                 _ = beat.tick() => {
                     self.shared.beats.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +136,9 @@ impl Run {
                     }
                 }
                 events = watcher.next() => {
+                    if cancel.is_cancelled() {
+                        break Ok(());
+                    }
                     let (events, failed) = more_ready(&mut watcher, events);
                     self.shared.watches.store(watcher.watch_count() as u64, Ordering::Relaxed);
                     self.count_overflows(watcher.overflow_stats(), &mut overflows);
@@ -146,7 +158,9 @@ impl Run {
         info!("inotify closed: no new events");
         if let Err(e) = result {
             error!("listener failed: {e}");
-            self.shared.set(State::Failed, Some(e.to_string()));
+            if tx.upgrade().is_some() {
+                self.shared.set(State::Failed, Some(e.to_string()));
+            }
         }
     }
 

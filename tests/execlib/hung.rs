@@ -274,3 +274,118 @@ fn livereload_watching_a_hung_site_root_does_not_hold_up_the_daemon() {
         daemon.log()
     );
 }
+
+/// `nfs` (no autostart) on the hung mount and `docs` on a plain folder; `docs` runs.
+fn nfs_started_by_request(sandbox: &Sandbox) -> Daemon {
+    std::fs::create_dir_all(sandbox.path("plain")).unwrap();
+    let config = sandbox.config(
+        "[[listener]]\nname = \"nfs\"\nautostart = false\n  [[listener.route]]\n  path = \"src/sub\"\n  poll_ms = 200\n  run = [\"true\"]\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain\"\n  run = [\"true\"]\n",
+    );
+    Daemon::start(sandbox, &config)
+}
+
+/// Asks for `nfs` to start, on a thread of its own (the reply waits for the mount).
+fn start_nfs(daemon: &Daemon) -> std::thread::JoinHandle<Result<serde_json::Value, String>> {
+    let socket = daemon.socket.clone();
+    let start = std::thread::spawn(move || {
+        request_within(
+            &socket,
+            r#"{"cmd":"start","listener":"nfs"}"#,
+            Duration::from_secs(30),
+        )
+    });
+    eventually("nfs starting", || {
+        let states = states(daemon, Duration::from_secs(5));
+        states
+            .iter()
+            .any(|(n, s, _)| n == "nfs" && s == "starting")
+            .then_some(())
+    });
+    start
+}
+
+#[test]
+fn a_start_stuck_on_a_hung_file_system_does_not_hold_up_other_listeners_requests() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    mount.hang();
+    let daemon = nfs_started_by_request(&sandbox);
+    let start = start_nfs(&daemon);
+    for request in [
+        r#"{"cmd":"stop","listener":"docs"}"#,
+        r#"{"cmd":"start","listener":"docs"}"#,
+    ] {
+        let reply = daemon.request_within(request, Duration::from_secs(3));
+        assert_eq!(
+            reply.map(|r| r["ok"].clone()),
+            Ok(serde_json::json!(true)),
+            "{request}"
+        );
+    }
+    let stopped = daemon.request_within(r#"{"cmd":"stop","listener":"nfs"}"#, Duration::from_secs(3));
+    assert_eq!(stopped.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
+    let answer = start.join().unwrap().unwrap();
+    assert!(answer["error"].to_string().contains("abandoned"), "{answer}");
+}
+
+#[test]
+fn sigterm_during_a_reload_stuck_on_a_hung_file_system_stops_the_daemon() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    mount.hang();
+    let mut daemon = nfs_started_by_request(&sandbox);
+    // The reload adds a listener on the hung mount: its start waits on it.
+    let config = std::fs::read_to_string(sandbox.path("site.toml")).unwrap();
+    let added =
+        "[[listener]]\nname = \"more\"\n  [[listener.route]]\n  path = \"src/sub\"\n  run = [\"true\"]\n";
+    std::fs::write(sandbox.path("site.toml"), format!("{config}{added}")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    // (Not in `listeners` until the reload is applied.)
+    eventually("the reload's start waiting on the mount", || {
+        waits_on_fuse(daemon.pid()).then_some(())
+    });
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    assert!(
+        status.success() && took < Duration::from_secs(5),
+        "{status:?} {took:?}\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn a_listener_stopped_while_its_watcher_was_stuck_stays_stopped_when_the_mount_answers_again() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    let daemon = nfs_started_by_request(&sandbox);
+    let started = daemon.request_within(r#"{"cmd":"start","listener":"nfs"}"#, Duration::from_secs(10));
+    assert_eq!(started.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
+    mount.hang();
+    // Polled every 200 ms: its watcher is soon waiting on the mount.
+    eventually_within(
+        Duration::from_secs(10),
+        "the watcher waiting on the mount",
+        || waits_on_fuse(daemon.pid()).then_some(()),
+    );
+    let stopped = daemon.request_within(r#"{"cmd":"stop","listener":"nfs"}"#, Duration::from_secs(6));
+    assert_eq!(stopped.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
+    drop(mount); // the server goes on (SIGCONT) and is unmounted: the stuck call returns
+    // The watcher left behind finishes now; the listener it was stays as it was left.
+    eventually("the watcher's thread gone", || {
+        (!waits_on_fuse(daemon.pid())).then_some(())
+    });
+    let before = states(&daemon, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500)); // more than a beat: nothing may change
+    let after = states(&daemon, Duration::from_secs(5));
+    assert_eq!(before, after);
+    let (_, state, error) = after.into_iter().find(|(n, ..)| n == "nfs").unwrap();
+    assert_eq!(state, "failed", "{error}");
+    assert!(error.contains("did not stop"), "{error}");
+}
