@@ -68,9 +68,11 @@ fn a_file_that_stays_open_runs_about_every_max_hold() {
     drop(log);
     let after = sizes_once_quiet(&sandbox, Duration::from_millis(500));
     // The close runs it once more (a release just before it may still have been on its
-    // way into the log when the runs were counted).
+    // way into the log when the runs were counted); on a loaded machine the run of the
+    // last release may start after the close, and takes the close's change in: then
+    // none more. Either way the last run sees the whole file (below).
     let more = after.len() - while_open;
-    assert!((1..=2).contains(&more), "{more} runs after the count: {after:?}");
+    assert!((0..=2).contains(&more), "{more} runs after the count: {after:?}");
     let full = std::fs::metadata(sandbox.path("src/app.log")).unwrap().len();
     assert_eq!(*after.last().unwrap(), full);
 }
