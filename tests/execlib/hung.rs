@@ -46,6 +46,24 @@ fn states(daemon: &Daemon, limit: Duration) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Sends SIGTERM and asserts the daemon exits 0 within `limit`, having logged `logged`.
+fn terminates(daemon: &mut Daemon, limit: Duration, logged: &str) {
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit();
+    let log = daemon.log();
+    assert!(
+        status.success() && took < limit,
+        "{status:?} after {took:?}\n{log}"
+    );
+    assert!(log.contains(logged) && log.contains("shutdown complete"), "{log}");
+}
+
+/// The state and error of listener `name` in `states`.
+fn state_of(states: Vec<(String, String, String)>, name: &str) -> (String, String) {
+    let (_, state, error) = states.into_iter().find(|(n, ..)| n == name).unwrap();
+    (state, error)
+}
+
 #[test]
 fn a_listener_stuck_on_a_hung_file_system_is_reported_and_shutdown_does_not_wait_for_it() {
     let sandbox = Sandbox::new();
@@ -60,7 +78,7 @@ fn a_listener_stuck_on_a_hung_file_system_is_reported_and_shutdown_does_not_wait
     let slow = eventually_within(Duration::from_secs(30), "nfs reported slow", || {
         let states = states(&daemon, Duration::from_secs(5));
         let docs = states.iter().any(|(n, s, _)| n == "docs" && s == "running");
-        let (_, state, error) = states.into_iter().find(|(n, ..)| n == "nfs").unwrap();
+        let (state, error) = state_of(states, "nfs");
         (docs && state == "starting" && error.contains("slow or hung")).then_some(error)
     });
     assert!(slow.contains("src/sub"), "{slow}");
@@ -69,15 +87,7 @@ fn a_listener_stuck_on_a_hung_file_system_is_reported_and_shutdown_does_not_wait
     daemon.notify.drain();
     assert_eq!(daemon.notify.count("READY=1"), 0);
     // SIGTERM is not held up by the stuck start: it is abandoned, the rest stops.
-    daemon.signal(libc::SIGTERM);
-    let (status, took) = daemon.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", daemon.log());
-    assert!(took < Duration::from_secs(5), "{took:?}");
-    let log = daemon.log();
-    assert!(
-        log.contains("start abandoned") && log.contains("shutdown complete"),
-        "{log}"
-    );
+    terminates(&mut daemon, Duration::from_secs(5), "start abandoned");
 }
 
 #[test]
@@ -110,12 +120,7 @@ fn stopping_a_listener_stuck_on_a_hung_file_system_abandons_its_start() {
         "{states:?}"
     );
     assert!(daemon.log().contains("start abandoned"), "{}", daemon.log());
-    daemon.signal(libc::SIGTERM);
-    let (status, took) = daemon.wait_exit();
-    assert!(
-        status.success() && took < Duration::from_secs(5),
-        "{status:?} {took:?}"
-    );
+    terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
 #[test]
@@ -137,8 +142,7 @@ fn a_watcher_stuck_on_a_hung_file_system_stalls_only_its_own_listener() {
     // The stuck listener says so; the daemon answers meanwhile and the other listener
     // runs its jobs.
     let stuck = eventually_within(Duration::from_secs(30), "nfs reported stuck", || {
-        let states = states(&daemon, Duration::from_secs(5));
-        let (_, state, error) = states.into_iter().find(|(n, ..)| n == "nfs").unwrap();
+        let (state, error) = state_of(states(&daemon, Duration::from_secs(5)), "nfs");
         (state == "degraded" && error.contains("busy in one step")).then_some(error)
     });
     assert!(stuck.contains("not answering"), "{stuck}");
@@ -147,15 +151,7 @@ fn a_watcher_stuck_on_a_hung_file_system_stalls_only_its_own_listener() {
         sandbox.read("out/log").filter(|l| l.contains("a.txt"))
     });
     // SIGTERM: the stuck watcher is left behind after STUCK_WATCH (2 s), the rest stops.
-    daemon.signal(libc::SIGTERM);
-    let (status, took) = daemon.wait_exit();
-    assert!(status.success(), "{status:?}\n{}", daemon.log());
-    assert!(took < Duration::from_secs(6), "{took:?}");
-    let log = daemon.log();
-    assert!(
-        log.contains("did not stop within 2 s") && log.contains("shutdown complete"),
-        "{log}"
-    );
+    terminates(&mut daemon, Duration::from_secs(6), "did not stop within 2 s");
 }
 
 #[test]
@@ -221,12 +217,7 @@ fn requests_under_a_hung_site_root_get_503_once_the_lookup_places_are_taken() {
         "{}",
         daemon.log()
     );
-    daemon.signal(libc::SIGTERM);
-    let (status, took) = daemon.wait_exit();
-    assert!(
-        status.success() && took < Duration::from_secs(6),
-        "{status:?} {took:?}"
-    );
+    terminates(&mut daemon, Duration::from_secs(6), "");
 }
 
 /// Whether one of `pid`'s threads waits on a FUSE request (its server stopped).
@@ -261,18 +252,7 @@ fn livereload_watching_a_hung_site_root_does_not_hold_up_the_daemon() {
             .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(2))
             .is_ok()
     );
-    daemon.signal(libc::SIGTERM);
-    let (status, took) = daemon.wait_exit();
-    assert!(
-        status.success() && took < Duration::from_secs(7),
-        "{status:?} {took:?}\n{}",
-        daemon.log()
-    );
-    assert!(
-        daemon.log().contains("did not stop within 2 s"),
-        "{}",
-        daemon.log()
-    );
+    terminates(&mut daemon, Duration::from_secs(7), "did not stop within 2 s");
 }
 
 /// `nfs` (no autostart) on the hung mount and `docs` on a plain folder; `docs` runs.
@@ -349,13 +329,7 @@ fn sigterm_during_a_reload_stuck_on_a_hung_file_system_stops_the_daemon() {
     eventually("the reload's start waiting on the mount", || {
         waits_on_fuse(daemon.pid()).then_some(())
     });
-    daemon.signal(libc::SIGTERM);
-    let (status, took) = daemon.wait_exit();
-    assert!(
-        status.success() && took < Duration::from_secs(5),
-        "{status:?} {took:?}\n{}",
-        daemon.log()
-    );
+    terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
 #[test]
@@ -385,7 +359,7 @@ fn a_listener_stopped_while_its_watcher_was_stuck_stays_stopped_when_the_mount_a
     std::thread::sleep(Duration::from_millis(1500)); // more than a beat: nothing may change
     let after = states(&daemon, Duration::from_secs(5));
     assert_eq!(before, after);
-    let (_, state, error) = after.into_iter().find(|(n, ..)| n == "nfs").unwrap();
+    let (state, error) = state_of(after, "nfs");
     assert_eq!(state, "failed", "{error}");
     assert!(error.contains("did not stop"), "{error}");
 }
