@@ -73,7 +73,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tokio::pin!(shutdown);
     let watchdog_stop = CancellationToken::new();
     let mut watchdog = None;
-    if start_listeners(&state, &mut shutdown).await {
+    let (ready, still_starting) = start_listeners(&state, &mut shutdown).await;
+    if ready {
         let status = state.status_line();
         notify::ready(&status);
         info!(instance = %state.config.instance, "ready: {status}");
@@ -85,6 +86,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // must see. Later ones see the shutdown and are refused with a reply. Its starts
     // still setting up watches are abandoned, so it finishes at once.
     state.listeners.abandon_starts();
+    if let Some(starting) = still_starting {
+        let _ = starting.await;
+    }
     state.settle_reloads().await;
     info!("stopping listeners");
     state.listeners.stop_all().await;
@@ -207,21 +211,37 @@ fn hangups() -> Option<signal_hook_tokio::Signals> {
     }
 }
 
-/// Starts the autostart listeners; `false` when a shutdown was asked for meanwhile
-/// (a signal or a client): the starts still setting up their watches, perhaps stuck
-/// on a hung file system, are then abandoned, and the daemon never reports ready.
-async fn start_listeners(state: &DaemonState, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
-    let starting = state.listeners.start_autostart();
-    tokio::pin!(starting);
+/// Starts the autostart listeners and waits until each has its watches, or
+/// `[daemon] ready_timeout_ms` has passed: then those still starting (a file system
+/// that does not answer) are named in a warning, and their starts go on in the
+/// returned task, awaited at shutdown. `false` when a shutdown was asked for
+/// meanwhile (a signal or a client): the starts still setting up their watches are
+/// then abandoned, and the daemon never reports ready.
+async fn start_listeners(
+    state: &Arc<DaemonState>,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> (bool, Option<tokio::task::JoinHandle<()>>) {
+    let starter = state.clone();
+    let mut starting = tokio::spawn(async move { starter.listeners.start_autostart().await });
+    let limit = state.config.daemon.ready_timeout;
     tokio::select! {
-        _ = &mut starting => return true,
-        _ = shutdown => state.request_shutdown("a signal"),
+        _ = &mut starting => return (true, None),
+        _ = tokio::time::sleep(limit) => {
+            let names = state.listeners.starting().join(", ");
+            tracing::warn!(
+                "ready after {} ms with listeners still setting up their watches: {names} \
+                 (is a file system under them slow or hung?); they go on starting",
+                limit.as_millis()
+            );
+            return (true, Some(starting));
+        }
+        _ = &mut *shutdown => state.request_shutdown("a signal"),
         _ = state.shutdown_requested() => {}
     }
     info!("shutting down while listeners start: abandoning their starts");
     state.listeners.abandon_starts();
-    starting.await;
-    false
+    let _ = starting.await;
+    (false, None)
 }
 
 /// Serves reloads (SIGHUP) until `shutdown` resolves or a client asks for a shutdown.

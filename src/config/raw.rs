@@ -33,6 +33,7 @@ pub struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
     pub shutdown_grace_ms: Option<u64>,
+    pub ready_timeout_ms: Option<u64>,
     pub state_dir: Option<Spanned<PathBuf>>,
 }
 

@@ -38,6 +38,10 @@ pub struct Config {
 pub struct DaemonConfig {
     /// How long running jobs get between SIGTERM and SIGKILL at shutdown.
     pub shutdown_grace: Duration,
+    /// How long `READY=1` waits for the autostart listeners' watches; those still
+    /// starting then (a file system that does not answer) keep starting, named in
+    /// a warning.
+    pub ready_timeout: Duration,
     /// Where persistent state lives.
     pub state_dir: PathBuf,
 }
@@ -188,6 +192,8 @@ pub enum Command {
 }
 
 const DEFAULT_GRACE_MS: u64 = 10_000;
+/// Below systemd's default start timeout (90 s), above a start walking millions of files.
+const DEFAULT_READY_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_SERVER_IDLE_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
@@ -226,6 +232,7 @@ pub(super) fn resolve(
     };
     let daemon = DaemonConfig {
         shutdown_grace: Duration::from_millis(raw.daemon.shutdown_grace_ms.unwrap_or(DEFAULT_GRACE_MS)),
+        ready_timeout: Duration::from_millis(raw.daemon.ready_timeout_ms.unwrap_or(DEFAULT_READY_TIMEOUT_MS)),
         state_dir: match raw.daemon.state_dir {
             Some(dir) => ctx.path(dir, "`state_dir`")?,
             None => env.state_dir(instance),

@@ -50,6 +50,7 @@ name = "docs"
 fn minimal_config_gets_documented_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(c.daemon.ready_timeout, Duration::from_secs(30));
     assert_eq!(
         c.control.socket,
         Path::new("/run/user/1000/execlib/site/control.sock")

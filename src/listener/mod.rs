@@ -453,6 +453,13 @@ impl Listeners {
         infos
     }
 
+    /// The names of the listeners setting up their watches now.
+    pub fn starting(&self) -> Vec<String> {
+        let slots = self.slots();
+        let starting = slots.iter().filter(|s| s.shared.get().0 == State::Starting);
+        starting.map(|s| s.config.name.clone()).collect()
+    }
+
     /// Listeners up (running or degraded), listeners in all, and directories watched.
     pub fn summary(&self) -> Summary {
         let slots = self.slots();

@@ -363,3 +363,28 @@ fn a_listener_stopped_while_its_watcher_was_stuck_stays_stopped_when_the_mount_a
     assert_eq!(state, "failed", "{error}");
     assert!(error.contains("did not stop"), "{error}");
 }
+
+#[test]
+fn ready_goes_out_after_ready_timeout_with_a_listener_stuck_on_a_hung_file_system() {
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount(&sandbox) else {
+        return;
+    };
+    mount.hang();
+    let config = two_listeners(&sandbox);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[daemon]\nready_timeout_ms = 1000\n{text}")).unwrap();
+    let mut daemon = Daemon::spawn(&sandbox, &config);
+    daemon.notify.wait_for("READY=1");
+    let states = states(&daemon, Duration::from_secs(5));
+    assert_eq!(state_of(states.clone(), "docs").0, "running", "{states:?}");
+    assert_eq!(state_of(states, "nfs").0, "starting");
+    assert!(
+        daemon
+            .log()
+            .contains("listeners still setting up their watches: nfs"),
+        "{}",
+        daemon.log()
+    );
+    terminates(&mut daemon, Duration::from_secs(5), "start abandoned");
+}
