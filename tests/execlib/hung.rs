@@ -7,6 +7,14 @@ use crate::support::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// A sandbox with its `src` on a FUSE mount that can be hung; `None` (after saying
+/// why) when not root or without bindfs. The mount goes first when both are dropped.
+fn mounted() -> Option<(Sandbox, HungMount)> {
+    let sandbox = Sandbox::new();
+    let mount = HungMount::mount(&sandbox)?;
+    Some((sandbox, mount))
+}
+
 /// Two listeners: `nfs` on a folder under the hung mount, `docs` on a plain one.
 fn two_listeners(sandbox: &Sandbox) -> PathBuf {
     std::fs::create_dir_all(sandbox.path("plain")).unwrap();
@@ -66,8 +74,7 @@ fn state_of(states: Vec<(String, String, String)>, name: &str) -> (String, Strin
 
 #[test]
 fn a_listener_stuck_on_a_hung_file_system_is_reported_and_shutdown_does_not_wait_for_it() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     mount.hang();
@@ -92,8 +99,7 @@ fn a_listener_stuck_on_a_hung_file_system_is_reported_and_shutdown_does_not_wait
 
 #[test]
 fn stopping_a_listener_stuck_on_a_hung_file_system_abandons_its_start() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     mount.hang();
@@ -125,8 +131,7 @@ fn stopping_a_listener_stuck_on_a_hung_file_system_abandons_its_start() {
 
 #[test]
 fn a_watcher_stuck_on_a_hung_file_system_stalls_only_its_own_listener() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     std::fs::create_dir_all(sandbox.path("plain")).unwrap();
@@ -157,8 +162,7 @@ fn a_watcher_stuck_on_a_hung_file_system_stalls_only_its_own_listener() {
 #[test]
 fn requests_under_a_hung_site_root_get_503_once_the_lookup_places_are_taken() {
     use std::io::{Read, Write};
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     sandbox.write("real/page.html", "page");
@@ -233,8 +237,7 @@ fn waits_on_fuse(pid: i32) -> bool {
 
 #[test]
 fn livereload_watching_a_hung_site_root_does_not_hold_up_the_daemon() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     sandbox.write("real/page.html", "page");
@@ -287,8 +290,7 @@ fn start_nfs(daemon: &Daemon) -> std::thread::JoinHandle<Result<serde_json::Valu
 
 #[test]
 fn a_start_stuck_on_a_hung_file_system_does_not_hold_up_other_listeners_requests() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     mount.hang();
@@ -313,8 +315,7 @@ fn a_start_stuck_on_a_hung_file_system_does_not_hold_up_other_listeners_requests
 
 #[test]
 fn sigterm_during_a_reload_stuck_on_a_hung_file_system_stops_the_daemon() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     mount.hang();
@@ -334,8 +335,7 @@ fn sigterm_during_a_reload_stuck_on_a_hung_file_system_stops_the_daemon() {
 
 #[test]
 fn a_listener_stopped_while_its_watcher_was_stuck_stays_stopped_when_the_mount_answers_again() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     let daemon = nfs_started_by_request(&sandbox);
@@ -366,8 +366,7 @@ fn a_listener_stopped_while_its_watcher_was_stuck_stays_stopped_when_the_mount_a
 
 #[test]
 fn ready_goes_out_after_ready_timeout_with_a_listener_stuck_on_a_hung_file_system() {
-    let sandbox = Sandbox::new();
-    let Some(mount) = HungMount::mount(&sandbox) else {
+    let Some((sandbox, mount)) = mounted() else {
         return;
     };
     mount.hang();
