@@ -387,3 +387,43 @@ fn ready_goes_out_after_ready_timeout_with_a_listener_stuck_on_a_hung_file_syste
     );
     terminates(&mut daemon, Duration::from_secs(5), "start abandoned");
 }
+
+#[test]
+fn a_reload_replacing_a_listener_whose_watcher_is_stuck_keeps_its_pending_runs() {
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    std::fs::create_dir_all(sandbox.path("plain")).unwrap();
+    std::fs::create_dir_all(sandbox.path("out")).unwrap();
+    let plain = "[[listener]]\nname = \"mix\"\n  [[listener.route]]\n  name = \"plain\"\n  path = \"plain\"\n  \
+                 debounce_ms = 4000\n  shell = 'echo \"$EXECLIB_NAME\" >> ../out/log'\n";
+    let nfs =
+        "  [[listener.route]]\n  name = \"nfs\"\n  path = \"src/sub\"\n  poll_ms = 200\n  run = [\"true\"]\n";
+    let config = sandbox.config(&format!("{plain}{nfs}"));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("plain/a.txt", "1");
+    eventually("a.txt pending", || {
+        let jobs = daemon.request(r#"{"cmd":"jobs"}"#).to_string();
+        jobs.contains("a.txt").then_some(())
+    });
+    mount.hang();
+    eventually_within(
+        Duration::from_secs(10),
+        "the watcher waiting on the mount",
+        || waits_on_fuse(daemon.pid()).then_some(()),
+    );
+    // The reload drops the route on the mount: the old listener's watcher is left
+    // behind, and the run it had pending goes to the new one.
+    sandbox.config(plain);
+    let reply = daemon
+        .request_within(r#"{"cmd":"reload"}"#, Duration::from_secs(8))
+        .unwrap();
+    assert_eq!(
+        reply["listeners"]["changed"],
+        serde_json::json!(["mix"]),
+        "{reply}"
+    );
+    eventually_within(Duration::from_secs(10), "a.txt's run", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+}
