@@ -99,13 +99,13 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// An empty cache for the site at `root` (off when `root` is on a network or FUSE
-    /// file system).
-    pub fn new(root: &Path, hidden: bool) -> Self {
+    /// An empty cache for the site at `root`; off unless `cacheable` (see
+    /// [`remote`], and [`super::root::resolve`]).
+    pub fn new(root: &Path, hidden: bool, cacheable: bool) -> Self {
         Cache {
             root: root.to_owned(),
             hidden,
-            enabled: !remote(root),
+            enabled: cacheable,
             entries: RwLock::default(),
         }
     }
@@ -153,7 +153,7 @@ impl Cache {
 
 /// Whether `root` is on NFS, SMB/CIFS or FUSE, where `stat` may answer from an
 /// attribute cache that lags behind the file.
-fn remote(root: &Path) -> bool {
+pub fn remote(root: &Path) -> bool {
     const NFS: i64 = 0x6969;
     const SMB: i64 = 0x517B;
     const CIFS: i64 = 0xFF53_4D42;
@@ -183,7 +183,7 @@ mod tests {
         let path = dir.path().join("a.txt");
         std::fs::write(&path, "x").unwrap();
         let meta = std::fs::metadata(&path).unwrap();
-        let cache = Cache::new(dir.path(), false);
+        let cache = Cache::new(dir.path(), false, !remote(dir.path()));
         cache.insert("/a.txt", entry(&meta), SystemTime::now());
         assert!(
             cache.entries() == 0,

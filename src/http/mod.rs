@@ -11,6 +11,7 @@ pub mod files;
 pub mod livereload;
 pub mod path;
 pub mod pump;
+pub mod root;
 pub mod zerocopy;
 
 use crate::config::ServerConfig;
@@ -104,10 +105,10 @@ impl HttpServer {
     ) -> Result<HttpServer, HttpError> {
         let (listener, inherited) = listener(config)?;
         let addr = listener.local_addr().map_err(HttpError::Inherited)?;
-        let root = config.root.canonicalize().unwrap_or_else(|e| {
-            warn!(root = %crate::names::escaped(&config.root), "site root not found ({e}); serving 404 until it exists");
-            config.root.clone()
-        });
+        let root::Resolved {
+            path: root,
+            cacheable,
+        } = root::resolve(&config.root).await;
         let livereload = config.livereload.then(|| {
             Arc::new(
                 LiveReload::new(config.idle_timeout, config.max_clients).counting(metrics.reloads_sent()),
@@ -118,7 +119,7 @@ impl HttpServer {
                 root: root.clone(),
                 hidden: config.hidden,
                 inject: config.inject && config.livereload,
-                cache: cache::Cache::new(&root, config.hidden),
+                cache: cache::Cache::new(&root, config.hidden, cacheable),
                 served_uninjected: Default::default(),
                 bodies: Default::default(),
                 lookups: Arc::new(tokio::sync::Semaphore::new(files::MAX_LOOKUPS)),
@@ -134,18 +135,40 @@ impl HttpServer {
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, ctx, stop.clone(), grace));
         if let Some(lr) = &livereload {
+            tasks.spawn(pump::tell_builds(builds.results(), lr.clone(), stop.clone()));
+            let (pump_root, pump_lr, delay) = (root.clone(), lr.clone(), config.delay);
+            let pump = move |matcher| pump::Pump {
+                root: pump_root,
+                matcher,
+                lr: pump_lr,
+                delay,
+                builds,
+            };
             // Watching before the server counts as started (READY=1): a change made
-            // right after must reach the browsers.
-            if let Some((watching, matcher)) = pump::watch_root(&root, config.hidden).await {
-                tasks.spawn(pump::tell_builds(builds.results(), lr.clone(), stop.clone()));
-                let pump = pump::Pump {
-                    root,
-                    matcher,
-                    lr: lr.clone(),
-                    delay: config.delay,
-                    builds,
-                };
-                tasks.spawn(pump.run(watching, stop.clone()));
+            // right after must reach the browsers. A root that does not answer within
+            // ROOT_WAIT is watched once it does, meanwhile the server serves.
+            let mut watch = tokio::spawn(pump::watch_root(root.clone(), config.hidden));
+            match tokio::time::timeout(root::ROOT_WAIT, &mut watch).await {
+                Ok(Ok(Some((watching, matcher)))) => {
+                    drop(tasks.spawn(pump(matcher).run(watching, stop.clone())))
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    warn!(
+                        "LiveReload: watching the site root takes over {} s (is its file system \
+                         slow or hung?); reloads begin once it is watched",
+                        root::ROOT_WAIT.as_secs()
+                    );
+                    let (pump, stop) = (pump, stop.clone());
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            watched = watch => if let Ok(Some((watching, matcher))) = watched {
+                                pump(matcher).run(watching, stop).await;
+                            },
+                            _ = stop.cancelled() => {}
+                        }
+                    });
+                }
             }
         }
         info!(listen = %addr, inherited, "HTTP server listening");
@@ -162,8 +185,10 @@ impl HttpServer {
     /// Whether `config`'s root now resolves to another directory than the one served
     /// (a deploy that switched a `current -> releases/N` symlink, a root that did not
     /// exist at start): a reload then restarts the server on it.
-    pub fn root_moved(&self, config: &ServerConfig) -> bool {
-        config.root.canonicalize().is_ok_and(|now| now != self.site.root)
+    pub async fn root_moved(&self, config: &ServerConfig) -> bool {
+        root::resolves_to(&config.root)
+            .await
+            .is_some_and(|now| now != self.site.root)
     }
 
     /// Whether it serves the socket systemd passed (`LISTEN_FDS`).

@@ -28,7 +28,7 @@ const MAX_PENDING: usize = 1024;
 /// The watcher of the site root for LiveReload, registered with a runtime of its own
 /// (it runs on a thread of its own, [`Pump::run`]), and what in it counts (the
 /// default ignores, less the hidden ones when hidden files are served).
-pub async fn watch_root(root: &Path, hidden: bool) -> Option<(Watching, Matcher)> {
+pub async fn watch_root(root: PathBuf, hidden: bool) -> Option<(Watching, Matcher)> {
     let ignores: Vec<String> = DEFAULT_IGNORES
         .iter()
         .filter(|g| !(hidden && g.contains("/.")))

@@ -77,7 +77,7 @@ impl DaemonState {
             .await
             .map_err(|_| ReloadError::ShuttingDown)?;
         let moved = match (&new.server, self.server()) {
-            (Some(config), Some(running)) => running.root_moved(config),
+            (Some(config), Some(running)) => running.root_moved(config).await,
             _ => false,
         };
         if moved {

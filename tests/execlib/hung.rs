@@ -427,3 +427,34 @@ fn a_reload_replacing_a_listener_whose_watcher_is_stuck_keeps_its_pending_runs()
         sandbox.read("out/log").filter(|l| l.contains("a.txt"))
     });
 }
+
+#[test]
+fn a_site_root_that_does_not_answer_at_start_holds_the_start_for_a_bounded_time() {
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    mount.hang();
+    let config = sandbox.config(
+        "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"src\"\nlivereload = true\n",
+    );
+    let started = Instant::now();
+    let mut daemon = Daemon::spawn(&sandbox, &config);
+    // Resolving the root, then LiveReload's watch of it: 5 s each at most.
+    let ready = eventually_within(Duration::from_secs(30), "READY=1", || {
+        daemon.notify.poll();
+        (daemon.notify.count("READY=1") > 0).then(|| started.elapsed())
+    });
+    assert!(ready < Duration::from_secs(15), "ready after {ready:?}");
+    let log = daemon.log();
+    assert!(log.contains("site root did not answer within 5 s"), "{log}");
+    assert!(
+        log.contains("LiveReload: watching the site root takes over 5 s"),
+        "{log}"
+    );
+    assert!(
+        daemon
+            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(2))
+            .is_ok()
+    );
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}

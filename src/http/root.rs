@@ -1,0 +1,60 @@
+//! The site root as its file system tells it: where it resolves and whether its
+//! files may be cached, asked on a blocking thread and waited for at most
+//! [`ROOT_WAIT`], so a root on a mount that does not answer (a dead NFS server)
+//! never holds the daemon's start or a reload for longer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tracing::warn;
+
+/// How long the server's start (or a reload) waits for the root's file system.
+pub const ROOT_WAIT: Duration = Duration::from_secs(5);
+
+/// The root to serve, and whether its files may be cached.
+pub struct Resolved {
+    /// Canonical when the file system answered and the root exists; else as given.
+    pub path: PathBuf,
+    /// False on NFS, SMB or FUSE (see [`super::cache`]), or when it did not answer.
+    pub cacheable: bool,
+}
+
+/// Resolves `root` (see [`Resolved`]); says why when it falls back to `root` as given.
+pub async fn resolve(root: &Path) -> Resolved {
+    let asked = root.to_owned();
+    let work = tokio::task::spawn_blocking(move || {
+        let path = asked.canonicalize();
+        let cacheable = path.as_deref().is_ok_and(|p| !super::cache::remote(p));
+        (path, cacheable)
+    });
+    let shown = crate::names::escaped(root);
+    match tokio::time::timeout(ROOT_WAIT, work).await {
+        Ok(Ok((Ok(path), cacheable))) => Resolved { path, cacheable },
+        Ok(Ok((Err(e), _))) => {
+            warn!(root = %shown, "site root not found ({e}); serving 404 until it exists");
+            as_given(root)
+        }
+        Ok(Err(_)) | Err(_) => {
+            warn!(
+                root = %shown,
+                "site root did not answer within {} s (is its file system hung?): serving it \
+                 as given, uncached",
+                ROOT_WAIT.as_secs()
+            );
+            as_given(root)
+        }
+    }
+}
+
+fn as_given(root: &Path) -> Resolved {
+    Resolved {
+        path: root.to_owned(),
+        cacheable: false,
+    }
+}
+
+/// Where `root` resolves now, if its file system answers within [`ROOT_WAIT`].
+pub async fn resolves_to(root: &Path) -> Option<PathBuf> {
+    let asked = root.to_owned();
+    let work = tokio::task::spawn_blocking(move || asked.canonicalize().ok());
+    tokio::time::timeout(ROOT_WAIT, work).await.ok()?.ok()?
+}
