@@ -283,10 +283,6 @@ impl LiveReload {
             let _ = sink.send(Message::close_with(1002u16, "expected hello")).await;
             return;
         }
-        let reply = json!({"command": "hello", "protocols": [PROTOCOL], "serverName": "execlib"});
-        if sink.send(Message::text(reply.to_string())).await.is_err() {
-            return;
-        }
         let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
         let stalled = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -303,6 +299,14 @@ impl LiveReload {
                 let _ = client.tx.try_send(failed);
             }
             clients.insert(id, client);
+        }
+        // Registered before its hello goes out: a change made as soon as the client has
+        // the hello (the watcher runs on a thread of its own) is noted for it.
+        let reply = json!({"command": "hello", "protocols": [PROTOCOL], "serverName": "execlib"});
+        if sink.send(Message::text(reply.to_string())).await.is_err() {
+            self.clients.lock().expect("clients lock").remove(&id);
+            self.gone.notify_waiters();
+            return;
         }
         loop {
             tokio::select! {
