@@ -103,6 +103,9 @@ pub enum ListenerError {
     },
 }
 
+/// How a listener whose watcher seems stuck says so (see [`Shared::report_stuck`]).
+const STUCK: &str = "its watcher has been busy in one step";
+
 /// Counters and state shared between a listener's slot and its running task.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -152,6 +155,30 @@ impl Shared {
             (State::Degraded, Some(reasons.join("; ")))
         };
         *self.status.lock().expect("status lock") = Some(health);
+    }
+
+    /// Leaves `files` (changes not processed at a stop) for a listener replacing this one.
+    fn hand_over(&self, files: impl IntoIterator<Item = PathBuf>) {
+        *self.handover.lock().expect("handover lock") = files.into_iter().collect();
+    }
+
+    /// Says its watcher has been busy in one step for `quiet` (warned the first time):
+    /// `degraded`, until the watcher is free again ([`Shared::stuck_reported`]).
+    fn report_stuck(&self, quiet: std::time::Duration) {
+        let said = self.stuck_reported();
+        let why = format!(
+            "{STUCK} for {} s: is a file system under it not answering?",
+            quiet.as_secs()
+        );
+        if !said {
+            tracing::warn!("{why}");
+        }
+        self.set(State::Degraded, Some(why));
+    }
+
+    /// Whether its state says its watcher is stuck ([`Shared::report_stuck`]).
+    fn stuck_reported(&self) -> bool {
+        self.get().1.is_some_and(|e| e.starts_with(STUCK))
     }
 
     /// Records how the last snapshot save went (`Err`: shown until a save succeeds).

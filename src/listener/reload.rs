@@ -105,29 +105,24 @@ impl Listeners {
 /// a `modify` (a run that finds its file gone, rather than a run lost).
 async fn handed_over(files: Vec<PathBuf>) -> Vec<FileEvent> {
     let asked = files.clone();
-    let kinds = move || {
+    let gone = move || {
         asked
-            .into_iter()
-            .map(|path| match path.symlink_metadata() {
-                Ok(_) => FileEvent {
-                    path,
-                    kind: EventKind::Modify,
-                },
-                Err(_) => FileEvent {
-                    path,
-                    kind: EventKind::Delete,
-                },
-            })
-            .collect()
+            .iter()
+            .map(|p| p.symlink_metadata().is_err())
+            .collect::<Vec<_>>()
     };
-    match super::explain::bounded(super::explain::FS_TIMEOUT, kinds).await {
-        Some(events) => events,
-        None => files
-            .into_iter()
-            .map(|path| FileEvent {
-                path,
-                kind: EventKind::Modify,
-            })
-            .collect(),
-    }
+    let gone = super::explain::bounded(super::explain::FS_TIMEOUT, gone).await;
+    let kinds = gone.into_iter().flatten().chain(std::iter::repeat(false));
+    files
+        .into_iter()
+        .zip(kinds)
+        .map(|(path, gone)| FileEvent {
+            path,
+            kind: if gone {
+                EventKind::Delete
+            } else {
+                EventKind::Modify
+            },
+        })
+        .collect()
 }

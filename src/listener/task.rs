@@ -74,18 +74,7 @@ impl Run {
         let watched = watching.run(&name, &cancel, move |watcher| {
             self.watch(watcher, missed, weak, watch_cancel)
         });
-        let stuck = |quiet: std::time::Duration| {
-            const STUCK: &str = "its watcher has been busy in one step";
-            let said = ending.shared.get().1.is_some_and(|e| e.starts_with(STUCK));
-            let why = format!(
-                "{STUCK} for {} s: is a file system under it not answering?",
-                quiet.as_secs()
-            );
-            if !said {
-                warn!("{why}");
-            }
-            ending.shared.set(State::Degraded, Some(why));
-        };
+        let stuck = |quiet| ending.shared.report_stuck(quiet);
         let watched = tokio::select! {
             watched = watched => watched,
             never = threaded::watch_beats(&ending.shared.beats, stuck) => match never {},
@@ -93,8 +82,9 @@ impl Run {
         if let Err(why) = watched {
             // Left behind (or lost): what it would have handed over is taken from the
             // scheduler here, for a listener replacing this one on reload.
-            let files = unsettled(&tx.downgrade()).await.unwrap_or_default();
-            *ending.shared.handover.lock().expect("handover lock") = files.into_iter().collect();
+            ending
+                .shared
+                .hand_over(unsettled(&tx.downgrade()).await.unwrap_or_default());
             ending.shared.set(State::Failed, Some(why.into()));
         }
         // The watcher's side holds the channel only while it submits: a watcher left
@@ -128,7 +118,10 @@ impl Run {
                 _ = cancel.cancelled() => break Ok(()),
                 _ = beat.tick() => {
                     self.shared.beats.fetch_add(1, Ordering::Relaxed);
-                    self.shared.set_health(&watcher);
+                    // Free again after being reported stuck: back to its real health.
+                    if self.shared.stuck_reported() {
+                        self.shared.set_health(&watcher);
+                    }
                 }
                 _ = save.tick(), if self.catch_up.is_some() => {
                     if let Some(unsettled) = unsettled(&tx).await {
@@ -283,7 +276,7 @@ impl Run {
             }
         }
         let files = unsettled(tx).await?;
-        *self.shared.handover.lock().expect("handover lock") = files.iter().cloned().collect();
+        self.shared.hand_over(files.iter().cloned());
         Some(files)
     }
 
