@@ -36,6 +36,7 @@ mod mountinfo;
 mod names;
 mod notify;
 mod paths;
+mod probe;
 mod route;
 mod scheduler;
 mod serve;

@@ -1,7 +1,8 @@
 //! The site root as its file system tells it: where it resolves and whether its
 //! files may be cached, asked on a blocking thread and waited for at most
 //! [`ROOT_WAIT`], so a root on a mount that does not answer (a dead NFS server)
-//! never holds the daemon's start or a reload for longer.
+//! never holds the daemon's start or a reload for longer; at most [`ROOT_PROBES`]
+//! threads are ever caught by it, however many reloads ask (see [`crate::probe`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,12 @@ use tracing::warn;
 
 /// How long the server's start (or a reload) waits for the root's file system.
 pub const ROOT_WAIT: Duration = Duration::from_secs(5);
+
+/// At most this many questions about the root at once; past them, the root counts
+/// as not answering at once.
+pub const ROOT_PROBES: usize = 2;
+
+static PROBES: crate::probe::Probes = crate::probe::Probes::new(ROOT_PROBES);
 
 /// The root to serve, and whether its files may be cached.
 pub struct Resolved {
@@ -21,19 +28,19 @@ pub struct Resolved {
 /// Resolves `root` (see [`Resolved`]); says why when it falls back to `root` as given.
 pub async fn resolve(root: &Path) -> Resolved {
     let asked = root.to_owned();
-    let work = tokio::task::spawn_blocking(move || {
+    let work = move || {
         let path = asked.canonicalize();
         let cacheable = path.as_deref().is_ok_and(|p| !super::cache::remote(p));
         (path, cacheable)
-    });
+    };
     let shown = crate::names::escaped(root);
-    match tokio::time::timeout(ROOT_WAIT, work).await {
-        Ok(Ok((Ok(path), cacheable))) => Resolved { path, cacheable },
-        Ok(Ok((Err(e), _))) => {
+    match PROBES.ask(ROOT_WAIT, work).await {
+        Some((Ok(path), cacheable)) => Resolved { path, cacheable },
+        Some((Err(e), _)) => {
             warn!(root = %shown, "site root not found ({e}); serving 404 until it exists");
             as_given(root)
         }
-        Ok(Err(_)) | Err(_) => {
+        None => {
             warn!(
                 root = %shown,
                 "site root did not answer within {} s (is its file system hung?): serving it \
@@ -55,6 +62,5 @@ fn as_given(root: &Path) -> Resolved {
 /// Where `root` resolves now, if its file system answers within [`ROOT_WAIT`].
 pub async fn resolves_to(root: &Path) -> Option<PathBuf> {
     let asked = root.to_owned();
-    let work = tokio::task::spawn_blocking(move || asked.canonicalize().ok());
-    tokio::time::timeout(ROOT_WAIT, work).await.ok()?.ok()?
+    PROBES.ask(ROOT_WAIT, move || asked.canonicalize().ok()).await?
 }

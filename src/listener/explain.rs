@@ -26,7 +26,7 @@ pub const FS_TIMEOUT: Duration = Duration::from_secs(2);
 /// `unreachable` at once.
 pub const MAX_PROBES: usize = 4;
 
-static PROBES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PROBES);
+static PROBES: crate::probe::Probes = crate::probe::Probes::new(MAX_PROBES);
 
 /// What the file system said: where the path resolves (when it differs), and for
 /// each route's path whether it exists and where it resolves.
@@ -60,17 +60,12 @@ impl Probe {
 }
 
 /// Runs `work` on a blocking thread, waiting at most `limit` for it; `None` when it
-/// did not finish in time or [`MAX_PROBES`] are running already.
+/// did not finish in time or [`MAX_PROBES`] are running already (see [`crate::probe`]).
 pub(super) async fn bounded<T: Send + 'static>(
     limit: Duration,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    let permit = PROBES.try_acquire().ok()?;
-    let task = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work()
-    });
-    tokio::time::timeout(limit, task).await.ok()?.ok()
+    PROBES.ask(limit, work).await
 }
 
 impl Listeners {

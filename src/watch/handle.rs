@@ -163,6 +163,11 @@ impl Watcher {
             }
         } else if mask.contains(EventMask::DELETE) {
             self.dir_gone(&path, out);
+        } else if mask.contains(EventMask::ATTRIB) && self.tree.is_unwatchable(&path) {
+            // Its mode or owner changed: it may be readable now. What it holds is new to
+            // the listener, as in a directory made.
+            self.tree
+                .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?;
         }
         Ok(())
     }

@@ -136,6 +136,12 @@ impl Unwatchable {
         }
     }
 
+    /// Whether `dir` is among the directories that could not be watched.
+    pub(super) fn contains(&self, dir: &Path) -> bool {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        !dirs.is_empty() && dirs.contains_key(dir)
+    }
+
     /// Notes that `dir` is watched now.
     pub(super) fn watched(&self, dir: &Path) {
         let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
@@ -237,6 +243,11 @@ impl Tree {
     /// How many directories have no watch for want of one.
     pub fn unwatched_count(&self) -> usize {
         self.no_space.len()
+    }
+
+    /// Whether `dir` could not be watched (no permission, say) and is still there.
+    pub fn is_unwatchable(&self, dir: &Path) -> bool {
+        self.unwatchable.contains(dir)
     }
 
     /// The health line about directories that could not be watched, if any.

@@ -210,3 +210,47 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn regression_a_folder_the_daemon_could_not_read_was_not_watched_once_made_readable() {
+    if skip_unless_root("run the daemon as a user a folder is closed to") {
+        return;
+    }
+    let (sandbox, bin, tmp) = shared_sandbox();
+    let config = victim_config(&sandbox, VICTIM);
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n{}",
+            one_route(r#"echo "$EXECLIB_NAME" >> ../out/log"#, "")
+        ),
+    )
+    .unwrap();
+    mkdir_owned(&sandbox.path("out"), VICTIM, 0o755);
+    // Root's, closed to the daemon's user: it cannot be watched.
+    mkdir_owned(&sandbox.path("src/locked"), 0, 0o700);
+    let log = sandbox.path("daemon.log");
+    let _daemon = Killed(
+        as_user(
+            VICTIM,
+            &bin.join("execlibd"),
+            &["--config", config.to_str().unwrap()],
+            &[("TMPDIR", &tmp)],
+        )
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    eventually("the warning that src/locked is not watched", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("not watched, changes under it are not seen")
+            .then_some(())
+    });
+    // Opened to it: from now on, what changes in it runs jobs, as anywhere else.
+    std::fs::set_permissions(sandbox.path("src/locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(sandbox.path("src/locked/a.txt"), "1").unwrap();
+    eventually("a.txt's job", || {
+        let ran = sandbox.read("out/log")?;
+        ran.contains("a.txt").then_some(())
+    });
+}
