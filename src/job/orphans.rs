@@ -89,14 +89,14 @@ fn adoptees_of(jobs: &Jobs) -> Vec<u32> {
         .collect()
 }
 
-/// The adoptees, once no job is being spawned (waiting up to a second for that):
-/// for ending them, where an empty answer must mean none.
-fn adoptees() -> Vec<u32> {
+/// The jobs lock, once no job is being spawned (waiting up to a second for that),
+/// for listing adoptees where an empty list must mean none.
+fn settled() -> std::sync::MutexGuard<'static, Jobs> {
     let end = Instant::now() + Duration::from_secs(1);
     loop {
         let jobs = JOBS.lock().expect("jobs lock");
         if jobs.spawning == 0 || Instant::now() >= end {
-            return adoptees_of(&jobs);
+            return jobs;
         }
         drop(jobs);
         std::thread::sleep(Duration::from_millis(1));
@@ -160,49 +160,53 @@ fn names_listener(environ: &[u8], listener: &str) -> bool {
 /// sessions of their own, out of reach of its group's signal): they become adoptees
 /// in turn, so each round looks again and signals the newcomers, until none is left.
 fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
-    let picked = || -> Vec<u32> { adoptees().into_iter().filter(|&p| select(p)).collect() };
-    let signal = |pids: &[u32], signal: i32| {
-        for &pid in pids {
-            crate::sys::kill_group(pid, signal);
-            crate::sys::kill(pid, signal);
-        }
-    };
-    let mut left = picked();
+    let mut signalled = std::collections::HashSet::new();
+    let mut term = |pid: u32| signalled.insert(pid).then_some(libc::SIGTERM);
+    let left = round(&select, &mut term);
     if left.is_empty() {
         return;
     }
     info!(processes = left.len(), "{message}: {left:?}");
-    // One look at the adoptees a round: those a kill orphaned show up in the next.
-    let mut signalled = std::collections::HashSet::new();
     let end = Instant::now() + grace;
-    loop {
-        let fresh: Vec<u32> = left.into_iter().filter(|p| signalled.insert(*p)).collect();
-        signal(&fresh, libc::SIGTERM);
-        reap();
-        left = picked();
-        if left.is_empty() {
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        if round(&select, &mut term).is_empty() {
             return;
         }
-        if Instant::now() >= end {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
     // After the grace: SIGKILL to every one left, and to those their deaths orphan.
     let end = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < end {
-        signal(&left, libc::SIGKILL);
-        reap();
-        left = picked();
-        if left.is_empty() {
-            return;
-        }
+    let mut left = round(&select, &mut |_| Some(libc::SIGKILL));
+    while !left.is_empty() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(10));
+        left = round(&select, &mut |_| Some(libc::SIGKILL));
     }
-    warn!(
-        processes = left.len(),
-        "{message}: some still running after SIGKILL"
-    );
+    if !left.is_empty() {
+        warn!(
+            processes = left.len(),
+            "{message}: some still running after SIGKILL"
+        );
+    }
+}
+
+/// One round of [`end`]: reaps the adoptees that have exited, then gives each one
+/// `select` picks the signal `signal` names for it (to it and its group); returns
+/// those picked. All of it under one hold of the jobs lock, which the periodic
+/// [`reap`] takes too: an adoptee listed here cannot be reaped, and its pid go to
+/// another process, before it is signalled (an exited one waits as a zombie).
+fn round(select: &impl Fn(u32) -> bool, signal: &mut impl FnMut(u32) -> Option<i32>) -> Vec<u32> {
+    let jobs = settled();
+    for pid in adoptees_of(&jobs) {
+        crate::sys::reap(pid);
+    }
+    let picked: Vec<u32> = adoptees_of(&jobs).into_iter().filter(|&p| select(p)).collect();
+    for &pid in &picked {
+        if let Some(signal) = signal(pid) {
+            crate::sys::kill_group(pid, signal);
+            crate::sys::kill(pid, signal);
+        }
+    }
+    picked
 }
 
 #[cfg(test)]
