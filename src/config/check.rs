@@ -122,6 +122,23 @@ impl Ctx<'_> {
         Ok(env)
     }
 
+    /// A route's `list`: only a batch has a list (a job per file gets its file in
+    /// `EXECLIB_PATH`, and nothing on stdin).
+    pub fn list(
+        &self,
+        raw: Option<Spanned<super::List>>,
+        mode: super::Mode,
+    ) -> Result<super::List, ConfigError> {
+        match raw {
+            Some(l) if mode == super::Mode::Each => self.err(
+                l.span().start,
+                "`list` applies to `mode = \"batch\"` only: a route that runs a job per file gives it its file in `EXECLIB_PATH`, and nothing on stdin",
+            ),
+            Some(l) => Ok(l.into_inner()),
+            None => Ok(super::List::default()),
+        }
+    }
+
     /// A `timeout_ms`: none means no limit; 0 is refused (every job would be killed at once).
     pub fn timeout(&self, raw: Option<Spanned<u64>>) -> Result<Option<Duration>, ConfigError> {
         match raw {

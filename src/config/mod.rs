@@ -12,7 +12,7 @@ mod resources;
 pub use crate::watch::DEFAULT_POLL_MS;
 pub use check::{MAX_JOB_NAME, MAX_LISTENER_NAME};
 pub use metrics::DEFAULT_HEAD_TIMEOUT_MS;
-pub use raw::Mode;
+pub use raw::{List, Mode};
 pub use resolve::{
     Command, Config, ControlConfig, DEFAULT_MAX_HOLD_MS, DEFAULT_MAX_VCS_HOLD_MS, HoldWhile, ListenerConfig,
     MAX_HTTP_CONNECTIONS, MAX_VCS_HOLD_LIMIT_MS, PostConfig, RouteConfig, ServerConfig, VcsHold,

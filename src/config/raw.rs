@@ -90,6 +90,7 @@ pub struct RawPost {
     pub kill_grace_ms: Option<u64>,
     pub memory_max: Option<Spanned<RawSize>>,
     pub cpu_weight: Option<Spanned<i64>>,
+    pub list: Option<List>,
     #[serde(default)]
     pub env: RawEnv,
 }
@@ -120,6 +121,7 @@ pub struct RawRoute {
     pub workdir: Option<Spanned<PathBuf>>,
     pub memory_max: Option<Spanned<RawSize>>,
     pub cpu_weight: Option<Spanned<i64>>,
+    pub list: Option<Spanned<List>>,
     #[serde(default)]
     pub env: RawEnv,
 }
@@ -136,6 +138,17 @@ pub enum Mode {
     Each,
     /// One job for every file changed in the window, paths on stdin.
     Batch,
+}
+
+/// How a batch's paths (or a post command's) are listed on its job's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum List {
+    /// One per line; a path holding a line break is quoted, as git quotes paths.
+    #[default]
+    Lines,
+    /// Each path as it is, ended by a NUL byte (for `xargs -0`, `read -d ''`).
+    Nul,
 }
 
 /// What a failed job means for the later stages of its files.

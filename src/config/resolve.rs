@@ -120,6 +120,8 @@ pub struct PostConfig {
     pub kill_grace: Duration,
     /// `memory_max` and `cpu_weight` for its cgroup (applied with cgroup delegation).
     pub limits: super::Limits,
+    /// How its frame's paths are listed on its stdin.
+    pub list: super::List,
 }
 
 /// One `[[listener.route]]`, resolved.
@@ -146,6 +148,8 @@ pub struct RouteConfig {
     pub vcs_hold: VcsHold,
     /// One job per file, or one per batch of files.
     pub mode: super::raw::Mode,
+    /// How a batch's paths are listed on its job's stdin (batch mode only).
+    pub list: super::List,
     /// Stage among the listener's routes, and what a failure does to later stages.
     pub order: crate::scheduler::Order,
     /// How long a job may run before it is killed (none: no limit).
@@ -524,6 +528,7 @@ fn post(ctx: &Ctx, raw: RawPost, index: usize, at: usize) -> Result<PostConfig, 
         timeout: ctx.timeout(raw.timeout_ms)?,
         kill_grace: Duration::from_millis(raw.kill_grace_ms.unwrap_or(5000)),
         limits: ctx.limits(raw.memory_max, raw.cpu_weight)?,
+        list: raw.list.unwrap_or_default(),
     })
 }
 
@@ -570,6 +575,7 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
         debounce: Duration::from_millis(raw.debounce_ms.unwrap_or(200)),
         delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
         mode: raw.mode.unwrap_or_default(),
+        list: ctx.list(raw.list, raw.mode.unwrap_or_default())?,
         order: crate::scheduler::Order {
             stage: raw.stage.unwrap_or(0),
             cancel_on_failure: raw.on_failure.unwrap_or_default() == super::raw::OnFailure::Cancel,

@@ -928,3 +928,19 @@ fn server_builds_names_listeners_and_an_unknown_one_is_refused_where_written() {
         &["`builds` names \"nope\", which is not a listener"],
     );
 }
+
+#[test]
+fn list_is_for_batches_only_and_located_when_misplaced() {
+    let (line, column, message) =
+        error_at(&MINIMAL.replace("path = \"src\"", "path = \"src\"\n  list = \"nul\""));
+    assert_eq!((line, column), (6, 10));
+    assert!(
+        message.contains("`list` applies to `mode = \"batch\"` only"),
+        "{message}"
+    );
+    let (_, _, message) = error_at(&MINIMAL.replace(
+        "path = \"src\"",
+        "path = \"src\"\n  mode = \"batch\"\n  list = \"nul0\"",
+    ));
+    assert!(message.contains("nul0"), "{message}");
+}

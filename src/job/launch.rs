@@ -5,7 +5,7 @@
 
 use super::JobSpec;
 use super::Outcome;
-use crate::config::{ListenerConfig, Mode, PostConfig};
+use crate::config::{List, ListenerConfig, Mode, PostConfig};
 use crate::scheduler::{FrameEnd, Start, Work};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -25,8 +25,8 @@ const PATHS_ENV_LIMIT: usize = 64 * 1024;
 
 /// Sets `EXECLIB_COUNT` (`files`'s length) and `EXECLIB_PATHS` (their
 /// [`path_lines`] without the last newline) or `EXECLIB_PATHS_TRUNCATED=1`;
-/// returns the lines, for stdin.
-fn batch_env(env: &mut BTreeMap<String, OsString>, files: &[PathBuf]) -> Vec<u8> {
+/// returns the list for stdin, as `list` says.
+fn batch_env(env: &mut BTreeMap<String, OsString>, files: &[PathBuf], list: List) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     env.insert("EXECLIB_COUNT".into(), files.len().to_string().into());
     let lines = path_lines(files);
@@ -39,7 +39,21 @@ fn batch_env(env: &mut BTreeMap<String, OsString>, files: &[PathBuf]) -> Vec<u8>
     } else {
         env.insert("EXECLIB_PATHS_TRUNCATED".into(), "1".into());
     }
-    lines
+    match list {
+        List::Lines => lines,
+        List::Nul => nul_list(files),
+    }
+}
+
+/// Each path as it is, ended by a NUL byte: no path can hold one.
+fn nul_list(files: &[PathBuf]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut list = Vec::with_capacity(files.iter().map(|f| f.as_os_str().len() + 1).sum());
+    for file in files {
+        list.extend_from_slice(file.as_os_str().as_bytes());
+        list.push(0);
+    }
+    list
 }
 
 /// What every job of the daemon shares.
@@ -173,7 +187,7 @@ impl Launcher {
         if let [file] = frame.files.as_slice() {
             env.insert("EXECLIB_PATH".into(), file.as_os_str().to_owned());
         }
-        let lines = batch_env(&mut env, &frame.files);
+        let lines = batch_env(&mut env, &frame.files, post.list);
         JobSpec {
             command: post.command.clone(),
             workdir: post.workdir.clone(),
@@ -218,7 +232,7 @@ impl Launcher {
                 (path, None)
             }
             Mode::Batch => {
-                let lines = batch_env(&mut env, &start.files);
+                let lines = batch_env(&mut env, &start.files, route.list);
                 (route.path.clone(), Some(lines))
             }
         };

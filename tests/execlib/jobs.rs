@@ -202,6 +202,43 @@ fn regression_a_file_name_with_a_newline_cannot_add_a_path_to_a_batch() {
     assert!(daemon.log().contains("hold a line break"), "{}", daemon.log());
 }
 
+#[test]
+fn a_batch_with_list_nul_gets_every_path_as_it_is_each_ended_by_a_nul() {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::new();
+    let job = r#"cat > ../out/stdin; echo "$EXECLIB_COUNT" > ../out/count"#;
+    let config = sandbox.config(
+        &(one_route(job, "mode = \"batch\"\n  list = \"nul\"")
+            .replace("debounce_ms = 50", "debounce_ms = 300")
+            + "  [[listener.post]]\n  list = \"nul\"\n  shell = 'cat > out/post'\n"),
+    );
+    let _daemon = Daemon::start(&sandbox, &config);
+    // A name with a line break and one that is not UTF-8: both reach the job unchanged.
+    let strange = std::ffi::OsStr::from_bytes(b"b\xff\tc");
+    std::fs::create_dir_all(sandbox.path("src/a\n/etc")).unwrap();
+    sandbox.write("src/a\n/etc/passwd", "x");
+    std::fs::write(sandbox.path("src").join(strange), "x").unwrap();
+    assert_eq!(sandbox.wait_out("count").trim(), "2");
+    let stdin = std::fs::read(sandbox.path("out/stdin")).unwrap();
+    assert_eq!(stdin.last(), Some(&0), "{stdin:?}");
+    let mut paths: Vec<&[u8]> = stdin[..stdin.len() - 1].split(|&b| b == 0).collect();
+    paths.sort();
+    let src = sandbox.path("src").canonicalize().unwrap();
+    let expected = [src.join("a\n/etc/passwd"), src.join(strange)];
+    let mut expected: Vec<&[u8]> = expected.iter().map(|p| p.as_os_str().as_bytes()).collect();
+    expected.sort();
+    assert_eq!(paths, expected);
+    // The post command after it gets the frame's paths the same way.
+    let post = eventually("the post command's list", || {
+        std::fs::read(sandbox.path("out/post"))
+            .ok()
+            .filter(|b| b.len() == stdin.len())
+    });
+    let mut posted: Vec<&[u8]> = post[..post.len() - 1].split(|&b| b == 0).collect();
+    posted.sort();
+    assert_eq!(posted, expected);
+}
+
 /// Writes a file the batch route also sees, and checks it ran as one more batch.
 fn settle_runs(sandbox: &Sandbox) {
     sandbox.write("src/later.md", "x");
