@@ -9,6 +9,15 @@
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// Why a question got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Asked, and not answered within its limit (or its work panicked).
+    Late,
+    /// Not asked: every place is held by a question not answered yet.
+    Busy,
+}
+
 /// One kind of question put to file systems, with at most a fixed number asked at once.
 pub struct Probes {
     places: Semaphore,
@@ -23,27 +32,30 @@ impl Probes {
     }
 
     /// Runs `work` on a blocking thread and waits at most `limit` for its answer.
-    /// `None` when it did not answer in time (its thread keeps its place until it
-    /// does), when it panicked, or at once, without running it, when every place is
-    /// taken: the questions holding them have not been answered, so this one would
-    /// not be either.
+    /// [`Unanswered::Late`] when it did not answer in time (its thread keeps its place
+    /// until it does) or panicked; [`Unanswered::Busy`] at once, without running it,
+    /// when every place is taken: the questions holding them have not been answered,
+    /// so this one would not be either.
     pub async fn ask<T: Send + 'static>(
         &'static self,
         limit: Duration,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
-        let place = self.places.try_acquire().ok()?;
+    ) -> Result<T, Unanswered> {
+        let place = self.places.try_acquire().map_err(|_| Unanswered::Busy)?;
         let task = tokio::task::spawn_blocking(move || {
             let _place = place;
             work()
         });
-        tokio::time::timeout(limit, task).await.ok()?.ok()
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) | Err(_) => Err(Unanswered::Late),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Probes;
+    use super::{Probes, Unanswered};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
@@ -56,21 +68,21 @@ mod tests {
         let first = PROBES
             .ask(Duration::from_millis(50), move || stuck.recv().is_ok())
             .await;
-        assert_eq!(first, None, "not answered within its limit");
+        assert_eq!(first, Err(Unanswered::Late), "not answered within its limit");
         // Its thread still holds the only place: the next question is not even asked.
         static ASKED: AtomicBool = AtomicBool::new(false);
         let started = Instant::now();
         let second = PROBES
             .ask(Duration::from_secs(5), || ASKED.store(true, Ordering::SeqCst))
             .await;
-        assert_eq!(second, None);
+        assert_eq!(second, Err(Unanswered::Busy));
         assert!(!ASKED.load(Ordering::SeqCst), "no second thread was caught");
         assert!(started.elapsed() < Duration::from_secs(1), "answered at once");
         // The file system answers: the place is free again.
         answer.send(()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if PROBES.ask(Duration::from_secs(1), || 7).await == Some(7) {
+            if PROBES.ask(Duration::from_secs(1), || 7).await == Ok(7) {
                 break;
             }
             assert!(Instant::now() < deadline, "the place was never given back");

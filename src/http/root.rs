@@ -35,12 +35,20 @@ pub async fn resolve(root: &Path) -> Resolved {
     };
     let shown = crate::names::escaped(root);
     match PROBES.ask(ROOT_WAIT, work).await {
-        Some((Ok(path), cacheable)) => Resolved { path, cacheable },
-        Some((Err(e), _)) => {
+        Ok((Ok(path), cacheable)) => Resolved { path, cacheable },
+        Ok((Err(e), _)) => {
             warn!(root = %shown, "site root not found ({e}); serving 404 until it exists");
             as_given(root)
         }
-        None => {
+        Err(crate::probe::Unanswered::Busy) => {
+            warn!(
+                root = %shown,
+                "site root: its file system has not answered the questions asked before \
+                 (is it hung?): serving it as given, uncached"
+            );
+            as_given(root)
+        }
+        Err(crate::probe::Unanswered::Late) => {
             warn!(
                 root = %shown,
                 "site root did not answer within {} s (is its file system hung?): serving it \
@@ -62,5 +70,8 @@ fn as_given(root: &Path) -> Resolved {
 /// Where `root` resolves now, if its file system answers within [`ROOT_WAIT`].
 pub async fn resolves_to(root: &Path) -> Option<PathBuf> {
     let asked = root.to_owned();
-    PROBES.ask(ROOT_WAIT, move || asked.canonicalize().ok()).await?
+    PROBES
+        .ask(ROOT_WAIT, move || asked.canonicalize().ok())
+        .await
+        .ok()?
 }

@@ -29,7 +29,7 @@ const PATHS_ENV_LIMIT: usize = 64 * 1024;
 fn batch_env(env: &mut BTreeMap<String, OsString>, files: &[PathBuf], list: List) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     env.insert("EXECLIB_COUNT".into(), files.len().to_string().into());
-    let lines = path_lines(files);
+    let lines = path_lines(files, list);
     let paths = &lines[..lines.len().saturating_sub(1)];
     if paths.len() <= PATHS_ENV_LIMIT {
         env.insert(
@@ -368,8 +368,9 @@ impl Drop for Ending<'_> {
 
 /// The paths, one per line, for a job's stdin: each as [`crate::names::list_line`]
 /// writes it (quoted when its name holds a line break, so no name adds a line). One
-/// warning per list says how many were quoted, and names the first.
-fn path_lines(files: &[PathBuf]) -> Vec<u8> {
+/// warning per list says how many were quoted, and names the first; with
+/// `List::Nul` stdin has them as they are, and only `EXECLIB_PATHS` is quoted.
+fn path_lines(files: &[PathBuf], list: List) -> Vec<u8> {
     let mut lines = Vec::new();
     let mut quoted: Option<(&PathBuf, usize)> = None;
     for file in files {
@@ -381,11 +382,20 @@ fn path_lines(files: &[PathBuf]) -> Vec<u8> {
         lines.push(b'\n');
     }
     if let Some((first, count)) = quoted {
-        tracing::warn!(
-            path = %crate::names::escaped(first),
-            quoted = count,
-            "paths in a batch's list hold a line break: they are listed quoted, as git quotes paths"
-        );
+        let path = crate::names::escaped(first);
+        match list {
+            List::Lines => tracing::warn!(
+                path = %path,
+                quoted = count,
+                "paths in a batch's list hold a line break: they are listed quoted, as git quotes paths"
+            ),
+            List::Nul => tracing::warn!(
+                path = %path,
+                quoted = count,
+                "paths in a batch's list hold a line break: they are quoted in EXECLIB_PATHS, as git \
+                 quotes paths (stdin has them as they are)"
+            ),
+        }
     }
     lines
 }

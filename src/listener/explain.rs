@@ -65,7 +65,7 @@ pub(super) async fn bounded<T: Send + 'static>(
     limit: Duration,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    PROBES.ask(limit, work).await
+    PROBES.ask(limit, work).await.ok()
 }
 
 impl Listeners {

@@ -163,11 +163,14 @@ impl Watcher {
             }
         } else if mask.contains(EventMask::DELETE) {
             self.dir_gone(&path, out);
-        } else if mask.contains(EventMask::ATTRIB) && self.tree.is_unwatchable(&path) {
-            // Its mode or owner changed: it may be readable now. What it holds is new to
-            // the listener, as in a directory made.
-            self.tree
-                .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?;
+        } else if mask.contains(EventMask::ATTRIB) {
+            // Its mode or owner changed: it, or a folder in it that could not be reached
+            // through it, may be readable now. What such a folder holds is new to the
+            // listener, as in a folder made.
+            for dir in self.tree.unwatchable_at_or_in(&path) {
+                self.tree
+                    .add(&dir, false, Stat::Full, Some((EventKind::Create, out)))?;
+            }
         }
         Ok(())
     }

@@ -136,10 +136,31 @@ impl Unwatchable {
         }
     }
 
-    /// Whether `dir` is among the directories that could not be watched.
-    pub(super) fn contains(&self, dir: &Path) -> bool {
+    /// Those of the directories that could not be watched that are `dir` or directly
+    /// in it: what a change of `dir`'s mode or owner may have opened.
+    pub(super) fn at_or_in(&self, dir: &Path) -> Vec<PathBuf> {
         let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-        !dirs.is_empty() && dirs.contains_key(dir)
+        use std::ops::Bound;
+        dirs.range::<Path, _>((Bound::Included(dir), Bound::Unbounded))
+            .take_while(|(d, _)| d.starts_with(dir))
+            .filter(|(d, _)| **d == *dir || d.parent() == Some(dir))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// The entries for `kept`, to be put back by [`Unwatchable::restore`] after a
+    /// [`Unwatchable::forget_under`] that should not have dropped them.
+    fn saved(&self, kept: &[Arc<Path>]) -> Vec<(PathBuf, String)> {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .filter_map(|d| dirs.get(&**d).map(|why| (d.to_path_buf(), why.clone())))
+            .collect()
+    }
+
+    /// Puts back entries [`Unwatchable::saved`] took, without a new warning.
+    fn restore(&self, saved: Vec<(PathBuf, String)>) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.extend(saved);
     }
 
     /// Notes that `dir` is watched now.
@@ -245,9 +266,10 @@ impl Tree {
         self.no_space.len()
     }
 
-    /// Whether `dir` could not be watched (no permission, say) and is still there.
-    pub fn is_unwatchable(&self, dir: &Path) -> bool {
-        self.unwatchable.contains(dir)
+    /// The directories that could not be watched (no permission, say) and that are
+    /// `dir` or directly in it.
+    pub fn unwatchable_at_or_in(&self, dir: &Path) -> Vec<PathBuf> {
+        self.unwatchable.at_or_in(dir)
     }
 
     /// The health line about directories that could not be watched, if any.
@@ -373,6 +395,7 @@ impl Tree {
     pub fn rescan(&mut self, dir: &Path, root: bool) -> Result<Option<Vec<FileEvent>>, WatchError> {
         let mut changes = Vec::new();
         let mut visited = Vec::new();
+        let mut unwatched = Vec::new();
         let mut stack = vec![dir.to_owned()];
         while let Some(d) = stack.pop() {
             let d: Arc<Path> = d.into();
@@ -381,7 +404,10 @@ impl Tree {
                 Watched::Yes(wd) => Some(wd),
                 Watched::NoSpace => None,
                 Watched::No if *d == *dir => return Ok(None),
-                Watched::No => continue,
+                Watched::No => {
+                    unwatched.push(d);
+                    continue;
+                }
             };
             let fresh = self.read(&d, Stat::Full, &mut stack);
             let old = match self.dirs.remove(&d) {
@@ -400,7 +426,11 @@ impl Tree {
         }
         // Whatever is still recorded under `dir` was not found on disk: gone. (A directory
         // renamed meanwhile keeps its re-added watch: `release` matches exact paths.)
-        for path in self.drop_dir(dir).into_keys() {
+        // Those still there and still not watchable stay known as such.
+        let still = self.unwatchable.saved(&unwatched);
+        let gone = self.drop_dir(dir);
+        self.unwatchable.restore(still);
+        for path in gone.into_keys() {
             changes.push(FileEvent {
                 path,
                 kind: EventKind::Delete,

@@ -226,13 +226,7 @@ fn requests_under_a_hung_site_root_get_503_once_the_lookup_places_are_taken() {
 
 /// Whether one of `pid`'s threads waits on a FUSE request (its server stopped).
 fn waits_on_fuse(pid: i32) -> bool {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten();
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok())
-        .any(|wchan| wchan == "request_wait_answer")
+    threads_on_fuse(pid) > 0
 }
 
 #[test]
@@ -498,6 +492,12 @@ fn regression_each_reload_on_a_hung_site_root_left_one_more_thread_caught_by_it(
     let took: Vec<Duration> = (0..3).map(|_| reload()).collect();
     let waited = took.iter().filter(|t| **t > Duration::from_secs(2)).count();
     assert!(waited <= 1, "{took:?}");
-    assert_eq!(threads_on_fuse(daemon.pid()), 2, "{took:?}");
+    // Those two threads wait on the mount (one may wait in the kernel behind the other
+    // rather than on the FUSE request itself); before, one more per reload did.
+    let caught = threads_on_fuse(daemon.pid());
+    assert!(
+        (1..=2).contains(&caught),
+        "{caught} threads on the mount after {took:?}"
+    );
     terminates(&mut daemon, Duration::from_secs(6), "");
 }

@@ -212,7 +212,7 @@ fn a_batch_with_list_nul_gets_every_path_as_it_is_each_ended_by_a_nul() {
             .replace("debounce_ms = 50", "debounce_ms = 300")
             + "  [[listener.post]]\n  list = \"nul\"\n  shell = 'cat > out/post'\n"),
     );
-    let _daemon = Daemon::start(&sandbox, &config);
+    let daemon = Daemon::start(&sandbox, &config);
     // A name with a line break and one that is not UTF-8: both reach the job unchanged.
     let strange = std::ffi::OsStr::from_bytes(b"b\xff\tc");
     std::fs::create_dir_all(sandbox.path("src/a\n/etc")).unwrap();
@@ -237,6 +237,12 @@ fn a_batch_with_list_nul_gets_every_path_as_it_is_each_ended_by_a_nul() {
     let mut posted: Vec<&[u8]> = post[..post.len() - 1].split(|&b| b == 0).collect();
     posted.sort();
     assert_eq!(posted, expected);
+    // Only EXECLIB_PATHS is quoted, and the warning says so.
+    assert!(
+        daemon.log().contains("quoted in EXECLIB_PATHS"),
+        "{}",
+        daemon.log()
+    );
 }
 
 /// Writes a file the batch route also sees, and checks it ran as one more batch.

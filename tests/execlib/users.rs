@@ -53,13 +53,14 @@ fn mkdir_owned(path: &Path, uid: u32, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A config with the default (per-user) socket, its state in a directory of `uid`.
-fn victim_config(sandbox: &Sandbox, uid: u32) -> PathBuf {
+/// A config with the default (per-user) socket, its state in a directory of `uid`,
+/// and one route on `src` running `shell`.
+fn victim_config(sandbox: &Sandbox, uid: u32, shell: &str) -> PathBuf {
     mkdir_owned(&sandbox.path("state"), uid, 0o700);
     let config = sandbox.path("site.toml");
     std::fs::write(
         &config,
-        format!("[daemon]\nstate_dir = \"state\"\n{}", one_route("true", "")),
+        format!("[daemon]\nstate_dir = \"state\"\n{}", one_route(shell, "")),
     )
     .unwrap();
     std::fs::set_permissions(sandbox.path("src"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -89,7 +90,7 @@ fn runtime_directory_precreated_by_another_user_is_refused() {
         return;
     }
     let (sandbox, bin, tmp) = shared_sandbox();
-    let config = victim_config(&sandbox, VICTIM);
+    let config = victim_config(&sandbox, VICTIM, "true");
     let base = tmp.join(format!("execlib-{VICTIM}"));
     mkdir_owned(&base, ATTACKER, 0o777);
     let out = start_victim(&bin, &config, &tmp);
@@ -115,7 +116,7 @@ fn runtime_directory_is_created_private_and_the_owner_is_served() {
         return;
     }
     let (sandbox, bin, tmp) = shared_sandbox();
-    let config = victim_config(&sandbox, VICTIM);
+    let config = victim_config(&sandbox, VICTIM, "true");
     let _daemon = Killed(
         as_user(
             VICTIM,
@@ -217,18 +218,13 @@ fn regression_a_folder_the_daemon_could_not_read_was_not_watched_once_made_reada
         return;
     }
     let (sandbox, bin, tmp) = shared_sandbox();
-    let config = victim_config(&sandbox, VICTIM);
-    std::fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"state\"\n{}",
-            one_route(r#"echo "$EXECLIB_NAME" >> ../out/log"#, "")
-        ),
-    )
-    .unwrap();
+    let config = victim_config(&sandbox, VICTIM, r#"echo "$EXECLIB_NAME" >> ../out/log"#);
     mkdir_owned(&sandbox.path("out"), VICTIM, 0o755);
     // Root's, closed to the daemon's user: it cannot be watched.
     mkdir_owned(&sandbox.path("src/locked"), 0, 0o700);
+    // Readable but not searchable: it is watched, the folder in it cannot be.
+    mkdir_owned(&sandbox.path("src/half/inner"), 0, 0o755);
+    std::fs::set_permissions(sandbox.path("src/half"), std::fs::Permissions::from_mode(0o744)).unwrap();
     let log = sandbox.path("daemon.log");
     let _daemon = Killed(
         as_user(
@@ -241,16 +237,25 @@ fn regression_a_folder_the_daemon_could_not_read_was_not_watched_once_made_reada
         .spawn()
         .unwrap(),
     );
-    eventually("the warning that src/locked is not watched", || {
-        let text = std::fs::read_to_string(&log).ok()?;
-        text.contains("not watched, changes under it are not seen")
-            .then_some(())
-    });
+    eventually(
+        "the warnings that src/locked and src/half/inner are not watched",
+        || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            (text.matches("not watched, changes under it are not seen").count() == 2).then_some(())
+        },
+    );
     // Opened to it: from now on, what changes in it runs jobs, as anywhere else.
     std::fs::set_permissions(sandbox.path("src/locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(sandbox.path("src/locked/a.txt"), "1").unwrap();
     eventually("a.txt's job", || {
         let ran = sandbox.read("out/log")?;
         ran.contains("a.txt").then_some(())
+    });
+    // A folder reached through one made searchable is watched too.
+    std::fs::set_permissions(sandbox.path("src/half"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(sandbox.path("src/half/inner/b.txt"), "1").unwrap();
+    eventually("b.txt's job", || {
+        let ran = sandbox.read("out/log")?;
+        ran.contains("b.txt").then_some(())
     });
 }

@@ -4,7 +4,7 @@
 use crate::support::*;
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) fn sh(script: &str, dir: &std::path::Path) {
     let status = Command::new("sh")
@@ -229,13 +229,9 @@ fn root_missing_at_start_or_deleted_degrades_and_resumes_when_back() {
     });
 }
 
-#[test]
-fn regression_a_directory_too_deep_to_watch_is_reported_not_skipped_silently() {
-    // Folders whose path passed PATH_MAX (4096 bytes) were left unwatched with a
-    // debug line only: the listener said `running` and changes there never ran.
-    let sandbox = Sandbox::new();
-    let config = sandbox.config(&one_route("true", ""));
-    let daemon = Daemon::start(&sandbox, &config);
+/// Makes `src/d…/d…/…` 25 levels of 200-byte names deep, past `PATH_MAX`: its
+/// deepest folders cannot be watched. Returns the name of its first level.
+fn too_deep(sandbox: &Sandbox) -> String {
     let name = "d".repeat(200);
     // Made by relative steps (mkdirat, openat), as no absolute path that long can be used.
     let mut dir = std::fs::File::open(sandbox.path("src")).unwrap();
@@ -254,6 +250,38 @@ fn regression_a_directory_too_deep_to_watch_is_reported_not_skipped_silently() {
             dir = std::fs::File::from_raw_fd(fd);
         }
     }
+    name
+}
+
+#[test]
+fn regression_a_poll_forgot_the_folders_that_could_not_be_watched() {
+    // Each rescan dropped the record of the folders under it that could not be
+    // watched: after the first poll the listener said `running` again, though they
+    // were still unwatched (and a chmod could no longer bring them back).
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", "poll = \"always\"\n  poll_ms = 100"));
+    let daemon = Daemon::start(&sandbox, &config);
+    too_deep(&sandbox);
+    eventually("degraded", || {
+        (daemon.listener("docs")["state"] == "degraded").then_some(())
+    });
+    // Ten polls and more: it stays so.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let docs = daemon.listener("docs");
+        assert_eq!(docs["state"], "degraded", "{docs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn regression_a_directory_too_deep_to_watch_is_reported_not_skipped_silently() {
+    // Folders whose path passed PATH_MAX (4096 bytes) were left unwatched with a
+    // debug line only: the listener said `running` and changes there never ran.
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let name = too_deep(&sandbox);
     let docs = eventually("degraded", || {
         let l = daemon.listener("docs");
         (l["state"] == "degraded").then_some(l)
