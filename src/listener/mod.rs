@@ -246,6 +246,10 @@ pub struct Listeners {
     /// of a slot it replaces; a start holds it only to find its slot (a slot a reload
     /// replaced is retired, and refuses to start).
     changing: tokio::sync::Mutex<()>,
+    /// The new slots a reload is starting, not in `slots` yet: a `stop` of their
+    /// listener abandons their start too (it may be stuck on a hung file system,
+    /// with the reload holding `changing` until it ends).
+    reloading: std::sync::Mutex<Vec<Arc<Slot>>>,
 }
 
 impl Listeners {
@@ -323,6 +327,7 @@ impl Listeners {
             },
             closing: CancellationToken::new(),
             changing: tokio::sync::Mutex::new(()),
+            reloading: Default::default(),
         }
     }
 
@@ -380,7 +385,20 @@ impl Listeners {
     /// still setting up its watches is abandoned first (it holds what stopping waits
     /// for, and may be stuck on a hung file system).
     pub async fn stop(&self, name: &str) -> Result<bool, ListenerError> {
-        let abandoned = self.slot(name)?.abandon_start();
+        let reloading: Vec<Arc<Slot>> = {
+            let reloading = self.reloading.lock().expect("reloading lock");
+            reloading
+                .iter()
+                .filter(|s| s.config.name == name)
+                .cloned()
+                .collect()
+        };
+        let mut abandoned = reloading.iter().fold(false, |any, s| s.stop_early() || any);
+        match self.slot(name) {
+            Ok(slot) => abandoned |= slot.abandon_start(),
+            Err(e) if reloading.is_empty() => return Err(e),
+            Err(_) => {} // added by the reload: in the registry once it is done
+        }
         let _changing = self.changing.lock().await;
         Ok(self.slot(name)?.stop().await || abandoned)
     }

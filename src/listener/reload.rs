@@ -8,12 +8,12 @@
 //! start if `autostart`.
 
 use super::{FileEvent, ListenerError, Listeners, Slot, State};
-use crate::config::{Config, ListenerConfig};
+use crate::config::Config;
 use crate::events::EventKind;
 use crate::protocol::replies::Applied;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 impl Listeners {
     /// Brings the listeners in line with `config`. Fails only when the daemon is
@@ -36,11 +36,12 @@ impl Listeners {
                 Some(slot) => {
                     applied.changed.push(name);
                     slot.retire();
-                    self.replace(slot, l).await
+                    let new = self.reloading(Slot::new(l));
+                    self.replace(slot, new).await
                 }
                 None => {
                     applied.added.push(name);
-                    let slot = Arc::new(Slot::new(l));
+                    let slot = self.reloading(Slot::new(l));
                     if l.autostart {
                         self.start_logged(&slot).await;
                     }
@@ -48,6 +49,9 @@ impl Listeners {
                 }
             };
             next.push(slot);
+        }
+        for slot in self.reloading.lock().expect("reloading lock").drain(..) {
+            slot.reloaded();
         }
         for slot in old
             .iter()
@@ -61,10 +65,17 @@ impl Listeners {
         Ok(applied)
     }
 
-    /// The new slot for a changed listener, running if the old one was up (or had
+    /// `slot`, known as one this reload starts until it is done (see `stop`).
+    fn reloading(&self, slot: Slot) -> Arc<Slot> {
+        let slot = Arc::new(slot);
+        self.reloading.lock().expect("reloading lock").push(slot.clone());
+        slot
+    }
+
+    /// `new`, the slot for a changed listener, running if the old one was up (or had
     /// failed and the listener is `autostart`).
-    async fn replace(&self, old: &Arc<Slot>, config: &ListenerConfig) -> Arc<Slot> {
-        let new = Arc::new(Slot::new(config));
+    async fn replace(&self, old: &Arc<Slot>, new: Arc<Slot>) -> Arc<Slot> {
+        let config = &*new.config.clone();
         let failed = old.shared.get().0 == State::Failed;
         if !(old.is_up() || failed && config.autostart) {
             old.stop().await;
@@ -86,6 +97,7 @@ impl Listeners {
                 *running = Some(new.launch(&self.ctx, prepared, extra));
             }
             Ok(_) => {}
+            Err(e @ ListenerError::Abandoned { .. }) => warn!("{e}"),
             Err(e) => error!("{e}"),
         }
         drop(running);
@@ -93,8 +105,10 @@ impl Listeners {
     }
 
     async fn start_logged(&self, slot: &Slot) {
-        if let Err(e) = slot.start(&self.ctx, &self.closing).await {
-            error!("{e}");
+        match slot.start(&self.ctx, &self.closing).await {
+            Err(e @ ListenerError::Abandoned { .. }) => warn!("{e}"),
+            Err(e) => error!("{e}"),
+            Ok(_) => {}
         }
     }
 }

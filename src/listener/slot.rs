@@ -43,6 +43,9 @@ pub(super) struct Slot {
     starting: std::sync::Mutex<Option<CancellationToken>>,
     /// Set when a reload replaces or removes it: it never starts again.
     retired: std::sync::atomic::AtomicBool,
+    /// Set by a `stop` while a reload is starting it, in case its watch setup has not
+    /// begun yet: that setup is then abandoned as it begins. Cleared when the reload ends.
+    stopped_early: std::sync::atomic::AtomicBool,
 }
 
 /// How long a listener's watch setup runs before it is reported slow (a warning,
@@ -57,7 +60,20 @@ impl Slot {
             running: tokio::sync::Mutex::new(None),
             starting: std::sync::Mutex::new(None),
             retired: Default::default(),
+            stopped_early: Default::default(),
         }
+    }
+
+    /// A `stop` while a reload starts this slot: its start is abandoned, now or as its
+    /// watch setup begins. Whether a start was in progress.
+    pub(super) fn stop_early(&self) -> bool {
+        self.stopped_early.store(true, Ordering::SeqCst);
+        self.abandon_start()
+    }
+
+    /// The reload that started it is over: a later start is not abandoned.
+    pub(super) fn reloaded(&self) {
+        self.stopped_early.store(false, Ordering::SeqCst);
     }
 
     /// Marks it replaced or removed by a reload: a start in progress is abandoned and
@@ -168,6 +184,9 @@ impl Slot {
     ) -> Result<T, ListenerError> {
         let name = &self.config.name;
         *self.starting.lock().expect("starting lock") = Some(abandon.clone());
+        if self.stopped_early.swap(false, Ordering::SeqCst) {
+            abandon.cancel();
+        }
         self.shared.set(State::Starting, None);
         let started = tokio::time::Instant::now();
         let mut slow_at = SLOW_START;

@@ -501,3 +501,49 @@ fn regression_each_reload_on_a_hung_site_root_left_one_more_thread_caught_by_it(
     );
     terminates(&mut daemon, Duration::from_secs(6), "");
 }
+
+#[test]
+fn regression_stop_waited_for_ever_behind_a_reload_whose_start_was_stuck_on_a_hung_file_system() {
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    mount.hang();
+    let mut daemon = nfs_started_by_request(&sandbox);
+    let config = std::fs::read_to_string(sandbox.path("site.toml")).unwrap();
+    let stop = |name: &str| {
+        let request = format!(r#"{{"cmd":"stop","listener":"{name}"}}"#);
+        let reply = daemon.request_within(&request, Duration::from_secs(3));
+        assert_eq!(
+            reply.map(|r| r["changed"].clone()),
+            Ok(serde_json::json!(true)),
+            "{name}"
+        );
+    };
+    let state = |name: &str| state_of(states(&daemon, Duration::from_secs(3)), name).0;
+    // A reload adds a listener on the hung mount: its start waits on it, and the reload
+    // with it; `stop more` abandons that start (before, it waited behind the reload).
+    let added =
+        "[[listener]]\nname = \"more\"\n  [[listener.route]]\n  path = \"src/sub\"\n  run = [\"true\"]\n";
+    std::fs::write(sandbox.path("site.toml"), format!("{config}{added}")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    eventually("the added listener's start waiting on the mount", || {
+        (threads_on_fuse(daemon.pid()) >= 1).then_some(())
+    });
+    stop("more");
+    eventually("the reload done, `more` stopped", || {
+        (state("more") == "stopped").then_some(())
+    });
+    // The same for a listener the reload changes: `docs` moves onto the mount.
+    let moved = format!("{config}{added}").replace("path = \"plain\"", "path = \"src/sub\"");
+    std::fs::write(sandbox.path("site.toml"), moved).unwrap();
+    let caught = threads_on_fuse(daemon.pid());
+    daemon.signal(libc::SIGHUP);
+    eventually("the changed listener's start waiting on the mount", || {
+        (threads_on_fuse(daemon.pid()) > caught).then_some(())
+    });
+    stop("docs");
+    eventually("the reload done, `docs` stopped", || {
+        (state("docs") == "stopped").then_some(())
+    });
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
