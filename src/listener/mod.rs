@@ -393,7 +393,10 @@ impl Listeners {
                 .cloned()
                 .collect()
         };
-        let mut abandoned = reloading.iter().fold(false, |any, s| s.stop_early() || any);
+        let mut abandoned = false;
+        for slot in &reloading {
+            abandoned |= slot.stop_early(); // every one, not only until the first
+        }
         match self.slot(name) {
             Ok(slot) => abandoned |= slot.abandon_start(),
             Err(e) if reloading.is_empty() => return Err(e),
