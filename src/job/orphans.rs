@@ -29,12 +29,6 @@ struct Jobs {
     spawning: usize,
 }
 
-/// Held by [`end`] while it runs: only it reaps adoptees then (the periodic [`reap`]
-/// skips its turns), so a pid it listed stays its process's (running, or a zombie)
-/// until it has been signalled, however long `select` takes to decide. Ends run one
-/// at a time.
-static ENDING: Mutex<()> = Mutex::new(());
-
 /// How often exited adoptees are reaped.
 pub const REAP_EVERY: Duration = Duration::from_secs(1);
 
@@ -127,11 +121,6 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Reaps the adoptees that have exited; returns how many.
 pub fn reap() -> usize {
-    let _ending = match ENDING.try_lock() {
-        Ok(ending) => ending,
-        Err(std::sync::TryLockError::Poisoned(ending)) => ending.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return 0, // an end reaps meanwhile
-    };
     // Held across the check and the reap: a spawn starting meanwhile waits to count itself.
     let jobs = JOBS.lock().expect("jobs lock");
     adoptees_of(&jobs)
@@ -171,7 +160,6 @@ fn names_listener(environ: &[u8], listener: &str) -> bool {
 /// sessions of their own, out of reach of its group's signal): they become adoptees
 /// in turn, so each round looks again and signals the newcomers, until none is left.
 fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
-    let _ending = ENDING.lock().unwrap_or_else(|e| e.into_inner());
     let mut signalled = std::collections::HashSet::new();
     let mut term = |pid: u32| signalled.insert(pid).then_some(libc::SIGTERM);
     let left = round(&select, &mut term);
@@ -203,23 +191,31 @@ fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
 
 /// One round of [`end`]: reaps the adoptees that have exited, then gives each one
 /// `select` picks the signal `signal` names for it (to it and its group); returns
-/// those picked. The jobs lock is held only to list them: `select` may read a
-/// process's `/proc` files, which can wait on that process (one stuck on a hung
-/// mount), and spawns and job ends must not wait with it. A listed pid cannot go to
-/// another process before it is signalled: only this end reaps adoptees ([`ENDING`]).
+/// those picked. Each is held by a pidfd opened under the jobs lock, which every
+/// reaper of adoptees takes: it is the process listed, and a signal reaches it or
+/// nobody, even if it is reaped and its pid reused meanwhile. The lock is not held
+/// while `select` reads a process's `/proc` files (which can wait on a process stuck
+/// on a hung mount): spawns and job ends never wait for that.
 fn round(select: &impl Fn(u32) -> bool, signal: &mut impl FnMut(u32) -> Option<i32>) -> Vec<u32> {
-    let listed = {
+    let listed: Vec<(u32, crate::sys::Pidfd)> = {
         let jobs = settled();
         for pid in adoptees_of(&jobs) {
             crate::sys::reap(pid);
         }
-        adoptees_of(&jobs)
+        let adoptees = adoptees_of(&jobs).into_iter();
+        adoptees
+            .filter_map(|pid| crate::sys::Pidfd::open(pid).ok().map(|p| (pid, p)))
+            .collect()
     };
-    let picked: Vec<u32> = listed.into_iter().filter(|&p| select(p)).collect();
-    for &pid in &picked {
-        if let Some(signal) = signal(pid) {
+    let mut picked = Vec::new();
+    for (pid, process) in listed.into_iter().filter(|(pid, _)| select(*pid)) {
+        picked.push(pid);
+        // Delivered: not reaped, so its pid, and its group's id, are still its own
+        // (pids go round the whole range before one is used again).
+        if let Some(signal) = signal(pid)
+            && process.signal(signal)
+        {
             crate::sys::kill_group(pid, signal);
-            crate::sys::kill(pid, signal);
         }
     }
     picked

@@ -246,10 +246,8 @@ pub struct Listeners {
     /// of a slot it replaces; a start holds it only to find its slot (a slot a reload
     /// replaced is retired, and refuses to start).
     changing: tokio::sync::Mutex<()>,
-    /// The new slots a reload is starting, not in `slots` yet: a `stop` of their
-    /// listener abandons their start too (it may be stuck on a hung file system,
-    /// with the reload holding `changing` until it ends).
-    reloading: std::sync::Mutex<Vec<Arc<Slot>>>,
+    /// What a reload is starting, for `stop` (see [`reload::Reloading`]).
+    reloading: std::sync::Mutex<reload::Reloading>,
 }
 
 impl Listeners {
@@ -385,24 +383,15 @@ impl Listeners {
     /// still setting up its watches is abandoned first (it holds what stopping waits
     /// for, and may be stuck on a hung file system).
     pub async fn stop(&self, name: &str) -> Result<bool, ListenerError> {
-        let reloading: Vec<Arc<Slot>> = {
-            let reloading = self.reloading.lock().expect("reloading lock");
-            reloading
-                .iter()
-                .filter(|s| s.config.name == name)
-                .cloned()
-                .collect()
-        };
-        let mut abandoned = false;
-        for slot in &reloading {
-            abandoned |= slot.stop_early(); // every one, not only until the first
-        }
+        let stopping = self.stopping(name);
+        let mut abandoned = stopping.abandoned;
         match self.slot(name) {
             Ok(slot) => abandoned |= slot.abandon_start(),
-            Err(e) if reloading.is_empty() => return Err(e),
+            Err(e) if !stopping.reloading => return Err(e),
             Err(_) => {} // added by the reload: in the registry once it is done
         }
         let _changing = self.changing.lock().await;
+        drop(stopping);
         Ok(self.slot(name)?.stop().await || abandoned)
     }
 

@@ -11,11 +11,88 @@ use super::{FileEvent, ListenerError, Listeners, Slot, State};
 use crate::config::Config;
 use crate::events::EventKind;
 use crate::protocol::replies::Applied;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{error, info, warn};
 
+/// What a reload is starting, for `stop`: a listener the reload adds or changes
+/// starts while the reload holds the lock every stop waits for, and its start may be
+/// stuck on a hung file system. A stop of it abandons that start instead of waiting.
+#[derive(Default)]
+pub(super) struct Reloading {
+    /// The new slots the reload is starting, not in the registry yet.
+    slots: Vec<Arc<Slot>>,
+    /// The listeners stops are waiting to stop, with how many stops each: a slot the
+    /// reload makes for one of them is abandoned as its start begins.
+    stops: HashMap<String, usize>,
+}
+
+/// A stop waiting to stop a listener: registered in [`Reloading::stops`] until dropped.
+pub(super) struct Stopping<'a> {
+    listeners: &'a Listeners,
+    name: String,
+    /// Whether a reload is starting a slot for it.
+    pub(super) reloading: bool,
+    /// Whether such a start was under way (and is abandoned).
+    pub(super) abandoned: bool,
+}
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        let mut reloading = self.listeners.reloading.lock().expect("reloading lock");
+        if let Some(count) = reloading.stops.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                reloading.stops.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Ends a reload's [`Reloading::slots`], however `apply` ends.
+struct Reloaded<'a>(&'a Listeners);
+
+impl Drop for Reloaded<'_> {
+    fn drop(&mut self) {
+        let mut reloading = self.0.reloading.lock().expect("reloading lock");
+        for slot in reloading.slots.drain(..) {
+            slot.reloaded();
+        }
+    }
+}
+
 impl Listeners {
+    /// Registers a stop of listener `name` (until the result is dropped) and abandons
+    /// the start of any slot a reload is starting for it.
+    pub(super) fn stopping(&self, name: &str) -> Stopping<'_> {
+        let mut reloading = self.reloading.lock().expect("reloading lock");
+        *reloading.stops.entry(name.to_owned()).or_default() += 1;
+        let mut stopping = Stopping {
+            listeners: self,
+            name: name.to_owned(),
+            reloading: false,
+            abandoned: false,
+        };
+        for slot in reloading.slots.iter().filter(|s| s.config.name == name) {
+            stopping.reloading = true;
+            stopping.abandoned |= slot.stop_early();
+        }
+        stopping
+    }
+
+    /// `slot`, known as one this reload starts until it is done; a stop already
+    /// waiting for its listener keeps it from starting.
+    fn reloading(&self, slot: Slot) -> Arc<Slot> {
+        let slot = Arc::new(slot);
+        let mut reloading = self.reloading.lock().expect("reloading lock");
+        if reloading.stops.contains_key(&slot.config.name) {
+            slot.stop_early();
+        }
+        reloading.slots.push(slot.clone());
+        slot
+    }
+
     /// Brings the listeners in line with `config`. Fails only when the daemon is
     /// shutting down; a listener that cannot start is left `failed` and logged.
     pub async fn apply(&self, config: &Config) -> Result<Applied, ListenerError> {
@@ -23,6 +100,7 @@ impl Listeners {
         if self.closing.is_cancelled() {
             return Err(ListenerError::Closing);
         }
+        let reloaded = Reloaded(self);
         let old = self.slots();
         let mut applied = Applied::default();
         let mut next = Vec::with_capacity(config.listeners.len());
@@ -50,9 +128,7 @@ impl Listeners {
             };
             next.push(slot);
         }
-        for slot in self.reloading.lock().expect("reloading lock").drain(..) {
-            slot.reloaded();
-        }
+        drop(reloaded);
         for slot in old
             .iter()
             .filter(|s| !config.listeners.iter().any(|l| l.name == s.config.name))
@@ -63,13 +139,6 @@ impl Listeners {
         }
         *self.slots.write().expect("slots lock") = next;
         Ok(applied)
-    }
-
-    /// `slot`, known as one this reload starts until it is done (see `stop`).
-    fn reloading(&self, slot: Slot) -> Arc<Slot> {
-        let slot = Arc::new(slot);
-        self.reloading.lock().expect("reloading lock").push(slot.clone());
-        slot
     }
 
     /// `new`, the slot for a changed listener, running if the old one was up (or had

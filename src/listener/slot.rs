@@ -126,6 +126,20 @@ impl Slot {
         let span = info_span!("listener", listener = %name);
         let config = self.config.clone();
         let abandon = closing.child_token();
+        if closing.is_cancelled() || self.stopped_early.swap(false, Ordering::SeqCst) {
+            // Never asked: no thread goes into a file system that may not answer.
+            let why = if closing.is_cancelled() {
+                "the daemon is shutting down"
+            } else {
+                "stopped"
+            };
+            self.shared.set(State::Stopped, None);
+            return Err(ListenerError::Abandoned {
+                name,
+                waited: std::time::Duration::ZERO,
+                why,
+            });
+        }
         let abandoned = abandon.clone();
         let setup = tokio::task::spawn_blocking(move || {
             let _entered = span.entered();

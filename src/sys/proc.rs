@@ -28,6 +28,41 @@ pub fn kill_group(pgid: u32, signal: i32) -> bool {
     unsafe { libc::killpg(pgid as libc::pid_t, signal) == 0 }
 }
 
+/// A process held by a pidfd: a signal sent through it reaches that process or
+/// nobody, even once its pid has gone to another process.
+pub struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// Opens a pidfd for process `pid` (`pidfd_open`).
+    pub fn open(pid: u32) -> io::Result<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and touches no memory.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor, owned here once.
+        Ok(Pidfd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Sends `signal` to the process (`pidfd_send_signal`); false when it has been
+    /// reaped (a zombie not reaped yet still takes it).
+    pub fn signal(&self, signal: i32) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid pidfd; no siginfo (null) and no flags.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        sent == 0
+    }
+}
+
 /// Clock ticks since boot (`CLOCK_BOOTTIME` in `/proc/PID/stat`'s unit: a
 /// process's start time there is this, read when it started).
 pub fn boot_ticks() -> u64 {

@@ -129,6 +129,10 @@ impl Watcher {
                 self.next_poll = Instant::now() + ROOT_POLL;
             }
             _ if mask.contains(EventMask::IGNORED) => self.tree.forget(wd),
+            // Its mode or owner changed (a route path made searchable, say).
+            _ if mask.contains(EventMask::ATTRIB) && self.overflow.due.is_none() => {
+                self.tree.retry_unwatchable(dir, EventKind::Create, out)?
+            }
             _ => {}
         }
         Ok(())
@@ -167,10 +171,7 @@ impl Watcher {
             // Its mode or owner changed: it, or a folder in it that could not be reached
             // through it, may be readable now. What such a folder holds is new to the
             // listener, as in a folder made.
-            for dir in self.tree.unwatchable_at_or_in(&path) {
-                self.tree
-                    .add(&dir, false, Stat::Full, Some((EventKind::Create, out)))?;
-            }
+            self.tree.retry_unwatchable(&path, EventKind::Create, out)?;
         }
         Ok(())
     }

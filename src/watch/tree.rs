@@ -113,11 +113,12 @@ impl Unwatchable {
     pub(super) fn record(&self, dir: &Path, e: &std::io::Error) {
         use std::sync::atomic::Ordering;
         let path = crate::names::escaped(dir);
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
             debug!(path = %path, "not watched: {e}");
+            dirs.remove(dir); // gone meanwhile
             return;
         }
-        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         if dirs.contains_key(dir) {
             return; // a retry (a rescan, a poll): said already
         }
@@ -134,6 +135,12 @@ impl Unwatchable {
             ),
             _ => debug!(path = %path, "not watched: {e}"),
         }
+    }
+
+    /// Whether `dir` is among the directories that could not be watched.
+    pub(super) fn contains(&self, dir: &Path) -> bool {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        !dirs.is_empty() && dirs.contains_key(dir)
     }
 
     /// Those of the directories that could not be watched that are `dir` or directly
@@ -266,10 +273,22 @@ impl Tree {
         self.no_space.len()
     }
 
-    /// The directories that could not be watched (no permission, say) and that are
-    /// `dir` or directly in it.
-    pub fn unwatchable_at_or_in(&self, dir: &Path) -> Vec<PathBuf> {
-        self.unwatchable.at_or_in(dir)
+    /// Watches again, as a directory made, those of the directories that could not be
+    /// watched (no permission, say) that are `dir` or directly in it: `dir`'s mode or
+    /// owner changed. What they hold is reported as `kind` into `out`.
+    pub fn retry_unwatchable(
+        &mut self,
+        dir: &Path,
+        kind: EventKind,
+        out: &mut Vec<FileEvent>,
+    ) -> Result<(), WatchError> {
+        for d in self.unwatchable.at_or_in(dir) {
+            // Still not watched (adding `dir` walks into those in it).
+            if self.unwatchable.contains(&d) {
+                self.add(&d, false, Stat::Full, Some((kind, &mut *out)))?;
+            }
+        }
+        Ok(())
     }
 
     /// The health line about directories that could not be watched, if any.
