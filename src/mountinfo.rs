@@ -1,7 +1,8 @@
 //! The mount table as `/proc/self/mountinfo` lists it (proc(5)): where each file
 //! system is mounted, what part of it, its type and whether it is read-only. Read
-//! by the watcher (mounts over watched trees, file systems to poll) and by the
-//! cgroup code (where cgroup2 is mounted).
+//! by the watcher (mounts over watched trees, file systems to poll), by the
+//! cgroup code (where cgroup2 is mounted) and by jobs ([`under_remote_mount`]:
+//! whether a start may wait on a network or FUSE file system).
 
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
@@ -44,6 +45,64 @@ pub fn parse(mountinfo: &str) -> Vec<Mount> {
             })
         })
         .collect()
+}
+
+/// Whether changes on a file system of type `fstype` (as `mountinfo` names it) can
+/// be made where this kernel does not see them: network file systems, and FUSE
+/// (sshfs, bindfs of another tree, rclone, …). Local disk types never.
+pub fn is_remote(fstype: &str) -> bool {
+    const REMOTE: [&str; 16] = [
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "vboxsf",
+        "vmhgfs",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gfs2",
+        "ocfs2",
+        "ncpfs",
+        "coda",
+    ];
+    REMOTE.contains(&fstype) || fstype == "fuse" || fstype.starts_with("fuse.")
+}
+
+/// How long [`under_remote_mount`] trusts its last reading of the mount table.
+const REMOTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The mount points of remote file systems ([`is_remote`]), read at most once per
+/// [`REMOTE_FRESH`]; with when they were read.
+static REMOTE_POINTS: std::sync::RwLock<Option<(std::time::Instant, Vec<PathBuf>)>> =
+    std::sync::RwLock::new(None);
+
+/// Whether `path`, as written (no link is followed: nothing is asked of the file
+/// system it names, which may not answer), lies on a network or FUSE mount, by the
+/// mount table of at most a second ago. False when the table cannot be read.
+pub fn under_remote_mount(path: &std::path::Path) -> bool {
+    let now = std::time::Instant::now();
+    {
+        let points = REMOTE_POINTS.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((read, points)) = points.as_ref()
+            && now.duration_since(*read) < REMOTE_FRESH
+        {
+            return points.iter().any(|p| path.starts_with(p));
+        }
+    }
+    let points: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| parse(&text))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| is_remote(&m.fstype))
+        .map(|m| m.point)
+        .collect();
+    let under = points.iter().any(|p| path.starts_with(p));
+    *REMOTE_POINTS.write().unwrap_or_else(|e| e.into_inner()) = Some((now, points));
+    under
 }
 
 /// A mountinfo path with its octal escapes (`\040`, `\134`…) decoded.

@@ -11,6 +11,7 @@ pub mod contain;
 pub mod launch;
 pub mod orphans;
 mod output;
+mod start;
 
 use crate::config::Command;
 /// How a job ended: the history's outcome, the one vocabulary the history, the
@@ -178,16 +179,23 @@ async fn run_job(
         cgroup_procs: group.as_ref().map(|g| g.procs_fd()),
     };
     let before = crate::sys::boot_ticks();
-    let started_job = match orphans::spawn(|| child::start(&launch)) {
-        Ok(started_job) => started_job,
-        Err(e) => {
+    let (started_job, _registered) = match start::start(spec, &launch, cancel).await {
+        Ok(started) => started,
+        Err(start::Unstarted::Failed(e)) => {
             error!(exit_code = "not_started", "job failed: {e}");
             let reason = e.to_string();
             return (Outcome::NotStarted { reason }, None);
         }
+        Err(start::Unstarted::GaveUp { timeout }) => {
+            let (outcome, by) = match timeout {
+                true => (Outcome::Timeout, "its timeout"),
+                false => (Outcome::Cancelled, "its stop"),
+            };
+            warn!("job ended by {by} before it started: its start was waiting on the file system");
+            return (outcome, None);
+        }
     };
     let pid = started_job.child.pid();
-    let _registered = orphans::Registered(pid);
     // Recorded until its whole group is gone (the last kill below), for a daemon
     // started after a crash of this one.
     let ticks = before..=crate::sys::boot_ticks();

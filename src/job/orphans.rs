@@ -13,20 +13,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-/// Jobs' main processes (waited for by their jobs), and how many are being spawned:
-/// while one is (between its clone and its registration) the reaper waits, so a job
-/// that was just started is never mistaken for an adoptee. The lock is held only
-/// briefly: spawns do not wait for each other, or job ends for spawns.
+/// Jobs' main processes (waited for by their jobs), and the threads spawning one:
+/// a thread's children are not taken for adoptees while it spawns (between its
+/// clone and its registration), so a job that was just started is never mistaken
+/// for one, however long its start takes (a working directory on a hung mount).
+/// The lock is held only briefly: spawns do not wait for each other, or job ends
+/// for spawns.
 static JOBS: Mutex<Jobs> = Mutex::new(Jobs {
     pids: None,
-    spawning: 0,
+    spawning: Vec::new(),
 });
 
 struct Jobs {
     /// Registered pids, each with how many registrations hold it (a pid reused by a
     /// new job before the old job dropped its registration is held twice).
     pids: Option<HashMap<u32, usize>>,
-    spawning: usize,
+    /// The threads spawning a job now (a thread may spawn from a spawn: counted twice).
+    spawning: Vec<u32>,
 }
 
 /// How often exited adoptees are reaped.
@@ -36,10 +39,13 @@ pub const REAP_EVERY: Duration = Duration::from_secs(1);
 pub fn spawn<E>(
     start: impl FnOnce() -> Result<super::child::Started, E>,
 ) -> Result<super::child::Started, E> {
-    JOBS.lock().expect("jobs lock").spawning += 1;
+    let tid = crate::sys::tid();
+    JOBS.lock().expect("jobs lock").spawning.push(tid);
     let started = start();
     let mut jobs = JOBS.lock().expect("jobs lock");
-    jobs.spawning -= 1;
+    if let Some(i) = jobs.spawning.iter().position(|&t| t == tid) {
+        jobs.spawning.swap_remove(i);
+    }
     let started = started?;
     *jobs
         .pids
@@ -47,6 +53,25 @@ pub fn spawn<E>(
         .entry(started.child.pid())
         .or_default() += 1;
     Ok(started)
+}
+
+/// Kills the process thread `tid` is spawning, if it still is: a job that gave up
+/// on a start stuck on a hung file system (the child waits there, and the thread
+/// with it, until the child dies: such waits end on SIGKILL). What the thread
+/// started before, registered, is left alone.
+pub fn kill_spawning(tid: u32) {
+    let jobs = JOBS.lock().expect("jobs lock");
+    if !jobs.spawning.contains(&tid) {
+        return;
+    }
+    let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap_or_default();
+    let registered = |pid: &u32| jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid));
+    for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+        if !registered(&pid) {
+            // Not reaped meanwhile: reaping takes this lock, and its pid is its own.
+            crate::sys::kill(pid, libc::SIGKILL);
+        }
+    }
 }
 
 /// A job's main process, registered by [`spawn`] until this is dropped (once it has
@@ -77,46 +102,32 @@ pub fn adopt() -> bool {
     }
 }
 
-/// The daemon's children that are not jobs' main processes: adoptees. None while a
-/// job is being spawned (it may not be registered yet): callers try again later.
+/// The daemon's children that are not jobs' main processes: adoptees. The children
+/// of a thread spawning a job are left out (its job may not be registered yet).
 fn adoptees_of(jobs: &Jobs) -> Vec<u32> {
-    if jobs.spawning > 0 {
-        return Vec::new();
-    }
-    children(std::process::id())
-        .into_iter()
-        .filter(|pid| !jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid)))
-        .collect()
-}
-
-/// The jobs lock, once no job is being spawned (waiting up to a second for that),
-/// for listing adoptees where an empty list must mean none.
-fn settled() -> std::sync::MutexGuard<'static, Jobs> {
-    let end = Instant::now() + Duration::from_secs(1);
-    loop {
-        let jobs = JOBS.lock().expect("jobs lock");
-        if jobs.spawning == 0 || Instant::now() >= end {
-            return jobs;
-        }
-        drop(jobs);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// The children of `pid`, from `/proc/PID/task/*/children` (every thread's).
-fn children(pid: u32) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+    let tasks = std::fs::read_dir("/proc/self/task")
         .into_iter()
         .flatten()
         .flatten();
+    let spawning = |task: &std::fs::DirEntry| {
+        let tid = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok());
+        tid.is_some_and(|tid| jobs.spawning.contains(&tid))
+    };
     tasks
+        .filter(|task| !spawning(task))
         .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
         .flat_map(|text| {
             text.split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect::<Vec<u32>>()
         })
+        .filter(|pid| !jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid)))
         .collect()
+}
+
+/// The jobs lock, for listing adoptees.
+fn settled() -> std::sync::MutexGuard<'static, Jobs> {
+    JOBS.lock().expect("jobs lock")
 }
 
 /// Reaps the adoptees that have exited; returns how many.

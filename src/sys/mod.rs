@@ -17,7 +17,7 @@ pub use fs::{MountTable, fs_type, openat, openat2, read_link_fd, umask};
 pub use net::{peek, peer_credentials, sendfile, set_backlog, systemd_listener, unread_by_peer};
 pub use proc::{
     Pidfd, become_subreaper, boot_ticks, euid, group_id, kill, kill_group, nofile_limit, reap,
-    release_free_memory, set_nofile_soft, total_memory, uid,
+    release_free_memory, set_nofile_soft, tid, total_memory, uid,
 };
 pub use spawn::{AsyncProcess, Exit, SpawnError, Spec, Stage, pipe, spawn};
 

@@ -81,30 +81,7 @@ pub(super) struct Polled {
     pub next: Instant,
 }
 
-/// Whether changes on a file system of type `fstype` (as `mountinfo` names it) can
-/// be made where this kernel does not see them: network file systems, and FUSE
-/// (sshfs, bindfs of another tree, rclone, …). Local disk types never.
-pub(super) fn is_remote(fstype: &str) -> bool {
-    const REMOTE: [&str; 16] = [
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smbfs",
-        "9p",
-        "vboxsf",
-        "vmhgfs",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "gfs2",
-        "ocfs2",
-        "ncpfs",
-        "coda",
-    ];
-    REMOTE.contains(&fstype) || fstype == "fuse" || fstype.starts_with("fuse.")
-}
+pub(super) use crate::mountinfo::is_remote;
 
 impl Watcher {
     /// What is polled now, and why.

@@ -551,3 +551,57 @@ fn regression_stop_waited_for_ever_behind_a_reload_whose_start_was_stuck_on_a_hu
     });
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
+
+#[test]
+fn regression_jobs_whose_working_directory_was_on_a_hung_mount_froze_the_daemon() {
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    std::fs::create_dir_all(sandbox.path("plain")).unwrap();
+    std::fs::create_dir_all(sandbox.path("out")).unwrap();
+    // `nfs`'s jobs work in a folder on the mount; `docs` has nothing to do with it.
+    let config = sandbox.config(
+        "[daemon]\nshutdown_grace_ms = 2000\n\
+         [[listener]]\nname = \"nfs\"\nmax_jobs = 4\n  [[listener.route]]\n  path = \"plain/nfs\"\n  debounce_ms = 0\n  delay_ms = 0\n  workdir = \"src/sub\"\n  run = [\"true\"]\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain/docs\"\n  debounce_ms = 0\n  delay_ms = 0\n  \
+         shell = 'echo \"$EXECLIB_NAME\" >> ../../out/log'\n",
+    );
+    std::fs::create_dir_all(sandbox.path("plain/nfs")).unwrap();
+    std::fs::create_dir_all(sandbox.path("plain/docs")).unwrap();
+    let mut daemon = Daemon::start(&sandbox, &config);
+    mount.hang();
+    for i in 0..4 {
+        sandbox.write(&format!("plain/nfs/{i}.txt"), "x");
+    }
+    // Each job's process waits on the mount to enter its working directory.
+    eventually_within(Duration::from_secs(15), "the jobs waiting on the mount", || {
+        (processes_on_fuse() == 4).then_some(())
+    });
+    // The daemon answers, and the other listener runs its jobs.
+    assert!(
+        daemon
+            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(3))
+            .is_ok()
+    );
+    sandbox.write("plain/docs/a.txt", "1");
+    eventually_within(Duration::from_secs(10), "docs's job", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+    // A stop gives up on those starts and kills what waits on the mount.
+    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"nfs"}"#, Duration::from_secs(5));
+    assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
+    eventually("nothing left waiting on the mount", || {
+        (processes_on_fuse() == 0).then_some(())
+    });
+    assert!(daemon.log().contains("before it started"), "{}", daemon.log());
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
+
+/// How many processes of the machine wait on a FUSE request (a server stopped).
+fn processes_on_fuse() -> usize {
+    let procs = std::fs::read_dir("/proc").unwrap().flatten();
+    procs
+        .filter(|p| p.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|p| std::fs::read_to_string(p.path().join("wchan")).is_ok_and(|w| w == "request_wait_answer"))
+        .count()
+}
