@@ -10,10 +10,13 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The id of the calling thread (`gettid`).
+/// The id of the calling thread (`gettid`, asked once per thread).
 pub fn tid() -> u32 {
-    // SAFETY: gettid has no preconditions and cannot fail.
-    unsafe { libc::gettid() as u32 }
+    thread_local! {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        static TID: u32 = unsafe { libc::gettid() as u32 };
+    }
+    TID.with(|tid| *tid)
 }
 
 /// The real user id of this process.
