@@ -72,17 +72,26 @@ pub fn is_remote(fstype: &str) -> bool {
     REMOTE.contains(&fstype) || fstype == "fuse" || fstype.starts_with("fuse.")
 }
 
+/// Whether a file system of type `fstype` may stop answering, its calls waiting
+/// for ever: the [`is_remote`] ones, and FUSE on a block device (its daemon may
+/// die), virtio-fs (its host side), and autofs (a mount point that mounts one of
+/// those on first use).
+pub fn may_not_answer(fstype: &str) -> bool {
+    is_remote(fstype) || matches!(fstype, "fuseblk" | "virtiofs" | "autofs")
+}
+
 /// How long [`under_remote_mount`] trusts its last reading of the mount table.
 const REMOTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The mount points of remote file systems ([`is_remote`]), read at most once per
+/// The mount points of file systems that may not answer ([`may_not_answer`]), read at most once per
 /// [`REMOTE_FRESH`]; with when they were read.
 static REMOTE_POINTS: std::sync::RwLock<Option<(std::time::Instant, Vec<PathBuf>)>> =
     std::sync::RwLock::new(None);
 
 /// Whether `path`, as written (no link is followed: nothing is asked of the file
-/// system it names, which may not answer), lies on a network or FUSE mount, by the
-/// mount table of at most a second ago. False when the table cannot be read.
+/// system it names, which may not answer), lies on a mount that may stop answering
+/// ([`may_not_answer`]: network, FUSE, autofs), by the mount table of at most a
+/// second ago. False when the table cannot be read.
 pub fn under_remote_mount(path: &std::path::Path) -> bool {
     let now = std::time::Instant::now();
     {
@@ -97,7 +106,7 @@ pub fn under_remote_mount(path: &std::path::Path) -> bool {
         .map(|text| parse(&text))
         .unwrap_or_default()
         .into_iter()
-        .filter(|m| is_remote(&m.fstype))
+        .filter(|m| may_not_answer(&m.fstype))
         .map(|m| m.point)
         .collect();
     let under = points.iter().any(|p| path.starts_with(p));

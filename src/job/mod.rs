@@ -179,7 +179,9 @@ async fn run_job(
         cgroup_procs: group.as_ref().map(|g| g.procs_fd()),
     };
     let before = crate::sys::boot_ticks();
-    let (started_job, _registered) = match start::start(spec, &launch, cancel).await {
+    // From the start's beginning: a start that waited on the file system used it up.
+    let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+    let (started_job, _registered) = match start::start(spec, &launch, cancel, deadline).await {
         Ok(started) => started,
         Err(start::Unstarted::Failed(e)) => {
             error!(exit_code = "not_started", "job failed: {e}");
@@ -192,6 +194,8 @@ async fn run_job(
                 false => (Outcome::Cancelled, "its stop"),
             };
             warn!("job ended by {by} before it started: its start was waiting on the file system");
+            // Its cgroup's removal may wait a second for what is left in it: not here.
+            let _ = tokio::task::spawn_blocking(move || drop(group)).await;
             return (outcome, None);
         }
     };
@@ -207,7 +211,7 @@ async fn run_job(
         pid,
         group: group.as_ref(),
     };
-    let (exit, by, strays) = supervise(started_job, job, spec, (grace, cancel), tail).await;
+    let (exit, by, strays) = supervise(started_job, job, spec, (grace, cancel, deadline), tail).await;
     let stats = job.kill(strays).await;
     let mut outcome = match (&exit, by) {
         (_, EndedBy::Stop) => Outcome::Cancelled,
@@ -240,7 +244,7 @@ async fn supervise(
     started: child::Started,
     job: Job<'_>,
     spec: &JobSpec,
-    (grace, cancel): (Duration, &CancellationToken),
+    (grace, cancel, deadline): (Duration, &CancellationToken, Option<tokio::time::Instant>),
     tail: &mut Vec<String>,
 ) -> (std::io::Result<crate::sys::Exit>, EndedBy, bool) {
     let child::Started {
@@ -265,7 +269,6 @@ async fn supervise(
         };
         let output = async { tokio::join!(feed, drained) };
         tokio::pin!(output);
-        let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
         let timeout_ms = spec.timeout.unwrap_or_default().as_millis() as u64;
         // The main process's end, and what ended it: an exit already there wins.
         let wait = async {

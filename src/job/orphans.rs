@@ -28,22 +28,75 @@ struct Jobs {
     /// Registered pids, each with how many registrations hold it (a pid reused by a
     /// new job before the old job dropped its registration is held twice).
     pids: Option<HashMap<u32, usize>>,
-    /// The threads spawning a job now (a thread may spawn from a spawn: counted twice).
-    spawning: Vec<u32>,
+    /// The threads spawning a job now, with the start each makes (see [`Attempt`]).
+    spawning: Vec<(u32, u64)>,
 }
 
 /// How often exited adoptees are reaped.
 pub const REAP_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts a job's main process with `start`, registered so the reaper leaves it alone.
+/// A start made on a thread of its own that its job may give up on (its working
+/// directory on a mount that does not answer): giving up keeps it from beginning,
+/// or kills the process it is waiting for.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    id: std::sync::OnceLock<u64>,
+    given_up: std::sync::atomic::AtomicBool,
+    thread: std::sync::atomic::AtomicU32,
+}
+
+impl Attempt {
+    /// Gives up on it: it does not begin if it has not; if it waits for its child,
+    /// that child gets SIGKILL (what its thread started before, registered, is left
+    /// alone).
+    pub fn give_up(&self) {
+        let jobs = JOBS.lock().expect("jobs lock");
+        self.given_up.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (Some(&id), tid) = (
+            self.id.get(),
+            self.thread.load(std::sync::atomic::Ordering::SeqCst),
+        ) else {
+            return;
+        };
+        if !jobs.spawning.contains(&(tid, id)) {
+            return;
+        }
+        let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap_or_default();
+        let registered = |pid: &u32| jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid));
+        for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+            if !registered(&pid) {
+                // Not reaped meanwhile: reaping takes this lock, and its pid is its own.
+                crate::sys::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Starts a job's main process with `start`, registered so the reaper leaves it
+/// alone. `Ok(None)`, without starting it, when `attempt` was given up.
 pub fn spawn<E>(
+    attempt: Option<&Attempt>,
     start: impl FnOnce() -> Result<super::child::Started, E>,
-) -> Result<super::child::Started, E> {
-    let tid = crate::sys::tid();
-    JOBS.lock().expect("jobs lock").spawning.push(tid);
+) -> Result<Option<super::child::Started>, E> {
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let me = (
+        crate::sys::tid(),
+        IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    );
+    {
+        let mut jobs = JOBS.lock().expect("jobs lock");
+        if let Some(attempt) = attempt {
+            if attempt.given_up.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let _ = attempt.id.set(me.1);
+            attempt.thread.store(me.0, std::sync::atomic::Ordering::SeqCst);
+        }
+        jobs.spawning.push(me);
+    }
     let started = start();
     let mut jobs = JOBS.lock().expect("jobs lock");
-    if let Some(i) = jobs.spawning.iter().position(|&t| t == tid) {
+    if let Some(i) = jobs.spawning.iter().position(|&s| s == me) {
         jobs.spawning.swap_remove(i);
     }
     let started = started?;
@@ -52,26 +105,7 @@ pub fn spawn<E>(
         .get_or_insert_with(HashMap::new)
         .entry(started.child.pid())
         .or_default() += 1;
-    Ok(started)
-}
-
-/// Kills the process thread `tid` is spawning, if it still is: a job that gave up
-/// on a start stuck on a hung file system (the child waits there, and the thread
-/// with it, until the child dies: such waits end on SIGKILL). What the thread
-/// started before, registered, is left alone.
-pub fn kill_spawning(tid: u32) {
-    let jobs = JOBS.lock().expect("jobs lock");
-    if !jobs.spawning.contains(&tid) {
-        return;
-    }
-    let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap_or_default();
-    let registered = |pid: &u32| jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid));
-    for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-        if !registered(&pid) {
-            // Not reaped meanwhile: reaping takes this lock, and its pid is its own.
-            crate::sys::kill(pid, libc::SIGKILL);
-        }
-    }
+    Ok(Some(started))
 }
 
 /// A job's main process, registered by [`spawn`] until this is dropped (once it has
@@ -111,7 +145,7 @@ fn adoptees_of(jobs: &Jobs) -> Vec<u32> {
         .flatten();
     let spawning = |task: &std::fs::DirEntry| {
         let tid = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok());
-        tid.is_some_and(|tid| jobs.spawning.contains(&tid))
+        tid.is_some_and(|tid| jobs.spawning.iter().any(|&(t, _)| t == tid))
     };
     tasks
         .filter(|task| !spawning(task))

@@ -31,9 +31,12 @@ pub(super) async fn start(
     spec: &JobSpec,
     launch: &Launch<'_>,
     cancel: &CancellationToken,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<(Started, Registered), Unstarted> {
     if !may_wait_on_a_remote_mount(&spec.command, &spec.workdir) {
-        let started = orphans::spawn(|| child::start(launch)).map_err(Unstarted::Failed)?;
+        let started = orphans::spawn(None, || child::start(launch))
+            .map_err(Unstarted::Failed)?
+            .ok_or(Unstarted::GaveUp { timeout: false })?;
         let registered = Registered(started.child.pid());
         return Ok((started, registered));
     }
@@ -44,10 +47,9 @@ pub(super) async fn start(
         launch.cgroup_procs.map(|fd| fd.try_clone_to_owned()).transpose(),
     );
     let (stdin, nofile_soft) = (launch.stdin, launch.nofile_soft);
-    let thread = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let spawner = thread.clone();
+    let attempt = std::sync::Arc::new(orphans::Attempt::default());
+    let spawner = attempt.clone();
     let start = tokio::task::spawn_blocking(move || {
-        spawner.store(crate::sys::tid(), std::sync::atomic::Ordering::SeqCst);
         let (command, workdir, env, procs) = owned;
         let procs = procs.map_err(|e| Unstarted::Failed(StartError::Cgroup(e)))?;
         let launch = Launch {
@@ -58,30 +60,31 @@ pub(super) async fn start(
             nofile_soft,
             cgroup_procs: procs.as_ref().map(std::os::fd::AsFd::as_fd),
         };
-        let started = orphans::spawn(|| child::start(&launch)).map_err(Unstarted::Failed)?;
+        let started = orphans::spawn(Some(&spawner), || child::start(&launch))
+            .map_err(Unstarted::Failed)?
+            .ok_or(Unstarted::GaveUp { timeout: false })?;
         // Dropped here if the job gave up meanwhile: the process group is killed, and
         // the process reaped as an adoptee.
         let registered = Registered(started.child.pid());
         Ok((started, registered))
     });
     let timeout = async {
-        match spec.timeout {
-            Some(limit) => tokio::time::sleep(limit).await,
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
             None => std::future::pending().await,
         }
     };
     let gave_up = tokio::select! {
+        biased; // a start that is done wins: its process is the job's
         started = start => return started.unwrap_or_else(|e| {
             Err(Unstarted::Failed(StartError::Other(std::io::Error::other(e))))
         }),
         _ = cancel.cancelled() => Unstarted::GaveUp { timeout: false },
         _ = timeout => Unstarted::GaveUp { timeout: true },
     };
-    // The child still waiting on the file system dies, and its thread is free again.
-    match thread.load(std::sync::atomic::Ordering::SeqCst) {
-        0 => {}
-        tid => orphans::kill_spawning(tid),
-    }
+    // A start not begun never begins; the child of one waiting on the file system is
+    // killed (which frees its thread, when the mount lets the wait be interrupted).
+    attempt.give_up();
     Err(gave_up)
 }
 

@@ -575,7 +575,7 @@ fn regression_jobs_whose_working_directory_was_on_a_hung_mount_froze_the_daemon(
     }
     // Each job's process waits on the mount to enter its working directory.
     eventually_within(Duration::from_secs(15), "the jobs waiting on the mount", || {
-        (processes_on_fuse() == 4).then_some(())
+        (processes_on_fuse(daemon.pid()) == 4).then_some(())
     });
     // The daemon answers, and the other listener runs its jobs.
     assert!(
@@ -591,17 +591,24 @@ fn regression_jobs_whose_working_directory_was_on_a_hung_mount_froze_the_daemon(
     let reply = daemon.request_within(r#"{"cmd":"stop","listener":"nfs"}"#, Duration::from_secs(5));
     assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
     eventually("nothing left waiting on the mount", || {
-        (processes_on_fuse() == 0).then_some(())
+        (processes_on_fuse(daemon.pid()) == 0).then_some(())
     });
     assert!(daemon.log().contains("before it started"), "{}", daemon.log());
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
-/// How many processes of the machine wait on a FUSE request (a server stopped).
-fn processes_on_fuse() -> usize {
+/// How many children of `parent` wait on a FUSE request (a server stopped).
+fn processes_on_fuse(parent: i32) -> usize {
     let procs = std::fs::read_dir("/proc").unwrap().flatten();
+    let child = |p: &std::fs::DirEntry| {
+        let status = std::fs::read_to_string(p.path().join("status")).unwrap_or_default();
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["PPid:", &parent.to_string()]))
+    };
     procs
         .filter(|p| p.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
         .filter(|p| std::fs::read_to_string(p.path().join("wchan")).is_ok_and(|w| w == "request_wait_answer"))
+        .filter(child)
         .count()
 }
