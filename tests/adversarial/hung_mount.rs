@@ -62,7 +62,13 @@ fn exited(daemon: &mut Daemon, limit: Duration) -> (Option<i32>, Duration) {
 fn a_hung_fuse_mount_under_a_route_stalls_only_its_listener() {
     let mut case = Case::new("a_hung_fuse_mount_under_a_route_stalls_only_its_listener");
     let stuck_listener = "[[listener]]\nname = \"stuck\"\n  [[listener.route]]\n  path = \"src/sub\"\n  poll_ms = 200\n  shell = \"true\"\n";
-    let site = site("", &format!("{}{stuck_listener}", true_listener("public", 0)));
+    // Watches a healthy folder, but its jobs work on the mount: their starts wait there.
+    let workdir_listener = "[[listener]]\nname = \"workdir\"\nmax_jobs = 8\n  [[listener.route]]\n  path = \"drop\"\n  debounce_ms = 0\n  delay_ms = 0\n  workdir = \"src/sub\"\n  run = [\"true\"]\n";
+    let site = site(
+        "",
+        &format!("{}{stuck_listener}{workdir_listener}", true_listener("public", 0)),
+    );
+    std::fs::create_dir_all(site.sandbox.path("drop")).unwrap();
     let Some(mount) = HungMount::mount(&site.sandbox) else {
         case.set("skipped", "needs root and bindfs");
         return case.finish();
@@ -78,6 +84,7 @@ fn a_hung_fuse_mount_under_a_route_stalls_only_its_listener() {
     let (start, mut writes) = (Instant::now(), 0);
     while start.elapsed() < Duration::from_secs(seconds) {
         site.sandbox.write(&format!("public/page{writes}.html"), "x");
+        site.sandbox.write(&format!("drop/{writes}.txt"), "x");
         writes += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -86,6 +93,7 @@ fn a_hung_fuse_mount_under_a_route_stalls_only_its_listener() {
     let measured = watch.finish(&mut case, Duration::from_millis(500));
     let docs = listener(&daemon, "docs");
     let stuck = listener(&daemon, "stuck");
+    let waiting = listener(&daemon, "workdir")["jobs_running"].as_u64().unwrap_or(0);
     let ran = docs["jobs_started"].as_u64().unwrap_or(0);
     let said = stuck["state"] == "degraded"
         && stuck["error"]
@@ -94,6 +102,7 @@ fn a_hung_fuse_mount_under_a_route_stalls_only_its_listener() {
     case.set("writes", writes);
     case.set("jobs_started", ran);
     case.set("stuck_reported", said);
+    case.set("starts_waiting_on_the_mount", waiting);
     case.set("status_failed_or_slow", failed);
     daemon.signal(libc::SIGTERM);
     let (exit, took) = exited(&mut daemon, Duration::from_secs(15));
@@ -110,6 +119,10 @@ fn a_hung_fuse_mount_under_a_route_stalls_only_its_listener() {
         format!("{ran} jobs for {writes} writes on the healthy listener"),
     );
     case.check(said, format!("the stuck listener did not say so: {stuck}"));
+    case.check(
+        waiting == 8,
+        format!("{waiting} of the 8 jobs working on the mount are waiting to start"),
+    );
     let limit = GRACE + Duration::from_secs(2 + 3);
     case.check(
         took <= limit,

@@ -117,17 +117,7 @@ fn runtime_directory_is_created_private_and_the_owner_is_served() {
     }
     let (sandbox, bin, tmp) = shared_sandbox();
     let config = victim_config(&sandbox, VICTIM, "true");
-    let _daemon = Killed(
-        as_user(
-            VICTIM,
-            &bin.join("execlibd"),
-            &["--config", config.to_str().unwrap()],
-            &[("TMPDIR", &tmp)],
-        )
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
+    let _daemon = victim_daemon(&bin, &config, &tmp, std::process::Stdio::null());
     let socket = tmp.join(format!("execlib-{VICTIM}/site/control.sock"));
     eventually("the victim's socket", || socket.exists().then_some(()));
     for dir in [
@@ -203,6 +193,17 @@ fn execlibctl_refuses_a_per_user_socket_answered_by_another_user() {
 }
 
 /// A process killed when the test ends, however it ends.
+/// The victim's daemon on `config`, its stderr to `stderr`; killed when dropped.
+fn victim_daemon(bin: &Path, config: &Path, tmp: &Path, stderr: impl Into<std::process::Stdio>) -> Killed {
+    let cmd = as_user(
+        VICTIM,
+        &bin.join("execlibd"),
+        &["--config", config.to_str().unwrap()],
+        &[("TMPDIR", tmp)],
+    );
+    Killed({ cmd }.stderr(stderr).spawn().unwrap())
+}
+
 struct Killed(std::process::Child);
 
 impl Drop for Killed {
@@ -226,17 +227,7 @@ fn regression_a_folder_the_daemon_could_not_read_was_not_watched_once_made_reada
     mkdir_owned(&sandbox.path("src/half/inner"), 0, 0o755);
     std::fs::set_permissions(sandbox.path("src/half"), std::fs::Permissions::from_mode(0o744)).unwrap();
     let log = sandbox.path("daemon.log");
-    let _daemon = Killed(
-        as_user(
-            VICTIM,
-            &bin.join("execlibd"),
-            &["--config", config.to_str().unwrap()],
-            &[("TMPDIR", &tmp)],
-        )
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap(),
-    );
+    let _daemon = victim_daemon(&bin, &config, &tmp, std::fs::File::create(&log).unwrap());
     eventually(
         "the warnings that src/locked and src/half/inner are not watched",
         || {
