@@ -382,20 +382,15 @@ fn path_lines(files: &[PathBuf], list: List) -> Vec<u8> {
         lines.push(b'\n');
     }
     if let Some((first, count)) = quoted {
-        let path = crate::names::escaped(first);
-        match list {
-            List::Lines => tracing::warn!(
-                path = %path,
-                quoted = count,
-                "paths in a batch's list hold a line break: they are listed quoted, as git quotes paths"
-            ),
-            List::Nul => tracing::warn!(
-                path = %path,
-                quoted = count,
-                "paths in a batch's list hold a line break: they are quoted in EXECLIB_PATHS, as git \
-                 quotes paths (stdin has them as they are)"
-            ),
-        }
+        let quoted_in = match list {
+            List::Lines => "they are listed quoted",
+            List::Nul => "they are quoted in EXECLIB_PATHS (stdin has them as they are)",
+        };
+        tracing::warn!(
+            path = %crate::names::escaped(first),
+            quoted = count,
+            "paths in a batch's list hold a line break: {quoted_in}, as git quotes paths"
+        );
     }
     lines
 }

@@ -195,7 +195,9 @@ async fn run_job(
             };
             warn!("job ended by {by} before it started: its start was waiting on the file system");
             // Its cgroup's removal may wait a second for what is left in it: not here.
-            let _ = tokio::task::spawn_blocking(move || drop(group)).await;
+            if group.is_some() {
+                let _ = tokio::task::spawn_blocking(move || drop(group)).await;
+            }
             return (outcome, None);
         }
     };

@@ -50,7 +50,7 @@ impl Attempt {
     /// that child gets SIGKILL (what its thread started before, registered, is left
     /// alone).
     pub fn give_up(&self) {
-        let jobs = JOBS.lock().expect("jobs lock");
+        let jobs = jobs();
         self.given_up.store(true, std::sync::atomic::Ordering::SeqCst);
         let (Some(&id), tid) = (
             self.id.get(),
@@ -61,10 +61,8 @@ impl Attempt {
         if !jobs.spawning.contains(&(tid, id)) {
             return;
         }
-        let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap_or_default();
-        let registered = |pid: &u32| jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid));
-        for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-            if !registered(&pid) {
+        for pid in task_children(std::path::Path::new(&format!("/proc/self/task/{tid}"))) {
+            if !jobs.registered(pid) {
                 // Not reaped meanwhile: reaping takes this lock, and its pid is its own.
                 crate::sys::kill(pid, libc::SIGKILL);
             }
@@ -84,7 +82,7 @@ pub fn spawn<E>(
         IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     );
     {
-        let mut jobs = JOBS.lock().expect("jobs lock");
+        let mut jobs = jobs();
         if let Some(attempt) = attempt {
             if attempt.given_up.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(None);
@@ -95,7 +93,7 @@ pub fn spawn<E>(
         jobs.spawning.push(me);
     }
     let started = start();
-    let mut jobs = JOBS.lock().expect("jobs lock");
+    let mut jobs = jobs();
     if let Some(i) = jobs.spawning.iter().position(|&s| s == me) {
         jobs.spawning.swap_remove(i);
     }
@@ -114,7 +112,7 @@ pub struct Registered(pub u32);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Some(pids) = JOBS.lock().expect("jobs lock").pids.as_mut()
+        if let Some(pids) = jobs().pids.as_mut()
             && let Some(count) = pids.get_mut(&self.0)
         {
             *count -= 1;
@@ -149,25 +147,33 @@ fn adoptees_of(jobs: &Jobs) -> Vec<u32> {
     };
     tasks
         .filter(|task| !spawning(task))
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .filter(|pid| !jobs.pids.as_ref().is_some_and(|j| j.contains_key(pid)))
+        .flat_map(|task| task_children(&task.path()))
+        .filter(|&pid| !jobs.registered(pid))
         .collect()
 }
 
-/// The jobs lock, for listing adoptees.
-fn settled() -> std::sync::MutexGuard<'static, Jobs> {
+/// The jobs lock.
+fn jobs() -> std::sync::MutexGuard<'static, Jobs> {
     JOBS.lock().expect("jobs lock")
+}
+
+impl Jobs {
+    /// Whether `pid` is a registered job's main process.
+    fn registered(&self, pid: u32) -> bool {
+        self.pids.as_ref().is_some_and(|j| j.contains_key(&pid))
+    }
+}
+
+/// The children of thread `task` (a directory of `/proc/self/task`).
+fn task_children(task: &std::path::Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(task.join("children")).unwrap_or_default();
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
 /// Reaps the adoptees that have exited; returns how many.
 pub fn reap() -> usize {
     // Held across the check and the reap: a spawn starting meanwhile waits to count itself.
-    let jobs = JOBS.lock().expect("jobs lock");
+    let jobs = jobs();
     adoptees_of(&jobs)
         .into_iter()
         .filter(|&pid| crate::sys::reap(pid))
@@ -243,7 +249,7 @@ fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
 /// on a hung mount): spawns and job ends never wait for that.
 fn round(select: &impl Fn(u32) -> bool, signal: &mut impl FnMut(u32) -> Option<i32>) -> Vec<u32> {
     let listed: Vec<(u32, crate::sys::Pidfd)> = {
-        let jobs = settled();
+        let jobs = jobs();
         for pid in adoptees_of(&jobs) {
             crate::sys::reap(pid);
         }

@@ -140,7 +140,7 @@ impl Unwatchable {
     /// Whether `dir` is among the directories that could not be watched.
     pub(super) fn contains(&self, dir: &Path) -> bool {
         let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-        !dirs.is_empty() && dirs.contains_key(dir)
+        dirs.contains_key(dir)
     }
 
     /// Those of the directories that could not be watched that are `dir` or directly
