@@ -3,12 +3,19 @@
 //! connection waiting for its next request): first from the user holding the most
 //! connections, then the one idle the longest. A connection whose request has
 //! arrived (a whole line waits in its socket) is not idle, even before its task has
-//! read it. So silent connections, however many, cannot lock anyone out; only
-//! connections with requests can fill the slots, and then the newcomer is told `busy`.
+//! read it; nor is one whose task has read a line it has not yet handled. Reads go
+//! through [`Guarded`], under the same lock as admission, so no newcomer can take a
+//! slot between a request leaving the socket and its connection marking itself busy.
+//! So silent connections, however many, cannot lock anyone out; only connections
+//! with requests can fill the slots, and then the newcomer is told `busy`.
 
 use std::collections::HashMap;
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +37,8 @@ struct Slot {
     uid: u32,
     /// Since when it waits for a request; `None` while one is being answered.
     idle_since: Option<Instant>,
+    /// A whole line has left the socket for the connection's buffer, not yet handled.
+    line_read: bool,
     evict: CancellationToken,
     /// A duplicate of the connection's socket, to see whether a request waits in it.
     socket: Option<OwnedFd>,
@@ -69,6 +78,7 @@ impl Admission {
         let slot = Slot {
             uid,
             idle_since: Some(now),
+            line_read: false,
             evict: evict.clone(),
             socket,
         };
@@ -95,7 +105,7 @@ fn victim(slots: &HashMap<u64, Slot>) -> Option<u64> {
     }
     slots
         .iter()
-        .filter(|(_, s)| !s.socket.as_ref().is_some_and(request_waits))
+        .filter(|(_, s)| !s.line_read && !s.socket.as_ref().is_some_and(request_waits))
         .filter_map(|(id, s)| {
             s.idle_since
                 .map(|since| (per_uid[&s.uid], std::cmp::Reverse(since), *id))
@@ -112,20 +122,67 @@ fn request_waits(socket: &OwnedFd) -> bool {
 
 impl Ticket {
     /// The connection waits for its next request from `now` on: it may be evicted.
+    /// (A connection with a whole line already in its buffer stays busy instead.)
     pub fn idle(&self, now: Instant) {
-        self.set(Some(now));
+        self.set(|slot| {
+            slot.idle_since = Some(now);
+            slot.line_read = false;
+        });
     }
 
     /// The connection's request is being answered: it keeps its slot.
     pub fn busy(&self) {
-        self.set(None);
+        self.set(|slot| {
+            slot.idle_since = None;
+            slot.line_read = false;
+        });
     }
 
-    fn set(&self, idle_since: Option<Instant>) {
+    /// The line read was blank: the connection is as idle as before it, unless
+    /// `another` whole line is already in its buffer.
+    pub fn skipped(&self, another: bool) {
+        self.set(|slot| slot.line_read = another);
+    }
+
+    /// `inner`, the connection's read half, read only while it holds this slot.
+    pub fn guard<R>(&self, inner: R) -> Guarded<R> {
+        Guarded {
+            inner,
+            id: self.id,
+            admission: self.admission.clone(),
+        }
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Slot)) {
         let mut inner = self.admission.inner.lock().expect("admission lock");
         if let Some(slot) = inner.slots.get_mut(&self.id) {
-            slot.idle_since = idle_since;
+            change(slot);
         }
+    }
+}
+
+/// A connection's read half whose reads happen under the admission lock: bytes
+/// that end a line mark the slot as holding a request in the same step, and a slot
+/// given to a newcomer reads nothing more (an error of kind `ConnectionAborted`).
+#[derive(Debug)]
+pub struct Guarded<R> {
+    inner: R,
+    id: u64,
+    admission: Arc<Admission>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut inner = this.admission.inner.lock().expect("admission lock");
+        let Some(slot) = inner.slots.get_mut(&this.id) else {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+        };
+        // A non-blocking read: the lock is held for one system call at most.
+        let start = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        slot.line_read |= buf.filled()[start..].contains(&b'\n');
+        polled
     }
 }
 
@@ -205,5 +262,58 @@ mod tests {
             .unwrap();
         client.write_all(b"\"status\"}\n").unwrap();
         assert!(b.admit(5, None, t0).is_none(), "a whole request waits: busy");
+    }
+
+    /// A connected pair: the client's end and a slot for the server's, in `a`.
+    fn connected(a: &Arc<Admission>) -> (std::os::unix::net::UnixStream, tokio::net::UnixStream, Ticket) {
+        let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        let ticket = a
+            .admit(
+                5,
+                Some(server.as_fd().try_clone_to_owned().unwrap()),
+                Instant::now(),
+            )
+            .unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, tokio::net::UnixStream::from_std(server).unwrap(), ticket)
+    }
+
+    #[tokio::test]
+    async fn regression_a_request_just_read_and_not_yet_marked_busy_was_evicted() {
+        use std::io::Write;
+        use tokio::io::AsyncBufReadExt;
+        let a = Admission::new(1);
+        let (mut client, server, ticket) = connected(&a);
+        let mut reader = tokio::io::BufReader::new(ticket.guard(server));
+        client.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).await.unwrap();
+        // The request has left the socket; its task has not yet called `busy`.
+        assert!(
+            a.admit(5, None, Instant::now()).is_none(),
+            "a request in hand: busy"
+        );
+        assert!(!ticket.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_blank_line_leaves_its_connection_idle_and_an_evicted_one_reads_nothing() {
+        use std::io::Write;
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let a = Admission::new(1);
+        let (mut client, server, ticket) = connected(&a);
+        let mut reader = tokio::io::BufReader::new(ticket.guard(server));
+        client.write_all(b"\n").unwrap();
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).await.unwrap();
+        ticket.skipped(reader.buffer().contains(&b'\n'));
+        assert!(
+            a.admit(5, None, Instant::now()).is_some(),
+            "blank lines hold no slot"
+        );
+        assert!(ticket.evicted.is_cancelled());
+        client.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        let read = reader.read(&mut [0u8; 64]).await;
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
     }
 }

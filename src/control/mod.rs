@@ -96,7 +96,7 @@ async fn refuse(stream: UnixStream) {
 async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admission::Ticket) {
     let idle = state.config.control.idle_timeout;
     let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
+    let mut reader = BufReader::new(ticket.guard(reader));
     let mut line = Vec::new();
     // Only a request moves the deadline: blank lines do not keep a connection alive.
     let mut deadline = tokio::time::Instant::now() + idle;
@@ -147,7 +147,10 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
         if sent.is_err() {
             return;
         }
-        ticket.idle(tokio::time::Instant::now());
+        // A request sent along with the last one waits in the buffer: not idle.
+        if !reader.buffer().contains(&b'\n') {
+            ticket.idle(tokio::time::Instant::now());
+        }
     }
 }
 
@@ -156,24 +159,35 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
 /// client first, when it is evicted for a newcomer, is idle past `deadline` or sends
 /// a line over [`protocol::MAX_LINE`]. Blank lines are skipped.
 async fn next_request(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    reader: &mut BufReader<admission::Guarded<tokio::net::unix::OwnedReadHalf>>,
     writer: &mut OwnedWriteHalf,
     line: &mut Vec<u8>,
     deadline: &mut tokio::time::Instant,
     ticket: &admission::Ticket,
     idle: Duration,
 ) -> bool {
+    let evicted = async |writer: &mut OwnedWriteHalf| {
+        let message = format!("closed to make room: {MAX_CONNECTIONS} connections open and this one idle");
+        let _ = send(
+            writer,
+            &Response::error(ErrorCode::Busy, message).to_line(),
+            REFUSAL_WRITE,
+        )
+        .await;
+        false
+    };
     loop {
         let read = tokio::select! {
+            biased;
+            _ = ticket.evicted.cancelled() => return evicted(writer).await,
             read = tokio::time::timeout_at(*deadline, read_frame(reader, line)) => read,
-            _ = ticket.evicted.cancelled() => {
-                let message = format!("closed to make room: {MAX_CONNECTIONS} connections open and this one idle");
-                let _ = send(writer, &Response::error(ErrorCode::Busy, message).to_line(), REFUSAL_WRITE).await;
-                return false;
-            }
         };
         let (code, message) = match read {
-            Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => {
+                ticket.skipped(reader.buffer().contains(&b'\n'));
+                continue;
+            }
+            Ok(Err(_)) if ticket.evicted.is_cancelled() => return evicted(writer).await,
             Ok(Ok(Frame::Line)) => {
                 *deadline = tokio::time::Instant::now() + idle;
                 return true;
