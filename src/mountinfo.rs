@@ -1,11 +1,11 @@
 //! The mount table as `/proc/self/mountinfo` lists it (proc(5)): where each file
 //! system is mounted, what part of it, its type and whether it is read-only. Read
 //! by the watcher (mounts over watched trees, file systems to poll), by the
-//! cgroup code (where cgroup2 is mounted) and by jobs ([`under_remote_mount`]:
+//! cgroup code (where cgroup2 is mounted) and by jobs ([`reaches_remote_mount`]:
 //! whether a start may wait on a network or FUSE file system).
 
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One line of `mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,38 +80,112 @@ pub fn may_not_answer(fstype: &str) -> bool {
     is_remote(fstype) || matches!(fstype, "fuseblk" | "virtiofs" | "autofs")
 }
 
-/// How long [`under_remote_mount`] trusts its last reading of the mount table.
+/// How long [`reaches_remote_mount`] trusts its last reading of the mount table,
+/// and the answers it gave from it.
 const REMOTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The mount points of file systems that may not answer ([`may_not_answer`]), read at most once per
-/// [`REMOTE_FRESH`]; with when they were read.
-static REMOTE_POINTS: std::sync::RwLock<Option<(std::time::Instant, Vec<PathBuf>)>> =
-    std::sync::RwLock::new(None);
+/// At most this many answers are kept per reading (one per job's working
+/// directory, program and `PATH` entry, in practice a handful).
+const REMOTE_ANSWERS: usize = 1024;
 
-/// Whether `path`, as written (no link is followed: nothing is asked of the file
-/// system it names, which may not answer), lies on a mount that may stop answering
-/// ([`may_not_answer`]: network, FUSE, autofs), by the mount table of at most a
-/// second ago. False when the table cannot be read.
-pub fn under_remote_mount(path: &std::path::Path) -> bool {
+/// How many symbolic links [`reaches_remote_mount`] follows in one path (Linux's
+/// own limit, past which a lookup fails with `ELOOP`).
+const MAX_LINKS: usize = 40;
+
+/// The mount points of file systems that may not answer ([`may_not_answer`]), when
+/// they were read, and the answers given since.
+struct Remote {
+    read: std::time::Instant,
+    points: std::sync::Arc<Vec<PathBuf>>,
+    answers: std::collections::HashMap<PathBuf, bool>,
+}
+
+static REMOTE: std::sync::Mutex<Option<Remote>> = std::sync::Mutex::new(None);
+
+/// Whether `path` lies on a mount that may stop answering ([`may_not_answer`]:
+/// network, FUSE, autofs), by the mount table of at most a second ago, once the
+/// symbolic links on the way are followed. Links are read only where the path is
+/// not yet on such a mount, so nothing is asked of one; an answer is reused for a
+/// second. False when the table cannot be read.
+pub fn reaches_remote_mount(path: &Path) -> bool {
     let now = std::time::Instant::now();
-    {
-        let points = REMOTE_POINTS.read().unwrap_or_else(|e| e.into_inner());
-        if let Some((read, points)) = points.as_ref()
-            && now.duration_since(*read) < REMOTE_FRESH
-        {
-            return points.iter().any(|p| path.starts_with(p));
+    let points = {
+        let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
+        match remote.as_ref() {
+            Some(r) if now.duration_since(r.read) < REMOTE_FRESH => {
+                if let Some(&answer) = r.answers.get(path) {
+                    return answer;
+                }
+                r.points.clone()
+            }
+            _ => {
+                let points = std::sync::Arc::new(remote_points());
+                *remote = Some(Remote {
+                    read: now,
+                    points: points.clone(),
+                    answers: Default::default(),
+                });
+                points
+            }
         }
+    };
+    // Outside the lock: reading links costs system calls.
+    let answer = reaches(&points, path);
+    let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = remote
+        .as_mut()
+        .filter(|r| std::sync::Arc::ptr_eq(&r.points, &points))
+        && r.answers.len() < REMOTE_ANSWERS
+    {
+        r.answers.insert(path.to_path_buf(), answer);
     }
-    let points: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+    answer
+}
+
+/// The mount points of the file systems that may not answer, from the mount table.
+fn remote_points() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
         .map(|text| parse(&text))
         .unwrap_or_default()
         .into_iter()
         .filter(|m| may_not_answer(&m.fstype))
         .map(|m| m.point)
-        .collect();
-    let under = points.iter().any(|p| path.starts_with(p));
-    *REMOTE_POINTS.write().unwrap_or_else(|e| e.into_inner()) = Some((now, points));
-    under
+        .collect()
+}
+
+/// Whether `path` reaches one of `points` as it is resolved component by component,
+/// following symbolic links (at most [`MAX_LINKS`]; more, and the path is taken as
+/// it stands) but reading none on or under a point. A relative path is taken as
+/// written. A component that cannot be read as a link is taken as a directory.
+fn reaches(points: &[PathBuf], path: &Path) -> bool {
+    use std::path::Component;
+    let under = |p: &Path| points.iter().any(|point| p.starts_with(point));
+    let mut done = PathBuf::new();
+    let mut rest: Vec<PathBuf> = path.components().rev().map(|c| c.as_os_str().into()).collect();
+    let mut links = 0;
+    while let Some(next) = rest.pop() {
+        match next.components().next() {
+            Some(Component::RootDir) => done = PathBuf::from("/"),
+            Some(Component::ParentDir) => {
+                done.pop();
+            }
+            Some(Component::Normal(name)) => {
+                done.push(name);
+                if under(&done) {
+                    return true;
+                }
+                if links < MAX_LINKS
+                    && let Ok(target) = std::fs::read_link(&done)
+                {
+                    links += 1;
+                    done.pop();
+                    rest.extend(target.components().rev().map(|c| c.as_os_str().into()));
+                }
+            }
+            _ => {}
+        }
+    }
+    under(&done)
 }
 
 /// A mountinfo path with its octal escapes (`\040`, `\134`…) decoded.
@@ -164,5 +238,32 @@ mod tests {
             ("fuse.sshfs", false)
         );
         assert_eq!(unescape("a\\040b\\134c\\011d\\0"), b"a b\\c\td\\0");
+    }
+
+    #[test]
+    fn links_are_followed_onto_a_mount_that_may_not_answer_without_reading_under_it() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("local/dir")).unwrap();
+        let points = [PathBuf::from("/never/mounted")];
+        symlink("/never/mounted/site", base.join("abs")).unwrap();
+        symlink("local", base.join("rel")).unwrap();
+        symlink("c2", base.join("c1")).unwrap();
+        symlink("../up/../abs", base.join("local/c2")).unwrap();
+        symlink("local/c2", base.join("c2")).unwrap();
+        symlink("l2", base.join("l1")).unwrap();
+        symlink("l1", base.join("l2")).unwrap();
+        let reaches = |p: &str| reaches(&points, &base.join(p));
+        assert!(reaches("abs"), "a link straight onto the mount");
+        assert!(reaches("abs/deeper/still"), "and below it");
+        assert!(!reaches("rel/dir"), "a link that stays local");
+        assert!(reaches("c1"), "a chain of links ending on the mount");
+        assert!(!reaches("l1"), "a loop ends, taken as it stands");
+        assert!(!reaches("local/dir/../dir"));
+        assert!(reaches("local/../abs"));
+        // Nothing under a point is read: the path is known to reach it at the point.
+        assert!(super::reaches(&points, Path::new("/never/mounted/../../etc")));
+        assert!(!super::reaches(&points, Path::new("/never")));
     }
 }

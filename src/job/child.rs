@@ -225,20 +225,24 @@ fn argv_and_program(launch: &Launch<'_>) -> Result<(Vec<CString>, CString), Star
     let program = if name.as_os_str().as_bytes().contains(&b'/') {
         name.to_path_buf()
     } else {
-        let path = launch
-            .env
-            .get("PATH")
-            .cloned()
-            .or_else(|| std::env::var_os("PATH"))
-            .unwrap_or_else(|| DEFAULT_PATH.into());
-        find_on_path(name, &path, launch.workdir).map_err(|source| StartError::Program {
-            program: describe(launch.command),
-            source,
+        find_on_path(name, &search_path(launch.env), launch.workdir).map_err(|source| {
+            StartError::Program {
+                program: describe(launch.command),
+                source,
+            }
         })?
     };
     let program =
         CString::new(program.into_os_string().into_vec()).map_err(|e| StartError::Other(e.into()))?;
     Ok((argv, program))
+}
+
+/// The `PATH` a program is looked up on: the job's, else the daemon's, else glibc's default.
+pub(super) fn search_path(env: &BTreeMap<String, OsString>) -> OsString {
+    env.get("PATH")
+        .cloned()
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| DEFAULT_PATH.into())
 }
 
 /// The first executable file called `name` in the directories of `path` (relative

@@ -24,12 +24,22 @@ static JOBS: Mutex<Jobs> = Mutex::new(Jobs {
     spawning: Vec::new(),
 });
 
+/// A thread spawning a job now, and the start it makes (see [`Attempt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spawning {
+    tid: u32,
+    id: u64,
+    /// Its job gave up on it: the child it waits for is to be killed, even one it
+    /// makes only after the job gave up (each reap looks again).
+    given_up: bool,
+}
+
 struct Jobs {
     /// Registered pids, each with how many registrations hold it (a pid reused by a
     /// new job before the old job dropped its registration is held twice).
     pids: Option<HashMap<u32, usize>>,
-    /// The threads spawning a job now, with the start each makes (see [`Attempt`]).
-    spawning: Vec<(u32, u64)>,
+    /// The threads spawning a job now.
+    spawning: Vec<Spawning>,
 }
 
 /// How often exited adoptees are reaped.
@@ -47,10 +57,11 @@ pub struct Attempt {
 
 impl Attempt {
     /// Gives up on it: it does not begin if it has not; if it waits for its child,
-    /// that child gets SIGKILL (what its thread started before, registered, is left
-    /// alone).
+    /// that child gets SIGKILL, now or, if its thread has not made it yet, at the
+    /// next reap ([`REAP_EVERY`]). What its thread started before, registered, is
+    /// left alone.
     pub fn give_up(&self) {
-        let jobs = jobs();
+        let mut jobs = jobs();
         self.given_up.store(true, std::sync::atomic::Ordering::SeqCst);
         let (Some(&id), tid) = (
             self.id.get(),
@@ -58,12 +69,22 @@ impl Attempt {
         ) else {
             return;
         };
-        if !jobs.spawning.contains(&(tid, id)) {
-            return;
+        if let Some(spawning) = jobs.spawning.iter_mut().find(|s| (s.tid, s.id) == (tid, id)) {
+            spawning.given_up = true;
+            kill_given_up(&jobs);
         }
-        for pid in task_children(std::path::Path::new(&format!("/proc/self/task/{tid}"))) {
+    }
+}
+
+/// SIGKILL to the children of the threads whose spawns were given up: what each
+/// waits for (registered processes, the ones its thread started before, are left
+/// alone). None has been reaped meanwhile: reaping takes the jobs lock, held here,
+/// so each pid is its own.
+fn kill_given_up(jobs: &Jobs) {
+    for spawning in jobs.spawning.iter().filter(|s| s.given_up) {
+        let task = format!("/proc/self/task/{}", spawning.tid);
+        for pid in task_children(std::path::Path::new(&task)) {
             if !jobs.registered(pid) {
-                // Not reaped meanwhile: reaping takes this lock, and its pid is its own.
                 crate::sys::kill(pid, libc::SIGKILL);
             }
         }
@@ -77,7 +98,7 @@ pub fn spawn<E>(
     start: impl FnOnce() -> Result<super::child::Started, E>,
 ) -> Result<Option<super::child::Started>, E> {
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let me = (
+    let (tid, id) = (
         crate::sys::tid(),
         IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     );
@@ -87,14 +108,15 @@ pub fn spawn<E>(
             if attempt.given_up.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(None);
             }
-            let _ = attempt.id.set(me.1);
-            attempt.thread.store(me.0, std::sync::atomic::Ordering::SeqCst);
+            let _ = attempt.id.set(id);
+            attempt.thread.store(tid, std::sync::atomic::Ordering::SeqCst);
         }
-        jobs.spawning.push(me);
+        let given_up = false;
+        jobs.spawning.push(Spawning { tid, id, given_up });
     }
     let started = start();
     let mut jobs = jobs();
-    if let Some(i) = jobs.spawning.iter().position(|&s| s == me) {
+    if let Some(i) = jobs.spawning.iter().position(|s| (s.tid, s.id) == (tid, id)) {
         jobs.spawning.swap_remove(i);
     }
     let started = started?;
@@ -143,7 +165,7 @@ fn adoptees_of(jobs: &Jobs) -> Vec<u32> {
         .flatten();
     let spawning = |task: &std::fs::DirEntry| {
         let tid = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok());
-        tid.is_some_and(|tid| jobs.spawning.iter().any(|&(t, _)| t == tid))
+        tid.is_some_and(|tid| jobs.spawning.iter().any(|s| s.tid == tid))
     };
     tasks
         .filter(|task| !spawning(task))
@@ -174,6 +196,7 @@ fn task_children(task: &std::path::Path) -> Vec<u32> {
 pub fn reap() -> usize {
     // Held across the check and the reap: a spawn starting meanwhile waits to count itself.
     let jobs = jobs();
+    kill_given_up(&jobs);
     adoptees_of(&jobs)
         .into_iter()
         .filter(|&pid| crate::sys::reap(pid))

@@ -2,18 +2,32 @@
 //! that starts it is suspended until the child has entered its working directory
 //! and executed its program ([`crate::sys::spawn`]). On a network or FUSE mount
 //! that stops answering, that may be never, so such a start must not suspend a
-//! runtime worker (two of them, and the whole daemon stops answering). A job whose
-//! working directory or program lies on such a mount is started on a blocking
-//! thread instead; the job waits for it, and gives up at its stop or timeout: the
-//! child waiting on the mount is then killed (such waits end on SIGKILL), and a
-//! start that ends anyway after its job gave up kills what it started.
+//! runtime worker (two of them, and the whole daemon stops answering). Nor may the
+//! lookup of a program on `PATH`, which the daemon does itself. A job whose working
+//! directory or program, or any `PATH` directory it is looked up in, lies on such a
+//! mount (symbolic links followed) is started on a blocking thread instead, at
+//! most [`MAX_REMOTE_STARTS`] at once; the job waits for it, and gives up at its
+//! stop or timeout: the child waiting on the mount is then killed (such waits end
+//! on SIGKILL), and a start that ends anyway after its job gave up kills what it
+//! started.
 
 use super::JobSpec;
 use super::child::{self, Launch, StartError, Started};
 use super::orphans::{self, Registered};
 use crate::config::Command;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// At most this many job starts that may wait on a network or FUSE mount run at
+/// once, each on a blocking thread: a start stuck on a mount that never answers
+/// keeps its thread (and its place) until the mount answers. Further ones wait for
+/// a place, and can still be stopped or time out; other jobs are not held up.
+const MAX_REMOTE_STARTS: usize = 16;
+
+static REMOTE_STARTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REMOTE_STARTS);
 
 /// Why a job's main process was not started.
 pub(super) enum Unstarted {
@@ -33,13 +47,28 @@ pub(super) async fn start(
     cancel: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<(Started, Registered), Unstarted> {
-    if !may_wait_on_a_remote_mount(&spec.command, &spec.workdir) {
+    if !may_wait_on_a_remote_mount(spec) {
         let started = orphans::spawn(None, || child::start(launch))
             .map_err(Unstarted::Failed)?
             .ok_or(Unstarted::GaveUp { timeout: false })?;
         let registered = Registered(started.child.pid());
         return Ok((started, registered));
     }
+    // A place among the starts that may wait on a mount, waited for as the start is.
+    let place = match REMOTE_STARTS.try_acquire() {
+        Ok(place) => place,
+        Err(_) => {
+            warn!(
+                "{MAX_REMOTE_STARTS} job starts already wait on a network or FUSE mount: this one waits its turn"
+            );
+            tokio::select! {
+                biased; // a job stopped as a place frees does not take it
+                _ = cancel.cancelled() => return Err(Unstarted::GaveUp { timeout: false }),
+                _ = until(deadline) => return Err(Unstarted::GaveUp { timeout: true }),
+                place = REMOTE_STARTS.acquire() => place.expect("the semaphore is never closed"),
+            }
+        }
+    };
     let owned = (
         spec.command.clone(),
         spec.workdir.clone(),
@@ -50,6 +79,7 @@ pub(super) async fn start(
     let attempt = std::sync::Arc::new(orphans::Attempt::default());
     let spawner = attempt.clone();
     let start = tokio::task::spawn_blocking(move || {
+        let _place = place; // freed with this thread, however long the mount keeps it
         let (command, workdir, env, procs) = owned;
         let procs = procs.map_err(|e| Unstarted::Failed(StartError::Cgroup(e)))?;
         let launch = Launch {
@@ -68,19 +98,13 @@ pub(super) async fn start(
         let registered = Registered(started.child.pid());
         Ok((started, registered))
     });
-    let timeout = async {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
-    };
     let gave_up = tokio::select! {
         biased; // a start that is done wins: its process is the job's
         started = start => return started.unwrap_or_else(|e| {
             Err(Unstarted::Failed(StartError::Other(std::io::Error::other(e))))
         }),
         _ = cancel.cancelled() => Unstarted::GaveUp { timeout: false },
-        _ = timeout => Unstarted::GaveUp { timeout: true },
+        _ = until(deadline) => Unstarted::GaveUp { timeout: true },
     };
     // A start not begun never begins; the child of one waiting on the file system is
     // killed (which frees its thread, when the mount lets the wait be interrupted).
@@ -88,14 +112,35 @@ pub(super) async fn start(
     Err(gave_up)
 }
 
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether starting `command` in `workdir` may wait on a network or FUSE mount: its
-/// working directory, or its program named by a path, lies on one (as written: see
-/// [`crate::mountinfo::under_remote_mount`]).
-fn may_wait_on_a_remote_mount(command: &Command, workdir: &Path) -> bool {
-    let program = match command {
-        Command::Run(argv) => argv.first().filter(|p| p.contains('/')).map(|p| workdir.join(p)),
-        Command::Shell(_) => None,
+/// working directory, its program named by a path, or (a program looked up on
+/// `PATH`, which the daemon does before the start) any of the `PATH` directories
+/// lies on one, once symbolic links are followed ([`crate::mountinfo::reaches_remote_mount`]).
+fn may_wait_on_a_remote_mount(spec: &JobSpec) -> bool {
+    let workdir = &spec.workdir;
+    let reaches = |p: &Path| crate::mountinfo::reaches_remote_mount(&workdir.join(p));
+    let on_path = |name: &str| {
+        let path = child::search_path(&spec.env);
+        let mut dirs = path.as_bytes().split(|&b| b == b':');
+        dirs.any(|dir| {
+            reaches(&Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir })).join(name))
+        })
     };
-    crate::mountinfo::under_remote_mount(workdir)
-        || program.is_some_and(|p| crate::mountinfo::under_remote_mount(&p))
+    reaches(workdir)
+        || match &spec.command {
+            Command::Run(argv) => match argv.first() {
+                Some(program) if program.contains('/') => reaches(Path::new(program)),
+                Some(program) => on_path(program),
+                None => false,
+            },
+            Command::Shell(_) => reaches(Path::new("/bin/sh")),
+        }
 }

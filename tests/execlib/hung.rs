@@ -597,6 +597,76 @@ fn regression_jobs_whose_working_directory_was_on_a_hung_mount_froze_the_daemon(
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
+#[test]
+fn regression_jobs_reaching_a_hung_mount_through_a_link_or_their_path_froze_the_daemon() {
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    for dir in ["plain/path", "plain/link", "plain/docs", "plain/work", "out"] {
+        std::fs::create_dir_all(sandbox.path(dir)).unwrap();
+    }
+    std::os::unix::fs::symlink("../src/sub", sandbox.path("plain/into")).unwrap();
+    // `path` looks its program up on a PATH whose first folder is on the mount (the
+    // daemon does that lookup); `link` works in a folder on it reached by a link.
+    let config = sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 2000\n\
+         [[listener]]\nname = \"path\"\nmax_jobs = 2\n  [[listener.route]]\n  path = \"plain/path\"\n  debounce_ms = 0\n  delay_ms = 0\n  \
+         workdir = \"plain/work\"\n  env = {{ PATH = \"{}/bin:/usr/bin:/bin\" }}\n  run = [\"true\"]\n\
+         [[listener]]\nname = \"link\"\nmax_jobs = 20\n  [[listener.route]]\n  path = \"plain/link\"\n  debounce_ms = 0\n  delay_ms = 0\n  \
+         workdir = \"plain/into\"\n  run = [\"true\"]\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain/docs\"\n  debounce_ms = 0\n  delay_ms = 0\n  \
+         shell = 'echo \"$EXECLIB_NAME\" >> ../../out/log'\n",
+        sandbox.path("src").display()
+    ));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    mount.hang();
+    let answers = |daemon: &Daemon| {
+        daemon
+            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(3))
+            .map(|_| ())
+    };
+    // Two lookups on the mount: two of the daemon's threads wait there, not its workers.
+    for i in 0..2 {
+        sandbox.write(&format!("plain/path/{i}.txt"), "x");
+    }
+    eventually_within(
+        Duration::from_secs(15),
+        "the lookups waiting on the mount",
+        || (threads_on_fuse(daemon.pid()) == 2).then_some(()),
+    );
+    assert_eq!(answers(&daemon), Ok(()));
+    // Twenty starts through the link: with the lookups, 16 wait on the mount at most.
+    for i in 0..20 {
+        sandbox.write(&format!("plain/link/{i}.txt"), "x");
+    }
+    eventually_within(
+        Duration::from_secs(15),
+        "14 starts on the mount, 6 waiting their turn",
+        || {
+            let turns = daemon.log().matches("this one waits its turn").count();
+            (processes_on_fuse(daemon.pid()) == 14 && turns == 6).then_some(())
+        },
+    );
+    assert_eq!(answers(&daemon), Ok(()));
+    sandbox.write("plain/docs/a.txt", "1");
+    eventually_within(Duration::from_secs(10), "docs's job", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+    // A stop gives up on every start through the link, waiting or not.
+    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"link"}"#, Duration::from_secs(5));
+    assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
+    eventually("nothing left waiting on the mount", || {
+        (processes_on_fuse(daemon.pid()) == 0).then_some(())
+    });
+    assert_eq!(
+        daemon.log().matches("before it started").count(),
+        20,
+        "{}",
+        daemon.log()
+    );
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
+
 /// How many children of `parent` wait on a FUSE request (a server stopped).
 fn processes_on_fuse(parent: i32) -> usize {
     let procs = std::fs::read_dir("/proc").unwrap().flatten();

@@ -559,6 +559,17 @@ impl HungMount {
                 .any(|l| l.split(' ').nth(4) == Some(&point))
                 .then_some(())
         });
+        // Answered once its server has finished the mount's handshake: a server stopped
+        // before that leaves callers waiting for the handshake, not on a request.
+        // (`statfs` caches nothing: the tests' first lookups still go to the server.)
+        let statfs = std::process::Command::new("stat")
+            .arg("-f")
+            .arg(&mount.at)
+            .output();
+        assert!(
+            statfs.is_ok_and(|o| o.status.success()),
+            "the bindfs mount answers"
+        );
         Some(mount)
     }
 
@@ -566,6 +577,16 @@ impl HungMount {
     pub fn hang(&self) {
         // SAFETY: signalling our own child.
         assert_eq!(unsafe { libc::kill(self.server.id() as i32, libc::SIGSTOP) }, 0);
+        // Every one of its threads stopped: a request made from now on stays unread (a
+        // thread still running could read one, whose caller then cannot be killed).
+        let tasks = format!("/proc/{}/task", self.server.id());
+        eventually("the bindfs server stopped", || {
+            let mut states = std::fs::read_dir(&tasks).unwrap().flatten().map(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T'))
+            });
+            states.all(|stopped| stopped != Some(false)).then_some(())
+        });
     }
 }
 
