@@ -66,10 +66,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let control = ControlServer::spawn(listener, state.clone());
     let reaper_stop = CancellationToken::new();
     // Adopting before any job starts: a descendant that escapes even the first job is ours.
-    let adopted = tokio::task::spawn_blocking(job::contain::init)
-        .await
-        .unwrap_or(false);
-    let reaper = tokio::spawn(reap_adoptees(adopted, reaper_stop.clone()));
+    let _ = tokio::task::spawn_blocking(job::contain::init).await;
+    let reaper = tokio::spawn(reap_adoptees(reaper_stop.clone()));
     tokio::pin!(shutdown);
     let watchdog_stop = CancellationToken::new();
     let mut watchdog = None;
@@ -183,12 +181,10 @@ async fn history(config: &Config) -> (Arc<crate::history::History>, crate::histo
         .expect("reading the history does not panic")
 }
 
-/// Adopts descendants that escape their jobs and reaps those that exit, once a
-/// second, until `stop` (see [`job::orphans`]).
-async fn reap_adoptees(adopted: bool, stop: CancellationToken) {
-    if !adopted {
-        return;
-    }
+/// Reaps the descendants that escaped their jobs (adopted) and have exited, and
+/// kills what given-up job starts made, once a second, until `stop` (see
+/// [`job::orphans`]).
+async fn reap_adoptees(stop: CancellationToken) {
     let mut tick = tokio::time::interval(job::orphans::REAP_EVERY);
     loop {
         tokio::select! {

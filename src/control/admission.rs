@@ -105,7 +105,8 @@ fn victim(slots: &HashMap<u64, Slot>) -> Option<u64> {
     }
     slots
         .iter()
-        .filter(|(_, s)| !s.line_read && !s.socket.as_ref().is_some_and(request_waits))
+        .filter(|(_, s)| s.idle_since.is_some() && !s.line_read)
+        .filter(|(_, s)| !s.socket.as_ref().is_some_and(request_waits))
         .filter_map(|(id, s)| {
             s.idle_since
                 .map(|since| (per_uid[&s.uid], std::cmp::Reverse(since), *id))
@@ -114,19 +115,27 @@ fn victim(slots: &HashMap<u64, Slot>) -> Option<u64> {
         .map(|(_, _, id)| id)
 }
 
-/// Whether a whole request line (up to 4 KiB) waits unread in `socket`.
+/// Whether a whole request line, not blank, waits unread in `socket` (in its first 4 KiB).
 fn request_waits(socket: &OwnedFd) -> bool {
     let mut buf = [0u8; 4096];
-    crate::sys::peek(socket.as_fd(), &mut buf).is_ok_and(|n| buf[..n].contains(&b'\n'))
+    let Ok(n) = crate::sys::peek(socket.as_fd(), &mut buf) else {
+        return false;
+    };
+    let lines = buf[..n].split(|&b| b == b'\n');
+    let whole = lines.clone().count() - 1; // the part after the last newline is not
+    lines
+        .take(whole)
+        .any(|line| !line.iter().all(u8::is_ascii_whitespace))
 }
 
 impl Ticket {
-    /// The connection waits for its next request from `now` on: it may be evicted.
-    /// (A connection with a whole line already in its buffer stays busy instead.)
-    pub fn idle(&self, now: Instant) {
+    /// The connection waits for its next request from `now` on: it may be evicted,
+    /// unless a whole line it has `read` already waits in its buffer (sent along
+    /// with the last request).
+    pub fn idle(&self, now: Instant, read: bool) {
         self.set(|slot| {
             slot.idle_since = Some(now);
-            slot.line_read = false;
+            slot.line_read = read;
         });
     }
 
@@ -181,7 +190,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
         // A non-blocking read: the lock is held for one system call at most.
         let start = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        slot.line_read |= buf.filled()[start..].contains(&b'\n');
+        let read = &buf.filled()[start..];
+        // End of input ends a last line without a newline: a request too.
+        let eof = read.is_empty() && buf.remaining() > 0 && matches!(polled, Poll::Ready(Ok(())));
+        slot.line_read |= eof || read.contains(&b'\n');
         polled
     }
 }
@@ -239,7 +251,7 @@ mod tests {
             b.admit(2, None, t0).is_none(),
             "every request being answered: busy"
         );
-        y.idle(t0);
+        y.idle(t0, false);
         assert!(b.admit(2, None, t0).is_some());
         assert!(y.evicted.is_cancelled());
     }
@@ -262,6 +274,13 @@ mod tests {
             .unwrap();
         client.write_all(b"\"status\"}\n").unwrap();
         assert!(b.admit(5, None, t0).is_none(), "a whole request waits: busy");
+    }
+
+    /// The duplicate of its socket `ticket`'s slot keeps.
+    fn ticket_socket(a: &Arc<Admission>, ticket: &Ticket) -> OwnedFd {
+        let inner = a.inner.lock().unwrap();
+        let socket = inner.slots[&ticket.id].socket.as_ref().unwrap();
+        socket.try_clone().unwrap()
     }
 
     /// A connected pair: the client's end and a slot for the server's, in `a`.
@@ -304,6 +323,10 @@ mod tests {
         let (mut client, server, ticket) = connected(&a);
         let mut reader = tokio::io::BufReader::new(ticket.guard(server));
         client.write_all(b"\n").unwrap();
+        assert!(
+            !request_waits(&ticket_socket(&a, &ticket)),
+            "a blank line is no request"
+        );
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line).await.unwrap();
         ticket.skipped(reader.buffer().contains(&b'\n'));

@@ -147,10 +147,8 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
         if sent.is_err() {
             return;
         }
-        // A request sent along with the last one waits in the buffer: not idle.
-        if !reader.buffer().contains(&b'\n') {
-            ticket.idle(tokio::time::Instant::now());
-        }
+        // A line sent along with the last request may wait in the buffer already.
+        ticket.idle(tokio::time::Instant::now(), reader.buffer().contains(&b'\n'));
     }
 }
 

@@ -253,7 +253,7 @@ fn find_on_path(name: &Path, path: &OsStr, workdir: &Path) -> io::Result<PathBuf
         let dir = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir }));
         let candidate = workdir.join(dir).join(name);
         match std::fs::metadata(&candidate) {
-            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(candidate),
+            Ok(m) if is_executable(&m) => return Ok(candidate),
             Ok(m) if m.is_file() => denied = true,
             _ => {}
         }
@@ -262,6 +262,15 @@ fn find_on_path(name: &Path, path: &OsStr, workdir: &Path) -> io::Result<PathBuf
         true => io::Error::from(io::ErrorKind::PermissionDenied),
         false => io::Error::new(io::ErrorKind::NotFound, "not found on PATH"),
     })
+}
+
+/// Whether `path` is a file a lookup on `PATH` takes (a regular file with an execute bit).
+pub(super) fn is_program(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| is_executable(&m))
+}
+
+fn is_executable(m: &std::fs::Metadata) -> bool {
+    m.is_file() && m.permissions().mode() & 0o111 != 0
 }
 
 /// The daemon's environment without systemd's variables, as `KEY=value`: read once

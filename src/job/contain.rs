@@ -19,9 +19,9 @@ static NO_TREE: OnceLock<String> = OnceLock::new();
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 
 /// Decides the containment (before any job starts): sets up the cgroup tree when
-/// delegated, and makes the daemon a subreaper. Returns whether it adopts orphans
-/// (then it must reap them: [`super::orphans::reap`]). Blocking.
-pub fn init() -> bool {
+/// delegated, and makes the daemon a subreaper (the daemon then reaps what it
+/// adopts: [`super::orphans::reap`]). Blocking.
+pub fn init() {
     let adopted = super::orphans::adopt();
     let tree = match cgroup::detect() {
         Ok(mut tree) => match tree.setup() {
@@ -71,7 +71,6 @@ pub fn init() -> bool {
     };
     let _ = DESCRIPTION.set(description);
     let _ = TREE.set(tree);
-    adopted
 }
 
 /// How jobs are contained, and why; `None` before [`init`].

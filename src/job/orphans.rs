@@ -273,6 +273,7 @@ fn end(select: impl Fn(u32) -> bool, grace: Duration, message: &str) {
 fn round(select: &impl Fn(u32) -> bool, signal: &mut impl FnMut(u32) -> Option<i32>) -> Vec<u32> {
     let listed: Vec<(u32, crate::sys::Pidfd)> = {
         let jobs = jobs();
+        kill_given_up(&jobs);
         for pid in adoptees_of(&jobs) {
             crate::sys::reap(pid);
         }

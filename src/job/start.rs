@@ -122,17 +122,24 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 
 /// Whether starting `command` in `workdir` may wait on a network or FUSE mount: its
 /// working directory, its program named by a path, or (a program looked up on
-/// `PATH`, which the daemon does before the start) any of the `PATH` directories
-/// lies on one, once symbolic links are followed ([`crate::mountinfo::reaches_remote_mount`]).
+/// `PATH`, which the daemon does before the start) a `PATH` directory looked in
+/// up to the first that has it lies on one, once symbolic links are followed ([`crate::mountinfo::reaches_remote_mount`]).
 fn may_wait_on_a_remote_mount(spec: &JobSpec) -> bool {
     let workdir = &spec.workdir;
     let reaches = |p: &Path| crate::mountinfo::reaches_remote_mount(&workdir.join(p));
+    // In `PATH`'s order, as the lookup goes: up to the first local match.
     let on_path = |name: &str| {
         let path = child::search_path(&spec.env);
-        let mut dirs = path.as_bytes().split(|&b| b == b':');
-        dirs.any(|dir| {
-            reaches(&Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir })).join(name))
-        })
+        for dir in path.as_bytes().split(|&b| b == b':') {
+            let candidate = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir })).join(name);
+            if reaches(&candidate) {
+                return true;
+            }
+            if child::is_program(&workdir.join(&candidate)) {
+                return false;
+            }
+        }
+        false
     };
     reaches(workdir)
         || match &spec.command {

@@ -197,9 +197,12 @@ impl Run {
         sched = sched.with_activity(scheduler::Activity(Arc::new(move |busy| {
             builds.set(&config, busy)
         })));
-        let max_jobs = self.config.max_jobs;
+        let (max_jobs, stopping) = (self.config.max_jobs, jobs_cancel.clone());
         tokio::spawn(
-            scheduler::drive(rx, sched, max_jobs, move |work| launcher.launch(work)).in_current_span(),
+            async move {
+                scheduler::drive(rx, sched, max_jobs, &stopping, move |work| launcher.launch(work)).await
+            }
+            .in_current_span(),
         )
     }
 

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// What the driver asks its launcher to start.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,13 +29,15 @@ pub enum Work {
 /// end wake this one task: no task spawned per job, no wakeup of another worker
 /// thread to run it. At most `max_jobs` run at once; due work beyond that waits in arrival
 /// order. When `sched` tracks frames, each ended frame is handed to `launch` as
-/// [`Work::Post`]. When the channel closes (the listener is stopping), runs not
-/// started are dropped, and their frames, with those of runs that then fail, end
-/// `cancelled`; their posts still run.
+/// [`Work::Post`]. Once `stopping` fires (the listener is stopping, and its jobs
+/// are being ended), no run starts, and runs that end count as `cancelled`; when
+/// the channel then closes, runs not started are dropped, and their frames, with
+/// those of runs that failed meanwhile, end `cancelled`; their posts still run.
 pub async fn drive<F, Fut>(
     mut inputs: mpsc::Receiver<Input>,
     mut sched: Scheduler,
     max_jobs: usize,
+    stopping: &CancellationToken,
     mut launch: F,
 ) where
     F: FnMut(Work) -> Fut,
@@ -58,8 +61,16 @@ pub async fn drive<F, Fut>(
         if open && sched.next_wakeup().is_some_and(|at| at <= now) {
             ready.extend(sched.take_due(now).into_iter().map(Work::Run));
         }
+        // Stopping: a slot freed by a job the stop ended is no start for the next run.
+        let runs_start = !stopping.is_cancelled();
         while jobs.len() < max_jobs {
-            let Some(work) = ready.pop_front() else { break };
+            let next = match runs_start {
+                true => (!ready.is_empty()).then_some(0),
+                false => ready.iter().position(|w| matches!(w, Work::Post(_))),
+            };
+            let Some(work) = next.and_then(|i| ready.remove(i)) else {
+                break;
+            };
             let key = match &work {
                 Work::Run(start) => Some(start.key.clone()),
                 Work::Post(_) => None,
@@ -94,7 +105,7 @@ pub async fn drive<F, Fut>(
             }
             Some((key, ok)) = jobs.next(), if !jobs.is_empty() => {
                 if let Some(key) = key {
-                    let outcome = match (ok, open) {
+                    let outcome = match (ok, open && !stopping.is_cancelled()) {
                         (true, _) => FrameStatus::Ok,
                         (false, true) => FrameStatus::Failed,
                         (false, false) => FrameStatus::Cancelled,

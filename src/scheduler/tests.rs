@@ -6,6 +6,7 @@ mod hold;
 use super::*;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -63,24 +64,30 @@ fn harness_on(sched: Scheduler, job_ms: u64, max_jobs: usize) -> Harness {
     let t0 = Instant::now();
     let runs = log.clone();
     let task = tokio::spawn(async move {
-        drive(rx, sched, max_jobs, move |work: Work| {
-            let Work::Run(start) = work else {
-                unreachable!("no posts")
-            };
-            let runs = runs.clone();
-            async move {
-                let begin = t0.elapsed().as_millis() as u64;
-                tokio::time::sleep(MS * job_ms as u32).await;
-                runs.lock().unwrap().push(Run {
-                    file: start.key.1,
-                    files: start.files,
-                    start: begin,
-                    end: t0.elapsed().as_millis() as u64,
-                    kinds: start.kinds.to_string(),
-                });
-                true
-            }
-        })
+        drive(
+            rx,
+            sched,
+            max_jobs,
+            &CancellationToken::new(),
+            move |work: Work| {
+                let Work::Run(start) = work else {
+                    unreachable!("no posts")
+                };
+                let runs = runs.clone();
+                async move {
+                    let begin = t0.elapsed().as_millis() as u64;
+                    tokio::time::sleep(MS * job_ms as u32).await;
+                    runs.lock().unwrap().push(Run {
+                        file: start.key.1,
+                        files: start.files,
+                        start: begin,
+                        end: t0.elapsed().as_millis() as u64,
+                        kinds: start.kinds.to_string(),
+                    });
+                    true
+                }
+            },
+        )
         .await
     });
     (tx, log, task)
@@ -371,28 +378,34 @@ fn staged_harness_with_posts(fails: fn(usize, u64) -> bool) -> StagedHarness {
     let t0 = Instant::now();
     let (runs, posts) = (log.clone(), post_log.clone());
     let task = tokio::spawn(async move {
-        drive(rx, Scheduler::with_frames(), 100, move |work: Work| {
-            let (runs, posts) = (runs.clone(), posts.clone());
-            async move {
-                let start = match work {
-                    Work::Run(start) => start,
-                    Work::Post(frame) => {
-                        let files: Vec<_> = frame.files.iter().map(|f| f.display().to_string()).collect();
-                        let at = t0.elapsed().as_millis() as u64;
-                        posts
-                            .lock()
-                            .unwrap()
-                            .push((frame.status.as_str(), files.join(","), at));
-                        return true;
-                    }
-                };
-                let begin = t0.elapsed().as_millis() as u64;
-                let files: Vec<_> = start.files.iter().map(|f| f.display().to_string()).collect();
-                runs.lock().unwrap().push((start.key.0, files.join(","), begin));
-                tokio::time::sleep(MS * 100).await;
-                !fails(start.key.0, begin)
-            }
-        })
+        drive(
+            rx,
+            Scheduler::with_frames(),
+            100,
+            &CancellationToken::new(),
+            move |work: Work| {
+                let (runs, posts) = (runs.clone(), posts.clone());
+                async move {
+                    let start = match work {
+                        Work::Run(start) => start,
+                        Work::Post(frame) => {
+                            let files: Vec<_> = frame.files.iter().map(|f| f.display().to_string()).collect();
+                            let at = t0.elapsed().as_millis() as u64;
+                            posts
+                                .lock()
+                                .unwrap()
+                                .push((frame.status.as_str(), files.join(","), at));
+                            return true;
+                        }
+                    };
+                    let begin = t0.elapsed().as_millis() as u64;
+                    let files: Vec<_> = start.files.iter().map(|f| f.display().to_string()).collect();
+                    runs.lock().unwrap().push((start.key.0, files.join(","), begin));
+                    tokio::time::sleep(MS * 100).await;
+                    !fails(start.key.0, begin)
+                }
+            },
+        )
         .await
     });
     (tx, log, post_log, task)
@@ -596,6 +609,56 @@ async fn stopping_ends_open_frames_cancelled_and_temporaries_post_nothing() {
     assert_eq!(posts.lock().unwrap().clone(), [("cancelled", "a".into(), 100)]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn regression_a_run_waiting_for_a_slot_started_when_the_stop_ended_the_running_one() {
+    let (tx, rx) = mpsc::channel(16);
+    let stopping = CancellationToken::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (log, stop) = (seen.clone(), stopping.clone());
+    let task = tokio::spawn(async move {
+        drive(
+            rx,
+            Scheduler::with_frames(),
+            1,
+            &stop.clone(),
+            move |work: Work| {
+                let (log, stop) = (log.clone(), stop.clone());
+                async move {
+                    match work {
+                        // A run lasts until the stop ends it, as a job does.
+                        Work::Run(start) => {
+                            log.lock().unwrap().push(format!("run {}", start.key.1.display()));
+                            stop.cancelled().await;
+                            false
+                        }
+                        Work::Post(end) => {
+                            log.lock()
+                                .unwrap()
+                                .push(format!("post {:?} {:?}", end.status, end.files));
+                            true
+                        }
+                    }
+                }
+            },
+        )
+        .await
+    });
+    let t0 = Instant::now();
+    tx.try_send(sub("a", EventKind::Create, timing(0, 0))).unwrap();
+    tx.try_send(sub("b", EventKind::Create, timing(0, 0))).unwrap();
+    at(t0, 10).await; // a runs, b waits for the one slot
+    stopping.cancel();
+    at(t0, 20).await; // a has ended: its slot must not go to b
+    drop(tx);
+    task.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["run a", "post Cancelled [\"a\"]", "post Cancelled [\"b\"]"],
+        "b never starts, and a's end is the stop's, not a failure"
+    );
+}
+
 #[test]
 fn frames_close_when_no_entry_has_work_for_the_file() {
     let mut s = Scheduler::with_frames();
@@ -645,19 +708,25 @@ async fn a_job_that_panics_does_not_stop_the_driver_and_the_next_change_runs() {
     let ends = Arc::new(Mutex::new(Vec::new()));
     let seen = ends.clone();
     let task = tokio::spawn(async move {
-        drive(rx, Scheduler::default(), 10, move |work: Work| {
-            let Work::Run(start) = work else {
-                unreachable!("no posts")
-            };
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(start.key.1.clone());
-                if start.key.1.ends_with("boom") {
-                    panic!("a job panicked");
+        drive(
+            rx,
+            Scheduler::default(),
+            10,
+            &CancellationToken::new(),
+            move |work: Work| {
+                let Work::Run(start) = work else {
+                    unreachable!("no posts")
+                };
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(start.key.1.clone());
+                    if start.key.1.ends_with("boom") {
+                        panic!("a job panicked");
+                    }
+                    true
                 }
-                true
-            }
-        })
+            },
+        )
         .await
     });
     let t = timing(0, 0);

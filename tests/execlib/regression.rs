@@ -225,6 +225,26 @@ fn silent_connections_cannot_lock_out_other_clients() {
 }
 
 #[test]
+fn regression_a_blank_line_after_a_request_held_its_slot_until_the_idle_timeout() {
+    let sandbox = Sandbox::new();
+    let daemon = Daemon::start(&sandbox, &sandbox.config(&one_route("true", "")));
+    // 64 clients each send a request followed by a blank line, read the reply and
+    // go silent: every slot is then idle, and a newcomer takes one.
+    let mut silent: Vec<Client> = (0..64)
+        .map(|_| {
+            let mut c = Client::connect(&daemon.socket);
+            c.send_line(b"{\"cmd\":\"status\"}\n");
+            c
+        })
+        .collect();
+    for c in &mut silent {
+        assert!(c.reply().is_some_and(|r| r["ok"] == true));
+    }
+    let out = daemon.ctl(&["status"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn busy_reply_reaches_execlibctl_after_it_wrote_its_request() {
     let sandbox = Sandbox::new();
     // A job that ignores SIGTERM: a stop waits out the 8 s grace, and every other

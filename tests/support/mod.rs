@@ -562,8 +562,8 @@ impl HungMount {
         // Answered once its server has finished the mount's handshake: a server stopped
         // before that leaves callers waiting for the handshake, not on a request.
         // (`statfs` caches nothing: the tests' first lookups still go to the server.)
-        let statfs = std::process::Command::new("stat")
-            .arg("-f")
+        let statfs = std::process::Command::new("timeout")
+            .args(["10", "stat", "-f"])
             .arg(&mount.at)
             .output();
         assert!(
