@@ -108,38 +108,41 @@ static REMOTE: std::sync::Mutex<Option<Remote>> = std::sync::Mutex::new(None);
 /// not yet on such a mount, so nothing is asked of one; an answer is reused for a
 /// second. False when the table cannot be read.
 pub fn reaches_remote_mount(path: &Path) -> bool {
-    let now = std::time::Instant::now();
-    let points = {
-        let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
-        match remote.as_ref() {
-            Some(r) if now.duration_since(r.read) < REMOTE_FRESH => {
-                if let Some(&answer) = r.answers.get(path) {
-                    return answer;
-                }
-                r.points.clone()
-            }
-            _ => {
-                let points = std::sync::Arc::new(remote_points());
-                *remote = Some(Remote {
-                    read: now,
-                    points: points.clone(),
-                    answers: Default::default(),
-                });
-                points
-            }
-        }
-    };
+    let (points, known) = with_remote(|r| (r.points.clone(), r.answers.get(path).copied()));
+    if let Some(answer) = known {
+        return answer;
+    }
+    if points.is_empty() {
+        return false; // no link to read: nothing can reach such a mount
+    }
     // Outside the lock: reading links costs system calls.
     let answer = reaches(&points, path);
-    let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = remote
-        .as_mut()
-        .filter(|r| std::sync::Arc::ptr_eq(&r.points, &points))
-        && r.answers.len() < REMOTE_ANSWERS
-    {
-        r.answers.insert(path.to_path_buf(), answer);
-    }
+    with_remote(|r| {
+        if std::sync::Arc::ptr_eq(&r.points, &points) && r.answers.len() < REMOTE_ANSWERS {
+            r.answers.insert(path.to_path_buf(), answer);
+        }
+    });
     answer
+}
+
+/// Whether the mount table of at most a second ago has a mount that may stop answering.
+pub fn any_remote_mount() -> bool {
+    with_remote(|r| !r.points.is_empty())
+}
+
+/// `f` on the current reading of the mount table, read again when over [`REMOTE_FRESH`] old.
+fn with_remote<T>(f: impl FnOnce(&mut Remote) -> T) -> T {
+    let now = std::time::Instant::now();
+    let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
+    let remote = match remote.take() {
+        Some(r) if now.duration_since(r.read) < REMOTE_FRESH => remote.insert(r),
+        _ => remote.insert(Remote {
+            read: now,
+            points: std::sync::Arc::new(remote_points()),
+            answers: Default::default(),
+        }),
+    };
+    f(remote)
 }
 
 /// The mount points of the file systems that may not answer, from the mount table.

@@ -111,8 +111,11 @@ pub fn spawn<E>(
             let _ = attempt.id.set(id);
             attempt.thread.store(tid, std::sync::atomic::Ordering::SeqCst);
         }
-        let given_up = false;
-        jobs.spawning.push(Spawning { tid, id, given_up });
+        jobs.spawning.push(Spawning {
+            tid,
+            id,
+            given_up: false,
+        });
     }
     let started = start();
     let mut jobs = jobs();

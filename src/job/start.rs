@@ -4,7 +4,7 @@
 //! that stops answering, that may be never, so such a start must not suspend a
 //! runtime worker (two of them, and the whole daemon stops answering). Nor may the
 //! lookup of a program on `PATH`, which the daemon does itself. A job whose working
-//! directory or program, or any `PATH` directory it is looked up in, lies on such a
+//! directory or program, or a `PATH` directory it is looked up in, lies on such a
 //! mount (symbolic links followed) is started on a blocking thread instead, at
 //! most [`MAX_REMOTE_STARTS`] at once; the job waits for it, and gives up at its
 //! stop or timeout: the child waiting on the mount is then killed (such waits end
@@ -24,7 +24,8 @@ use tracing::warn;
 /// At most this many job starts that may wait on a network or FUSE mount run at
 /// once, each on a blocking thread: a start stuck on a mount that never answers
 /// keeps its thread (and its place) until the mount answers. Further ones wait for
-/// a place, and can still be stopped or time out; other jobs are not held up.
+/// a place, and can still be stopped or time out; jobs on local file systems are
+/// not held up.
 const MAX_REMOTE_STARTS: usize = 16;
 
 static REMOTE_STARTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REMOTE_STARTS);
@@ -120,11 +121,14 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Whether starting `command` in `workdir` may wait on a network or FUSE mount: its
+/// Whether starting `spec`'s job may wait on a network or FUSE mount: its
 /// working directory, its program named by a path, or (a program looked up on
 /// `PATH`, which the daemon does before the start) a `PATH` directory looked in
 /// up to the first that has it lies on one, once symbolic links are followed ([`crate::mountinfo::reaches_remote_mount`]).
 fn may_wait_on_a_remote_mount(spec: &JobSpec) -> bool {
+    if !crate::mountinfo::any_remote_mount() {
+        return false; // the common case: no `PATH` walk, no lookup per path
+    }
     let workdir = &spec.workdir;
     let reaches = |p: &Path| crate::mountinfo::reaches_remote_mount(&workdir.join(p));
     // In `PATH`'s order, as the lookup goes: up to the first local match.
