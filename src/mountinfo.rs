@@ -80,6 +80,32 @@ pub fn may_not_answer(fstype: &str) -> bool {
     is_remote(fstype) || matches!(fstype, "fuseblk" | "virtiofs" | "autofs")
 }
 
+/// Whether a file system whose `statfs` type (`f_type`, linux/magic.h) is `magic`
+/// may stop answering, as [`may_not_answer`] says by name: NFS, SMB/CIFS, FUSE
+/// (fuseblk and virtio-fs too), 9p, Ceph, AFS, Coda, NCP, autofs, GFS2, OCFS2,
+/// Lustre and VirtualBox shared folders.
+pub fn may_not_answer_type(magic: i64) -> bool {
+    const TYPES: [i64; 16] = [
+        0x6969,      // NFS
+        0x517B,      // SMB
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2
+        0x6573_5546, // FUSE, fuseblk, virtio-fs
+        0x0102_1997, // 9p
+        0x00C3_6400, // Ceph
+        0x5346_414F, // AFS
+        0x6B41_4653, // kAFS
+        0x7375_7245, // Coda
+        0x564C,      // NCP
+        0x0187,      // autofs
+        0x0116_1970, // GFS2
+        0x7461_636F, // OCFS2
+        0x0BD0_0BD0, // Lustre
+        0x786F_4256, // vboxsf
+    ];
+    TYPES.contains(&magic)
+}
+
 /// How long [`reaches_remote_mount`] trusts its last reading of the mount table,
 /// and the answers it gave from it.
 const REMOTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);

@@ -1,15 +1,19 @@
 //! Serving static files: GET and HEAD, `Content-Type` (with `charset=utf-8` for
 //! text), `Last-Modified` and a strong `ETag` answered with 304, single byte ranges
 //! (206, 416), `Cache-Control: no-cache`, and optional LiveReload script injection
-//! into HTML up to [`MAX_INJECT`]. Large files are sent with `sendfile` (see [`zerocopy`]); small ones are read whole and kept in the
+//! into HTML up to [`MAX_INJECT`]. Large files are sent with `sendfile` (see
+//! [`zerocopy`]), or read on the blocking pool from a file system that may stop
+//! answering (see [`blocking`]); small ones are read whole and kept in the
 //! [`Cache`], answered from memory while their file is unchanged.
 
+use super::blocking;
 use super::cache::{Cache, Entry, FileId};
 use super::path::{self, Opened};
 use super::zerocopy::{self, Regions};
 use super::{Body, full, status};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -128,13 +132,15 @@ enum Content {
     Memory(Bytes),
     /// An open file to stream, and its length.
     File(std::fs::File, u64),
+    /// An open file on a file system that may stop answering, and its length.
+    Remote(std::fs::File, u64),
 }
 
 impl Source {
     fn len(&self) -> u64 {
         match &self.content {
             Content::Memory(bytes) => bytes.len() as u64,
-            Content::File(_, len) => *len,
+            Content::File(_, len) | Content::Remote(_, len) => *len,
         }
     }
 
@@ -171,7 +177,7 @@ pub async fn serve(
     // A cached small file costs a path walk and an fstat (see `cache`), done here: no
     // disk access while the inodes are in memory, as they are for a file just served.
     if let Some(hit) = site.cache.get(raw_path) {
-        return respond(Source::cached(&hit), method, headers, regions).await;
+        return respond(Source::cached(&hit), method, headers, (site, regions)).await;
     }
     // Resolving, opening, stat and (for small files) reading: one trip to the blocking
     // pool, holding one of the places for lookups until it is done.
@@ -185,7 +191,7 @@ pub async fn serve(
     })
     .await;
     match lookup {
-        Ok(Lookup::Found(source)) => respond(source, method, headers, regions).await,
+        Ok(Lookup::Found(source)) => respond(source, method, headers, (site, regions)).await,
         Ok(Lookup::Answer(response)) => response,
         Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
@@ -297,7 +303,11 @@ fn prepare(
             let bytes = if injected { inject(bytes) } else { bytes };
             Content::Memory(Bytes::from_owner(Budgeted { bytes, _held: held }))
         }
-        None => Content::File(file, meta.len()),
+        // Asked of the open file: a link under the root may lead to another mount.
+        None => match crate::sys::fs_type_of(file.as_fd()) {
+            Ok(magic) if !crate::mountinfo::may_not_answer_type(magic) => Content::File(file, meta.len()),
+            _ => Content::Remote(file, meta.len()),
+        },
     };
     let source = Source {
         etag,
@@ -308,7 +318,15 @@ fn prepare(
     Ok((source, meta, read_at))
 }
 
-async fn respond(source: Source, method: &Method, headers: &HeaderMap, regions: &Regions) -> Response<Body> {
+/// The answer to a request for `source`; `to` is the site and the connection's
+/// [`Regions`], which large files are streamed through.
+async fn respond(
+    source: Source,
+    method: &Method,
+    headers: &HeaderMap,
+    to: (&Site, &Regions),
+) -> Response<Body> {
+    let (site, regions) = to;
     let len = source.len();
     let Source {
         etag,
@@ -351,6 +369,13 @@ async fn respond(source: Source, method: &Method, headers: &HeaderMap, regions: 
         _ if method == Method::HEAD => full(Vec::new()),
         Content::Memory(bytes) => full(bytes.slice(start as usize..(start + count) as usize)),
         Content::File(file, _) => zerocopy::body(file, start, count, regions.clone()),
+        Content::Remote(file, _) => {
+            let reader = blocking::Reader {
+                places: site.lookups.clone(),
+                wait: LOOKUP_WAIT,
+            };
+            blocking::body(file, start, count, reader)
+        }
     };
     head.body(body).expect("valid response")
 }

@@ -6,6 +6,7 @@
 //! WebSocket filter, `/livereload.js` the embedded client, anything else a file.
 //! A watcher on the root tells LiveReload clients what changed.
 
+pub mod blocking;
 pub mod cache;
 pub mod files;
 pub mod livereload;

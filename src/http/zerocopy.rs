@@ -22,7 +22,8 @@
 //!
 //! A slow client holds no memory for its download (only the open file), and the
 //! reads from disk happen in `sendfile` on the runtime's thread, as nginx does
-//! without its thread pool: the site's files are expected to be on a local disk.
+//! without its thread pool: files on a file system that may stop answering are
+//! sent by [`super::blocking`] instead.
 
 use super::Body;
 use bytes::Bytes;

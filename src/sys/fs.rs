@@ -76,6 +76,17 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
     Ok(fs.f_type as i64)
 }
 
+/// The type of the file system `fd`'s file is on (`fstatfs`'s `f_type`).
+pub fn fs_type_of(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: statfs is plain data; all zeroes is a valid value for it to overwrite.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor and `fs` a live statfs struct.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fs.f_type as i64)
+}
+
 /// Sets the process's file creation mask; returns the previous one.
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: umask only swaps the process's mask; it cannot fail.

@@ -453,7 +453,8 @@ fn a_site_root_that_does_not_answer_at_start_holds_the_start_for_a_bounded_time(
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
-/// How many of `pid`'s threads wait on a FUSE request (its server stopped).
+/// How many of `pid`'s threads wait on a FUSE request (its server stopped), or on
+/// a page of a file that such a request is to read.
 fn threads_on_fuse(pid: i32) -> usize {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -461,7 +462,7 @@ fn threads_on_fuse(pid: i32) -> usize {
         .flatten();
     tasks
         .filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok())
-        .filter(|wchan| wchan == "request_wait_answer")
+        .filter(|wchan| wchan == "request_wait_answer" || wchan.starts_with("folio_wait"))
         .count()
 }
 
@@ -678,4 +679,87 @@ fn processes_on_fuse(parent: i32) -> usize {
         .filter(|p| std::fs::read_to_string(p.path().join("wchan")).is_ok_and(|w| w == "request_wait_answer"))
         .filter(child)
         .count()
+}
+
+#[test]
+fn regression_downloads_from_a_site_root_that_stopped_answering_froze_the_daemon() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    let big: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(sandbox.path("real/big.bin"), &big).unwrap();
+    std::fs::create_dir_all(sandbox.path("plain")).unwrap();
+    std::fs::create_dir_all(sandbox.path("out")).unwrap();
+    let config = sandbox.config(
+        "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"src\"\nlivereload = false\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain\"\n  debounce_ms = 0\n  \
+         shell = 'echo \"$EXECLIB_NAME\" >> ../out/log'\n",
+    );
+    let mut daemon = Daemon::start(&sandbox, &config);
+    let mount = mount; // dropped before the daemon: a failing test lets the server go first
+    let addr = crate::support::web::http_addr(&daemon);
+    // More downloads than the runtime has workers, each under way (its first MiB read).
+    let (go, started) = std::sync::mpsc::channel();
+    let downloads: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, go) = (addr.clone(), go.clone());
+            let (resume_tx, resume) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+                let head = format!("GET /big.bin HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                stream.write_all(head.as_bytes()).unwrap();
+                let mut first = vec![0u8; 1 << 20];
+                stream.read_exact(&mut first).unwrap();
+                go.send(()).unwrap();
+                resume.recv().unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest); // ends at the timeout, or closed
+                first.len() + rest.len()
+            });
+            (thread, resume_tx)
+        })
+        .collect();
+    for _ in 0..downloads.len() {
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a download under way");
+    }
+    // Opened while the mount answers; its pages dropped once it no longer does, so
+    // what is left of each download must be asked of the stopped server.
+    let open = std::fs::File::open(sandbox.path("src/big.bin")).unwrap();
+    mount.hang();
+    // SAFETY: advice on an open descriptor; it only drops cached pages.
+    let advised = unsafe { libc::posix_fadvise(open.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(advised, 0);
+    std::mem::forget(open); // its close would wait for the stopped server
+    for (_, resume) in &downloads {
+        resume.send(()).unwrap();
+    }
+    eventually("a download waiting on the stopped server", || {
+        (threads_on_fuse(daemon.pid()) > 0).then_some(())
+    });
+    // The daemon goes on meanwhile: its control socket answers, and answers again.
+    for _ in 0..2 {
+        assert!(
+            daemon
+                .request_within(r#"{"cmd":"listeners"}"#, Duration::from_secs(2))
+                .is_ok(),
+            "{}",
+            daemon.log()
+        );
+    }
+    // Once the server answers again, the downloads go on and the daemon stops as usual.
+    drop(mount);
+    let got: Vec<usize> = downloads.into_iter().map(|(t, _)| t.join().unwrap()).collect();
+    assert!(got.iter().all(|&n| n > 1 << 20), "{got:?}");
+    sandbox.write("plain/a.txt", "1");
+    eventually("docs's job", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+    terminates(&mut daemon, Duration::from_secs(8), "");
 }
