@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod child;
 pub mod contain;
+mod interpreter;
 pub mod launch;
 pub mod orphans;
 mod output;

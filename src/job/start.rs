@@ -4,8 +4,10 @@
 //! that stops answering, that may be never, so such a start must not suspend a
 //! runtime worker (two of them, and the whole daemon stops answering). Nor may the
 //! lookup of a program on `PATH`, which the daemon does itself. A job whose working
-//! directory or program, or a `PATH` directory it is looked up in, lies on such a
-//! mount (symbolic links followed) is started on a blocking thread instead, at
+//! directory or program, or a `PATH` directory it is looked up in, or the
+//! interpreter on its program's `#!` line or its dynamic loader
+//! ([`super::interpreter`]) lies on such a mount (symbolic links followed) is
+//! started on a blocking thread instead, at
 //! most [`MAX_REMOTE_STARTS`] at once; the job waits for it, and gives up at its
 //! stop or timeout: the child waiting on the mount is then killed (such waits end
 //! on SIGKILL), and a start that ends anyway after its job gave up kills what it
@@ -13,6 +15,7 @@
 
 use super::JobSpec;
 use super::child::{self, Launch, StartError, Started};
+use super::interpreter;
 use super::orphans::{self, Registered};
 use crate::config::Command;
 use std::ffi::OsStr;
@@ -124,13 +127,19 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 /// Whether starting `spec`'s job may wait on a network or FUSE mount: its
 /// working directory, its program named by a path, or (a program looked up on
 /// `PATH`, which the daemon does before the start) a `PATH` directory looked in
-/// up to the first that has it lies on one, once symbolic links are followed ([`crate::mountinfo::reaches_remote_mount`]).
+/// up to the first that has it, or the interpreters `execve` opens for the
+/// program lies on one, once symbolic links are followed
+/// ([`crate::mountinfo::reaches_remote_mount`]). Only asked when the mount table
+/// has such a mount: the interpreters cost a read of the program's head.
 fn may_wait_on_a_remote_mount(spec: &JobSpec) -> bool {
     if !crate::mountinfo::any_remote_mount() {
         return false; // the common case: no `PATH` walk, no lookup per path
     }
     let workdir = &spec.workdir;
     let reaches = |p: &Path| crate::mountinfo::reaches_remote_mount(&workdir.join(p));
+    // The program, and what `execve` opens to run it: its `#!` interpreter, the
+    // dynamic loader.
+    let runs = |program: &Path| reaches(program) || interpreter::reaches(program, workdir, |p| reaches(p));
     // In `PATH`'s order, as the lookup goes: up to the first local match.
     let on_path = |name: &str| {
         let path = child::search_path(&spec.env);
@@ -140,7 +149,7 @@ fn may_wait_on_a_remote_mount(spec: &JobSpec) -> bool {
                 return true;
             }
             if child::is_program(&workdir.join(&candidate)) {
-                return false;
+                return runs(&candidate);
             }
         }
         false
@@ -148,10 +157,10 @@ fn may_wait_on_a_remote_mount(spec: &JobSpec) -> bool {
     reaches(workdir)
         || match &spec.command {
             Command::Run(argv) => match argv.first() {
-                Some(program) if program.contains('/') => reaches(Path::new(program)),
+                Some(program) if program.contains('/') => runs(Path::new(program)),
                 Some(program) => on_path(program),
                 None => false,
             },
-            Command::Shell(_) => reaches(Path::new("/bin/sh")),
+            Command::Shell(_) => runs(Path::new("/bin/sh")),
         }
 }

@@ -665,6 +665,54 @@ fn regression_jobs_reaching_a_hung_mount_through_a_link_or_their_path_froze_the_
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
+#[test]
+fn regression_a_script_whose_interpreter_was_on_a_hung_mount_froze_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    for dir in ["plain/nfs", "plain/docs", "out"] {
+        std::fs::create_dir_all(sandbox.path(dir)).unwrap();
+    }
+    // A local script whose `#!` names a program on the mount: `execve` opens it.
+    std::fs::copy("/bin/true", sandbox.path("real/sub/tool")).unwrap();
+    let script = sandbox.path("plain/run.sh");
+    std::fs::write(&script, format!("#!{}\n", sandbox.path("src/sub/tool").display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 2000\n\
+         [[listener]]\nname = \"nfs\"\nmax_jobs = 4\n  [[listener.route]]\n  path = \"plain/nfs\"\n  debounce_ms = 0\n  delay_ms = 0\n  \
+         run = [\"{}\"]\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain/docs\"\n  debounce_ms = 0\n  delay_ms = 0\n  \
+         shell = 'echo \"$EXECLIB_NAME\" >> ../../out/log'\n",
+        script.display()
+    ));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    let mount = mount; // dropped before the daemon: a failing test lets the server go first
+    mount.hang();
+    for i in 0..4 {
+        sandbox.write(&format!("plain/nfs/{i}.txt"), "x");
+    }
+    eventually_within(Duration::from_secs(15), "the jobs waiting on the mount", || {
+        (processes_on_fuse(daemon.pid()) == 4).then_some(())
+    });
+    assert!(
+        daemon
+            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(3))
+            .is_ok()
+    );
+    sandbox.write("plain/docs/a.txt", "1");
+    eventually_within(Duration::from_secs(10), "docs's job", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"nfs"}"#, Duration::from_secs(5));
+    assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
+    eventually("nothing left waiting on the mount", || {
+        (processes_on_fuse(daemon.pid()) == 0).then_some(())
+    });
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
+
 /// How many children of `parent` wait on a FUSE request (a server stopped).
 fn processes_on_fuse(parent: i32) -> usize {
     let procs = std::fs::read_dir("/proc").unwrap().flatten();
