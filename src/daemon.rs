@@ -41,6 +41,7 @@ const STUCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    crate::sys::low_fds::reserve(); // done already by `main`; here for a daemon run in a test
     // Before READY=1: a SIGHUP right after it must reload, not kill (its default action).
     let hangups = hangups();
     let (listener, socket_file) = socket::bind(&config.control)?;
@@ -288,6 +289,8 @@ fn raise_fd_limit() {
 /// `execlibd`'s body: finds and validates the config (`--check` stops there), sets
 /// up logging, then serves until SIGTERM or SIGINT; the exit code says how it went.
 pub fn main(cli: crate::cli::DaemonCli) -> std::process::ExitCode {
+    // Before anything is opened: jobs' descriptors go below what the daemon opens.
+    crate::sys::low_fds::reserve();
     if let Some(crate::cli::DaemonCommand::Serve(args)) = &cli.command {
         return serve_folder(args, cli.log_format);
     }

@@ -83,9 +83,9 @@ pub fn may_not_answer(fstype: &str) -> bool {
 /// Whether a file system whose `statfs` type (`f_type`, linux/magic.h) is `magic`
 /// may stop answering, as [`may_not_answer`] says by name: NFS, SMB/CIFS, FUSE
 /// (fuseblk and virtio-fs too), 9p, Ceph, AFS, Coda, NCP, autofs, GFS2, OCFS2,
-/// Lustre and VirtualBox shared folders.
+/// Lustre, VirtualBox and VMware shared folders.
 pub fn may_not_answer_type(magic: i64) -> bool {
-    const TYPES: [i64; 16] = [
+    const TYPES: [i64; 17] = [
         0x6969,      // NFS
         0x517B,      // SMB
         0xFF53_4D42, // CIFS
@@ -102,6 +102,7 @@ pub fn may_not_answer_type(magic: i64) -> bool {
         0x7461_636F, // OCFS2
         0x0BD0_0BD0, // Lustre
         0x786F_4256, // vboxsf
+        0xBACB_ACBC, // vmhgfs
     ];
     TYPES.contains(&magic)
 }

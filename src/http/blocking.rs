@@ -8,9 +8,10 @@
 //!
 //! Each read is [`CHUNK`] bytes, copied once through memory. The chunks in flight
 //! (read, not yet taken by the client's socket) are at most [`MAX_CHUNKS`] in all
-//! connections together: a client that stops reading holds the chunk hyper is
-//! writing, and past the limit a read waits for a chunk to go, as long as it waits
-//! for a place ([`Reader::wait`]), then ends its download.
+//! the site's connections together: a client that stops reading holds the chunk
+//! hyper is writing, and past the limit a read waits for a chunk to go, as long as
+//! it waits for a place ([`Reader::wait`]), then ends its download. The file is
+//! closed on a thread of its own ([`RemoteFile`]).
 
 use super::Body;
 use bytes::Bytes;
@@ -19,36 +20,80 @@ use hyper::body::Frame;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, mpsc};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How much one read takes from the file.
 pub const CHUNK: usize = 64 * 1024;
 
-/// The most chunks in memory at once, over every connection (64 MiB, as
+/// The most chunks in memory at once, over every connection of a site (64 MiB, as
 /// [`super::files::MAX_BODIES`]).
 pub const MAX_CHUNKS: usize = 1024;
 
-/// Chunks in memory, against [`MAX_CHUNKS`].
-static CHUNKS: Semaphore = Semaphore::const_new(MAX_CHUNKS);
-
-/// What reads a file's chunks: the site's places on the blocking pool, and how
-/// long a read waits for one before the download is ended.
+/// What reads a file's chunks: the site's places on the blocking pool, its room
+/// for chunks, and how long a read waits for either before the download is ended.
 #[derive(Clone)]
 pub struct Reader {
     /// The places; a read holds one until the file system answers it.
     pub places: Arc<Semaphore>,
-    /// How long a read waits for a place.
+    /// [`MAX_CHUNKS`] permits; a chunk holds one from its read until it is sent.
+    pub chunks: Arc<Semaphore>,
+    /// How long a read waits for a place, and for room.
     pub wait: Duration,
 }
 
+/// An open file on a file system that may stop answering. Closing one may wait
+/// for its server too (FUSE asks it to flush at each close), so it is closed on a
+/// thread of its own ([`close_later`]), never on the runtime's.
+pub struct RemoteFile(Option<File>);
+
+impl RemoteFile {
+    /// Wraps `file`.
+    pub fn new(file: File) -> Self {
+        RemoteFile(Some(file))
+    }
+
+    fn get(&self) -> &File {
+        self.0.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for RemoteFile {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            close_later(file);
+        }
+    }
+}
+
+/// The thread that closes [`RemoteFile`]s, one after the other: one stuck on a
+/// dead server holds only it (the others wait behind, each only an open
+/// descriptor). It is never joined: at shutdown it may be waiting for ever.
+static CLOSER: LazyLock<Option<mpsc::Sender<File>>> = LazyLock::new(|| {
+    let (tx, rx) = mpsc::channel::<File>();
+    let thread = std::thread::Builder::new().name("close remote".into());
+    thread
+        .spawn(move || rx.into_iter().for_each(drop))
+        .ok()
+        .map(|_| tx)
+});
+
+/// Closes `file` on the [`CLOSER`] thread (here if it could not be started).
+fn close_later(file: File) {
+    if let Some(closer) = CLOSER.as_ref()
+        && let Err(mpsc::SendError(file)) = closer.send(file)
+    {
+        drop(file);
+    }
+}
+
 /// The body of `count` bytes of `file` from `start`, read [`CHUNK`] at a time on
-/// the blocking pool. A file cut short, or a read that finds no place within
-/// [`Reader::wait`] (every place is held by reads the file system has not
+/// the blocking pool. A file cut short, or a read that finds no place or no room
+/// within [`Reader::wait`] (every place is held by reads the file system has not
 /// answered), ends the body with an error: the connection is closed, and the
 /// client sees fewer bytes than `Content-Length`.
-pub fn body(file: File, start: u64, count: u64, reader: Reader) -> Body {
+pub fn body(file: RemoteFile, start: u64, count: u64, reader: Reader) -> Body {
     let state = (Arc::new(file), start, count, reader);
     let chunks = futures::stream::unfold(Some(state), |state| async move {
         let (file, offset, left, reader) = state?;
@@ -68,15 +113,15 @@ pub fn body(file: File, start: u64, count: u64, reader: Reader) -> Body {
     StreamBody::new(chunks).boxed_unsync()
 }
 
-/// `want` bytes of `file` at `offset` (fewer where it ends), read on the blocking pool.
-async fn read(file: &Arc<File>, offset: u64, want: usize, reader: &Reader) -> io::Result<Bytes> {
+/// `want` bytes of `file` at `offset` (fewer where it ends), read on the blocking
+/// pool. The chunk's room is held from before the read (a read given up on keeps
+/// it until its buffer is gone) until the bytes are dropped.
+async fn read(file: &Arc<RemoteFile>, offset: u64, want: usize, reader: &Reader) -> io::Result<Bytes> {
     let late = |what: &str| io::Error::new(io::ErrorKind::TimedOut, format!("no {what} to read the file in"));
-    let held = tokio::time::timeout(reader.wait, CHUNKS.acquire())
+    let room = tokio::time::timeout(reader.wait, reader.chunks.clone().acquire_owned())
         .await
         .map_err(|_| late("memory"))?
         .map_err(io::Error::other)?;
-    held.forget(); // given back by `Held`'s drop, with the bytes
-    let held = Held;
     let place = tokio::time::timeout(reader.wait, reader.places.clone().acquire_owned())
         .await
         .map_err(|_| late("place (its file system does not answer)"))?
@@ -85,33 +130,24 @@ async fn read(file: &Arc<File>, offset: u64, want: usize, reader: &Reader) -> io
     let task = tokio::task::spawn_blocking(move || {
         let _place: OwnedSemaphorePermit = place;
         let mut buf = vec![0; want];
-        let n = file.read_at(&mut buf, offset)?;
+        let n = file.get().read_at(&mut buf, offset)?;
         buf.truncate(n);
-        Ok::<_, io::Error>(buf)
+        Ok::<_, io::Error>(Chunk { buf, _room: room })
     });
-    let buf = task.await.map_err(io::Error::other)??;
-    if buf.is_empty() {
+    let chunk = task.await.map_err(io::Error::other)??;
+    if chunk.buf.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "file shrank while being sent",
         ));
     }
-    Ok(Bytes::from_owner(Chunk { buf, _held: held }))
+    Ok(Bytes::from_owner(chunk))
 }
 
-/// A place among [`MAX_CHUNKS`], given back when dropped.
-struct Held;
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        CHUNKS.add_permits(1);
-    }
-}
-
-/// A chunk's bytes and its place.
+/// A chunk's bytes and its room among [`MAX_CHUNKS`].
 struct Chunk {
     buf: Vec<u8>,
-    _held: Held,
+    _room: OwnedSemaphorePermit,
 }
 
 impl AsRef<[u8]> for Chunk {
@@ -138,15 +174,16 @@ mod tests {
         (got, None)
     }
 
-    fn file_of(bytes: &[u8]) -> File {
+    fn file_of(bytes: &[u8]) -> RemoteFile {
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, bytes).unwrap();
-        file
+        RemoteFile::new(file)
     }
 
     fn reader(places: usize) -> Reader {
         Reader {
             places: Arc::new(Semaphore::new(places)),
+            chunks: Arc::new(Semaphore::new(MAX_CHUNKS)),
             wait: Duration::from_millis(50),
         }
     }
@@ -154,10 +191,12 @@ mod tests {
     #[tokio::test]
     async fn a_range_comes_whole_and_its_chunks_are_given_back() {
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (got, error) = collect(body(file_of(&bytes), 1000, 200_000, reader(1))).await;
+        let reader = reader(1);
+        let (got, error) = collect(body(file_of(&bytes), 1000, 200_000, reader.clone())).await;
         assert_eq!(error, None);
         assert!(got == bytes[1000..201_000], "the bytes of the range, in order");
-        assert_eq!(CHUNKS.available_permits(), MAX_CHUNKS, "no chunk kept");
+        assert_eq!(reader.chunks.available_permits(), MAX_CHUNKS, "no chunk kept");
+        assert_eq!(reader.places.available_permits(), 1, "no place kept");
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub struct Site {
     pub lookups: Arc<tokio::sync::Semaphore>,
     /// Whether requests were refused for want of a place (logged once).
     pub said_not_answering: AtomicBool,
+    /// Room for chunks of large files read on the blocking pool, [`blocking::MAX_CHUNKS`].
+    pub chunks: Arc<tokio::sync::Semaphore>,
 }
 
 /// The most bytes of file bodies held in memory at once: files read whole to be
@@ -133,7 +135,7 @@ enum Content {
     /// An open file to stream, and its length.
     File(std::fs::File, u64),
     /// An open file on a file system that may stop answering, and its length.
-    Remote(std::fs::File, u64),
+    Remote(blocking::RemoteFile, u64),
 }
 
 impl Source {
@@ -306,7 +308,7 @@ fn prepare(
         // Asked of the open file: a link under the root may lead to another mount.
         None => match crate::sys::fs_type_of(file.as_fd()) {
             Ok(magic) if !crate::mountinfo::may_not_answer_type(magic) => Content::File(file, meta.len()),
-            _ => Content::Remote(file, meta.len()),
+            _ => Content::Remote(blocking::RemoteFile::new(file), meta.len()),
         },
     };
     let source = Source {
@@ -372,6 +374,7 @@ async fn respond(
         Content::Remote(file, _) => {
             let reader = blocking::Reader {
                 places: site.lookups.clone(),
+                chunks: site.chunks.clone(),
                 wait: LOOKUP_WAIT,
             };
             blocking::body(file, start, count, reader)

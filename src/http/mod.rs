@@ -125,6 +125,7 @@ impl HttpServer {
                 bodies: Default::default(),
                 lookups: Arc::new(tokio::sync::Semaphore::new(files::MAX_LOOKUPS)),
                 said_not_answering: Default::default(),
+                chunks: Arc::new(tokio::sync::Semaphore::new(blocking::MAX_CHUNKS)),
             }),
             static_files: config.static_files,
             livereload: livereload.clone(),

@@ -49,7 +49,16 @@ enum Found {
 }
 
 fn interpreter(program: &Path) -> Option<Found> {
-    let file = File::open(program).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, and only a regular file is read: a FIFO would wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(program)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut head = [0u8; HEAD];
     let n = file.read_at(&mut head, 0).ok()?;
     let head = &head[..n];
@@ -86,11 +95,16 @@ fn loader(file: &File, head: &[u8]) -> Option<PathBuf> {
         true => (int(32, 8)?, int(54, 2)?, int(56, 2)?),
         false => (int(28, 4)?, int(42, 2)?, int(44, 2)?),
     };
-    let mut entry = [0u8; 64];
-    let entry = entry.get_mut(..usize::try_from(phentsize).ok()?)?;
-    for i in 0..phnum.min(64) {
-        file.read_exact_at(entry, phoff.checked_add(i * phentsize)?)
-            .ok()?;
+    // The whole header table in one read (the kernel refuses tables over 64 KiB).
+    let size = usize::try_from(phentsize.checked_mul(phnum)?)
+        .ok()
+        .filter(|&n| n <= 65536)?;
+    let entry_size = usize::try_from(phentsize)
+        .ok()
+        .filter(|&n| n >= if wide { 56 } else { 32 })?;
+    let mut table = vec![0u8; size];
+    file.read_exact_at(&mut table, phoff).ok()?;
+    for entry in table.chunks_exact(entry_size) {
         let field = |at, len| number(entry, at, len, big);
         if field(0, 4)? != u64::from(PT_INTERP) {
             continue;
@@ -103,9 +117,7 @@ fn loader(file: &File, head: &[u8]) -> Option<PathBuf> {
         file.read_exact_at(&mut path, offset).ok()?;
         let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
         path.truncate(end);
-        return Some(PathBuf::from(std::ffi::OsString::from(
-            std::ffi::OsStr::from_bytes(&path),
-        )));
+        return Some(PathBuf::from(std::ffi::OsStr::from_bytes(&path)));
     }
     None
 }

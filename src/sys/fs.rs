@@ -73,7 +73,7 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
     if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(fs.f_type as i64)
+    Ok(i64::from(fs.f_type as u32)) // magic numbers are 32 bits; `f_type` may be signed
 }
 
 /// The type of the file system `fd`'s file is on (`fstatfs`'s `f_type`).
@@ -84,7 +84,7 @@ pub fn fs_type_of(fd: BorrowedFd<'_>) -> io::Result<i64> {
     if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(fs.f_type as i64)
+    Ok(i64::from(fs.f_type as u32)) // magic numbers are 32 bits; `f_type` may be signed
 }
 
 /// Sets the process's file creation mask; returns the previous one.

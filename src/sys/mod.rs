@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 mod fs;
+pub mod low_fds;
 mod net;
 mod proc;
 mod spawn;

@@ -179,6 +179,10 @@ struct ChildArgs {
     nofile_soft: u64,
     set_nofile: bool,
     cgroup_procs: RawFd,
+    /// Cloned sharing the daemon's descriptor table (`CLONE_FILES`): the child
+    /// takes a table of its own holding only the kept low descriptors
+    /// ([`super::low_fds`]) before it touches any.
+    own_table: bool,
     /// Set by the child when it fails: the stage (1 + its index) and errno.
     failed_stage: i32,
     failed_errno: i32,
@@ -198,13 +202,23 @@ pub fn spawn(spec: &Spec<'_>) -> Result<Process, SpawnError> {
         nofile_soft: spec.nofile_soft.unwrap_or(0),
         set_nofile: spec.nofile_soft.is_some(),
         cgroup_procs: spec.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
+        own_table: false,
         failed_stage: 0,
         failed_errno: 0,
     };
+    // The job's standard descriptors among the kept low ones, when a group is free:
+    // the child then never holds the daemon's others (see `low_fds`). Given back
+    // once the clone has returned (the child has run its program, or is gone).
+    let group = super::low_fds::Group::take(args.stdio);
+    if let Some(group) = &group {
+        args.stdio = group.fds();
+        args.own_table = true;
+    }
     let mut stack = CHILD_STACKS
         .take()
         .unwrap_or_else(|| vec![0u128; CHILD_STACK / 16].into_boxed_slice());
     let cloned = clone_vfork(&mut args, &mut stack);
+    drop(group);
     CHILD_STACKS.set(Some(stack));
     let (pid, pidfd) = cloned?;
     // SAFETY: the child has exec'd or exited (CLONE_VFORK), so nothing writes `args`
@@ -276,6 +290,7 @@ fn clone_vfork(args: &mut ChildArgs, stack: &mut [u128]) -> Result<(libc::pid_t,
     }
     let top = stack.as_mut_ptr_range().end.cast::<c_void>();
     let mut pidfd: c_int = -1;
+    let shared = if args.own_table { libc::CLONE_FILES } else { 0 };
     // SAFETY: `top` is the 16-byte-aligned end of a live stack of CHILD_STACK bytes
     // that the child alone uses; `args` and everything it points to (argv, envp,
     // paths in `spec`) outlive the child's use of them, since CLONE_VFORK suspends
@@ -286,7 +301,7 @@ fn clone_vfork(args: &mut ChildArgs, stack: &mut [u128]) -> Result<(libc::pid_t,
         libc::clone(
             child_main,
             top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | shared | libc::SIGCHLD,
             (args as *mut ChildArgs).cast::<c_void>(),
             &mut pidfd as *mut c_int,
             ptr::null_mut::<c_void>(),
@@ -371,6 +386,20 @@ unsafe fn child_steps(args: &ChildArgs) -> Result<(), Stage> {
         }
         if libc::chdir(args.workdir) != 0 {
             return Err(Stage::Workdir);
+        }
+        // A table of its own before any descriptor changes: only the kept low ones
+        // (without the kernel support, a copy of the whole table, as without a group).
+        if args.own_table {
+            let low = super::low_fds::LOW as libc::c_uint;
+            let unshared = libc::syscall(
+                libc::SYS_close_range,
+                low,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            );
+            if unshared != 0 && libc::unshare(libc::CLONE_FILES) != 0 {
+                return Err(Stage::Stdio);
+            }
         }
         for (target, &fd) in args.stdio.iter().enumerate() {
             let target = target as c_int;
@@ -457,6 +486,31 @@ mod tests {
     }
 
     use std::os::fd::AsFd;
+
+    #[test]
+    fn a_start_in_a_kept_group_passes_on_none_of_the_daemons_other_descriptors() {
+        use super::super::low_fds;
+        let fds = || {
+            let (exit, out) = run("/bin/sh", &["sh", "-c", "ls /proc/self/fd"], "/").unwrap();
+            assert_eq!(exit.status, 0, "{out}");
+            out.lines().map(|l| l.parse().unwrap()).collect::<Vec<i32>>()
+        };
+        // Without close-on-exec, above the kept ones: a copied table passes it on.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: duplicates an open descriptor to a free number of at least 100.
+        let leaky = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 100) };
+        assert!(leaky >= 100);
+        assert_eq!(low_fds::groups(), 0);
+        assert!(fds().contains(&leaky), "nothing kept: the table is copied");
+        low_fds::reserve();
+        assert!(low_fds::groups() > 0, "groups kept");
+        let got = fds();
+        assert!(!got.contains(&leaky), "{got:?}");
+        assert!([0, 1, 2].iter().all(|fd| got.contains(fd)), "{got:?}");
+        assert!(got.iter().all(|&fd| fd < low_fds::LOW), "only low ones: {got:?}");
+        // SAFETY: closes the duplicate made above, owned by nothing else.
+        unsafe { libc::close(leaky) };
+    }
 
     #[test]
     fn the_child_gets_its_environment_directory_limit_group_and_default_signals() {

@@ -730,7 +730,7 @@ fn processes_on_fuse(parent: i32) -> usize {
 }
 
 #[test]
-fn regression_downloads_from_a_site_root_that_stopped_answering_froze_the_daemon() {
+fn regression_downloads_from_a_site_root_that_stopped_answering_froze_the_daemon_and_held_up_jobs() {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     let Some((sandbox, mount)) = mounted() else {
@@ -750,9 +750,11 @@ fn regression_downloads_from_a_site_root_that_stopped_answering_froze_the_daemon
     let mut daemon = Daemon::start(&sandbox, &config);
     let mount = mount; // dropped before the daemon: a failing test lets the server go first
     let addr = crate::support::web::http_addr(&daemon);
-    // More downloads than the runtime has workers, each under way (its first MiB read).
+    // More downloads than the runtime has workers (one per core), each under way
+    // (its first MiB read).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (go, started) = std::sync::mpsc::channel();
-    let downloads: Vec<_> = (0..4)
+    let downloads: Vec<_> = (0..workers + 2)
         .map(|_| {
             let (addr, go) = (addr.clone(), go.clone());
             let (resume_tx, resume) = std::sync::mpsc::channel::<()>();
@@ -801,13 +803,15 @@ fn regression_downloads_from_a_site_root_that_stopped_answering_froze_the_daemon
             daemon.log()
         );
     }
-    // Once the server answers again, the downloads go on and the daemon stops as usual.
-    drop(mount);
-    let got: Vec<usize> = downloads.into_iter().map(|(t, _)| t.join().unwrap()).collect();
-    assert!(got.iter().all(|&n| n > 1 << 20), "{got:?}");
+    // And jobs run: the downloads' files, open on the stopped server, are not in
+    // their processes' descriptor tables (closing one there waited for the server).
     sandbox.write("plain/a.txt", "1");
     eventually("docs's job", || {
         sandbox.read("out/log").filter(|l| l.contains("a.txt"))
     });
+    // Once the server answers again, the downloads go on and the daemon stops as usual.
+    drop(mount);
+    let got: Vec<usize> = downloads.into_iter().map(|(t, _)| t.join().unwrap()).collect();
+    assert!(got.iter().all(|&n| n > 1 << 20), "{got:?}");
     terminates(&mut daemon, Duration::from_secs(8), "");
 }
