@@ -41,7 +41,6 @@ const STUCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs the daemon until `shutdown` resolves or a client sends `shutdown`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    crate::sys::low_fds::reserve(); // done already by `main`; here for a daemon run in a test
     // Before READY=1: a SIGHUP right after it must reload, not kill (its default action).
     let hangups = hangups();
     let (listener, socket_file) = socket::bind(&config.control)?;

@@ -181,7 +181,7 @@ struct ChildArgs {
     cgroup_procs: RawFd,
     /// Cloned sharing the daemon's descriptor table (`CLONE_FILES`): the child
     /// takes a table of its own holding only the kept low descriptors
-    /// ([`super::low_fds`]) before it touches any.
+    /// ([`super::low_fds`]) before it changes any.
     own_table: bool,
     /// Set by the child when it fails: the stage (1 + its index) and errno.
     failed_stage: i32,
@@ -296,7 +296,9 @@ fn clone_vfork(args: &mut ChildArgs, stack: &mut [u128]) -> Result<(libc::pid_t,
     // paths in `spec`) outlive the child's use of them, since CLONE_VFORK suspends
     // this thread until the child has exec'd or exited; child_main only makes
     // async-signal-safe system calls (see its comment). With CLONE_PIDFD the kernel
-    // writes the new pidfd (close-on-exec) to `pidfd`, the parent_tid argument.
+    // writes the new pidfd (close-on-exec) to `pidfd`, the parent_tid argument. With
+    // CLONE_FILES (`args.own_table`) the child shares the daemon's descriptor table
+    // until its close_range: before that it opens, closes and duplicates nothing.
     let pid = unsafe {
         libc::clone(
             child_main,
@@ -497,13 +499,19 @@ mod tests {
         };
         // Without close-on-exec, above the kept ones: a copied table passes it on.
         let file = std::fs::File::open("/dev/null").unwrap();
-        // SAFETY: duplicates an open descriptor to a free number of at least 100.
-        let leaky = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 100) };
-        assert!(leaky >= 100);
+        // SAFETY: duplicates an open descriptor to a free number above the kept ones.
+        let leaky = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, low_fds::LOW + 44) };
+        assert!(leaky >= low_fds::LOW);
         assert_eq!(low_fds::groups(), 0);
         assert!(fds().contains(&leaky), "nothing kept: the table is copied");
         low_fds::reserve();
-        assert!(low_fds::groups() > 0, "groups kept");
+        if low_fds::groups() == 0 {
+            // SAFETY: asks for close_range on a range with nothing open.
+            let refused = unsafe { libc::syscall(libc::SYS_close_range, u32::MAX, u32::MAX, 0) } != 0;
+            assert!(refused, "groups kept where close_range works");
+            eprintln!("SKIP: close_range is refused here");
+            return;
+        }
         let got = fds();
         assert!(!got.contains(&leaky), "{got:?}");
         assert!([0, 1, 2].iter().all(|fd| got.contains(fd)), "{got:?}");
