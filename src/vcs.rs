@@ -221,14 +221,69 @@ pub fn holds(config: &ListenerConfig) -> Holds {
 }
 
 /// Whether a path exists, symlinks not followed (a lock may be a dangling symlink,
-/// as Mercurial's are). A path that cannot be looked at counts as absent.
+/// as Mercurial's are). A path that cannot be looked at counts as absent. Asked by
+/// the scheduler on the daemon's runtime, so a path on a mount that may not answer
+/// (`hold_while` on NFS, a git directory on sshfs) is looked at on a thread of its
+/// own, waited for at most [`REMOTE_WAIT`], with at most [`MAX_REMOTE_LOOKS`] such
+/// looks unanswered at once: a dead server then counts as "absent" (the runs go
+/// ahead) instead of freezing a runtime worker.
 pub fn probe() -> Probe {
-    Box::new(|path: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        let ctime = meta.ctime() as u128 * 1_000_000_000 + meta.ctime_nsec() as u128;
-        Some(((meta.dev() as u128) << 96) ^ ((meta.ino() as u128) << 48) ^ ctime)
+    Box::new(|path: &Path| match crate::mountinfo::reaches_remote_mount(path) {
+        false => identity(path),
+        true => remote_identity(path),
     })
+}
+
+/// How long a look at a hold path on a mount that may not answer is waited for.
+pub const REMOTE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// At most this many looks at hold paths wait on mounts at once; past them a path
+/// on such a mount counts as absent at once.
+pub const MAX_REMOTE_LOOKS: usize = 4;
+
+static REMOTE_LOOKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The identity (device, inode, change time) of what is at `path`, if anything.
+fn identity(path: &Path) -> Option<u128> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let ctime = meta.ctime() as u128 * 1_000_000_000 + meta.ctime_nsec() as u128;
+    Some(((meta.dev() as u128) << 96) ^ ((meta.ino() as u128) << 48) ^ ctime)
+}
+
+/// [`identity`] asked on a thread of its own (see [`probe`]). The thread ends when
+/// the file system answers; it is not waited for beyond [`REMOTE_WAIT`].
+fn remote_identity(path: &Path) -> Option<u128> {
+    use std::sync::atomic::Ordering;
+    if REMOTE_LOOKS.fetch_add(1, Ordering::SeqCst) >= MAX_REMOTE_LOOKS {
+        REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let asked = path.to_owned();
+    let look = move || {
+        let _ = tx.send(identity(&asked));
+        REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
+    };
+    if std::thread::Builder::new()
+        .name("hold look".into())
+        .spawn(look)
+        .is_err()
+    {
+        REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    match rx.recv_timeout(REMOTE_WAIT) {
+        Ok(id) => id,
+        Err(_) => {
+            warn!(
+                path = %escaped(path),
+                "a hold path's file system did not answer within {} ms: taken as absent",
+                REMOTE_WAIT.as_millis()
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

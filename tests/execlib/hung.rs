@@ -713,6 +713,49 @@ fn regression_a_script_whose_interpreter_was_on_a_hung_mount_froze_the_daemon() 
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
+#[test]
+fn regression_hold_paths_on_a_hung_mount_froze_the_daemon() {
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    std::fs::create_dir_all(sandbox.path("out")).unwrap();
+    // Three listeners whose runs wait while a lock on the mount exists: each due run
+    // looks at it from the daemon's runtime, which has fewer workers on 2 cores.
+    let lock = sandbox.path("src/sub/deploy.lock");
+    let mut config = String::from("[daemon]\nshutdown_grace_ms = 2000\n");
+    for name in ["a", "b", "c"] {
+        std::fs::create_dir_all(sandbox.path(&format!("plain/{name}"))).unwrap();
+        config += &format!(
+            "[[listener]]\nname = \"{name}\"\n  [[listener.route]]\n  path = \"plain/{name}\"\n  debounce_ms = 0\n  \
+             delay_ms = 0\n  hold_while = [\"{}\"]\n  shell = 'echo \"$EXECLIB_NAME\" >> ../../out/log'\n",
+            lock.display()
+        );
+    }
+    let config = sandbox.config(&config);
+    let mut daemon = Daemon::start(&sandbox, &config);
+    let mount = mount; // dropped before the daemon: a failing test lets the server go first
+    mount.hang();
+    for name in ["a", "b", "c"] {
+        sandbox.write(&format!("plain/{name}/{name}.txt"), "x");
+    }
+    // The runs go ahead (the lock's file system does not answer: taken as absent).
+    eventually_within(Duration::from_secs(10), "the three jobs", || {
+        let log = sandbox.read("out/log")?;
+        ["a.txt", "b.txt", "c.txt"]
+            .iter()
+            .all(|f| log.contains(f))
+            .then_some(())
+    });
+    assert!(
+        daemon
+            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(3))
+            .is_ok()
+    );
+    assert!(daemon.log().contains("taken as absent"), "{}", daemon.log());
+    drop(mount);
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
+
 /// How many children of `parent` wait on a FUSE request (a server stopped).
 fn processes_on_fuse(parent: i32) -> usize {
     let procs = std::fs::read_dir("/proc").unwrap().flatten();
