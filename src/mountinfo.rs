@@ -124,7 +124,7 @@ const MAX_LINKS: usize = 40;
 struct Remote {
     read: std::time::Instant,
     points: std::sync::Arc<Vec<PathBuf>>,
-    answers: std::collections::HashMap<PathBuf, bool>,
+    answers: std::collections::HashMap<PathBuf, Option<PathBuf>>,
 }
 
 static REMOTE: std::sync::Mutex<Option<Remote>> = std::sync::Mutex::new(None);
@@ -135,18 +135,24 @@ static REMOTE: std::sync::Mutex<Option<Remote>> = std::sync::Mutex::new(None);
 /// not yet on such a mount, so nothing is asked of one; an answer is reused for a
 /// second. False when the table cannot be read.
 pub fn reaches_remote_mount(path: &Path) -> bool {
-    let (points, known) = with_remote(|r| (r.points.clone(), r.answers.get(path).copied()));
+    remote_mount_of(path).is_some()
+}
+
+/// The mount point of the mount that may stop answering which `path` reaches (see
+/// [`reaches_remote_mount`]), if any.
+pub fn remote_mount_of(path: &Path) -> Option<PathBuf> {
+    let (points, known) = with_remote(|r| (r.points.clone(), r.answers.get(path).cloned()));
     if let Some(answer) = known {
         return answer;
     }
     if points.is_empty() {
-        return false; // no link to read: nothing can reach such a mount
+        return None; // no link to read: nothing can reach such a mount
     }
     // Outside the lock: reading links costs system calls.
-    let answer = reaches(&points, path);
+    let answer = reaches(&points, path).cloned();
     with_remote(|r| {
         if std::sync::Arc::ptr_eq(&r.points, &points) && r.answers.len() < REMOTE_ANSWERS {
-            r.answers.insert(path.to_path_buf(), answer);
+            r.answers.insert(path.to_path_buf(), answer.clone());
         }
     });
     answer
@@ -183,13 +189,18 @@ fn remote_points() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether `path` reaches one of `points` as it is resolved component by component,
+/// Which of `points` `path` reaches as it is resolved component by component,
 /// following symbolic links (at most [`MAX_LINKS`]; more, and the path is taken as
 /// it stands) but reading none on or under a point. A relative path is taken as
 /// written. A component that cannot be read as a link is taken as a directory.
-fn reaches(points: &[PathBuf], path: &Path) -> bool {
+/// Of nested points, the deepest the rest of the path, taken as written (links
+/// under a point are never read), lies under is the one reached.
+fn reaches<'a>(points: &'a [PathBuf], path: &Path) -> Option<&'a PathBuf> {
     use std::path::Component;
-    let under = |p: &Path| points.iter().any(|point| p.starts_with(point));
+    let under = |p: &Path| {
+        let within = points.iter().filter(|point| p.starts_with(point));
+        within.max_by_key(|point| point.as_os_str().len())
+    };
     let mut done = PathBuf::new();
     let mut rest: Vec<PathBuf> = path.components().rev().map(|c| c.as_os_str().into()).collect();
     let mut links = 0;
@@ -201,8 +212,10 @@ fn reaches(points: &[PathBuf], path: &Path) -> bool {
             }
             Some(Component::Normal(name)) => {
                 done.push(name);
-                if under(&done) {
-                    return true;
+                if under(&done).is_some() {
+                    let mut written = done;
+                    rest.iter().rev().for_each(|c| written.push(c));
+                    return under(&written); // `done`'s point at least
                 }
                 if links < MAX_LINKS
                     && let Ok(target) = std::fs::read_link(&done)
@@ -284,7 +297,7 @@ mod tests {
         symlink("local/c2", base.join("c2")).unwrap();
         symlink("l2", base.join("l1")).unwrap();
         symlink("l1", base.join("l2")).unwrap();
-        let reaches = |p: &str| reaches(&points, &base.join(p));
+        let reaches = |p: &str| reaches(&points, &base.join(p)).is_some();
         assert!(reaches("abs"), "a link straight onto the mount");
         assert!(reaches("abs/deeper/still"), "and below it");
         assert!(!reaches("rel/dir"), "a link that stays local");
@@ -293,7 +306,17 @@ mod tests {
         assert!(!reaches("local/dir/../dir"));
         assert!(reaches("local/../abs"));
         // Nothing under a point is read: the path is known to reach it at the point.
-        assert!(super::reaches(&points, Path::new("/never/mounted/../../etc")));
-        assert!(!super::reaches(&points, Path::new("/never")));
+        let point = |p: &str| super::reaches(&points, Path::new(p));
+        assert_eq!(point("/never/mounted/../../etc"), Some(&points[0]));
+        assert_eq!(point("/never"), None);
+        // Nested mounts: the deepest under which the path lies, as written.
+        let nested = [
+            PathBuf::from("/never/mounted"),
+            PathBuf::from("/never/mounted/in"),
+        ];
+        let point = |p: &str| super::reaches(&nested, Path::new(p));
+        assert_eq!(point("/never/mounted/in/x"), Some(&nested[1]));
+        assert_eq!(point("/never/mounted/inside"), Some(&nested[0]));
+        assert_eq!(point("/never/mounted/in"), Some(&nested[1]));
     }
 }

@@ -19,24 +19,24 @@ const HEAD: usize = 256;
 /// `PT_INTERP`, the program header naming the dynamic loader.
 const PT_INTERP: u32 = 3;
 
-/// Whether one of the interpreters `execve` of `program` opens passes `remote`: a
-/// script's, that one's if it is a script too, and the last one's dynamic loader.
-/// Relative names are taken under `workdir`, as the kernel takes them once the
-/// job has entered it. An interpreter is read (to see whether it is a script) only
-/// once `remote` has said no for it; the walk stops at what cannot be read.
-pub fn reaches(program: &Path, workdir: &Path, remote: impl Fn(&Path) -> bool) -> bool {
+/// What `remote` says of the first of the interpreters `execve` of `program` opens
+/// that it says something of: a script's, that one's if it is a script too, and the
+/// last one's dynamic loader. Relative names are taken under `workdir`, as the
+/// kernel takes them once the job has entered it. An interpreter is read (to see
+/// whether it is a script) only once `remote` has said nothing of it; the walk
+/// stops at what cannot be read.
+pub fn reaches<T>(program: &Path, workdir: &Path, remote: impl Fn(&Path) -> Option<T>) -> Option<T> {
     let mut next = workdir.join(program);
     for _ in 0..MAX_DEPTH {
-        match interpreter(&next) {
-            Some(Found::Script(path)) => next = workdir.join(path),
-            Some(Found::Loader(path)) => return remote(&workdir.join(path)),
-            None => return false,
+        match interpreter(&next)? {
+            Found::Script(path) => next = workdir.join(path),
+            Found::Loader(path) => return remote(&workdir.join(path)),
         }
-        if remote(&next) {
-            return true;
+        if let Some(found) = remote(&next) {
+            return Some(found);
         }
     }
-    false
+    None
 }
 
 /// What a program names to run it.
@@ -165,9 +165,9 @@ mod tests {
         let asked = std::cell::RefCell::new(Vec::new());
         let remote = |p: &Path| {
             asked.borrow_mut().push(p.to_owned());
-            p.starts_with("/nfs")
+            p.starts_with("/nfs").then_some(())
         };
-        assert!(reaches(Path::new("outer"), dir.path(), remote));
+        assert!(reaches(Path::new("outer"), dir.path(), remote).is_some());
         assert_eq!(
             *asked.borrow(),
             [
@@ -181,9 +181,9 @@ mod tests {
         let asked = std::cell::RefCell::new(Vec::new());
         let remote = |p: &Path| {
             asked.borrow_mut().push(p.to_owned());
-            false
+            None::<()>
         };
-        assert!(!reaches(Path::new("local"), dir.path(), remote));
+        assert!(reaches(Path::new("local"), dir.path(), remote).is_none());
         let asked = asked.into_inner();
         assert_eq!(asked[0], PathBuf::from("/bin/sh"));
         assert!(
@@ -192,11 +192,12 @@ mod tests {
         );
         write("loop", "#!loop\n");
         let count = std::cell::Cell::new(0);
-        assert!(!reaches(Path::new("loop"), dir.path(), |_| {
+        let never = |_: &Path| {
             count.set(count.get() + 1);
-            false
-        }));
+            None::<()>
+        };
+        assert!(reaches(Path::new("loop"), dir.path(), never).is_none());
         assert_eq!(count.get(), MAX_DEPTH, "a loop ends");
-        assert!(!reaches(Path::new("missing"), dir.path(), |_| true));
+        assert!(reaches(Path::new("missing"), dir.path(), |_| Some(())).is_none());
     }
 }

@@ -8,7 +8,8 @@
 //! interpreter on its program's `#!` line or its dynamic loader
 //! ([`super::interpreter`]) lies on such a mount (symbolic links followed) is
 //! started on a blocking thread instead, at
-//! most [`MAX_REMOTE_STARTS`] at once; the job waits for it, and gives up at its
+//! most [`MAX_REMOTE_STARTS`] at once per mount and [`MAX_REMOTE_STARTS_IN_ALL`]
+//! in all ([`Places`]); the job waits for it, and gives up at its
 //! stop or timeout: the child waiting on the mount is then killed (such waits end
 //! on SIGKILL), and a start that ends anyway after its job gave up kills what it
 //! started.
@@ -18,20 +19,88 @@ use super::child::{self, Launch, StartError, Started};
 use super::interpreter;
 use super::orphans::{self, Registered};
 use crate::config::Command;
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// At most this many job starts that may wait on a network or FUSE mount run at
-/// once, each on a blocking thread: a start stuck on a mount that never answers
+/// At most this many job starts that may wait on one network or FUSE mount run
+/// at once, each on a blocking thread: a start stuck on a mount that never answers
 /// keeps its thread (and its place) until the mount answers. Further ones wait for
-/// a place, and can still be stopped or time out; jobs on local file systems are
-/// not held up.
+/// a place, and can still be stopped or time out; jobs on local file systems, and
+/// (up to [`MAX_REMOTE_STARTS_IN_ALL`]) on other mounts, are not held up.
 const MAX_REMOTE_STARTS: usize = 16;
 
-static REMOTE_STARTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_REMOTE_STARTS);
+/// At most this many such starts run at once over all mounts (the blocking pool's
+/// threads are for the rest of the daemon too).
+const MAX_REMOTE_STARTS_IN_ALL: usize = 64;
+
+static IN_ALL: Semaphore = Semaphore::const_new(MAX_REMOTE_STARTS_IN_ALL);
+
+/// Each mount's places (those with starts under way or waiting), by mount point.
+static PER_MOUNT: std::sync::Mutex<BTreeMap<PathBuf, Arc<Semaphore>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// A start's places: its mount's and one of all.
+struct Places {
+    _mount: OwnedSemaphorePermit,
+    _all: SemaphorePermit<'static>,
+}
+
+/// `mount`'s places; mounts whose places are all free and unasked are forgotten.
+fn places_of(mount: &Path) -> Arc<Semaphore> {
+    let mut per_mount = PER_MOUNT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    per_mount.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < MAX_REMOTE_STARTS);
+    let places = per_mount.entry(mount.to_owned());
+    places
+        .or_insert_with(|| Arc::new(Semaphore::new(MAX_REMOTE_STARTS)))
+        .clone()
+}
+
+/// Takes a place for a start that may wait on `mount`, waiting for one (warned)
+/// when they are taken: its stop or deadline gives up first.
+async fn place(
+    mount: &Path,
+    cancel: &CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Places, Unstarted> {
+    let own = places_of(mount);
+    if let (Ok(one), Ok(all)) = (own.clone().try_acquire_owned(), IN_ALL.try_acquire()) {
+        return Ok(Places {
+            _mount: one,
+            _all: all,
+        });
+    }
+    match own.available_permits() {
+        0 => warn!(
+            mount = %crate::names::escaped(mount),
+            "{MAX_REMOTE_STARTS} job starts already wait on this network or FUSE mount: this one waits its turn"
+        ),
+        _ => warn!(
+            "{MAX_REMOTE_STARTS_IN_ALL} job starts already wait on network or FUSE mounts: this one waits its turn"
+        ),
+    }
+    let both = async {
+        let one = own.acquire_owned().await.expect("never closed");
+        let all = IN_ALL.acquire().await.expect("never closed");
+        Places {
+            _mount: one,
+            _all: all,
+        }
+    };
+    tokio::select! {
+        biased; // a job stopped as a place frees does not take it
+        _ = cancel.cancelled() => Err(Unstarted::GaveUp { timeout: false }),
+        _ = until(deadline) => Err(Unstarted::GaveUp { timeout: true }),
+        places = both => Ok(places),
+    }
+}
 
 /// Why a job's main process was not started.
 pub(super) enum Unstarted {
@@ -51,28 +120,15 @@ pub(super) async fn start(
     cancel: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<(Started, Registered), Unstarted> {
-    if !may_wait_on_a_remote_mount(spec) {
+    let Some(mount) = remote_mount(spec) else {
         let started = orphans::spawn(None, || child::start(launch))
             .map_err(Unstarted::Failed)?
             .ok_or(Unstarted::GaveUp { timeout: false })?;
         let registered = Registered(started.child.pid());
         return Ok((started, registered));
-    }
-    // A place among the starts that may wait on a mount, waited for as the start is.
-    let place = match REMOTE_STARTS.try_acquire() {
-        Ok(place) => place,
-        Err(_) => {
-            warn!(
-                "{MAX_REMOTE_STARTS} job starts already wait on a network or FUSE mount: this one waits its turn"
-            );
-            tokio::select! {
-                biased; // a job stopped as a place frees does not take it
-                _ = cancel.cancelled() => return Err(Unstarted::GaveUp { timeout: false }),
-                _ = until(deadline) => return Err(Unstarted::GaveUp { timeout: true }),
-                place = REMOTE_STARTS.acquire() => place.expect("the semaphore is never closed"),
-            }
-        }
     };
+    // A place among the starts that may wait on its mount, waited for as the start is.
+    let place = place(&mount, cancel, deadline).await?;
     let owned = (
         spec.command.clone(),
         spec.workdir.clone(),
@@ -124,43 +180,45 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Whether starting `spec`'s job may wait on a network or FUSE mount: its
-/// working directory, its program named by a path, or (a program looked up on
-/// `PATH`, which the daemon does before the start) a `PATH` directory looked in
-/// up to the first that has it, or the interpreters `execve` opens for the
-/// program lies on one, once symbolic links are followed
-/// ([`crate::mountinfo::reaches_remote_mount`]). Only asked when the mount table
-/// has such a mount: the interpreters cost a read of the program's head.
-fn may_wait_on_a_remote_mount(spec: &JobSpec) -> bool {
+/// The network or FUSE mount starting `spec`'s job may wait on, if any, in the
+/// order the start goes: (a program looked up on `PATH`, which the daemon does
+/// before the start) a `PATH` directory looked in up to the first that has it, its
+/// working directory, its program named by a path, and the interpreters `execve`
+/// opens for the program, once symbolic links are followed
+/// ([`crate::mountinfo::remote_mount_of`]). Only asked when the mount table has
+/// such a mount: the interpreters cost a read of the program's head.
+fn remote_mount(spec: &JobSpec) -> Option<PathBuf> {
     if !crate::mountinfo::any_remote_mount() {
-        return false; // the common case: no `PATH` walk, no lookup per path
+        return None; // the common case: no `PATH` walk, no lookup per path
     }
     let workdir = &spec.workdir;
-    let reaches = |p: &Path| crate::mountinfo::reaches_remote_mount(&workdir.join(p));
+    let reaches = |p: &Path| crate::mountinfo::remote_mount_of(&workdir.join(p));
     // The program, and what `execve` opens to run it: its `#!` interpreter, the
     // dynamic loader.
-    let runs = |program: &Path| reaches(program) || interpreter::reaches(program, workdir, |p| reaches(p));
+    let runs = |program: &Path| reaches(program).or_else(|| interpreter::reaches(program, workdir, reaches));
     // In `PATH`'s order, as the lookup goes: up to the first local match.
     let on_path = |name: &str| {
         let path = child::search_path(&spec.env);
         for dir in path.as_bytes().split(|&b| b == b':') {
             let candidate = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir })).join(name);
-            if reaches(&candidate) {
-                return true;
+            if let Some(mount) = reaches(&candidate) {
+                return (Some(mount), None);
             }
             if child::is_program(&workdir.join(&candidate)) {
-                return runs(&candidate);
+                return (None, Some(candidate));
             }
         }
-        false
+        (None, None)
     };
-    reaches(workdir)
-        || match &spec.command {
-            Command::Run(argv) => match argv.first() {
-                Some(program) if program.contains('/') => runs(Path::new(program)),
-                Some(program) => on_path(program),
-                None => false,
-            },
-            Command::Shell(_) => runs(Path::new("/bin/sh")),
-        }
+    let (looked_up, program) = match &spec.command {
+        Command::Run(argv) => match argv.first() {
+            Some(program) if program.contains('/') => (None, Some(PathBuf::from(program))),
+            Some(program) => on_path(program),
+            None => (None, None),
+        },
+        Command::Shell(_) => (None, Some(PathBuf::from("/bin/sh"))),
+    };
+    looked_up
+        .or_else(|| reaches(workdir))
+        .or_else(|| runs(program.as_deref()?))
 }

@@ -756,6 +756,56 @@ fn regression_hold_paths_on_a_hung_mount_froze_the_daemon() {
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
+#[test]
+fn regression_starts_on_one_hung_mount_held_up_jobs_on_another_network_mount() {
+    let Some((sandbox, mount)) = mounted() else {
+        return;
+    };
+    // A second FUSE mount, which keeps answering.
+    let other = Sandbox::new();
+    let Some(well) = HungMount::mount(&other) else {
+        return;
+    };
+    for dir in ["plain/hung", "plain/well", "out"] {
+        std::fs::create_dir_all(sandbox.path(dir)).unwrap();
+    }
+    let config = sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 2000\n\
+         [[listener]]\nname = \"hung\"\nmax_jobs = 20\n  [[listener.route]]\n  path = \"plain/hung\"\n  debounce_ms = 0\n  \
+         delay_ms = 0\n  workdir = \"src/sub\"\n  run = [\"true\"]\n\
+         [[listener]]\nname = \"well\"\n  [[listener.route]]\n  path = \"plain/well\"\n  debounce_ms = 0\n  delay_ms = 0\n  \
+         workdir = \"{}\"\n  shell = 'echo \"$EXECLIB_NAME\" >> {}'\n",
+        other.path("src/sub").display(),
+        sandbox.path("out/log").display()
+    ));
+    let mut daemon = Daemon::start(&sandbox, &config);
+    let (mount, well) = (mount, well); // dropped before the daemon
+    mount.hang();
+    // Seventeen starts on the stopped mount: sixteen wait on it, one for its turn.
+    for i in 0..17 {
+        sandbox.write(&format!("plain/hung/{i}.txt"), "x");
+    }
+    eventually_within(Duration::from_secs(15), "16 starts on the mount, 1 waiting", || {
+        let turns = daemon.log().matches("already wait on this network or FUSE mount").count();
+        (processes_on_fuse(daemon.pid()) == 16 && turns == 1).then_some(())
+    });
+    // Jobs working on the other mount start meanwhile: its places are its own.
+    for i in 0..3 {
+        sandbox.write(&format!("plain/well/{i}.txt"), "x");
+    }
+    eventually_within(Duration::from_secs(10), "the other mount's jobs", || {
+        let log = sandbox.read("out/log")?;
+        (log.lines().count() == 3).then_some(())
+    });
+    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"hung"}"#, Duration::from_secs(5));
+    assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
+    eventually("nothing left waiting on the mount", || {
+        (processes_on_fuse(daemon.pid()) == 0).then_some(())
+    });
+    drop((mount, well));
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
+
 /// How many children of `parent` wait on a FUSE request (a server stopped).
 fn processes_on_fuse(parent: i32) -> usize {
     let procs = std::fs::read_dir("/proc").unwrap().flatten();
