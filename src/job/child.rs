@@ -32,6 +32,7 @@ static DEV_NULL: std::sync::LazyLock<io::Result<std::fs::File>> =
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// What a job's process is started with.
+#[derive(Clone, Copy)]
 pub struct Launch<'a> {
     /// What to run.
     pub command: &'a Command,
@@ -45,6 +46,9 @@ pub struct Launch<'a> {
     pub nofile_soft: Option<u64>,
     /// The `cgroup.procs` of the cgroup it runs in, if any.
     pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// Its program as already found on `PATH` (by the mount check of
+    /// `job::start`), so it is not looked up again; `None`: looked up here.
+    pub found: Option<&'a Path>,
 }
 
 /// A started job process and the daemon's ends of its pipes.
@@ -224,6 +228,8 @@ fn argv_and_program(launch: &Launch<'_>) -> Result<(Vec<CString>, CString), Star
     let name = Path::new(words[0]);
     let program = if name.as_os_str().as_bytes().contains(&b'/') {
         name.to_path_buf()
+    } else if let Some(found) = launch.found {
+        found.to_path_buf()
     } else {
         find_on_path(name, &search_path(launch.env), launch.workdir).map_err(|source| {
             StartError::Program {

@@ -178,6 +178,7 @@ async fn run_job(
         stdin: spec.stdin.is_some(),
         nofile_soft: JOB_FD_LIMIT.get().copied(),
         cgroup_procs: group.as_ref().map(|g| g.procs_fd()),
+        found: None,
     };
     let before = crate::sys::boot_ticks();
     // From the start's beginning: a start that waited on the file system used it up.

@@ -120,8 +120,14 @@ pub(super) async fn start(
     cancel: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<(Started, Registered), Unstarted> {
-    let Some(mount) = remote_mount(spec) else {
-        let started = orphans::spawn(None, || child::start(launch))
+    let (mount, found) = remote_mount(spec);
+    let Some(mount) = mount else {
+        // The mount check's `PATH` lookup, if it made one, is not made again.
+        let launch = Launch {
+            found: found.as_deref(),
+            ..*launch
+        };
+        let started = orphans::spawn(None, || child::start(&launch))
             .map_err(Unstarted::Failed)?
             .ok_or(Unstarted::GaveUp { timeout: false })?;
         let registered = Registered(started.child.pid());
@@ -149,6 +155,7 @@ pub(super) async fn start(
             stdin,
             nofile_soft,
             cgroup_procs: procs.as_ref().map(std::os::fd::AsFd::as_fd),
+            found: None,
         };
         let started = orphans::spawn(Some(&spawner), || child::start(&launch))
             .map_err(Unstarted::Failed)?
@@ -180,16 +187,17 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The network or FUSE mount starting `spec`'s job may wait on, if any, in the
-/// order the start goes: (a program looked up on `PATH`, which the daemon does
+/// The network or FUSE mount starting `spec`'s job may wait on, if any, and the
+/// program as found on `PATH` when it looked there and found it without meeting
+/// such a mount (in the daemon's terms: the workdir joined). In the order the start goes: (a program looked up on `PATH`, which the daemon does
 /// before the start) a `PATH` directory looked in up to the first that has it, its
 /// working directory, its program named by a path, and the interpreters `execve`
 /// opens for the program, once symbolic links are followed
 /// ([`crate::mountinfo::remote_mount_of`]). Only asked when the mount table has
 /// such a mount: the interpreters cost a read of the program's head.
-fn remote_mount(spec: &JobSpec) -> Option<PathBuf> {
+fn remote_mount(spec: &JobSpec) -> (Option<PathBuf>, Option<PathBuf>) {
     if !crate::mountinfo::any_remote_mount() {
-        return None; // the common case: no `PATH` walk, no lookup per path
+        return (None, None); // the common case: no `PATH` walk, no lookup per path
     }
     let workdir = &spec.workdir;
     let reaches = |p: &Path| crate::mountinfo::remote_mount_of(&workdir.join(p));
@@ -218,7 +226,11 @@ fn remote_mount(spec: &JobSpec) -> Option<PathBuf> {
         },
         Command::Shell(_) => (None, Some(PathBuf::from("/bin/sh"))),
     };
-    looked_up
+    let mount = looked_up
         .or_else(|| reaches(workdir))
-        .or_else(|| runs(program.as_deref()?))
+        .or_else(|| runs(program.as_deref()?));
+    let on_path =
+        matches!(&spec.command, Command::Run(argv) if argv.first().is_some_and(|p| !p.contains('/')));
+    let found = program.filter(|_| on_path).map(|p| workdir.join(p));
+    (mount, found)
 }

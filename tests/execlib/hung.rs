@@ -785,10 +785,17 @@ fn regression_starts_on_one_hung_mount_held_up_jobs_on_another_network_mount() {
     for i in 0..17 {
         sandbox.write(&format!("plain/hung/{i}.txt"), "x");
     }
-    eventually_within(Duration::from_secs(15), "16 starts on the mount, 1 waiting", || {
-        let turns = daemon.log().matches("already wait on this network or FUSE mount").count();
-        (processes_on_fuse(daemon.pid()) == 16 && turns == 1).then_some(())
-    });
+    eventually_within(
+        Duration::from_secs(15),
+        "16 starts on the mount, 1 waiting",
+        || {
+            let turns = daemon
+                .log()
+                .matches("already wait on this network or FUSE mount")
+                .count();
+            (processes_on_fuse(daemon.pid()) == 16 && turns == 1).then_some(())
+        },
+    );
     // Jobs working on the other mount start meanwhile: its places are its own.
     for i in 0..3 {
         sandbox.write(&format!("plain/well/{i}.txt"), "x");
