@@ -124,7 +124,7 @@ const MAX_LINKS: usize = 40;
 struct Remote {
     read: std::time::Instant,
     points: std::sync::Arc<Vec<PathBuf>>,
-    answers: std::collections::HashMap<PathBuf, Option<PathBuf>>,
+    answers: std::collections::HashMap<PathBuf, Vec<PathBuf>>,
 }
 
 static REMOTE: std::sync::Mutex<Option<Remote>> = std::sync::Mutex::new(None);
@@ -135,21 +135,22 @@ static REMOTE: std::sync::Mutex<Option<Remote>> = std::sync::Mutex::new(None);
 /// not yet on such a mount, so nothing is asked of one; an answer is reused for a
 /// second. False when the table cannot be read.
 pub fn reaches_remote_mount(path: &Path) -> bool {
-    remote_mount_of(path).is_some()
+    !remote_mounts_of(path).is_empty()
 }
 
-/// The mount point of the mount that may stop answering which `path` reaches (see
-/// [`reaches_remote_mount`]), if any.
-pub fn remote_mount_of(path: &Path) -> Option<PathBuf> {
+/// The mount points of the mounts that may stop answering which `path` reaches (see
+/// [`reaches_remote_mount`]): the one it lies on and those that one is nested
+/// in, outermost first; none when it reaches none.
+pub fn remote_mounts_of(path: &Path) -> Vec<PathBuf> {
     let (points, known) = with_remote(|r| (r.points.clone(), r.answers.get(path).cloned()));
     if let Some(answer) = known {
         return answer;
     }
     if points.is_empty() {
-        return None; // no link to read: nothing can reach such a mount
+        return Vec::new(); // no link to read: nothing can reach such a mount
     }
     // Outside the lock: reading links costs system calls.
-    let answer = reaches(&points, path).cloned();
+    let answer: Vec<PathBuf> = reaches(&points, path).into_iter().cloned().collect();
     with_remote(|r| {
         if std::sync::Arc::ptr_eq(&r.points, &points) && r.answers.len() < REMOTE_ANSWERS {
             r.answers.insert(path.to_path_buf(), answer.clone());
@@ -193,13 +194,16 @@ fn remote_points() -> Vec<PathBuf> {
 /// following symbolic links (at most [`MAX_LINKS`]; more, and the path is taken as
 /// it stands) but reading none on or under a point. A relative path is taken as
 /// written. A component that cannot be read as a link is taken as a directory.
-/// Of nested points, the deepest the rest of the path, taken as written (links
-/// under a point are never read), lies under is the one reached.
-fn reaches<'a>(points: &'a [PathBuf], path: &Path) -> Option<&'a PathBuf> {
+/// Every point the path lies under is reached, outermost first; once it is under
+/// one, the rest of the path is taken as written (links under a point are never
+/// read) to find those nested in it.
+fn reaches<'a>(points: &'a [PathBuf], path: &Path) -> Vec<&'a PathBuf> {
     use std::path::Component;
     let under = |p: &Path| {
-        let within = points.iter().filter(|point| p.starts_with(point));
-        within.max_by_key(|point| point.as_os_str().len())
+        let mut within: Vec<&PathBuf> = points.iter().filter(|point| p.starts_with(point)).collect();
+        within.sort_by_key(|point| point.as_os_str().len());
+        within.dedup();
+        within
     };
     let mut done = PathBuf::new();
     let mut rest: Vec<PathBuf> = path.components().rev().map(|c| c.as_os_str().into()).collect();
@@ -212,7 +216,7 @@ fn reaches<'a>(points: &'a [PathBuf], path: &Path) -> Option<&'a PathBuf> {
             }
             Some(Component::Normal(name)) => {
                 done.push(name);
-                if under(&done).is_some() {
+                if !under(&done).is_empty() {
                     let mut written = done;
                     rest.iter().rev().for_each(|c| written.push(c));
                     return under(&written); // `done`'s point at least
@@ -297,7 +301,7 @@ mod tests {
         symlink("local/c2", base.join("c2")).unwrap();
         symlink("l2", base.join("l1")).unwrap();
         symlink("l1", base.join("l2")).unwrap();
-        let reaches = |p: &str| reaches(&points, &base.join(p)).is_some();
+        let reaches = |p: &str| !reaches(&points, &base.join(p)).is_empty();
         assert!(reaches("abs"), "a link straight onto the mount");
         assert!(reaches("abs/deeper/still"), "and below it");
         assert!(!reaches("rel/dir"), "a link that stays local");
@@ -307,16 +311,16 @@ mod tests {
         assert!(reaches("local/../abs"));
         // Nothing under a point is read: the path is known to reach it at the point.
         let point = |p: &str| super::reaches(&points, Path::new(p));
-        assert_eq!(point("/never/mounted/../../etc"), Some(&points[0]));
-        assert_eq!(point("/never"), None);
-        // Nested mounts: the deepest under which the path lies, as written.
+        assert_eq!(point("/never/mounted/../../etc"), [&points[0]]);
+        assert!(point("/never").is_empty());
+        // Nested mounts: every one the path lies under, as written, outermost first.
         let nested = [
-            PathBuf::from("/never/mounted"),
             PathBuf::from("/never/mounted/in"),
+            PathBuf::from("/never/mounted"),
         ];
         let point = |p: &str| super::reaches(&nested, Path::new(p));
-        assert_eq!(point("/never/mounted/in/x"), Some(&nested[1]));
-        assert_eq!(point("/never/mounted/inside"), Some(&nested[0]));
-        assert_eq!(point("/never/mounted/in"), Some(&nested[1]));
+        assert_eq!(point("/never/mounted/in/x"), [&nested[1], &nested[0]]);
+        assert_eq!(point("/never/mounted/inside"), [&nested[1]]);
+        assert_eq!(point("/never/mounted/in"), [&nested[1], &nested[0]]);
     }
 }

@@ -255,35 +255,56 @@ fn identity(path: &Path) -> Option<u128> {
 /// the file system answers; it is not waited for beyond [`REMOTE_WAIT`].
 fn remote_identity(path: &Path) -> Option<u128> {
     use std::sync::atomic::Ordering;
-    if REMOTE_LOOKS.fetch_add(1, Ordering::SeqCst) >= MAX_REMOTE_LOOKS {
-        REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
-        return None;
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let asked = path.to_owned();
-    let look = move || {
-        let _ = tx.send(identity(&asked));
-        REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
-    };
-    if std::thread::Builder::new()
-        .name("hold look".into())
-        .spawn(look)
-        .is_err()
-    {
-        REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
-        return None;
-    }
-    match rx.recv_timeout(REMOTE_WAIT) {
-        Ok(id) => id,
-        Err(_) => {
-            warn!(
-                path = %escaped(path),
-                "a hold path's file system did not answer within {} ms: taken as absent",
-                REMOTE_WAIT.as_millis()
-            );
-            None
+    /// One of [`MAX_REMOTE_LOOKS`], given back when dropped (the look's thread ends).
+    struct Look;
+    impl Drop for Look {
+        fn drop(&mut self) {
+            REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
         }
     }
+    if REMOTE_LOOKS.fetch_add(1, Ordering::SeqCst) >= MAX_REMOTE_LOOKS {
+        drop(Look);
+        unanswered(path);
+        return None;
+    }
+    let look = Look;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let asked = path.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("hold look".into())
+        .spawn(move || {
+            let _look = look;
+            let _ = tx.send(identity(&asked));
+        });
+    if spawned.is_err() {
+        return None; // the closure, and its place, are dropped
+    }
+    rx.recv_timeout(REMOTE_WAIT).unwrap_or_else(|_| {
+        unanswered(path);
+        None
+    })
+}
+
+/// Says, at most once a minute, how many looks at hold paths were not answered.
+fn unanswered(path: &Path) {
+    use std::sync::Mutex;
+    static SINCE: Mutex<(Option<std::time::Instant>, u64)> = Mutex::new((None, 0));
+    let mut since = SINCE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    since.1 += 1;
+    if since
+        .0
+        .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60))
+    {
+        return;
+    }
+    warn!(
+        path = %escaped(path),
+        looks = since.1,
+        "hold paths whose file system did not answer within {} ms (this one, and others since the \
+         last such line): taken as absent",
+        REMOTE_WAIT.as_millis()
+    );
+    *since = (Some(std::time::Instant::now()), 0);
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// How many interpreters deep [`chain`] looks: the kernel gives up on scripts run
+/// How many interpreters deep [`reaches`] looks: the kernel gives up on scripts run
 /// by scripts past a few levels (`ELOOP`).
 const MAX_DEPTH: usize = 5;
 

@@ -19,7 +19,7 @@ use super::child::{self, Launch, StartError, Started};
 use super::interpreter;
 use super::orphans::{self, Registered};
 use crate::config::Command;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -45,9 +45,9 @@ static IN_ALL: Semaphore = Semaphore::const_new(MAX_REMOTE_STARTS_IN_ALL);
 static PER_MOUNT: std::sync::Mutex<BTreeMap<PathBuf, Arc<Semaphore>>> =
     std::sync::Mutex::new(BTreeMap::new());
 
-/// A start's places: its mount's and one of all.
+/// A start's places: one of each mount's it may meet, and one of all.
 struct Places {
-    _mount: OwnedSemaphorePermit,
+    _mounts: Vec<OwnedSemaphorePermit>,
     _all: SemaphorePermit<'static>,
 }
 
@@ -56,41 +56,59 @@ fn places_of(mount: &Path) -> Arc<Semaphore> {
     let mut per_mount = PER_MOUNT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    per_mount.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < MAX_REMOTE_STARTS);
+    per_mount.retain(|_, s| Arc::strong_count(s) > 1);
     let places = per_mount.entry(mount.to_owned());
     places
         .or_insert_with(|| Arc::new(Semaphore::new(MAX_REMOTE_STARTS)))
         .clone()
 }
 
-/// Takes a place for a start that may wait on `mount`, waiting for one (warned)
-/// when they are taken: its stop or deadline gives up first.
+/// Takes a place of each of `mounts` and one of all for a start that may wait on
+/// them, waiting (warned) when one is taken: its stop or deadline gives up first.
+/// Places are always taken in the same order (the mounts' sorted, then the one of
+/// all), so starts waiting for each other's never wait in a circle.
 async fn place(
-    mount: &Path,
+    mounts: &BTreeSet<PathBuf>,
     cancel: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Places, Unstarted> {
-    let own = places_of(mount);
-    if let (Ok(one), Ok(all)) = (own.clone().try_acquire_owned(), IN_ALL.try_acquire()) {
-        return Ok(Places {
-            _mount: one,
-            _all: all,
+    let each: Vec<(&PathBuf, Arc<Semaphore>)> = mounts.iter().map(|m| (m, places_of(m))).collect();
+    let mut held = Vec::new();
+    let full = each
+        .iter()
+        .find_map(|(mount, places)| match places.clone().try_acquire_owned() {
+            Ok(place) => {
+                held.push(place);
+                None
+            }
+            Err(_) => Some(*mount),
         });
-    }
-    match own.available_permits() {
-        0 => warn!(
+    match full {
+        None => match IN_ALL.try_acquire() {
+            Ok(all) => {
+                return Ok(Places {
+                    _mounts: held,
+                    _all: all,
+                });
+            }
+            Err(_) => warn!(
+                "{MAX_REMOTE_STARTS_IN_ALL} job starts already wait on network or FUSE mounts: this one waits its turn"
+            ),
+        },
+        Some(mount) => warn!(
             mount = %crate::names::escaped(mount),
             "{MAX_REMOTE_STARTS} job starts already wait on this network or FUSE mount: this one waits its turn"
         ),
-        _ => warn!(
-            "{MAX_REMOTE_STARTS_IN_ALL} job starts already wait on network or FUSE mounts: this one waits its turn"
-        ),
     }
-    let both = async {
-        let one = own.acquire_owned().await.expect("never closed");
+    drop(held);
+    let all = async {
+        let mut held = Vec::new();
+        for (_, places) in &each {
+            held.push(places.clone().acquire_owned().await.expect("never closed"));
+        }
         let all = IN_ALL.acquire().await.expect("never closed");
         Places {
-            _mount: one,
+            _mounts: held,
             _all: all,
         }
     };
@@ -98,7 +116,7 @@ async fn place(
         biased; // a job stopped as a place frees does not take it
         _ = cancel.cancelled() => Err(Unstarted::GaveUp { timeout: false }),
         _ = until(deadline) => Err(Unstarted::GaveUp { timeout: true }),
-        places = both => Ok(places),
+        places = all => Ok(places),
     }
 }
 
@@ -120,8 +138,8 @@ pub(super) async fn start(
     cancel: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<(Started, Registered), Unstarted> {
-    let (mount, found) = remote_mount(spec);
-    let Some(mount) = mount else {
+    let (mounts, found) = remote_mounts(spec);
+    if mounts.is_empty() {
         // The mount check's `PATH` lookup, if it made one, is not made again.
         let launch = Launch {
             found: found.as_deref(),
@@ -132,9 +150,10 @@ pub(super) async fn start(
             .ok_or(Unstarted::GaveUp { timeout: false })?;
         let registered = Registered(started.child.pid());
         return Ok((started, registered));
-    };
-    // A place among the starts that may wait on its mount, waited for as the start is.
-    let place = place(&mount, cancel, deadline).await?;
+    }
+    // A place among the starts that may wait on each of its mounts, waited for as the
+    // start is.
+    let place = place(&mounts, cancel, deadline).await?;
     let owned = (
         spec.command.clone(),
         spec.workdir.clone(),
@@ -187,50 +206,56 @@ async fn until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The network or FUSE mount starting `spec`'s job may wait on, if any, and the
-/// program as found on `PATH` when it looked there and found it without meeting
-/// such a mount (in the daemon's terms: the workdir joined). In the order the start goes: (a program looked up on `PATH`, which the daemon does
-/// before the start) a `PATH` directory looked in up to the first that has it, its
+/// The network or FUSE mounts starting `spec`'s job may wait on (none: a local
+/// start), and the program as found on `PATH` when it looked there and found it
+/// without meeting such a mount (the workdir joined). What is asked, in the order
+/// the start goes: (a program looked up on `PATH`, which the daemon does before the
+/// start) the `PATH` directories looked in up to the first that has it, its
 /// working directory, its program named by a path, and the interpreters `execve`
-/// opens for the program, once symbolic links are followed
-/// ([`crate::mountinfo::remote_mount_of`]). Only asked when the mount table has
-/// such a mount: the interpreters cost a read of the program's head.
-fn remote_mount(spec: &JobSpec) -> (Option<PathBuf>, Option<PathBuf>) {
+/// opens for the program, once symbolic links are followed, with the mounts those
+/// are nested in ([`crate::mountinfo::remote_mounts_of`]). Only asked when the
+/// mount table has such a mount: the interpreters cost a read of the program's head.
+fn remote_mounts(spec: &JobSpec) -> (BTreeSet<PathBuf>, Option<PathBuf>) {
+    let mut mounts = BTreeSet::new();
     if !crate::mountinfo::any_remote_mount() {
-        return (None, None); // the common case: no `PATH` walk, no lookup per path
+        return (mounts, None); // the common case: no `PATH` walk, no lookup per path
     }
     let workdir = &spec.workdir;
-    let reaches = |p: &Path| crate::mountinfo::remote_mount_of(&workdir.join(p));
-    // The program, and what `execve` opens to run it: its `#!` interpreter, the
-    // dynamic loader.
-    let runs = |program: &Path| reaches(program).or_else(|| interpreter::reaches(program, workdir, reaches));
-    // In `PATH`'s order, as the lookup goes: up to the first local match.
-    let on_path = |name: &str| {
+    let reaches = |p: &Path| {
+        let found = crate::mountinfo::remote_mounts_of(&workdir.join(p));
+        (!found.is_empty()).then_some(found)
+    };
+    // In `PATH`'s order, as the lookup goes: up to the first local match, or the
+    // first on such a mount (the lookup may wait there; what it finds is unknown).
+    let on_path = |name: &str, mounts: &mut BTreeSet<PathBuf>| {
         let path = child::search_path(&spec.env);
         for dir in path.as_bytes().split(|&b| b == b':') {
             let candidate = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir })).join(name);
-            if let Some(mount) = reaches(&candidate) {
-                return (Some(mount), None);
+            if let Some(found) = reaches(&candidate) {
+                mounts.extend(found);
+                return None;
             }
             if child::is_program(&workdir.join(&candidate)) {
-                return (None, Some(candidate));
+                return Some(candidate);
             }
         }
-        (None, None)
+        None
     };
-    let (looked_up, program) = match &spec.command {
+    let (program, looked_up) = match &spec.command {
         Command::Run(argv) => match argv.first() {
-            Some(program) if program.contains('/') => (None, Some(PathBuf::from(program))),
-            Some(program) => on_path(program),
-            None => (None, None),
+            Some(program) if program.contains('/') => (Some(PathBuf::from(program)), false),
+            Some(program) => (on_path(program, &mut mounts), true),
+            None => (None, false),
         },
-        Command::Shell(_) => (None, Some(PathBuf::from("/bin/sh"))),
+        Command::Shell(_) => (Some(PathBuf::from("/bin/sh")), false),
     };
-    let mount = looked_up
-        .or_else(|| reaches(workdir))
-        .or_else(|| runs(program.as_deref()?));
-    let on_path =
-        matches!(&spec.command, Command::Run(argv) if argv.first().is_some_and(|p| !p.contains('/')));
-    let found = program.filter(|_| on_path).map(|p| workdir.join(p));
-    (mount, found)
+    mounts.extend(reaches(workdir).into_iter().flatten());
+    if let Some(program) = &program {
+        // The program, and what `execve` opens to run it: its `#!` interpreter, the
+        // dynamic loader (up to the first on such a mount, which is not read).
+        let runs = reaches(program).or_else(|| interpreter::reaches(program, workdir, reaches));
+        mounts.extend(runs.into_iter().flatten());
+    }
+    let found = program.filter(|_| looked_up).map(|p| workdir.join(p));
+    (mounts, found)
 }

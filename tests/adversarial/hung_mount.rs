@@ -132,3 +132,105 @@ fn a_hung_fuse_mount_under_a_route_stalls_only_its_listener() {
     drop(daemon);
     case.finish();
 }
+
+/// Downloads of a large file under the site root, each under way, when the FUSE
+/// server under it stops (its pages dropped, so what is left must be asked of the
+/// server): the downloads wait, nothing else does. Before, `sendfile` waited on the
+/// runtime's workers (the daemon froze), and any job started meanwhile waited in
+/// `execve` for the server to flush the downloads' descriptors.
+#[test]
+fn downloads_from_a_hung_site_mount_stall_only_themselves() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut case = Case::new("downloads_from_a_hung_site_mount_stall_only_themselves");
+    let listeners = "[[listener]]\nname = \"drop\"\n  [[listener.route]]\n  path = \"drop\"\n  debounce_ms = 0\n  delay_ms = 0\n  run = [\"true\"]\n";
+    let site = site("", listeners);
+    std::fs::create_dir_all(site.sandbox.path("drop")).unwrap();
+    let Some(mount) = HungMount::mount_at(&site.sandbox, "far", "public/far") else {
+        case.set("skipped", "needs root and bindfs");
+        return case.finish();
+    };
+    let big: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(site.sandbox.path("far/big.bin"), &big).unwrap();
+    let Some(mut daemon) = start(&mut case, &site) else {
+        return case.finish();
+    };
+    let downloads = scale(16, 8);
+    let (go, started) = std::sync::mpsc::channel();
+    let (resume_tx, resume) = std::sync::mpsc::channel::<()>();
+    let resume = Arc::new(std::sync::Mutex::new(resume));
+    let clients: Vec<_> = (0..downloads)
+        .map(|_| {
+            let (addr, go, resume) = (site.addr.clone(), go.clone(), resume.clone());
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+                let head = format!("GET /far/big.bin HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                stream.write_all(head.as_bytes()).unwrap();
+                let mut first = vec![0u8; 1 << 20];
+                let ok = stream.read_exact(&mut first).is_ok();
+                go.send(ok).unwrap();
+                let _ = resume.lock().unwrap().recv();
+                stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            })
+        })
+        .collect();
+    let under_way = (0..downloads)
+        .filter(|_| started.recv_timeout(Duration::from_secs(10)).unwrap_or(false))
+        .count();
+    let watch = Watch::start(&daemon, &site.addr);
+    let open = std::fs::File::open(site.sandbox.path("public/far/big.bin")).unwrap();
+    mount.hang();
+    // SAFETY: advice on an open descriptor; it only drops cached pages.
+    unsafe { libc::posix_fadvise(open.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    std::mem::forget(open); // its close would wait for the stopped server
+    for _ in 0..downloads {
+        resume_tx.send(()).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = statuses(&daemon, stop.clone());
+    let seconds = scale(10, 6) as u64;
+    let (begun, mut writes) = (Instant::now(), 0);
+    while begun.elapsed() < Duration::from_secs(seconds) {
+        site.sandbox.write(&format!("drop/{writes}.txt"), "x");
+        writes += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failed = status.join().unwrap().iter().filter(|ok| !**ok).count();
+    let measured = watch.finish(&mut case, Duration::from_millis(500));
+    let drop_jobs = listener(&daemon, "drop");
+    let ran = drop_jobs["jobs_started"].as_u64().unwrap_or(0);
+    let finished = ran - drop_jobs["jobs_running"].as_u64().unwrap_or(0);
+    case.set("downloads_under_way", under_way);
+    case.set("writes", writes);
+    case.set("jobs_started", ran);
+    case.set("status_failed_or_slow", failed);
+    drop(mount); // the server answers again: the downloads end, the daemon can exit
+    for client in clients {
+        let _ = client.join();
+    }
+    daemon.signal(libc::SIGTERM);
+    let (exit, took) = exited(&mut daemon, Duration::from_secs(15));
+    case.set_ms("exit_ms", ms(took));
+    let p99 = measured.probe.latencies.pct_ms(0.99);
+    case.check(
+        under_way == downloads,
+        format!("{under_way} of {downloads} downloads under way"),
+    );
+    case.check(
+        failed == 0,
+        format!("{failed} `status` runs failed or took over 1 s"),
+    );
+    case.check(p99 < 100.0, format!("HTTP probe p99 {p99:.1} ms (limit 100 ms)"));
+    case.check(
+        finished >= writes,
+        format!("{finished} jobs finished for {writes} writes while the downloads waited"),
+    );
+    case.check(exit == Some(0), format!("exit code {exit:?} after SIGTERM"));
+    drop(daemon);
+    case.finish();
+}

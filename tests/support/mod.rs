@@ -531,14 +531,23 @@ pub struct HungMount {
 }
 
 impl HungMount {
-    /// Mounts `sandbox`'s `real` at `src`; `None` (after saying why) when not root
-    /// or without bindfs.
+    /// Mounts `sandbox`'s `real` (with a folder `sub`) at `src`; `None` (after
+    /// saying why) when not root or without bindfs.
     pub fn mount(sandbox: &Sandbox) -> Option<HungMount> {
         if skip_unless_root("mount a FUSE file system") {
             return None;
         }
-        let (real, at) = (sandbox.path("real"), sandbox.path("src"));
-        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::create_dir_all(sandbox.path("real/sub")).unwrap();
+        Self::mount_at(sandbox, "real", "src")
+    }
+
+    /// Mounts `sandbox`'s folder `real` at `at` (both relative to it, made here).
+    pub fn mount_at(sandbox: &Sandbox, real: &str, at: &str) -> Option<HungMount> {
+        if skip_unless_root("mount a FUSE file system") {
+            return None;
+        }
+        let (real, at) = (sandbox.path(real), sandbox.path(at));
+        std::fs::create_dir_all(&real).unwrap();
         std::fs::create_dir_all(&at).unwrap();
         let Ok(server) = std::process::Command::new("bindfs")
             .arg("-f")
