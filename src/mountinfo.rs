@@ -194,9 +194,9 @@ fn remote_points() -> Vec<PathBuf> {
 /// following symbolic links (at most [`MAX_LINKS`]; more, and the path is taken as
 /// it stands) but reading none on or under a point. A relative path is taken as
 /// written. A component that cannot be read as a link is taken as a directory.
-/// Every point the path lies under is reached, outermost first; once it is under
-/// one, the rest of the path is taken as written (links under a point are never
-/// read) to find those nested in it.
+/// Every point the path touches is reached, outermost first: once it is under
+/// one, the rest of the path is taken as written, `..` lexically (links under a
+/// point are never read), to find those nested in it or met after a `..`.
 fn reaches<'a>(points: &'a [PathBuf], path: &Path) -> Vec<&'a PathBuf> {
     use std::path::Component;
     let under = |p: &Path| {
@@ -217,9 +217,22 @@ fn reaches<'a>(points: &'a [PathBuf], path: &Path) -> Vec<&'a PathBuf> {
             Some(Component::Normal(name)) => {
                 done.push(name);
                 if !under(&done).is_empty() {
-                    let mut written = done;
-                    rest.iter().rev().for_each(|c| written.push(c));
-                    return under(&written); // `done`'s point at least
+                    // The rest as written, `..` taken lexically (nothing there is read).
+                    let mut written = done.clone();
+                    for c in rest.iter().rev() {
+                        match c.components().next() {
+                            Some(Component::ParentDir) => _ = written.pop(),
+                            Some(Component::RootDir) => written = PathBuf::from("/"),
+                            _ => written.push(c),
+                        }
+                    }
+                    // Both: the walk touched `done`'s points on its way (a `..` out of
+                    // a mount's root may still ask it for permission).
+                    let mut found = under(&done);
+                    found.extend(under(&written));
+                    found.sort_by_key(|point| point.as_os_str().len());
+                    found.dedup();
+                    return found;
                 }
                 if links < MAX_LINKS
                     && let Ok(target) = std::fs::read_link(&done)
@@ -311,7 +324,12 @@ mod tests {
         assert!(reaches("local/../abs"));
         // Nothing under a point is read: the path is known to reach it at the point.
         let point = |p: &str| super::reaches(&points, Path::new(p));
-        assert_eq!(point("/never/mounted/../../etc"), [&points[0]]);
+        assert_eq!(
+            point("/never/mounted/../../etc"),
+            [&points[0]],
+            "touched on the way"
+        );
+        assert_eq!(point("/never/mounted/x/../y"), [&points[0]]);
         assert!(point("/never").is_empty());
         // Nested mounts: every one the path lies under, as written, outermost first.
         let nested = [

@@ -300,9 +300,10 @@ fn unanswered(path: &Path) {
     warn!(
         path = %escaped(path),
         looks = since.1,
-        "hold paths whose file system did not answer within {} ms (this one, and others since the \
-         last such line): taken as absent",
-        REMOTE_WAIT.as_millis()
+        "hold paths on mounts that did not answer within {} ms, or were not asked ({} looks \
+         already waited; this one, and others since the last such line): taken as absent",
+        REMOTE_WAIT.as_millis(),
+        MAX_REMOTE_LOOKS
     );
     *since = (Some(std::time::Instant::now()), 0);
 }

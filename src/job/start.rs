@@ -64,59 +64,61 @@ fn places_of(mount: &Path) -> Arc<Semaphore> {
 }
 
 /// Takes a place of each of `mounts` and one of all for a start that may wait on
-/// them, waiting (warned) when one is taken: its stop or deadline gives up first.
-/// Places are always taken in the same order (the mounts' sorted, then the one of
-/// all), so starts waiting for each other's never wait in a circle.
+/// them, all at once or none: when one is taken (warned, once), it waits for that
+/// one to free and tries again, holding nothing meanwhile, so a start waiting on a
+/// full mount keeps no place of another. Its stop or deadline gives up first.
 async fn place(
     mounts: &BTreeSet<PathBuf>,
     cancel: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Places, Unstarted> {
     let each: Vec<(&PathBuf, Arc<Semaphore>)> = mounts.iter().map(|m| (m, places_of(m))).collect();
-    let mut held = Vec::new();
-    let full = each
-        .iter()
-        .find_map(|(mount, places)| match places.clone().try_acquire_owned() {
-            Ok(place) => {
-                held.push(place);
-                None
-            }
-            Err(_) => Some(*mount),
-        });
-    match full {
-        None => match IN_ALL.try_acquire() {
-            Ok(all) => {
-                return Ok(Places {
-                    _mounts: held,
-                    _all: all,
-                });
-            }
-            Err(_) => warn!(
-                "{MAX_REMOTE_STARTS_IN_ALL} job starts already wait on network or FUSE mounts: this one waits its turn"
-            ),
-        },
-        Some(mount) => warn!(
-            mount = %crate::names::escaped(mount),
-            "{MAX_REMOTE_STARTS} job starts already wait on this network or FUSE mount: this one waits its turn"
-        ),
-    }
-    drop(held);
-    let all = async {
+    let mut warned = false;
+    loop {
         let mut held = Vec::new();
-        for (_, places) in &each {
-            held.push(places.clone().acquire_owned().await.expect("never closed"));
+        let full = each
+            .iter()
+            .position(|(_, places)| match places.clone().try_acquire_owned() {
+                Ok(place) => {
+                    held.push(place);
+                    false
+                }
+                Err(_) => true,
+            });
+        if full.is_none()
+            && let Ok(all) = IN_ALL.try_acquire()
+        {
+            return Ok(Places {
+                _mounts: held,
+                _all: all,
+            });
         }
-        let all = IN_ALL.acquire().await.expect("never closed");
-        Places {
-            _mounts: held,
-            _all: all,
+        drop(held);
+        if !warned {
+            warned = true;
+            match full {
+                Some(i) => warn!(
+                    mount = %crate::names::escaped(each[i].0),
+                    "{MAX_REMOTE_STARTS} job starts already wait on this network or FUSE mount: this one waits its turn"
+                ),
+                None => warn!(
+                    "{MAX_REMOTE_STARTS_IN_ALL} job starts already wait on network or FUSE mounts: this one waits its turn"
+                ),
+            }
         }
-    };
-    tokio::select! {
-        biased; // a job stopped as a place frees does not take it
-        _ = cancel.cancelled() => Err(Unstarted::GaveUp { timeout: false }),
-        _ = until(deadline) => Err(Unstarted::GaveUp { timeout: true }),
-        places = all => Ok(places),
+        // Until the place that was missing frees (taken and given back at once).
+        let freed = async {
+            match full {
+                Some(i) => drop(each[i].1.clone().acquire_owned().await),
+                None => drop(IN_ALL.acquire().await),
+            }
+        };
+        tokio::select! {
+            biased; // a job stopped as a place frees does not take it
+            _ = cancel.cancelled() => return Err(Unstarted::GaveUp { timeout: false }),
+            _ = until(deadline) => return Err(Unstarted::GaveUp { timeout: true }),
+            _ = freed => {}
+        }
     }
 }
 
@@ -212,8 +214,8 @@ async fn until(deadline: Option<tokio::time::Instant>) {
 /// the start goes: (a program looked up on `PATH`, which the daemon does before the
 /// start) the `PATH` directories looked in up to the first that has it, its
 /// working directory, its program named by a path, and the interpreters `execve`
-/// opens for the program, once symbolic links are followed, with the mounts those
-/// are nested in ([`crate::mountinfo::remote_mounts_of`]). Only asked when the
+/// opens for the program, once symbolic links are followed (each path's innermost
+/// mount: [`crate::mountinfo::remote_mounts_of`]). Only asked when the
 /// mount table has such a mount: the interpreters cost a read of the program's head.
 fn remote_mounts(spec: &JobSpec) -> (BTreeSet<PathBuf>, Option<PathBuf>) {
     let mut mounts = BTreeSet::new();
@@ -221,18 +223,16 @@ fn remote_mounts(spec: &JobSpec) -> (BTreeSet<PathBuf>, Option<PathBuf>) {
         return (mounts, None); // the common case: no `PATH` walk, no lookup per path
     }
     let workdir = &spec.workdir;
-    let reaches = |p: &Path| {
-        let found = crate::mountinfo::remote_mounts_of(&workdir.join(p));
-        (!found.is_empty()).then_some(found)
-    };
+    // The innermost mount a path reaches: the one whose server it waits for.
+    let reaches = |p: &Path| crate::mountinfo::remote_mounts_of(&workdir.join(p)).pop();
     // In `PATH`'s order, as the lookup goes: up to the first local match, or the
     // first on such a mount (the lookup may wait there; what it finds is unknown).
     let on_path = |name: &str, mounts: &mut BTreeSet<PathBuf>| {
         let path = child::search_path(&spec.env);
         for dir in path.as_bytes().split(|&b| b == b':') {
             let candidate = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir })).join(name);
-            if let Some(found) = reaches(&candidate) {
-                mounts.extend(found);
+            if let Some(mount) = reaches(&candidate) {
+                mounts.insert(mount);
                 return None;
             }
             if child::is_program(&workdir.join(&candidate)) {
@@ -249,12 +249,12 @@ fn remote_mounts(spec: &JobSpec) -> (BTreeSet<PathBuf>, Option<PathBuf>) {
         },
         Command::Shell(_) => (Some(PathBuf::from("/bin/sh")), false),
     };
-    mounts.extend(reaches(workdir).into_iter().flatten());
+    mounts.extend(reaches(workdir));
     if let Some(program) = &program {
         // The program, and what `execve` opens to run it: its `#!` interpreter, the
         // dynamic loader (up to the first on such a mount, which is not read).
         let runs = reaches(program).or_else(|| interpreter::reaches(program, workdir, reaches));
-        mounts.extend(runs.into_iter().flatten());
+        mounts.extend(runs);
     }
     let found = program.filter(|_| looked_up).map(|p| workdir.join(p));
     (mounts, found)

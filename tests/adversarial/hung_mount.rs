@@ -204,7 +204,7 @@ fn downloads_from_a_hung_site_mount_stall_only_themselves() {
     let measured = watch.finish(&mut case, Duration::from_millis(500));
     let drop_jobs = listener(&daemon, "drop");
     let ran = drop_jobs["jobs_started"].as_u64().unwrap_or(0);
-    let finished = ran - drop_jobs["jobs_running"].as_u64().unwrap_or(0);
+    let finished = ran.saturating_sub(drop_jobs["jobs_running"].as_u64().unwrap_or(0));
     case.set("downloads_under_way", under_way);
     case.set("writes", writes);
     case.set("jobs_started", ran);
