@@ -34,6 +34,22 @@ fn statuses(daemon: &Daemon, stop: Arc<AtomicBool>) -> JoinHandle<Vec<bool>> {
     })
 }
 
+/// Calls `write` with 0, 1, 2, … every 200 ms for `seconds`, with [`statuses`]
+/// beside it: how many writes, and how many `status` runs failed or were slow.
+fn writing(daemon: &Daemon, seconds: usize, mut write: impl FnMut(u64)) -> (u64, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = statuses(daemon, stop.clone());
+    let (start, mut writes) = (Instant::now(), 0);
+    while start.elapsed() < Duration::from_secs(seconds as u64) {
+        write(writes);
+        writes += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failed = status.join().unwrap().iter().filter(|ok| !**ok).count();
+    (writes, failed)
+}
+
 /// The listener `name` as `listeners` reports it (`null` when it is not answered
 /// within 5 s).
 fn listener(daemon: &Daemon, name: &str) -> serde_json::Value {
@@ -78,18 +94,10 @@ fn a_hung_fuse_mount_under_a_route_stalls_only_its_listener() {
     };
     let watch = Watch::start(&daemon, &site.addr);
     mount.hang();
-    let stop = Arc::new(AtomicBool::new(false));
-    let status = statuses(&daemon, stop.clone());
-    let seconds = scale(20, 14) as u64;
-    let (start, mut writes) = (Instant::now(), 0);
-    while start.elapsed() < Duration::from_secs(seconds) {
-        site.sandbox.write(&format!("public/page{writes}.html"), "x");
-        site.sandbox.write(&format!("drop/{writes}.txt"), "x");
-        writes += 1;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let failed = status.join().unwrap().iter().filter(|ok| !**ok).count();
+    let (writes, failed) = writing(&daemon, scale(20, 14), |i| {
+        site.sandbox.write(&format!("public/page{i}.html"), "x");
+        site.sandbox.write(&format!("drop/{i}.txt"), "x");
+    });
     let measured = watch.finish(&mut case, Duration::from_millis(500));
     let docs = listener(&daemon, "docs");
     let stuck = listener(&daemon, "stuck");
@@ -190,17 +198,9 @@ fn downloads_from_a_hung_site_mount_stall_only_themselves() {
     for _ in 0..downloads {
         resume_tx.send(()).unwrap();
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let status = statuses(&daemon, stop.clone());
-    let seconds = scale(10, 6) as u64;
-    let (begun, mut writes) = (Instant::now(), 0);
-    while begun.elapsed() < Duration::from_secs(seconds) {
-        site.sandbox.write(&format!("drop/{writes}.txt"), "x");
-        writes += 1;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let failed = status.join().unwrap().iter().filter(|ok| !**ok).count();
+    let (writes, failed) = writing(&daemon, scale(10, 6), |i| {
+        site.sandbox.write(&format!("drop/{i}.txt"), "x");
+    });
     let measured = watch.finish(&mut case, Duration::from_millis(500));
     let drop_jobs = listener(&daemon, "drop");
     let ran = drop_jobs["jobs_started"].as_u64().unwrap_or(0);

@@ -571,14 +571,21 @@ fn regression_jobs_whose_working_directory_was_on_a_hung_mount_froze_the_daemon(
     std::fs::create_dir_all(sandbox.path("plain/docs")).unwrap();
     let mut daemon = Daemon::start(&sandbox, &config);
     mount.hang();
+    // Each job's process waits on the mount to enter its working directory.
+    four_wait_on_the_mount_while_docs_runs(&sandbox, &daemon);
+    assert!(daemon.log().contains("before it started"), "{}", daemon.log());
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
+
+/// Four files for `nfs`, whose four jobs' starts then wait on the stopped mount; the
+/// daemon answers and `docs` runs its job meanwhile; `nfs`'s stop kills the four.
+fn four_wait_on_the_mount_while_docs_runs(sandbox: &Sandbox, daemon: &Daemon) {
     for i in 0..4 {
         sandbox.write(&format!("plain/nfs/{i}.txt"), "x");
     }
-    // Each job's process waits on the mount to enter its working directory.
     eventually_within(Duration::from_secs(15), "the jobs waiting on the mount", || {
         (processes_on_fuse(daemon.pid()) == 4).then_some(())
     });
-    // The daemon answers, and the other listener runs its jobs.
     assert!(
         daemon
             .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(3))
@@ -594,8 +601,6 @@ fn regression_jobs_whose_working_directory_was_on_a_hung_mount_froze_the_daemon(
     eventually("nothing left waiting on the mount", || {
         (processes_on_fuse(daemon.pid()) == 0).then_some(())
     });
-    assert!(daemon.log().contains("before it started"), "{}", daemon.log());
-    terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
 #[test]
@@ -690,26 +695,7 @@ fn regression_a_script_whose_interpreter_was_on_a_hung_mount_froze_the_daemon() 
     let mut daemon = Daemon::start(&sandbox, &config);
     let mount = mount; // dropped before the daemon: a failing test lets the server go first
     mount.hang();
-    for i in 0..4 {
-        sandbox.write(&format!("plain/nfs/{i}.txt"), "x");
-    }
-    eventually_within(Duration::from_secs(15), "the jobs waiting on the mount", || {
-        (processes_on_fuse(daemon.pid()) == 4).then_some(())
-    });
-    assert!(
-        daemon
-            .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(3))
-            .is_ok()
-    );
-    sandbox.write("plain/docs/a.txt", "1");
-    eventually_within(Duration::from_secs(10), "docs's job", || {
-        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
-    });
-    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"nfs"}"#, Duration::from_secs(5));
-    assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
-    eventually("nothing left waiting on the mount", || {
-        (processes_on_fuse(daemon.pid()) == 0).then_some(())
-    });
+    four_wait_on_the_mount_while_docs_runs(&sandbox, &daemon);
     terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
