@@ -51,6 +51,25 @@ impl Probes {
             Ok(Err(_)) | Err(_) => Err(Unanswered::Late),
         }
     }
+
+    /// [`Probes::ask`] for a caller that cannot await (the scheduler): `work` runs on
+    /// a thread of its own, which this thread waits for at most `limit`.
+    pub fn ask_blocking<T: Send + 'static>(
+        &'static self,
+        limit: Duration,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Unanswered> {
+        let place = self.places.try_acquire().map_err(|_| Unanswered::Busy)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                let _place = place;
+                let _ = tx.send(work());
+            })
+            .map_err(|_| Unanswered::Late)?;
+        rx.recv_timeout(limit).map_err(|_| Unanswered::Late)
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +106,24 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "the place was never given back");
             tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[test]
+    fn a_blocking_question_stuck_past_its_limit_keeps_its_place_until_it_is_answered() {
+        static PROBES: Probes = Probes::new(1);
+        let (answer, stuck) = mpsc::channel::<()>();
+        let first = PROBES.ask_blocking(Duration::from_millis(50), move || stuck.recv().is_ok());
+        assert_eq!(first, Err(Unanswered::Late));
+        assert_eq!(
+            PROBES.ask_blocking(Duration::from_secs(5), || 1),
+            Err(Unanswered::Busy)
+        );
+        answer.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while PROBES.ask_blocking(Duration::from_secs(1), || 7) != Ok(7) {
+            assert!(Instant::now() < deadline, "the place was never given back");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

@@ -241,7 +241,7 @@ pub const REMOTE_WAIT: std::time::Duration = std::time::Duration::from_millis(10
 /// on such a mount counts as absent at once.
 pub const MAX_REMOTE_LOOKS: usize = 4;
 
-static REMOTE_LOOKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static REMOTE_LOOKS: crate::probe::Probes = crate::probe::Probes::new(MAX_REMOTE_LOOKS);
 
 /// The identity (device, inode, change time) of what is at `path`, if anything.
 fn identity(path: &Path) -> Option<u128> {
@@ -251,38 +251,16 @@ fn identity(path: &Path) -> Option<u128> {
     Some(((meta.dev() as u128) << 96) ^ ((meta.ino() as u128) << 48) ^ ctime)
 }
 
-/// [`identity`] asked on a thread of its own (see [`probe`]). The thread ends when
-/// the file system answers; it is not waited for beyond [`REMOTE_WAIT`].
+/// [`identity`] asked on a thread of its own (see [`probe`]), which ends when the
+/// file system answers; it is not waited for beyond [`REMOTE_WAIT`].
 fn remote_identity(path: &Path) -> Option<u128> {
-    use std::sync::atomic::Ordering;
-    /// One of [`MAX_REMOTE_LOOKS`], given back when dropped (the look's thread ends).
-    struct Look;
-    impl Drop for Look {
-        fn drop(&mut self) {
-            REMOTE_LOOKS.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-    if REMOTE_LOOKS.fetch_add(1, Ordering::SeqCst) >= MAX_REMOTE_LOOKS {
-        drop(Look);
-        unanswered(path);
-        return None;
-    }
-    let look = Look;
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let asked = path.to_owned();
-    let spawned = std::thread::Builder::new()
-        .name("hold look".into())
-        .spawn(move || {
-            let _look = look;
-            let _ = tx.send(identity(&asked));
-        });
-    if spawned.is_err() {
-        return None; // the closure, and its place, are dropped
-    }
-    rx.recv_timeout(REMOTE_WAIT).unwrap_or_else(|_| {
-        unanswered(path);
-        None
-    })
+    REMOTE_LOOKS
+        .ask_blocking(REMOTE_WAIT, move || identity(&asked))
+        .unwrap_or_else(|_| {
+            unanswered(path);
+            None
+        })
 }
 
 /// Says, at most once a minute, how many looks at hold paths were not answered.

@@ -591,16 +591,9 @@ fn four_wait_on_the_mount_while_docs_runs(sandbox: &Sandbox, daemon: &Daemon) {
             .request_within(r#"{"cmd":"status"}"#, Duration::from_secs(3))
             .is_ok()
     );
-    sandbox.write("plain/docs/a.txt", "1");
-    eventually_within(Duration::from_secs(10), "docs's job", || {
-        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
-    });
+    docs_runs_meanwhile(sandbox);
     // A stop gives up on those starts and kills what waits on the mount.
-    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"nfs"}"#, Duration::from_secs(5));
-    assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
-    eventually("nothing left waiting on the mount", || {
-        (processes_on_fuse(daemon.pid()) == 0).then_some(())
-    });
+    stopping_frees_the_mount(daemon, "nfs");
 }
 
 #[test]
@@ -654,16 +647,9 @@ fn regression_jobs_reaching_a_hung_mount_through_a_link_or_their_path_froze_the_
         },
     );
     assert_eq!(answers(&daemon), Ok(()));
-    sandbox.write("plain/docs/a.txt", "1");
-    eventually_within(Duration::from_secs(10), "docs's job", || {
-        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
-    });
+    docs_runs_meanwhile(&sandbox);
     // A stop gives up on every start through the link, waiting or not.
-    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"link"}"#, Duration::from_secs(5));
-    assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
-    eventually("nothing left waiting on the mount", || {
-        (processes_on_fuse(daemon.pid()) == 0).then_some(())
-    });
+    stopping_frees_the_mount(&daemon, "link");
     eventually("every start given up, and logged", || {
         (daemon.log().matches("before it started").count() == 20).then_some(())
     });
@@ -790,13 +776,28 @@ fn regression_starts_on_one_hung_mount_held_up_jobs_on_another_network_mount() {
         let log = sandbox.read("out/log")?;
         (log.lines().count() == 3).then_some(())
     });
-    let reply = daemon.request_within(r#"{"cmd":"stop","listener":"hung"}"#, Duration::from_secs(5));
+    stopping_frees_the_mount(&daemon, "hung");
+    drop((mount, well));
+    terminates(&mut daemon, Duration::from_secs(5), "");
+}
+
+/// `docs` runs a job for a new file (while other listeners wait on the mount).
+fn docs_runs_meanwhile(sandbox: &Sandbox) {
+    sandbox.write("plain/docs/a.txt", "1");
+    eventually_within(Duration::from_secs(10), "docs's job", || {
+        sandbox.read("out/log").filter(|l| l.contains("a.txt"))
+    });
+}
+
+/// Stops listener `name`, whose starts wait on the mount: the stop gives them up and
+/// kills every process waiting there.
+fn stopping_frees_the_mount(daemon: &Daemon, name: &str) {
+    let request = format!(r#"{{"cmd":"stop","listener":"{name}"}}"#);
+    let reply = daemon.request_within(&request, Duration::from_secs(5));
     assert_eq!(reply.map(|r| r["changed"].clone()), Ok(serde_json::json!(true)));
     eventually("nothing left waiting on the mount", || {
         (processes_on_fuse(daemon.pid()) == 0).then_some(())
     });
-    drop((mount, well));
-    terminates(&mut daemon, Duration::from_secs(5), "");
 }
 
 /// How many children of `parent` wait on a FUSE request (a server stopped).
