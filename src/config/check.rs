@@ -35,6 +35,9 @@ pub const MIN_POLL_MS: u64 = 100;
 /// The shortest `idle_timeout_ms` (`[control]`, `[server]`): a client must have time to
 /// send its first request, or say its LiveReload hello, after it connects.
 pub const MIN_IDLE_TIMEOUT_MS: u64 = 100;
+/// The shortest `send_timeout_ms` (`[server]`): shorter, a client whose network
+/// stalls for a retransmission or two would be cut off.
+pub const MIN_SEND_TIMEOUT_MS: u64 = 1000;
 
 impl Ctx<'_> {
     /// An `Invalid` error at byte `offset` of the text.
@@ -159,6 +162,20 @@ impl Ctx<'_> {
                 t.span().start,
                 format!(
                     "`idle_timeout_ms` must be at least {MIN_IDLE_TIMEOUT_MS} (a client needs time to send its first request)"
+                ),
+            ),
+            Some(t) => Ok(Duration::from_millis(t.into_inner())),
+            None => Ok(Duration::from_millis(default_ms)),
+        }
+    }
+
+    /// A `send_timeout_ms` (`default_ms` when left out): at least [`MIN_SEND_TIMEOUT_MS`].
+    pub fn send_timeout(&self, raw: Option<Spanned<u64>>, default_ms: u64) -> Result<Duration, ConfigError> {
+        match raw {
+            Some(t) if *t.get_ref() < MIN_SEND_TIMEOUT_MS => self.err(
+                t.span().start,
+                format!(
+                    "`send_timeout_ms` must be at least {MIN_SEND_TIMEOUT_MS} (a client's network may pause that long)"
                 ),
             ),
             Some(t) => Ok(Duration::from_millis(t.into_inner())),

@@ -60,6 +60,7 @@ pub struct RawServer {
     pub inject: Option<bool>,
     pub delay_ms: Option<u64>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
+    pub send_timeout_ms: Option<Spanned<u64>>,
     pub max_clients: Option<Spanned<usize>>,
     pub builds: Option<Vec<Spanned<String>>>,
 }

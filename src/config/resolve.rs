@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub delay: Duration,
     /// A connection that sends no complete request head for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection whose client takes none of what is sent to it for this long is
+    /// closed (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     /// At most this many LiveReload clients at once; more get 503.
     pub max_clients: usize,
     /// The listeners whose runs LiveReload waits for (`None`: the default rule, see
@@ -200,6 +203,8 @@ const DEFAULT_GRACE_MS: u64 = 10_000;
 const DEFAULT_READY_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_SERVER_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// As nginx's `send_timeout`.
+const DEFAULT_SEND_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8778";
 /// How long a file's changes wait for its writer to close it, by default: longer
 /// than any upload or copy should take, short enough that nothing waits forever.
@@ -408,6 +413,7 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
         inject: raw.inject.unwrap_or(false),
         delay: Duration::from_millis(raw.delay_ms.unwrap_or(30)),
         idle_timeout: ctx.idle_timeout(raw.idle_timeout_ms, DEFAULT_SERVER_IDLE_TIMEOUT_MS)?,
+        send_timeout: ctx.send_timeout(raw.send_timeout_ms, DEFAULT_SEND_TIMEOUT_MS)?,
         max_clients,
         builds: None,
     })

@@ -374,6 +374,22 @@ fn zero_timeouts_are_refused() {
 }
 
 #[test]
+fn a_send_timeout_under_a_second_is_refused_and_defaults_to_a_minute() {
+    assert_refused(
+        &format!("[server]\nroot = \"site\"\nsend_timeout_ms = 999\n{MINIMAL}"),
+        (3, 19),
+        &["`send_timeout_ms` must be at least 1000"],
+    );
+    let c = parse(&format!(
+        "[server]\nroot = \"site\"\nsend_timeout_ms = 1000\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.server.unwrap().send_timeout, Duration::from_secs(1));
+    let c = parse(&format!("[server]\nroot = \"site\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.server.unwrap().send_timeout, Duration::from_secs(60));
+}
+
+#[test]
 fn regression_an_idle_timeout_of_zero_is_refused() {
     // It passed `--check`, then closed every connection before its first request:
     // LiveReload clients before their hello, HTTP and control clients at once.

@@ -80,6 +80,8 @@ struct Ctx {
     static_files: bool,
     livereload: Option<Arc<LiveReload>>,
     idle: Duration,
+    /// See [`ServerConfig::send_timeout`].
+    send_timeout: Duration,
     /// Responses counted by status class.
     responses: crate::metrics::HttpCounters,
 }
@@ -130,6 +132,7 @@ impl HttpServer {
             static_files: config.static_files,
             livereload: livereload.clone(),
             idle: config.idle_timeout,
+            send_timeout: config.send_timeout,
             responses: metrics.http_responses(),
         });
         let site = ctx.site.clone();
@@ -294,7 +297,7 @@ async fn accept_loop(
 async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: CancellationToken) {
     let idle = ctx.idle;
     let regions = zerocopy::Regions::default();
-    let io = zerocopy::Io::new(stream, regions.clone());
+    let io = zerocopy::Io::new(stream, regions.clone(), ctx.send_timeout);
     let responses = ctx.responses.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (ctx, regions) = (ctx.clone(), regions.clone());

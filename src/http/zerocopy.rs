@@ -20,6 +20,10 @@
 //! queue's front (same length), and a mismatch ends the connection rather than
 //! send wrong bytes.
 //!
+//! A client that takes none of what is written to it for the connection's send
+//! timeout ends its connection ([`Io`]'s writes fail with `TimedOut`), whatever is
+//! being sent: a head, a body, a WebSocket frame.
+//!
 //! A slow client holds no memory for its download (only the open file), and the
 //! reads from disk happen in `sendfile` on the runtime's thread, as nginx does
 //! without its thread pool: files on a file system that may stop answering are
@@ -39,8 +43,10 @@ use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// The most one placeholder stands for: one region, one body frame.
 const CHUNK: usize = 1 << 20;
@@ -98,22 +104,61 @@ pub fn body(file: File, start: u64, count: u64, regions: Regions) -> Body {
 }
 
 /// A connection's socket as hyper reads and writes it, sending placeholders'
-/// regions with `sendfile`.
+/// regions with `sendfile`, and failing a write that waits longer than the send
+/// timeout for the client to take anything.
 pub struct Io {
     stream: TokioIo<TcpStream>,
     regions: Regions,
     /// Set once `sendfile` is refused: regions are then read and written.
     copy: Option<Box<[u8]>>,
+    /// How long a write may wait for room in the socket.
+    send_timeout: Duration,
+    /// Running while writes wait for room, with what the socket held unread when it
+    /// started (see [`Io::deadline`]).
+    stalled: Option<(Pin<Box<Sleep>>, usize)>,
 }
 
 impl Io {
-    /// Wraps an accepted connection; `regions` is what its bodies queue.
-    pub fn new(stream: TcpStream, regions: Regions) -> Self {
+    /// Wraps an accepted connection; `regions` is what its bodies queue. A write that
+    /// finds no room for `send_timeout` fails.
+    pub fn new(stream: TcpStream, regions: Regions, send_timeout: Duration) -> Self {
         Io {
             stream: TokioIo::new(stream),
             regions,
             copy: None,
+            send_timeout,
+            stalled: None,
         }
+    }
+
+    /// A write's outcome, given the send timeout: a write that waits starts the clock
+    /// (or lets it run on), and one that goes stops it. When it runs out, the write
+    /// fails unless the client has taken some of what the socket holds meanwhile
+    /// (`SIOCOUTQ` went down): the socket's room shows only once half its buffer is
+    /// free, which a client that reads slowly but steadily may take longer to make.
+    fn deadline<T>(&mut self, cx: &mut Context<'_>, write: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if write.is_ready() {
+            self.stalled = None;
+            return write;
+        }
+        let timeout = self.send_timeout;
+        let unread = || crate::sys::unread_by_peer(self.stream.inner().as_fd()).unwrap_or(0);
+        loop {
+            let (clock, before) = self
+                .stalled
+                .get_or_insert_with(|| (Box::pin(tokio::time::sleep(timeout)), unread()));
+            ready!(clock.as_mut().poll(cx));
+            let now = unread();
+            if now >= *before {
+                break;
+            }
+            self.stalled = Some((Box::pin(tokio::time::sleep(timeout)), now));
+        }
+        self.stalled = None;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took nothing for {} ms", timeout.as_millis()),
+        )))
     }
 
     /// Sends from the front region, which must have `len` bytes left (hyper is
@@ -181,10 +226,11 @@ impl Read for Io {
 impl Write for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match is_placeholder(buf) {
+        let write = match is_placeholder(buf) {
             true => this.poll_region(cx, buf.len()),
             false => Pin::new(&mut this.stream).poll_write(cx, buf),
-        }
+        };
+        this.deadline(cx, write)
     }
 
     /// Writes the leading plain slices, or sends the placeholder that leads.
@@ -195,13 +241,14 @@ impl Write for Io {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let bufs = &bufs[bufs.iter().take_while(|b| b.is_empty()).count()..];
-        match bufs.first() {
+        let write = match bufs.first() {
             Some(first) if is_placeholder(first) => this.poll_region(cx, first.len()),
             _ => {
                 let plain = bufs.iter().take_while(|b| !is_placeholder(b)).count();
                 Pin::new(&mut this.stream).poll_write_vectored(cx, &bufs[..plain])
             }
-        }
+        };
+        this.deadline(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -235,7 +282,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let regions = Regions::default();
-            let mut io = Io::new(stream, regions.clone());
+            let mut io = Io::new(stream, regions.clone(), Duration::from_secs(60));
             if copy {
                 io.copy = Some(vec![0; 1000].into_boxed_slice());
             }

@@ -53,7 +53,8 @@ pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// How much of what was written to connected socket `fd` its peer has not read yet
 /// (`SIOCOUTQ`; on a Unix socket, the kernel's accounting of the queued buffers, so
-/// 0 exactly when everything written has been read).
+/// 0 exactly when everything written has been read; on TCP, the bytes not yet sent
+/// or not yet acknowledged).
 pub fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (the same request as TIOCOUTQ) writes one int into `queued`,

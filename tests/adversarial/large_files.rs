@@ -8,6 +8,7 @@
 //! must not wait for the reading of it).
 
 use crate::common::*;
+use crate::support::web::{TCP_ESTABLISHED, server_ends, small_receive_buffer};
 use crate::ws::{self, Heard};
 use std::io::Write;
 use std::net::TcpStream;
@@ -334,6 +335,88 @@ fn injected_page_stalled_readers(
         ),
     );
     case.check(measured.probe.errors == 0, "the probe saw errors");
+    drop(stalled);
+    drop(daemon);
+    case.finish();
+}
+
+/// Downloads that never read, in every one of the server's connection slots: each
+/// held its slot for ever, so one client shut every other out (new connections
+/// were closed as soon as accepted). Now the server closes a connection whose
+/// client takes nothing for `send_timeout_ms`; the slots come back.
+#[test]
+fn stalled_downloads_in_every_connection_slot_are_closed_by_the_send_timeout() {
+    let mut case = Case::new("stalled_downloads_fill_every_slot");
+    raise_nofile();
+    let send_timeout = Duration::from_secs(2);
+    // Every slot at full scale (4,096); fewer in CI, where the slots are not all taken.
+    let n = scale(4096, 300);
+    case.set("connections", n);
+    let site = site(&format!("send_timeout_ms = {}", send_timeout.as_millis()), "");
+    site.sandbox.write("public/large.bin", &"x".repeat(10 << 20));
+    let Some(daemon) = start(&mut case, &site) else {
+        return case.finish();
+    };
+    let sampler = RssSampler::start(daemon.pid());
+    let before_kb = settled_rss_kb(daemon.pid(), Duration::from_millis(500));
+    let request = format!("GET /large.bin HTTP/1.1\r\nHost: {}\r\n\r\n", site.addr);
+    let stalled: Vec<TcpStream> = (0..n)
+        .filter_map(|_| TcpStream::connect(&site.addr).ok())
+        .filter_map(|mut s| {
+            small_receive_buffer(&s);
+            s.write_all(request.as_bytes()).ok().map(|()| s)
+        })
+        .collect();
+    let opened = Instant::now();
+    case.set("opened", stalled.len());
+    let probe = || get_once(&site.addr, "/probe.txt", Duration::from_secs(1)).is_ok_and(|r| r.status == 200);
+    if n >= 4096 {
+        case.check(
+            !probe(),
+            "every slot taken: a new client is shut out (the attack holds)",
+        );
+    }
+    let deadline = opened + send_timeout + Duration::from_secs(10);
+    while !probe() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    case.set_ms("served_again_after_ms", ms(opened.elapsed()));
+    case.check(
+        probe(),
+        "a new client is served again once the stalled ones are closed",
+    );
+    let server: std::net::SocketAddr = site.addr.parse().unwrap();
+    let ports: std::collections::HashSet<u16> =
+        stalled.iter().map(|s| s.local_addr().unwrap().port()).collect();
+    let open = || {
+        let ends = server_ends(server);
+        ports
+            .iter()
+            .filter(|p| ends.get(p) == Some(&TCP_ESTABLISHED))
+            .count()
+    };
+    while open() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = open();
+    case.set_ms("all_closed_after_ms", ms(opened.elapsed()));
+    case.set("still_open", left);
+    case.check(
+        left == 0,
+        format!("{left} stalled connections still held by the server"),
+    );
+    case.check(
+        stalled.len() == n,
+        format!("only {} of {n} connections opened", stalled.len()),
+    );
+    let growth = (sampler.peak_kb() as f64 - before_kb as f64) / 1024.0;
+    case.set("rss_growth_mb", format!("{growth:.1}"));
+    // A connection's buffers and task (about 14 KiB each at 4,096), never a file's bytes.
+    let limit = 16.0 + n as f64 * 24.0 / 1024.0;
+    case.check(
+        growth < limit,
+        format!("RSS grew {growth:.1} MB (limit {limit:.0} MB)"),
+    );
     drop(stalled);
     drop(daemon);
     case.finish();

@@ -768,3 +768,55 @@ fn linger_zero(stream: &std::net::TcpStream) {
     };
     assert_eq!(rc, 0);
 }
+
+#[test]
+fn regression_a_client_that_stopped_reading_held_its_connection_for_ever() {
+    use std::io::Read;
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "send_timeout_ms = 1000", &one_route("true", ""));
+    let big = noise(8 * 1024 * 1024, 3);
+    std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let server: std::net::SocketAddr = addr.parse().unwrap();
+
+    // It asks for the file and reads nothing: the server's writes wait, and past the
+    // send timeout it closes its end (it stayed established for ever before).
+    let stalled = asking_for_big(&addr);
+    let client = stalled.local_addr().unwrap();
+    let state = || server_ends(server).get(&client.port()).copied();
+    assert_eq!(state(), Some(TCP_ESTABLISHED));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while state() == Some(TCP_ESTABLISHED) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server still holds a connection whose client took nothing for {DEADLINE:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // A client that reads in steps, pausing under the timeout, gets the whole file:
+    // the clock starts again whenever it takes something.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    small_receive_buffer(&slow);
+    slow.set_read_timeout(Some(DEADLINE)).unwrap();
+    std::io::Write::write_all(
+        &mut slow,
+        format!("GET /big.bin HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(slow);
+    let r = read_response(&mut reader, true);
+    assert_eq!(r.status, 200);
+    let mut got = Vec::new();
+    let mut step = vec![0; 1024 * 1024];
+    while got.len() < big.len() {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let want = step.len().min(big.len() - got.len());
+        reader
+            .read_exact(&mut step[..want])
+            .expect("not cut off while reading");
+        got.extend_from_slice(&step[..want]);
+    }
+    assert!(got == big, "the whole file, byte for byte");
+}

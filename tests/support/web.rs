@@ -184,3 +184,42 @@ impl LrClient {
         }
     }
 }
+
+/// `/proc/net/tcp`'s state of an established connection.
+pub const TCP_ESTABLISHED: u8 = 1;
+
+/// The server's ends of the IPv4 connections to `server`: their state
+/// (`/proc/net/tcp`'s `st`, [`TCP_ESTABLISHED`] while open) by client port.
+pub fn server_ends(server: std::net::SocketAddr) -> std::collections::HashMap<u16, u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    let hex = |field: &str| u8::from_str_radix(field, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = port(fields.get(1)?)?;
+            (local == server.port()).then_some(())?;
+            Some((port(fields.get(2)?)?, hex(fields.get(3)?)?))
+        })
+        .filter(|&(client, _)| client != 0)
+        .collect()
+}
+
+/// Clamps `stream`'s receive buffer, so the server's writes wait for its reads.
+pub fn small_receive_buffer(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: setsockopt reads `size`, a live c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+}
