@@ -8,8 +8,11 @@
 //! the moment it was read is not kept: file timestamps come from a coarse clock, so
 //! two writes in one tick could leave the same timestamps ("racy" entries, as git
 //! calls them). So a cached answer is never older than the file, the same guarantee
-//! the ETag gives. Roots on network or FUSE file systems, whose `stat` may answer
-//! from a client-side attribute cache, get no cache at all.
+//! the ETag gives. Only files on the root's own file system are kept, and only
+//! when it is local: a network or FUSE file system's `stat` may answer from a
+//! client-side attribute cache, and a hit's walk and `fstat` run on the runtime's
+//! thread, which a mount whose server died (under the root or as the root) could
+//! hold once the kernel's own cache of its entries runs out.
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -94,18 +97,19 @@ struct Entries {
 pub struct Cache {
     root: PathBuf,
     hidden: bool,
-    enabled: bool,
+    /// The device whose files it keeps (the root's); `None`: it keeps none.
+    device: Option<u64>,
     entries: RwLock<Entries>,
 }
 
 impl Cache {
-    /// An empty cache for the site at `root`; off unless `cacheable` (see
-    /// [`remote`], and [`super::root::resolve`]).
-    pub fn new(root: &Path, hidden: bool, cacheable: bool) -> Self {
+    /// An empty cache for the site at `root`, which keeps files of `device` (see
+    /// [`local_device`], and [`super::root::resolve`]); none when `None`.
+    pub fn new(root: &Path, hidden: bool, device: Option<u64>) -> Self {
         Cache {
             root: root.to_owned(),
             hidden,
-            enabled: cacheable,
+            device,
             entries: RwLock::default(),
         }
     }
@@ -127,11 +131,11 @@ impl Cache {
     }
 
     /// Keeps `entry` for `key` (an answer whose lookup crossed no symlink) when the
-    /// file had been quiet for a second when it was read (`read_at`, taken before its
-    /// metadata), and it is small enough.
+    /// file is on the root's device, had been quiet for a second when it was read
+    /// (`read_at`, taken before its metadata), and is small enough.
     pub fn insert(&self, key: &str, entry: Entry, read_at: SystemTime) {
         let small = entry.body.len() <= MAX_BODY && key.len() <= MAX_KEY;
-        if !self.enabled || !small || !entry.id.quiet_at(read_at) {
+        if self.device != Some(entry.id.dev) || !small || !entry.id.quiet_at(read_at) {
             return;
         }
         let size = key.len() + entry.body.len();
@@ -151,16 +155,13 @@ impl Cache {
     }
 }
 
-/// Whether `root` is on NFS, SMB/CIFS or FUSE, where `stat` may answer from an
-/// attribute cache that lags behind the file.
-pub fn remote(root: &Path) -> bool {
-    const NFS: i64 = 0x6969;
-    const SMB: i64 = 0x517B;
-    const CIFS: i64 = 0xFF53_4D42;
-    const SMB2: i64 = 0xFE53_4D42;
-    const FUSE: i64 = 0x6573_5546;
-    // A missing root: nothing will be cached from it anyway.
-    crate::sys::fs_type(root).is_ok_and(|t| matches!(t, NFS | SMB | CIFS | SMB2 | FUSE))
+/// The device of `root`'s file system, unless it is one that may not answer (NFS,
+/// SMB, FUSE…: [`crate::mountinfo::may_not_answer_type`]), whose `stat` may also
+/// answer from an attribute cache that lags behind the file. `None` for a missing
+/// root: nothing will be cached from it anyway.
+pub fn local_device(root: &Path) -> Option<u64> {
+    let local = crate::sys::fs_type(root).is_ok_and(|t| !crate::mountinfo::may_not_answer_type(t));
+    local.then(|| std::fs::metadata(root).ok().map(|m| m.dev()))?
 }
 
 #[cfg(test)]
@@ -183,7 +184,7 @@ mod tests {
         let path = dir.path().join("a.txt");
         std::fs::write(&path, "x").unwrap();
         let meta = std::fs::metadata(&path).unwrap();
-        let cache = Cache::new(dir.path(), false, !remote(dir.path()));
+        let cache = Cache::new(dir.path(), false, local_device(dir.path()));
         cache.insert("/a.txt", entry(&meta), SystemTime::now());
         assert!(
             cache.entries() == 0,
@@ -202,6 +203,12 @@ mod tests {
         std::fs::write(&path, "y").unwrap();
         assert!(cache.get("/a.txt").is_none(), "rewritten: dropped");
         assert_eq!(cache.entries(), 0);
+        let elsewhere = Cache::new(dir.path(), false, Some(meta.dev() + 1));
+        elsewhere.insert("/a.txt", entry(&meta), later);
+        assert_eq!(elsewhere.entries(), 0, "a file on another device is never kept");
+        let off = Cache::new(dir.path(), false, None);
+        off.insert("/a.txt", entry(&meta), later);
+        assert_eq!(off.entries(), 0, "a root that may not answer keeps nothing");
     }
 
     #[test]

@@ -21,8 +21,9 @@ static PROBES: crate::probe::Probes = crate::probe::Probes::new(ROOT_PROBES);
 pub struct Resolved {
     /// Canonical when the file system answered and the root exists; else as given.
     pub path: PathBuf,
-    /// False on NFS, SMB or FUSE (see [`super::cache`]), or when it did not answer.
-    pub cacheable: bool,
+    /// The device of the root's file system, whose files may be cached; `None` on a
+    /// file system that may not answer (see [`super::cache`]), or when it did not.
+    pub cacheable: Option<u64>,
 }
 
 /// Resolves `root` (see [`Resolved`]); says why when it falls back to `root` as given.
@@ -30,7 +31,7 @@ pub async fn resolve(root: &Path) -> Resolved {
     let asked = root.to_owned();
     let work = move || {
         let path = asked.canonicalize();
-        let cacheable = path.as_deref().is_ok_and(|p| !super::cache::remote(p));
+        let cacheable = path.as_deref().ok().and_then(super::cache::local_device);
         (path, cacheable)
     };
     let shown = crate::names::escaped(root);
@@ -63,7 +64,7 @@ pub async fn resolve(root: &Path) -> Resolved {
 fn as_given(root: &Path) -> Resolved {
     Resolved {
         path: root.to_owned(),
-        cacheable: false,
+        cacheable: None,
     }
 }
 

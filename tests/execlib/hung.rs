@@ -902,3 +902,74 @@ fn regression_downloads_from_a_site_root_that_stopped_answering_froze_the_daemon
     assert!(got.iter().all(|&n| n > 1 << 20), "{got:?}");
     terminates(&mut daemon, Duration::from_secs(8), "");
 }
+
+#[test]
+fn regression_small_files_on_a_fuse_mount_under_a_local_site_root_were_cached() {
+    // The root is local, so its files are cached; a folder under it is a FUSE mount.
+    // Its files were cached too, though their `stat` may answer from an attribute
+    // cache that lags behind them, and a hit's walk and `fstat` run on the runtime's
+    // thread. Now only the root's own file system's files are kept: those on the
+    // mount are looked up on the blocking pool, and with its server gone only they
+    // wait.
+    let sandbox = Sandbox::new();
+    let Some(mount) = HungMount::mount_at(&sandbox, "real", "public/shared") else {
+        return;
+    };
+    sandbox.write("public/local.css", "local");
+    std::fs::write(sandbox.path("real/remote.css"), "remote").unwrap();
+    let config = sandbox.config(
+        "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"public\"\nlivereload = false\n\
+         [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"real\"\n  run = [\"true\"]\n",
+    );
+    let mut daemon = Daemon::start(&sandbox, &config);
+    let mount = mount; // dropped before the daemon: a failing test lets the server go first
+    let addr = crate::support::web::http_addr(&daemon);
+    let get = |path: &str| crate::support::web::get(&addr, path, &[]);
+    let cached = || {
+        ask(&daemon, r#"{"cmd":"status"}"#, Duration::from_secs(2)).unwrap()["server"]["cached_files"]
+            .as_u64()
+    };
+    // Each asked for until the local file is cached (it has been quiet for a second).
+    eventually("the local file cached", || {
+        assert_eq!(get("/local.css").text(), "local");
+        assert_eq!(get("/shared/remote.css").text(), "remote");
+        (cached()? >= 1).then_some(())
+    });
+    assert_eq!(get("/shared/remote.css").text(), "remote");
+    assert_eq!(
+        cached(),
+        Some(1),
+        "only the file on the root's own file system is kept"
+    );
+
+    mount.hang();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let stuck: Vec<_> = (0..workers + 2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let _ = crate::support::web::get(&addr, "/shared/remote.css", &[]);
+            })
+        })
+        .collect();
+    eventually("requests waiting on the stopped server", || {
+        (threads_on_fuse(daemon.pid()) > 0).then_some(())
+    });
+    for _ in 0..2 {
+        assert!(
+            ask(&daemon, r#"{"cmd":"status"}"#, Duration::from_secs(2)).is_some(),
+            "{}",
+            daemon.log()
+        );
+        assert_eq!(
+            get("/local.css").text(),
+            "local",
+            "a hit on the local file meanwhile"
+        );
+    }
+    drop(mount);
+    terminates(&mut daemon, Duration::from_secs(10), "HTTP server stopped");
+    for thread in stuck {
+        thread.join().unwrap();
+    }
+}
