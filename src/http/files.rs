@@ -44,6 +44,24 @@ pub struct Site {
     pub chunks: Arc<tokio::sync::Semaphore>,
 }
 
+impl Site {
+    /// The site at canonical `root`, whose files on `device` may be cached (see
+    /// [`super::cache::local_device`]), with nothing held yet.
+    pub fn new(root: PathBuf, hidden: bool, inject: bool, device: Option<u64>) -> Self {
+        Site {
+            cache: Cache::new(&root, hidden, device),
+            root,
+            hidden,
+            inject,
+            served_uninjected: AtomicBool::new(false),
+            bodies: Bodies::default(),
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
+            said_not_answering: AtomicBool::new(false),
+            chunks: Arc::new(tokio::sync::Semaphore::new(blocking::MAX_CHUNKS)),
+        }
+    }
+}
+
 /// The most bytes of file bodies held in memory at once: files read whole to be
 /// sent (small ones, and HTML with the script in it) and the cache's, together. Each
 /// request for a file the cache does not answer (every spelling of a path is its own

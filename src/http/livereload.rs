@@ -27,6 +27,11 @@ use tracing::debug;
 use warp::Filter;
 use warp::ws::{Message, WebSocket};
 
+/// A session's sending half.
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+/// A session's receiving half.
+type Stream = futures::stream::SplitStream<WebSocket>;
+
 /// The protocol the server speaks.
 pub const PROTOCOL: &str = "http://livereload.com/protocols/official-7";
 /// The client script served at `/livereload.js`.
@@ -271,19 +276,43 @@ impl LiveReload {
 
     async fn session(&self, socket: WebSocket, _seat: Seat) {
         let (mut sink, mut stream) = socket.split();
-        // The handshake: the client speaks first, within the deadline.
+        if !self.handshake(&mut sink, &mut stream).await {
+            return;
+        }
+        let (id, mut rx, stalled) = self.register();
+        // Registered before its hello goes out: a change made as soon as the client has
+        // the hello (the watcher runs on a thread of its own) is noted for it.
+        let reply = json!({"command": "hello", "protocols": [PROTOCOL], "serverName": "execlib"});
+        if sink.send(Message::text(reply.to_string())).await.is_ok() {
+            self.serve(id, (&mut sink, &mut stream), &mut rx, &stalled).await;
+        }
+        self.clients.lock().expect("clients lock").remove(&id);
+        self.gone.notify_waiters();
+    }
+
+    /// The handshake: the client speaks first, within the deadline, and says hello;
+    /// otherwise it is closed (1002, or as its error calls for) and this is false.
+    async fn handshake(&self, sink: &mut Sink, stream: &mut Stream) -> bool {
         let hello = tokio::time::timeout(self.hello_timeout, stream.next()).await;
         let said_hello = match &hello {
             Ok(Some(Ok(m))) => parse(m).is_some_and(|v| is_hello(&v)),
-            Ok(Some(Err(e))) => return close_for(&mut sink, e).await,
+            Ok(Some(Err(e))) => {
+                close_for(sink, e).await;
+                return false;
+            }
             _ => false,
         };
         if !said_hello {
             debug!("livereload client did not say hello; closing");
             let _ = sink.send(Message::close_with(1002u16, "expected hello")).await;
-            return;
         }
-        let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
+        said_hello
+    }
+
+    /// Adds a client (told of a failed build at once, if one is shown): its id, its
+    /// queue's receiving end, and the token cancelled when it does not keep up.
+    fn register(&self) -> (u64, mpsc::Receiver<String>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         let stalled = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client = Client {
@@ -293,31 +322,33 @@ impl LiveReload {
             tx,
             stalled: stalled.clone(),
         };
-        {
-            let mut clients = self.clients.lock().expect("clients lock");
-            if let Some(failed) = self.failed_build.lock().expect("build lock").clone() {
-                let _ = client.tx.try_send(failed);
-            }
-            clients.insert(id, client);
+        let mut clients = self.clients.lock().expect("clients lock");
+        if let Some(failed) = self.failed_build.lock().expect("build lock").clone() {
+            let _ = client.tx.try_send(failed);
         }
-        // Registered before its hello goes out: a change made as soon as the client has
-        // the hello (the watcher runs on a thread of its own) is noted for it.
-        let reply = json!({"command": "hello", "protocols": [PROTOCOL], "serverName": "execlib"});
-        if sink.send(Message::text(reply.to_string())).await.is_err() {
-            self.clients.lock().expect("clients lock").remove(&id);
-            self.gone.notify_waiters();
-            return;
-        }
+        clients.insert(id, client);
+        (id, rx, stalled)
+    }
+
+    /// Sends a client its messages and reads what it says, until it goes, does not
+    /// keep up, breaks the protocol, or the server shuts down.
+    async fn serve(
+        &self,
+        id: u64,
+        (sink, stream): (&mut Sink, &mut Stream),
+        rx: &mut mpsc::Receiver<String>,
+        stalled: &CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = self.closing.cancelled() => {
                     let bye = sink.send(Message::close_with(1001u16, "server shutting down"));
                     let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
-                    break;
+                    return;
                 }
                 _ = stalled.cancelled() => {
                     debug!("livereload client does not read its messages; closing");
-                    break;
+                    return;
                 }
                 Some(text) = rx.recv() => {
                     // A client that does not read must not hold the shutdown up.
@@ -327,11 +358,11 @@ impl LiveReload {
                         _ = stalled.cancelled() => false,
                     };
                     if !sent {
-                        break;
+                        return;
                     }
                 }
                 incoming = stream.next() => match incoming {
-                    Some(Ok(m)) if m.is_close() => break,
+                    Some(Ok(m)) if m.is_close() => return,
                     Some(Ok(m)) if m.is_ping() => {
                         // tungstenite queued its pong: it goes out before the next frame
                         // is read, or the client, which does not read, is closed.
@@ -344,7 +375,7 @@ impl LiveReload {
                         };
                         if !flushed {
                             debug!("livereload client does not read its pongs; closing");
-                            break;
+                            return;
                         }
                     }
                     Some(Ok(m)) if m.is_pong() => {}
@@ -354,19 +385,14 @@ impl LiveReload {
                             debug!("livereload client sent garbage; closing");
                             let bye = sink.send(Message::close_with(1003u16, "expected JSON"));
                             let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
-                            break;
+                            return;
                         }
                     },
-                    Some(Err(e)) => {
-                        close_for(&mut sink, &e).await;
-                        break;
-                    }
-                    None => break,
+                    Some(Err(e)) => return close_for(sink, &e).await,
+                    None => return,
                 },
             }
         }
-        self.clients.lock().expect("clients lock").remove(&id);
-        self.gone.notify_waiters();
     }
 
     /// `info` and `url` messages name the page the client shows.

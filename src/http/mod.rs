@@ -118,17 +118,12 @@ impl HttpServer {
             )
         });
         let ctx = Arc::new(Ctx {
-            site: Arc::new(files::Site {
-                root: root.clone(),
-                hidden: config.hidden,
-                inject: config.inject && config.livereload,
-                cache: cache::Cache::new(&root, config.hidden, cacheable),
-                served_uninjected: Default::default(),
-                bodies: Default::default(),
-                lookups: Arc::new(tokio::sync::Semaphore::new(files::MAX_LOOKUPS)),
-                said_not_answering: Default::default(),
-                chunks: Arc::new(tokio::sync::Semaphore::new(blocking::MAX_CHUNKS)),
-            }),
+            site: Arc::new(files::Site::new(
+                root.clone(),
+                config.hidden,
+                config.inject && config.livereload,
+                cacheable,
+            )),
             static_files: config.static_files,
             livereload: livereload.clone(),
             idle: config.idle_timeout,

@@ -81,27 +81,7 @@ pub async fn drive<F, Fut>(
         let wakeup = sched.next_wakeup().filter(|_| open);
         tokio::select! {
             input = inputs.recv(), if open => {
-                // What arrived together is taken in together: a file's create and
-                // modify released at its close make one run, even with no delay.
-                let mut next = input;
-                let mut taken = 0;
-                loop {
-                    let Some(input) = next else {
-                        open = false;
-                        stop(&mut sched, &mut ready);
-                        break;
-                    };
-                    take(input, &mut sched, &ready);
-                    taken += 1;
-                    if taken == super::QUEUE {
-                        break; // the rest is taken at the next turn
-                    }
-                    next = match inputs.try_recv() {
-                        Ok(input) => Some(input),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    };
-                }
+                open = take_together(input, &mut inputs, &mut sched, &mut ready);
             }
             Some((key, ok)) = jobs.next(), if !jobs.is_empty() => {
                 if let Some(key) = key {
@@ -120,6 +100,36 @@ pub async fn drive<F, Fut>(
         ready.extend(sched.take_frame_ends().into_iter().map(Work::Post));
         sched.take_hold_notices().into_iter().for_each(log_hold);
         activity.report(!sched.is_idle() || !jobs.is_empty() || !ready.is_empty());
+    }
+}
+
+/// Takes `first` and what else has arrived with it (up to [`super::QUEUE`]; the
+/// rest at the next turn): a file's create and modify released at its close make
+/// one run, even with no delay. False once the inputs have closed (the scheduler
+/// then stopped).
+fn take_together(
+    first: Option<Input>,
+    inputs: &mut mpsc::Receiver<Input>,
+    sched: &mut Scheduler,
+    ready: &mut VecDeque<Work>,
+) -> bool {
+    let mut next = first;
+    let mut taken = 0;
+    loop {
+        let Some(input) = next else {
+            stop(sched, ready);
+            return false;
+        };
+        take(input, sched, ready);
+        taken += 1;
+        if taken == super::QUEUE {
+            return true; // the rest is taken at the next turn
+        }
+        next = match inputs.try_recv() {
+            Ok(input) => Some(input),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
     }
 }
 
