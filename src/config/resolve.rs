@@ -221,8 +221,9 @@ const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// The most `max_clients` may be: every client is an HTTP connection too.
 const MAX_CLIENTS_LIMIT: usize = MAX_HTTP_CONNECTIONS;
 
-/// At most this many HTTP connections (LiveReload clients included) are served at
-/// once; more are closed as soon as they are accepted.
+/// At most this many HTTP connections are served at once (an upgraded LiveReload
+/// client leaves the count for one of `max_clients` seats); more are closed as soon
+/// as they are accepted.
 pub const MAX_HTTP_CONNECTIONS: usize = 4096;
 
 pub(super) fn resolve(

@@ -9,8 +9,11 @@
 //! Every limit is explicit: a message or frame over [`MAX_MESSAGE`] (fragments count
 //! toward it) closes the client with 1009; at most `max_clients` are connected (a
 //! [`Seat`] is taken before the upgrade, so the surplus gets 503); a client must say
-//! hello within the handshake deadline; a client that does not read its messages is
-//! dropped once [`CLIENT_QUEUE`] of them wait; at most [`MAX_WRITE_BUFFER`] bytes wait
+//! hello within the handshake deadline; a client silent for the idle timeout is
+//! pinged, and closed if it stays silent for as long again (a browser gone without a
+//! word would hold its seat for ever); a client that does not read its messages is
+//! dropped once [`CLIENT_QUEUE`] of them, or [`QUEUE_BYTES`], wait (a build's outcome
+//! is never queued: each client is sent the latest); at most [`MAX_WRITE_BUFFER`] bytes wait
 //! to be written to a client (a message that would go over it closes the client),
 //! and a ping's pong must be out within [`PONG_WAIT`] before the client's next frame
 //! is read (a client that pings and never reads is closed, not read without end).
@@ -72,8 +75,24 @@ struct Client {
     /// that are its page once it does (a change made as a page connects is not lost).
     unplaced: Unplaced,
     tx: mpsc::Sender<String>,
+    /// The bytes of the messages in its queue, at most [`QUEUE_BYTES`].
+    queued: Arc<AtomicUsize>,
     /// Fired when its queue is full: it does not read, so it is closed.
     stalled: CancellationToken,
+}
+
+/// What a session sends its client, beside its answers: what its [`Client`]'s
+/// `tx` queued, and the builds' outcomes.
+struct Queue {
+    rx: mpsc::Receiver<String>,
+    /// Shared with its [`Client`]: the bytes queued.
+    queued: Arc<AtomicUsize>,
+    /// Shared with its [`Client`]: fired when it does not keep up.
+    stalled: CancellationToken,
+    /// The last build's outcome; a change is sent as it comes (the latest only).
+    builds: tokio::sync::watch::Receiver<Option<(bool, Arc<str>)>>,
+    /// The failed build shown when it connected, to send first.
+    failed: Option<Arc<str>>,
 }
 
 /// The pages changed while a client had not named its page yet.
@@ -109,6 +128,9 @@ impl Unplaced {
 
 /// Messages queued for one client; a client this far behind (not reading) is dropped.
 pub const CLIENT_QUEUE: usize = 256;
+/// The most bytes of messages queued for one client, past which it is dropped too: a
+/// reload names a path of up to 4 KiB, which JSON may escape to 24 KiB.
+pub const QUEUE_BYTES: usize = 64 * 1024;
 /// The largest message (and frame) a client may send; LiveReload's are a few hundred
 /// bytes, a page URL included.
 pub const MAX_MESSAGE: usize = 8 * 1024;
@@ -130,12 +152,16 @@ pub struct LiveReload {
     next_id: AtomicU64,
     closing: CancellationToken,
     gone: Notify,
-    hello_timeout: Duration,
+    /// The handshake's deadline, and how long a client may be silent before it is
+    /// pinged, and then before it is closed.
+    idle: Duration,
     /// Seats taken (upgrading, in the handshake, or connected) and the most there may be.
     seats: AtomicUsize,
     max_clients: usize,
-    /// The `execlib-build` message of the last failed build, until one succeeds.
-    failed_build: Mutex<Option<String>>,
+    /// How the last build ended and its `execlib-build` message: each client is sent
+    /// the latest (one a client has not taken yet is replaced, never queued up), and
+    /// a client that connects after a failure gets it at once.
+    builds: tokio::sync::watch::Sender<Option<(bool, Arc<str>)>>,
     /// Counts the reload messages sent.
     reloads_sent: prometheus_client::metrics::counter::Counter,
 }
@@ -151,17 +177,18 @@ impl Drop for Seat {
 
 impl LiveReload {
     /// A registry for at most `max_clients` clients; a client that does not say hello
-    /// within `hello_timeout` of its upgrade is closed.
-    pub fn new(hello_timeout: Duration, max_clients: usize) -> Self {
+    /// within `idle` of its upgrade is closed, and so is one silent for `idle` and
+    /// then for `idle` after it was pinged.
+    pub fn new(idle: Duration, max_clients: usize) -> Self {
         LiveReload {
             clients: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             closing: CancellationToken::new(),
             gone: Notify::new(),
-            hello_timeout,
+            idle,
             seats: AtomicUsize::new(0),
             max_clients,
-            failed_build: Mutex::new(None),
+            builds: tokio::sync::watch::Sender::new(None),
             reloads_sent: Default::default(),
         }
     }
@@ -229,14 +256,16 @@ impl LiveReload {
         let message =
             json!({"command": "reload", "path": path, "liveCSS": true, "liveImg": true}).to_string();
         // Full: the client does not read; its session ends (see `session`).
-        match client.tx.try_send(message) {
-            Ok(()) => drop(self.reloads_sent.inc()),
-            Err(_) => client.stalled.cancel(),
+        let len = message.len();
+        let room = client.queued.fetch_add(len, Ordering::AcqRel) + len <= QUEUE_BYTES;
+        match room.then(|| client.tx.try_send(message)) {
+            Some(Ok(())) => drop(self.reloads_sent.inc()),
+            _ => client.stalled.cancel(),
         }
     }
 
-    /// Tells every client how a build ended (`execlib-build`), and remembers a failure
-    /// for the clients that connect until a build succeeds.
+    /// Tells every client how a build ended (`execlib-build`), and remembers it: a
+    /// failure is told to the clients that connect until a build succeeds.
     pub fn build(&self, result: &crate::protocol::replies::BuildResult) {
         let message = json!({
             "command": "execlib-build",
@@ -248,15 +277,8 @@ impl LiveReload {
             "output": result.output,
         })
         .to_string();
-        // Under the clients' lock: a client connecting now gets the failure from
-        // `failed_build` or from here, never neither nor a stale one.
-        let clients = self.clients.lock().expect("clients lock");
-        *self.failed_build.lock().expect("build lock") = (!result.ok).then(|| message.clone());
-        for client in clients.values() {
-            if client.tx.try_send(message.clone()).is_err() {
-                client.stalled.cancel();
-            }
-        }
+        // A client connecting now takes it or the one before, and is told of a change.
+        self.builds.send_replace(Some((result.ok, message.into())));
     }
 
     /// Closes every session with 1001 (going away) and waits for them to end, up to `limit`.
@@ -279,12 +301,12 @@ impl LiveReload {
         if !self.handshake(&mut sink, &mut stream).await {
             return;
         }
-        let (id, mut rx, stalled) = self.register();
+        let (id, mut queue) = self.register();
         // Registered before its hello goes out: a change made as soon as the client has
         // the hello (the watcher runs on a thread of its own) is noted for it.
         let reply = json!({"command": "hello", "protocols": [PROTOCOL], "serverName": "execlib"});
         if sink.send(Message::text(reply.to_string())).await.is_ok() {
-            self.serve(id, (&mut sink, &mut stream), &mut rx, &stalled).await;
+            self.serve(id, (&mut sink, &mut stream), &mut queue).await;
         }
         self.clients.lock().expect("clients lock").remove(&id);
         self.gone.notify_waiters();
@@ -293,7 +315,7 @@ impl LiveReload {
     /// The handshake: the client speaks first, within the deadline, and says hello;
     /// otherwise it is closed (1002, or as its error calls for) and this is false.
     async fn handshake(&self, sink: &mut Sink, stream: &mut Stream) -> bool {
-        let hello = tokio::time::timeout(self.hello_timeout, stream.next()).await;
+        let hello = tokio::time::timeout(self.idle, stream.next()).await;
         let said_hello = match &hello {
             Ok(Some(Ok(m))) => parse(m).is_some_and(|v| is_hello(&v)),
             Ok(Some(Err(e))) => {
@@ -309,89 +331,148 @@ impl LiveReload {
         said_hello
     }
 
-    /// Adds a client (told of a failed build at once, if one is shown): its id, its
-    /// queue's receiving end, and the token cancelled when it does not keep up.
-    fn register(&self) -> (u64, mpsc::Receiver<String>, CancellationToken) {
+    /// Adds a client: its id and what it is to be sent ([`Queue`]).
+    fn register(&self) -> (u64, Queue) {
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        let stalled = CancellationToken::new();
+        let (queued, stalled) = (Arc::new(AtomicUsize::new(0)), CancellationToken::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client = Client {
             named: false,
             page: None,
             unplaced: Unplaced::default(),
             tx,
+            queued: queued.clone(),
             stalled: stalled.clone(),
         };
-        let mut clients = self.clients.lock().expect("clients lock");
-        if let Some(failed) = self.failed_build.lock().expect("build lock").clone() {
-            let _ = client.tx.try_send(failed);
-        }
-        clients.insert(id, client);
-        (id, rx, stalled)
+        self.clients.lock().expect("clients lock").insert(id, client);
+        let mut builds = self.builds.subscribe();
+        // A failure shown now goes out first; an earlier success is no news.
+        let failed = match &*builds.borrow_and_update() {
+            Some((false, message)) => Some(message.clone()),
+            _ => None,
+        };
+        let queue = Queue {
+            rx,
+            queued,
+            stalled,
+            builds,
+            failed,
+        };
+        (id, queue)
     }
 
     /// Sends a client its messages and reads what it says, until it goes, does not
-    /// keep up, breaks the protocol, or the server shuts down.
-    async fn serve(
-        &self,
-        id: u64,
-        (sink, stream): (&mut Sink, &mut Stream),
-        rx: &mut mpsc::Receiver<String>,
-        stalled: &CancellationToken,
-    ) {
+    /// keep up, breaks the protocol, stays silent through a ping, or the server shuts
+    /// down.
+    async fn serve(&self, id: u64, (sink, stream): (&mut Sink, &mut Stream), queue: &mut Queue) {
+        if let Some(failed) = queue.failed.take()
+            && !self.send(sink, Message::text(&*failed), &queue.stalled).await
+        {
+            return;
+        }
+        // Silent for `idle`: pinged; silent for `idle` more: closed (a browser that went
+        // away without a word, as behind a NAT that dropped the connection).
+        let mut heard = tokio::time::Instant::now();
+        let mut pinged = false;
         loop {
+            let quiet_until = heard + self.idle * if pinged { 2 } else { 1 };
             tokio::select! {
                 _ = self.closing.cancelled() => {
                     let bye = sink.send(Message::close_with(1001u16, "server shutting down"));
                     let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
                     return;
                 }
-                _ = stalled.cancelled() => {
+                _ = queue.stalled.cancelled() => {
                     debug!("livereload client does not read its messages; closing");
                     return;
                 }
-                Some(text) = rx.recv() => {
-                    // A client that does not read must not hold the shutdown up.
-                    let sent = tokio::select! {
-                        sent = sink.send(Message::text(text)) => sent.is_ok(),
-                        _ = self.closing.cancelled() => false,
-                        _ = stalled.cancelled() => false,
-                    };
-                    if !sent {
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    if pinged {
+                        debug!("livereload client did not answer a ping; closing");
+                        return;
+                    }
+                    pinged = true;
+                    if !self.send(sink, Message::ping(Vec::new()), &queue.stalled).await {
                         return;
                     }
                 }
-                incoming = stream.next() => match incoming {
-                    Some(Ok(m)) if m.is_close() => return,
-                    Some(Ok(m)) if m.is_ping() => {
-                        // tungstenite queued its pong: it goes out before the next frame
-                        // is read, or the client, which does not read, is closed.
-                        let flushed = tokio::select! {
-                            flushed = tokio::time::timeout(PONG_WAIT, sink.flush()) => {
-                                matches!(flushed, Ok(Ok(())))
-                            }
-                            _ = self.closing.cancelled() => continue,
-                            _ = stalled.cancelled() => false,
-                        };
-                        if !flushed {
-                            debug!("livereload client does not read its pongs; closing");
-                            return;
-                        }
+                Some(text) = queue.rx.recv() => {
+                    queue.queued.fetch_sub(text.len(), Ordering::AcqRel);
+                    if !self.send(sink, Message::text(text), &queue.stalled).await {
+                        return;
                     }
-                    Some(Ok(m)) if m.is_pong() => {}
-                    Some(Ok(m)) => match parse(&m) {
-                        Some(v) => self.learn_page(id, &v),
-                        None => {
-                            debug!("livereload client sent garbage; closing");
-                            let bye = sink.send(Message::close_with(1003u16, "expected JSON"));
-                            let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
-                            return;
-                        }
-                    },
-                    Some(Err(e)) => return close_for(sink, &e).await,
-                    None => return,
-                },
+                }
+                Ok(()) = queue.builds.changed() => {
+                    let latest = queue.builds.borrow_and_update().as_ref().map(|(_, m)| m.clone());
+                    if let Some(message) = latest
+                        && !self.send(sink, Message::text(&*message), &queue.stalled).await
+                    {
+                        return;
+                    }
+                }
+                incoming = stream.next() => {
+                    (heard, pinged) = (tokio::time::Instant::now(), false);
+                    if !self.heard(id, incoming, sink, &queue.stalled).await {
+                        return;
+                    }
+                }
             }
+        }
+    }
+
+    /// Sends `message`, unless the server shuts down or the client is found not to
+    /// keep up meanwhile (a client that does not read must not hold the shutdown up).
+    async fn send(&self, sink: &mut Sink, message: Message, stalled: &CancellationToken) -> bool {
+        tokio::select! {
+            sent = sink.send(message) => sent.is_ok(),
+            _ = self.closing.cancelled() => false,
+            _ = stalled.cancelled() => false,
+        }
+    }
+
+    /// Handles what a client sent; false when its session is to end.
+    async fn heard(
+        &self,
+        id: u64,
+        incoming: Option<Result<Message, warp::Error>>,
+        sink: &mut Sink,
+        stalled: &CancellationToken,
+    ) -> bool {
+        match incoming {
+            Some(Ok(m)) if m.is_close() => false,
+            Some(Ok(m)) if m.is_ping() => {
+                // tungstenite queued its pong: it goes out before the next frame is
+                // read, or the client, which does not read, is closed.
+                let flushed = tokio::select! {
+                    flushed = tokio::time::timeout(PONG_WAIT, sink.flush()) => {
+                        matches!(flushed, Ok(Ok(())))
+                    }
+                    _ = self.closing.cancelled() => return true,
+                    _ = stalled.cancelled() => false,
+                };
+                if !flushed {
+                    debug!("livereload client does not read its pongs; closing");
+                }
+                flushed
+            }
+            Some(Ok(m)) if m.is_pong() => true,
+            Some(Ok(m)) => match parse(&m) {
+                Some(v) => {
+                    self.learn_page(id, &v);
+                    true
+                }
+                None => {
+                    debug!("livereload client sent garbage; closing");
+                    let bye = sink.send(Message::close_with(1003u16, "expected JSON"));
+                    let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
+                    false
+                }
+            },
+            Some(Err(e)) => {
+                close_for(sink, &e).await;
+                false
+            }
+            None => false,
         }
     }
 

@@ -41,7 +41,8 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 pub const MAX_HEAD: usize = 16 * 1024;
 /// A request head with more header fields than this is refused (431).
 pub const MAX_HEADERS: usize = 100;
-/// At most this many connections (LiveReload clients included) are served at once;
+/// At most this many connections are served at once (an upgraded LiveReload client
+/// leaves the count for one of `max_clients` seats);
 /// more are closed as soon as they are accepted.
 pub const MAX_CONNECTIONS: usize = crate::config::MAX_HTTP_CONNECTIONS;
 

@@ -448,3 +448,65 @@ fn regression_livereload_ping_flood_without_reading_stays_bounded() {
     drop(daemon);
     case.finish();
 }
+
+/// LiveReload clients that say hello and never read while builds keep failing with
+/// long output: each failure (up to 160 KiB as JSON) was queued for every client, up
+/// to 256 of them each. Now a client is sent only the latest build's outcome, so a
+/// stalled one holds at most what its socket's write buffer does.
+#[test]
+fn regression_failed_builds_for_stalled_livereload_clients_stay_bounded() {
+    let mut case = Case::new("failed_builds_for_stalled_clients");
+    let (n, builds) = (100, 40);
+    case.set("clients", n);
+    case.set("failed_builds", builds);
+    // 20 lines of 1,000 NUL bytes (escaped in the JSON), then a failure.
+    let job = "for i in $(seq 20); do head -c 1000 /dev/zero; echo; done; exit 1";
+    let listener = format!(
+        "[[listener]]\nname = \"build\"\n  [[listener.route]]\n  path = \"content\"\n  debounce_ms = 0\n  shell = '''{job}'''\n"
+    );
+    let site = site(&max_clients_line(n + 16), &listener);
+    std::fs::create_dir_all(site.sandbox.path("content")).unwrap();
+    let Some(daemon) = start(&mut case, &site) else {
+        return case.finish();
+    };
+    let stalled: Vec<Ws> = (0..n)
+        .map(|_| ws::hello_on(ws::connect_small(&site.addr, 4096).unwrap(), &site.addr))
+        .collect::<Result<_, _>>()
+        .expect("LiveReload clients");
+    let watch = Watch::start(&daemon, &site.addr);
+    // A client that reads paces the builds: the next change once it heard the last.
+    let mut reader = ws::hello(&site.addr).expect("a reading client");
+    reader
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut heard = 0;
+    for i in 0..builds {
+        site.sandbox.write("content/a.md", &format!("v{i}"));
+        match reader.next() {
+            Ok(Heard::Text(text)) if text.contains("execlib-build") => heard += 1,
+            other => {
+                case.check(false, format!("build {i}: the reading client heard {other:?}"));
+                break;
+            }
+        }
+    }
+    let measured = watch.finish(&mut case, Duration::from_millis(500));
+    case.set("heard", heard);
+    let grew = measured.growth_mb();
+    // Each stalled client holds the outcome it is being sent, in its write buffer:
+    // 13 MB here (221 MB when every failure was queued for every client).
+    let limit = 48.0;
+    case.check(
+        heard == builds,
+        format!("the reading client heard {heard} of {builds} builds"),
+    );
+    case.check(
+        grew <= limit,
+        format!("the daemon grew {grew:.1} MB (limit +{limit:.0} MB)"),
+    );
+    case.check(measured.probe.errors == 0, "the HTTP probe saw errors");
+    drop(stalled);
+    drop(daemon);
+    case.finish();
+}

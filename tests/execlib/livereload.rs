@@ -400,3 +400,54 @@ fn regression_a_busy_listener_that_is_no_build_does_not_hold_reloads() {
         started.elapsed()
     );
 }
+
+#[test]
+fn regression_a_browser_gone_without_a_word_held_its_livereload_seat_for_ever() {
+    // One seat. A client says hello and then nothing, answering no ping (a laptop shut,
+    // a NAT that dropped the connection): it held the seat for ever, so every other
+    // browser got 503. Now a client silent for the idle timeout (1 s here) is pinged,
+    // and closed when silent for as long again.
+    let sandbox = Sandbox::new();
+    let config = site_config(
+        &sandbox,
+        "idle_timeout_ms = 1000\nmax_clients = 1",
+        &one_route("true", ""),
+    );
+    sandbox.write("public/a.html", "v1");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let gone = LrClient::on_page(&addr, "/a.html");
+    eventually("the silent client counted", || {
+        (clients(&daemon) == 1).then_some(())
+    });
+    let upgrade = "GET /livereload HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+    assert_eq!(request(&addr, upgrade).status, 503, "the only seat is taken");
+    let started = std::time::Instant::now();
+    eventually("the silent client closed", || {
+        (clients(&daemon) == 0).then_some(())
+    });
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(4), "closed after {took:?}");
+
+    // A client that reads (so answers pings) keeps its seat through several idle
+    // timeouts, and hears a change after them.
+    let mut here = LrClient::on_page(&addr, "/a.html");
+    here.set_timeout(std::time::Duration::from_millis(3500));
+    let mut pings = 0;
+    let quiet = std::time::Instant::now();
+    while quiet.elapsed() < std::time::Duration::from_millis(3500) {
+        match here.ws.read() {
+            Ok(tungstenite::Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("only pings while nothing changes: {other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("closed while answering pings: {e}"),
+        }
+    }
+    assert!(pings >= 2, "pinged when quiet: {pings}");
+    assert_eq!(clients(&daemon), 1);
+    here.set_timeout(DEADLINE);
+    let reloaded = until_reload(&mut here, || sandbox.write("public/a.html", "v2"));
+    assert_eq!(reloaded, "/a.html");
+    drop(gone);
+}
