@@ -108,7 +108,8 @@ pub fn may_not_answer_type(magic: i64) -> bool {
 }
 
 /// How long [`reaches_remote_mount`] trusts its last reading of the mount table,
-/// and the answers it gave from it.
+/// and the answers it gave from it (symbolic links on the way may change); a
+/// change to the table itself is seen at once ([`table_changed`]).
 const REMOTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// At most this many answers are kept per reading (one per job's working
@@ -159,17 +160,40 @@ pub fn remote_mounts_of(path: &Path) -> Vec<PathBuf> {
     answer
 }
 
+/// Whether `path`, taken as written (no link followed: for a path whose links
+/// are refused anyway), lies on a mount that may stop answering by the mount table
+/// of at most a second ago: one of their points is it or a folder above it.
+pub fn on_remote_mount(path: &Path) -> bool {
+    with_remote(|r| r.points.iter().any(|p| path.starts_with(p)))
+}
+
 /// Whether the mount table of at most a second ago has a mount that may stop answering.
 pub fn any_remote_mount() -> bool {
     with_remote(|r| !r.points.is_empty())
 }
 
-/// `f` on the current reading of the mount table, read again when over [`REMOTE_FRESH`] old.
+/// Whether the mount table changed since the last reading (a mount made or gone),
+/// by the `POLLPRI` of a kept `/proc/self/mountinfo`; true when that cannot be
+/// kept or asked (the reading is then at most [`REMOTE_FRESH`] old as before).
+fn table_changed() -> bool {
+    static TABLE: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| std::fs::File::open("/proc/self/mountinfo").ok());
+    match table {
+        Some(file) => crate::sys::mount_table_changed(std::os::fd::AsFd::as_fd(file)).unwrap_or(true),
+        None => false,
+    }
+}
+
+/// `f` on the current reading of the mount table, read again when the table changed
+/// or the reading is over [`REMOTE_FRESH`] old.
 fn with_remote<T>(f: impl FnOnce(&mut Remote) -> T) -> T {
     let now = std::time::Instant::now();
     let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
+    // Asked before any reading (the first call opens the table it watches), so a change
+    // made after a reading is seen by the next call.
+    let changed = table_changed();
     let remote = match remote.take() {
-        Some(r) if now.duration_since(r.read) < REMOTE_FRESH => remote.insert(r),
+        Some(r) if !changed && now.duration_since(r.read) < REMOTE_FRESH => remote.insert(r),
         _ => remote.insert(Remote {
             read: now,
             points: std::sync::Arc::new(remote_points()),

@@ -8,11 +8,15 @@
 //! the moment it was read is not kept: file timestamps come from a coarse clock, so
 //! two writes in one tick could leave the same timestamps ("racy" entries, as git
 //! calls them). So a cached answer is never older than the file, the same guarantee
-//! the ETag gives. Only files on the root's own file system are kept, and only
-//! when it is local: a network or FUSE file system's `stat` may answer from a
-//! client-side attribute cache, and a hit's walk and `fstat` run on the runtime's
-//! thread, which a mount whose server died (under the root or as the root) could
-//! hold once the kernel's own cache of its entries runs out.
+//! the ETag gives.
+//!
+//! Only files on the root's own file system are kept, and none when the root's path
+//! lies on a file system that may stop answering (NFS, SMB, FUSE…, as the root or a
+//! folder above it): their `stat` may answer from a client-side attribute cache,
+//! and a hit's walk and `fstat` run on the runtime's thread, which a dead server
+//! could hold. A hit whose path lies on such a mount by the current mount table (one
+//! mounted since its entry was kept) is not walked either
+//! ([`super::path::direct_metadata`]).
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -155,12 +159,14 @@ impl Cache {
     }
 }
 
-/// The device of `root`'s file system, unless it is one that may not answer (NFS,
-/// SMB, FUSE…: [`crate::mountinfo::may_not_answer_type`]), whose `stat` may also
-/// answer from an attribute cache that lags behind the file. `None` for a missing
-/// root: nothing will be cached from it anyway.
+/// The device of canonical `root`'s file system, unless it is one that may not
+/// answer (NFS, SMB, FUSE…: [`crate::mountinfo::may_not_answer_type`]), whose `stat`
+/// may also answer from an attribute cache that lags behind the file, or one is
+/// mounted on a folder above it (a hit's walk would go through it). `None` for a
+/// missing root: nothing will be cached from it anyway.
 pub fn local_device(root: &Path) -> Option<u64> {
-    let local = crate::sys::fs_type(root).is_ok_and(|t| !crate::mountinfo::may_not_answer_type(t));
+    let local = !crate::mountinfo::on_remote_mount(root)
+        && crate::sys::fs_type(root).is_ok_and(|t| !crate::mountinfo::may_not_answer_type(t));
     local.then(|| std::fs::metadata(root).ok().map(|m| m.dev()))?
 }
 

@@ -88,12 +88,17 @@ pub fn open(root: &Path, raw: &str, hidden: bool) -> Opened {
 /// that a cached answer's path still leads to its file the way it did. `None` when
 /// refused or missing. Without openat2 (an old kernel, or a systemd unit with
 /// `RestrictSUIDSGID=`, whose filter answers it `ENOSYS`), the path is walked a
-/// component at a time with `O_NOFOLLOW` instead.
+/// component at a time with `O_NOFOLLOW` instead. `None` too, without a look, when
+/// the path lies on a mount that may stop answering
+/// ([`crate::mountinfo::on_remote_mount`]): the walk runs on the runtime's thread.
 pub fn direct_metadata(root: &Path, raw: &str, hidden: bool) -> Option<std::fs::Metadata> {
     let (decoded, names) = checked(raw, hidden).ok()?;
     let mut path = real_path(root, &names);
     if decoded.ends_with('/') {
         path.push("index.html");
+    }
+    if crate::mountinfo::on_remote_mount(&path) {
+        return None;
     }
     let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     match sys::openat2(None, path.as_os_str(), libc::O_PATH, resolve) {

@@ -104,6 +104,22 @@ pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the mount table of the process's namespace changed since the last call
+/// on `mountinfo` (an open `/proc/self/mountinfo`), or since it was opened: it
+/// raises `POLLPRI` once per change (proc(5)). Never waits.
+pub fn mount_table_changed(mountinfo: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd: mountinfo.as_raw_fd(),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one live pollfd passed; timeout 0 never waits.
+    if unsafe { libc::poll(&mut poll, 1, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(poll.revents & (libc::POLLPRI | libc::POLLERR) != 0)
+}
+
 /// `/proc/self/mountinfo`, open and registered with the tokio reactor for
 /// `EPOLLPRI`: the kernel raises it on this descriptor whenever the mount table of
 /// the process's namespace changes (proc(5)).
@@ -127,5 +143,38 @@ impl MountTable {
         ready.clear_ready();
         // A fresh open reads the whole current table (the kept descriptor only signals).
         std::fs::read_to_string("/proc/self/mountinfo")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn run(args: &[&str]) {
+        let status = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+
+    #[test]
+    fn a_mount_made_or_gone_is_seen_at_once() {
+        if !super::super::test_as_root("to mount a tmpfs") {
+            return;
+        }
+        let table = File::open("/proc/self/mountinfo").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().to_str().unwrap();
+        let _ = mount_table_changed(table.as_fd()).unwrap();
+        run(&["mount", "-t", "tmpfs", "tmpfs", at]);
+        let made = mount_table_changed(table.as_fd()).unwrap();
+        run(&["umount", at]);
+        assert!(made, "the mount was seen");
+        assert!(
+            mount_table_changed(table.as_fd()).unwrap(),
+            "the unmount was seen"
+        );
     }
 }
