@@ -113,9 +113,11 @@ pub struct Io {
     copy: Option<Box<[u8]>>,
     /// How long a write may wait for room in the socket.
     send_timeout: Duration,
-    /// Running while writes wait for room, with what the socket held unread when it
-    /// started (see [`Io::deadline`]).
-    stalled: Option<(Pin<Box<Sleep>>, usize)>,
+    /// While writes wait for room: what the socket held unread when they began to
+    /// (see [`Io::deadline`]).
+    stalled: Option<usize>,
+    /// The send timeout's clock, made at the first wait and set again at each.
+    clock: Option<Pin<Box<Sleep>>>,
 }
 
 impl Io {
@@ -128,6 +130,7 @@ impl Io {
             copy: None,
             send_timeout,
             stalled: None,
+            clock: None,
         }
     }
 
@@ -136,23 +139,32 @@ impl Io {
     /// fails unless the client has taken some of what the socket holds meanwhile
     /// (`SIOCOUTQ` went down): the socket's room shows only once half its buffer is
     /// free, which a client that reads slowly but steadily may take longer to make.
+    /// A connection that fails so is reset when closed (zero linger, as nginx's
+    /// `reset_timedout_connection`): what its socket holds is dropped at once.
     fn deadline<T>(&mut self, cx: &mut Context<'_>, write: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if write.is_ready() {
             self.stalled = None;
             return write;
         }
         let timeout = self.send_timeout;
-        let unread = || crate::sys::unread_by_peer(self.stream.inner().as_fd()).unwrap_or(0);
         loop {
-            let (clock, before) = self
-                .stalled
-                .get_or_insert_with(|| (Box::pin(tokio::time::sleep(timeout)), unread()));
+            let tcp = self.stream.inner();
+            let unread = || crate::sys::unread_by_peer(tcp.as_fd()).unwrap_or(0);
+            if self.stalled.is_none() {
+                let at = tokio::time::Instant::now() + timeout;
+                match &mut self.clock {
+                    Some(clock) => clock.as_mut().reset(at),
+                    None => self.clock = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+                self.stalled = Some(unread());
+            }
+            let clock = self.clock.as_mut().expect("set when the stall began");
             ready!(clock.as_mut().poll(cx));
-            let now = unread();
-            if now >= *before {
+            if unread() >= self.stalled.unwrap_or(0) {
+                let _ = tcp.set_zero_linger();
                 break;
             }
-            self.stalled = Some((Box::pin(tokio::time::sleep(timeout)), now));
+            self.stalled = None; // it took some: the clock starts again from now
         }
         self.stalled = None;
         Poll::Ready(Err(io::Error::new(

@@ -348,7 +348,7 @@ fn injected_page_stalled_readers(
 fn stalled_downloads_in_every_connection_slot_are_closed_by_the_send_timeout() {
     let mut case = Case::new("stalled_downloads_fill_every_slot");
     raise_nofile();
-    let send_timeout = Duration::from_secs(2);
+    let send_timeout = Duration::from_secs(3);
     // Every slot at full scale (4,096); fewer in CI, where the slots are not all taken.
     let n = scale(4096, 300);
     case.set("connections", n);

@@ -773,7 +773,7 @@ fn linger_zero(stream: &std::net::TcpStream) {
 fn regression_a_client_that_stopped_reading_held_its_connection_for_ever() {
     use std::io::Read;
     let sandbox = Sandbox::new();
-    let config = site_config(&sandbox, "send_timeout_ms = 1000", &one_route("true", ""));
+    let config = site_config(&sandbox, "send_timeout_ms = 2000", &one_route("true", ""));
     let big = noise(8 * 1024 * 1024, 3);
     std::fs::write(sandbox.path("public/big.bin"), &big).unwrap();
     let daemon = Daemon::start(&sandbox, &config);
