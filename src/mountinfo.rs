@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 pub struct Mount {
     /// The mount's id (unique while it is mounted; a remount keeps it).
     pub id: u64,
+    /// The id of the mount it is mounted on (its own for a namespace's root).
+    pub parent: u64,
     /// The directory of the file system shown at the mount point (`/` unless a
     /// subtree is bind-mounted), as text.
     pub root: String,
@@ -38,6 +40,7 @@ pub fn parse(mountinfo: &str) -> Vec<Mount> {
             }
             Some(Mount {
                 id: fields[0].parse().ok()?,
+                parent: fields[1].parse().ok()?,
                 root: String::from_utf8_lossy(&unescape(fields[3])).into_owned(),
                 point: PathBuf::from(std::ffi::OsString::from_vec(unescape(fields[4]))),
                 fstype: fields.get(dash + 1)?.to_string(),
@@ -194,23 +197,39 @@ fn with_remote<T>(f: impl FnOnce(&mut Remote) -> T) -> T {
     let changed = table_changed();
     let remote = match remote.take() {
         Some(r) if !changed && now.duration_since(r.read) < REMOTE_FRESH => remote.insert(r),
-        _ => remote.insert(Remote {
-            read: now,
-            points: std::sync::Arc::new(remote_points()),
-            answers: Default::default(),
-        }),
+        // A table that cannot be read (out of descriptors) keeps the last reading.
+        stale => {
+            let points = remote_points().map(std::sync::Arc::new);
+            let points = points.or_else(|| stale.map(|r| r.points)).unwrap_or_default();
+            remote.insert(Remote {
+                read: now,
+                points,
+                answers: Default::default(),
+            })
+        }
     };
     f(remote)
 }
 
 /// The mount points of the file systems that may not answer, from the mount table.
-fn remote_points() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|text| parse(&text))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| may_not_answer(&m.fstype))
-        .map(|m| m.point)
+fn remote_points() -> Option<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    Some(remote_points_in(&parse(&text)))
+}
+
+/// The points of `mounts` that may not answer and are not hidden by a mount made on
+/// the same point over them (systemd's automounts leave their `autofs` under the
+/// real file system).
+fn remote_points_in(mounts: &[Mount]) -> Vec<PathBuf> {
+    let hidden = |m: &Mount| {
+        mounts
+            .iter()
+            .any(|n| n.parent == m.id && n.id != m.id && n.point == m.point)
+    };
+    mounts
+        .iter()
+        .filter(|m| may_not_answer(&m.fstype) && !hidden(m))
+        .map(|m| m.point.clone())
         .collect()
 }
 
@@ -301,6 +320,22 @@ fn unescape(field: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_automount_under_the_file_system_it_mounted_is_hidden() {
+        let text = "1 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                    30 1 0:40 / /home rw - autofs systemd-1 rw\n\
+                    31 30 8:2 / /home rw - ext4 /dev/sda2 rw\n\
+                    40 1 0:41 / /boot/efi rw - autofs systemd-1 rw\n\
+                    50 1 0:50 / /srv/nfs rw - nfs4 server:/x rw\n\
+                    51 50 0:51 / /srv/nfs/inner rw - ext4 /dev/sdb1 rw\n";
+        let points = remote_points_in(&parse(text));
+        assert_eq!(
+            points,
+            [PathBuf::from("/boot/efi"), PathBuf::from("/srv/nfs")],
+            "/home's autofs lies under its ext4; /boot/efi's is not mounted yet; a mount inside NFS hides nothing"
+        );
+    }
 
     #[test]
     fn lines_give_root_point_type_and_mode_with_escapes_undone() {

@@ -9,8 +9,8 @@
 //! Every limit is explicit: a message or frame over [`MAX_MESSAGE`] (fragments count
 //! toward it) closes the client with 1009; at most `max_clients` are connected (a
 //! [`Seat`] is taken before the upgrade, so the surplus gets 503); a client must say
-//! hello within the handshake deadline; a client silent for the idle timeout is
-//! pinged, and closed if it stays silent for as long again (a browser gone without a
+//! hello within the handshake deadline; a client silent for the idle timeout (at
+//! least [`KEEPALIVE_MIN`]) is pinged, and closed if it stays silent as long again (a browser gone without a
 //! word would hold its seat for ever); a client that does not read its messages is
 //! dropped once [`CLIENT_QUEUE`] of them, or [`QUEUE_BYTES`], wait (a build's outcome
 //! is never queued: each client is sent the latest); at most [`MAX_WRITE_BUFFER`] bytes wait
@@ -141,6 +141,10 @@ pub const MAX_MESSAGE: usize = 8 * 1024;
 /// 20 lines of at most 1 KiB escaped as JSON, under 160 KiB. A message that would go
 /// over it fails to send, and the client is closed.
 pub const MAX_WRITE_BUFFER: usize = 384 * 1024;
+/// The shortest keepalive period: a client silent for the idle timeout, or this if
+/// longer, is pinged, and closed if silent as long after the ping went (a shorter
+/// one would drop phones whose Wi-Fi dozes, and their reloads meanwhile).
+pub const KEEPALIVE_MIN: Duration = Duration::from_secs(5);
 /// How long the pong to a client's ping may take to go out (into the socket) before
 /// the client is closed: its next frame is not read meanwhile, so a client that
 /// pings and never reads makes the server neither buffer nor read without end.
@@ -370,12 +374,14 @@ impl LiveReload {
         {
             return;
         }
-        // Silent for `idle`: pinged; silent for `idle` more: closed (a browser that went
-        // away without a word, as behind a NAT that dropped the connection).
+        // Silent for the keepalive period: pinged; silent for as long after the ping
+        // went: closed (a browser that went away without a word, as behind a NAT that
+        // dropped the connection).
+        let period = self.idle.max(KEEPALIVE_MIN);
         let mut heard = tokio::time::Instant::now();
-        let mut pinged = false;
+        let mut pinged: Option<tokio::time::Instant> = None;
         loop {
-            let quiet_until = heard + self.idle * if pinged { 2 } else { 1 };
+            let quiet_until = pinged.unwrap_or(heard) + period;
             tokio::select! {
                 _ = self.closing.cancelled() => {
                     let bye = sink.send(Message::close_with(1001u16, "server shutting down"));
@@ -387,14 +393,15 @@ impl LiveReload {
                     return;
                 }
                 _ = tokio::time::sleep_until(quiet_until) => {
-                    if pinged {
+                    if pinged.is_some() {
                         debug!("livereload client did not answer a ping; closing");
                         return;
                     }
-                    pinged = true;
                     if !self.send(sink, Message::ping(Vec::new()), &queue.stalled).await {
                         return;
                     }
+                    // Counted from when it went: a slow send must not eat the answer's time.
+                    pinged = Some(tokio::time::Instant::now());
                 }
                 Some(text) = queue.rx.recv() => {
                     queue.queued.fetch_sub(text.len(), Ordering::AcqRel);
@@ -411,7 +418,7 @@ impl LiveReload {
                     }
                 }
                 incoming = stream.next() => {
-                    (heard, pinged) = (tokio::time::Instant::now(), false);
+                    (heard, pinged) = (tokio::time::Instant::now(), None);
                     if !self.heard(id, incoming, sink, &queue.stalled).await {
                         return;
                     }

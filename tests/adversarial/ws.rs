@@ -14,6 +14,7 @@ pub const CONTINUATION: u8 = 0x0;
 pub const TEXT: u8 = 0x1;
 pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
+pub const PONG: u8 = 0xA;
 
 /// A frame larger than this from the server is a protocol error here.
 const MAX_SERVER_FRAME: usize = 16 << 20;
@@ -277,6 +278,12 @@ impl Ws {
                     let code =
                         (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
                     return Ok(Heard::Close(code));
+                }
+                // As a browser does: a ping is answered (the server closes a client
+                // that stays silent through one).
+                Some(f) if f.opcode == PING => {
+                    self.send(PONG, true, &f.payload)?;
+                    continue;
                 }
                 Some(_) => continue,
             }

@@ -405,8 +405,8 @@ fn regression_a_busy_listener_that_is_no_build_does_not_hold_reloads() {
 fn regression_a_browser_gone_without_a_word_held_its_livereload_seat_for_ever() {
     // One seat. A client says hello and then nothing, answering no ping (a laptop shut,
     // a NAT that dropped the connection): it held the seat for ever, so every other
-    // browser got 503. Now a client silent for the idle timeout (1 s here) is pinged,
-    // and closed when silent for as long again.
+    // browser got 503. Now a client silent for the idle timeout (1 s here, so the
+    // keepalive's floor of 5 s) is pinged, and closed when silent as long after.
     let sandbox = Sandbox::new();
     let config = site_config(
         &sandbox,
@@ -424,19 +424,22 @@ fn regression_a_browser_gone_without_a_word_held_its_livereload_seat_for_ever() 
                    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
     assert_eq!(request(&addr, upgrade).status, 503, "the only seat is taken");
     let started = std::time::Instant::now();
-    eventually("the silent client closed", || {
-        (clients(&daemon) == 0).then_some(())
-    });
+    eventually_within(
+        std::time::Duration::from_secs(20),
+        "the silent client closed",
+        || (clients(&daemon) == 0).then_some(()),
+    );
     let took = started.elapsed();
-    assert!(took < std::time::Duration::from_secs(4), "closed after {took:?}");
+    assert!(took < std::time::Duration::from_secs(12), "closed after {took:?}");
 
     // A client that reads (so answers pings) keeps its seat through several idle
     // timeouts, and hears a change after them.
     let mut here = LrClient::on_page(&addr, "/a.html");
-    here.set_timeout(std::time::Duration::from_millis(3500));
+    let window = std::time::Duration::from_secs(11);
+    here.set_timeout(window);
     let mut pings = 0;
     let quiet = std::time::Instant::now();
-    while quiet.elapsed() < std::time::Duration::from_millis(3500) {
+    while quiet.elapsed() < window {
         match here.ws.read() {
             Ok(tungstenite::Message::Ping(_)) => pings += 1,
             Ok(other) => panic!("only pings while nothing changes: {other:?}"),

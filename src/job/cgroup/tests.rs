@@ -37,6 +37,7 @@ fn cgroup2_mounts_are_found_in_mountinfo() {
         vec![
             Mount {
                 id: 41,
+                parent: 31,
                 root: "/".into(),
                 point: "/sys/fs/cgroup/unified".into(),
                 fstype: "cgroup2".into(),
@@ -44,6 +45,7 @@ fn cgroup2_mounts_are_found_in_mountinfo() {
             },
             Mount {
                 id: 50,
+                parent: 23,
                 root: "/system.slice".into(),
                 point: "/mnt/my cgroups".into(),
                 fstype: "cgroup2".into(),
@@ -58,6 +60,7 @@ fn cgroup2_mounts_are_found_in_mountinfo() {
 fn our_directory_is_under_the_mount_with_the_longest_root() {
     let mount = |root: &str, point: &str| Mount {
         id: 1,
+        parent: 1,
         root: root.into(),
         point: point.into(),
         fstype: "cgroup2".into(),
