@@ -112,8 +112,13 @@ pub fn may_not_answer_type(magic: i64) -> bool {
 
 /// How long [`reaches_remote_mount`] trusts its last reading of the mount table,
 /// and the answers it gave from it (symbolic links on the way may change); a
-/// change to the table itself is seen at once ([`table_changed`]).
+/// change to the table itself is seen within [`TABLE_POLL`] ([`table_changed`]).
 const REMOTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often at most [`table_changed`] is asked (a system call; every cache hit of
+/// the HTTP server asks through [`on_remote_mount`]): a mount is seen at most this
+/// long after it is made.
+const TABLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// At most this many answers are kept per reading (one per job's working
 /// directory, program and `PATH` entry, in practice a handful).
@@ -127,6 +132,8 @@ const MAX_LINKS: usize = 40;
 /// they were read, and the answers given since.
 struct Remote {
     read: std::time::Instant,
+    /// When [`table_changed`] was last asked.
+    polled: std::time::Instant,
     points: std::sync::Arc<Vec<PathBuf>>,
     answers: std::collections::HashMap<PathBuf, Vec<PathBuf>>,
 }
@@ -193,16 +200,25 @@ fn with_remote<T>(f: impl FnOnce(&mut Remote) -> T) -> T {
     let now = std::time::Instant::now();
     let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
     // Asked before any reading (the first call opens the table it watches), so a change
-    // made after a reading is seen by the next call.
-    let changed = table_changed();
+    // made after a reading is seen by a call at most TABLE_POLL later.
+    let ask = remote
+        .as_ref()
+        .is_none_or(|r| now.duration_since(r.polled) >= TABLE_POLL);
+    let changed = ask && table_changed();
     let remote = match remote.take() {
-        Some(r) if !changed && now.duration_since(r.read) < REMOTE_FRESH => remote.insert(r),
+        Some(mut r) if !changed && now.duration_since(r.read) < REMOTE_FRESH => {
+            if ask {
+                r.polled = now;
+            }
+            remote.insert(r)
+        }
         // A table that cannot be read (out of descriptors) keeps the last reading.
         stale => {
             let points = remote_points().map(std::sync::Arc::new);
             let points = points.or_else(|| stale.map(|r| r.points)).unwrap_or_default();
             remote.insert(Remote {
                 read: now,
+                polled: now,
                 points,
                 answers: Default::default(),
             })
