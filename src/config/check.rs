@@ -157,27 +157,28 @@ impl Ctx<'_> {
     /// An `idle_timeout_ms` (`default_ms` when left out): at least
     /// [`MIN_IDLE_TIMEOUT_MS`], as 0 would close every connection before its request.
     pub fn idle_timeout(&self, raw: Option<Spanned<u64>>, default_ms: u64) -> Result<Duration, ConfigError> {
-        match raw {
-            Some(t) if *t.get_ref() < MIN_IDLE_TIMEOUT_MS => self.err(
-                t.span().start,
-                format!(
-                    "`idle_timeout_ms` must be at least {MIN_IDLE_TIMEOUT_MS} (a client needs time to send its first request)"
-                ),
-            ),
-            Some(t) => Ok(Duration::from_millis(t.into_inner())),
-            None => Ok(Duration::from_millis(default_ms)),
-        }
+        let why = "a client needs time to send its first request";
+        self.at_least(raw, default_ms, ("idle_timeout_ms", MIN_IDLE_TIMEOUT_MS, why))
     }
 
     /// A `send_timeout_ms` (`default_ms` when left out): at least [`MIN_SEND_TIMEOUT_MS`].
     pub fn send_timeout(&self, raw: Option<Spanned<u64>>, default_ms: u64) -> Result<Duration, ConfigError> {
+        let why = "a client's network may pause that long";
+        self.at_least(raw, default_ms, ("send_timeout_ms", MIN_SEND_TIMEOUT_MS, why))
+    }
+
+    /// Milliseconds `raw` (`default_ms` when left out), refused under `min` with the
+    /// key's name and why.
+    fn at_least(
+        &self,
+        raw: Option<Spanned<u64>>,
+        default_ms: u64,
+        (key, min, why): (&str, u64, &str),
+    ) -> Result<Duration, ConfigError> {
         match raw {
-            Some(t) if *t.get_ref() < MIN_SEND_TIMEOUT_MS => self.err(
-                t.span().start,
-                format!(
-                    "`send_timeout_ms` must be at least {MIN_SEND_TIMEOUT_MS} (a client's network may pause that long)"
-                ),
-            ),
+            Some(t) if *t.get_ref() < min => {
+                self.err(t.span().start, format!("`{key}` must be at least {min} ({why})"))
+            }
             Some(t) => Ok(Duration::from_millis(t.into_inner())),
             None => Ok(Duration::from_millis(default_ms)),
         }

@@ -922,7 +922,7 @@ fn regression_small_files_on_a_fuse_mount_under_a_local_site_root_were_cached() 
         "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"public\"\nlivereload = false\n\
          [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"real\"\n  run = [\"true\"]\n",
     );
-    let mut daemon = Daemon::start(&sandbox, &config);
+    let daemon = Daemon::start(&sandbox, &config);
     let mount = mount; // dropped before the daemon: a failing test lets the server go first
     let addr = crate::support::web::http_addr(&daemon);
     let get = |path: &str| crate::support::web::get(&addr, path, &[]);
@@ -943,36 +943,12 @@ fn regression_small_files_on_a_fuse_mount_under_a_local_site_root_were_cached() 
         "only the file on the root's own file system is kept"
     );
 
-    mount.hang();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let stuck: Vec<_> = (0..workers + 2)
-        .map(|_| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                let _ = crate::support::web::get(&addr, "/shared/remote.css", &[]);
-            })
-        })
-        .collect();
-    eventually("requests waiting on the stopped server", || {
-        (threads_on_fuse(daemon.pid()) > 0).then_some(())
-    });
-    for _ in 0..2 {
-        assert!(
-            ask(&daemon, r#"{"cmd":"status"}"#, Duration::from_secs(2)).is_some(),
-            "{}",
-            daemon.log()
-        );
-        assert_eq!(
-            get("/local.css").text(),
-            "local",
-            "a hit on the local file meanwhile"
-        );
-    }
-    drop(mount);
-    terminates(&mut daemon, Duration::from_secs(10), "HTTP server stopped");
-    for thread in stuck {
-        thread.join().unwrap();
-    }
+    requests_wait_on_the_mount_while_the_daemon_answers(
+        daemon,
+        mount,
+        "/shared/remote.css",
+        ("/local.css", "local"),
+    );
 }
 
 #[test]
@@ -990,7 +966,7 @@ fn regression_a_hit_on_a_cached_file_under_a_mount_made_since_froze_the_daemon()
         "[daemon]\nshutdown_grace_ms = 2000\n[server]\nlisten = \"127.0.0.1:0\"\nroot = \"public\"\nlivereload = false\n\
          [[listener]]\nname = \"docs\"\n  [[listener.route]]\n  path = \"plain\"\n  run = [\"true\"]\n",
     );
-    let mut daemon = Daemon::start(&sandbox, &config);
+    let daemon = Daemon::start(&sandbox, &config);
     let addr = crate::support::web::http_addr(&daemon);
     let get = |path: &str| crate::support::web::get(&addr, path, &[]);
     let cached = || {
@@ -1009,13 +985,32 @@ fn regression_a_hit_on_a_cached_file_under_a_mount_made_since_froze_the_daemon()
     let Some(mount) = HungMount::mount_at(&sandbox, "real", "public/dir") else {
         return;
     };
+    requests_wait_on_the_mount_while_the_daemon_answers(
+        daemon,
+        mount,
+        "/dir/page.css",
+        ("/other.css", "other"),
+    );
+}
+
+/// Stops `mount`'s server and sends more requests for `stuck` (a file under it) than
+/// the runtime has workers; meanwhile the control socket answers and `local`'s
+/// cached file is served, twice; then the daemon stops at SIGTERM.
+fn requests_wait_on_the_mount_while_the_daemon_answers(
+    mut daemon: Daemon,
+    mount: HungMount,
+    stuck: &'static str,
+    (local, text): (&str, &str),
+) {
+    let mount = mount; // a local, so dropped before the daemon if this fails
+    let addr = crate::support::web::http_addr(&daemon);
     mount.hang();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let stuck: Vec<_> = (0..workers + 2)
+    let waiting: Vec<_> = (0..workers + 2)
         .map(|_| {
             let addr = addr.clone();
             std::thread::spawn(move || {
-                let _ = crate::support::web::get(&addr, "/dir/page.css", &[]);
+                let _ = crate::support::web::get(&addr, stuck, &[]);
             })
         })
         .collect();
@@ -1029,14 +1024,14 @@ fn regression_a_hit_on_a_cached_file_under_a_mount_made_since_froze_the_daemon()
             daemon.log()
         );
         assert_eq!(
-            get("/other.css").text(),
-            "other",
+            crate::support::web::get(&addr, local, &[]).text(),
+            text,
             "a hit on a local file meanwhile"
         );
     }
     drop(mount);
     terminates(&mut daemon, Duration::from_secs(10), "HTTP server stopped");
-    for thread in stuck {
+    for thread in waiting {
         thread.join().unwrap();
     }
 }
