@@ -182,9 +182,10 @@ pub fn any_remote_mount() -> bool {
     with_remote(|r| !r.points.is_empty())
 }
 
-/// Whether the mount table changed since the last reading (a mount made or gone),
-/// by the `POLLPRI` of a kept `/proc/self/mountinfo`; true when that cannot be
-/// kept or asked (the reading is then at most [`REMOTE_FRESH`] old as before).
+/// Whether the mount table changed since the last time this was asked (a mount made
+/// or gone), by the `POLLPRI` of a kept `/proc/self/mountinfo`; true when it cannot
+/// be asked, false when the file cannot be kept open (readings are then renewed
+/// every [`REMOTE_FRESH`] only).
 fn table_changed() -> bool {
     static TABLE: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| std::fs::File::open("/proc/self/mountinfo").ok());
@@ -212,12 +213,18 @@ fn with_remote<T>(f: impl FnOnce(&mut Remote) -> T) -> T {
             }
             remote.insert(r)
         }
-        // A table that cannot be read (out of descriptors) keeps the last reading.
+        // A table that cannot be read (out of descriptors) keeps the last reading,
+        // read again at the next call (the change it may have missed was asked).
         stale => {
-            let points = remote_points().map(std::sync::Arc::new);
-            let points = points.or_else(|| stale.map(|r| r.points)).unwrap_or_default();
+            let (points, read) = match remote_points() {
+                Some(points) => (std::sync::Arc::new(points), now),
+                None => {
+                    let old = now.checked_sub(REMOTE_FRESH).unwrap_or(now);
+                    (stale.map(|r| r.points).unwrap_or_default(), old)
+                }
+            };
             remote.insert(Remote {
-                read: now,
+                read,
                 polled: now,
                 points,
                 answers: Default::default(),
@@ -233,14 +240,16 @@ fn remote_points() -> Option<Vec<PathBuf>> {
     Some(remote_points_in(&parse(&text)))
 }
 
-/// The points of `mounts` that may not answer and are not hidden by a mount made on
-/// the same point over them (systemd's automounts leave their `autofs` under the
-/// real file system).
+/// The points of `mounts` that may not answer, but for an `autofs` with a mount made
+/// on its point over it (systemd's automounts stay under the file system they
+/// mounted, which is what lookups meet). Nothing else hides one: an overlay made
+/// in place over NFS still reads from it.
 fn remote_points_in(mounts: &[Mount]) -> Vec<PathBuf> {
     let hidden = |m: &Mount| {
-        mounts
-            .iter()
-            .any(|n| n.parent == m.id && n.id != m.id && n.point == m.point)
+        m.fstype == "autofs"
+            && mounts
+                .iter()
+                .any(|n| n.parent == m.id && n.id != m.id && n.point == m.point)
     };
     mounts
         .iter()
@@ -344,12 +353,17 @@ mod tests {
                     31 30 8:2 / /home rw - ext4 /dev/sda2 rw\n\
                     40 1 0:41 / /boot/efi rw - autofs systemd-1 rw\n\
                     50 1 0:50 / /srv/nfs rw - nfs4 server:/x rw\n\
-                    51 50 0:51 / /srv/nfs/inner rw - ext4 /dev/sdb1 rw\n";
+                    51 50 0:51 / /srv/nfs/inner rw - ext4 /dev/sdb1 rw\n\
+                    60 1 0:60 / /mnt/auto rw - autofs systemd-1 rw\n\
+                    61 60 0:61 / /mnt/auto rw - nfs4 server:/y rw\n\
+                    70 1 0:70 / /mnt/lower rw - nfs4 server:/z rw\n\
+                    71 70 0:71 / /mnt/lower rw - overlay overlay rw,lowerdir=/mnt/lower\n";
         let points = remote_points_in(&parse(text));
         assert_eq!(
             points,
-            [PathBuf::from("/boot/efi"), PathBuf::from("/srv/nfs")],
-            "/home's autofs lies under its ext4; /boot/efi's is not mounted yet; a mount inside NFS hides nothing"
+            ["/boot/efi", "/srv/nfs", "/mnt/auto", "/mnt/lower"].map(PathBuf::from),
+            "/home's autofs lies under its ext4; /boot/efi's is not mounted yet; a mount \
+             inside NFS hides nothing; NFS over an autofs counts; an overlay over NFS hides it not"
         );
     }
 

@@ -382,7 +382,10 @@ impl LiveReload {
         let mut pinged: Option<tokio::time::Instant> = None;
         loop {
             let quiet_until = pinged.unwrap_or(heard) + period;
+            // In this order: what the client said is read before its deadline is
+            // judged (a pong that waited while a long send went must count).
             tokio::select! {
+                biased;
                 _ = self.closing.cancelled() => {
                     let bye = sink.send(Message::close_with(1001u16, "server shutting down"));
                     let _ = tokio::time::timeout(CLOSE_WAIT, bye).await;
@@ -392,16 +395,11 @@ impl LiveReload {
                     debug!("livereload client does not read its messages; closing");
                     return;
                 }
-                _ = tokio::time::sleep_until(quiet_until) => {
-                    if pinged.is_some() {
-                        debug!("livereload client did not answer a ping; closing");
+                incoming = stream.next() => {
+                    (heard, pinged) = (tokio::time::Instant::now(), None);
+                    if !self.heard(id, incoming, sink, &queue.stalled).await {
                         return;
                     }
-                    if !self.send(sink, Message::ping(Vec::new()), &queue.stalled).await {
-                        return;
-                    }
-                    // Counted from when it went: a slow send must not eat the answer's time.
-                    pinged = Some(tokio::time::Instant::now());
                 }
                 Some(text) = queue.rx.recv() => {
                     queue.queued.fetch_sub(text.len(), Ordering::AcqRel);
@@ -417,11 +415,16 @@ impl LiveReload {
                         return;
                     }
                 }
-                incoming = stream.next() => {
-                    (heard, pinged) = (tokio::time::Instant::now(), None);
-                    if !self.heard(id, incoming, sink, &queue.stalled).await {
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    if pinged.is_some() {
+                        debug!("livereload client did not answer a ping; closing");
                         return;
                     }
+                    if !self.send(sink, Message::ping(Vec::new()), &queue.stalled).await {
+                        return;
+                    }
+                    // Counted from when it went: a slow send must not eat the answer's time.
+                    pinged = Some(tokio::time::Instant::now());
                 }
             }
         }

@@ -260,8 +260,8 @@ impl Ws {
         }))
     }
 
-    /// The next text message, close or end, skipping pings and pongs. A reset is an
-    /// end; a read timeout is an error.
+    /// The next text message, close or end, answering pings (as a browser does) and
+    /// skipping pongs. A reset is an end; a read timeout is an error.
     pub fn next(&mut self) -> io::Result<Heard> {
         loop {
             let frame = match self.read_frame() {
