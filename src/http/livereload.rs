@@ -91,8 +91,6 @@ struct Queue {
     stalled: CancellationToken,
     /// The last build's outcome; a change is sent as it comes (the latest only).
     builds: tokio::sync::watch::Receiver<Option<(bool, Arc<str>)>>,
-    /// The failed build shown when it connected, to send first.
-    failed: Option<Arc<str>>,
 }
 
 /// The pages changed while a client had not named its page yet.
@@ -349,18 +347,11 @@ impl LiveReload {
             stalled: stalled.clone(),
         };
         self.clients.lock().expect("clients lock").insert(id, client);
-        let mut builds = self.builds.subscribe();
-        // A failure shown now goes out first; an earlier success is no news.
-        let failed = match &*builds.borrow_and_update() {
-            Some((false, message)) => Some(message.clone()),
-            _ => None,
-        };
         let queue = Queue {
             rx,
             queued,
             stalled,
-            builds,
-            failed,
+            builds: self.builds.subscribe(),
         };
         (id, queue)
     }
@@ -369,7 +360,13 @@ impl LiveReload {
     /// keep up, breaks the protocol, stays silent through a ping, or the server shuts
     /// down.
     async fn serve(&self, id: u64, (sink, stream): (&mut Sink, &mut Stream), queue: &mut Queue) {
-        if let Some(failed) = queue.failed.take()
+        // The outcome shown now (marked seen as it is read): a failure goes out first;
+        // a success is no news to a client that saw no failure.
+        let failed = match &*queue.builds.borrow_and_update() {
+            Some((false, message)) => Some(message.clone()),
+            _ => None,
+        };
+        if let Some(failed) = failed
             && !self.send(sink, Message::text(&*failed), &queue.stalled).await
         {
             return;
