@@ -167,6 +167,23 @@ impl Ctx<'_> {
         self.at_least(raw, default_ms, ("send_timeout_ms", MIN_SEND_TIMEOUT_MS, why))
     }
 
+    /// A count `key` between 1 and `max` (`default` when left out).
+    pub fn count(
+        &self,
+        raw: Option<Spanned<usize>>,
+        key: &str,
+        default: usize,
+        max: usize,
+    ) -> Result<usize, ConfigError> {
+        match raw {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > max => {
+                self.err(n.span().start, format!("`{key}` must be between 1 and {max}"))
+            }
+            Some(n) => Ok(n.into_inner()),
+            None => Ok(default),
+        }
+    }
+
     /// Milliseconds `raw` (`default_ms` when left out), refused under `min` with the
     /// key's name and why.
     fn at_least(

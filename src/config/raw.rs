@@ -62,6 +62,7 @@ pub struct RawServer {
     pub idle_timeout_ms: Option<Spanned<u64>>,
     pub send_timeout_ms: Option<Spanned<u64>>,
     pub max_clients: Option<Spanned<usize>>,
+    pub max_connections_per_address: Option<Spanned<usize>>,
     pub builds: Option<Vec<Spanned<String>>>,
 }
 

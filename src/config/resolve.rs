@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// At most this many LiveReload clients at once; more get 503.
     pub max_clients: usize,
+    /// At most this many connections from one client address (an IPv6 client's
+    /// /64) at once, LiveReload's counted; more are closed as soon as accepted.
+    pub max_connections_per_address: usize,
     /// The listeners whose runs LiveReload waits for (`None`: the default rule, see
     /// [`crate::builds`]).
     pub builds: Option<Vec<String>>,
@@ -218,6 +221,9 @@ pub const DEFAULT_MAX_VCS_HOLD_MS: u64 = 60_000;
 pub const MAX_VCS_HOLD_LIMIT_MS: u64 = 3_600_000;
 /// LiveReload clients at once, by default.
 const DEFAULT_MAX_CLIENTS: usize = 1024;
+/// Connections from one client address at once, by default: an eighth of the
+/// slots, far above what browsers open (six per site, and LiveReload's).
+const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 512;
 /// The most `max_clients` may be: every client is an HTTP connection too.
 const MAX_CLIENTS_LIMIT: usize = MAX_HTTP_CONNECTIONS;
 
@@ -395,16 +401,18 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
     let Some(root) = raw.root else {
         return ctx.err(span.start, "[server] needs `root`, the site's directory");
     };
-    let max_clients = match raw.max_clients {
-        None => DEFAULT_MAX_CLIENTS,
-        Some(m) if *m.get_ref() == 0 || *m.get_ref() > MAX_CLIENTS_LIMIT => {
-            return ctx.err(
-                m.span().start,
-                format!("`max_clients` must be between 1 and {MAX_CLIENTS_LIMIT}"),
-            );
-        }
-        Some(m) => m.into_inner(),
-    };
+    let max_clients = ctx.count(
+        raw.max_clients,
+        "max_clients",
+        DEFAULT_MAX_CLIENTS,
+        MAX_CLIENTS_LIMIT,
+    )?;
+    let max_connections_per_address = ctx.count(
+        raw.max_connections_per_address,
+        "max_connections_per_address",
+        DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        MAX_HTTP_CONNECTIONS,
+    )?;
     Ok(ServerConfig {
         listen,
         root: ctx.path(root, "`root`")?,
@@ -416,6 +424,7 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
         idle_timeout: ctx.idle_timeout(raw.idle_timeout_ms, DEFAULT_SERVER_IDLE_TIMEOUT_MS)?,
         send_timeout: ctx.send_timeout(raw.send_timeout_ms, DEFAULT_SEND_TIMEOUT_MS)?,
         max_clients,
+        max_connections_per_address,
         builds: None,
     })
 }

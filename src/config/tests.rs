@@ -390,6 +390,27 @@ fn a_send_timeout_under_a_second_is_refused_and_defaults_to_a_minute() {
 }
 
 #[test]
+fn connections_per_address_are_between_one_and_every_slot_and_default_to_512() {
+    let server = |line: &str| format!("[server]\nroot = \"site\"\n{line}\n{MINIMAL}");
+    for bad in ["0", "4097"] {
+        assert_refused(
+            &server(&format!("max_connections_per_address = {bad}")),
+            (3, 31),
+            &["`max_connections_per_address` must be between 1 and 4096"],
+        );
+    }
+    let c = parse(&server("max_connections_per_address = 4096")).unwrap();
+    assert_eq!(c.server.unwrap().max_connections_per_address, 4096);
+    let c = parse(&server("")).unwrap();
+    assert_eq!(c.server.unwrap().max_connections_per_address, 512);
+    assert_refused(
+        &server("max_clients = 0"),
+        (3, 15),
+        &["`max_clients` must be between 1 and 4096"],
+    );
+}
+
+#[test]
 fn regression_an_idle_timeout_of_zero_is_refused() {
     // It passed `--check`, then closed every connection before its first request:
     // LiveReload clients before their hello, HTTP and control clients at once.

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod files;
 pub mod livereload;
 pub mod path;
+pub mod peers;
 pub mod pump;
 pub mod root;
 pub mod zerocopy;
@@ -83,6 +84,10 @@ struct Ctx {
     idle: Duration,
     /// See [`ServerConfig::send_timeout`].
     send_timeout: Duration,
+    /// Open connections by client address.
+    peers: Arc<peers::Peers>,
+    /// Connections refused as soon as accepted.
+    refused: crate::metrics::RefusedCounters,
     /// Responses counted by status class.
     responses: crate::metrics::HttpCounters,
 }
@@ -129,6 +134,8 @@ impl HttpServer {
             livereload: livereload.clone(),
             idle: config.idle_timeout,
             send_timeout: config.send_timeout,
+            peers: peers::Peers::new(config.max_connections_per_address),
+            refused: metrics.http_refused(),
             responses: metrics.http_responses(),
         });
         let site = ctx.site.clone();
@@ -254,20 +261,21 @@ async fn accept_loop(
     grace: Duration,
 ) {
     let mut connections = JoinSet::new();
+    let mut refusals = peers::Refusals::new(ctx.refused.clone());
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) if connections.len() >= MAX_CONNECTIONS => {
-                    debug!("HTTP connection refused: {MAX_CONNECTIONS} already open");
-                    drop(stream);
-                }
-                Ok((stream, _)) => {
-                    // Head and body go out as separate writes: without this, Nagle's algorithm
-                    // meets the client's delayed ACK and each response waits ~40 ms.
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, ctx.clone(), stop.clone()));
-                }
+                Ok(_) if connections.len() >= MAX_CONNECTIONS => refusals.all_slots(MAX_CONNECTIONS),
+                Ok((stream, client)) => match ctx.peers.admit(client.ip()) {
+                    None => refusals.per_address(client.ip(), ctx.peers.limit()),
+                    Some(place) => {
+                        // Head and body go out as separate writes: without this, Nagle's
+                        // algorithm meets the client's delayed ACK and each response waits ~40 ms.
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(connection(stream, place, ctx.clone(), stop.clone()));
+                    }
+                },
                 Err(e) => {
                     warn!("HTTP accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -290,10 +298,15 @@ async fn accept_loop(
     info!(connections = open, "HTTP server stopped");
 }
 
-async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>, stop: CancellationToken) {
+async fn connection(
+    stream: tokio::net::TcpStream,
+    place: peers::Place,
+    ctx: Arc<Ctx>,
+    stop: CancellationToken,
+) {
     let idle = ctx.idle;
     let regions = zerocopy::Regions::default();
-    let io = zerocopy::Io::new(stream, regions.clone(), ctx.send_timeout);
+    let io = zerocopy::Io::new(stream, regions.clone(), ctx.send_timeout).holding(place);
     let responses = ctx.responses.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (ctx, regions) = (ctx.clone(), regions.clone());

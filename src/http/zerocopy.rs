@@ -118,6 +118,8 @@ pub struct Io {
     stalled: Option<usize>,
     /// The send timeout's clock, made at the first wait and set again at each.
     clock: Option<Pin<Box<Sleep>>>,
+    /// The connection's place in its client's count, held as long as the socket.
+    _place: Option<super::peers::Place>,
 }
 
 impl Io {
@@ -131,7 +133,15 @@ impl Io {
             send_timeout,
             stalled: None,
             clock: None,
+            _place: None,
         }
+    }
+
+    /// Holds `place` (its client's count) until the socket is closed, whoever has
+    /// it then (a LiveReload session, after the upgrade).
+    pub fn holding(mut self, place: super::peers::Place) -> Self {
+        self._place = Some(place);
+        self
     }
 
     /// A write's outcome, given the send timeout: a write that waits starts the clock

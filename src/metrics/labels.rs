@@ -37,9 +37,23 @@ pub(super) struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ReasonLabels {
+    pub(super) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ControlLabels {
     pub(super) command: String,
     pub(super) result: String,
+}
+
+/// Counters of HTTP connections closed as soon as accepted, by why.
+#[derive(Clone, Debug, Default)]
+pub struct RefusedCounters {
+    /// Every connection slot was taken.
+    pub all_slots: Counter,
+    /// Its client address had `max_connections_per_address` open.
+    pub per_address: Counter,
 }
 
 /// A listener's event counters, one per kind, taken once when its task starts (so an

@@ -19,11 +19,12 @@ mod gauges;
 mod labels;
 
 pub use gauges::{Gauges, ListenerGauges};
-pub use labels::{EventCounters, HttpCounters};
+pub use labels::{EventCounters, HttpCounters, RefusedCounters};
 
 use crate::protocol::observe::RunOutcome;
 use labels::{
-    ClassLabels, ControlLabels, EventLabels, FinishedLabels, KINDS, ListenerLabels, RouteLabels, route_labels,
+    ClassLabels, ControlLabels, EventLabels, FinishedLabels, KINDS, ListenerLabels, ReasonLabels,
+    RouteLabels, route_labels,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,6 +52,7 @@ pub struct Metrics {
     rescans: Family<ListenerLabels, Counter>,
     reloads_sent: Counter,
     http_responses: Family<ClassLabels, Counter>,
+    http_refused: Family<ReasonLabels, Counter>,
     control_requests: Family<ControlLabels, Counter>,
 }
 
@@ -72,6 +74,7 @@ impl Default for Metrics {
             rescans: Family::default(),
             reloads_sent: Counter::default(),
             http_responses: Family::default(),
+            http_refused: Family::default(),
             control_requests: Family::default(),
             registry: Registry::default(),
         };
@@ -116,6 +119,12 @@ impl Default for Metrics {
             "http_responses",
             "HTTP responses of the site's server, by status class",
             metrics.http_responses.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections closed as soon as accepted, by reason: all_slots (every \
+             connection slot taken), per_address (its client had max_connections_per_address open)",
+            metrics.http_refused.clone(),
         );
         r.register(
             "control_requests",
@@ -188,6 +197,15 @@ impl Metrics {
         HttpCounters(
             labels::CLASSES.map(|class| self.http_responses.get_or_create_owned(&ClassLabels { class })),
         )
+    }
+
+    /// The counters of refused HTTP connections, by reason.
+    pub fn http_refused(&self) -> RefusedCounters {
+        let reason = |reason| self.http_refused.get_or_create_owned(&ReasonLabels { reason });
+        RefusedCounters {
+            all_slots: reason("all_slots"),
+            per_address: reason("per_address"),
+        }
     }
 
     /// A control request for `command` (a known command, `invalid` when the line was

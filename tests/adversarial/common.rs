@@ -89,8 +89,14 @@ pub fn site_with(control_idle_ms: u64, server_extra: &str, rest: &str) -> Site {
     let sandbox = Sandbox::new();
     sandbox.write("public/probe.txt", "probe");
     let port = free_port();
+    // Every client of these cases connects from 127.0.0.1, where most stand for many
+    // clients: the per-address cap is lifted unless the case is about it.
+    let per_address = match server_extra.contains("max_connections_per_address") {
+        true => String::new(),
+        false => known_server_key("max_connections_per_address", 4096),
+    };
     let text = format!(
-        "[daemon]\nshutdown_grace_ms = 2000\n\n[control]\nsocket = \"control.sock\"\nidle_timeout_ms = {control_idle_ms}\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nroot = \"public\"\nlivereload = true\ndelay_ms = 20\n{server_extra}\n\n{rest}"
+        "[daemon]\nshutdown_grace_ms = 2000\n\n[control]\nsocket = \"control.sock\"\nidle_timeout_ms = {control_idle_ms}\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nroot = \"public\"\nlivereload = true\ndelay_ms = 20\n{per_address}\n{server_extra}\n\n{rest}"
     );
     let config = sandbox.path("site.toml");
     std::fs::write(&config, text).unwrap();
@@ -129,18 +135,28 @@ fn check_config(config: &Path) -> Result<(), String> {
 /// `max_clients = N` when this daemon knows the key (else nothing): the cases that
 /// are not about the cap must not trip over a default one.
 pub fn max_clients_line(n: usize) -> String {
-    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let known = *KNOWN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("public")).unwrap();
-        let config = dir.path().join("probe.toml");
-        std::fs::write(&config, "[server]\nroot = \"public\"\nmax_clients = 1\n").unwrap();
-        check_config(&config).is_ok()
-    });
-    if known {
-        format!("max_clients = {n}")
-    } else {
-        String::new()
+    known_server_key("max_clients", n)
+}
+
+/// `KEY = N` when this daemon's `[server]` knows the key, else nothing.
+fn known_server_key(key: &'static str, n: usize) -> String {
+    static KNOWN: std::sync::Mutex<Vec<(&str, bool)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let is_known = match known.iter().find(|(k, _)| *k == key) {
+        Some(&(_, is_known)) => is_known,
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("public")).unwrap();
+            let config = dir.path().join("probe.toml");
+            std::fs::write(&config, format!("[server]\nroot = \"public\"\n{key} = 1\n")).unwrap();
+            let is_known = check_config(&config).is_ok();
+            known.push((key, is_known));
+            is_known
+        }
+    };
+    match is_known {
+        true => format!("{key} = {n}"),
+        false => String::new(),
     }
 }
 

@@ -438,3 +438,90 @@ fn slowloris() {
     drop(daemon);
     case.finish();
 }
+
+// ---------------------------------------------------------------- one_address_fills_every_slot
+
+/// One client address opening idle connections by the thousand: before the
+/// per-address cap it took every one of the 4,096 slots (each held for
+/// `idle_timeout_ms`, and again by opening more), and every other client was shut
+/// out. Now at most `max_connections_per_address` (512 by default) of its
+/// connections are held, the rest are closed as accepted with one warning, and
+/// another address is served at once.
+#[test]
+fn one_address_filling_every_slot_leaves_other_clients_served() {
+    use crate::support::web::{TCP_ESTABLISHED, connect_from, get_from, server_ends};
+    use std::net::Ipv4Addr;
+    let mut case = Case::new("one_address_fills_every_slot");
+    raise_nofile();
+    let (n, cap) = (scale(4096, 1024), 512);
+    case.set("connections", n);
+    let site = site(&format!("max_connections_per_address = {cap}"), "");
+    let Some(daemon) = start(&mut case, &site) else {
+        return case.finish();
+    };
+    let sampler = RssSampler::start(daemon.pid());
+    let before_kb = settled_rss_kb(daemon.pid(), Duration::from_millis(500));
+    let (hog, other) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 3));
+    let opened_at = Instant::now();
+    let opened: Vec<TcpStream> = (0..n).map(|_| connect_from(hog, &site.addr)).collect();
+    case.set_ms("open_ms", ms(opened_at.elapsed()));
+    let server: SocketAddr = site.addr.parse().unwrap();
+    let ports: std::collections::HashSet<u16> =
+        opened.iter().map(|s| s.local_addr().unwrap().port()).collect();
+    let held = || {
+        let ends = server_ends(server);
+        ports
+            .iter()
+            .filter(|p| ends.get(p) == Some(&TCP_ESTABLISHED))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held() > cap && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held_now = held();
+    case.set("held", held_now);
+    case.check(
+        held_now == cap,
+        format!("{held_now} of its connections held (cap {cap})"),
+    );
+    let asked = Instant::now();
+    let served = get_from(other, &site.addr, "/probe.txt");
+    case.set_ms("other_served_ms", ms(asked.elapsed()));
+    case.check(
+        served.status == 200,
+        format!("another address got {}", served.status),
+    );
+    let again = get_from(hog, &site.addr, "/probe.txt");
+    case.check(
+        again.status == 0,
+        format!("its own next connection got {}", again.status),
+    );
+    let metrics = String::from_utf8(daemon.ctl(&["metrics"]).stdout).unwrap_or_default();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("execlib_http_connections_refused_total{reason=\"per_address\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(-1.0) as i64;
+    case.set("refused", refused);
+    case.check(
+        refused == (n - cap + 1) as i64,
+        format!("refusals counted {refused}, made {}", n - cap + 1),
+    );
+    let warnings = daemon
+        .log()
+        .matches("already open from this client's address")
+        .count();
+    case.set("warnings", warnings);
+    case.check(warnings == 1, format!("{warnings} warnings (one a minute)"));
+    let growth = (sampler.peak_kb() as f64 - before_kb as f64) / 1024.0;
+    case.set("rss_growth_mb", format!("{growth:.1}"));
+    let limit = 16.0 + cap as f64 * 24.0 / 1024.0;
+    case.check(
+        growth < limit,
+        format!("RSS grew {growth:.1} MB (limit {limit:.0} MB)"),
+    );
+    drop(opened);
+    drop(daemon);
+    case.finish();
+}

@@ -820,3 +820,44 @@ fn regression_a_client_that_stopped_reading_held_its_connection_for_ever() {
     }
     assert!(got == big, "the whole file, byte for byte");
 }
+
+/// One client opening connections without end took every connection slot (4,096),
+/// and every other client was shut out. Now a client address's connections beyond
+/// `max_connections_per_address` are closed as soon as accepted (counted and
+/// warned of), and other clients are served meanwhile.
+#[test]
+fn regression_one_client_address_took_every_connection_slot() {
+    use std::net::Ipv4Addr;
+    let sandbox = Sandbox::new();
+    let config = site_config(
+        &sandbox,
+        "max_connections_per_address = 4",
+        &one_route("true", ""),
+    );
+    std::fs::write(sandbox.path("public/hello.txt"), "hello").unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    let (hog, other) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+
+    // Four silent connections from one address: its fifth is closed unanswered.
+    let mut held: Vec<_> = (0..4).map(|_| connect_from(hog, &addr)).collect();
+    assert_eq!(get_from(hog, &addr, "/hello.txt").status, 0, "a fifth is refused");
+    assert_eq!(
+        get_from(other, &addr, "/hello.txt").text(),
+        "hello",
+        "others are served"
+    );
+    let metrics = String::from_utf8(daemon.ctl(&["metrics"]).stdout).unwrap();
+    assert!(
+        metrics.contains("execlib_http_connections_refused_total{reason=\"per_address\"} 1"),
+        "{metrics}"
+    );
+    assert!(daemon.log().contains("already open from this client's address"));
+
+    // One of them closed: the address is served again.
+    held.pop();
+    eventually(
+        "a place for the address once one of its connections closed",
+        || (get_from(hog, &addr, "/hello.txt").status == 200).then_some(()),
+    );
+}

@@ -64,7 +64,35 @@ pub fn request(addr: &str, head: &str) -> Reply {
 
 /// Sends `raw` exactly as given (the whole request) and reads the whole response.
 pub fn send_raw(addr: &str, raw: &str) -> Reply {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    send_on(TcpStream::connect(addr).unwrap(), raw)
+}
+
+/// A connection to `addr` from `from`, one of this host's loopback addresses (every
+/// 127.x.y.z is): a client with an address of its own.
+pub fn connect_from(from: std::net::Ipv4Addr, addr: &str) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((from, 0).into()).unwrap();
+        socket.connect(addr.parse().unwrap()).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// `GET path` from `from` (see [`connect_from`]), with `Connection: close`.
+pub fn get_from(from: std::net::Ipv4Addr, addr: &str, path: &str) -> Reply {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    send_on(connect_from(from, addr), &raw)
+}
+
+/// Sends `raw` on `stream` and reads the whole response (status 0: the connection
+/// was closed or reset before any response).
+fn send_on(mut stream: TcpStream, raw: &str) -> Reply {
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     // A write may fail when the server refuses before reading everything (a head too large).
     let _ = stream.write_all(raw.as_bytes());
@@ -81,17 +109,17 @@ pub fn send_raw(addr: &str, raw: &str) -> Reply {
                 return reply;
             }
         }
+        let refused = Reply {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
         match stream.read(&mut buf) {
+            Ok(0) if raw.is_empty() => return refused,
             Ok(0) => return parse(&raw),
             Ok(n) => raw.extend_from_slice(&buf[..n]),
             // Reset before any response: the server refused the connection outright.
-            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Reply {
-                    status: 0,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                };
-            }
+            Err(e) if raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => return refused,
             Err(e) => panic!("reading the response: {e}"),
         }
     }
