@@ -271,7 +271,9 @@ fn bindfs_sandbox() -> Option<(Sandbox, Bindfs)> {
     std::fs::create_dir_all(sandbox.path("real")).unwrap();
     std::fs::create_dir_all(sandbox.path("src")).unwrap();
     let (real, src) = (sandbox.path("real"), sandbox.path("src"));
-    run(&["bindfs", real.to_str().unwrap(), src.to_str().unwrap()]);
+    // Unmounted by fusermount if the test is killed before its drop (see `HungMount`).
+    let auto = ["-o", "auto_unmount"];
+    run(&[&["bindfs"], &auto[..], &[real.to_str().unwrap(), src.to_str().unwrap()]].concat());
     Some((sandbox, Bindfs(src)))
 }
 

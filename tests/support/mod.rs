@@ -549,8 +549,12 @@ impl HungMount {
         let (real, at) = (sandbox.path(real), sandbox.path(at));
         std::fs::create_dir_all(&real).unwrap();
         std::fs::create_dir_all(&at).unwrap();
+        // `auto_unmount`: fusermount, in a session of its own, unmounts once the server
+        // is gone, so a test killed on its timeout (its process group with it) leaves
+        // no dead mount behind (each one made every later job start on the host look
+        // for network mounts).
         let Ok(server) = std::process::Command::new("bindfs")
-            .arg("-f")
+            .args(["-f", "-o", "auto_unmount"])
             .arg(&real)
             .arg(&at)
             .stdout(std::process::Stdio::null())
