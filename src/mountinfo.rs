@@ -196,42 +196,68 @@ fn table_changed() -> bool {
 }
 
 /// `f` on the current reading of the mount table, read again when the table changed
-/// or the reading is over [`REMOTE_FRESH`] old.
+/// or the reading is over [`REMOTE_FRESH`] old. The table is read and parsed outside
+/// the lock (on a host with thousands of mounts that takes milliseconds, and every
+/// HTTP cache hit asks); meanwhile other callers read it too rather than use the
+/// reading known to be stale.
 fn with_remote<T>(f: impl FnOnce(&mut Remote) -> T) -> T {
-    let now = std::time::Instant::now();
-    let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
-    // Asked before any reading (the first call opens the table it watches), so a change
-    // made after a reading is seen by a call at most TABLE_POLL later.
-    let ask = remote
-        .as_ref()
-        .is_none_or(|r| now.duration_since(r.polled) >= TABLE_POLL);
-    let changed = ask && table_changed();
-    let remote = match remote.take() {
-        Some(mut r) if !changed && now.duration_since(r.read) < REMOTE_FRESH => {
-            if ask {
-                r.polled = now;
-            }
-            remote.insert(r)
+    let began = std::time::Instant::now();
+    {
+        let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
+        if still_fresh(&mut remote, began) {
+            return f(remote.as_mut().expect("a fresh reading is there"));
         }
+    }
+    let points = remote_points();
+    let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
+    let newer = remote.as_ref().is_some_and(|r| r.read >= began);
+    if !newer {
         // A table that cannot be read (out of descriptors) keeps the last reading,
         // read again at the next call (the change it may have missed was asked).
-        stale => {
-            let (points, read) = match remote_points() {
-                Some(points) => (std::sync::Arc::new(points), now),
-                None => {
-                    let old = now.checked_sub(REMOTE_FRESH).unwrap_or(now);
-                    (stale.map(|r| r.points).unwrap_or_default(), old)
-                }
-            };
-            remote.insert(Remote {
-                read,
-                polled: now,
-                points,
-                answers: Default::default(),
-            })
-        }
+        let (points, read) = match points {
+            Some(points) => (std::sync::Arc::new(points), began),
+            None => (
+                remote.take().map(|r| r.points).unwrap_or_default(),
+                stale_since(began),
+            ),
+        };
+        *remote = Some(Remote {
+            read,
+            polled: began,
+            points,
+            answers: Default::default(),
+        });
+    }
+    f(remote.as_mut().expect("a reading was just made"))
+}
+
+/// Whether `remote`'s reading may be used at `now`: there is one, under
+/// [`REMOTE_FRESH`] old, and the table has not changed since (asked at most every
+/// [`TABLE_POLL`]). A reading the table changed under is marked stale, so that
+/// every caller reads the table again until a new reading is in.
+fn still_fresh(remote: &mut Option<Remote>, now: std::time::Instant) -> bool {
+    let Some(r) = remote else {
+        // Asked before any reading (the first call opens the table it watches), so a
+        // change made after a reading is seen by a call at most TABLE_POLL later.
+        let _ = table_changed();
+        return false;
     };
-    f(remote)
+    if now.duration_since(r.read) >= REMOTE_FRESH {
+        return false;
+    }
+    if now.duration_since(r.polled) >= TABLE_POLL {
+        r.polled = now;
+        if table_changed() {
+            r.read = stale_since(now);
+            return false;
+        }
+    }
+    true
+}
+
+/// A reading time that is stale at `now`.
+fn stale_since(now: std::time::Instant) -> std::time::Instant {
+    now.checked_sub(REMOTE_FRESH).unwrap_or(now)
 }
 
 /// The mount points of the file systems that may not answer, from the mount table.

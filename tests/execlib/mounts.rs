@@ -272,8 +272,8 @@ fn bindfs_sandbox() -> Option<(Sandbox, Bindfs)> {
     std::fs::create_dir_all(sandbox.path("src")).unwrap();
     let (real, src) = (sandbox.path("real"), sandbox.path("src"));
     // Unmounted by fusermount if the test is killed before its drop (see `HungMount`).
-    let auto = ["-o", "auto_unmount"];
-    run(&[&["bindfs"], &auto[..], &[real.to_str().unwrap(), src.to_str().unwrap()]].concat());
+    let (from, to) = (real.to_str().unwrap(), src.to_str().unwrap());
+    run(&["bindfs", "-o", "auto_unmount", from, to]);
     Some((sandbox, Bindfs(src)))
 }
 
