@@ -1,9 +1,10 @@
 //! Connections counted by client address, so that one client cannot take every
 //! connection slot: a connection from an address that already has
 //! `max_connections_per_address` open is closed as soon as it is accepted (as
-//! nginx's `limit_conn`). An IPv6 client is counted by its /64 (one host's or
-//! one site's whole range, which it can use without limit); an IPv4-mapped
-//! address as the IPv4 one. A [`Place`] lives as long as its socket, through a
+//! nginx's `limit_conn`). An IPv6 client is counted by its /64 (the least a
+//! network is given, which one host can use without limit; a client given a
+//! larger range counts as many clients), a link-local one by its address (every
+//! host on a link shares fe80::/64); an IPv4-mapped address as the IPv4 one. A [`Place`] lives as long as its socket, through a
 //! LiveReload upgrade, so an upgraded client counts too.
 
 use crate::metrics::RefusedCounters;
@@ -44,11 +45,10 @@ impl Peers {
     pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<Place> {
         let client = client_of(addr);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(client).or_insert(0);
-        if *count >= self.limit {
-            return None;
+        if open.get(&client).is_some_and(|&n| n >= self.limit) || self.limit == 0 {
+            return None; // and no entry made for a client refused
         }
-        *count += 1;
+        *open.entry(client).or_insert(0) += 1;
         Some(Place {
             peers: self.clone(),
             client,
@@ -87,13 +87,32 @@ impl Drop for Place {
 }
 
 /// Connections closed as soon as accepted, told to operators: counted in the
-/// metrics, and warned of at most once every [`WARN_EVERY`] (one client refused
-/// a thousand times a second would otherwise flood the journal).
+/// metrics, and warned of at most once every [`WARN_EVERY`] for each reason (one
+/// client refused a thousand times a second would otherwise flood the journal).
 #[derive(Debug)]
 pub struct Refusals {
     counters: RefusedCounters,
-    warned: Option<Instant>,
+    all_slots: Warned,
+    per_address: Warned,
+}
+
+/// When a reason was last warned of, and how many refusals since.
+#[derive(Debug, Default)]
+struct Warned {
+    at: Option<Instant>,
     since: u64,
+}
+
+impl Warned {
+    /// Counts one; `Some(refusals since the last warning)` when a warning is due.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        if self.at.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            return None;
+        }
+        self.at = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
 }
 
 impl Refusals {
@@ -101,8 +120,8 @@ impl Refusals {
     pub fn new(counters: RefusedCounters) -> Refusals {
         Refusals {
             counters,
-            warned: None,
-            since: 0,
+            all_slots: Warned::default(),
+            per_address: Warned::default(),
         }
     }
 
@@ -110,7 +129,7 @@ impl Refusals {
     pub fn all_slots(&mut self, slots: usize) {
         self.counters.all_slots.inc();
         debug!("HTTP connection refused: {slots} already open");
-        if let Some(more) = self.due() {
+        if let Some(more) = self.all_slots.due(Instant::now()) {
             warn!(
                 refused_since = more,
                 "HTTP connections refused: all {slots} connection slots are taken"
@@ -121,26 +140,16 @@ impl Refusals {
     /// A connection from `addr` refused because its client had `limit` open.
     pub fn per_address(&mut self, addr: IpAddr, limit: usize) {
         self.counters.per_address.inc();
-        debug!(client = %addr, "HTTP connection refused: {limit} already open from its address");
-        if let Some(more) = self.due() {
+        let client = client_of(addr);
+        debug!(%client, "HTTP connection refused: {limit} already open from this client");
+        if let Some(more) = self.per_address.due(Instant::now()) {
             warn!(
-                client = %addr,
+                %client,
                 refused_since = more,
                 "HTTP connections refused: {limit} already open from this client's address \
-                 (max_connections_per_address)"
+                 (max_connections_per_address; an IPv6 client is its /64)"
             );
         }
-    }
-
-    /// Counts one; `Some(refusals since the last warning)` when a warning is due.
-    fn due(&mut self) -> Option<u64> {
-        self.since += 1;
-        let now = Instant::now();
-        if self.warned.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
-            return None;
-        }
-        self.warned = Some(now);
-        Some(std::mem::take(&mut self.since))
     }
 }
 
@@ -151,6 +160,7 @@ fn client_of(addr: IpAddr) -> IpAddr {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
+            None if v6.is_unicast_link_local() => IpAddr::V6(v6),
             None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
         },
     }
@@ -189,18 +199,32 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_all_counted_and_warned_of_once_a_minute() {
+    fn refusals_are_all_counted_and_warned_of_once_a_minute_for_each_reason() {
         let counters = RefusedCounters::default();
         let mut refusals = Refusals::new(counters.clone());
-        assert_eq!(refusals.due(), Some(1), "the first is warned of");
         for _ in 0..10 {
             refusals.per_address(ip("10.0.0.1"), 1);
         }
         refusals.all_slots(1);
         assert_eq!((counters.per_address.get(), counters.all_slots.get()), (10, 1));
-        assert_eq!(refusals.since, 11, "none warned of within the minute");
-        refusals.warned = Some(Instant::now() - WARN_EVERY);
-        assert_eq!(refusals.due(), Some(12), "the next warning counts them all");
+        // The first of each reason was warned of; the other nine wait for the minute.
+        assert_eq!((refusals.per_address.since, refusals.all_slots.since), (9, 0));
+        let t0 = Instant::now();
+        let mut warned = Warned::default();
+        assert_eq!(warned.due(t0), Some(1));
+        assert_eq!(warned.due(t0 + WARN_EVERY / 2), None);
+        assert_eq!(
+            warned.due(t0 + WARN_EVERY),
+            Some(2),
+            "the next warning counts them all"
+        );
+    }
+
+    #[test]
+    fn a_limit_of_zero_refuses_all_and_keeps_no_entry() {
+        let peers = Peers::new(0);
+        assert!(peers.admit(ip("10.0.0.1")).is_none());
+        assert_eq!(peers.clients(), 0);
     }
 
     #[test]
@@ -214,5 +238,7 @@ mod tests {
         assert!(peers.admit(ip("2001:db8:1:3::1")).is_some(), "the next /64");
         let _b = peers.admit(ip("192.0.2.7")).unwrap();
         assert!(peers.admit(ip("::ffff:192.0.2.7")).is_none(), "mapped IPv4");
+        let _c = peers.admit(ip("fe80::1")).unwrap();
+        assert!(peers.admit(ip("fe80::2")).is_some(), "link-local hosts apart");
     }
 }

@@ -237,44 +237,12 @@ fn a_symlinked_route_path_swapped_by_rename_reports_the_differences() {
     assert_swapped(&sandbox);
 }
 
-/// A bindfs (FUSE) view of one directory at another; unmounted on drop.
-struct Bindfs(PathBuf);
-
-impl Drop for Bindfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("fusermount")
-            .arg("-uz")
-            .arg(&self.0)
-            .status();
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// A sandbox whose `src` is a bindfs (FUSE) view of its `real`; `None` (after saying
 /// why) when not root or without bindfs.
-fn bindfs_sandbox() -> Option<(Sandbox, Bindfs)> {
-    if skip_unless_root("mount a FUSE file system") {
-        return None;
-    }
-    if std::process::Command::new("bindfs")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        skip("bindfs is not installed (.ci/run installs it: apt install bindfs)");
-        return None;
-    }
+fn bindfs_sandbox() -> Option<(Sandbox, HungMount)> {
     let sandbox = Sandbox::new();
-    std::fs::create_dir_all(sandbox.path("real")).unwrap();
-    std::fs::create_dir_all(sandbox.path("src")).unwrap();
-    let (real, src) = (sandbox.path("real"), sandbox.path("src"));
-    // Unmounted by fusermount if the test is killed before its drop (see `HungMount`).
-    let (from, to) = (real.to_str().unwrap(), src.to_str().unwrap());
-    run(&["bindfs", "-o", "auto_unmount", from, to]);
-    Some((sandbox, Bindfs(src)))
+    let mount = HungMount::mount_at(&sandbox, "real", "src")?;
+    Some((sandbox, mount))
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! cgroup code (where cgroup2 is mounted) and by jobs ([`reaches_remote_mount`]:
 //! whether a start may wait on a network or FUSE file system).
 
+mod reading;
+
+use reading::with_remote;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -110,16 +113,6 @@ pub fn may_not_answer_type(magic: i64) -> bool {
     TYPES.contains(&magic)
 }
 
-/// How long [`reaches_remote_mount`] trusts its last reading of the mount table,
-/// and the answers it gave from it (symbolic links on the way may change); a
-/// change to the table itself is seen within [`TABLE_POLL`] ([`table_changed`]).
-const REMOTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How often at most [`table_changed`] is asked (a system call; every cache hit of
-/// the HTTP server asks through [`on_remote_mount`]): a mount is seen at most this
-/// long after it is made.
-const TABLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
-
 /// At most this many answers are kept per reading (one per job's working
 /// directory, program and `PATH` entry, in practice a handful).
 const REMOTE_ANSWERS: usize = 1024;
@@ -127,18 +120,6 @@ const REMOTE_ANSWERS: usize = 1024;
 /// How many symbolic links [`reaches_remote_mount`] follows in one path (Linux's
 /// own limit, past which a lookup fails with `ELOOP`).
 const MAX_LINKS: usize = 40;
-
-/// The mount points of file systems that may not answer ([`may_not_answer`]), when
-/// they were read, and the answers given since.
-struct Remote {
-    read: std::time::Instant,
-    /// When [`table_changed`] was last asked.
-    polled: std::time::Instant,
-    points: std::sync::Arc<Vec<PathBuf>>,
-    answers: std::collections::HashMap<PathBuf, Vec<PathBuf>>,
-}
-
-static REMOTE: std::sync::Mutex<Option<Remote>> = std::sync::Mutex::new(None);
 
 /// Whether `path` lies on a mount that may stop answering ([`may_not_answer`]:
 /// network, FUSE, autofs), by the mount table of at most a second ago, once the
@@ -180,84 +161,6 @@ pub fn on_remote_mount(path: &Path) -> bool {
 /// Whether the mount table of at most a second ago has a mount that may stop answering.
 pub fn any_remote_mount() -> bool {
     with_remote(|r| !r.points.is_empty())
-}
-
-/// Whether the mount table changed since the last time this was asked (a mount made
-/// or gone), by the `POLLPRI` of a kept `/proc/self/mountinfo`; true when it cannot
-/// be asked, false when the file cannot be kept open (readings are then renewed
-/// every [`REMOTE_FRESH`] only).
-fn table_changed() -> bool {
-    static TABLE: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| std::fs::File::open("/proc/self/mountinfo").ok());
-    match table {
-        Some(file) => crate::sys::mount_table_changed(std::os::fd::AsFd::as_fd(file)).unwrap_or(true),
-        None => false,
-    }
-}
-
-/// `f` on the current reading of the mount table, read again when the table changed
-/// or the reading is over [`REMOTE_FRESH`] old. The table is read and parsed outside
-/// the lock (on a host with thousands of mounts that takes milliseconds, and every
-/// HTTP cache hit asks); meanwhile other callers read it too rather than use the
-/// reading known to be stale.
-fn with_remote<T>(f: impl FnOnce(&mut Remote) -> T) -> T {
-    let began = std::time::Instant::now();
-    {
-        let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
-        if still_fresh(&mut remote, began) {
-            return f(remote.as_mut().expect("a fresh reading is there"));
-        }
-    }
-    let points = remote_points();
-    let mut remote = REMOTE.lock().unwrap_or_else(|e| e.into_inner());
-    let newer = remote.as_ref().is_some_and(|r| r.read >= began);
-    if !newer {
-        // A table that cannot be read (out of descriptors) keeps the last reading,
-        // read again at the next call (the change it may have missed was asked).
-        let (points, read) = match points {
-            Some(points) => (std::sync::Arc::new(points), began),
-            None => (
-                remote.take().map(|r| r.points).unwrap_or_default(),
-                stale_since(began),
-            ),
-        };
-        *remote = Some(Remote {
-            read,
-            polled: began,
-            points,
-            answers: Default::default(),
-        });
-    }
-    f(remote.as_mut().expect("a reading was just made"))
-}
-
-/// Whether `remote`'s reading may be used at `now`: there is one, under
-/// [`REMOTE_FRESH`] old, and the table has not changed since (asked at most every
-/// [`TABLE_POLL`]). A reading the table changed under is marked stale, so that
-/// every caller reads the table again until a new reading is in.
-fn still_fresh(remote: &mut Option<Remote>, now: std::time::Instant) -> bool {
-    let Some(r) = remote else {
-        // Asked before any reading (the first call opens the table it watches), so a
-        // change made after a reading is seen by a call at most TABLE_POLL later.
-        let _ = table_changed();
-        return false;
-    };
-    if now.duration_since(r.read) >= REMOTE_FRESH {
-        return false;
-    }
-    if now.duration_since(r.polled) >= TABLE_POLL {
-        r.polled = now;
-        if table_changed() {
-            r.read = stale_since(now);
-            return false;
-        }
-    }
-    true
-}
-
-/// A reading time that is stale at `now`.
-fn stale_since(now: std::time::Instant) -> std::time::Instant {
-    now.checked_sub(REMOTE_FRESH).unwrap_or(now)
 }
 
 /// The mount points of the file systems that may not answer, from the mount table.
