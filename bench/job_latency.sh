@@ -88,6 +88,10 @@ big="" full=""
 [ -z "${FULL_DIR:-}" ] || { full="${TMPDIR:-/tmp}/execlib-bench-dir-$FULL_DIR"; kept flat "$full" "$FULL_DIR"; }
 
 echo "$(date -u +%F) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $(watchexec --version | head -n1); inotifywait $(inotifywait --help 2>&1 | head -n1 | awk '{print $2}')"
+# A network or FUSE mount anywhere on the host (a test's leftover bindfs included) makes
+# every job start look where its program and interpreter lie: say so beside the figures.
+remote=$(awk '{for (i = 7; $i != "-"; i++); t = $(i + 1)} t ~ /^(nfs|nfs4|cifs|smb3|fuse|fuse\..*|fuseblk|9p|ceph|glusterfs|sshfs|autofs|afs|lustre)$/ {n++} END {print n + 0}' /proc/self/mountinfo)
+[ "$remote" = 0 ] || echo "note: $remote network or FUSE mounts on this host: execlibd's job starts look up their program's mounts (figures not comparable with a host without)"
 hard=$(ulimit -Hn)
 for limit in ${LIMITS:-1024 hard}; do
   (
