@@ -177,6 +177,16 @@ mod tests {
         Some(names.iter().map(PathBuf::from).collect())
     }
 
+    /// A state whose first reading, `names`, began at `t0`.
+    fn read_at(t0: Instant, names: &[&str]) -> State {
+        let mut state = State::default();
+        let Next::Read { changes } = next(&mut state, t0, || false) else {
+            panic!("the first caller reads");
+        };
+        install(&mut state, points(names), t0, changes);
+        state
+    }
+
     fn read_by(state: &State) -> Vec<PathBuf> {
         state.reading.as_ref().unwrap().points.to_vec()
     }
@@ -204,11 +214,7 @@ mod tests {
     #[test]
     fn while_one_caller_reads_an_old_reading_is_used_and_a_stale_one_waited_for() {
         let t0 = Instant::now();
-        let mut state = State::default();
-        let Next::Read { changes } = next(&mut state, t0, || false) else {
-            panic!("the first caller reads");
-        };
-        install(&mut state, points(&["/a"]), t0, changes);
+        let mut state = read_at(t0, &["/a"]);
         // Old by age only: one caller reads, the others use it meanwhile.
         let later = t0 + REMOTE_FRESH;
         assert!(matches!(next(&mut state, later, || false), Next::Read { .. }));
@@ -222,11 +228,7 @@ mod tests {
     #[test]
     fn a_table_that_cannot_be_read_keeps_the_last_points_and_is_read_at_the_next_call() {
         let t0 = Instant::now();
-        let mut state = State::default();
-        let Next::Read { changes } = next(&mut state, t0, || false) else {
-            panic!("the first caller reads");
-        };
-        install(&mut state, points(&["/nfs"]), t0, changes);
+        let mut state = read_at(t0, &["/nfs"]);
         let later = t0 + REMOTE_FRESH;
         let Next::Read { changes } = next(&mut state, later, || false) else {
             panic!("an old reading is renewed");
@@ -239,16 +241,12 @@ mod tests {
     #[test]
     fn the_change_flag_is_asked_at_most_every_table_poll() {
         let t0 = Instant::now();
-        let mut state = State::default();
-        let asked = std::cell::Cell::new(0);
+        let mut state = read_at(t0, &[]);
+        let asked = std::cell::Cell::new(1); // by `read_at`
         let ask = || {
             asked.set(asked.get() + 1);
             false
         };
-        let Next::Read { changes } = next(&mut state, t0, ask) else {
-            panic!("the first caller reads");
-        };
-        install(&mut state, points(&[]), t0, changes);
         for ms in [1, 5, 9] {
             assert_eq!(next(&mut state, t0 + Duration::from_millis(ms), ask), Next::Use);
         }

@@ -8,7 +8,7 @@
 //! must not wait for the reading of it).
 
 use crate::common::*;
-use crate::support::web::{TCP_ESTABLISHED, server_ends, small_receive_buffer};
+use crate::support::web::{held_by_server, small_receive_buffer};
 use crate::ws::{self, Heard};
 use std::io::Write;
 use std::net::TcpStream;
@@ -386,15 +386,7 @@ fn stalled_downloads_in_every_connection_slot_are_closed_by_the_send_timeout() {
         "a new client is served again once the stalled ones are closed",
     );
     let server: std::net::SocketAddr = site.addr.parse().unwrap();
-    let ports: std::collections::HashSet<u16> =
-        stalled.iter().map(|s| s.local_addr().unwrap().port()).collect();
-    let open = || {
-        let ends = server_ends(server);
-        ports
-            .iter()
-            .filter(|p| ends.get(p) == Some(&TCP_ESTABLISHED))
-            .count()
-    };
+    let open = || held_by_server(server, &stalled);
     while open() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }

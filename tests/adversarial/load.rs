@@ -449,7 +449,7 @@ fn slowloris() {
 /// another address is served at once.
 #[test]
 fn one_address_filling_every_slot_leaves_other_clients_served() {
-    use crate::support::web::{TCP_ESTABLISHED, get_from, server_ends};
+    use crate::support::web::{get_from, held_by_server};
     use std::net::Ipv4Addr;
     let mut case = Case::new("one_address_fills_every_slot");
     raise_nofile();
@@ -470,15 +470,7 @@ fn one_address_filling_every_slot_leaves_other_clients_served() {
     let opened: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(&site.addr).unwrap()).collect();
     case.set_ms("open_ms", ms(opened_at.elapsed()));
     let server: SocketAddr = site.addr.parse().unwrap();
-    let ports: std::collections::HashSet<u16> =
-        opened.iter().map(|s| s.local_addr().unwrap().port()).collect();
-    let held = || {
-        let ends = server_ends(server);
-        ports
-            .iter()
-            .filter(|p| ends.get(p) == Some(&TCP_ESTABLISHED))
-            .count()
-    };
+    let held = || held_by_server(server, &opened);
     let deadline = Instant::now() + Duration::from_secs(20);
     while held() > cap && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -235,6 +235,16 @@ pub fn server_ends(server: std::net::SocketAddr) -> std::collections::HashMap<u1
         .collect()
 }
 
+/// How many of `clients` (connections to `server` on this host) the server still
+/// holds open (its end `ESTABLISHED`).
+pub fn held_by_server(server: std::net::SocketAddr, clients: &[std::net::TcpStream]) -> usize {
+    let ends = server_ends(server);
+    clients
+        .iter()
+        .filter(|c| ends.get(&c.local_addr().unwrap().port()) == Some(&TCP_ESTABLISHED))
+        .count()
+}
+
 /// Clamps `stream`'s receive buffer, so the server's writes wait for its reads.
 pub fn small_receive_buffer(stream: &std::net::TcpStream) {
     use std::os::fd::AsRawFd;
