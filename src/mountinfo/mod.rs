@@ -6,7 +6,7 @@
 
 mod reading;
 
-use reading::with_remote;
+use reading::{with_current, with_remote};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
@@ -122,7 +122,7 @@ const REMOTE_ANSWERS: usize = 1024;
 const MAX_LINKS: usize = 40;
 
 /// Whether `path` lies on a mount that may stop answering ([`may_not_answer`]:
-/// network, FUSE, autofs), by the mount table of at most a second ago, once the
+/// network, FUSE, autofs), by a recent reading of the mount table (see [`reading`]), once the
 /// symbolic links on the way are followed. Links are read only where the path is
 /// not yet on such a mount, so nothing is asked of one; an answer is reused for a
 /// second. False when the table cannot be read.
@@ -143,7 +143,7 @@ pub fn remote_mounts_of(path: &Path) -> Vec<PathBuf> {
     }
     // Outside the lock: reading links costs system calls.
     let answer: Vec<PathBuf> = reaches(&points, path).into_iter().cloned().collect();
-    with_remote(|r| {
+    with_current(|r| {
         if std::sync::Arc::ptr_eq(&r.points, &points) && r.answers.len() < REMOTE_ANSWERS {
             r.answers.insert(path.to_path_buf(), answer.clone());
         }
@@ -152,13 +152,13 @@ pub fn remote_mounts_of(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Whether `path`, taken as written (no link followed: for a path whose links
-/// are refused anyway), lies on a mount that may stop answering by the mount table
-/// of at most a second ago: one of their points is it or a folder above it.
+/// are refused anyway), lies on a mount that may stop answering by a recent
+/// reading of the mount table: one of their points is it or a folder above it.
 pub fn on_remote_mount(path: &Path) -> bool {
     with_remote(|r| r.points.iter().any(|p| path.starts_with(p)))
 }
 
-/// Whether the mount table of at most a second ago has a mount that may stop answering.
+/// Whether a recent reading of the mount table has a mount that may stop answering.
 pub fn any_remote_mount() -> bool {
     with_remote(|r| !r.points.is_empty())
 }
