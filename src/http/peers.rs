@@ -4,8 +4,9 @@
 //! nginx's `limit_conn`). An IPv6 client is counted by its /64 (the least a
 //! network is given, which one host can use without limit; a client given a
 //! larger range counts as many clients), a link-local one by its address (every
-//! host on a link shares fe80::/64); an IPv4-mapped address as the IPv4 one. A [`Place`] lives as long as its socket, through a
-//! LiveReload upgrade, so an upgraded client counts too.
+//! host on a link shares fe80::/64); an IPv4-mapped address as the IPv4 one. A
+//! [`Place`] lives as long as its socket, through a LiveReload upgrade, so an
+//! upgraded client counts too.
 
 use crate::metrics::RefusedCounters;
 use std::collections::HashMap;

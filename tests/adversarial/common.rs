@@ -268,6 +268,19 @@ pub fn rss_kb(pid: i32) -> u64 {
     status_kb(pid, "VmRSS")
 }
 
+/// Checks that the daemon's peak RSS (`sampler`) grew from `before_kb` by less than
+/// what `connections` open connections may take: their buffers and tasks (about
+/// 14 KiB each at 4,096, 24 allowed), never a file's bytes, over 16 MB.
+pub fn check_connections_growth(case: &mut Case, sampler: &RssSampler, before_kb: u64, connections: usize) {
+    let growth = (sampler.peak_kb() as f64 - before_kb as f64) / 1024.0;
+    case.set("rss_growth_mb", format!("{growth:.1}"));
+    let limit = 16.0 + connections as f64 * 24.0 / 1024.0;
+    case.check(
+        growth < limit,
+        format!("RSS grew {growth:.1} MB (limit {limit:.0} MB)"),
+    );
+}
+
 /// The daemon's resident memory once it has been left alone for `quiet`.
 pub fn settled_rss_kb(pid: i32, quiet: Duration) -> u64 {
     std::thread::sleep(quiet);

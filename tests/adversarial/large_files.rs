@@ -401,14 +401,7 @@ fn stalled_downloads_in_every_connection_slot_are_closed_by_the_send_timeout() {
         stalled.len() == n,
         format!("only {} of {n} connections opened", stalled.len()),
     );
-    let growth = (sampler.peak_kb() as f64 - before_kb as f64) / 1024.0;
-    case.set("rss_growth_mb", format!("{growth:.1}"));
-    // A connection's buffers and task (about 14 KiB each at 4,096), never a file's bytes.
-    let limit = 16.0 + n as f64 * 24.0 / 1024.0;
-    case.check(
-        growth < limit,
-        format!("RSS grew {growth:.1} MB (limit {limit:.0} MB)"),
-    );
+    check_connections_growth(&mut case, &sampler, before_kb, n);
     drop(stalled);
     drop(daemon);
     case.finish();

@@ -510,13 +510,7 @@ fn one_address_filling_every_slot_leaves_other_clients_served() {
         .count();
     case.set("warnings", warnings);
     case.check(warnings == 1, format!("{warnings} warnings (one a minute)"));
-    let growth = (sampler.peak_kb() as f64 - before_kb as f64) / 1024.0;
-    case.set("rss_growth_mb", format!("{growth:.1}"));
-    let limit = 16.0 + cap as f64 * 24.0 / 1024.0;
-    case.check(
-        growth < limit,
-        format!("RSS grew {growth:.1} MB (limit {limit:.0} MB)"),
-    );
+    check_connections_growth(&mut case, &sampler, before_kb, cap);
     drop(opened);
     drop(daemon);
     case.finish();
