@@ -157,6 +157,9 @@ impl Watcher {
             && let Some(i) = self.moves.iter().position(|m| m.cookie == cookie)
         {
             let from = self.moves.remove(i).path;
+            // A directory that stood at `path` and was moved away (out of the tree, its
+            // pair never to come) has left it: settle it before this one takes its name.
+            self.settle_moves_under(&path, out);
             return self.rename_dir(&from, &path, out);
         }
         if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {

@@ -746,3 +746,35 @@ fn a_full_state_directory_is_shown_and_keeps_the_last_good_snapshot() {
     assert_eq!(log_lines(&sandbox)[..1], ["f7 modify"]);
     assert_eq!(log_lines(&sandbox).len(), 2, "{:?}", log_lines(&sandbox));
 }
+
+#[test]
+fn regression_a_directory_renamed_onto_the_name_of_one_just_moved_out_was_left_unwatched() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/a/old", "1");
+    sandbox.write("src/b/f", "1");
+    std::fs::create_dir(sandbox.path("outside")).unwrap();
+    let config = sandbox.config(&log_route(""));
+    let daemon = Daemon::start(&sandbox, &config);
+    // A deploy's swap: the old release moved out, the new one renamed into its place,
+    // the second rename before the watcher has settled the first (within 50 ms).
+    std::fs::rename(sandbox.path("src/a"), sandbox.path("outside/a")).unwrap();
+    std::fs::rename(sandbox.path("src/b"), sandbox.path("src/a")).unwrap();
+    for line in ["a/old delete", "b/f delete", "a/f move"] {
+        wait_log(&sandbox, line);
+    }
+    sandbox.write("src/a/g", "new");
+    wait_log(&sandbox, "a/g create,modify");
+    assert_eq!(daemon.listener("docs")["watches"], 2, "the root and the new a/");
+    settle(&sandbox, "z");
+    assert_eq!(
+        sorted_log(&sandbox),
+        [
+            "a/f move",
+            "a/g create,modify",
+            "a/old delete",
+            "b/f delete",
+            "z create,modify"
+        ],
+        "the file now at a/f was not reported deleted"
+    );
+}
