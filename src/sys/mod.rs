@@ -14,7 +14,10 @@ mod spawn;
 
 #[cfg(test)]
 pub use fs::mkfifo;
-pub use fs::{MountTable, fs_type, fs_type_of, mount_table_changed, openat, openat2, read_link_fd, umask};
+pub use fs::{
+    MountTable, fs_type, fs_type_of, mount_table_changed, open_for_writing, openat, openat2, read_link_fd,
+    umask,
+};
 pub use net::{peek, peer_credentials, sendfile, set_backlog, systemd_listener, unread_by_peer};
 pub use proc::{
     Pidfd, become_subreaper, boot_ticks, euid, group_id, kill, kill_group, nofile_limit, reap,

@@ -165,8 +165,10 @@ impl Watcher {
         if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
             self.settle_moves_under(&path, out);
             if self.tree.wants(&path) {
+                let mut found = Vec::new();
                 self.tree
-                    .add(&path, false, Stat::Full, Some((EventKind::Create, out)))?;
+                    .add(&path, false, Stat::Full, Some((EventKind::Create, &mut found)))?;
+                self.found(found, out);
             }
         } else if mask.contains(EventMask::DELETE) {
             self.dir_gone(&path, out);
@@ -177,6 +179,29 @@ impl Watcher {
             self.tree.retry_unwatchable(&path, EventKind::Create, out)?;
         }
         Ok(())
+    }
+
+    /// Reports the files found in a directory just watched (made, moved in): each may
+    /// have been made before the watch and still be open for writing, its close
+    /// unseen. One that a writer has open is held as any other; one that cannot be
+    /// asked about ([`crate::sys::open_for_writing`]), and was changed within
+    /// [`hold::SETTLE`], is held that long, or until its close or a write.
+    fn found(&mut self, found: Vec<FileEvent>, out: &mut Vec<FileEvent>) {
+        let now = Instant::now();
+        for event in found {
+            let meta = std::fs::symlink_metadata(&event.path);
+            let held = meta.as_ref().is_ok_and(hold::may_be_written)
+                && match crate::sys::open_for_writing(&event.path) {
+                    Some(open) => open && self.holds.hold(&event.path, event.kind, now),
+                    None => {
+                        meta.is_ok_and(|m| hold::changed_lately(&m))
+                            && self.holds.hold_briefly(&event.path, event.kind, now)
+                    }
+                };
+            if !held {
+                out.push(event);
+            }
+        }
     }
 
     /// A directory has left the tree (deleted, or moved out): what its files held is

@@ -27,7 +27,14 @@ struct Held {
     kinds: Vec<EventKind>,
     /// When it is released even if still open.
     until: Instant,
+    /// Held only in case a writer has it open ([`Holds::hold_briefly`]): released
+    /// after [`SETTLE`] unless a write shows that one has.
+    brief: bool,
 }
+
+/// How long a file found in a directory just watched is held when no one can say
+/// whether a writer has it open, unless a write or its close comes first.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// The held files of one watcher.
 pub(super) struct Holds {
@@ -59,14 +66,32 @@ impl Holds {
             if !held.kinds.contains(&kind) {
                 held.kinds.push(kind);
             }
+            if std::mem::take(&mut held.brief)
+                && let Some(limit) = (self.hold_for)(path)
+            {
+                held.until = now + limit; // a write: a writer has it open after all
+            }
             return true;
         }
+        self.hold_for(path, kind, now, false)
+    }
+
+    /// A `create` of a file found in a directory just watched, which may have been
+    /// made, and still be open for writing, before the watch could see its close, when
+    /// no one can say whether it is ([`crate::sys::open_for_writing`]): held until its
+    /// close, or as any other once it is written to, or else for [`SETTLE`] only.
+    pub(super) fn hold_briefly(&mut self, path: &Path, kind: EventKind, now: Instant) -> bool {
+        self.hold_for(path, kind, now, true)
+    }
+
+    fn hold_for(&mut self, path: &Path, kind: EventKind, now: Instant, brief: bool) -> bool {
         let Some(limit) = (self.hold_for)(path) else {
             return false;
         };
         let held = Held {
             kinds: vec![kind],
-            until: now + limit,
+            until: now + if brief { limit.min(SETTLE) } else { limit },
+            brief,
         };
         self.held.insert(path.to_owned(), held);
         true
@@ -131,6 +156,12 @@ pub(super) fn may_be_written(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.nlink() == 1
 }
 
+/// Whether a file was changed within [`SETTLE`] (or has a time in the future).
+pub(super) fn changed_lately(meta: &std::fs::Metadata) -> bool {
+    meta.modified()
+        .is_ok_and(|t| t.elapsed().map_or(true, |age| age < SETTLE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +197,45 @@ mod tests {
         assert!(
             !holds(None).hold(a, EventKind::Modify, t0),
             "no limit: reported at once"
+        );
+    }
+
+    #[test]
+    fn a_brief_hold_ends_after_settle_unless_a_write_makes_it_whole() {
+        let t0 = Instant::now();
+        let mut h = holds(Some(5000));
+        let (a, b) = (Path::new("/a"), Path::new("/b"));
+        assert!(h.hold_briefly(a, EventKind::Create, t0));
+        assert!(h.hold_briefly(b, EventKind::Create, t0));
+        let t1 = t0 + Duration::from_millis(600);
+        assert!(
+            h.hold(b, EventKind::Modify, t1),
+            "b is written to: a writer has it"
+        );
+        let mut out = Vec::new();
+        h.release_due(t0 + SETTLE, &mut out);
+        assert_eq!(
+            out,
+            [FileEvent {
+                path: a.into(),
+                kind: EventKind::Create
+            }]
+        );
+        out.clear();
+        h.release_due(t1 + Duration::from_millis(4999), &mut out);
+        assert!(out.is_empty(), "b is held as any file being written");
+        h.release(b, &mut out);
+        assert_eq!(kinds(&out), [EventKind::Create, EventKind::Modify]);
+        let mut short = holds(Some(300));
+        short.hold_briefly(a, EventKind::Create, t0);
+        assert_eq!(
+            short.next_due(),
+            Some(t0 + Duration::from_millis(300)),
+            "never past max_hold"
+        );
+        assert!(
+            !holds(None).hold_briefly(a, EventKind::Create, t0),
+            "no hold: at once"
         );
     }
 }

@@ -117,3 +117,91 @@ fn with_zero_delay_a_created_file_never_runs_before_it_is_closed() {
     let got = sizes_once_quiet(&sandbox, Duration::from_millis(500));
     assert_eq!(got, vec![7; 20], "every run sees the whole file");
 }
+
+/// The sizes each run of `name`'s route saw: [`sizes_route`] with the file's name.
+fn named_sizes_route() -> String {
+    one_route(
+        r#"echo "$EXECLIB_NAME $(stat -c %s "$EXECLIB_PATH")" >> ../out/sizes"#,
+        "",
+    )
+}
+
+/// Waits until no run has been logged for 500 ms; returns the logged lines, sorted.
+fn named_sizes_once_quiet(sandbox: &Sandbox) -> Vec<String> {
+    let mut last = (String::new(), Instant::now());
+    let text = eventually_long("the runs to settle", || {
+        let now = sandbox.read("out/sizes").unwrap_or_default();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        (last.1.elapsed() >= Duration::from_millis(500) && !last.0.is_empty()).then(|| last.0.clone())
+    });
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn regression_a_file_made_in_a_directory_just_made_ran_before_its_writer_closed_it() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&named_sizes_route());
+    let _daemon = Daemon::start(&sandbox, &config);
+    for i in 0..3 {
+        // Made at once under a new directory: the watcher finds the file when it reads
+        // the directory, before its watch could see the writer's close. The pause is
+        // longer than `SETTLE`: only asking whether a writer has it open holds it.
+        std::fs::create_dir_all(sandbox.path(&format!("src/d{i}/x/y"))).unwrap();
+        let mut file = std::fs::File::create(sandbox.path(&format!("src/d{i}/x/y/f"))).unwrap();
+        file.write_all(b"part").unwrap();
+        std::thread::sleep(Duration::from_millis(1300)); // the writer's pause
+        file.write_all(b"rest").unwrap();
+    }
+    assert_eq!(
+        named_sizes_once_quiet(&sandbox),
+        ["d0/x/y/f 8", "d1/x/y/f 8", "d2/x/y/f 8"],
+        "one run each, on the whole file"
+    );
+}
+
+#[test]
+fn regression_a_file_made_in_a_directory_just_made_by_another_user_ran_before_its_close() {
+    if skip_unless_root("write as another user, and start the daemon without CAP_LEASE") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(sandbox.path("src"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = sandbox.config(&named_sizes_route());
+    // Without CAP_LEASE the daemon cannot ask whether another user's file is open for
+    // writing: a file found in a new directory is held briefly, and its next write
+    // (within `SETTLE`) shows a writer has it.
+    let wrapper = ["setpriv".to_owned(), "--bounding-set=-lease".to_owned()];
+    let mut daemon = Daemon::spawn_with(&sandbox, &config, &wrapper, "text");
+    daemon.notify.wait_for("READY=1");
+    let writer = "for i in 0 1 2 3 4; do mkdir -p d$i/x/y && { exec 3>d$i/x/y/f; printf part >&3; \
+                  sleep 0.6; printf rest >&3; exec 3>&-; }; done";
+    let status = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=61003",
+            "--regid=61003",
+            "--clear-groups",
+            "sh",
+            "-c",
+            writer,
+        ])
+        .current_dir(sandbox.path("src"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        named_sizes_once_quiet(&sandbox),
+        [
+            "d0/x/y/f 8",
+            "d1/x/y/f 8",
+            "d2/x/y/f 8",
+            "d3/x/y/f 8",
+            "d4/x/y/f 8"
+        ],
+        "one run each, on the whole file"
+    );
+}
