@@ -61,9 +61,10 @@ pub fn listeners(reply: &Listeners) -> String {
     for l in &reply.listeners {
         let run = l.last_run.as_ref().map_or("none".to_owned(), last_run);
         out.push_str(&format!(
-            "\n{}: queued {}, polled {}, overflows {}, last run: {run}",
+            "\n{}: queued {}, open for writing {}, polled {}, overflows {}, last run: {run}",
             l.name,
             l.jobs_queued,
+            l.files_open,
             l.polled.len(),
             overflows(l.overflows, l.last_overflow_ms),
         ));
@@ -85,7 +86,10 @@ pub fn status(s: &Status) -> String {
         "\noverflows {}",
         overflows(s.overflows, s.last_overflow_ms)
     ));
-    out.push_str(&format!("\nqueued   {} runs", s.jobs_queued));
+    out.push_str(&format!(
+        "\nqueued   {} runs, {} files held open for writing",
+        s.jobs_queued, s.files_open
+    ));
     for (listener, run) in &s.last_runs {
         out.push_str(&format!("\nlast run {listener}: {}", last_run(run)));
     }

@@ -106,6 +106,7 @@ async fn status(state: &DaemonState) -> Response {
         overflows: overview.overflows,
         last_overflow_ms: overview.last_overflow_ms,
         jobs_queued: overview.jobs_queued,
+        files_open: overview.files_open,
         last_runs: overview.last_runs,
         metrics: state.metrics_listen.get().map(|a| a.to_string()),
     }))

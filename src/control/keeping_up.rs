@@ -21,6 +21,7 @@ pub(super) struct Overview {
     pub overflows: u64,
     pub last_overflow_ms: Option<u64>,
     pub jobs_queued: u64,
+    pub files_open: u64,
     pub last_runs: BTreeMap<String, LastRun>,
 }
 
@@ -33,6 +34,7 @@ impl Overview {
             overflows: listeners.iter().map(|l| l.overflows).sum(),
             last_overflow_ms: listeners.iter().filter_map(|l| l.last_overflow_ms).max(),
             jobs_queued: listeners.iter().map(|l| l.jobs_queued).sum(),
+            files_open: listeners.iter().map(|l| l.files_open).sum(),
             last_runs: listeners
                 .iter()
                 .filter_map(|l| Some((l.name.clone(), l.last_run.clone()?)))

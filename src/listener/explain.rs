@@ -153,12 +153,23 @@ impl Listeners {
         if verdict == Verdict::Runs {
             let exists = root.is_some_and(|r| r.exists);
             answer = listener_side(slot, route, &file, exists).unwrap_or(answer);
+            if let Some(link) = through_link(route, lexical, probe.resolved.as_deref(), root) {
+                answer = (
+                    "through_symlink",
+                    format!(
+                        "reached through a symlink to a directory under the route's path (it \
+                         resolves to {}), which the watcher never follows: changes there are \
+                         not seen",
+                        crate::names::escaped(&link)
+                    ),
+                );
+            }
         }
         let last_run = self.history().last_for(&slot.config.name, &route.name, &file);
         RouteVerdict {
             listener: slot.config.name.clone(),
             route: route.name.clone(),
-            runs: matches!(answer.0, "runs" | "polled"),
+            runs: matches!(answer.0, "runs" | "polled" | "open_for_writing"),
             reason: answer.0.to_owned(),
             detail: answer.1,
             last_run: last_run.map(|r| LastRun {
@@ -218,6 +229,21 @@ fn seen_as(
         Some(file) => (file.clone(), Some(file)),
         None => (lexical.to_owned(), None),
     }
+}
+
+/// Where `lexical` (under the route's path) resolves, when that is through a symlink
+/// to a directory inside the route's tree: `resolved` is not where the same path
+/// under the route's resolved path lies. The watcher follows no such link. (Pure:
+/// the file system was asked by [`Probe::run`], within its bounds.)
+fn through_link(
+    route: &crate::config::RouteConfig,
+    lexical: &Path,
+    resolved: Option<&Path>,
+    root: Option<&Root>,
+) -> Option<PathBuf> {
+    let (resolved, canonical) = (resolved?, root?.canonical.as_ref()?);
+    let inside = lexical.strip_prefix(&route.path).ok()?;
+    (canonical.join(inside) != resolved).then(|| resolved.to_owned())
 }
 
 /// The route's answer: a reason code and what it means for people.
@@ -282,6 +308,17 @@ fn listener_side(
             format!(
                 "the route's path {} does not exist: the listener waits for it to appear",
                 crate::names::escaped(&route.path)
+            ),
+        ));
+    }
+    if let Some(held) = slot.shared.held(file) {
+        return Some((
+            "open_for_writing",
+            format!(
+                "runs when its writer closes it: its changes have been held {} ms while a \
+                 writer has it open, at most {} ms more (max_hold_ms)",
+                held.held_for.as_millis(),
+                held.at_most.as_millis()
             ),
         ));
     }

@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) keeping_up: keeping_up::KeepingUp,
     /// Counted up by the watcher's thread every [`crate::watch::threaded::BEAT`] while it is free.
     beats: AtomicU64,
+    /// The files its watcher holds while writers have them open (those of its latest start).
+    held: Mutex<crate::watch::HeldFiles>,
 }
 
 impl Shared {
@@ -141,6 +143,11 @@ impl Shared {
             .expect("status lock")
             .clone()
             .unwrap_or((State::Stopped, None))
+    }
+
+    /// Whether its watcher holds `file` while a writer has it open.
+    fn held(&self, file: &Path) -> Option<crate::watch::HeldFile> {
+        self.held.lock().expect("held lock").get(file)
     }
 
     /// Running, or degraded with the reasons when some roots are missing or the last

@@ -251,6 +251,7 @@ impl Slot {
         let watcher = watching.watcher();
         let watches = watcher.watch_count();
         self.shared.watches.store(watches as u64, Ordering::Relaxed);
+        *self.shared.held.lock().expect("held lock") = watcher.held_files();
         self.shared.set_health(watcher);
         info!(listener = %name, watches, "listener started");
         for reason in watcher.health() {
@@ -370,6 +371,7 @@ impl Slot {
             jobs_failed: get(&s.jobs_failed),
             jobs_running: get(&s.jobs_running),
             jobs_queued: self.queued().await.len() as u64,
+            files_open: s.held.lock().expect("held lock").count() as u64,
             last_failure: s.last_failure.lock().expect("failure lock").clone(),
             error,
             overflows: s.keeping_up.overflows(),

@@ -222,8 +222,9 @@ pub struct RouteVerdict {
     /// Whether a change to the path would run it now.
     pub runs: bool,
     /// `runs`, `outside_path`, `route_dir`, `ignored`, `not_included`, `event_kind`,
-    /// `listener_stopped`, `listener_starting`, `unwatched` or `polled` (runs, at the
-    /// next poll).
+    /// `listener_stopped`, `listener_starting`, `unwatched`, `through_symlink`, `polled` (runs, at the
+    /// next poll) or `open_for_writing` (runs at its writer's close, or `max_hold_ms`
+    /// after its first held change).
     pub reason: String,
     /// The reason for people: the glob, the kinds the route takes, the listener's state.
     pub detail: String,

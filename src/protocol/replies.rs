@@ -57,6 +57,10 @@ pub struct ListenerInfo {
     /// Files whose changes wait for a run.
     #[serde(default)]
     pub jobs_queued: u64,
+    /// Files whose changes are held while a writer has them open: they are queued at
+    /// the writer's close, or `max_hold_ms` after their first change.
+    #[serde(default)]
+    pub files_open: u64,
     /// The most recent failed job.
     #[serde(default)]
     pub last_failure: Option<Failure>,
@@ -162,6 +166,9 @@ pub struct Status {
     /// Files whose changes wait for a run, all listeners together.
     #[serde(default)]
     pub jobs_queued: u64,
+    /// Files whose changes are held while a writer has them open, all listeners together.
+    #[serde(default)]
+    pub files_open: u64,
     /// How each listener's last run ended, by listener (those that ran).
     #[serde(default)]
     pub last_runs: std::collections::BTreeMap<String, LastRun>,

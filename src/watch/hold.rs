@@ -14,7 +14,7 @@
 use crate::events::{EventKind, FileEvent};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -22,9 +22,12 @@ use tokio::time::Instant;
 /// writing; `None` to report them at once.
 pub type HoldFor = Arc<dyn Fn(&Path) -> Option<Duration> + Send + Sync>;
 
+#[derive(Debug)]
 struct Held {
     /// The kinds seen, in order, each once.
     kinds: Vec<EventKind>,
+    /// Since when.
+    since: Instant,
     /// When it is released even if still open.
     until: Instant,
     /// Held only in case a writer has it open ([`Holds::hold_briefly`]): released
@@ -36,9 +39,43 @@ struct Held {
 /// whether a writer has it open, unless a write or its close comes first.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
+/// The files a watcher holds, shared with its listener, which says so in `explain`
+/// and `listeners` (a file being written is otherwise nowhere to be seen).
+#[derive(Debug, Clone, Default)]
+pub struct HeldFiles(Arc<Mutex<HashMap<PathBuf, Held>>>);
+
+/// A file held now: for how long already, and how long it may still be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldFile {
+    /// Held since this long.
+    pub held_for: Duration,
+    /// Released at the latest this much later (`max_hold_ms`), if not closed before.
+    pub at_most: Duration,
+}
+
+impl HeldFiles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Held>> {
+        self.0.lock().expect("held files lock")
+    }
+
+    /// How many files are held.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether `path` is held, and since and until when.
+    pub fn get(&self, path: &Path) -> Option<HeldFile> {
+        let now = Instant::now();
+        self.lock().get(path).map(|h| HeldFile {
+            held_for: now - h.since,
+            at_most: h.until.saturating_duration_since(now),
+        })
+    }
+}
+
 /// The held files of one watcher.
 pub(super) struct Holds {
-    held: HashMap<PathBuf, Held>,
+    held: HeldFiles,
     hold_for: HoldFor,
     /// Released since last asked: the snapshot records their state then (a held
     /// file's writes are not looked at one by one).
@@ -48,7 +85,7 @@ pub(super) struct Holds {
 impl Holds {
     pub(super) fn new(hold_for: HoldFor) -> Self {
         Holds {
-            held: HashMap::new(),
+            held: HeldFiles::default(),
             hold_for,
             released: Vec::new(),
         }
@@ -56,13 +93,18 @@ impl Holds {
 
     /// Whether `path` is held now (a writer has it open).
     pub(super) fn is_held(&self, path: &Path) -> bool {
-        self.held.contains_key(path)
+        self.held.lock().contains_key(path)
+    }
+
+    /// The held files, as the listener sees them.
+    pub(super) fn files(&self) -> HeldFiles {
+        self.held.clone()
     }
 
     /// A `create` or `modify` of `path`: held (`true`) when a writer may have the file
     /// open; otherwise the caller reports it at once.
     pub(super) fn hold(&mut self, path: &Path, kind: EventKind, now: Instant) -> bool {
-        if let Some(held) = self.held.get_mut(path) {
+        if let Some(held) = self.held.lock().get_mut(path) {
             if !held.kinds.contains(&kind) {
                 held.kinds.push(kind);
             }
@@ -73,7 +115,7 @@ impl Holds {
             }
             return true;
         }
-        self.hold_for(path, kind, now, false)
+        self.insert(path, kind, now, false)
     }
 
     /// A `create` of a file found in a directory just watched, which may have been
@@ -81,25 +123,27 @@ impl Holds {
     /// no one can say whether it is ([`crate::sys::open_for_writing`]): held until its
     /// close, or as any other once it is written to, or else for [`SETTLE`] only.
     pub(super) fn hold_briefly(&mut self, path: &Path, kind: EventKind, now: Instant) -> bool {
-        self.hold_for(path, kind, now, true)
+        self.insert(path, kind, now, true)
     }
 
-    fn hold_for(&mut self, path: &Path, kind: EventKind, now: Instant, brief: bool) -> bool {
+    fn insert(&mut self, path: &Path, kind: EventKind, now: Instant, brief: bool) -> bool {
         let Some(limit) = (self.hold_for)(path) else {
             return false;
         };
         let held = Held {
             kinds: vec![kind],
+            since: now,
             until: now + if brief { limit.min(SETTLE) } else { limit },
             brief,
         };
-        self.held.insert(path.to_owned(), held);
+        self.held.lock().insert(path.to_owned(), held);
         true
     }
 
     /// The writer closed `path`: what it held is reported now.
     pub(super) fn release(&mut self, path: &Path, out: &mut Vec<FileEvent>) {
-        if let Some(held) = self.held.remove(path) {
+        let held = self.held.lock().remove(path);
+        if let Some(held) = held {
             out.extend(held.kinds.into_iter().map(|kind| FileEvent {
                 path: path.to_owned(),
                 kind,
@@ -115,7 +159,13 @@ impl Holds {
 
     /// Releases every file held under `dir` (a directory moved or deleted).
     pub(super) fn release_under(&mut self, dir: &Path, out: &mut Vec<FileEvent>) {
-        let under: Vec<PathBuf> = self.held.keys().filter(|p| p.starts_with(dir)).cloned().collect();
+        let under: Vec<PathBuf> = self
+            .held
+            .lock()
+            .keys()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
         for path in under {
             self.release(&path, out);
         }
@@ -125,6 +175,7 @@ impl Holds {
     pub(super) fn release_due(&mut self, now: Instant, out: &mut Vec<FileEvent>) {
         let due: Vec<PathBuf> = self
             .held
+            .lock()
             .iter()
             .filter(|(_, h)| h.until <= now)
             .map(|(p, _)| p.clone())
@@ -136,7 +187,7 @@ impl Holds {
 
     /// Releases everything (a listener stopping: nothing may be lost).
     pub(super) fn release_all(&mut self, out: &mut Vec<FileEvent>) {
-        let all: Vec<PathBuf> = self.held.keys().cloned().collect();
+        let all: Vec<PathBuf> = self.held.lock().keys().cloned().collect();
         for path in all {
             self.release(&path, out);
         }
@@ -144,7 +195,7 @@ impl Holds {
 
     /// When the next held file reaches its limit.
     pub(super) fn next_due(&self) -> Option<Instant> {
-        self.held.values().map(|h| h.until).min()
+        self.held.lock().values().map(|h| h.until).min()
     }
 }
 

@@ -26,8 +26,8 @@ mod timers;
 mod tree;
 mod walk;
 
-pub use hold::HoldFor;
 use hold::Holds;
+pub use hold::{HeldFile, HeldFiles, HoldFor};
 pub use poll::{DEFAULT_POLL_MS, Poll, PollFor, PollMode};
 pub use setup::Setup;
 use timers::Overflow;
@@ -312,6 +312,11 @@ impl Watcher {
     /// Its overflows and rescans so far.
     pub fn overflow_stats(&self) -> OverflowStats {
         self.overflow.stats
+    }
+
+    /// The files it holds while writers have them open, shared: they change as it runs.
+    pub fn held_files(&self) -> HeldFiles {
+        self.holds.files()
     }
 
     /// How many directories are watched.

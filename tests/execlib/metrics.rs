@@ -327,11 +327,11 @@ fn status_and_listeners_say_whether_it_keeps_up() {
     }
     let text = String::from_utf8(daemon.ctl(&["listeners"]).stdout).unwrap();
     assert!(
-        text.contains("\ndocs: queued 1, polled 0, overflows 0, last run: pages "),
+        text.contains("\ndocs: queued 1, open for writing 0, polled 0, overflows 0, last run: pages "),
         "{text}"
     );
     assert!(
-        text.contains("\nmirror: queued 0, polled 1, overflows 0, last run: none"),
+        text.contains("\nmirror: queued 0, open for writing 0, polled 1, overflows 0, last run: none"),
         "{text}"
     );
     assert!(

@@ -662,3 +662,20 @@ fn a_job_that_exits_non_zero_just_before_its_listener_stops_is_recorded_as_exite
         "{last}"
     );
 }
+
+#[test]
+fn regression_explain_said_runs_for_a_file_reached_through_a_symlinked_folder_in_the_tree() {
+    let sandbox = Sandbox::new();
+    let config = explain_config(&sandbox);
+    std::fs::create_dir_all(sandbox.path("elsewhere")).unwrap();
+    std::fs::create_dir_all(sandbox.path("src/real")).unwrap();
+    std::os::unix::fs::symlink(sandbox.path("elsewhere"), sandbox.path("src/link")).unwrap();
+    let daemon = Daemon::start(&sandbox, &config);
+    let v = explain(&daemon, &["src/link/z.md"]);
+    let (runs_, reason, detail, _) = &v["docs/pages"];
+    assert!(!runs_, "the watcher never follows the link: {v:?}");
+    assert_eq!(reason, "through_symlink");
+    assert!(detail.contains("elsewhere/z.md"), "{detail}");
+    let v = explain(&daemon, &["src/real/z.md"]);
+    assert_eq!(v["docs/pages"].1, "runs", "a real folder: {v:?}");
+}

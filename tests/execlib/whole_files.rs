@@ -205,3 +205,35 @@ fn regression_a_file_made_in_a_directory_just_made_by_another_user_ran_before_it
         "one run each, on the whole file"
     );
 }
+
+#[test]
+fn regression_a_file_held_open_for_writing_was_shown_nowhere() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&sizes_route(""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let path = sandbox.path("src/held.txt");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(b"part").unwrap();
+    let explain = format!(
+        r#"{{"cmd":"explain","path":{}}}"#,
+        serde_json::Value::from(path.to_str().unwrap())
+    );
+    let verdict = eventually("explain to say the file is held", || {
+        let reply = daemon.request(&explain);
+        let verdict = reply["routes"][0].clone();
+        (verdict["reason"] == "open_for_writing").then_some(verdict)
+    });
+    assert_eq!(verdict["runs"], true, "{verdict}");
+    let detail = verdict["detail"].as_str().unwrap();
+    assert!(detail.starts_with("runs when its writer closes it"), "{detail}");
+    assert!(detail.contains("max_hold_ms"), "{detail}");
+    assert_eq!(daemon.listener("docs")["files_open"], 1);
+    assert_eq!(daemon.request(r#"{"cmd":"status"}"#)["files_open"], 1);
+    let text = String::from_utf8(daemon.ctl(&["status"]).stdout).unwrap();
+    assert!(text.contains("1 files held open for writing"), "{text}");
+    assert!(sizes(&sandbox).is_empty(), "no run while it is open");
+    drop(file);
+    assert_eq!(sizes_once_quiet(&sandbox, Duration::from_millis(300)), [4]);
+    assert_eq!(daemon.listener("docs")["files_open"], 0);
+    assert_eq!(daemon.request(&explain)["routes"][0]["reason"], "runs");
+}
