@@ -1,7 +1,7 @@
 // execlib's LiveReload client (protocol 7). Connects to the server it was loaded
 // from, reloads the page when told (keeping the reader's scroll position), swaps
-// stylesheets in place, shows a failed build over the page (and clears it when a
-// build succeeds), and reconnects with back-off when the server restarts.
+// stylesheets and images in place, shows a failed build over the page (and clears it
+// when a build succeeds), and reconnects with back-off when the server restarts.
 (function () {
   var PROTOCOL = "http://livereload.com/protocols/official-7";
   var scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -66,6 +66,11 @@
       (matching.length ? matching : Array.prototype.slice.call(links)).forEach(swap);
       return;
     }
+    if (msg.liveImg && IMAGE.test(msg.path)) {
+      // Sent to every page, since any may show it: only those that do refetch it.
+      swapImages(msg.path);
+      return;
+    }
     try { sessionStorage.setItem(SCROLL, JSON.stringify([window.scrollX, window.scrollY])); } catch (e) {}
     location.reload();
   }
@@ -105,6 +110,70 @@
     add("div", "Cleared by the next build that succeeds. Click to hide.", "margin-top:16px;color:#999");
     box.onclick = function () { box.remove(); };
     (document.body || document.documentElement).appendChild(box);
+  }
+
+  var IMAGE = /\.(png|jpe?g|gif|svg|webp|avif|ico)$/i;
+
+  // Whether `href` (relative to `base`) names the server's file `path`: same origin,
+  // its pathname decoded (the server names files decoded).
+  function names(href, base, path) {
+    var u;
+    try { u = new URL(href, base); } catch (e) { return false; }
+    if (u.origin !== location.origin) return false;
+    var name = u.pathname;
+    try { name = decodeURIComponent(name); } catch (e) {}
+    return name === path;
+  }
+
+  function busted(href, base) {
+    var u = new URL(href, base);
+    u.searchParams.set("livereload", Date.now());
+    return u.toString();
+  }
+
+  // An image refetched where the page shows it: <img src>, srcset, icons, and url()
+  // in inline styles and the page's own stylesheets. Nowhere: nothing to do.
+  function swapImages(path) {
+    var base = location.href;
+    document.querySelectorAll("img[src]").forEach(function (img) {
+      if (names(img.getAttribute("src"), base, path)) img.src = busted(img.getAttribute("src"), base);
+    });
+    document.querySelectorAll("img[srcset], source[srcset]").forEach(function (el) {
+      el.srcset = el.srcset.split(",").map(function (part) {
+        var bits = part.trim().split(/\s+/);
+        if (names(bits[0], base, path)) bits[0] = busted(bits[0], base);
+        return bits.join(" ");
+      }).join(", ");
+    });
+    document.querySelectorAll('link[rel~="icon"]').forEach(function (l) {
+      if (names(l.href, base, path)) l.href = busted(l.href, base);
+    });
+    document.querySelectorAll("[style]").forEach(function (el) { restyle(el.style, base, path); });
+    Array.prototype.forEach.call(document.styleSheets, function (sheet) {
+      var rules;
+      try { rules = sheet.cssRules; } catch (e) { return; } // another origin's
+      restyleRules(rules, sheet.href || base, path);
+    });
+  }
+
+  function restyleRules(rules, base, path) {
+    Array.prototype.forEach.call(rules || [], function (rule) {
+      if (rule.style) restyle(rule.style, base, path);
+      if (rule.cssRules) restyleRules(rule.cssRules, base, path);
+    });
+  }
+
+  var IMAGE_PROPERTIES = ["background-image", "border-image-source", "list-style-image", "mask-image", "content"];
+
+  function restyle(style, base, path) {
+    IMAGE_PROPERTIES.forEach(function (property) {
+      var value = style.getPropertyValue(property);
+      if (value.indexOf("url(") < 0) return;
+      var changed = value.replace(/url\((['"]?)([^'")]+)\1\)/g, function (whole, quote, href) {
+        return names(href, base, path) ? 'url("' + busted(href, base) + '")' : whole;
+      });
+      if (changed !== value) style.setProperty(property, changed, style.getPropertyPriority(property));
+    });
   }
 
   function swap(link) {

@@ -201,6 +201,43 @@ fn regression_a_stylesheet_whose_name_needs_encoding_is_the_only_one_swapped() {
     assert_eq!(searches[1], "", "the other stylesheet was left alone: {swapped}");
 }
 
+#[test]
+fn regression_an_image_change_reloaded_every_open_page() {
+    // The server sends an image's change to every page (any may show it); the client
+    // swapped only stylesheets and reloaded the page for anything else.
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
+    let svg = |fill: &str| {
+        format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4" fill="{fill}"/></svg>"#)
+    };
+    sandbox.write(
+        "public/index.html",
+        r#"<html><head><link rel="stylesheet" href="/style.css"></head>
+           <body><img id="i" src="/logo.svg"><div id="b" class="b"></div></body></html>"#,
+    );
+    sandbox.write("public/style.css", ".b { background-image: url(pic.svg); width: 4px; height: 4px; }");
+    sandbox.write("public/logo.svg", &svg("red"));
+    sandbox.write("public/pic.svg", &svg("red"));
+    let Some((daemon, _browser, mut tab)) = open_site(&sandbox, &config) else {
+        return;
+    };
+    let state = "[String(window.marker), \
+                 new URL(document.getElementById('i').src).search.startsWith('?livereload='), \
+                 getComputedStyle(document.getElementById('b')).backgroundImage.includes('livereload=')].join('|')";
+    tab.wait_for("the page to load", state, "undefined|false|false");
+    eventually("the LiveReload client", || {
+        (livereload_clients(&daemon) == 1).then_some(())
+    });
+    tab.eval("window.marker = 'kept'");
+    // An image the page does not show: nothing to do (told before the next one, on the
+    // same socket, so a reload for it would lose the marker).
+    sandbox.write("public/other.svg", &svg("blue"));
+    sandbox.write("public/logo.svg", &svg("blue"));
+    tab.wait_for("the <img> refetched in place", state, "kept|true|false");
+    sandbox.write("public/pic.svg", &svg("blue"));
+    tab.wait_for("the stylesheet's background refetched", state, "kept|true|true");
+}
+
 /// Stands in for the server on `addr` while it is down: accepts the LiveReload
 /// client's attempts to reconnect and closes each at once; returns when each of
 /// `n` attempts came.
