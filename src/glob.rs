@@ -11,9 +11,19 @@ use std::path::Path;
 /// `*.tmp`, `*~` and vim's `4913` probe file, at any depth.
 pub const DEFAULT_IGNORES: [&str; 5] = ["**/.*", "**/.*/**", "**/*.tmp", "**/*~", "**/4913"];
 
+/// The longest glob, in bytes (a path's `PATH_MAX`).
+pub const MAX_GLOB_LEN: usize = 4096;
+
+/// How deep `{…}` alternates may nest (`{a,{b,c}}` is 2 deep). `globset` recurses
+/// once a level, on whatever thread loads the config: a cap keeps that in its stack.
+pub const MAX_GLOB_NESTING: usize = 8;
+
+/// At most this many characters of a glob are quoted in an error.
+const QUOTED: usize = 64;
+
 /// A glob that failed to compile.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid glob {glob:?}: {reason}")]
+#[error("invalid glob {}: {reason}", quoted(glob))]
 pub struct GlobError {
     /// The glob as written.
     pub glob: String,
@@ -87,9 +97,64 @@ pub enum Check<'a> {
     Ignored(&'a str),
 }
 
+/// `glob` quoted for an error, cut after [`QUOTED`] characters.
+fn quoted(glob: &str) -> String {
+    match glob.char_indices().nth(QUOTED) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &glob[..end], glob.len()),
+        None => format!("{glob:?}"),
+    }
+}
+
+/// Refuses, before `globset` sees it, a glob longer than [`MAX_GLOB_LEN`] or with
+/// alternates nested deeper than [`MAX_GLOB_NESTING`].
+fn check_bounds(glob: &str) -> Result<(), GlobError> {
+    let reason = if glob.len() > MAX_GLOB_LEN {
+        format!(
+            "it is {} bytes long; at most {MAX_GLOB_LEN} are allowed",
+            glob.len()
+        )
+    } else if alternates_depth(glob) > MAX_GLOB_NESTING {
+        format!("`{{…}}` alternates nest more than {MAX_GLOB_NESTING} deep")
+    } else {
+        return Ok(());
+    };
+    Err(GlobError {
+        glob: glob.to_owned(),
+        reason,
+    })
+}
+
+/// How deep `{` alternates nest in `glob`, read as `globset` reads it: a `\` escapes
+/// the next character, and a `[…]` class (where `]` may come first, after an
+/// optional `!` or `^`) holds no alternates.
+fn alternates_depth(glob: &str) -> usize {
+    let mut chars = glob.chars().peekable();
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '[' => {
+                chars.next_if(|&c| c == '!' || c == '^');
+                chars.next_if_eq(&']');
+                chars.by_ref().find(|&c| c == ']');
+            }
+            '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 fn compile(globs: &[String]) -> Result<GlobSet, GlobError> {
     let mut set = GlobSetBuilder::new();
     for glob in globs {
+        check_bounds(glob)?;
         let compiled = GlobBuilder::new(glob)
             .literal_separator(true)
             .backslash_escape(true)
@@ -165,6 +230,41 @@ mod tests {
         assert_eq!(d.check(Path::new("x/.git/a.md")), Check::Ignored("**/.*/**"));
         assert_eq!(d.check(Path::new("x/a.md")), Check::Matches);
         assert_eq!(d.includes(), ["**/*.md"]);
+    }
+
+    #[test]
+    fn alternates_nest_up_to_the_limit() {
+        let nested = |n: usize| format!("{}b{}", "{a,".repeat(n), "}".repeat(n));
+        let m = Matcher::new(&[nested(MAX_GLOB_NESTING)], &[]).unwrap();
+        assert!(m.matches(Path::new("b")) && m.matches(Path::new("a")));
+        let err = Matcher::new(&[nested(MAX_GLOB_NESTING + 1)], &[]).unwrap_err();
+        assert!(err.reason.contains("nest more than 8 deep"), "{}", err.reason);
+    }
+
+    #[test]
+    fn braces_escaped_or_in_a_class_do_not_nest() {
+        let deep = MAX_GLOB_NESTING + 2;
+        for (brace, path) in [("\\{", "{"), ("[{]", "{"), ("[]{]", "{"), ("[!]{]", "x")] {
+            let glob = brace.repeat(deep);
+            let m = Matcher::new(std::slice::from_ref(&glob), &[]).unwrap();
+            assert!(m.matches(Path::new(&path.repeat(deep))), "{glob}");
+        }
+    }
+
+    #[test]
+    fn regression_deeply_nested_alternates_are_refused_before_globset_recurses() {
+        let glob = format!("{}b{}", "{".repeat(2_000), "}".repeat(2_000));
+        let err = Matcher::new(&[glob], &[]).unwrap_err();
+        assert!(err.reason.contains("nest more than 8 deep"), "{}", err.reason);
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+
+    #[test]
+    fn a_glob_longer_than_the_limit_is_refused() {
+        let long = "a".repeat(MAX_GLOB_LEN);
+        assert!(Matcher::new(std::slice::from_ref(&long), &[]).is_ok());
+        let err = Matcher::new(&[long + "a"], &[]).unwrap_err();
+        assert!(err.reason.contains("4097 bytes long"), "{}", err.reason);
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub fn follow(target: &Target, request: &Request, json: bool) -> u8 {
     match stream(target, request, json) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("execlibctl: {e}");
+            super::say(format_args!("{e}"));
             EXIT_UNREACHABLE
         }
     }
@@ -98,20 +98,17 @@ fn stream(target: &Target, request: &Request, json: bool) -> Result<u8, ClientEr
             } else {
                 observe::events(&first.events, true)
             };
-            if !text.is_empty() && writeln!(out, "{text}").is_err() {
-                return Ok(0);
+            if !text.is_empty()
+                && let Err(e) = super::write_out(out, &format!("{text}\n"))
+            {
+                return Ok(super::failed_output(&e).unwrap_or(0));
             }
         }
         Response::Error(failed) => {
-            if json {
-                print!("{reply}");
-            } else {
-                let code = serde_json::to_value(failed.error.code).unwrap_or_default();
-                eprintln!(
-                    "execlibctl: {}: {}",
-                    code.as_str().unwrap_or("error"),
-                    failed.error.message
-                );
+            if !json {
+                super::say_refused(&failed.error);
+            } else if let Err(e) = super::write_out(out, &reply) {
+                return Ok(super::failed_output(&e).unwrap_or(EXIT_DAEMON_ERROR));
             }
             return Ok(EXIT_DAEMON_ERROR);
         }
@@ -121,8 +118,8 @@ fn stream(target: &Target, request: &Request, json: bool) -> Result<u8, ClientEr
         let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) | Err(_) => {
-                let _ = writeln!(out, "the daemon closed the connection (it stopped)");
-                return Ok(0);
+                let closed = super::write_out(out, "the daemon closed the connection (it stopped)\n");
+                return Ok(closed.err().and_then(|e| super::failed_output(&e)).unwrap_or(0));
             }
             Ok(_) => {}
         }
@@ -135,7 +132,10 @@ fn stream(target: &Target, request: &Request, json: bool) -> Result<u8, ClientEr
             (Streamed::Lagged(n), false) => format!("lagged: {n} events not shown (this client fell behind)"),
             (Streamed::End(why), false) => format!("the daemon stopped: {why}"),
         };
-        if writeln!(out, "{text}").is_err() || matches!(streamed, Streamed::End(_)) {
+        if let Err(e) = super::write_out(out, &format!("{text}\n")) {
+            return Ok(super::failed_output(&e).unwrap_or(0));
+        }
+        if matches!(streamed, Streamed::End(_)) {
             return Ok(0);
         }
     }

@@ -18,6 +18,42 @@ use std::time::Duration;
 pub const EXIT_DAEMON_ERROR: u8 = 1;
 /// Exit code: no daemon could be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code: the output could not be written (a full disk, an I/O error). A reader
+/// that went away (a closed pipe) is not an error: see [`failed_output`].
+pub const EXIT_OUTPUT: u8 = 4;
+
+/// Writes `text` to standard output and flushes it.
+fn write_out(out: &mut impl Write, text: &str) -> std::io::Result<()> {
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// The exit code for output that could not be written: `None` when the reader went
+/// away (EPIPE, `execlibctl events | head -1`), as nothing more can be shown and
+/// the command's own code stands; else [`EXIT_OUTPUT`], said on standard error.
+fn failed_output(e: &std::io::Error) -> Option<u8> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return None;
+    }
+    say(format_args!("cannot write output: {e}"));
+    Some(EXIT_OUTPUT)
+}
+
+/// Says `message` on standard error, after `execlibctl: `; a failure to do so is
+/// ignored (there is nowhere left to say it).
+fn say(message: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "execlibctl: {message}");
+}
+
+/// Says a daemon's error reply: `execlibctl: CODE: MESSAGE`.
+fn say_refused(error: &crate::protocol::ErrorBody) {
+    let code = serde_json::to_value(error.code).unwrap_or_default();
+    say(format_args!(
+        "{}: {}",
+        code.as_str().unwrap_or("error"),
+        error.message
+    ));
+}
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -220,31 +256,28 @@ pub fn main(cli: crate::cli::CtlCli) -> u8 {
     let (line, response) = match reply {
         Ok(reply) => reply,
         Err(e) => {
-            eprintln!("execlibctl: {e}");
+            say(format_args!("{e}"));
             return EXIT_UNREACHABLE;
         }
     };
-    if json {
-        print!("{line}");
+    let rendered = render::render(req, &response);
+    let text = match (&rendered, json) {
+        (_, true) => line,
+        (Ok(text), false) => format!("{text}\n"),
+        (Err(error), false) => {
+            say_refused(error);
+            String::new()
+        }
+    };
+    if let Some(code) = write_out(&mut std::io::stdout().lock(), &text)
+        .err()
+        .and_then(|e| failed_output(&e))
+    {
+        return code;
     }
-    match render::render(req, &response) {
-        Ok(text) => {
-            if !json {
-                println!("{text}");
-            }
-            0
-        }
-        Err(error) => {
-            if !json {
-                let code = serde_json::to_value(error.code).unwrap_or_default();
-                eprintln!(
-                    "execlibctl: {}: {}",
-                    code.as_str().unwrap_or("error"),
-                    error.message
-                );
-            }
-            EXIT_DAEMON_ERROR
-        }
+    match rendered {
+        Ok(_) => 0,
+        Err(_) => EXIT_DAEMON_ERROR,
     }
 }
 

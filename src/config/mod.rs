@@ -186,7 +186,16 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     if bytes.len() as u64 > MAX_CONFIG_SIZE {
         return Err(too_large());
     }
-    String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))
+}
+
+/// The error for a file that is not UTF-8, at the line and column of the first
+/// byte that is not (the text before it is).
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> ConfigError {
+    let valid = e.valid_up_to();
+    let before = std::str::from_utf8(&bytes[..valid]).expect("valid up to there");
+    let message = format!("the file is not valid UTF-8 here (byte 0x{:02x})", bytes[valid]);
+    ConfigError::at(path, before, valid, message)
 }
 
 /// What a file that is not a regular file is, for an error message.

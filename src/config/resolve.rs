@@ -4,7 +4,7 @@
 
 use super::ConfigError;
 use super::check::{Ctx, MAX_LISTENER_NAME, MAX_SOCKET_PATH};
-use super::raw::{RawConfig, RawControl, RawListener, RawPost, RawRoute, RawServer};
+use super::raw::{OneOrMany, RawConfig, RawControl, RawListener, RawPost, RawRoute, RawServer};
 use crate::events::EventSet;
 use crate::glob::{DEFAULT_IGNORES, Matcher};
 use crate::paths::Environment;
@@ -548,16 +548,26 @@ fn post(ctx: &Ctx, raw: RawPost, index: usize, at: usize) -> Result<PostConfig, 
     })
 }
 
-fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfig, ConfigError> {
-    let command = command(ctx, raw.run, raw.shell, "route", at)?;
-    let (include, include_at) = match raw.glob {
+/// A route's matcher: its `glob` (default `**`; none at all is refused, as the
+/// route could never run) and `ignore` (default [`DEFAULT_IGNORES`]), each glob
+/// checked with the position of its key's value.
+fn matcher(
+    ctx: &Ctx,
+    glob: Option<Spanned<OneOrMany>>,
+    ignore: Option<Spanned<Vec<String>>>,
+    at: usize,
+) -> Result<Matcher, ConfigError> {
+    let (include, include_at) = match glob {
         Some(g) => {
             let offset = g.span().start;
             (g.into_inner().into_vec(), offset)
         }
         None => (vec!["**".to_owned()], at),
     };
-    let (ignore, ignore_at) = match raw.ignore {
+    if include.is_empty() {
+        return ctx.err(include_at, "`glob` is empty: the route would never run");
+    }
+    let (ignore, ignore_at) = match ignore {
         Some(i) => (i.get_ref().clone(), i.span().start),
         None => (DEFAULT_IGNORES.iter().map(|s| s.to_string()).collect(), at),
     };
@@ -566,7 +576,12 @@ fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfi
             return ctx.err(offset, e.to_string());
         }
     }
-    let matcher = Matcher::new(&include, &ignore).expect("globs were checked one by one");
+    Ok(Matcher::new(&include, &ignore).expect("globs were checked one by one"))
+}
+
+fn route(ctx: &Ctx, raw: RawRoute, index: usize, at: usize) -> Result<RouteConfig, ConfigError> {
+    let command = command(ctx, raw.run, raw.shell, "route", at)?;
+    let matcher = matcher(ctx, raw.glob, raw.ignore, at)?;
     let events = match raw.events {
         Some(kinds) if kinds.is_empty() => {
             return ctx.err(at, "`events` is empty: the route would never run");

@@ -166,6 +166,16 @@ fn invalid_values_are_located() {
 }
 
 #[test]
+fn regression_an_empty_glob_list_is_refused_as_events_are() {
+    let (line, column, message) = error_at(&MINIMAL.replace("path = \"src\"", "path = \"src\"\n  glob = []"));
+    assert_eq!((line, column), (6, 10));
+    assert_eq!(message, "`glob` is empty: the route would never run");
+    // An empty `ignore` ignores nothing.
+    let c = parse(&MINIMAL.replace("path = \"src\"", "path = \"src\"\n  ignore = []")).unwrap();
+    assert!(c.listeners[0].routes[0].matcher.matches(Path::new(".hidden")));
+}
+
+#[test]
 fn listener_names_are_checked() {
     let (line, column, message) = error_at(&MINIMAL.replace("\"docs\"", "\"my docs\""));
     assert_eq!((line, column), (3, 8));
@@ -517,6 +527,28 @@ fn load_refuses_what_is_not_a_regular_file() {
     let message = load_error(Path::new("/dev/null"));
     assert!(
         message.contains("is not a regular file (a character device)"),
+        "{message}"
+    );
+}
+
+#[test]
+fn regression_a_config_not_in_utf8_is_refused_at_the_first_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, b"# \xc3\xa9t\xc3\xa9\n[[listener]]\nname = \"d\xffocs\"\n").unwrap();
+    let err = Config::load(&path, "site", &env()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:3:10: the file is not valid UTF-8 here (byte 0xff)",
+            path.display()
+        )
+    );
+    // A character cut by the end of the file.
+    std::fs::write(&path, b"# \xe2\x82").unwrap();
+    let message = Config::load(&path, "site", &env()).unwrap_err().to_string();
+    assert!(
+        message.ends_with("site.toml:1:3: the file is not valid UTF-8 here (byte 0xe2)"),
         "{message}"
     );
 }

@@ -54,22 +54,7 @@ impl DaemonState {
         let mut new = tokio::task::spawn_blocking(move || Config::load(&path, &instance, &env))
             .await
             .expect("config load does not panic")?;
-        let mut restart_needed = Vec::new();
-        if new.daemon != current.daemon {
-            restart_needed.push("[daemon]".to_owned());
-        }
-        if new.control != current.control {
-            restart_needed.push("[control]".to_owned());
-        }
-        if new.metrics != current.metrics {
-            restart_needed.push("[metrics]".to_owned());
-        }
-        for section in &restart_needed {
-            warn!("{section} changed: it applies at the next start");
-        }
-        // What runs keeps the sections that were not applied, so a later reload still sees them differ.
-        new.daemon = current.daemon.clone();
-        new.control = current.control.clone();
+        let restart_needed = keep_restart_sections(&mut new, current);
         self.listeners.builds().configure(&new);
         let listeners = self
             .listeners
@@ -154,4 +139,27 @@ impl DaemonState {
         *self.server.write().expect("server lock") = started.map(Arc::new);
         Ok(what)
     }
+}
+
+/// The sections that apply only at the next start (`[daemon]`, `[control]`,
+/// `[metrics]`) that differ in `new`: named, and set back in `new` to what runs, so
+/// a later reload still sees them differ from the file.
+fn keep_restart_sections(new: &mut Config, current: &Config) -> Vec<String> {
+    let mut restart_needed = Vec::new();
+    if new.daemon != current.daemon {
+        restart_needed.push("[daemon]".to_owned());
+        new.daemon = current.daemon.clone();
+    }
+    if new.control != current.control {
+        restart_needed.push("[control]".to_owned());
+        new.control = current.control.clone();
+    }
+    if new.metrics != current.metrics {
+        restart_needed.push("[metrics]".to_owned());
+        new.metrics = current.metrics.clone();
+    }
+    for section in &restart_needed {
+        warn!("{section} changed: it applies at the next start");
+    }
+    restart_needed
 }

@@ -192,3 +192,35 @@ fn execlibd_refuses_a_bad_instance_name() {
         assert!(stderr.starts_with(&expected), "{stderr}");
     }
 }
+
+/// `{a,{a,…b}…}`: alternates nested `depth` deep.
+fn nested_alternates(depth: usize) -> String {
+    format!("{}b{}", "{a,".repeat(depth), "}".repeat(depth))
+}
+
+#[test]
+fn regression_deeply_nested_glob_alternates_are_refused_not_a_stack_overflow() {
+    let sandbox = Sandbox::new();
+    // 20,000 levels overflowed the main thread's stack in globset's compiler.
+    let config = sandbox.config(&one_route(
+        "true",
+        &format!("glob = \"{}\"", nested_alternates(20_000)),
+    ));
+    assert_refused_at(&config, 12, 10, "is 80001 bytes long; at most 4096 are allowed");
+    // Within the length, but nested deeper than 8.
+    let config = sandbox.config(&one_route(
+        "true",
+        &format!("glob = [\"**\", \"{}\"]", nested_alternates(9)),
+    ));
+    assert_refused_at(&config, 12, 10, "`{…}` alternates nest more than 8 deep");
+    let config = sandbox.config(&one_route(
+        "true",
+        &format!("ignore = [\"{}\"]", nested_alternates(9)),
+    ));
+    assert_refused_at(&config, 12, 12, "`{…}` alternates nest more than 8 deep");
+    let config = sandbox.config(&one_route(
+        "true",
+        &format!("glob = \"{}\"", nested_alternates(8)),
+    ));
+    assert_eq!(check(&config).status.code(), Some(0));
+}

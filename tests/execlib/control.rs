@@ -268,3 +268,54 @@ fn max_jobs_1_never_runs_two_jobs_at_once() {
         );
     }
 }
+
+/// `execlibctl --socket SOCKET ARGS` with `stdout` as its standard output; its
+/// exit code and standard error once it exits.
+fn ctl_to(daemon: &Daemon, args: &[&str], stdout: std::process::Stdio) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execlibctl"))
+        .args(["--socket", daemon.socket.to_str().unwrap()])
+        .args(args)
+        .stdout(stdout)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn regression_execlibctl_exits_quietly_when_its_reader_went_away() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    for (args, code) in [
+        (&["status"][..], 0),
+        (&["metrics"], 0),
+        (&["events"], 0),
+        (&["--json", "events", "--follow"], 0),
+        (&["--json", "stop", "nope"], 1),
+    ] {
+        // A pipe whose reader is gone (`execlibctl status | true`): EPIPE at once.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let (status, stderr) = ctl_to(&daemon, args, writer.into());
+        assert_eq!((status, stderr.as_str()), (Some(code), ""), "{args:?}");
+    }
+}
+
+#[test]
+fn regression_execlibctl_says_it_cannot_write_its_output() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    for args in [&["status"][..], &["metrics"], &["--json", "events", "--follow"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let (status, stderr) = ctl_to(&daemon, args, full.into());
+        assert_eq!(status, Some(4), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr, "execlibctl: cannot write output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
+    }
+}

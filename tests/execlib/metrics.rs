@@ -460,6 +460,33 @@ fn a_changed_metrics_section_applies_at_the_next_start() {
 }
 
 #[test]
+fn regression_a_changed_metrics_section_is_reported_at_every_reload_until_the_next_start() {
+    let sandbox = Sandbox::new();
+    let listeners = one_route("true", "");
+    let config = sandbox.config(&format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{listeners}"));
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = daemon.request(r#"{"cmd":"status"}"#)["metrics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sandbox.config(&format!(
+        "[daemon]\nshutdown_grace_ms = 1234\n[metrics]\nlisten = \"127.0.0.2:0\"\n{listeners}"
+    ));
+    // Reported at the second reload too: the first used to forget it.
+    for _ in 0..2 {
+        let out = daemon.ctl(&["--json", "reload"]);
+        let reloaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            reloaded["restart_needed"],
+            serde_json::json!(["[daemon]", "[metrics]"]),
+            "{reloaded}"
+        );
+    }
+    assert_eq!(get(&addr, "/metrics", &[]).status, 200);
+    assert_eq!(daemon.request(r#"{"cmd":"status"}"#)["metrics"], addr.as_str());
+}
+
+#[test]
 fn events_follow_refusals_are_counted_as_refusals_not_ok() {
     let sandbox = Sandbox::new();
     let config = sandbox.config(&one_route("true", ""));

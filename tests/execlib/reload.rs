@@ -113,6 +113,31 @@ fn an_invalid_config_is_refused_with_its_position_and_the_old_one_keeps_running(
 }
 
 #[test]
+fn regression_a_reload_to_deeply_nested_glob_alternates_is_refused_and_the_daemon_lives() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
+    let config = sandbox.config(&listener("docs", "old", 0));
+    let daemon = Daemon::start(&sandbox, &config);
+    // 4,000 levels overflowed the stack of the thread the config is loaded on,
+    // aborting the daemon; a glob this long is refused before it is compiled.
+    let deep = std::format!("{}b{}", "{a,".repeat(4_000), "}".repeat(4_000));
+    let text =
+        listener("docs", "new", 0).replace("  delay_ms", &std::format!("  glob = \"{deep}\"\n  delay_ms"));
+    sandbox.config(&text);
+    let out = daemon.ctl(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("site.toml:10:10: invalid glob \"{a,{a,"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at most 4096 are allowed"), "{stderr}");
+    sandbox.write("src_docs/a", "x");
+    wait_log(&sandbox, "old a");
+    assert_eq!(daemon.listener("docs")["state"], "running");
+}
+
+#[test]
 fn sighup_reloads_between_reloading_and_ready() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
