@@ -2,8 +2,10 @@
 //! served; when all are taken, a newcomer gets the slot of an idle one (a
 //! connection waiting for its next request): first from the user holding the most
 //! connections, then the one idle the longest. A connection whose request has
-//! arrived (a whole line waits in its socket) is not idle, even before its task has
-//! read it; nor is one whose task has read a line it has not yet handled. Reads go
+//! arrived (a whole line waits in its socket, or the rest of a line its task has
+//! begun reading) is not idle, even before its task has read it; nor is one whose
+//! task has read a line it has not yet handled. A line that has only begun to
+//! arrive, its newline not yet sent, is no request: its connection may be evicted. Reads go
 //! through [`Guarded`], under the same lock as admission, so no newcomer can take a
 //! slot between a request leaving the socket and its connection marking itself busy.
 //! So silent connections, however many, cannot lock anyone out; only connections
@@ -39,6 +41,9 @@ struct Slot {
     idle_since: Option<Instant>,
     /// A whole line has left the socket for the connection's buffer, not yet handled.
     line_read: bool,
+    /// The start of a line, not blank, has left the socket without its newline: a
+    /// newline waiting in the socket completes a request.
+    begun: bool,
     evict: CancellationToken,
     /// A duplicate of the connection's socket, to see whether a request waits in it.
     socket: Option<OwnedFd>,
@@ -79,6 +84,7 @@ impl Admission {
             uid,
             idle_since: Some(now),
             line_read: false,
+            begun: false,
             evict: evict.clone(),
             socket,
         };
@@ -103,39 +109,60 @@ fn victim(slots: &HashMap<u64, Slot>) -> Option<u64> {
     for slot in slots.values() {
         *per_uid.entry(slot.uid).or_default() += 1;
     }
-    slots
+    let mut candidates: Vec<_> = slots
         .iter()
-        .filter(|(_, s)| s.idle_since.is_some() && !s.line_read)
-        .filter(|(_, s)| !s.socket.as_ref().is_some_and(request_waits))
+        .filter(|(_, s)| !s.line_read)
         .filter_map(|(id, s)| {
-            s.idle_since
-                .map(|since| (per_uid[&s.uid], std::cmp::Reverse(since), *id))
+            let since = s.idle_since?;
+            Some(((per_uid[&s.uid], std::cmp::Reverse(since), *id), s))
         })
-        .max()
-        .map(|(_, _, id)| id)
+        .collect();
+    candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    // In the order they would give way; the first without a request waiting goes (so
+    // usually one socket is looked into).
+    let mut peeked = vec![0u8; crate::protocol::MAX_LINE + 1];
+    candidates
+        .into_iter()
+        .find(|(_, s)| {
+            !s.socket
+                .as_ref()
+                .is_some_and(|socket| request_waits(socket, s.begun, &mut peeked))
+        })
+        .map(|((_, _, id), _)| id)
 }
 
-/// Whether a whole request line, not blank, waits unread in `socket` (in its first 4 KiB).
-fn request_waits(socket: &OwnedFd) -> bool {
-    let mut buf = [0u8; 4096];
-    let Ok(n) = crate::sys::peek(socket.as_fd(), &mut buf) else {
+/// Whether a request waits unread in `socket`: a whole line, not blank, or, when a
+/// line has `begun` (read from it already), the newline that ends it. Looks as far as
+/// the longest line allowed (into `peeked`).
+fn request_waits(socket: &OwnedFd, begun: bool, peeked: &mut [u8]) -> bool {
+    let Ok(n) = crate::sys::peek(socket.as_fd(), peeked) else {
         return false;
     };
-    let lines = buf[..n].split(|&b| b == b'\n');
+    let lines = peeked[..n].split(|&b| b == b'\n');
     let whole = lines.clone().count() - 1; // the part after the last newline is not
-    lines
-        .take(whole)
-        .any(|line| !line.iter().all(u8::is_ascii_whitespace))
+    (begun && whole > 0)
+        || lines
+            .take(whole)
+            .any(|line| !line.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Whether `buffered` (a connection's read buffer) holds a whole line, and whether it
+/// holds the start of one, not blank, without its newline.
+fn buffered_lines(buffered: &[u8]) -> (bool, bool) {
+    let whole = buffered.contains(&b'\n');
+    (whole, !whole && !buffered.iter().all(u8::is_ascii_whitespace))
 }
 
 impl Ticket {
     /// The connection waits for its next request from `now` on: it may be evicted,
-    /// unless a whole line it has `read` already waits in its buffer (sent along
-    /// with the last request).
-    pub fn idle(&self, now: Instant, read: bool) {
+    /// unless a whole line already waits in its read buffer, `buffered` (sent along
+    /// with the last request), or the rest of the line begun there waits in its socket.
+    pub fn idle(&self, now: Instant, buffered: &[u8]) {
+        let (whole, begun) = buffered_lines(buffered);
         self.set(|slot| {
             slot.idle_since = Some(now);
-            slot.line_read = read;
+            slot.line_read = whole;
+            slot.begun = begun;
         });
     }
 
@@ -144,13 +171,18 @@ impl Ticket {
         self.set(|slot| {
             slot.idle_since = None;
             slot.line_read = false;
+            slot.begun = false;
         });
     }
 
     /// The line read was blank: the connection is as idle as before it, unless
-    /// `another` whole line is already in its buffer.
-    pub fn skipped(&self, another: bool) {
-        self.set(|slot| slot.line_read = another);
+    /// another line is already in its read buffer, `buffered` (see [`Ticket::idle`]).
+    pub fn skipped(&self, buffered: &[u8]) {
+        let (whole, begun) = buffered_lines(buffered);
+        self.set(|slot| {
+            slot.line_read = whole;
+            slot.begun = begun;
+        });
     }
 
     /// `inner`, the connection's read half, read only while it holds this slot.
@@ -194,6 +226,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Guarded<R> {
         // End of input ends a last line without a newline: a request too.
         let eof = read.is_empty() && buf.remaining() > 0 && matches!(polled, Poll::Ready(Ok(())));
         slot.line_read |= eof || read.contains(&b'\n');
+        slot.begun |= !slot.line_read && !read.iter().all(u8::is_ascii_whitespace);
         polled
     }
 }
@@ -251,7 +284,7 @@ mod tests {
             b.admit(2, None, t0).is_none(),
             "every request being answered: busy"
         );
-        y.idle(t0, false);
+        y.idle(t0, b"");
         assert!(b.admit(2, None, t0).is_some());
         assert!(y.evicted.is_cancelled());
     }
@@ -316,6 +349,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn regression_a_long_request_that_had_arrived_was_evicted_as_idle() {
+        use std::io::Write;
+        use tokio::io::AsyncBufReadExt;
+        let a = Admission::new(1);
+        let (mut client, server, ticket) = connected(&a);
+        let mut reader = tokio::io::BufReader::new(ticket.guard(server));
+        // A 20 KB request, whole in the socket; its task has read the first chunk.
+        let mut request = format!("{{\"cmd\":\"history\",\"file\":\"/{}\"}}", "a".repeat(20_000));
+        request.push('\n');
+        client.write_all(request.as_bytes()).unwrap();
+        let chunk = reader.fill_buf().await.unwrap().len();
+        assert!(chunk < request.len(), "read in part: {chunk} bytes");
+        assert!(
+            a.admit(5, None, Instant::now()).is_none(),
+            "the rest of a begun request waits: busy"
+        );
+        assert!(!ticket.evicted.is_cancelled());
+        // Only begun, its newline not sent: no request yet, the connection gives way.
+        let b = Admission::new(1);
+        let (mut client, server, ticket) = connected(&b);
+        let mut reader = tokio::io::BufReader::new(ticket.guard(server));
+        client
+            .write_all(&request.as_bytes()[..request.len() - 1])
+            .unwrap();
+        reader.fill_buf().await.unwrap();
+        assert!(
+            b.admit(5, None, Instant::now()).is_some(),
+            "half a request is idle"
+        );
+        assert!(ticket.evicted.is_cancelled());
+    }
+
+    #[tokio::test]
     async fn a_blank_line_leaves_its_connection_idle_and_an_evicted_one_reads_nothing() {
         use std::io::Write;
         use tokio::io::{AsyncBufReadExt, AsyncReadExt};
@@ -324,12 +390,12 @@ mod tests {
         let mut reader = tokio::io::BufReader::new(ticket.guard(server));
         client.write_all(b"\n").unwrap();
         assert!(
-            !request_waits(&ticket_socket(&a, &ticket)),
+            !request_waits(&ticket_socket(&a, &ticket), false, &mut [0; 64]),
             "a blank line is no request"
         );
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line).await.unwrap();
-        ticket.skipped(reader.buffer().contains(&b'\n'));
+        ticket.skipped(reader.buffer());
         assert!(
             a.admit(5, None, Instant::now()).is_some(),
             "blank lines hold no slot"

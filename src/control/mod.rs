@@ -148,7 +148,7 @@ async fn connection(stream: UnixStream, state: Arc<DaemonState>, ticket: admissi
             return;
         }
         // A line sent along with the last request may wait in the buffer already.
-        ticket.idle(tokio::time::Instant::now(), reader.buffer().contains(&b'\n'));
+        ticket.idle(tokio::time::Instant::now(), reader.buffer());
     }
 }
 
@@ -182,7 +182,7 @@ async fn next_request(
         };
         let (code, message) = match read {
             Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => {
-                ticket.skipped(reader.buffer().contains(&b'\n'));
+                ticket.skipped(reader.buffer());
                 continue;
             }
             Ok(Err(_)) if ticket.evicted.is_cancelled() => return evicted(writer).await,

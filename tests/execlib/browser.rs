@@ -208,14 +208,19 @@ fn regression_an_image_change_reloaded_every_open_page() {
     let sandbox = Sandbox::new();
     let config = site_config(&sandbox, "inject = true", &one_route("true", ""));
     let svg = |fill: &str| {
-        format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4" fill="{fill}"/></svg>"#)
+        format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4" fill="{fill}"/></svg>"#
+        )
     };
     sandbox.write(
         "public/index.html",
         r#"<html><head><link rel="stylesheet" href="/style.css"></head>
            <body><img id="i" src="/logo.svg"><div id="b" class="b"></div></body></html>"#,
     );
-    sandbox.write("public/style.css", ".b { background-image: url(pic.svg); width: 4px; height: 4px; }");
+    sandbox.write(
+        "public/style.css",
+        ".b { background-image: url(pic.svg); width: 4px; height: 4px; }",
+    );
     sandbox.write("public/logo.svg", &svg("red"));
     sandbox.write("public/pic.svg", &svg("red"));
     let Some((daemon, _browser, mut tab)) = open_site(&sandbox, &config) else {
