@@ -117,7 +117,7 @@ fn victim(slots: &HashMap<u64, Slot>) -> Option<u64> {
             Some(((per_uid[&s.uid], std::cmp::Reverse(since), *id), s))
         })
         .collect();
-    candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
     // In the order they would give way; the first without a request waiting goes (so
     // usually one socket is looked into).
     let mut peeked = vec![0u8; crate::protocol::MAX_LINE + 1];
