@@ -113,6 +113,41 @@ fn conditional_requests_get_304_until_the_file_changes() {
 }
 
 #[test]
+fn regression_a_file_modified_before_1970_could_not_be_served() {
+    let (sandbox, _daemon, addr) = site();
+    sandbox.write("public/old.txt", "old file");
+    let in_1960 = std::time::SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(10 * 365 * 86_400);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(sandbox.path("public/old.txt"));
+    file.unwrap().set_modified(in_1960).unwrap();
+    // Twice: read from the disk, then (quiet for decades) from the cache.
+    for _ in 0..2 {
+        let r = get(&addr, "/old.txt", &[]);
+        assert_eq!((r.status, r.text().as_str()), (200, "old file"));
+        assert_eq!(r.header("last-modified"), None, "no HTTP date before 1970");
+    }
+    let etag = get(&addr, "/old.txt", &[]).header("etag").unwrap().to_owned();
+    let r = get(&addr, "/old.txt", &[&format!("If-None-Match: {etag}")]);
+    assert_eq!(r.status, 304, "the ETag still validates it");
+    let epoch = "Thu, 01 Jan 1970 00:00:00 GMT";
+    let r = get(&addr, "/old.txt", &[&format!("If-Modified-Since: {epoch}")]);
+    assert_eq!(r.status, 200, "no date of its own to compare with");
+    let r = get(
+        &addr,
+        "/old.txt",
+        &["Range: bytes=0-2", &format!("If-Range: {epoch}")],
+    );
+    assert_eq!((r.status, r.body.len()), (200, 8), "a date never matches it");
+    let r = get(
+        &addr,
+        "/old.txt",
+        &["Range: bytes=0-2", &format!("If-Range: {etag}")],
+    );
+    assert_eq!((r.status, r.text().as_str()), (206, "old"));
+}
+
+#[test]
 fn single_ranges_get_206_and_unsatisfiable_ones_416() {
     let (_sandbox, _daemon, addr) = site();
     let r = get(&addr, "/style.css", &["Range: bytes=0-3"]);
