@@ -523,6 +523,58 @@ fn host_missing_or_repeated_gets_400() {
     assert_eq!(ask("GET / HTTP/1.0\r\n"), 200, "HTTP/1.0 needs no Host");
 }
 
+/// `GET /style.css` with `Host: host`: its status.
+fn status_for_host(addr: &str, host: &str) -> u16 {
+    let raw = format!("GET /style.css HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    send_raw(addr, &raw).status
+}
+
+#[test]
+fn regression_a_dns_rebinding_page_could_read_a_site_on_loopback() {
+    let (_sandbox, _daemon, addr) = site();
+    let port = addr.rsplit(':').next().unwrap();
+    let r = send_raw(
+        &addr,
+        &format!("GET /style.css HTTP/1.1\r\nHost: rebind.evil.example:{port}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 421, "a name that resolved to 127.0.0.1 for a moment");
+    assert!(!r.text().contains("color"), "nothing of the site: {}", r.text());
+    assert_eq!(status_for_host(&addr, "localhost.evil.example"), 421);
+    for local in [
+        format!("localhost:{port}"),
+        format!("app.localhost:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_owned(),
+        addr.clone(),
+    ] {
+        assert_eq!(status_for_host(&addr, &local), 200, "{local}");
+    }
+}
+
+#[test]
+fn allowed_hosts_are_answered_on_loopback_and_any_host_off_it() {
+    let sandbox = Sandbox::new();
+    let allowed = "allowed_hosts = [\"dev.example.test\"]";
+    let config = site_config(&sandbox, allowed, &one_route("true", ""));
+    sandbox.write("public/style.css", "body {}");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    assert_eq!(status_for_host(&addr, "dev.example.test:8080"), 200);
+    assert_eq!(status_for_host(&addr, "other.example.test"), 421);
+    drop(daemon);
+    // Bound to every address, it serves a real site behind names of its own.
+    let public = sandbox.config(&format!(
+        "[server]\nlisten = \"0.0.0.0:0\"\nroot = \"public\"\n{}",
+        one_route("true", "")
+    ));
+    let daemon = Daemon::start(&sandbox, &public);
+    let port = http_addr(&daemon).rsplit(':').next().unwrap().to_owned();
+    assert_eq!(
+        status_for_host(&format!("127.0.0.1:{port}"), "www.example.test"),
+        200
+    );
+}
+
 #[test]
 fn a_trailing_slash_after_a_file_is_404() {
     let (_sandbox, _daemon, addr) = site();
