@@ -191,10 +191,7 @@ pub async fn serve(
     regions: &Regions,
 ) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
-        let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return method_not_allowed();
     }
     // A cached small file costs a path walk and an fstat (see `cache`), done here: no
     // disk access while the inodes are in memory, as they are for a file just served.
@@ -217,6 +214,14 @@ pub async fn serve(
         Ok(Lookup::Answer(response)) => response,
         Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
+}
+
+/// 405 with `Allow: GET, HEAD`: the answer to any other method.
+pub fn method_not_allowed() -> Response<Body> {
+    let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
 }
 
 /// 503: every place for lookups is held by one the file system has not answered.
@@ -494,7 +499,12 @@ fn byte_range(headers: &HeaderMap, len: u64) -> Range {
         return Range::Full;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parsed = match (first.parse::<u64>(), last.parse::<u64>()) {
+    // Digits only (RFC 9110 14.1.1): `u64::from_str` would take `+5` too.
+    let number = |s: &str| match s.bytes().all(|b| b.is_ascii_digit()) {
+        true => s.parse::<u64>().map_err(|_| ()),
+        false => Err(()),
+    };
+    let parsed = match (number(first), number(last)) {
         (Ok(a), Ok(b)) if a <= b => Some((a, b.min(len.saturating_sub(1)))),
         (Ok(a), Err(_)) if last.is_empty() => Some((a, len.saturating_sub(1))),
         (Err(_), Ok(n)) if first.is_empty() => {
@@ -578,6 +588,14 @@ mod tests {
         assert_eq!(range("bytes=0-1,3-4", 10), Range::Full);
         assert_eq!(range("bytes=4-2", 10), Range::Full);
         assert_eq!(range("items=0-1", 10), Range::Full);
+    }
+
+    #[test]
+    fn regression_a_range_with_signed_numbers_was_honoured() {
+        assert_eq!(range("bytes=+5-+9", 10), Range::Full);
+        assert_eq!(range("bytes=+5-", 10), Range::Full);
+        assert_eq!(range("bytes=-+3", 10), Range::Full);
+        assert_eq!(range("bytes=5-+9", 10), Range::Full);
     }
 
     #[test]

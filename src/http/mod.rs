@@ -404,7 +404,10 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, regions: &zerocopy::Regions) -
             return livereload(ctx, lr, req).await;
         }
         if path == "/livereload.js" {
-            return client_script(&req);
+            return match req.method() {
+                &http::Method::GET | &http::Method::HEAD => client_script(&req),
+                _ => files::method_not_allowed(),
+            };
         }
     }
     if !ctx.static_files {

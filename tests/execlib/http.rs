@@ -148,6 +148,25 @@ fn regression_a_file_modified_before_1970_could_not_be_served() {
 }
 
 #[test]
+fn regression_livereload_js_answered_other_methods_and_signed_ranges_got_206() {
+    let (_sandbox, _daemon, addr) = site();
+    for method in ["POST", "PUT", "DELETE"] {
+        let r = request(
+            &addr,
+            &format!("{method} /livereload.js HTTP/1.1\r\nContent-Length: 0"),
+        );
+        assert_eq!(
+            (r.status, r.header("allow")),
+            (405, Some("GET, HEAD")),
+            "{method}"
+        );
+    }
+    assert_eq!(request(&addr, "HEAD /livereload.js HTTP/1.1").status, 200);
+    let r = get(&addr, "/style.css", &["Range: bytes=+5-+9"]);
+    assert_eq!((r.status, r.body.len()), (200, 19), "not a range: the whole file");
+}
+
+#[test]
 fn single_ranges_get_206_and_unsatisfiable_ones_416() {
     let (_sandbox, _daemon, addr) = site();
     let r = get(&addr, "/style.css", &["Range: bytes=0-3"]);
