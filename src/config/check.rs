@@ -184,6 +184,57 @@ impl Ctx<'_> {
         }
     }
 
+    /// `allowed_hosts` (`[server]`): DNS names, lower-cased, at most
+    /// [`MAX_ALLOWED_HOSTS`](crate::http::authority::MAX_ALLOWED_HOSTS).
+    pub fn allowed_hosts(
+        &self,
+        raw: Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let max = crate::http::authority::MAX_ALLOWED_HOSTS;
+        let name = |h: &str| {
+            crate::http::authority::is_dns_name(h)
+                .then(|| h.to_ascii_lowercase())
+                .ok_or_else(|| {
+                    format!("allowed_hosts: {h:?} is not a host name like \"dev.example.com\" (no port)")
+                })
+        };
+        self.listed(raw, ("allowed_hosts", max), name)
+    }
+
+    /// `livereload_origins` (`[server]`): `scheme://host[:port]` origins,
+    /// normalized, at most [`MAX_LIVERELOAD_ORIGINS`](crate::http::authority::MAX_LIVERELOAD_ORIGINS).
+    pub fn livereload_origins(
+        &self,
+        raw: Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let max = crate::http::authority::MAX_LIVERELOAD_ORIGINS;
+        let origin = |o: &str| {
+            crate::http::authority::normalize_origin(o).ok_or_else(|| {
+                format!("livereload_origins: {o:?} is not an origin like \"https://dev.example.com:8443\" (http or https, no path)")
+            })
+        };
+        self.listed(raw, ("livereload_origins", max), origin)
+    }
+
+    /// A list `key` of at most `max` values, each checked and made by `each`.
+    fn listed(
+        &self,
+        raw: Option<Spanned<Vec<Spanned<String>>>>,
+        (key, max): (&str, usize),
+        each: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Vec::new());
+        };
+        if raw.get_ref().len() > max {
+            return self.err(raw.span().start, format!("`{key}` lists at most {max} values"));
+        }
+        let values = raw.into_inner().into_iter();
+        values
+            .map(|v| each(v.get_ref()).or_else(|message| self.err(v.span().start, message)))
+            .collect()
+    }
+
     /// Milliseconds `raw` (`default_ms` when left out), refused under `min` with the
     /// key's name and why.
     fn at_least(

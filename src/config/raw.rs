@@ -64,6 +64,8 @@ pub struct RawServer {
     pub max_clients: Option<Spanned<usize>>,
     pub max_connections_per_address: Option<Spanned<usize>>,
     pub builds: Option<Vec<Spanned<String>>>,
+    pub allowed_hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub livereload_origins: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[listener]]`.

@@ -421,6 +421,39 @@ fn connections_per_address_are_between_one_and_every_slot_and_default_to_512() {
 }
 
 #[test]
+fn allowed_hosts_and_livereload_origins_are_checked_normalized_and_bounded() {
+    let server = |line: &str| format!("[server]\nroot = \"site\"\n{line}\n{MINIMAL}");
+    let both =
+        "allowed_hosts = [\"Dev.Example.test\"]\nlivereload_origins = [\"HTTPS://Dev.Example.com:8443\"]";
+    let c = parse(&server(both)).unwrap().server.unwrap();
+    assert_eq!(c.allowed_hosts, ["dev.example.test"]);
+    assert_eq!(c.livereload_origins, ["https://dev.example.com:8443"]);
+    let c = parse(&server("")).unwrap().server.unwrap();
+    assert!(c.allowed_hosts.is_empty() && c.livereload_origins.is_empty());
+    assert_refused(
+        &server("allowed_hosts = [\"dev.example.test:80\"]"),
+        (3, 18),
+        &["is not a host name", "no port"],
+    );
+    for bad in ["https://x.test/", "x.test", "ftp://x.test", "null"] {
+        assert_refused(
+            &server(&format!("livereload_origins = [\"{bad}\"]")),
+            (3, 23),
+            &["is not an origin"],
+        );
+    }
+    let many = (0..65)
+        .map(|i| format!("\"h{i}.test\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert_refused(
+        &server(&format!("allowed_hosts = [{many}]")),
+        (3, 17),
+        &["`allowed_hosts` lists at most 64"],
+    );
+}
+
+#[test]
 fn regression_an_idle_timeout_of_zero_is_refused() {
     // It passed `--check`, then closed every connection before its first request:
     // LiveReload clients before their hello, HTTP and control clients at once.

@@ -85,8 +85,8 @@ pub struct Entry {
     pub content_type: String,
     /// The strong ETag.
     pub etag: String,
-    /// `Last-Modified`.
-    pub modified: SystemTime,
+    /// `Last-Modified`, when the file's time has an HTTP date.
+    pub modified: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -180,7 +180,7 @@ mod tests {
             body: Bytes::from_static(b"x"),
             content_type: "text/plain".into(),
             etag: "\"e\"".into(),
-            modified: SystemTime::UNIX_EPOCH,
+            modified: None,
         }
     }
 

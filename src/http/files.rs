@@ -1,5 +1,6 @@
 //! Serving static files: GET and HEAD, `Content-Type` (with `charset=utf-8` for
-//! text), `Last-Modified` and a strong `ETag` answered with 304, single byte ranges
+//! text), `Last-Modified` (when the file's time has an HTTP date, see
+//! [`http_date`]) and a strong `ETag` answered with 304, single byte ranges
 //! (206, 416), `Cache-Control: no-cache`, and optional LiveReload script injection
 //! into HTML up to [`MAX_INJECT`]. Large files are sent with `sendfile` (see
 //! [`zerocopy`]), or read on the blocking pool from a file system that may stop
@@ -142,7 +143,8 @@ const READ_WHOLE: u64 = super::cache::MAX_ENTRY as u64;
 /// What a file's answer is made of.
 struct Source {
     etag: String,
-    modified: SystemTime,
+    /// `Last-Modified`: the file's time when it has an HTTP date ([`http_date`]).
+    modified: Option<SystemTime>,
     content_type: String,
     content: Content,
 }
@@ -189,10 +191,7 @@ pub async fn serve(
     regions: &Regions,
 ) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
-        let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return method_not_allowed();
     }
     // A cached small file costs a path walk and an fstat (see `cache`), done here: no
     // disk access while the inodes are in memory, as they are for a file just served.
@@ -215,6 +214,14 @@ pub async fn serve(
         Ok(Lookup::Answer(response)) => response,
         Err(_) => status(StatusCode::INTERNAL_SERVER_ERROR),
     }
+}
+
+/// 405 with `Allow: GET, HEAD`: the answer to any other method.
+pub fn method_not_allowed() -> Response<Body> {
+    let mut r = status(StatusCode::METHOD_NOT_ALLOWED);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
 }
 
 /// 503: every place for lookups is held by one the file system has not answered.
@@ -331,7 +338,7 @@ fn prepare(
     };
     let source = Source {
         etag,
-        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        modified: meta.modified().ok().filter(|&t| http_date(t).is_some()),
         content_type: content_type(&mime),
         content,
     };
@@ -356,9 +363,11 @@ async fn respond(
     } = source;
     let mut head = Response::builder()
         .header(header::ETAG, &etag)
-        .header(header::LAST_MODIFIED, httpdate::fmt_http_date(modified))
         .header(header::CACHE_CONTROL, "no-cache")
         .header(header::ACCEPT_RANGES, "bytes");
+    if let Some(date) = modified.and_then(http_date) {
+        head = head.header(header::LAST_MODIFIED, date.to_string());
+    }
     if not_modified(headers, &etag, modified) {
         return head
             .status(StatusCode::NOT_MODIFIED)
@@ -414,8 +423,19 @@ fn content_type(mime: &mime_guess::Mime) -> String {
     }
 }
 
-/// `If-None-Match` (strong or weak match, or `*`), else `If-Modified-Since` (to the second).
-fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+/// `t` as an HTTP date, if it has one: `httpdate` covers 1970 to 9999 (and panics
+/// outside), while a file's time may be before 1970 (`touch -d 1960-01-01`) or, on
+/// some file systems, after 9999. Such a file is served without `Last-Modified`.
+fn http_date(t: SystemTime) -> Option<httpdate::HttpDate> {
+    /// 10000-01-01T00:00:00Z, in seconds since the epoch.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    (secs < YEAR_10000).then(|| httpdate::HttpDate::from(t))
+}
+
+/// `If-None-Match` (strong or weak match, or `*`), else `If-Modified-Since` (to the
+/// second; ignored for a file without `Last-Modified`).
+fn not_modified(headers: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         return inm
             .split(',')
@@ -429,16 +449,19 @@ fn not_modified(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
     else {
         return false;
     };
-    let secs = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    };
-    secs(modified) <= secs(since)
+    modified.is_some_and(|modified| secs(modified) <= secs(since))
+}
+
+/// Whole seconds since the epoch (0 before it).
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `If-Range` (RFC 9110 13.1.5): the range applies only if the validator is this
-/// file's strong ETag, or exactly its `Last-Modified` date; without the header it applies.
-fn if_range_holds(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+/// file's strong ETag, or exactly its `Last-Modified` date (never, for a file without
+/// one); without the header it applies.
+fn if_range_holds(headers: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
     let Some(value) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -446,9 +469,8 @@ fn if_range_holds(headers: &HeaderMap, etag: &str, modified: SystemTime) -> bool
     if value.starts_with('"') {
         return value == etag;
     }
-    let secs = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+    let Some(modified) = modified else {
+        return false;
     };
     httpdate::parse_http_date(value).is_ok_and(|date| secs(date) == secs(modified))
 }
@@ -477,7 +499,12 @@ fn byte_range(headers: &HeaderMap, len: u64) -> Range {
         return Range::Full;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parsed = match (first.parse::<u64>(), last.parse::<u64>()) {
+    // Digits only (RFC 9110 14.1.1): `u64::from_str` would take `+5` too.
+    let number = |s: &str| match s.bytes().all(|b| b.is_ascii_digit()) {
+        true => s.parse::<u64>().map_err(|_| ()),
+        false => Err(()),
+    };
+    let parsed = match (number(first), number(last)) {
         (Ok(a), Ok(b)) if a <= b => Some((a, b.min(len.saturating_sub(1)))),
         (Ok(a), Err(_)) if last.is_empty() => Some((a, len.saturating_sub(1))),
         (Err(_), Ok(n)) if first.is_empty() => {
@@ -561,6 +588,41 @@ mod tests {
         assert_eq!(range("bytes=0-1,3-4", 10), Range::Full);
         assert_eq!(range("bytes=4-2", 10), Range::Full);
         assert_eq!(range("items=0-1", 10), Range::Full);
+    }
+
+    #[test]
+    fn regression_a_range_with_signed_numbers_was_honoured() {
+        assert_eq!(range("bytes=+5-+9", 10), Range::Full);
+        assert_eq!(range("bytes=+5-", 10), Range::Full);
+        assert_eq!(range("bytes=-+3", 10), Range::Full);
+        assert_eq!(range("bytes=5-+9", 10), Range::Full);
+    }
+
+    #[test]
+    fn times_without_an_http_date_have_none_and_never_panic() {
+        use std::time::Duration;
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let date = |t| http_date(t).map(|d| d.to_string());
+        assert_eq!(date(SystemTime::UNIX_EPOCH - Duration::from_secs(1)), None);
+        assert_eq!(date(at(0)).as_deref(), Some("Thu, 01 Jan 1970 00:00:00 GMT"));
+        assert_eq!(
+            date(at(253_402_300_799)).as_deref(),
+            Some("Fri, 31 Dec 9999 23:59:59 GMT")
+        );
+        assert_eq!(date(at(253_402_300_800)), None, "the year 10000");
+    }
+
+    #[test]
+    fn without_last_modified_dates_never_validate() {
+        let mut h = HeaderMap::new();
+        let epoch = "Thu, 01 Jan 1970 00:00:00 GMT";
+        h.insert(header::IF_MODIFIED_SINCE, HeaderValue::from_static(epoch));
+        assert!(!not_modified(&h, "\"e\"", None));
+        assert!(not_modified(&h, "\"e\"", Some(SystemTime::UNIX_EPOCH)));
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_RANGE, HeaderValue::from_static(epoch));
+        assert!(!if_range_holds(&h, "\"e\"", None));
+        assert!(if_range_holds(&h, "\"e\"", Some(SystemTime::UNIX_EPOCH)));
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //! than warp's `serve`, which cannot time out a silent connection: each connection
 //! gets a header-read timeout and a cap on the request head. `/livereload` is a warp
 //! WebSocket filter, `/livereload.js` the embedded client, anything else a file.
-//! A watcher on the root tells LiveReload clients what changed.
+//! A watcher on the root tells LiveReload clients what changed. A server bound only
+//! to loopback answers only local names (421 otherwise), and a LiveReload handshake
+//! from another site's page is refused (403): see [`authority`].
 
+pub mod authority;
 pub mod blocking;
 pub mod cache;
 pub mod files;
@@ -90,6 +93,8 @@ struct Ctx {
     refused: crate::metrics::RefusedCounters,
     /// Responses counted by status class.
     responses: crate::metrics::HttpCounters,
+    /// The `Host` and `Origin` requests may carry.
+    guard: authority::Guard,
 }
 
 /// The running HTTP server.
@@ -137,6 +142,11 @@ impl HttpServer {
             peers: peers::Peers::new(config.max_connections_per_address),
             refused: metrics.http_refused(),
             responses: metrics.http_responses(),
+            guard: authority::Guard {
+                loopback_only: addr.ip().to_canonical().is_loopback(),
+                allowed_hosts: config.allowed_hosts.clone(),
+                livereload_origins: config.livereload_origins.clone(),
+            },
         });
         let site = ctx.site.clone();
         let stop = CancellationToken::new();
@@ -382,18 +392,22 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, regions: &zerocopy::Regions) -
     if !host_is_valid(&req) {
         return status(StatusCode::BAD_REQUEST);
     }
+    if !ctx.guard.host(host_of(req.headers())) {
+        return refused(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown Host: see allowed_hosts\n",
+        );
+    }
     let path = req.uri().path().to_owned();
     if let Some(lr) = &ctx.livereload {
         if path == "/livereload" {
-            let Some(seat) = LiveReload::seat(lr) else {
-                return too_many_clients();
-            };
-            let mut service = warp::service(LiveReload::filter(lr.clone(), seat));
-            let response = service.call(req).await.unwrap_or_else(|never| match never {});
-            return response.map(|body| body.map_err(BoxError::from).boxed_unsync());
+            return livereload(ctx, lr, req).await;
         }
         if path == "/livereload.js" {
-            return client_script(&req);
+            return match req.method() {
+                &http::Method::GET | &http::Method::HEAD => client_script(&req),
+                _ => files::method_not_allowed(),
+            };
         }
     }
     if !ctx.static_files {
@@ -410,6 +424,31 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, regions: &zerocopy::Regions) -
     .await
 }
 
+/// `/livereload`: the WebSocket upgrade, for a page of an allowed origin (403
+/// otherwise, before a seat is taken) while there are seats (503 otherwise).
+async fn livereload(ctx: &Ctx, lr: &Arc<LiveReload>, req: Request<Incoming>) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN);
+    let origin = origin.map(|o| o.to_str().unwrap_or(""));
+    if !ctx.guard.origin(origin, host_of(req.headers())) {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "Origin not allowed: see livereload_origins\n",
+        );
+    }
+    let Some(seat) = LiveReload::seat(lr) else {
+        return too_many_clients();
+    };
+    let mut service = warp::service(LiveReload::filter(lr.clone(), seat));
+    let response = service.call(req).await.unwrap_or_else(|never| match never {});
+    response.map(|body| body.map_err(BoxError::from).boxed_unsync())
+}
+
+/// The request's `Host`, unless it is missing or empty.
+fn host_of(headers: &http::HeaderMap) -> Option<&str> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    host.filter(|h| !h.is_empty())
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, and a request never
 /// has two; its value is empty or an authority (`host[:port]`).
 fn host_is_valid(req: &Request<Incoming>) -> bool {
@@ -424,6 +463,13 @@ fn host_is_valid(req: &Request<Incoming>) -> bool {
         }
         (Some(_), Some(_)) => false,
     }
+}
+
+/// `code`, with `why` for a person reading it.
+fn refused(code: StatusCode, why: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(why));
+    *r.status_mut() = code;
+    r
 }
 
 /// 503 for a LiveReload client over `max_clients`; its script retries with back-off.

@@ -113,6 +113,60 @@ fn conditional_requests_get_304_until_the_file_changes() {
 }
 
 #[test]
+fn regression_a_file_modified_before_1970_could_not_be_served() {
+    let (sandbox, _daemon, addr) = site();
+    sandbox.write("public/old.txt", "old file");
+    let in_1960 = std::time::SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(10 * 365 * 86_400);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(sandbox.path("public/old.txt"));
+    file.unwrap().set_modified(in_1960).unwrap();
+    // Twice: read from the disk, then (quiet for decades) from the cache.
+    for _ in 0..2 {
+        let r = get(&addr, "/old.txt", &[]);
+        assert_eq!((r.status, r.text().as_str()), (200, "old file"));
+        assert_eq!(r.header("last-modified"), None, "no HTTP date before 1970");
+    }
+    let etag = get(&addr, "/old.txt", &[]).header("etag").unwrap().to_owned();
+    let r = get(&addr, "/old.txt", &[&format!("If-None-Match: {etag}")]);
+    assert_eq!(r.status, 304, "the ETag still validates it");
+    let epoch = "Thu, 01 Jan 1970 00:00:00 GMT";
+    let r = get(&addr, "/old.txt", &[&format!("If-Modified-Since: {epoch}")]);
+    assert_eq!(r.status, 200, "no date of its own to compare with");
+    let r = get(
+        &addr,
+        "/old.txt",
+        &["Range: bytes=0-2", &format!("If-Range: {epoch}")],
+    );
+    assert_eq!((r.status, r.body.len()), (200, 8), "a date never matches it");
+    let r = get(
+        &addr,
+        "/old.txt",
+        &["Range: bytes=0-2", &format!("If-Range: {etag}")],
+    );
+    assert_eq!((r.status, r.text().as_str()), (206, "old"));
+}
+
+#[test]
+fn regression_livereload_js_answered_other_methods_and_signed_ranges_got_206() {
+    let (_sandbox, _daemon, addr) = site();
+    for method in ["POST", "PUT", "DELETE"] {
+        let r = request(
+            &addr,
+            &format!("{method} /livereload.js HTTP/1.1\r\nContent-Length: 0"),
+        );
+        assert_eq!(
+            (r.status, r.header("allow")),
+            (405, Some("GET, HEAD")),
+            "{method}"
+        );
+    }
+    assert_eq!(request(&addr, "HEAD /livereload.js HTTP/1.1").status, 200);
+    let r = get(&addr, "/style.css", &["Range: bytes=+5-+9"]);
+    assert_eq!((r.status, r.body.len()), (200, 19), "not a range: the whole file");
+}
+
+#[test]
 fn single_ranges_get_206_and_unsatisfiable_ones_416() {
     let (_sandbox, _daemon, addr) = site();
     let r = get(&addr, "/style.css", &["Range: bytes=0-3"]);
@@ -486,6 +540,58 @@ fn host_missing_or_repeated_gets_400() {
         "an empty Host is allowed"
     );
     assert_eq!(ask("GET / HTTP/1.0\r\n"), 200, "HTTP/1.0 needs no Host");
+}
+
+/// `GET /style.css` with `Host: host`: its status.
+fn status_for_host(addr: &str, host: &str) -> u16 {
+    let raw = format!("GET /style.css HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    send_raw(addr, &raw).status
+}
+
+#[test]
+fn regression_a_dns_rebinding_page_could_read_a_site_on_loopback() {
+    let (_sandbox, _daemon, addr) = site();
+    let port = addr.rsplit(':').next().unwrap();
+    let r = send_raw(
+        &addr,
+        &format!("GET /style.css HTTP/1.1\r\nHost: rebind.evil.example:{port}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(r.status, 421, "a name that resolved to 127.0.0.1 for a moment");
+    assert!(!r.text().contains("color"), "nothing of the site: {}", r.text());
+    assert_eq!(status_for_host(&addr, "localhost.evil.example"), 421);
+    for local in [
+        format!("localhost:{port}"),
+        format!("app.localhost:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_owned(),
+        addr.clone(),
+    ] {
+        assert_eq!(status_for_host(&addr, &local), 200, "{local}");
+    }
+}
+
+#[test]
+fn allowed_hosts_are_answered_on_loopback_and_any_host_off_it() {
+    let sandbox = Sandbox::new();
+    let allowed = "allowed_hosts = [\"dev.example.test\"]";
+    let config = site_config(&sandbox, allowed, &one_route("true", ""));
+    sandbox.write("public/style.css", "body {}");
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    assert_eq!(status_for_host(&addr, "dev.example.test:8080"), 200);
+    assert_eq!(status_for_host(&addr, "other.example.test"), 421);
+    drop(daemon);
+    // Bound to every address, it serves a real site behind names of its own.
+    let public = sandbox.config(&format!(
+        "[server]\nlisten = \"0.0.0.0:0\"\nroot = \"public\"\n{}",
+        one_route("true", "")
+    ));
+    let daemon = Daemon::start(&sandbox, &public);
+    let port = http_addr(&daemon).rsplit(':').next().unwrap().to_owned();
+    assert_eq!(
+        status_for_host(&format!("127.0.0.1:{port}"), "www.example.test"),
+        200
+    );
 }
 
 #[test]

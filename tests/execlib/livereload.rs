@@ -454,3 +454,44 @@ fn regression_a_browser_gone_without_a_word_held_its_livereload_seat_for_ever() 
     assert_eq!(reloaded, "/a.html");
     drop(gone);
 }
+
+/// Opens `/livereload` as a page of `origin` would; the handshake's status (101: connected).
+fn handshake_from(addr: &str, origin: &str) -> u16 {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/livereload").into_client_request().unwrap();
+    request.headers_mut().insert("origin", origin.parse().unwrap());
+    match tungstenite::connect(request) {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("the handshake from {origin}: {e}"),
+    }
+}
+
+#[test]
+fn regression_any_web_page_could_open_livereload_and_read_its_messages() {
+    let (_sandbox, _daemon, addr) = site();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(handshake_from(&addr, "https://evil.example"), 403);
+    assert_eq!(handshake_from(&addr, "null"), 403, "a sandboxed page or a file");
+    let other = format!("http://127.0.0.1:{}", port.wrapping_add(1).max(1));
+    assert_eq!(handshake_from(&addr, &other), 403, "another local server's page");
+    assert_eq!(
+        handshake_from(&addr, &format!("http://{addr}")),
+        101,
+        "the server's own pages"
+    );
+    // A client without Origin is no browser page: it connects (and says hello).
+    LrClient::on_page(&addr, "/a.html");
+}
+
+#[test]
+fn pages_of_the_listed_livereload_origins_connect() {
+    let sandbox = Sandbox::new();
+    let origins = "livereload_origins = [\"https://dev.example.com\"]";
+    let config = site_config(&sandbox, origins, &one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&daemon);
+    assert_eq!(handshake_from(&addr, "https://dev.example.com"), 101);
+    assert_eq!(handshake_from(&addr, "https://dev.example.com:8443"), 403);
+    assert_eq!(handshake_from(&addr, "https://other.example.com"), 403);
+}

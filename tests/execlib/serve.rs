@@ -129,3 +129,24 @@ fn regression_serve_stops_when_its_terminal_closes() {
     unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
     assert!(daemon.0.wait().unwrap().success());
 }
+
+#[test]
+fn regression_serve_answered_a_dns_rebinding_page() {
+    let sandbox = Sandbox::new();
+    let (_daemon, mut lines) = serve_site(&sandbox, "src/*.md", "true");
+    let served = lines.next().unwrap().unwrap();
+    let addr = served
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ask = |host: &str| {
+        let raw = format!("GET /index.html HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        send_raw(&addr, &raw).status
+    };
+    assert_eq!(ask("rebind.evil.example"), 421, "served on 127.0.0.1 only");
+    assert_eq!(ask(&addr), 200);
+}
