@@ -46,9 +46,13 @@ pub fn verdict(route: &RouteConfig, path: &Path, kind: EventKind) -> Verdict {
 /// The submission for `route` (the listener's route number `index`) if the event is
 /// for it. An `each` route's runs are per file; a `batch` route's share one key.
 pub fn submission(index: usize, route: &RouteConfig, event: &FileEvent) -> Option<Submission> {
-    if verdict(route, &event.path, event.kind) != Verdict::Runs {
-        return None;
-    }
+    // A deletion the route does not take still tells it the file is gone, so a run
+    // pending for it is dropped, not started on a missing file.
+    let gone_only = match verdict(route, &event.path, event.kind) {
+        Verdict::Runs => false,
+        Verdict::KindFiltered(_) if event.kind == EventKind::Delete => true,
+        _ => return None,
+    };
     let key_path = match route.mode {
         Mode::Each => event.path.clone(),
         Mode::Batch => PathBuf::new(), // one key for the whole route
@@ -62,6 +66,7 @@ pub fn submission(index: usize, route: &RouteConfig, event: &FileEvent) -> Optio
             delay: route.delay,
         },
         order: route.order,
+        gone_only,
     })
 }
 

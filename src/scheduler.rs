@@ -7,7 +7,8 @@
 //!   more run after it, so the last change is never lost;
 //! - every change is covered by a run that starts after it;
 //! - a file that did not exist before its window and is gone at its end (an editor's or
-//!   `sed -i`'s temporary: created, then deleted or renamed away) runs nothing;
+//!   `sed -i`'s temporary: created or renamed to its name, then deleted or renamed
+//!   away) runs nothing;
 //! - a batch route has one key for all its files: one run for every file changed in
 //!   its window (and during its previous run);
 //! - at most `max_jobs` runs at once; due runs wait in arrival order;
@@ -30,7 +31,7 @@ pub use hold::{HoldNotice, HoldSpec, Holds, Probe};
 
 use crate::events::{EventKind, EventSet};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -61,6 +62,10 @@ pub struct Submission {
     pub timing: Timing,
     /// The route's stage and failure policy.
     pub order: Order,
+    /// The file was deleted, a kind the route does not take: this only drops the
+    /// file's changes pending for it (it is gone, and the route has nothing to do
+    /// for a deleted file); it starts nothing.
+    pub gone_only: bool,
 }
 
 /// Where a route stands among a listener's routes.
@@ -89,10 +94,13 @@ pub enum Input {
     /// threads are timed.
     Batch(Vec<Submission>),
     /// Asks for the files with work not yet done (see [`Scheduler::unsettled`]).
-    Unsettled(tokio::sync::oneshot::Sender<HashSet<PathBuf>>),
+    Unsettled(tokio::sync::oneshot::Sender<Unsettled>),
     /// Asks for the runs not started yet.
     Queued(tokio::sync::oneshot::Sender<Vec<Queued>>),
 }
+
+/// The files with work not yet done, each with the kinds of change that work is for.
+pub type Unsettled = HashMap<PathBuf, EventSet>;
 
 /// A run not started yet.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,9 +128,33 @@ struct Pending {
     first: Instant,
     last: Instant,
     kinds: EventSet,
-    /// Each file's first and last kind of change in the window.
-    files: std::collections::BTreeMap<PathBuf, (EventKind, EventKind)>,
+    /// Each file's changes in the window.
+    files: std::collections::BTreeMap<PathBuf, Changes>,
     timing: Timing,
+}
+
+/// A file's changes in a pending window: its first and last kind, and when the last came.
+#[derive(Debug, Clone, Copy)]
+struct Changes {
+    first: EventKind,
+    last: EventKind,
+    at: Instant,
+}
+
+impl Changes {
+    fn new(kind: EventKind, at: Instant) -> Self {
+        Changes {
+            first: kind,
+            last: kind,
+            at,
+        }
+    }
+
+    /// Did not exist before the window (created, or renamed to its name) and is gone
+    /// at its end (deleted, or renamed away): an editor's or `sed -i`'s temporary.
+    fn transient(&self) -> bool {
+        matches!(self.first, EventKind::Create | EventKind::Move) && self.last == EventKind::Delete
+    }
 }
 
 impl Pending {
@@ -133,10 +165,7 @@ impl Pending {
     /// The files to run for, in path order, and apart those created and gone again
     /// within the window (nothing to run for).
     fn into_files(self) -> (Vec<PathBuf>, Vec<PathBuf>) {
-        let transient = |(first, last): &(EventKind, EventKind)| {
-            *first == EventKind::Create && *last == EventKind::Delete
-        };
-        let (gone, run): (Vec<_>, Vec<_>) = self.files.into_iter().partition(|(_, k)| transient(k));
+        let (gone, run): (Vec<_>, Vec<_>) = self.files.into_iter().partition(|(_, c)| c.transient());
         let names = |v: Vec<(PathBuf, _)>| v.into_iter().map(|(f, _)| f).collect();
         (names(run), names(gone))
     }
@@ -158,6 +187,8 @@ struct Entry {
     order: Order,
     /// While running: the files of the run (in path order), and when it started.
     run: Option<(Vec<PathBuf>, Instant)>,
+    /// While running: the kinds of change the run is for.
+    run_kinds: EventSet,
 }
 
 /// Whether `run` (an entry's running run) is for `file`.
@@ -235,6 +266,9 @@ impl Scheduler {
 
     /// Records a change at `now`.
     pub fn submit(&mut self, sub: Submission, now: Instant) {
+        if sub.gone_only {
+            return self.drop_gone(&sub.key, &sub.file, now);
+        }
         self.staged |= sub.order.stage != 0;
         if let Some(gates) = &mut self.gates {
             gates.changed(sub.key.0, now);
@@ -254,7 +288,8 @@ impl Scheduler {
             Some(p) => {
                 p.last = now;
                 p.kinds.insert(sub.kind);
-                p.files.entry(sub.file).or_insert((sub.kind, sub.kind)).1 = sub.kind;
+                let changes = p.files.entry(sub.file).or_insert(Changes::new(sub.kind, now));
+                (changes.last, changes.at) = (sub.kind, now);
                 p.timing = sub.timing;
             }
             None => {
@@ -264,7 +299,7 @@ impl Scheduler {
                     first: now,
                     last: now,
                     kinds,
-                    files: [(sub.file, (sub.kind, sub.kind))].into(),
+                    files: [(sub.file, Changes::new(sub.kind, now))].into(),
                     timing: sub.timing,
                 };
                 if !entry.running {
@@ -282,9 +317,11 @@ impl Scheduler {
         timer.into_iter().chain(look).min()
     }
 
-    /// Takes every run due at `now`, marking its key running. A due run held by its
-    /// route's hold stays pending until the hold ends.
-    pub fn take_due(&mut self, now: Instant) -> Vec<Start> {
+    /// Takes the runs due at `now`, at most `slots` of them (the earliest due first),
+    /// marking their keys running. A due run held by its route's hold stays pending
+    /// until the hold ends; one beyond `slots` stays pending, still taking changes in,
+    /// until a slot is free.
+    pub fn take_due(&mut self, now: Instant, slots: usize) -> Vec<Start> {
         let mut due = Vec::new();
         if let Some(gates) = &mut self.gates {
             for key in gates.poll(now) {
@@ -292,7 +329,7 @@ impl Scheduler {
             }
         }
         while let Some(Reverse((at, _))) = self.timers.peek() {
-            if *at > now {
+            if *at > now || due.len() == slots {
                 break;
             }
             let Reverse((_, key)) = self.timers.pop().expect("peeked");
@@ -331,6 +368,7 @@ impl Scheduler {
             }
             entry.running = true;
             entry.run = Some((files.clone(), now));
+            entry.run_kinds = kinds;
             due.push(Start { key, kinds, files });
         }
         due
@@ -393,14 +431,20 @@ impl Scheduler {
         for key in keys {
             let entry = self.entries.get_mut(&key).expect("listed");
             let Some(p) = &mut entry.pending else { continue };
-            if entry.order.stage <= stage || p.last > started {
-                continue; // not later, or changed again since: a new occurrence
+            if entry.order.stage <= stage {
+                continue;
             }
+            // Each file's own last change decides (a batch's other files may have
+            // changed since): one changed again since the failed run began is a new
+            // occurrence and stays.
             let dropped: Vec<PathBuf> = files
                 .iter()
-                .filter(|f| p.files.remove(*f).is_some())
+                .filter(|f| p.files.get(*f).is_some_and(|c| c.at <= started))
                 .cloned()
                 .collect();
+            for f in &dropped {
+                p.files.remove(f);
+            }
             if dropped.is_empty() {
                 continue;
             }
@@ -425,15 +469,40 @@ impl Scheduler {
         cancelled
     }
 
+    /// `file` is gone, and `key`'s route takes no deletes: its pending changes to the
+    /// file are dropped (a run would find nothing, and the route does not run for a
+    /// deletion). A run under way is left to end.
+    fn drop_gone(&mut self, key: &Key, file: &Path, now: Instant) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Some(p) = &mut entry.pending else { return };
+        if p.files.remove(file).is_none() {
+            return;
+        }
+        if let Some(frames) = &mut self.frames
+            && !runs_for(&entry.run, file)
+        {
+            frames.release(file);
+        }
+        if p.files.is_empty() {
+            entry.pending = None;
+            if !entry.running {
+                self.entries.remove(key);
+                self.release_held(now); // it may have been holding a later stage back
+            }
+        }
+    }
+
     /// The listener is stopping: every run not started is dropped, and its files'
     /// frames are `cancelled`. Running runs are left to finish (see [`Self::finished_with`]).
     pub fn stop(&mut self) {
         for entry in self.entries.values_mut() {
             let Some(p) = entry.pending.take() else { continue };
             let Some(frames) = &mut self.frames else { continue };
-            for (file, kinds) in &p.files {
+            for (file, changes) in &p.files {
                 // A temporary (created, then gone) had nothing to do: no cancelled post.
-                if *kinds != (EventKind::Create, EventKind::Delete) {
+                if !changes.transient() {
                     frames.mark(file, FrameStatus::Cancelled);
                 }
                 if !runs_for(&entry.run, file) {
@@ -465,9 +534,27 @@ impl Scheduler {
     }
 
     /// The files with changes whose runs have not finished: pending, waiting for a
-    /// slot, or running. Their changes are not processed yet.
-    pub fn unsettled(&self) -> HashSet<PathBuf> {
-        self.entries.values().flat_map(files_of).collect()
+    /// slot, or running, with the kinds of change each run is for (a batch run's
+    /// kinds for each of its files). Their changes are not processed yet.
+    pub fn unsettled(&self) -> Unsettled {
+        let mut unsettled = Unsettled::new();
+        let mut add = |file: &PathBuf, kinds: &[EventKind]| {
+            let set = unsettled.entry(file.clone()).or_default();
+            kinds.iter().for_each(|k| set.insert(*k));
+        };
+        for e in self.entries.values() {
+            if let Some((files, _)) = &e.run {
+                let kinds: Vec<EventKind> = EventKind::ALL
+                    .into_iter()
+                    .filter(|k| e.run_kinds.contains(*k))
+                    .collect();
+                files.iter().for_each(|f| add(f, &kinds));
+            }
+            for (file, changes) in e.pending.iter().flat_map(|p| &p.files) {
+                add(file, &[changes.first, changes.last]);
+            }
+        }
+        unsettled
     }
 
     /// The keys with changes waiting for their due time.
@@ -476,6 +563,14 @@ impl Scheduler {
             .iter()
             .filter(|(_, e)| e.pending.is_some())
             .map(|(k, _)| k)
+    }
+
+    /// Whether `key`'s pending run is due by `now` and waits only for a free slot
+    /// (not for its own run to end, nor for an earlier stage or a hold).
+    pub fn is_waiting(&self, key: &Key, now: Instant) -> bool {
+        self.entries.get(key).is_some_and(|e| {
+            !e.running && e.pending.as_ref().is_some_and(|p| p.due_at() <= now) && !self.held.contains(key)
+        }) && !self.is_held(key)
     }
 }
 

@@ -110,7 +110,7 @@ const STUCK: &str = "its watcher has been busy in one step";
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     /// Set when the listener stops: files whose changes it had not processed.
-    handover: Mutex<Vec<PathBuf>>,
+    handover: Mutex<Vec<(PathBuf, crate::events::EventSet)>>,
     watches: AtomicU64,
     events: AtomicU64,
     jobs_started: AtomicU64,
@@ -165,7 +165,7 @@ impl Shared {
     }
 
     /// Leaves `files` (changes not processed at a stop) for a listener replacing this one.
-    fn hand_over(&self, files: impl IntoIterator<Item = PathBuf>) {
+    fn hand_over(&self, files: impl IntoIterator<Item = (PathBuf, crate::events::EventSet)>) {
         *self.handover.lock().expect("handover lock") = files.into_iter().collect();
     }
 
@@ -430,7 +430,7 @@ impl Listeners {
                 path: file,
                 kind: crate::events::EventKind::Modify,
             };
-            if let Some(sub) = crate::route::submission(index, route, &event) {
+            if let Some(sub) = crate::route::submission(index, route, &event).filter(|s| !s.gone_only) {
                 let _ = submit.send(crate::scheduler::Input::Submit(sub)).await;
                 matched += 1;
             }

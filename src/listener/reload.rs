@@ -9,7 +9,7 @@
 
 use super::{FileEvent, ListenerError, Listeners, Slot, State};
 use crate::config::Config;
-use crate::events::EventKind;
+use crate::events::{EventKind, EventSet};
 use crate::protocol::replies::Applied;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -182,12 +182,14 @@ impl Listeners {
     }
 }
 
-/// Synthetic events for files a replaced listener had not finished: `modify` if the
-/// file is there, else `delete`. Looked at on a blocking thread, bounded as
-/// `explain`'s probes are: if the file system does not answer in time, every one is
-/// a `modify` (a run that finds its file gone, rather than a run lost).
-async fn handed_over(files: Vec<PathBuf>) -> Vec<FileEvent> {
-    let asked = files.clone();
+/// Synthetic events for files a replaced listener had not finished, with the kinds
+/// of change their runs were for (a route taking only `create` still gets its
+/// create): `delete` if the file is gone, else each kind it had but `delete` (or
+/// `modify` if none). Looked at on a blocking thread, bounded as `explain`'s probes
+/// are: if the file system does not answer in time, every one is taken to be there
+/// (a run that finds its file gone, rather than a run lost).
+async fn handed_over(files: Vec<(PathBuf, EventSet)>) -> Vec<FileEvent> {
+    let asked: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     let gone = move || {
         asked
             .iter()
@@ -195,17 +197,25 @@ async fn handed_over(files: Vec<PathBuf>) -> Vec<FileEvent> {
             .collect::<Vec<_>>()
     };
     let gone = super::explain::bounded(super::explain::FS_TIMEOUT, gone).await;
-    let kinds = gone.into_iter().flatten().chain(std::iter::repeat(false));
-    files
-        .into_iter()
-        .zip(kinds)
-        .map(|(path, gone)| FileEvent {
-            path,
-            kind: if gone {
-                EventKind::Delete
-            } else {
-                EventKind::Modify
-            },
-        })
-        .collect()
+    let gone = gone.into_iter().flatten().chain(std::iter::repeat(false));
+    let mut events = Vec::new();
+    for ((path, kinds), gone) in files.into_iter().zip(gone) {
+        let there = [
+            EventKind::Create,
+            EventKind::Move,
+            EventKind::Modify,
+            EventKind::Attrib,
+        ];
+        let mut had: Vec<EventKind> = there.into_iter().filter(|k| kinds.contains(*k)).collect();
+        if gone {
+            had = vec![EventKind::Delete];
+        } else if had.is_empty() {
+            had = vec![EventKind::Modify];
+        }
+        events.extend(had.into_iter().map(|kind| FileEvent {
+            path: path.clone(),
+            kind,
+        }));
+    }
+    events
 }

@@ -10,7 +10,6 @@ use crate::scheduler::{self, Input};
 use crate::snapshot::{self, Dirs};
 use crate::watch::threaded::{self, Watching};
 use crate::watch::{FileEvent, Watcher};
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -227,7 +226,9 @@ impl Run {
             let mut matched = Vec::new();
             for &index in &self.stage_order {
                 if let Some(sub) = crate::route::submission(index, &self.config.routes[index], &event) {
-                    matched.push(self.config.routes[index].name.clone());
+                    if !sub.gone_only {
+                        matched.push(self.config.routes[index].name.clone());
+                    }
                     batch.push(sub);
                 }
             }
@@ -270,7 +271,7 @@ impl Run {
         watcher: &mut Watcher,
         tx: &mpsc::WeakSender<Input>,
         healthy: bool,
-    ) -> Option<HashSet<PathBuf>> {
+    ) -> Option<crate::scheduler::Unsettled> {
         tx.upgrade()?;
         if healthy {
             match watcher.flush() {
@@ -279,20 +280,21 @@ impl Run {
             }
         }
         let files = unsettled(tx).await?;
-        self.shared.hand_over(files.iter().cloned());
+        self.shared
+            .hand_over(files.iter().map(|(file, kinds)| (file.clone(), *kinds)));
         Some(files)
     }
 
     /// Persists the snapshot (catch-up listeners only). Files whose changes are not
     /// processed yet (pending, queued or running) keep their last persisted state, so
     /// after a crash or a stop they are found changed again and run.
-    async fn save(&mut self, watcher: &Watcher, unsettled: HashSet<PathBuf>) {
+    async fn save(&mut self, watcher: &Watcher, unsettled: crate::scheduler::Unsettled) {
         let Some((path, persisted)) = &mut self.catch_up else {
             return;
         };
         // A copy of the tree in its compact form (no map by full path), written from there.
         let mut baseline = watcher.by_dir();
-        baseline.patch(unsettled.into_iter().map(|file| {
+        baseline.patch(unsettled.into_keys().map(|file| {
             let state = persisted.get(&file);
             (file, state)
         }));
@@ -389,7 +391,7 @@ impl Ending {
 /// The files with changes not processed yet, from the scheduler (asked in order, after
 /// every submission sent before); `None` when the scheduler is gone or going (then
 /// what the watcher saw may not have been run, and must not be saved as processed).
-async fn unsettled(tx: &mpsc::WeakSender<Input>) -> Option<HashSet<PathBuf>> {
+async fn unsettled(tx: &mpsc::WeakSender<Input>) -> Option<crate::scheduler::Unsettled> {
     let tx = tx.upgrade()?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     tx.send(Input::Unsettled(reply)).await.ok()?;

@@ -55,14 +55,20 @@ pub async fn drive<F, Fut>(
         busy: false,
     };
     while open || !jobs.is_empty() || !ready.is_empty() {
+        // Stopping: a slot freed by a job the stop ended is no start for the next run.
+        let runs_start = !stopping.is_cancelled();
+        // Runs are taken from the scheduler only for free slots: one that waits for a
+        // slot stays pending there and keeps taking changes in (one run for them all).
+        let free = match runs_start && open {
+            true => max_jobs.saturating_sub(jobs.len() + ready.len()),
+            false => 0,
+        };
         // Runs already due start now: a timer would round up to the next millisecond,
         // which is most of a zero-delay route's latency.
         let now = Instant::now();
-        if open && sched.next_wakeup().is_some_and(|at| at <= now) {
-            ready.extend(sched.take_due(now).into_iter().map(Work::Run));
+        if free > 0 && sched.next_wakeup().is_some_and(|at| at <= now) {
+            ready.extend(sched.take_due(now, free).into_iter().map(Work::Run));
         }
-        // Stopping: a slot freed by a job the stop ended is no start for the next run.
-        let runs_start = !stopping.is_cancelled();
         while jobs.len() < max_jobs {
             let next = match runs_start {
                 true => (!ready.is_empty()).then_some(0),
@@ -78,7 +84,11 @@ pub async fn drive<F, Fut>(
             let job = AssertUnwindSafe(launch(work)).catch_unwind();
             jobs.push(job.map(move |ok| (key, ok.unwrap_or(false))));
         }
-        let wakeup = sched.next_wakeup().filter(|_| open);
+        let free = match runs_start && open {
+            true => max_jobs.saturating_sub(jobs.len() + ready.len()),
+            false => 0,
+        };
+        let wakeup = sched.next_wakeup().filter(|_| free > 0);
         tokio::select! {
             input = inputs.recv(), if open => {
                 open = take_together(input, &mut inputs, &mut sched, &mut ready);
@@ -94,7 +104,7 @@ pub async fn drive<F, Fut>(
                 }
             }
             _ = tokio::time::sleep_until(wakeup.unwrap_or_else(Instant::now)), if wakeup.is_some() => {
-                ready.extend(sched.take_due(Instant::now()).into_iter().map(Work::Run));
+                ready.extend(sched.take_due(Instant::now(), free).into_iter().map(Work::Run));
             }
         }
         ready.extend(sched.take_frame_ends().into_iter().map(Work::Post));
@@ -231,11 +241,19 @@ fn stop(sched: &mut Scheduler, ready: &mut VecDeque<Work>) {
     sched.stop();
 }
 
-/// The runs not started yet: pending ones, then due ones waiting for a slot.
+/// The runs not started yet: pending ones (due ones waiting for a slot among them),
+/// then those taken for a slot and about to start.
 fn queued(sched: &Scheduler, ready: &VecDeque<Work>) -> Vec<Queued> {
+    let now = Instant::now();
     let pending = sched.pending().map(|key| Queued {
         key: key.clone(),
-        state: if sched.is_held(key) { "held" } else { "pending" },
+        state: if sched.is_held(key) {
+            "held"
+        } else if sched.is_waiting(key, now) {
+            "waiting"
+        } else {
+            "pending"
+        },
     });
     let waiting = ready.iter().filter_map(|w| match w {
         Work::Run(s) => Some(Queued {

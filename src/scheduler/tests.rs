@@ -24,6 +24,7 @@ fn submission(file: &str, kind: EventKind, t: Timing) -> Submission {
         kind,
         timing: t,
         order: Order::default(),
+        gone_only: false,
     }
 }
 
@@ -211,15 +212,21 @@ fn pure_state_machine_tracks_queue_and_stale_timers() {
     s.submit(submission("a", EventKind::Modify, t), t0);
     assert_eq!(s.next_wakeup(), Some(t0 + MS * 100));
     s.submit(submission("a", EventKind::Modify, t), t0 + MS * 95);
-    assert!(s.take_due(t0 + MS * 100).is_empty(), "extended by delay to 105");
+    assert!(
+        s.take_due(t0 + MS * 100, usize::MAX).is_empty(),
+        "extended by delay to 105"
+    );
     assert_eq!(s.pending().count(), 1);
-    let due = s.take_due(t0 + MS * 105);
+    let due = s.take_due(t0 + MS * 105, usize::MAX);
     assert_eq!(due.len(), 1);
     assert_eq!(s.pending().count(), 0);
     s.submit(submission("a", EventKind::Create, t), t0 + MS * 106);
-    assert!(s.take_due(t0 + MS * 1000).is_empty(), "running: no second run");
+    assert!(
+        s.take_due(t0 + MS * 1000, usize::MAX).is_empty(),
+        "running: no second run"
+    );
     s.finished_with(&due[0].key, FrameStatus::Ok);
-    let again = s.take_due(t0 + MS * 1000);
+    let again = s.take_due(t0 + MS * 1000, usize::MAX);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].kinds.to_string(), "create");
     s.finished_with(&again[0].key, FrameStatus::Ok);
@@ -246,6 +253,72 @@ async fn max_jobs_limits_concurrency_and_keeps_arrival_order() {
         assert!(at_once <= 2, "more than two running when {r:?} started: {runs:?}");
     }
     assert_eq!(runs[2].start, 100, "c waits for a slot");
+}
+
+#[tokio::test(start_paused = true)]
+async fn regression_changes_while_a_run_waited_for_a_slot_gave_a_second_run() {
+    // One slot, taken by "block" for 300 ms. "f" is due at 10 and waits for the slot;
+    // it changes again at 50: one run at 300 takes both changes in, not two.
+    let (tx, log, task) = harness_limited(300, 1);
+    let t0 = Instant::now();
+    tx.try_send(sub("block", EventKind::Modify, timing(0, 0)))
+        .unwrap();
+    at(t0, 10).await;
+    tx.try_send(sub("f", EventKind::Create, timing(0, 0))).unwrap();
+    at(t0, 50).await;
+    tx.try_send(sub("f", EventKind::Modify, timing(0, 0))).unwrap();
+    finish(tx, task, t0 + MS * 2000).await;
+    let runs = log.lock().unwrap().clone();
+    let f: Vec<_> = runs.iter().filter(|r| r.file == Path::new("f")).collect();
+    assert_eq!(f.len(), 1, "{runs:?}");
+    assert_eq!((f[0].start, f[0].kinds.as_str()), (300, "create,modify"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn regression_a_route_taking_no_deletes_ran_for_a_file_deleted_before_its_run() {
+    let (tx, log, task) = harness(10);
+    let t0 = Instant::now();
+    let t = timing(100, 10);
+    let gone = |file: &str| {
+        Input::Submit(Submission {
+            gone_only: true,
+            ..submission(file, EventKind::Delete, t)
+        })
+    };
+    // `sed -i`'s temporary, and a file written then removed: the route (create and
+    // modify only) hears of each deletion, so neither runs.
+    tx.try_send(sub("sedXyZ", EventKind::Create, t)).unwrap();
+    tx.try_send(sub("sedXyZ", EventKind::Modify, t)).unwrap();
+    tx.try_send(gone("sedXyZ")).unwrap();
+    tx.try_send(sub("written", EventKind::Modify, t)).unwrap();
+    tx.try_send(gone("written")).unwrap();
+    // A deletion of a file with nothing pending starts nothing; one re-created runs.
+    tx.try_send(gone("other")).unwrap();
+    tx.try_send(sub("back", EventKind::Modify, t)).unwrap();
+    tx.try_send(gone("back")).unwrap();
+    tx.try_send(sub("back", EventKind::Create, t)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    let ran: Vec<_> = runs
+        .iter()
+        .map(|r| (r.file.display().to_string(), r.kinds.clone()))
+        .collect();
+    assert_eq!(ran, [("back".to_owned(), "create".to_owned())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn regression_a_file_renamed_in_and_away_within_its_window_ran() {
+    let (tx, log, task) = harness(10);
+    let t0 = Instant::now();
+    let t = timing(100, 10);
+    // mv s1 mid; mv mid fin: "mid" never existed outside the window.
+    tx.try_send(sub("mid", EventKind::Move, t)).unwrap();
+    tx.try_send(sub("mid", EventKind::Delete, t)).unwrap();
+    tx.try_send(sub("fin", EventKind::Move, t)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    let ran: Vec<_> = runs.iter().map(|r| r.file.display().to_string()).collect();
+    assert_eq!(ran, ["fin"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -290,8 +363,8 @@ async fn unsettled_lists_files_until_their_runs_finish() {
     };
     tx.try_send(sub("a", EventKind::Modify, timing(0, 0))).unwrap();
     tx.try_send(sub("b", EventKind::Modify, timing(50, 0))).unwrap();
-    let names = |set: HashSet<PathBuf>| {
-        let mut v: Vec<_> = set.into_iter().map(|p| p.display().to_string()).collect();
+    let names = |set: Unsettled| {
+        let mut v: Vec<_> = set.into_keys().map(|p| p.display().to_string()).collect();
         v.sort();
         v
     };
@@ -315,6 +388,7 @@ async fn a_batch_runs_once_for_every_file_and_once_more_for_changes_during_it() 
             kind,
             timing: timing(50, 0),
             order: Order::default(),
+            gone_only: false,
         })
     };
     for i in 0..300 {
@@ -428,6 +502,7 @@ fn staged(route: usize, stage: u32, file: &str, batch: bool, cancel: bool) -> In
             stage,
             cancel_on_failure: cancel,
         },
+        gone_only: false,
     })
 }
 
@@ -486,6 +561,26 @@ async fn cancel_skips_the_later_stage_for_this_occurrence_only() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn regression_a_failed_file_stayed_in_a_later_batch_when_another_file_changed_again() {
+    // Route 0 (stage 0, cancel) fails for "bad"; route 2 (stage 0) converts "good";
+    // route 1 is a stage-1 batch of both. "good" changes again while the first runs
+    // go: its new occurrence stays in the batch, "bad"'s failed one leaves it.
+    let (tx, log, task) = staged_harness(|route, _| route == 0);
+    let t0 = Instant::now();
+    tx.try_send(staged(0, 0, "bad", false, true)).unwrap();
+    tx.try_send(staged(1, 1, "bad", true, false)).unwrap();
+    tx.try_send(staged(2, 0, "good", false, true)).unwrap();
+    tx.try_send(staged(1, 1, "good", true, false)).unwrap();
+    at(t0, 30).await;
+    tx.try_send(staged(2, 0, "good", false, true)).unwrap();
+    tx.try_send(staged(1, 1, "good", true, false)).unwrap();
+    finish(tx, task, t0 + MS * 1000).await;
+    let runs = log.lock().unwrap().clone();
+    let batch: Vec<_> = runs.iter().filter(|r| r.0 == 1).cloned().collect();
+    assert_eq!(batch, [(1, "good".into(), 200)], "all runs: {runs:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_later_stage_held_by_a_dropped_temporary_still_runs() {
     let (tx, log, task) = staged_harness(|_, _| false);
     let t0 = Instant::now();
@@ -506,6 +601,7 @@ async fn a_later_stage_held_by_a_dropped_temporary_still_runs() {
                 stage,
                 cancel_on_failure: false,
             },
+            gone_only: false,
         })
     };
     // The batch (stage 1, no debounce) is held by the file's stage-0 entry, which is
@@ -665,14 +761,14 @@ fn frames_close_when_no_entry_has_work_for_the_file() {
     let t0 = Instant::now();
     let t = timing(0, 0);
     s.submit(submission("a", EventKind::Modify, t), t0);
-    let due = s.take_due(t0);
+    let due = s.take_due(t0, usize::MAX);
     s.submit(submission("a", EventKind::Modify, t), t0 + MS); // during the run
     assert!(s.finished_with(&due[0].key, FrameStatus::Ok).is_empty());
     assert!(
         s.take_frame_ends().is_empty(),
         "the change during the run is pending"
     );
-    let again = s.take_due(t0 + MS * 2);
+    let again = s.take_due(t0 + MS * 2, usize::MAX);
     s.finished_with(&again[0].key, FrameStatus::Ok);
     let ends = s.take_frame_ends();
     assert_eq!(

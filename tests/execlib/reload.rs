@@ -182,6 +182,36 @@ fn a_change_pending_in_a_replaced_listener_runs_in_the_new_one() {
 }
 
 #[test]
+fn regression_a_pending_create_handed_to_a_new_listener_was_lost_or_became_a_modify() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("src_docs")).unwrap();
+    // One route takes creates only; the other logs the kinds its run is for.
+    let config = |tag: &str| {
+        format!(
+            "[[listener]]\nname = \"docs\"\n  [[listener.route]]\n  name = \"new-files\"\n  path = \"src_docs\"\n  events = [\"create\"]\n  debounce_ms = 60000\n  delay_ms = 0\n  shell = 'echo \"{tag} created $EXECLIB_NAME $EXECLIB_EVENT\" >> ../out/log'\n\
+             [[listener.route]]\n  name = \"all\"\n  path = \"src_docs\"\n  debounce_ms = 60000\n  delay_ms = 0\n  shell = 'echo \"{tag} all $EXECLIB_NAME $EXECLIB_EVENT\" >> ../out/log'\n"
+        )
+    };
+    sandbox.config(&config("old"));
+    let daemon = Daemon::start(&sandbox, &sandbox.path("site.toml"));
+    sandbox.write("src_docs/a", "x");
+    eventually("the change pending in both routes", || {
+        let jobs = daemon.request(r#"{"cmd":"jobs"}"#);
+        (jobs["jobs"].as_array()?.len() == 2).then_some(())
+    });
+    sandbox.config(&config("new").replace("60000", "0"));
+    assert_eq!(
+        reload(&daemon)["listeners"]["changed"],
+        serde_json::json!(["docs"])
+    );
+    wait_log(&sandbox, "new created a create");
+    wait_log(&sandbox, "new all a create,modify");
+    let mut lines = log_lines(&sandbox);
+    lines.sort();
+    assert_eq!(lines, ["new all a create,modify", "new created a create"]);
+}
+
+#[test]
 fn the_http_server_restarts_only_when_server_changes() {
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.path("public")).unwrap();

@@ -778,3 +778,23 @@ fn regression_a_directory_renamed_onto_the_name_of_one_just_moved_out_was_left_u
         "the file now at a/f was not reported deleted"
     );
 }
+
+#[test]
+fn regression_a_route_taking_no_deletes_ran_for_temporaries_already_gone() {
+    let sandbox = Sandbox::new();
+    sandbox.write("src/doc.txt", "hello");
+    let config = sandbox.config(&log_route(r#"events = ["create", "modify"]"#));
+    let _daemon = Daemon::start(&sandbox, &config);
+    // sed -i's temporary (created, written, renamed over doc.txt), and a file written
+    // then removed: the route takes no deletes, but hears that they are gone.
+    sh(
+        "sed -i s/hello/bye/ doc.txt && echo x > tmp1 && rm tmp1",
+        &sandbox.path("src"),
+    );
+    settle(&sandbox, "z");
+    assert_eq!(
+        sorted_log(&sandbox),
+        ["z create,modify"],
+        "no run for a file already gone (doc.txt's rename-over is a move, not taken)"
+    );
+}

@@ -231,7 +231,7 @@ fn notices_say_when_a_hold_starts_and_ends_and_how_long_it_lasted() {
         unreachable!()
     };
     sched.submit(sub, t0);
-    assert!(sched.take_due(t0 + MS * 50).is_empty());
+    assert!(sched.take_due(t0 + MS * 50, usize::MAX).is_empty());
     let label = "git work tree /repo (route 0)".to_owned();
     let started = HoldNotice::Started {
         label: label.clone(),
@@ -241,10 +241,10 @@ fn notices_say_when_a_hold_starts_and_ends_and_how_long_it_lasted() {
     assert_eq!(sched.next_wakeup(), Some(t0 + MS * 100));
     disk.remove(LOCK);
     for ms in [100, 150] {
-        assert!(sched.take_due(t0 + MS * ms).is_empty());
+        assert!(sched.take_due(t0 + MS * ms, usize::MAX).is_empty());
     }
     assert!(sched.take_hold_notices().is_empty());
-    assert_eq!(sched.take_due(t0 + MS * 200).len(), 1);
+    assert_eq!(sched.take_due(t0 + MS * 200, usize::MAX).len(), 1);
     let ended = HoldNotice::Ended {
         label,
         held: MS * 150,
@@ -264,7 +264,7 @@ fn stopping_drops_held_runs_and_ends_their_frames_cancelled() {
         unreachable!()
     };
     sched.submit(sub, t0);
-    assert!(sched.take_due(t0 + MS * 50).is_empty());
+    assert!(sched.take_due(t0 + MS * 50, usize::MAX).is_empty());
     assert!(sched.is_held(&(0, PathBuf::from("a"))));
     sched.stop();
     let cancelled = FrameEnd {
