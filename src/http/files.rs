@@ -522,18 +522,57 @@ fn byte_range(headers: &HeaderMap, len: u64) -> Range {
     }
 }
 
-/// Inserts the script tag before the last `</body>`, else before `</head>`, else at the end.
+/// Inserts the script tag before the last `</body>`, else before `</head>`, else at the
+/// end; tags in comments and in the text of `<script>`, `<style>`, `<textarea>` and
+/// `<title>` do not count (a `"</body>"` in a script's string is no end of the body).
 pub fn inject(mut html: Vec<u8>) -> Vec<u8> {
-    // Compared in place: a lower-cased copy would double what a request holds.
-    let find_last = |needle: &[u8]| {
-        html.windows(needle.len())
-            .rposition(|w| w.eq_ignore_ascii_case(needle))
-    };
-    let at = find_last(b"</body>")
-        .or_else(|| find_last(b"</head>"))
-        .unwrap_or(html.len());
+    let (body, head) = closing_tags(&html);
+    let at = body.or(head).unwrap_or(html.len());
     html.splice(at..at, super::livereload::script_tag().bytes());
     html
+}
+
+/// Where the last `</body>` and the last `</head>` of `html` start, outside comments
+/// and raw text: one pass, compared in place (a lower-cased copy would double what a
+/// request holds).
+fn closing_tags(html: &[u8]) -> (Option<usize>, Option<usize>) {
+    const RAW: [&[u8]; 4] = [b"script", b"style", b"textarea", b"title"];
+    let starts = |at: usize, s: &[u8]| {
+        html.get(at..at + s.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(s))
+    };
+    // A tag name ends at whitespace, `>` or `/` (or the end of the page).
+    let tag = |at: usize, name: &[u8]| {
+        starts(at, name)
+            && html
+                .get(at + name.len())
+                .is_none_or(|b| b.is_ascii_whitespace() || b"/>".contains(b))
+    };
+    let find = |from: usize, end: &dyn Fn(usize) -> bool| (from..html.len()).find(|&i| end(i));
+    let (mut body, mut head, mut i) = (None, None, 0);
+    while let Some(lt) = memchr(b'<', html, i) {
+        i = lt + 1;
+        if starts(lt, b"<!--") {
+            i = find(lt + 4, &|j| starts(j, b"-->")).map_or(html.len(), |j| j + 3);
+        } else if let Some(raw) = RAW.iter().find(|name| tag(lt + 1, name)) {
+            let close = [b"</".as_slice(), raw].concat();
+            i = find(lt + 1 + raw.len(), &|j| tag(j + 2, raw) && starts(j, &close)).unwrap_or(html.len());
+        } else if tag(lt, b"</body") {
+            body = Some(lt);
+        } else if tag(lt, b"</head") {
+            head = Some(lt);
+        }
+    }
+    (body, head)
+}
+
+/// The first `byte` in `bytes` at or after `from`.
+fn memchr(byte: u8, bytes: &[u8], from: usize) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .iter()
+        .position(|&b| b == byte)
+        .map(|i| from + i)
 }
 
 #[cfg(test)]
@@ -559,6 +598,58 @@ mod tests {
         assert_eq!(bodies.held(), MAX_BODIES - 10);
         drop(first);
         assert_eq!(bodies.held(), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn injection_adds_the_tag_once_and_changes_nothing_else(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "<body>", "</body>", "</BODY >", "</head>", "<!--", "-->", "<script>", "</script>",
+                "<style>", "</style>", "<title>", "</title", "x", "<", ">", "\"", "é",
+            ]), 0..40)
+        ) {
+            let html = parts.concat().into_bytes();
+            let out = inject(html.clone());
+            let tag = super::super::livereload::script_tag().as_bytes();
+            let at = out.windows(tag.len()).position(|w| w == tag).expect("the tag is in");
+            let mut back = out.clone();
+            back.drain(at..at + tag.len());
+            proptest::prop_assert_eq!(back, html);
+        }
+    }
+
+    #[test]
+    fn regression_the_script_went_into_a_body_tag_inside_a_script_string_or_comment() {
+        let tag = super::super::livereload::script_tag();
+        let minified =
+            r#"<!doctype html><title>t</title><p>hi<script>var tpl="<html><body>x</body></html>";</script>"#;
+        assert_eq!(
+            String::from_utf8(inject(minified.as_bytes().to_vec())).unwrap(),
+            format!("{minified}{tag}"),
+            "no </body> outside the script: at the end"
+        );
+        let commented = "<body>a</body></html><!-- </body> -->";
+        assert_eq!(
+            String::from_utf8(inject(commented.as_bytes().to_vec())).unwrap(),
+            format!("<body>a{tag}</body></html><!-- </body> -->")
+        );
+        let styled = "<head><style>/* </head> */</style></head><TITLE></body></TITLE>";
+        assert_eq!(
+            String::from_utf8(inject(styled.as_bytes().to_vec())).unwrap(),
+            format!("<head><style>/* </head> */</style>{tag}</head><TITLE></body></TITLE>")
+        );
+        // Unclosed comment or script: nothing after it counts; a `<scripts>` tag is no script.
+        let open = "<body>a</body><!-- </body>";
+        assert!(
+            String::from_utf8(inject(open.as_bytes().to_vec()))
+                .unwrap()
+                .starts_with(&format!("<body>a{tag}"))
+        );
+        let named = "<scripts></body>";
+        assert_eq!(
+            String::from_utf8(inject(named.as_bytes().to_vec())).unwrap(),
+            format!("<scripts>{tag}</body>")
+        );
     }
 
     #[test]
