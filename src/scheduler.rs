@@ -7,8 +7,7 @@
 //!   more run after it, so the last change is never lost;
 //! - every change is covered by a run that starts after it;
 //! - a file that did not exist before its window and is gone at its end (an editor's or
-//!   `sed -i`'s temporary: created or renamed to its name, then deleted or renamed
-//!   away) runs nothing;
+//!   `sed -i`'s temporary: created, then deleted or renamed away) runs nothing;
 //! - a batch route has one key for all its files: one run for every file changed in
 //!   its window (and during its previous run);
 //! - at most `max_jobs` runs at once; due runs wait in arrival order;
@@ -150,10 +149,12 @@ impl Changes {
         }
     }
 
-    /// Did not exist before the window (created, or renamed to its name) and is gone
-    /// at its end (deleted, or renamed away): an editor's or `sed -i`'s temporary.
+    /// Did not exist before the window (created) and is gone at its end (deleted, or
+    /// renamed away): an editor's or `sed -i`'s temporary. Not one renamed to its name
+    /// first: a rename may replace a file that was there (`mv new a.txt`), whose
+    /// deletion must still run.
     fn transient(&self) -> bool {
-        matches!(self.first, EventKind::Create | EventKind::Move) && self.last == EventKind::Delete
+        self.first == EventKind::Create && self.last == EventKind::Delete
     }
 }
 
@@ -551,7 +552,10 @@ impl Scheduler {
                 files.iter().for_each(|f| add(f, &kinds));
             }
             for (file, changes) in e.pending.iter().flat_map(|p| &p.files) {
-                add(file, &[changes.first, changes.last]);
+                // A temporary had nothing to run (unless its run is under way).
+                if !changes.transient() || runs_for(&e.run, file) {
+                    add(file, &[changes.first, changes.last]);
+                }
             }
         }
         unsettled

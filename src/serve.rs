@@ -103,7 +103,7 @@ fn config_text(
     let mut text = format!(
         "[daemon]\nstate_dir = \"state\"\nshutdown_grace_ms = 2000\n\
          [control]\nsocket = \"control.sock\"\n\
-         [server]\nlisten = {}\nroot = {}\ninject = true\n",
+         [server]\nlisten = {}\nroot = {}\ninject = true\nallowed_hosts = []\n",
         quote(&addr.to_string()),
         path(root),
     );

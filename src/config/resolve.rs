@@ -90,9 +90,9 @@ pub struct ServerConfig {
     /// The listeners whose runs LiveReload waits for (`None`: the default rule, see
     /// [`crate::builds`]).
     pub builds: Option<Vec<String>>,
-    /// Names a server bound only to loopback answers besides `localhost` and IP
-    /// literals (lower case; see [`crate::http::authority`]).
-    pub allowed_hosts: Vec<String>,
+    /// When set, the only names the server answers besides `localhost` and IP
+    /// literals (lower case; see [`crate::http::authority`]); unset, any name.
+    pub allowed_hosts: Option<Vec<String>>,
     /// Origins besides the server's own whose pages may open LiveReload (normalized).
     pub livereload_origins: Vec<String>,
 }
@@ -431,7 +431,10 @@ fn server(ctx: &Ctx, raw: Spanned<RawServer>) -> Result<ServerConfig, ConfigErro
         max_clients,
         max_connections_per_address,
         builds: None,
-        allowed_hosts: ctx.allowed_hosts(raw.allowed_hosts)?,
+        allowed_hosts: match raw.allowed_hosts {
+            None => None,
+            listed => Some(ctx.allowed_hosts(listed)?),
+        },
         livereload_origins: ctx.livereload_origins(raw.livereload_origins)?,
     })
 }

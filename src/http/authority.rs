@@ -2,10 +2,11 @@
 //! made by [`super`]'s routing).
 //!
 //! - DNS rebinding: a page on the attacker's name, which then resolves to
-//!   127.0.0.1, could read a server bound to loopback as its own origin. A server
-//!   listening only on loopback therefore answers only a `Host` of `localhost`, a
-//!   name under `.localhost`, an IP literal, or a name in `allowed_hosts`
-//!   ([`host_allowed`]).
+//!   127.0.0.1, could read a server on this machine as its own origin. A server
+//!   with `allowed_hosts` (`execlibd serve` always has it) therefore answers only a
+//!   `Host` of `localhost`, a name under `.localhost`, an IP literal, or a listed
+//!   name ([`host_allowed`]). Without it any `Host` is answered: a server behind a
+//!   reverse proxy gets the public name the proxy passes on.
 //! - Cross-site LiveReload: any page the developer visits could open the WebSocket
 //!   and read build output and changed file names. A browser always sends `Origin`
 //!   on a WebSocket handshake, so one is accepted only when its authority is the
@@ -20,10 +21,8 @@ pub const MAX_LIVERELOAD_ORIGINS: usize = 64;
 /// What a server accepts besides its own name (from `[server]`).
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
-    /// Whether it listens on loopback addresses only: then [`host_allowed`] applies.
-    pub loopback_only: bool,
-    /// `allowed_hosts`, lower case.
-    pub allowed_hosts: Vec<String>,
+    /// `allowed_hosts`, lower case: when set, [`host_allowed`] applies.
+    pub allowed_hosts: Option<Vec<String>>,
     /// `livereload_origins`, normalized by [`normalize_origin`].
     pub livereload_origins: Vec<String>,
 }
@@ -31,7 +30,10 @@ pub struct Guard {
 impl Guard {
     /// Whether a request whose `Host` is `host` (`None`: none, or empty) is answered.
     pub fn host(&self, host: Option<&str>) -> bool {
-        !self.loopback_only || host.is_none_or(|h| host_allowed(h, &self.allowed_hosts))
+        match &self.allowed_hosts {
+            None => true,
+            Some(allowed) => host.is_none_or(|h| host_allowed(h, allowed)),
+        }
     }
 
     /// Whether a LiveReload handshake with `origin` and `host` may take a seat.
@@ -217,9 +219,9 @@ mod tests {
     }
 
     #[test]
-    fn a_guard_on_loopback_checks_hosts_and_any_guard_checks_origins() {
+    fn a_guard_with_allowed_hosts_checks_hosts_and_any_guard_checks_origins() {
         let guard = Guard {
-            loopback_only: true,
+            allowed_hosts: Some(Vec::new()),
             ..Guard::default()
         };
         assert!(guard.host(None), "no Host: no browser");
@@ -227,7 +229,7 @@ mod tests {
         let public = Guard::default();
         assert!(
             public.host(Some("evil.example")),
-            "a public server serves any name"
+            "without allowed_hosts (behind a proxy) any name"
         );
         assert!(
             public.origin(None, Some("site.test")),

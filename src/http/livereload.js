@@ -134,16 +134,19 @@
   // An image refetched where the page shows it: <img src>, srcset, icons, and url()
   // in inline styles and the page's own stylesheets. Nowhere: nothing to do.
   function swapImages(path) {
-    var base = location.href;
+    var base = document.baseURI;
     document.querySelectorAll("img[src]").forEach(function (img) {
       if (names(img.getAttribute("src"), base, path)) img.src = busted(img.getAttribute("src"), base);
     });
     document.querySelectorAll("img[srcset], source[srcset]").forEach(function (el) {
-      el.srcset = el.srcset.split(",").map(function (part) {
+      // Candidates part at a comma and white space (a data: URL has a bare comma).
+      var parts = el.srcset.split(/,\s+/), hit = false;
+      parts = parts.map(function (part) {
         var bits = part.trim().split(/\s+/);
-        if (names(bits[0], base, path)) bits[0] = busted(bits[0], base);
+        if (names(bits[0], base, path)) { bits[0] = busted(bits[0], base); hit = true; }
         return bits.join(" ");
-      }).join(", ");
+      });
+      if (hit) el.srcset = parts.join(", ");
     });
     document.querySelectorAll('link[rel~="icon"]').forEach(function (l) {
       if (names(l.href, base, path)) l.href = busted(l.href, base);
@@ -160,6 +163,9 @@
     Array.prototype.forEach.call(rules || [], function (rule) {
       if (rule.style) restyle(rule.style, base, path);
       if (rule.cssRules) restyleRules(rule.cssRules, base, path);
+      if (rule.styleSheet) { // @import: its own rules, relative to its own URL
+        try { restyleRules(rule.styleSheet.cssRules, rule.styleSheet.href || base, path); } catch (e) {}
+      }
     });
   }
 

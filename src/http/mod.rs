@@ -95,6 +95,26 @@ struct Ctx {
     responses: crate::metrics::HttpCounters,
     /// The `Host` and `Origin` requests may carry.
     guard: authority::Guard,
+    /// When a refused `Host` and a refused `Origin` were last warned of (once a minute).
+    guard_warned: std::sync::Mutex<[peers::Warned; 2]>,
+}
+
+impl Ctx {
+    /// Warns of a refused `Host` (`which` 0) or `Origin` (1), at most once a minute
+    /// for each, with how many were refused since the last warning.
+    fn warn_refused(&self, which: usize, what: &str, setting: &str) {
+        let now = std::time::Instant::now();
+        let mut warned = self
+            .guard_warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(refused) = warned[which].due(now) {
+            tracing::warn!(
+                refused,
+                "HTTP request refused: {what} (if it is yours, list it in [server] {setting})"
+            );
+        }
+    }
 }
 
 /// The running HTTP server.
@@ -143,10 +163,10 @@ impl HttpServer {
             refused: metrics.http_refused(),
             responses: metrics.http_responses(),
             guard: authority::Guard {
-                loopback_only: addr.ip().to_canonical().is_loopback(),
                 allowed_hosts: config.allowed_hosts.clone(),
                 livereload_origins: config.livereload_origins.clone(),
             },
+            guard_warned: Default::default(),
         });
         let site = ctx.site.clone();
         let stop = CancellationToken::new();
@@ -393,6 +413,12 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, regions: &zerocopy::Regions) -
         return status(StatusCode::BAD_REQUEST);
     }
     if !ctx.guard.host(host_of(req.headers())) {
+        let host = crate::names::escaped(host_of(req.headers()).unwrap_or_default()).to_string();
+        ctx.warn_refused(
+            0,
+            &format!("Host {host} is not among the names answered"),
+            "allowed_hosts",
+        );
         return refused(
             StatusCode::MISDIRECTED_REQUEST,
             "unknown Host: see allowed_hosts\n",
@@ -430,6 +456,12 @@ async fn livereload(ctx: &Ctx, lr: &Arc<LiveReload>, req: Request<Incoming>) -> 
     let origin = req.headers().get(header::ORIGIN);
     let origin = origin.map(|o| o.to_str().unwrap_or(""));
     if !ctx.guard.origin(origin, host_of(req.headers())) {
+        let origin = crate::names::escaped(origin.unwrap_or_default()).to_string();
+        ctx.warn_refused(
+            1,
+            &format!("LiveReload from the page of Origin {origin}, another site"),
+            "livereload_origins",
+        );
         return refused(
             StatusCode::FORBIDDEN,
             "Origin not allowed: see livereload_origins\n",

@@ -99,14 +99,14 @@ pub struct Refusals {
 
 /// When a reason was last warned of, and how many refusals since.
 #[derive(Debug, Default)]
-struct Warned {
+pub(super) struct Warned {
     at: Option<Instant>,
     since: u64,
 }
 
 impl Warned {
     /// Counts one; `Some(refusals since the last warning)` when a warning is due.
-    fn due(&mut self, now: Instant) -> Option<u64> {
+    pub(super) fn due(&mut self, now: Instant) -> Option<u64> {
         self.since += 1;
         if self.at.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
             return None;

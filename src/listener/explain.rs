@@ -153,11 +153,14 @@ impl Listeners {
         if verdict == Verdict::Runs {
             let exists = root.is_some_and(|r| r.exists);
             answer = listener_side(slot, route, &file, exists).unwrap_or(answer);
-            if let Some(link) = through_link(route, lexical, probe.resolved.as_deref(), root) {
+            let watched = matches!(answer.0, "runs" | "polled" | "open_for_writing");
+            if let Some(link) =
+                through_link(route, lexical, probe.resolved.as_deref(), root).filter(|_| watched)
+            {
                 answer = (
                     "through_symlink",
                     format!(
-                        "reached through a symlink to a directory under the route's path (it \
+                        "reached through a symlink to a directory, inside the route's tree (it \
                          resolves to {}), which the watcher never follows: changes there are \
                          not seen",
                         crate::names::escaped(&link)
@@ -312,11 +315,15 @@ fn listener_side(
         ));
     }
     if let Some(held) = slot.shared.held(file) {
+        let why = match held.brief {
+            true => "found in a new directory, it may be open for writing",
+            false => "a writer has it open",
+        };
         return Some((
             "open_for_writing",
             format!(
-                "runs when its writer closes it: its changes have been held {} ms while a \
-                 writer has it open, at most {} ms more (max_hold_ms)",
+                "runs when its writer closes it: its changes have been held {} ms ({why}), \
+                 at most {} ms more (max_hold_ms)",
                 held.held_for.as_millis(),
                 held.at_most.as_millis()
             ),

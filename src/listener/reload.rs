@@ -184,8 +184,8 @@ impl Listeners {
 
 /// Synthetic events for files a replaced listener had not finished, with the kinds
 /// of change their runs were for (a route taking only `create` still gets its
-/// create): `delete` if the file is gone, else each kind it had but `delete` (or
-/// `modify` if none). Looked at on a blocking thread, bounded as `explain`'s probes
+/// create): `delete` if the file is gone, else each kind it had (a `delete` first,
+/// then `modify` if nothing else says it is there again). Looked at on a blocking thread, bounded as `explain`'s probes
 /// are: if the file system does not answer in time, every one is taken to be there
 /// (a run that finds its file gone, rather than a run lost).
 async fn handed_over(files: Vec<(PathBuf, EventSet)>) -> Vec<FileEvent> {
@@ -200,17 +200,19 @@ async fn handed_over(files: Vec<(PathBuf, EventSet)>) -> Vec<FileEvent> {
     let gone = gone.into_iter().flatten().chain(std::iter::repeat(false));
     let mut events = Vec::new();
     for ((path, kinds), gone) in files.into_iter().zip(gone) {
-        let there = [
+        // In the order they may have come: a delete before a file made again.
+        let order = [
+            EventKind::Delete,
             EventKind::Create,
             EventKind::Move,
             EventKind::Modify,
             EventKind::Attrib,
         ];
-        let mut had: Vec<EventKind> = there.into_iter().filter(|k| kinds.contains(*k)).collect();
+        let mut had: Vec<EventKind> = order.into_iter().filter(|k| kinds.contains(*k)).collect();
         if gone {
             had = vec![EventKind::Delete];
-        } else if had.is_empty() {
-            had = vec![EventKind::Modify];
+        } else if had.iter().all(|k| *k == EventKind::Delete) {
+            had.push(EventKind::Modify); // gone, and there again
         }
         events.extend(had.into_iter().map(|kind| FileEvent {
             path: path.clone(),

@@ -106,28 +106,39 @@ pub fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
 
 /// Whether some process has the regular file at `path` open for writing, asked with a
 /// read lease taken and given back at once (fcntl(2) `F_SETLEASE`, which fails with
-/// `EAGAIN` while the file is open for writing anywhere). `None` when it cannot be
-/// told: the file is not the daemon's user's and it lacks `CAP_LEASE` (`EACCES`), its
-/// file system has no leases, it is gone or is not a regular file. Opened without
-/// following a symlink, without blocking (a FIFO) and without touching its access time
-/// where allowed. A writer opening the file within the microseconds the lease stands
-/// waits for its give-back; the kernel's notice of that is sent as `SIGWINCH`, whose
-/// default (the daemon's) is to ignore it, not as `SIGIO`, which would end the daemon.
+/// `EAGAIN` while the file is open for writing anywhere, on a local file system).
+/// `None` when it cannot be told: the file is not the daemon's user's and it lacks
+/// `CAP_LEASE` (`EACCES`), its file system has no leases, it is gone or is not a
+/// regular file. The path is first opened as a handle only (`O_PATH`, not following
+/// a last symlink), which opens nothing: a device put in its place (or behind a
+/// parent directory swapped for a symlink) is never opened; only a regular file is
+/// then opened for reading, through that handle, without blocking and without
+/// touching its access time where allowed. A writer opening the file within the
+/// microseconds the lease stands waits for its give-back (one opening without
+/// blocking gets `EWOULDBLOCK`); the kernel's notice of that is sent as `SIGWINCH`,
+/// whose default (the daemon's) is to ignore it, not as `SIGIO`, which would end the
+/// daemon.
 pub fn open_for_writing(path: &Path) -> Option<bool> {
     /// fcntl(2)'s `F_SETSIG` (asm-generic/fcntl.h, as on x86-64 and arm64), which the
     /// libc crate does not export.
     const F_SETSIG: libc::c_int = 10;
     use std::os::unix::fs::OpenOptionsExt;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    if !handle.metadata().ok()?.is_file() {
+        return None;
+    }
+    let by_handle = format!("/proc/self/fd/{}", handle.as_raw_fd());
     let open = |noatime: i32| {
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | noatime)
-            .open(path)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | noatime)
+            .open(&by_handle)
     };
     let file = open(libc::O_NOATIME).or_else(|_| open(0)).ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
     let fd = file.as_raw_fd();
     // SAFETY: fcntl with integer arguments on a descriptor `file` owns and keeps open.
     let taken = unsafe {

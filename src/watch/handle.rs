@@ -184,14 +184,18 @@ impl Watcher {
     /// Reports the files found in a directory just watched (made, moved in): each may
     /// have been made before the watch and still be open for writing, its close
     /// unseen. One that a writer has open is held as any other; one that cannot be
-    /// asked about ([`crate::sys::open_for_writing`]), and was changed within
-    /// [`hold::SETTLE`], is held that long, or until its close or a write.
+    /// asked about ([`crate::sys::open_for_writing`]; asked only on local file
+    /// systems, whose leases say it), and was changed within [`hold::SETTLE`], is held
+    /// that long, or until its close or a write. Files no route holds, and those in a
+    /// directory without a watch (whose close could not be seen), are not asked about.
     fn found(&mut self, found: Vec<FileEvent>, out: &mut Vec<FileEvent>) {
         let now = Instant::now();
         for event in found {
             let meta = std::fs::symlink_metadata(&event.path);
             let held = meta.as_ref().is_ok_and(hold::may_be_written)
-                && match crate::sys::open_for_writing(&event.path) {
+                && self.holds.holds(&event.path)
+                && event.path.parent().is_some_and(|dir| self.tree.has_watch(dir))
+                && match self.ask_open(&event.path) {
                     Some(open) => open && self.holds.hold(&event.path, event.kind, now),
                     None => {
                         meta.is_ok_and(|m| hold::changed_lately(&m))
@@ -202,6 +206,14 @@ impl Watcher {
                 out.push(event);
             }
         }
+    }
+
+    /// Whether a writer has `path` open, where the file system's leases can say
+    /// ([`crate::sys::open_for_writing`]): network file systems answer `EAGAIN` for
+    /// want of a delegation, and may not answer at all.
+    fn ask_open(&self, path: &Path) -> Option<bool> {
+        let local = crate::sys::fs_type(path).is_ok_and(|t| !crate::mountinfo::may_not_answer_type(t));
+        local.then(|| crate::sys::open_for_writing(path)).flatten()
     }
 
     /// A directory has left the tree (deleted, or moved out): what its files held is

@@ -51,11 +51,15 @@ pub struct HeldFile {
     pub held_for: Duration,
     /// Released at the latest this much later (`max_hold_ms`), if not closed before.
     pub at_most: Duration,
+    /// Held only in case a writer has it (found in a new directory, where none could
+    /// be asked about): for [`SETTLE`] unless written to.
+    pub brief: bool,
 }
 
 impl HeldFiles {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Held>> {
-        self.0.lock().expect("held files lock")
+        // The map stays whole across a panic elsewhere: every change is one call.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How many files are held.
@@ -69,6 +73,7 @@ impl HeldFiles {
         self.lock().get(path).map(|h| HeldFile {
             held_for: now - h.since,
             at_most: h.until.saturating_duration_since(now),
+            brief: h.brief,
         })
     }
 }
@@ -96,6 +101,11 @@ impl Holds {
         self.held.lock().contains_key(path)
     }
 
+    /// Whether a change to `path` would be held at all (a route holds it).
+    pub(super) fn holds(&self, path: &Path) -> bool {
+        (self.hold_for)(path).is_some()
+    }
+
     /// The held files, as the listener sees them.
     pub(super) fn files(&self) -> HeldFiles {
         self.held.clone()
@@ -111,7 +121,7 @@ impl Holds {
             if std::mem::take(&mut held.brief)
                 && let Some(limit) = (self.hold_for)(path)
             {
-                held.until = now + limit; // a write: a writer has it open after all
+                held.until = held.since + limit; // a write: a writer has it open after all
             }
             return true;
         }

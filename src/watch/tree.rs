@@ -242,6 +242,11 @@ impl Tree {
         self.dirs.contains_key(dir)
     }
 
+    /// Whether `dir` is recorded with an inotify watch (not polled for want of one).
+    pub fn has_watch(&self, dir: &Path) -> bool {
+        self.dirs.get(dir).is_some_and(|d| d.wd.is_some())
+    }
+
     pub fn wants(&self, dir: &Path) -> bool {
         (self.filter)(dir)
     }

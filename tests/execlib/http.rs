@@ -550,7 +550,11 @@ fn status_for_host(addr: &str, host: &str) -> u16 {
 
 #[test]
 fn regression_a_dns_rebinding_page_could_read_a_site_on_loopback() {
-    let (_sandbox, _daemon, addr) = site();
+    let sandbox = Sandbox::new();
+    let config = site_config(&sandbox, "allowed_hosts = []", &one_route("true", ""));
+    sandbox.write("public/style.css", "body { color: red }");
+    let _daemon = Daemon::start(&sandbox, &config);
+    let addr = http_addr(&_daemon);
     let port = addr.rsplit(':').next().unwrap();
     let r = send_raw(
         &addr,
@@ -571,7 +575,7 @@ fn regression_a_dns_rebinding_page_could_read_a_site_on_loopback() {
 }
 
 #[test]
-fn allowed_hosts_are_answered_on_loopback_and_any_host_off_it() {
+fn allowed_hosts_are_answered_and_without_them_any_host_for_a_proxy() {
     let sandbox = Sandbox::new();
     let allowed = "allowed_hosts = [\"dev.example.test\"]";
     let config = site_config(&sandbox, allowed, &one_route("true", ""));
@@ -581,17 +585,22 @@ fn allowed_hosts_are_answered_on_loopback_and_any_host_off_it() {
     assert_eq!(status_for_host(&addr, "dev.example.test:8080"), 200);
     assert_eq!(status_for_host(&addr, "other.example.test"), 421);
     drop(daemon);
-    // Bound to every address, it serves a real site behind names of its own.
-    let public = sandbox.config(&format!(
-        "[server]\nlisten = \"0.0.0.0:0\"\nroot = \"public\"\n{}",
+    // On every address too: a phone on the LAN names it by its IP.
+    let all = sandbox.config(&format!(
+        "[server]\nlisten = \"0.0.0.0:0\"\nroot = \"public\"\n{allowed}\n{}",
         one_route("true", "")
     ));
-    let daemon = Daemon::start(&sandbox, &public);
+    let daemon = Daemon::start(&sandbox, &all);
     let port = http_addr(&daemon).rsplit(':').next().unwrap().to_owned();
-    assert_eq!(
-        status_for_host(&format!("127.0.0.1:{port}"), "www.example.test"),
-        200
-    );
+    let local = format!("127.0.0.1:{port}");
+    assert_eq!(status_for_host(&local, "www.example.test"), 421);
+    assert_eq!(status_for_host(&local, &format!("192.168.1.20:{port}")), 200);
+    drop(daemon);
+    // Without allowed_hosts (a site behind a reverse proxy, which passes the public
+    // name on): any name is answered, as before.
+    let proxied = site_config(&sandbox, "", &one_route("true", ""));
+    let daemon = Daemon::start(&sandbox, &proxied);
+    assert_eq!(status_for_host(&http_addr(&daemon), "www.example.test"), 200);
 }
 
 #[test]
