@@ -323,7 +323,11 @@ impl Slot {
         views.extend(self.queued().await.into_iter().map(|q| JobView {
             listener: name.clone(),
             route: self.config.routes[q.key.0].name.clone(),
-            file: q.key.1.clone(),
+            // A batch route's one key has no file: its path, as its running job shows.
+            file: match q.key.1.as_os_str().is_empty() {
+                true => self.config.routes[q.key.0].path.clone(),
+                false => q.key.1.clone(),
+            },
             state: q.state.into(),
             pid: None,
             running_ms: None,

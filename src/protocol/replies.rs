@@ -237,7 +237,7 @@ pub struct JobView {
     pub listener: String,
     /// The route.
     pub route: String,
-    /// The file (absolute).
+    /// The file (absolute); for a batch route's run, the route's path.
     #[serde(with = "wire")]
     pub file: PathBuf,
     /// `running`, `waiting` (due, for a free slot), `pending` (debounce, delay, or

@@ -319,3 +319,22 @@ fn regression_execlibctl_says_it_cannot_write_its_output() {
         );
     }
 }
+
+#[test]
+fn regression_a_pending_batch_run_showed_no_file_in_jobs() {
+    let sandbox = Sandbox::new();
+    let config = sandbox
+        .config(&one_route("true", "mode = \"batch\"").replace("debounce_ms = 50", "debounce_ms = 60000"));
+    let daemon = Daemon::start(&sandbox, &config);
+    sandbox.write("src/a", "x");
+    let job = eventually("the batch pending", || {
+        let jobs = daemon.request(r#"{"cmd":"jobs"}"#)["jobs"].as_array().cloned()?;
+        jobs.into_iter().find(|j| j["state"] == "pending")
+    });
+    let src = std::fs::canonicalize(sandbox.path("src")).unwrap();
+    assert_eq!(
+        job["file"],
+        src.to_str().unwrap(),
+        "the route's path, as when running: {job}"
+    );
+}
