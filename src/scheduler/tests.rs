@@ -94,6 +94,14 @@ fn harness_on(sched: Scheduler, job_ms: u64, max_jobs: usize) -> Harness {
     (tx, log, task)
 }
 
+/// Each run's file and kinds, in order.
+fn files_and_kinds(log: &Arc<Mutex<Vec<Run>>>) -> Vec<(String, String)> {
+    let runs = log.lock().unwrap();
+    runs.iter()
+        .map(|r| (r.file.display().to_string(), r.kinds.clone()))
+        .collect()
+}
+
 async fn at(t0: Instant, ms: u64) {
     tokio::time::sleep_until(t0 + MS * ms as u32).await;
 }
@@ -298,11 +306,7 @@ async fn regression_a_route_taking_no_deletes_ran_for_a_file_deleted_before_its_
     tx.try_send(gone("back")).unwrap();
     tx.try_send(sub("back", EventKind::Create, t)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
-    let runs = log.lock().unwrap().clone();
-    let ran: Vec<_> = runs
-        .iter()
-        .map(|r| (r.file.display().to_string(), r.kinds.clone()))
-        .collect();
+    let ran = files_and_kinds(&log);
     assert_eq!(ran, [("back".to_owned(), "create".to_owned())]);
 }
 
@@ -316,11 +320,7 @@ async fn a_file_renamed_over_then_deleted_within_its_window_still_runs_its_delet
     tx.try_send(sub("a.txt", EventKind::Move, t)).unwrap();
     tx.try_send(sub("a.txt", EventKind::Delete, t)).unwrap();
     finish(tx, task, t0 + MS * 1000).await;
-    let runs = log.lock().unwrap().clone();
-    let ran: Vec<_> = runs
-        .iter()
-        .map(|r| (r.file.display().to_string(), r.kinds.clone()))
-        .collect();
+    let ran = files_and_kinds(&log);
     assert_eq!(ran, [("a.txt".to_owned(), "delete,move".to_owned())]);
 }
 
