@@ -17,9 +17,11 @@ mod common;
 mod ws;
 
 mod control_socket;
+mod cross_site;
 mod drop_folder;
 mod event_followers;
 mod event_storm;
+mod hostile_globs;
 mod hung_mount;
 mod large_files;
 mod livereload_abuse;

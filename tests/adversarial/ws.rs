@@ -129,12 +129,23 @@ pub fn upgrade(addr: &str, timeout: Duration) -> io::Result<Result<Ws, u16>> {
 
 /// [`upgrade`] on a connection already open to `addr`.
 pub fn upgrade_on(stream: TcpStream, addr: &str, timeout: Duration) -> io::Result<Result<Ws, u16>> {
+    upgrade_as(stream, addr, None, timeout)
+}
+
+/// [`upgrade_on`] as a browser page would ask: `Host: host` and, when given, `Origin: origin`.
+pub fn upgrade_as(
+    stream: TcpStream,
+    host: &str,
+    origin: Option<&str>,
+    timeout: Duration,
+) -> io::Result<Result<Ws, u16>> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.set_nodelay(true)?;
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
     write!(
         &stream,
-        "GET /livereload HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /livereload HTTP/1.1\r\nHost: {host}\r\n{origin}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -168,7 +179,12 @@ pub fn hello(addr: &str) -> Result<Ws, String> {
 
 /// [`hello`] on a connection already open to `addr`.
 pub fn hello_on(stream: TcpStream, addr: &str) -> Result<Ws, String> {
-    let mut ws = match upgrade_on(stream, addr, Duration::from_secs(10)) {
+    hello_as(stream, addr, None)
+}
+
+/// [`hello_on`] as a browser page would: `Host: host`, `Origin: origin` when given.
+pub fn hello_as(stream: TcpStream, host: &str, origin: Option<&str>) -> Result<Ws, String> {
+    let mut ws = match upgrade_as(stream, host, origin, Duration::from_secs(10)) {
         Ok(Ok(ws)) => ws,
         Ok(Err(status)) => return Err(format!("upgrade answered {status}")),
         Err(e) => return Err(format!("upgrade: {e}")),
