@@ -412,8 +412,10 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, regions: &zerocopy::Regions) -
     if !host_is_valid(&req) {
         return status(StatusCode::BAD_REQUEST);
     }
-    if !ctx.guard.host(host_of(req.headers())) {
-        let host = crate::names::escaped(host_of(req.headers()).unwrap_or_default()).to_string();
+    // An absolute-form target names the host it is for, in place of `Host` (RFC 9112 3.2.2).
+    let target = req.uri().authority().map(|a| a.as_str());
+    if !ctx.guard.host(target.or(host_of(req.headers()))) {
+        let host = crate::names::escaped(target.or(host_of(req.headers())).unwrap_or_default()).to_string();
         ctx.warn_refused(
             0,
             &format!("Host {host} is not among the names answered"),

@@ -285,7 +285,11 @@ mod tests {
         out.clear();
         h.release_due(t0 + Duration::from_millis(4999), &mut out);
         assert!(out.is_empty(), "b is held as any file being written");
-        assert_eq!(h.next_due(), Some(t0 + Duration::from_millis(5000)), "max_hold from its start");
+        assert_eq!(
+            h.next_due(),
+            Some(t0 + Duration::from_millis(5000)),
+            "max_hold from its start"
+        );
         h.release(b, &mut out);
         assert_eq!(kinds(&out), [EventKind::Create, EventKind::Modify]);
         let mut short = holds(Some(300));

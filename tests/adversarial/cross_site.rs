@@ -173,7 +173,8 @@ fn livereload_refuses_cross_site_origins() {
     let (threads, rounds) = (4, scale(50, 5));
     // Two honest pages and one seat to spare: a hostile handshake that took a seat
     // would soon leave none.
-    let site = site("idle_timeout_ms = 30000\nmax_clients = 3", "");
+    // A private site: `allowed_hosts` set, as `execlibd serve` sets it.
+    let site = site("idle_timeout_ms = 30000\nmax_clients = 3\nallowed_hosts = []", "");
     site.sandbox.write("public/page.html", "v0");
     let Some(daemon) = start(&mut case, &site) else {
         return case.finish();
@@ -381,7 +382,8 @@ fn rebinding_requests(port: u16) -> Vec<(String, &'static [u16])> {
             requests.push((upgrade, expected));
         }
     }
-    // Absolute-form targets, as a proxy would be asked, under the hostile name.
+    // Absolute-form targets, as a proxy would be asked: the target's authority counts,
+    // not `Host` (RFC 9112 3.2.2), so a hostile target under a local `Host` too.
     for (target, host) in [
         (
             "http://evil.example/secret.txt".to_owned(),
@@ -392,8 +394,8 @@ fn rebinding_requests(port: u16) -> Vec<(String, &'static [u16])> {
             format!("evil.example:{port}"),
         ),
         (
-            format!("http://127.0.0.1:{port}/secret.txt"),
-            format!("evil.example:{port}"),
+            format!("http://evil.example:{port}/secret.txt"),
+            format!("127.0.0.1:{port}"),
         ),
         (
             format!("http://user@evil.example:{port}/secret.txt"),
@@ -453,7 +455,7 @@ fn rebinder(
 fn dns_rebinding_hosts_are_refused_on_loopback() {
     let mut case = Case::new("dns_rebinding_hosts_are_refused_on_loopback");
     let (threads, rounds) = (4, scale(25, 2));
-    let site = site("", "");
+    let site = site("allowed_hosts = []", "");
     site.sandbox.write("public/secret.txt", SECRET);
     site.sandbox
         .write("public/index.html", &format!("<p>{SECRET}</p>"));
