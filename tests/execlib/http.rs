@@ -565,7 +565,9 @@ fn regression_a_dns_rebinding_page_could_read_a_site_on_loopback() {
     // An absolute-form target names its host in place of `Host` (RFC 9112 3.2.2).
     let r = send_raw(
         &addr,
-        &format!("GET http://evil.example:{port}/style.css HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        &format!(
+            "GET http://evil.example:{port}/style.css HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        ),
     );
     assert_eq!(r.status, 421, "regression: judged by its Host, it was served");
     assert_eq!(status_for_host(&addr, "localhost.evil.example"), 421);
