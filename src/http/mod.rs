@@ -413,9 +413,13 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, regions: &zerocopy::Regions) -
         return status(StatusCode::BAD_REQUEST);
     }
     // An absolute-form target names the host it is for, in place of `Host` (RFC 9112 3.2.2).
-    let target = req.uri().authority().map(|a| a.as_str());
-    if !ctx.guard.host(target.or(host_of(req.headers()))) {
-        let host = crate::names::escaped(target.or(host_of(req.headers())).unwrap_or_default()).to_string();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or(host_of(req.headers()));
+    if !ctx.guard.host(host) {
+        let host = crate::names::escaped(host.unwrap_or_default()).to_string();
         ctx.warn_refused(
             0,
             &format!("Host {host} is not among the names answered"),

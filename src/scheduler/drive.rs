@@ -59,10 +59,7 @@ pub async fn drive<F, Fut>(
         let runs_start = !stopping.is_cancelled();
         // Runs are taken from the scheduler only for free slots: one that waits for a
         // slot stays pending there and keeps taking changes in (one run for them all).
-        let free = match runs_start && open {
-            true => max_jobs.saturating_sub(jobs.len() + ready.len()),
-            false => 0,
-        };
+        let free = free_slots(runs_start && open, max_jobs, jobs.len() + ready.len());
         // Runs already due start now: a timer would round up to the next millisecond,
         // which is most of a zero-delay route's latency.
         let now = Instant::now();
@@ -84,10 +81,7 @@ pub async fn drive<F, Fut>(
             let job = AssertUnwindSafe(launch(work)).catch_unwind();
             jobs.push(job.map(move |ok| (key, ok.unwrap_or(false))));
         }
-        let free = match runs_start && open {
-            true => max_jobs.saturating_sub(jobs.len() + ready.len()),
-            false => 0,
-        };
+        let free = free_slots(runs_start && open, max_jobs, jobs.len() + ready.len());
         let wakeup = sched.next_wakeup().filter(|_| free > 0);
         tokio::select! {
             input = inputs.recv(), if open => {
@@ -110,6 +104,15 @@ pub async fn drive<F, Fut>(
         ready.extend(sched.take_frame_ends().into_iter().map(Work::Post));
         sched.take_hold_notices().into_iter().for_each(log_hold);
         activity.report(!sched.is_idle() || !jobs.is_empty() || !ready.is_empty());
+    }
+}
+
+/// The slots runs may be taken from the scheduler for: none while runs may not start
+/// (stopping, or the inputs closed), else `max_jobs` less the work started or ready.
+fn free_slots(runs_may_start: bool, max_jobs: usize, taken: usize) -> usize {
+    match runs_may_start {
+        true => max_jobs.saturating_sub(taken),
+        false => 0,
     }
 }
 

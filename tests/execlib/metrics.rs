@@ -437,16 +437,22 @@ fn metrics_listener_refuses_big_heads_and_closes_silent_connections() {
     assert_eq!(get(&addr, "/metrics", &[]).status, 200);
 }
 
-#[test]
-fn a_changed_metrics_section_applies_at_the_next_start() {
-    let sandbox = Sandbox::new();
-    let listeners = one_route("true", "");
+/// The daemon with `listeners` and `[metrics]` on 127.0.0.1, and where it serves them.
+fn with_metrics_on_loopback(sandbox: &Sandbox, listeners: &str) -> (Daemon, String) {
     let config = sandbox.config(&format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{listeners}"));
-    let daemon = Daemon::start(&sandbox, &config);
+    let daemon = Daemon::start(sandbox, &config);
     let addr = daemon.request(r#"{"cmd":"status"}"#)["metrics"]
         .as_str()
         .unwrap()
         .to_owned();
+    (daemon, addr)
+}
+
+#[test]
+fn a_changed_metrics_section_applies_at_the_next_start() {
+    let sandbox = Sandbox::new();
+    let listeners = one_route("true", "");
+    let (daemon, addr) = with_metrics_on_loopback(&sandbox, &listeners);
     sandbox.config(&listeners);
     let reloaded = daemon.request(r#"{"cmd":"reload"}"#);
     assert_eq!(
@@ -463,12 +469,7 @@ fn a_changed_metrics_section_applies_at_the_next_start() {
 fn regression_a_changed_metrics_section_is_reported_at_every_reload_until_the_next_start() {
     let sandbox = Sandbox::new();
     let listeners = one_route("true", "");
-    let config = sandbox.config(&format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{listeners}"));
-    let daemon = Daemon::start(&sandbox, &config);
-    let addr = daemon.request(r#"{"cmd":"status"}"#)["metrics"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (daemon, addr) = with_metrics_on_loopback(&sandbox, &listeners);
     sandbox.config(&format!(
         "[daemon]\nshutdown_grace_ms = 1234\n[metrics]\nlisten = \"127.0.0.2:0\"\n{listeners}"
     ));

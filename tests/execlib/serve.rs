@@ -20,6 +20,12 @@ impl Drop for Served {
 
 /// `execlibd serve site --port 0 --run GLOB COMMAND` in a sandbox holding `src/page.md`
 /// and `site/index.html`; returns it and the lines it prints.
+/// The address in `serve`'s "serving http://ADDR/ …" line.
+fn served_addr(served: &str) -> String {
+    let url = served.split("http://").nth(1).unwrap();
+    url.split('/').next().unwrap().to_owned()
+}
+
 fn serve_site(
     sandbox: &Sandbox,
     glob: &str,
@@ -46,14 +52,7 @@ fn serve_a_folder_rebuild_on_change_reload_after_and_leave_nothing_behind() {
     let (mut daemon, mut lines) = serve_site(&sandbox, "src/*.md", build);
     let served = lines.next().unwrap().unwrap();
     let control = lines.next().unwrap().unwrap();
-    let addr = served
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = served_addr(&served);
     let socket = std::path::PathBuf::from(control.rsplit(' ').next().unwrap());
     assert!(served.contains("with LiveReload"), "{served}");
     let page = get(&addr, "/index.html", &[]);
@@ -135,14 +134,7 @@ fn regression_serve_answered_a_dns_rebinding_page() {
     let sandbox = Sandbox::new();
     let (_daemon, mut lines) = serve_site(&sandbox, "src/*.md", "true");
     let served = lines.next().unwrap().unwrap();
-    let addr = served
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = served_addr(&served);
     let ask = |host: &str| {
         let raw = format!("GET /index.html HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         send_raw(&addr, &raw).status
